@@ -1,0 +1,48 @@
+"""Remove dead nodes and unused tensors, then sort the graph topologically."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from surgeon.contract import IOContract
+from surgeon.errors import PassError
+from surgeon.graph import names, signature
+from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from surgeon.model import ModelIR
+
+
+@register_pass("cleanup")
+class Cleanup(Pass):
+    """Remove nodes that no output depends on and unused initializers; sort nodes topologically.
+
+    Contract: same interface (minus unused inputs when ``remove_unused_inputs``), outputs exact.
+    """
+
+    class Params(PassParams):
+        remove_unused_inputs: bool = Field(False, description="also remove graph inputs that no node reads (changes the interface)")
+        toposort: bool = Field(True, description="sort nodes topologically")
+
+    params: Params
+
+    def run(self, model: ModelIR) -> PassResult:
+        g = model.graph
+        before = signature(g)
+        inputs_before = names(g.inputs)
+        n_nodes = len(g.nodes)
+        g.cleanup(remove_unused_graph_inputs=self.params.remove_unused_inputs, recurse_subgraphs=True)
+        if self.params.toposort:
+            try:
+                g.toposort(recurse_subgraphs=True)
+            except Exception as exc:  # onnx-graphsurgeon reports cycles as a plain exception
+                raise PassError(f"cannot sort the graph: {str(exc).splitlines()[0]}") from None
+        removed = [n for n in inputs_before if n not in names(g.inputs)]
+        contract = IOContract(removed_inputs=set(removed))
+        if len(g.nodes) != n_nodes:
+            contract.notes.append(f"removed {n_nodes - len(g.nodes)} dead node(s)")
+        if removed:
+            contract.notes.append(f"removed unused input(s): {', '.join(removed)}")
+        return PassResult(signature(g) != before, contract)

@@ -1,0 +1,95 @@
+"""Rename graph inputs and outputs."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from surgeon.contract import IOContract
+from surgeon.errors import PassPreconditionError
+from surgeon.graph import all_tensor_names, names, require_names
+from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from surgeon.model import ModelIR
+
+
+class RegexRename(PassParams):
+    """Rename every matching name: ``re.sub(pattern, replacement, name)`` on full matches."""
+
+    pattern: str = Field(description="regular expression that must match the whole name")
+    replacement: str = Field(description="replacement, with \\1 or \\g<name> groups")
+    apply_to: Literal["inputs", "outputs", "both"] = Field("both", description="which names it applies to")
+
+
+@register_pass("rename-io")
+class RenameIO(Pass):
+    """Rename graph inputs and outputs; every consumer, captured subgraph use and value_info follows.
+
+    Contract: interface change. The verifier feeds renamed inputs and compares renamed outputs.
+    """
+
+    class Params(PassParams):
+        inputs: dict[str, str] = Field(default_factory=dict, description="old input name -> new name")
+        outputs: dict[str, str] = Field(default_factory=dict, description="old output name -> new name")
+        regex: list[RegexRename] = Field(default_factory=list, description="pattern renames, applied after the explicit ones")
+
+    params: Params
+
+    def requires(self, model: ModelIR) -> None:
+        g = model.graph
+        require_names(self.params.inputs, names(g.inputs), "input", "inputs")
+        require_names(self.params.outputs, names(g.outputs), "output", "outputs")
+        for i, rule in enumerate(self.params.regex):
+            try:
+                re.compile(rule.pattern)
+            except re.error as exc:
+                raise PassPreconditionError(f"invalid pattern '{rule.pattern}': {exc}", field=("regex", i)) from None
+        self._plan(model)
+
+    def _plan(self, model: ModelIR) -> tuple[dict[str, str], dict[str, str]]:
+        g = model.graph
+        ins, outs = dict(self.params.inputs), dict(self.params.outputs)
+        for rule in self.params.regex:
+            rx = re.compile(rule.pattern)
+            for kind, tensors, plan in (("inputs", g.inputs, ins), ("outputs", g.outputs, outs)):
+                if rule.apply_to not in (kind, "both"):
+                    continue
+                for t in tensors:
+                    if t.name not in plan and rx.fullmatch(t.name):
+                        plan[t.name] = rx.sub(rule.replacement, t.name)
+        # a tensor that is both an input and an output is one name: both sides follow
+        io_same = set(names(g.inputs)) & set(names(g.outputs))
+        for name in io_same:
+            if name in ins and name in outs and ins[name] != outs[name]:
+                raise PassPreconditionError(f"'{name}' is both an input and an output; it cannot get two names ({ins[name]}, {outs[name]})", field=("inputs", name))
+            if name in ins or name in outs:
+                ins[name] = outs[name] = ins.get(name) or outs[name]
+        ins = {k: v for k, v in ins.items() if k != v}
+        outs = {k: v for k, v in outs.items() if k != v}
+        self._check_clashes(model, {**ins, **outs})
+        return ins, outs
+
+    def _check_clashes(self, model: ModelIR, plan: dict[str, str]) -> None:
+        existing = all_tensor_names(model.graph)
+        targets: dict[str, str] = {}
+        for old, new in plan.items():
+            if not new:
+                raise PassPreconditionError(f"new name for '{old}' is empty", field=("inputs", old))
+            if new in targets and targets[new] != old:
+                raise PassPreconditionError(f"'{targets[new]}' and '{old}' would both be named '{new}'", field=("inputs", old))
+            targets[new] = old
+            if new in existing and new not in plan:
+                raise PassPreconditionError(f"cannot rename '{old}' to '{new}': a tensor named '{new}' already exists in the graph", field=("inputs", old))
+
+    def run(self, model: ModelIR) -> PassResult:
+        ins, outs = self._plan(model)
+        tensors = model.graph.tensors()
+        originals = {old: tensors[old] for old in {**ins, **outs}}
+        for old, tensor in originals.items():
+            tensor.name = ins.get(old) or outs[old]
+        contract = IOContract(renamed_inputs=ins, renamed_outputs=outs)
+        contract.notes = [f"input {a} -> {b}" for a, b in ins.items()] + [f"output {a} -> {b}" for a, b in outs.items() if a not in ins]
+        return PassResult(bool(originals), contract)

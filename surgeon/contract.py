@@ -1,0 +1,121 @@
+"""What a pass promises about the model it returns: the I/O contract the verifier checks.
+
+A contract describes how the interface changed in one step, so the verifier can feed the edited
+model the same data as the model before it and know which outputs must agree. Contracts are kept
+as a list, one per pass, and applied in order: the feed for the source model is mapped forward
+through every step, and so are the reference outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from surgeon.verify import ProbeEnv, ProbeResult
+
+Feed = dict[str, "np.ndarray"]
+OutputExpectation = Callable[[Mapping[str, "np.ndarray"], Mapping[str, "np.ndarray"]], "np.ndarray"]
+"""``f(outputs_before, feed_before) -> expected array`` for one output after the step."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Numeric contract: ``|a - b| <= atol + rtol * |b|`` elementwise. ``Tolerance.exact()`` is 0/0."""
+
+    rtol: float
+    atol: float
+
+    @classmethod
+    def exact(cls) -> Tolerance:
+        return cls(0.0, 0.0)
+
+    def loosest(self, other: Tolerance | None) -> Tolerance:
+        if other is None:
+            return self
+        return Tolerance(max(self.rtol, other.rtol), max(self.atol, other.atol))
+
+
+class Probe(Protocol):
+    """An extra run at a point of the interface the old model did not have (a new batch size,
+    another upscale factor). Names are those of the model right after the step that declared it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, env: ProbeEnv) -> list[ProbeResult]: ...
+
+
+@dataclass
+class IOContract:
+    """How one pass changed the interface. The default (all empty) means "same interface,
+    outputs equal under the pipeline's tolerance"."""
+
+    renamed_inputs: dict[str, str] = field(default_factory=dict)
+    renamed_outputs: dict[str, str] = field(default_factory=dict)
+    new_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    """Inputs the step added, with the constant value they replace (fed to reproduce the old model)."""
+    removed_inputs: set[str] = field(default_factory=set)
+    """Inputs the step removed (no longer fed). Names before the step."""
+    removed_outputs: set[str] = field(default_factory=set)
+    """Outputs the step removed (no longer compared). Names before the step."""
+    added_outputs: set[str] = field(default_factory=set)
+    """Outputs the step added: the model must produce them; there is nothing to compare them with."""
+    expectations: dict[str, OutputExpectation] = field(default_factory=dict)
+    """Outputs (names after the step) whose expected value is computed from the outputs before it."""
+    feed_transforms: dict[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]] = field(
+        default_factory=dict
+    )
+    """Inputs (names after the step) whose value is computed from the feed before it."""
+    probes: list[Probe] = field(default_factory=list)
+    tolerance: Tolerance | None = None
+    """The pass's own numeric contract; None means the pipeline's tolerance."""
+    notes: list[str] = field(default_factory=list)
+    """What the step changed, for the report (every rewrite a pass made)."""
+
+    def map_feed(self, feed: Mapping[str, np.ndarray]) -> Feed:
+        """Feed for the model after the step, given the feed of the model before it."""
+        out: Feed = {}
+        for name, value in feed.items():
+            if name in self.removed_inputs:
+                continue
+            out[self.renamed_inputs.get(name, name)] = value
+        out.update(self.new_inputs)
+        for name, fn in self.feed_transforms.items():
+            out[name] = fn(feed)
+        return out
+
+    def unmap_feed(self, feed: Mapping[str, np.ndarray]) -> Feed:
+        """Feed for the model before the step, given one for the model after it (renames undone,
+        added inputs dropped so the old model uses the constant they replaced)."""
+        back = {new: old for old, new in self.renamed_inputs.items()}
+        return {
+            back.get(name, name): value
+            for name, value in feed.items()
+            if name not in self.new_inputs and name not in self.feed_transforms
+        }
+
+    def map_outputs(
+        self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]
+    ) -> Feed:
+        """Expected outputs of the model after the step, from the outputs of the model before it."""
+        out: Feed = {}
+        for name, value in outputs.items():
+            if name in self.removed_outputs:
+                continue
+            out[self.renamed_outputs.get(name, name)] = value
+        for name, fn in self.expectations.items():
+            out[name] = fn(outputs, feed)
+        return out
+
+    def map_output_names(self, names: list[str]) -> list[str]:
+        return [self.renamed_outputs.get(n, n) for n in names if n not in self.removed_outputs]
+
+    def unmap_output_name(self, name: str) -> str | None:
+        back = {new: old for old, new in self.renamed_outputs.items()}
+        if name in self.added_outputs or name in self.expectations and name not in back:
+            return None
+        return back.get(name, name)

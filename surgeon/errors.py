@@ -1,0 +1,63 @@
+"""Errors a user can fix, each with its documented exit code.
+
+Anything that is not a :class:`SurgeonError` is a bug in surgeon and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_VERIFY_FAILED = 1
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+
+
+class SurgeonError(Exception):
+    """Base class of every error a user can fix. ``str(err)`` is one line for the terminal."""
+
+    exit_code = EXIT_MODEL
+
+
+class UsageError(SurgeonError):
+    """Bad command line: missing file, output folder that does not exist, refused overwrite."""
+
+    exit_code = EXIT_USAGE
+
+
+class RecipeError(SurgeonError):
+    """One or more problems in a recipe; ``problems`` holds every line, ``str()`` joins them."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ModelError(SurgeonError):
+    """A model that cannot be read, parsed, or saved."""
+
+    exit_code = EXIT_MODEL
+
+
+class PassError(SurgeonError):
+    """A pass that cannot be applied to this model."""
+
+    exit_code = EXIT_MODEL
+
+
+class PassPreconditionError(PassError):
+    """A precondition the user can fix (a named tensor that does not exist, an unsupported opset).
+
+    ``field`` is the path of the offending parameter inside the pass's params (for example
+    ``("inputs", "inptu")``) so a recipe error can point at the line that names it.
+    """
+
+    def __init__(self, message: str, field: tuple[str | int, ...] = ()) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class VerificationError(SurgeonError):
+    """The edited model does not compute what the contract promises."""
+
+    exit_code = EXIT_VERIFY_FAILED

@@ -1,0 +1,190 @@
+"""External data: find, check, read and copy tensors whose bytes live beside the model.
+
+Weights are never read for nothing: a model is loaded without its external data, tensors keep
+their references, and saving copies untouched weights file-to-file (kernel copy where the
+platform has one), never through numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, BinaryIO
+
+from surgeon.errors import ModelError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+COPY_CHUNK = 64 << 20
+
+
+@dataclass(frozen=True)
+class ExternalRef:
+    """Where one tensor's bytes live: ``location`` relative to the model's folder."""
+
+    location: str
+    offset: int
+    length: int | None
+
+
+def is_external(tensor: onnx.TensorProto) -> bool:
+    import onnx
+
+    return tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def external_ref(tensor: onnx.TensorProto) -> ExternalRef:
+    info = {e.key: e.value for e in tensor.external_data}
+    length = info.get("length")
+    return ExternalRef(info.get("location", ""), int(info.get("offset", 0) or 0), int(length) if length else None)
+
+
+def set_external_ref(tensor: onnx.TensorProto, ref: ExternalRef) -> None:
+    import onnx
+
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", ref.location), ("offset", ref.offset), ("length", ref.length)):
+        if value is not None:
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+
+
+def iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor that carries data in a graph and its subgraphs: initializers (dense and the
+    values/indices of sparse ones) and tensor attributes (Constant ``value``, If/Loop bodies...)."""
+    import onnx
+
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graph_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_graph_tensors(sub)
+
+
+def iter_model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    yield from iter_graph_tensors(model.graph)
+    for func in model.functions:
+        for node in func.node:
+            for attr in node.attribute:
+                if attr.type == 4:  # TENSOR
+                    yield attr.t
+
+
+def safe_data_path(base_dir: Path, location: str, what: str) -> Path:
+    """Resolve ``location`` inside ``base_dir``; refuse absolute paths and any ``..`` escape."""
+    if not location:
+        raise ModelError(f"{what}: external data reference has no location")
+    posix, win = PurePosixPath(location), PureWindowsPath(location)
+    if posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts or ".." in win.parts:
+        raise ModelError(
+            f"{what}: external data location '{location}' points outside the model's folder; "
+            "refusing to follow it"
+        )
+    path = (base_dir / location).resolve()
+    root = base_dir.resolve()
+    if root != path and root not in path.parents:
+        raise ModelError(
+            f"{what}: external data location '{location}' resolves outside the model's folder "
+            f"(to {path}); refusing to follow it"
+        )
+    return path
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_name: str) -> list[str]:
+    """Validate every external reference (inside the folder, file present, range within the
+    file) without reading a byte of it. Returns the data files used, relative to ``base_dir``."""
+    files: dict[str, int] = {}
+    for tensor in iter_model_tensors(model):
+        if not is_external(tensor):
+            continue
+        what = f"{model_name}: tensor '{tensor.name}'"
+        if base_dir is None:
+            raise ModelError(f"{what} stores its data externally, but the model was not loaded from a file")
+        ref = external_ref(tensor)
+        path = safe_data_path(base_dir, ref.location, what)
+        if ref.location not in files:
+            if not path.is_file():
+                raise ModelError(f"{what}: external data file '{ref.location}' does not exist")
+            files[ref.location] = path.stat().st_size
+        end = ref.offset + (ref.length or 0)
+        if end > files[ref.location]:
+            raise ModelError(
+                f"{what}: external data range {ref.offset}..{end} is past the end of "
+                f"'{ref.location}' ({files[ref.location]} bytes); the file is truncated"
+            )
+    return sorted(files)
+
+
+def read_external_bytes(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
+    ref = external_ref(tensor)
+    path = safe_data_path(base_dir, ref.location, f"tensor '{tensor.name}'")
+    with open(path, "rb") as f:
+        f.seek(ref.offset)
+        data = f.read() if ref.length is None else f.read(ref.length)
+    return data
+
+
+def inline_copy(tensor: onnx.TensorProto, base_dir: Path) -> onnx.TensorProto:
+    """A copy of ``tensor`` with its external bytes read into ``raw_data``."""
+    import onnx
+
+    out = onnx.TensorProto()
+    out.CopyFrom(tensor)
+    del out.external_data[:]
+    out.data_location = onnx.TensorProto.DEFAULT
+    out.raw_data = read_external_bytes(tensor, base_dir)
+    return out
+
+
+def tensor_values(tensor: onnx.TensorProto, base_dir: Path | None) -> np.ndarray:
+    """The values of one tensor, reading only its own bytes when they are external."""
+    from onnx import numpy_helper
+
+    if is_external(tensor):
+        if base_dir is None:
+            raise ModelError(f"tensor '{tensor.name}' is external but the model has no folder")
+        tensor = inline_copy(tensor, base_dir)
+    return numpy_helper.to_array(tensor)
+
+
+def copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
+    """Copy ``length`` bytes at ``offset`` of ``src`` to the current end of ``dst``, in the
+    kernel where ``os.copy_file_range`` exists, else in bounded chunks."""
+    dst.flush()
+    remaining = length
+    if hasattr(os, "copy_file_range"):
+        try:
+            src_off, dst_off = offset, dst.tell()
+            while remaining:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), min(remaining, 1 << 30), src_off, dst_off)
+                if n == 0:
+                    break
+                src_off, dst_off, remaining = src_off + n, dst_off + n, remaining - n
+            dst.seek(dst_off)
+            if not remaining:
+                return
+            offset = src_off
+        except OSError:
+            pass
+    src.seek(offset)
+    while remaining:
+        chunk = src.read(min(remaining, COPY_CHUNK))
+        if not chunk:
+            raise ModelError(f"external data file '{src.name}' ended early while copying")
+        dst.write(chunk)
+        remaining -= len(chunk)

@@ -1,0 +1,272 @@
+"""Models in and out of the graph IR passes edit.
+
+A :class:`Model` is an ``onnx.ModelProto`` loaded *without* its external data plus the folder its
+weights live in. :class:`ModelIR` is the onnx-graphsurgeon graph passes edit, together with the
+parts of the model onnx-graphsurgeon's round trip drops (model and node ``metadata_props``, doc
+strings, functions, training info), which are carried across unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from surgeon.errors import ModelError, UsageError
+from surgeon.external import check_external_data, tensor_values
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+    import onnx_graphsurgeon as gs
+
+
+@dataclass
+class Model:
+    """An ONNX model whose external weights stay on disk until something needs them."""
+
+    proto: onnx.ModelProto
+    path: Path | None = None
+    """The file it was loaded from (None for bytes or a ModelProto)."""
+    base_dir: Path | None = None
+    """The folder external data locations are relative to."""
+    data_files: list[str] = field(default_factory=list)
+    """External data files the model references, relative to ``base_dir``."""
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path else "<model>"
+
+    @property
+    def uses_external_data(self) -> bool:
+        return bool(self.data_files)
+
+    def sha256(self) -> str:
+        """Hash of the model file as stored (not of its external data)."""
+        if self.path is not None:
+            h = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+        return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
+
+    def ir(self) -> ModelIR:
+        return ModelIR.from_model(self)
+
+
+def load(source: str | Path | bytes | onnx.ModelProto | Model) -> Model:
+    """Load a model from a path, serialized bytes or a ModelProto, leaving external data on disk."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if isinstance(source, Model):
+        return source
+    if isinstance(source, onnx.ModelProto):
+        model = Model(source)
+    elif isinstance(source, (bytes, bytearray)):
+        try:
+            proto = onnx.load_model_from_string(bytes(source))
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"<bytes>: not a valid ONNX model ({_short(exc)})") from None
+        model = Model(proto)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise UsageError(f"{path}: no such file")
+        if path.is_dir():
+            raise UsageError(f"{path}: is a folder, not an ONNX model file")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"{path}: not a valid ONNX model ({_short(exc)})") from None
+        model = Model(proto, path=path, base_dir=path.parent)
+    _check_is_model(model)
+    model.data_files = check_external_data(model.proto, model.base_dir, model.name)
+    return model
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_is_model(model: Model) -> None:
+    proto = model.proto
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise ModelError(
+            f"{model.name}: not an ONNX model (no ir_version or graph; is this the right file?)"
+        )
+    if not proto.graph.output:
+        raise ModelError(f"{model.name}: the graph has no outputs")
+
+
+# --- the IR -------------------------------------------------------------------------------------
+
+_NodeMeta = tuple[str, list[tuple[str, str]]]
+
+
+@dataclass
+class ModelIR:
+    """The graph passes edit (``graph``) and what the round trip carries across untouched."""
+
+    graph: gs.Graph
+    shell: onnx.ModelProto
+    """The source model without its graph: ir_version, producer, metadata, functions..."""
+    base_dir: Path | None = None
+    source: Model | None = None
+    node_meta: dict[int, tuple[Any, _NodeMeta]] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: Model) -> ModelIR:
+        import onnx
+        import onnx_graphsurgeon as gs
+
+        try:
+            graph = gs.import_onnx(model.proto)
+        except Exception as exc:  # onnx-graphsurgeon raises plain exceptions on bad graphs
+            raise ModelError(f"{model.name}: cannot import the graph ({_short(exc)})") from None
+        shell = onnx.ModelProto()
+        shell.CopyFrom(_without_graph(model.proto))
+        ir = cls(graph, shell, model.base_dir, model)
+        _collect_node_meta(model.proto.graph, graph, ir.node_meta)
+        return ir
+
+    @property
+    def opset(self) -> int:
+        """The default-domain opset the graph is written against."""
+        return int(self.graph.opset)
+
+    def values(self, tensor: gs.Constant) -> np.ndarray:
+        """Values of a constant, reading only its own bytes when they are stored externally."""
+        import onnx_graphsurgeon as gs
+
+        lazy = tensor._values
+        if isinstance(lazy, gs.ir.tensor.LazyValues):
+            return tensor_values(lazy.tensor, self.base_dir)
+        return tensor.values
+
+    def to_proto(self) -> onnx.ModelProto:
+        import onnx
+        import onnx_graphsurgeon as gs
+
+        try:
+            proto = gs.export_onnx(self.graph, do_type_check=False)
+        except Exception as exc:
+            raise ModelError(f"cannot export the edited graph ({_short(exc)})") from None
+        out = onnx.ModelProto()
+        out.CopyFrom(self.shell)
+        out.graph.CopyFrom(proto.graph)
+        # opsets: keep the source's, take versions/domains the graph now declares
+        versions = {o.domain: o.version for o in self.shell.opset_import}
+        versions.update({o.domain: o.version for o in proto.opset_import})
+        versions[""] = self.opset
+        del out.opset_import[:]
+        for domain, version in versions.items():
+            out.opset_import.add(domain=domain, version=version)
+        _restore_node_meta(out.graph, self.graph, self.node_meta)
+        if self.source is not None:
+            src = self.source.proto.graph
+            for name in ("doc_string",):
+                setattr(out.graph, name, getattr(src, name))
+            if hasattr(src, "metadata_props"):
+                del out.graph.metadata_props[:]
+                out.graph.metadata_props.extend(src.metadata_props)
+            names = {t.name for t in out.graph.initializer} | {v.name for v in out.graph.value_info}
+            names |= {v.name for v in out.graph.input} | {v.name for v in out.graph.output}
+            names |= {o for n in out.graph.node for o in n.output}
+            for ann in src.quantization_annotation:
+                if ann.tensor_name in names:
+                    out.graph.quantization_annotation.add().CopyFrom(ann)
+            _restore_io_docs(out.graph, src)
+        return out
+
+    def to_model(self) -> Model:
+        proto = self.to_proto()
+        src = self.source
+        return Model(
+            proto,
+            path=None,
+            base_dir=self.base_dir,
+            data_files=check_external_data(proto, self.base_dir, src.name if src else "<model>"),
+        )
+
+
+def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
+    shell = onnx.ModelProto()
+    for fd, value in proto.ListFields():
+        if fd.name == "graph":
+            continue
+        target = getattr(shell, fd.name)
+        if hasattr(target, "extend"):
+            target.extend(value)
+        elif fd.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(shell, fd.name, value)
+    return shell
+
+
+def _subgraphs(node_proto: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out: list[onnx.GraphProto] = []
+    for attr in node_proto.attribute:
+        if attr.type == 5:  # GRAPH
+            out.append(attr.g)
+        elif attr.type == 10:  # GRAPHS
+            out.extend(attr.graphs)
+    return out
+
+
+def _gs_subgraphs(node: gs.Node) -> list[gs.Graph]:
+    import onnx_graphsurgeon as gs
+
+    out: list[gs.Graph] = []
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            out.append(value)
+        elif isinstance(value, list):
+            out.extend(v for v in value if isinstance(v, gs.Graph))
+    return out
+
+
+def _collect_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int, tuple[Any, _NodeMeta]]) -> None:
+    """Remember each node's doc string and metadata_props by node identity (the importer keeps
+    node order, so proto and IR nodes pair up one to one)."""
+    for nproto, node in zip(gproto.node, graph.nodes):
+        props = [(p.key, p.value) for p in getattr(nproto, "metadata_props", [])]
+        if nproto.doc_string or props:
+            meta[id(node)] = (node, (nproto.doc_string, props))
+        for sub_proto, sub in zip(_subgraphs(nproto), _gs_subgraphs(node)):
+            _collect_node_meta(sub_proto, sub, meta)
+
+
+def _restore_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int, tuple[Any, _NodeMeta]]) -> None:
+    for nproto, node in zip(gproto.node, graph.nodes):
+        entry = meta.get(id(node))
+        if entry is not None and entry[0] is node:
+            doc, props = entry[1]
+            nproto.doc_string = doc
+            for key, value in props:
+                nproto.metadata_props.add(key=key, value=value)
+        for sub_proto, sub in zip(_subgraphs(nproto), _gs_subgraphs(node)):
+            _restore_node_meta(sub_proto, sub, meta)
+
+
+def _restore_io_docs(out: onnx.GraphProto, src: onnx.GraphProto) -> None:
+    """Value-info doc strings and metadata for tensors that kept their name."""
+    by_name = {}
+    for vi in list(src.input) + list(src.output) + list(src.value_info):
+        if vi.doc_string or len(getattr(vi, "metadata_props", [])):
+            by_name[vi.name] = vi
+    if not by_name:
+        return
+    for vi in list(out.input) + list(out.output) + list(out.value_info):
+        old = by_name.get(vi.name)
+        if old is not None:
+            vi.doc_string = old.doc_string
+            if hasattr(vi, "metadata_props"):
+                del vi.metadata_props[:]
+                vi.metadata_props.extend(old.metadata_props)
