@@ -61,3 +61,8 @@ class VerificationError(SurgeonError):
     """The edited model does not compute what the contract promises."""
 
     exit_code = EXIT_VERIFY_FAILED
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        self.result = result
+        """The pipeline result whose checks failed, when there is one (for reports)."""
+        super().__init__(message)

@@ -99,9 +99,9 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    import surgeon.passes  # noqa: F401  (built-in passes register on import)
-
     from importlib.metadata import entry_points
+
+    import surgeon.passes  # noqa: F401  (built-in passes register on import)
 
     for ep in entry_points(group="surgeon.passes"):
         try:

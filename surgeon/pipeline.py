@@ -247,7 +247,9 @@ class Pipeline:
         check_output_path(out, [source.path] if source.path else [], in_place)
         result = self.run(source, on_step=on_step, base_dir=base_dir)
         if not result.ok and not force:
-            raise VerificationError("verification failed; nothing written (--force writes it anyway):\n" + "\n".join(result.failures()))
+            raise VerificationError(
+                "verification failed; nothing written (--force writes it anyway):\n" + "\n".join(result.failures()), result
+            )
         if self.provenance:
             add_provenance(result.model, source, recipe_text or _dump_yaml(self.to_recipe()))
         save(result.model, out, self.save, result.changed_tensors)

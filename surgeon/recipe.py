@@ -79,7 +79,7 @@ def _to_python(node: Any, loc: Loc, positions: dict[Loc, tuple[int, int]], probl
             key = _scalar(knode)
             if key in out:
                 problems.append(f"{name}:{knode.start_mark.line + 1}:{knode.start_mark.column + 1}: duplicate key '{key}'")
-            positions[(*loc, "__key__", key)] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
+            positions[loc + ("__key__", key)] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
             out[key] = _to_python(vnode, (*loc, key), positions, problems, name)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -113,8 +113,8 @@ class _Problems:
         self.lines: list[str] = []
 
     def where(self, loc: Loc, key: bool = False) -> str:
-        if key and loc and (*loc[:-1], "__key__", loc[-1]) in self.positions:
-            line, col = self.positions[(*loc[:-1], "__key__", loc[-1])]
+        if key and loc and loc[:-1] + ("__key__", loc[-1]) in self.positions:
+            line, col = self.positions[loc[:-1] + ("__key__", loc[-1])]
             return f"{self.name}:{line}:{col}"
         for n in range(len(loc), -1, -1):
             if loc[:n] in self.positions:

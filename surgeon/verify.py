@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from surgeon.contract import IOContract, Tolerance
 from surgeon.errors import SurgeonError, UsageError, VerificationError
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
     import onnxruntime as ort
 
@@ -104,8 +104,10 @@ class StepCheck:
 
 def compare(name: str, expected: np.ndarray, actual: np.ndarray, tol: Tolerance) -> OutputCheck:
     """Compare two arrays: shape, dtype, max abs / rel error, non-finite values matched by position."""
+    import numpy as np
+
     expected, actual = np.asarray(expected), np.asarray(actual)
-    base = {"name": name, "rtol": tol.rtol, "atol": tol.atol, "shape": tuple(actual.shape)}
+    base: dict[str, Any] = {"name": name, "rtol": tol.rtol, "atol": tol.atol, "shape": tuple(actual.shape)}
     if expected.shape != actual.shape:
         return OutputCheck(**base, ok=False, verdict="FAIL", note=f"shape {actual.shape} != expected {expected.shape}")
     if expected.dtype != actual.dtype:
@@ -153,6 +155,7 @@ class InputSpec:
 
 def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     """Inputs a caller must feed (inputs with an initializer default are left to their default)."""
+    import numpy as np
     from onnx import helper
 
     inits = {t.name for t in model.graph.initializer}
@@ -190,6 +193,8 @@ def resolve_shape(spec: InputSpec, dims: Mapping[str, int], where: str = "verify
 
 
 def random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, rng_range: tuple[float, float] | None = None) -> np.ndarray:
+    import numpy as np
+
     kind = spec.dtype.kind
     if kind == "b":
         return rng.random(shape) < 0.5
@@ -207,6 +212,8 @@ def random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generat
 
 
 def make_feed(specs: Sequence[InputSpec], config: VerifyConfig, dims: Mapping[str, int] | None = None, seed_offset: int = 0) -> dict[str, np.ndarray]:
+    import numpy as np
+
     rng = np.random.default_rng(config.seed + seed_offset)
     all_dims = {**config.dims, **(dims or {})}
     return {
@@ -215,6 +222,8 @@ def make_feed(specs: Sequence[InputSpec], config: VerifyConfig, dims: Mapping[st
 
 
 def load_npz(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    import numpy as np
+
     if not path.is_file():
         raise UsageError(f"{path}: verify.inputs file does not exist")
     try:
@@ -273,17 +282,48 @@ class Runtime:
                     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                         ort.preload_dlls()
             try:
-                sess = ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                with _captured_stderr() as captured:
+                    sess = ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
                 if "CUDAExecutionProvider" in sess.get_providers():
                     self.used, self.reason = "CUDA", "CUDAExecutionProvider loaded"
                     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-                why = "CUDAExecutionProvider is listed but did not load (CUDA/cuDNN libraries missing?)"
+                why = "CUDAExecutionProvider is listed but did not load" + _cuda_error(captured.getvalue())
             except Exception as exc:
                 why = f"CUDAExecutionProvider failed: {_first_line(exc)}"
         if self.device == "cuda":
             raise UsageError(f"verify.device is cuda but CUDA is unavailable: {why}")
         self.used, self.reason = "CPU", why
         return ["CPUExecutionProvider"]
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Any]:
+    """Capture what native code writes to file descriptor 2 (onnxruntime's provider errors)."""
+    import io
+
+    buf = io.StringIO()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield buf
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            buf.write(tmp.read().decode("utf-8", "replace"))
+
+
+def _cuda_error(text: str) -> str:
+    """The useful part of onnxruntime's provider-load error ('libcublasLt.so.13: cannot open...')."""
+    import re
+
+    m = re.search(r"with error: ([^\n\x1b]+)", text)
+    return f": {m.group(1).strip()}" if m else " (CUDA/cuDNN libraries missing?)"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -352,6 +392,7 @@ class Verifier:
     through the list of contracts between the source and them."""
 
     def __init__(self, source: Model, config: VerifyConfig, base_dir: Path | None = None) -> None:
+
         self.source = source
         self.config = config
         self.runtime = Runtime(config.device)
@@ -380,6 +421,8 @@ class Verifier:
     def check(self, candidate: Model, contracts: Sequence[IOContract], tol: Tolerance) -> StepCheck:
         """Run ``candidate`` on the source feed mapped through ``contracts``; compare each output
         with the reference mapped the same way; then run the last step's probes."""
+        import numpy as np
+
         feed, expected = dict(self.feed), dict(self.reference())
         for c in contracts:
             feed, expected = c.map_feed(feed), c.map_outputs(expected, feed)
@@ -444,6 +487,7 @@ class ProbeEnv:
 
     def run_before(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Outputs of the model before the step, named as after it, for feeds named as after it."""
+
         src_feeds = []
         for feed in feeds:
             f = dict(feed)
@@ -453,9 +497,9 @@ class ProbeEnv:
         outs = self.verifier.run_source(src_feeds)
         mapped = []
         for o, f in zip(outs, src_feeds):
-            feed: dict[str, np.ndarray] = dict(f)
+            cur: dict[str, np.ndarray] = dict(f)
             for c in self.contracts[: self.step + 1]:
-                o, feed = c.map_outputs(o, feed), c.map_feed(feed)
+                o, cur = c.map_outputs(o, cur), c.map_feed(cur)
             mapped.append(o)
         return mapped
 

@@ -1,0 +1,342 @@
+"""The ``surgeon`` command.
+
+Exit codes: 0 ok; 1 verification failed; 2 bad recipe or usage; 3 model or pass error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from surgeon import __version__
+from surgeon.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, SurgeonError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from surgeon.pipeline import PipelineResult
+
+EPILOG = "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage, 3 model or pass error"
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("verification")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="onnxruntime device (overrides the recipe)")
+    g.add_argument("--no-verify", action="store_true", help="skip verification (verify.mode: off)")
+    g.add_argument("--dims", action="append", default=[], metavar="SYM=N", help="size of a symbolic dim for verification (repeatable)")
+    g.add_argument("--rtol", type=float, help="relative tolerance")
+    g.add_argument("--atol", type=float, help="absolute tolerance")
+
+
+def _out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="write the output even when verification fails (still exits 1)")
+    p.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
+    p.add_argument("--report", type=Path, metavar="JSON", help="write the summary as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surgeon", description="Verified graph surgery for exported ONNX models.", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every rewrite and every output compared")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print errors only")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print every rewrite and every output compared")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add = functools.partial(sub.add_parser, parents=[common])
+
+    p = add("apply", help="apply a recipe to a model, verifying every pass", epilog=EPILOG)
+    p.add_argument("recipe", type=Path)
+    p.add_argument("-i", "--input", type=Path, help="input model (overrides the recipe's 'model')")
+    p.add_argument("-o", "--output", type=Path, help="output model (overrides the recipe's 'output')")
+    _out_args(p)
+    _verify_args(p)
+
+    p = add("run", help="apply one pass, no recipe needed", epilog=EPILOG)
+    p.add_argument("pass_name", metavar="PASS")
+    p.add_argument("model", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a param (YAML value; dotted keys for mappings)")
+    _out_args(p)
+    _verify_args(p)
+
+    p = add("inspect", help="I/O, opsets, ops, weights, external data and Resize nodes of a model")
+    p.add_argument("model", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    add("passes", help="list the available passes")
+    p = add("explain", help="describe a pass and its params")
+    p.add_argument("pass_name", metavar="PASS")
+    add("schema", help="print the JSON Schema of recipes")
+
+    p = add("validate", help="check a recipe (and its tensor names against a model); writes nothing", epilog=EPILOG)
+    p.add_argument("recipe", type=Path)
+    p.add_argument("-i", "--input", type=Path, help="model to check names against (default: the recipe's)")
+
+    p = add("verify", help="compare two models on the same inputs", epilog=EPILOG)
+    p.add_argument("reference", type=Path)
+    p.add_argument("candidate", type=Path)
+    p.add_argument("--map", action="append", default=[], metavar="OLD=NEW", help="an input or output renamed in the candidate")
+    p.add_argument("--report", type=Path, metavar="JSON", help="write the comparison as JSON")
+    _verify_args(p)
+    return parser
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} '{item}': expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _verify_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    if args.device:
+        over["device"] = args.device
+    if args.no_verify:
+        over["mode"] = "off"
+    if args.rtol is not None:
+        over["rtol"] = args.rtol
+    if args.atol is not None:
+        over["atol"] = args.atol
+    dims = _pairs(args.dims, "--dims")
+    if dims:
+        try:
+            over["dims"] = {k: int(v) for k, v in dims.items()}
+        except ValueError:
+            raise UsageError("--dims: sizes must be integers (SYM=N)") from None
+    return over
+
+
+def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, console: Console) -> int:
+    from surgeon.report import summary_table
+
+    if not args.quiet:
+        summary_table(console, result)
+    if args.report:
+        data = result.as_dict() | {"output": str(out) if out else None, "surgeon_version": __version__}
+        args.report.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if not result.ok:
+        err = _console(stderr=True)
+        for line in result.failures():
+            err.print(f"verification failed: {line}", markup=False)
+        err.print("nothing written" if not args.force else f"written anyway (--force): {out}", markup=False)
+        return EXIT_VERIFY_FAILED
+    if out is not None and not args.quiet:
+        console.print(f"wrote {out}", markup=False)
+    return EXIT_OK
+
+
+def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None) -> int:
+    from surgeon.errors import VerificationError
+    from surgeon.report import progress_line
+
+    console = _console()
+    total = len(pipeline.steps)
+
+    def on_step(step: Any) -> None:
+        if not args.quiet:
+            progress_line(console, step, total, args.verbose)
+
+    try:
+        result = pipeline.apply(model, out, force=args.force, in_place=args.in_place, on_step=on_step, recipe_text=recipe_text, base_dir=base_dir)
+    except VerificationError as exc:
+        if exc.result is None:
+            raise
+        return _finish(exc.result, args, None, console)  # type: ignore[arg-type]
+    return _finish(result, args, out, console)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from surgeon.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    model = args.input or recipe.model
+    out = args.output or recipe.output
+    if model is None:
+        raise UsageError(f"{args.recipe}: no model: set 'model' in the recipe or give -i")
+    if out is None:
+        raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o")
+    over = _verify_overrides(args)
+    if over:
+        recipe.pipeline.verify = recipe.pipeline.verify.model_copy(update=over)
+    return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir)
+
+
+def _set_params(items: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    params: dict[str, Any] = {}
+    for key, value in _pairs(items, "--set").items():
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = params
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parsed
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from surgeon.pipeline import Pipeline
+    from surgeon.recipe import parse_recipe_data
+
+    step = {args.pass_name: _set_params(args.set)}
+    recipe = parse_recipe_data({"version": 1, "passes": [step], "verify": _verify_overrides(args)}, "--set")
+    pipeline: Pipeline = recipe.pipeline
+    return _apply_pipeline(pipeline, args.model, args.output, args, None, None)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from surgeon.inspect import inspect_model
+    from surgeon.model import load
+    from surgeon.report import show_inspect
+
+    info = inspect_model(load(args.model))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        show_inspect(_console(), info)
+    return EXIT_OK
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from surgeon.pass_api import registry
+
+    table = Table(title="passes", title_justify="left")
+    table.add_column("name")
+    table.add_column("what it does")
+    for name, cls in registry().items():
+        table.add_row(name, cls.summary())
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import inspect as pyinspect
+
+    from rich.table import Table
+
+    from surgeon.pass_api import get_pass
+
+    cls = get_pass(args.pass_name)
+    console = _console()
+    console.print(f"[bold]{cls.name}[/bold]: {cls.summary()}")
+    rest = pyinspect.cleandoc(cls.__doc__ or "").splitlines()[1:]
+    if any(line.strip() for line in rest):
+        console.print("\n".join(rest).strip(), markup=False)
+    table = Table(title="params", title_justify="left")
+    for col in ("name", "type", "default", "description"):
+        table.add_column(col)
+    for name, fld in cls.Params.model_fields.items():
+        default = "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
+        table.add_row(name, str(fld.annotation).replace("typing.", ""), default, fld.description or "")
+    console.print(table)
+    console.print(f"example step:\n  - {cls.name}: {{}}", markup=False)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from surgeon.recipe import recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from surgeon.errors import RecipeError
+    from surgeon.model import load
+    from surgeon.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    model_path = args.input or recipe.model
+    if model_path is not None:
+        problems = recipe.pipeline.check_requirements(load(model_path))
+        if problems:
+            raise RecipeError(problems)
+    if not args.quiet:
+        what = f" against {model_path}" if model_path else ""
+        _console().print(f"{args.recipe}: ok ({len(recipe.pipeline.steps)} passes){what}", markup=False)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from surgeon.contract import IOContract, Tolerance
+    from surgeon.model import load
+    from surgeon.report import show_outputs
+    from surgeon.verify import Verifier, VerifyConfig
+
+    cfg = VerifyConfig.model_validate(_verify_overrides(args))
+    ref, cand = load(args.reference), load(args.candidate)
+    mapping = _pairs(args.map, "--map")
+    in_names = {vi.name for vi in ref.proto.graph.input}
+    contract = IOContract(
+        renamed_inputs={k: v for k, v in mapping.items() if k in in_names},
+        renamed_outputs={k: v for k, v in mapping.items() if k not in in_names},
+    )
+    verifier = Verifier(ref, cfg)
+    check = verifier.check(cand, [contract], Tolerance(cfg.rtol, cfg.atol))
+    console = _console()
+    if not args.quiet:
+        show_outputs(console, check)
+        console.print(f"verified on {verifier.device_line}: {'ok' if check.ok else 'FAIL'}", markup=False)
+    if args.report:
+        args.report.write_text(json.dumps({"ok": check.ok, "device": verifier.device_line, "outputs": [o.as_dict() for o in check.outputs]}, indent=2) + "\n")
+    return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
+
+
+COMMANDS = {
+    "apply": cmd_apply,
+    "run": cmd_run,
+    "inspect": cmd_inspect,
+    "passes": cmd_passes,
+    "explain": cmd_explain,
+    "schema": cmd_schema,
+    "validate": cmd_validate,
+    "verify": cmd_verify,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except SurgeonError as exc:
+        err = _console(stderr=True)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            err.print(f"error: {line}" if not line.startswith(("error", "verification")) else line, markup=False, highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Terminal output: a progress line per pass, the summary table, and other listings (rich)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from surgeon.pipeline import PipelineResult, StepReport
+    from surgeon.verify import StepCheck
+
+
+def _e(text: object) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
+def fmt_err(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "0" if value == 0 else f"{value:.2e}"
+
+
+def progress_line(console: Console, step: StepReport, total: int, verbose: bool = False) -> None:
+    style = {"ok": "green", "FAIL": "bold red"}.get(step.verdict, "dim")
+    err = fmt_err(step.check.max_abs) if step.check else "-"
+    console.print(
+        f"\\[{step.index + 1}/{total}] [bold]{_e(step.label)}[/bold]  "
+        f"{'modified' if step.modified else 'unchanged'}  nodes {step.nodes_before}→{step.nodes_after}  "
+        f"{step.seconds:.2f}s  max err {err}  [{style}]{step.verdict}[/{style}]",
+        highlight=False,
+    )
+    if verbose:
+        for note in step.notes:
+            console.print(f"    {note}", highlight=False, markup=False)
+    if step.check is not None:
+        show_outputs(console, step.check, only_failures=not verbose, indent="    ")
+
+
+def show_outputs(console: Console, check: StepCheck, only_failures: bool = False, indent: str = "") -> None:
+    for o in check.outputs:
+        if only_failures and o.ok:
+            continue
+        style = "green" if o.ok else "bold red"
+        tail = f"  ({_e(o.note)})" if o.note else ""
+        console.print(
+            f"{indent}{_e(o.name)}: shape {_e(list(o.shape))}  max abs {fmt_err(o.max_abs)}  max rel {fmt_err(o.max_rel)}  "
+            f"tol rtol={o.rtol:g} atol={o.atol:g}  [{style}]{o.verdict}[/{style}]{tail}",
+            highlight=False,
+        )
+
+
+def summary_table(console: Console, result: PipelineResult) -> None:
+    from rich.table import Table
+
+    table = Table(title="surgeon summary", title_justify="left")
+    for col in ("#", "pass", "modified", "nodes", "time", "max error", "verdict"):
+        table.add_column(col, justify="right" if col in ("#", "time", "max error") else "left")
+    for s in result.steps:
+        style = {"ok": "green", "FAIL": "bold red"}.get(s.verdict, "dim")
+        table.add_row(
+            str(s.index + 1),
+            _e(s.label),
+            "yes" if s.modified else "no",
+            f"{s.nodes_before}→{s.nodes_after}",
+            f"{s.seconds:.2f}s",
+            fmt_err(s.check.max_abs) if s.check else "-",
+            f"[{style}]{s.verdict}[/{style}]",
+        )
+    if result.final_check is not None:
+        style = "green" if result.final_check.ok else "bold red"
+        table.add_row("", "end of pipeline", "", "", "", fmt_err(result.final_check.max_abs), f"[{style}]{'ok' if result.final_check.ok else 'FAIL'}[/{style}]")
+    console.print(table)
+    if result.final_check is not None:
+        show_outputs(console, result.final_check, indent="  ")
+    if result.device:
+        console.print(f"verified on {result.device}", highlight=False)
+
+
+def show_inspect(console: Console, info: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{info['file']}[/bold]  ir_version {info['ir_version']}  producer {info['producer'] or '-'}", highlight=False)
+    console.print("opsets: " + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()), highlight=False)
+    for kind in ("inputs", "outputs"):
+        table = Table(title=kind, title_justify="left")
+        for col in ("name", "dtype", "shape"):
+            table.add_column(col)
+        for io in info[kind]:
+            table.add_row(_e(io["name"]), io["dtype"], _e("[" + ", ".join(map(str, io["shape"])) + "]"))
+        console.print(table)
+    console.print(f"nodes: {info['nodes']}  " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()), highlight=False)
+    ini = info["initializers"]
+    console.print(f"weights: {ini['count']} tensors, {ini['inline_bytes']:,} bytes inline, {ini['external_bytes']:,} bytes external", highlight=False)
+    if info["external_data_files"]:
+        console.print("external data files: " + ", ".join(info["external_data_files"]), highlight=False)
+    if info["functions"]:
+        console.print("functions: " + ", ".join(info["functions"]), highlight=False)
+    for r in info["resize_nodes"]:
+        parts = []
+        for role in ("roi", "scales", "sizes"):
+            if role in r:
+                src = r[role]
+                desc = src["from"] + (f" '{src['tensor']}'" if src.get("tensor") else "")
+                if src.get("value") is not None:
+                    desc += f" = {src['value']}"
+                parts.append(f"{role}: {desc}")
+        console.print(f"{r['op']} '{r['node']}': " + "; ".join(parts) + f"  {r['attributes']}", highlight=False, markup=False)
