@@ -1,0 +1,291 @@
+"""Simplify the graph with onnx-simplifier (onnxsim)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from surgeon.contract import IOContract
+from surgeon.errors import PassError, PassPreconditionError
+from surgeon.graph import names, require_names
+from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+
+if TYPE_CHECKING:
+    import onnx
+
+    from surgeon.model import ModelIR
+
+PROTOBUF_LIMIT = 2**31 - 10000
+CHUNK = 16 << 20
+
+
+def replace_graph(model: ModelIR, proto: onnx.ModelProto) -> None:
+    """Make ``proto``'s graph the model's graph: node doc strings / metadata, opsets and unused
+    initializers follow it. For passes that edit through ModelProto-level tools."""
+    import onnx_graphsurgeon as gs
+
+    from surgeon.model import _collect_node_meta
+
+    graph = gs.import_onnx(proto)
+    model.graph = graph
+    model.node_meta = {}
+    _collect_node_meta(proto.graph, graph, model.node_meta)
+    del model.shell.opset_import[:]
+    model.shell.opset_import.extend(proto.opset_import)
+    if hasattr(model, "orphans"):
+        used = set(graph.tensors())
+        model.orphans = [t for t in proto.graph.initializer if t.name not in used]
+
+
+def graph_key(graph: onnx.GraphProto) -> tuple[Any, ...]:
+    """What a proto-level rewrite can change: nodes (op, wiring, attributes; not node names),
+    initializers (name, type, shape) and the graph's I/O."""
+    nodes = tuple((n.domain, n.op_type, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute)) for n in graph.node)
+    inits = tuple(sorted((t.name, t.data_type, tuple(t.dims)) for t in graph.initializer))
+    io_ = tuple(v.SerializeToString() for v in list(graph.input) + list(graph.output))
+    return nodes, inits, io_
+
+
+@register_pass("simplify")
+class Simplify(Pass):
+    """Simplify the graph with onnx-simplifier: constant folding, shape inference, onnx-optimizer fusions.
+
+    Inputs stay inputs (an input with an initializer default is hidden from onnxsim, which would
+    fold it as a constant, and restored afterwards); symbolic input/output dims stay symbolic unless
+    ``input_shapes`` fixes them. onnxsim's own random-input check is off (``check_n=0``): the
+    surgeon verifier checks the result.
+
+    Weights: onnxsim's C++ core holds every weight in memory while it works (library
+    limitation). A model with external data is handed to onnxsim as a file (its path-based entry
+    point reads the weights itself, and writes results over the 2 GB protobuf limit with external
+    data), never as one protobuf message; surgeon itself does not load the weights into Python:
+    result tensors byte-equal to a source weight are pointed back at the source file (compared in
+    chunks), only tensors onnxsim created or changed are kept in memory.
+
+    Contract: same interface (with ``input_shapes``: those dims become static), outputs equal
+    within the pipeline tolerance (folding and fusion reorder float arithmetic).
+    """
+
+    class Params(PassParams):
+        optimize: bool = Field(True, description="run onnx-optimizer's fusion and elimination passes")
+        skip_optimizers: list[str] = Field(default_factory=list, description="onnx-optimizer passes not to run, by name (e.g. fuse_bn_into_conv)")
+        constant_folding: bool = Field(True, description="fold nodes whose inputs are all constant")
+        shape_inference: bool = Field(True, description="run shape inference (turn off if it crashes on the model)")
+        input_shapes: dict[str, list[int]] = Field(default_factory=dict, description="input name -> static shape; makes those dims static (verify.dims must match)")
+        max_tensor_size: str = Field("1.5GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB)?$", description="folded tensors larger than this stay unfolded (e.g. '64MB')")
+        include_subgraphs: bool = Field(False, description="also simplify If/Loop/Scan bodies")
+
+    params: Params
+
+    def requires(self, model: ModelIR) -> None:
+        g = model.graph
+        require_names(self.params.input_shapes, names(g.inputs), "input", "input_shapes")
+        for name, shape in self.params.input_shapes.items():
+            t = next(t for t in g.inputs if t.name == name)
+            if t.shape is not None and len(t.shape) != len(shape):
+                raise PassPreconditionError(f"input_shapes['{name}'] has {len(shape)} dims but the input has rank {len(t.shape)} ({list(t.shape)})", field=("input_shapes", name))
+            if any(d <= 0 for d in shape):
+                raise PassPreconditionError(f"input_shapes['{name}'] = {shape}: every dim must be positive", field=("input_shapes", name))
+
+    def run(self, model: ModelIR) -> PassResult:
+        from surgeon.external import is_external, iter_model_tensors
+
+        proto = model.to_proto()
+        before = graph_key(proto.graph)
+        work = _copy(proto)
+        hidden = _hide_input_defaults(work)
+        external = any(is_external(t) for t in iter_model_tensors(work))
+        if external or work.ByteSize() > PROTOBUF_LIMIT:
+            result = self._via_files(model, work)
+        else:
+            result = self._call(work)
+        result.graph.initializer.extend(hidden)
+        _restore_io(proto.graph, result.graph, set(self.params.input_shapes))
+        if graph_key(result.graph) == before:
+            return PassResult(False, IOContract())
+        replace_graph(model, result)
+        return PassResult(True, IOContract(notes=_notes(proto.graph, result.graph, hidden)))
+
+    def _kwargs(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "check_n": 0,
+            "perform_optimization": p.optimize,
+            "skipped_optimizers": list(p.skip_optimizers),
+            "skip_constant_folding": not p.constant_folding,
+            "skip_shape_inference": not p.shape_inference,
+            "overwrite_input_shapes": {k: list(v) for k, v in p.input_shapes.items()} or None,
+            "tensor_size_threshold": p.max_tensor_size.replace(" ", ""),
+            "include_subgraph": p.include_subgraphs,
+        }
+
+    def _call(self, source: onnx.ModelProto | str, output_path: str | None = None) -> onnx.ModelProto:
+        import onnxsim
+
+        kwargs = self._kwargs()
+        if output_path is not None:
+            kwargs["output_path"] = output_path
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                result, _ = onnxsim.simplify(source, **kwargs)
+        except Exception as exc:  # onnxsim raises plain exceptions (and C++ errors)
+            lines = str(exc).strip().splitlines()
+            raise PassError(f"onnxsim failed: {lines[0][:400] if lines else type(exc).__name__}") from None
+        return result
+
+    def _via_files(self, model: ModelIR, work: onnx.ModelProto) -> onnx.ModelProto:
+        """Simplify through files so no protobuf message holds the weights (2 GB limit)."""
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="surgeon-simplify-") as tmp:
+            out_path = Path(tmp) / "out.onnx"
+            with _input_file(model, work, Path(tmp)) as in_path:
+                self._call(str(in_path), str(out_path))
+            result = onnx.load(str(out_path), load_external_data=False)
+            _reconcile(result, out_path.parent, work, model.base_dir)
+        return result
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+def _hide_input_defaults(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Remove initializers that are also graph inputs (onnxsim folds them as constants even with
+    ``mutable_initializer``); returns them so they can be put back."""
+    import onnx
+
+    inputs = {v.name for v in proto.graph.input}
+    hidden, keep = [], []
+    for t in proto.graph.initializer:
+        (hidden if t.name in inputs else keep).append(t)
+    if hidden:
+        copies = []
+        for t in hidden:
+            c = onnx.TensorProto()
+            c.CopyFrom(t)
+            copies.append(c)
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
+        return copies
+    return []
+
+
+def _restore_io(before: onnx.GraphProto, after: onnx.GraphProto, fixed: set[str]) -> None:
+    """Put back input types (unless fixed by ``input_shapes``) and symbolic output dims onnxsim
+    renamed or dropped."""
+    old_in = {v.name: v for v in before.input}
+    for vi in after.input:
+        if vi.name in old_in and vi.name not in fixed:
+            vi.type.CopyFrom(old_in[vi.name].type)
+    old_out = {v.name: v for v in before.output}
+    for vi in after.output:
+        old = old_out.get(vi.name)
+        if old is None or not old.type.HasField("tensor_type") or not old.type.tensor_type.HasField("shape"):
+            continue
+        odims = old.type.tensor_type.shape.dim
+        if not vi.type.tensor_type.HasField("shape") or len(vi.type.tensor_type.shape.dim) != len(odims):
+            vi.type.CopyFrom(old.type)
+            continue
+        for od, nd in zip(odims, vi.type.tensor_type.shape.dim):
+            if od.dim_param and not nd.HasField("dim_value") and nd.dim_param != od.dim_param:
+                nd.dim_param = od.dim_param
+
+
+@contextlib.contextmanager
+def _input_file(model: ModelIR, work: onnx.ModelProto, tmp: Path) -> Any:
+    """The model as a file onnxsim can open: beside its weights (a hidden temporary file) when
+    that folder is writable and the rest fits in one message, else saved with external data."""
+    base = model.base_dir
+    if base is not None and os.access(base, os.W_OK) and work.ByteSize() < PROTOBUF_LIMIT:
+        fd, name = tempfile.mkstemp(prefix=".surgeon-simplify-", suffix=".onnx", dir=base)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(work.SerializeToString())
+            yield Path(name)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return
+    from surgeon.external import check_external_data
+    from surgeon.model import Model
+    from surgeon.save import SavePolicy, save
+
+    src = Model(work, base_dir=base, data_files=check_external_data(work, base, "<model>"))
+    path = tmp / "in.onnx"
+    save(src, path, SavePolicy(external="always"))
+    yield path
+
+
+def _digest_file(path: Path, offset: int, length: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left:
+            chunk = f.read(min(left, CHUNK))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def tensor_digest(tensor: onnx.TensorProto, base_dir: Path | None) -> str | None:
+    """sha256 of a tensor's stored bytes (external ranges read in chunks); None when the
+    tensor's data is not raw bytes."""
+    from surgeon.external import external_ref, is_external, safe_data_path
+
+    if is_external(tensor):
+        if base_dir is None:
+            return None
+        ref = external_ref(tensor)
+        path = safe_data_path(base_dir, ref.location, f"tensor '{tensor.name}'")
+        length = ref.length if ref.length is not None else path.stat().st_size - ref.offset
+        return _digest_file(path, ref.offset, length)
+    if tensor.HasField("raw_data"):
+        return hashlib.sha256(tensor.raw_data).hexdigest()
+    return None
+
+
+def _reconcile(result: onnx.ModelProto, out_dir: Path, work: onnx.ModelProto, base_dir: Path | None) -> None:
+    """Point result tensors byte-equal to a source weight back at the source file; read the
+    other externally stored results (onnxsim's temporary output) into memory."""
+    from surgeon.external import inline_copy, is_external, iter_graph_tensors
+
+    sources = {t.name: t for t in iter_graph_tensors(work.graph) if is_external(t)}
+    for t in iter_graph_tensors(result.graph):
+        src = sources.get(t.name)
+        if src is not None and src.data_type == t.data_type and list(src.dims) == list(t.dims):
+            mine = tensor_digest(t, out_dir)
+            if mine is not None and mine == tensor_digest(src, base_dir):
+                t.CopyFrom(src)
+                continue
+        if is_external(t):
+            t.CopyFrom(inline_copy(t, out_dir))
+
+
+def _notes(before: onnx.GraphProto, after: onnx.GraphProto, hidden: list[onnx.TensorProto]) -> list[str]:
+    ops_b = Counter(n.op_type for n in before.node)
+    ops_a = Counter(n.op_type for n in after.node)
+    notes = [f"nodes {len(before.node)} -> {len(after.node)}"]
+    gone = ops_b - ops_a
+    new = ops_a - ops_b
+    if gone:
+        notes.append("removed: " + ", ".join(f"{k} x{v}" for k, v in sorted(gone.items())))
+    if new:
+        notes.append("added: " + ", ".join(f"{k} x{v}" for k, v in sorted(new.items())))
+    if hidden:
+        notes.append("kept input(s) with defaults unfolded: " + ", ".join(t.name for t in hidden))
+    return notes
