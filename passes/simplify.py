@@ -168,7 +168,8 @@ def _hide_input_defaults(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
     import onnx
 
     inputs = {v.name for v in proto.graph.input}
-    hidden, keep = [], []
+    hidden: list[onnx.TensorProto] = []
+    keep: list[onnx.TensorProto] = []
     for t in proto.graph.initializer:
         (hidden if t.name in inputs else keep).append(t)
     if hidden:
