@@ -40,9 +40,13 @@ class Cleanup(Pass):
             except Exception as exc:  # onnx-graphsurgeon reports cycles as a plain exception
                 raise PassError(f"cannot sort the graph: {str(exc).splitlines()[0]}") from None
         removed = [n for n in inputs_before if n not in names(g.inputs)]
+        orphans = [t.name for t in model.orphans]
+        model.orphans = []
         contract = IOContract(removed_inputs=set(removed))
+        if orphans:
+            contract.notes.append(f"removed {len(orphans)} unused initializer(s): {', '.join(orphans[:10])}{' ...' if len(orphans) > 10 else ''}")
         if len(g.nodes) != n_nodes:
             contract.notes.append(f"removed {n_nodes - len(g.nodes)} dead node(s)")
         if removed:
             contract.notes.append(f"removed unused input(s): {', '.join(removed)}")
-        return PassResult(signature(g) != before, contract)
+        return PassResult(signature(g) != before or bool(orphans), contract)

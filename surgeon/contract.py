@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+    from surgeon.model import Model
     from surgeon.verify import ProbeEnv, ProbeResult
 
 Feed = dict[str, "np.ndarray"]
@@ -50,6 +51,16 @@ class Probe(Protocol):
 
 
 @dataclass
+class Intermediates:
+    """Tensors inside the model before a step whose values its contract needs (extract: its new
+    inputs and outputs are intermediate tensors). ``model`` is the model before the step with
+    ``names`` exposed as extra outputs; the verifier runs it on the feed before the step."""
+
+    model: Model
+    names: list[str]
+
+
+@dataclass
 class IOContract:
     """How one pass changed the interface. The default (all empty) means "same interface,
     outputs equal under the pipeline's tolerance"."""
@@ -70,36 +81,55 @@ class IOContract:
         default_factory=dict
     )
     """Inputs (names after the step) whose value is computed from the feed before it."""
+    intermediates: Intermediates | None = None
+    """Values of tensors inside the model before the step, given to ``feed_transforms`` (in their
+    ``feed_before``) and ``expectations`` (in their ``outputs_before``) under their own names."""
+    derived_inputs: dict[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]] = field(
+        default_factory=dict
+    )
+    """Inputs of the model before the step (names before it) computed from the feed after it, for
+    steps that change an input's domain (prepend-op: uint8 NHWC image -> float NCHW). Such a feed
+    cannot be mapped forward: the verifier makes random data for the model after the step and
+    derives the feed before it, and the reference, backwards."""
     probes: list[Probe] = field(default_factory=list)
     tolerance: Tolerance | None = None
     """The pass's own numeric contract; None means the pipeline's tolerance."""
     notes: list[str] = field(default_factory=list)
     """What the step changed, for the report (every rewrite a pass made)."""
 
-    def map_feed(self, feed: Mapping[str, np.ndarray]) -> Feed:
-        """Feed for the model after the step, given the feed of the model before it."""
+    def map_feed(self, feed: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray] | None = None) -> Feed:
+        """Feed for the model after the step, given the feed of the model before it (and the
+        values of ``intermediates`` in ``extra``)."""
+        if self.derived_inputs:
+            from surgeon.errors import VerificationError
+
+            names = ", ".join(self.derived_inputs)
+            raise VerificationError(f"input(s) {names} changed domain: their feed is derived backwards, not mapped forward")
         out: Feed = {}
         for name, value in feed.items():
             if name in self.removed_inputs:
                 continue
             out[self.renamed_inputs.get(name, name)] = value
         out.update(self.new_inputs)
+        seen = {**feed, **extra} if extra else feed
         for name, fn in self.feed_transforms.items():
-            out[name] = fn(feed)
+            out[name] = fn(seen)
         return out
 
     def unmap_feed(self, feed: Mapping[str, np.ndarray]) -> Feed:
         """Feed for the model before the step, given one for the model after it (renames undone,
         added inputs dropped so the old model uses the constant they replaced)."""
         back = {new: old for old, new in self.renamed_inputs.items()}
-        return {
+        out = {
             back.get(name, name): value
             for name, value in feed.items()
             if name not in self.new_inputs and name not in self.feed_transforms
         }
+        out.update({name: fn(feed) for name, fn in self.derived_inputs.items()})
+        return out
 
     def map_outputs(
-        self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]
+        self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray] | None = None
     ) -> Feed:
         """Expected outputs of the model after the step, from the outputs of the model before it."""
         out: Feed = {}
@@ -107,8 +137,9 @@ class IOContract:
             if name in self.removed_outputs:
                 continue
             out[self.renamed_outputs.get(name, name)] = value
+        seen = {**outputs, **extra} if extra else outputs
         for name, fn in self.expectations.items():
-            out[name] = fn(outputs, feed)
+            out[name] = fn(seen, feed)
         return out
 
     def map_output_names(self, names: list[str]) -> list[str]:

@@ -104,7 +104,9 @@ def _check_is_model(model: Model) -> None:
 
 # --- the IR -------------------------------------------------------------------------------------
 
-_NodeMeta = tuple[str, list[tuple[str, str]]]
+_NodeMeta = tuple[str, list[tuple[str, str]], list[Any]]
+"""doc string, metadata_props, attributes onnx-graphsurgeon cannot carry (TypeProto ones)."""
+_UNCARRIED_ATTRS = (13, 14)  # AttributeProto.TYPE_PROTO, TYPE_PROTOS
 
 
 @dataclass
@@ -117,12 +119,24 @@ class ModelIR:
     base_dir: Path | None = None
     source: Model | None = None
     node_meta: dict[int, tuple[Any, _NodeMeta]] = field(default_factory=dict)
+    default_inputs: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)
+    """Graph inputs that have an initializer (a default value the caller may override).
+    onnx-graphsurgeon imports them as constants; they are listed as inputs again on export.
+    A pass may add one (promote an initializer with its default kept)."""
+    input_order: list[str] = field(default_factory=list)
+    orphans: list[onnx.TensorProto] = field(default_factory=list)
+    exotic_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
+    """Optional/map types by tensor name: onnx-graphsurgeon cannot export them, so they are
+    exported typeless and their types put back from here."""
+    """Initializers no node or output uses. onnx-graphsurgeon's export drops them; they are written
+    back unchanged unless a pass (cleanup) clears this list."""
 
     @classmethod
     def from_model(cls, model: Model) -> ModelIR:
         import onnx
         import onnx_graphsurgeon as gs
 
+        quiet_graphsurgeon()
         try:
             graph = gs.import_onnx(model.proto)
         except Exception as exc:  # onnx-graphsurgeon raises plain exceptions on bad graphs
@@ -131,6 +145,14 @@ class ModelIR:
         shell.CopyFrom(_without_graph(model.proto))
         ir = cls(graph, shell, model.base_dir, model)
         _collect_node_meta(model.proto.graph, graph, ir.node_meta)
+        used = set(graph.tensors().keys())
+        ir.orphans = [t for t in model.proto.graph.initializer if t.name not in used]
+        inits = {t.name for t in model.proto.graph.initializer}
+        ir.default_inputs = {vi.name: vi for vi in model.proto.graph.input if vi.name in inits}
+        ir.input_order = [vi.name for vi in model.proto.graph.input]
+        for vi in _all_value_infos(model.proto.graph):
+            if vi.type.WhichOneof("value") not in (None, "tensor_type", "sequence_type", "sparse_tensor_type"):
+                ir.exotic_types[vi.name] = vi.type
         return ir
 
     @property
@@ -151,21 +173,46 @@ class ModelIR:
         import onnx
         import onnx_graphsurgeon as gs
 
+        hidden = []
+        if self.exotic_types:
+            from surgeon.graph import iter_graphs
+
+            for g in iter_graphs(self.graph):
+                for t in g.tensors().values():
+                    if t.name in self.exotic_types and isinstance(t, gs.Variable) and t.dtype is not None:
+                        hidden.append((t, t.dtype))
+                        t.dtype = None
         try:
             proto = gs.export_onnx(self.graph, do_type_check=False)
         except Exception as exc:
             raise ModelError(f"cannot export the edited graph ({_short(exc)})") from None
+        finally:
+            for t, dtype in hidden:
+                t.dtype = dtype
+        if self.exotic_types:
+            for vi in _all_value_infos(proto.graph):
+                if vi.name in self.exotic_types and not vi.type.WhichOneof("value"):
+                    vi.type.CopyFrom(self.exotic_types[vi.name])
         out = onnx.ModelProto()
         out.CopyFrom(self.shell)
         out.graph.CopyFrom(proto.graph)
         # opsets: keep the source's, take versions/domains the graph now declares
         versions = {o.domain: o.version for o in self.shell.opset_import}
+        had_default = "" in versions or "ai.onnx" in versions
         versions.update({o.domain: o.version for o in proto.opset_import})
-        versions[""] = self.opset
+        uses_default = any(n.domain in ("", "ai.onnx") for n in out.graph.node)
+        if had_default or uses_default:
+            versions[""] = self.opset
+        else:
+            versions.pop("", None)
         del out.opset_import[:]
         for domain, version in versions.items():
             out.opset_import.add(domain=domain, version=version)
         _restore_node_meta(out.graph, self.graph, self.node_meta)
+        present = {t.name for t in out.graph.initializer} | {o for n in out.graph.node for o in n.output}
+        present |= {v.name for v in out.graph.input}
+        out.graph.initializer.extend(t for t in self.orphans if t.name not in present)
+        self._restore_default_inputs(out.graph)
         if self.source is not None:
             src = self.source.proto.graph
             for name in ("doc_string",):
@@ -182,6 +229,24 @@ class ModelIR:
             _restore_io_docs(out.graph, src)
         return out
 
+    def _restore_default_inputs(self, graph: onnx.GraphProto) -> None:
+        """List initializer-backed inputs again, in the source's input order."""
+        inits = {t.name for t in graph.initializer}
+        current = {vi.name: vi for vi in graph.input}
+        defaults = {n: vi for n, vi in self.default_inputs.items() if n in inits and n not in current}
+        if not defaults:
+            return
+        ordered = [n for n in self.input_order if n in current or n in defaults]
+        ordered += [n for n in list(current) + list(defaults) if n not in ordered]
+        entries = [current.get(n) or defaults[n] for n in ordered]
+        copies = []
+        for vi in entries:
+            c = type(vi)()
+            c.CopyFrom(vi)
+            copies.append(c)
+        del graph.input[:]
+        graph.input.extend(copies)
+
     def to_model(self) -> Model:
         proto = self.to_proto()
         src = self.source
@@ -191,6 +256,13 @@ class ModelIR:
             base_dir=self.base_dir,
             data_files=check_external_data(proto, self.base_dir, src.name if src else "<model>"),
         )
+
+
+def quiet_graphsurgeon() -> None:
+    """onnx-graphsurgeon logs warnings to stdout; surgeon reports what matters itself."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    G_LOGGER.severity = G_LOGGER.ERROR
 
 
 def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -208,6 +280,14 @@ def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
         else:
             setattr(shell, fd.name, value)
     return shell
+
+
+def _all_value_infos(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    out = list(graph.input) + list(graph.output) + list(graph.value_info)
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            out += _all_value_infos(sub)
+    return out
 
 
 def _subgraphs(node_proto: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -237,8 +317,9 @@ def _collect_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int,
     node order, so proto and IR nodes pair up one to one)."""
     for nproto, node in zip(gproto.node, graph.nodes):
         props = [(p.key, p.value) for p in getattr(nproto, "metadata_props", [])]
-        if nproto.doc_string or props:
-            meta[id(node)] = (node, (nproto.doc_string, props))
+        extra = [a for a in nproto.attribute if a.type in _UNCARRIED_ATTRS]
+        if nproto.doc_string or props or extra:
+            meta[id(node)] = (node, (nproto.doc_string, props, extra))
         for sub_proto, sub in zip(_subgraphs(nproto), _gs_subgraphs(node)):
             _collect_node_meta(sub_proto, sub, meta)
 
@@ -247,10 +328,12 @@ def _restore_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int,
     for nproto, node in zip(gproto.node, graph.nodes):
         entry = meta.get(id(node))
         if entry is not None and entry[0] is node:
-            doc, props = entry[1]
+            doc, props, extra = entry[1]
             nproto.doc_string = doc
             for key, value in props:
                 nproto.metadata_props.add(key=key, value=value)
+            have = {a.name for a in nproto.attribute}
+            nproto.attribute.extend(a for a in extra if a.name not in have)
         for sub_proto, sub in zip(_subgraphs(nproto), _gs_subgraphs(node)):
             _restore_node_meta(sub_proto, sub, meta)
 

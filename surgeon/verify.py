@@ -418,14 +418,58 @@ class Verifier:
     def run_source(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         return run_model(self.runtime, self.source, feeds)
 
+    def intermediates(self, contract: IOContract, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Values of the tensors ``contract`` needs from inside the model before its step."""
+        inter = contract.intermediates
+        if inter is None:
+            return None
+        out = run_model(self.runtime, inter.model, [feed])[0]
+        return {name: out[name] for name in inter.names}
+
+    def replay(self, contracts: Sequence[IOContract], chains: Sequence[Sequence[Mapping[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+        """Run the source on each chain's first feed (chains from :meth:`backward`) and map its outputs
+        through ``contracts``; feeds are mapped forward except across steps that derive theirs backwards."""
+        results = []
+        for outputs, chain in zip(self.run_source([chain[0] for chain in chains]), chains):
+            feed = dict(chain[0])
+            for i, c in enumerate(contracts):
+                extra = self.intermediates(c, feed)
+                outputs = c.map_outputs(outputs, feed, extra)
+                feed = dict(chain[i + 1]) if c.derived_inputs else c.map_feed(feed, extra)
+            results.append(outputs)
+        return results
+
+    def backward(self, contracts: Sequence[IOContract], feed: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Feeds before each of ``contracts`` and after the last, from a feed after the last one.
+        Source inputs a step removed (unused, so any value does) come from the source feed."""
+        chain = [dict(feed)]
+        for c in reversed(contracts):
+            chain.insert(0, c.unmap_feed(chain[0]))
+        for spec in self.specs:
+            chain[0].setdefault(spec.name, self.feed[spec.name])
+        return chain
+
+    def _start(self, candidate: Model, contracts: Sequence[IOContract]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+        """Feed and expected outputs to map forward from, and the first contract to map them through:
+        the source's, or those right after the last step that derives its feed backwards (its random
+        data is made for the model after it and the reference is the source run on the derived feed)."""
+        last = max((i for i, c in enumerate(contracts) if c.derived_inputs), default=-1)
+        if last < 0:
+            return dict(self.feed), dict(self.reference()), 0
+        later = contracts[last + 1 :]
+        specs = [InputSpec(_unrename(s.name, later, "in"), s.dtype, s.dims) for s in graph_inputs(candidate.proto)]
+        chain = self.backward(contracts[: last + 1], make_feed(specs, self.config))
+        return chain[-1], self.replay(contracts[: last + 1], [chain])[0], last + 1
+
     def check(self, candidate: Model, contracts: Sequence[IOContract], tol: Tolerance) -> StepCheck:
         """Run ``candidate`` on the source feed mapped through ``contracts``; compare each output
         with the reference mapped the same way; then run the last step's probes."""
         import numpy as np
 
-        feed, expected = dict(self.feed), dict(self.reference())
-        for c in contracts:
-            feed, expected = c.map_feed(feed), c.map_outputs(expected, feed)
+        feed, expected, start = self._start(candidate, contracts)
+        for c in contracts[start:]:
+            extra = self.intermediates(c, feed)
+            feed, expected = c.map_feed(feed, extra), c.map_outputs(expected, feed, extra)
         actual = run_model(self.runtime, candidate, [feed])[0]
         result = StepCheck(device=self.device_line)
         for name, value in expected.items():
@@ -479,7 +523,7 @@ class ProbeEnv:
         for feed in feeds:
             f = dict(feed)
             for c in self.contracts[self.step + 1 :]:
-                f = c.map_feed(f)
+                f = c.map_feed(f, self.verifier.intermediates(c, f))
             mapped.append(f)
         outs = run_model(self.verifier.runtime, self.candidate, mapped)
         later = self.contracts[self.step + 1 :]
@@ -488,20 +532,8 @@ class ProbeEnv:
     def run_before(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Outputs of the model before the step, named as after it, for feeds named as after it."""
 
-        src_feeds = []
-        for feed in feeds:
-            f = dict(feed)
-            for c in reversed(self.contracts[: self.step + 1]):
-                f = c.unmap_feed(f)
-            src_feeds.append(f)
-        outs = self.verifier.run_source(src_feeds)
-        mapped = []
-        for o, f in zip(outs, src_feeds):
-            cur: dict[str, np.ndarray] = dict(f)
-            for c in self.contracts[: self.step + 1]:
-                o, cur = c.map_outputs(o, cur), c.map_feed(cur)
-            mapped.append(o)
-        return mapped
+        before = self.contracts[: self.step + 1]
+        return self.verifier.replay(before, [self.verifier.backward(before, feed) for feed in feeds])
 
 
 def _unrename(name: str, contracts: Sequence[IOContract], kind: str) -> str:

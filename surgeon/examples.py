@@ -1,0 +1,81 @@
+"""Example models the recipes in ``recipes/`` run on, built here so nothing is downloaded.
+
+``python -m surgeon.examples recipes/`` writes them all. Builders that need torch say so and are
+skipped with a message when torch is not installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def tiny_cnn(seed: int = 0) -> onnx.ModelProto:
+    """A small classifier as the TorchScript exporter names it: input ``input.1``, output
+    ``/fc/Gemm_output_0``, a fixed batch of 1, a dead branch and an unused initializer."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2, name)
+
+    nodes = [
+        helper.make_node("Conv", ["input.1", "conv1.weight", "conv1.bias"], ["/conv1/Conv_output_0"], name="/conv1/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["/conv1/Conv_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu"),
+        helper.make_node("GlobalAveragePool", ["/relu/Relu_output_0"], ["/pool/GlobalAveragePool_output_0"], name="/pool/GlobalAveragePool"),
+        helper.make_node("Flatten", ["/pool/GlobalAveragePool_output_0"], ["onnx::Gemm_7"], name="/Flatten", axis=1),
+        helper.make_node("Gemm", ["onnx::Gemm_7", "fc.weight", "fc.bias"], ["/fc/Gemm_output_0"], name="/fc/Gemm", transB=1),
+        helper.make_node("Sigmoid", ["/relu/Relu_output_0"], ["/unused/Sigmoid_output_0"], name="/unused/Sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "main_graph",
+        [helper.make_tensor_value_info("input.1", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("/fc/Gemm_output_0", onnx.TensorProto.FLOAT, [1, 10])],
+        [init("conv1.weight", 8, 3, 3, 3), init("conv1.bias", 8), init("fc.weight", 10, 8), init("fc.bias", 10), init("unused.weight", 64, 64)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, producer_name="pytorch", producer_version="2.13.0")
+    model.metadata_props.add(key="example", value="tiny-cnn")
+    return model
+
+
+BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
+    "tiny-cnn.onnx": tiny_cnn,
+}
+"""File name -> builder of the model recipes/ refer to."""
+
+
+def build_all(folder: str | Path, only: list[str] | None = None) -> list[Path]:
+    import onnx
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, builder in BUILDERS.items():
+        if only and name not in only:
+            continue
+        onnx.save(builder(), str(out / name))
+        written.append(out / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m surgeon.examples FOLDER [NAME...]", file=sys.stderr)
+        return 2
+    for path in build_all(args[0], args[1:] or None):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
