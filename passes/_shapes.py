@@ -1,0 +1,191 @@
+"""Shape helpers shared by the interface passes: clear stale shapes and re-run ONNX shape inference,
+shapes at concrete input sizes, constants behind a node input, input dims by symbol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from surgeon.errors import PassError
+from surgeon.graph import iter_graphs
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from surgeon.model import ModelIR
+
+Dim = int | str | None
+Shape = tuple[Dim, ...] | None
+_LIGHT = 1024
+"""Initializers with more elements than this are given to shape inference as typed inputs (their
+values never decide a shape and copying them is what makes inference slow on big models)."""
+
+
+def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None) -> onnx.ModelProto:
+    import numpy as np
+    from onnx import helper
+
+    proto = model.to_proto()
+    g = proto.graph
+    keep = []
+    for t in g.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) > _LIGHT:
+            if t.name not in {i.name for i in g.input}:
+                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            keep.append(t)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    for vi in g.input:
+        if input_dims and vi.name in input_dims:
+            dims = vi.type.tensor_type.shape.dim
+            for d, value in zip(dims, input_dims[vi.name]):
+                if isinstance(value, int):
+                    d.dim_value = value
+                elif isinstance(value, str):
+                    d.dim_param = value
+    return proto
+
+
+def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None, strict: bool = False) -> dict[str, tuple[Any, Shape]]:
+    """``{tensor name: (onnx elem type or None, shape)}`` from ONNX shape inference over the graph
+    and its subgraphs, optionally with some input dims replaced (by input name)."""
+    import onnx
+
+    proto = _light_proto(model, input_dims)
+    try:
+        out = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=strict, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError / RuntimeError with the node named
+        raise PassError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
+    result: dict[str, tuple[Any, Shape]] = {}
+    for gproto in _graphs(out.graph):
+        for vi in list(gproto.value_info) + list(gproto.output) + list(gproto.input):
+            result[vi.name] = _type_of(vi)
+    return result
+
+
+def _graphs(gproto: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    yield gproto
+    for node in gproto.node:
+        for attr in node.attribute:
+            if attr.type == 5:
+                yield from _graphs(attr.g)
+            elif attr.type == 10:
+                for sub in attr.graphs:
+                    yield from _graphs(sub)
+
+
+def _type_of(vi: onnx.ValueInfoProto) -> tuple[Any, Shape]:
+    if not vi.type.HasField("tensor_type"):
+        return None, None
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return tt.elem_type or None, None
+    dims: list[Dim] = []
+    for d in tt.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+    return tt.elem_type or None, tuple(dims)
+
+
+def _input_names(model: ModelIR) -> set[str]:
+    out: set[str] = set()
+    for g in iter_graphs(model.graph):
+        out.update(t.name for t in g.inputs)
+    return out
+
+
+def refresh_shapes(model: ModelIR, pins: Mapping[str, Shape] | None = None) -> None:
+    """Forget every intermediate and output shape, then re-run shape inference and write what it
+    finds back (dims it cannot compute become fresh symbols). ``pins``: shapes to impose first
+    (graph outputs the user declared); inference may only refine them."""
+    import onnx_graphsurgeon as gs
+    from onnx import helper
+
+    pins = dict(pins or {})
+    inputs = _input_names(model)
+    variables: dict[str, gs.Variable] = {}
+    for g in iter_graphs(model.graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Variable) and t.name and t.name not in inputs:
+                variables[t.name] = t
+                t.shape = pins.get(t.name)
+    inferred = infer(model)
+    for name, t in variables.items():
+        elem, shape = inferred.get(name, (None, None))
+        if elem and t.dtype is None:
+            t.dtype = helper.tensor_dtype_to_np_dtype(elem)
+        pinned = pins.get(name)
+        t.shape = list(shape) if shape is not None else (list(pinned) if pinned is not None else None)
+
+
+def stale_static(model: ModelIR) -> list[str]:
+    """Tensors whose shape is not what inference says (used by tests and as a final check)."""
+    import onnx_graphsurgeon as gs
+
+    inferred = infer(model)
+    bad = []
+    for g in iter_graphs(model.graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Variable) and t.shape is not None and t.name in inferred:
+                shape = inferred[t.name][1]
+                if shape is not None and tuple(t.shape) != shape:
+                    bad.append(t.name)
+    return bad
+
+
+def constant_of(tensor: gs.Tensor) -> gs.Constant | None:
+    """The constant behind a node input: an initializer, or the output of a Constant node."""
+    import onnx_graphsurgeon as gs
+
+    if isinstance(tensor, gs.Constant):
+        return tensor
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return value
+    return None
+
+
+def constant_values(model: ModelIR, tensor: gs.Tensor) -> np.ndarray | None:
+    """Values of a constant node input (initializer or Constant node with a tensor ``value``)."""
+    import numpy as np
+
+    const = constant_of(tensor)
+    if const is None:
+        node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+        if node is not None and node.op == "Constant":
+            for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
+                if key in node.attrs:
+                    return np.asarray(node.attrs[key], dtype=dtype)
+        return None
+    return np.asarray(model.values(const))
+
+
+def unique_name(model: ModelIR, base: str) -> str:
+    from surgeon.graph import all_tensor_names
+
+    taken = all_tensor_names(model.graph) | {n.name for g in iter_graphs(model.graph) for n in g.nodes}
+    if base not in taken:
+        return base
+    i = 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    return f"{base}_{i}"
+
+
+def input_symbols(graph: gs.Graph) -> dict[str, list[tuple[str, int]]]:
+    """Every symbolic dim of the graph inputs: ``{symbol: [(input, axis), ...]}``."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for t in graph.inputs:
+        for axis, d in enumerate(t.shape or []):
+            if isinstance(d, str) and d:
+                out.setdefault(d, []).append((t.name, axis))
+    return out
+
+
+def dims_text(shape: Shape) -> str:
+    if shape is None:
+        return "unknown rank"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"

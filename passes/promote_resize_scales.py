@@ -1,0 +1,360 @@
+"""Make the constant scales (or sizes) of Resize / Upsample nodes a graph input."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from surgeon.contract import IOContract
+from surgeon.errors import PassPreconditionError
+from surgeon.graph import all_tensor_names, listing
+from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    from surgeon.model import ModelIR
+    from surgeon.verify import OutputCheck, ProbeEnv
+
+OPS = ("Resize", "Upsample")
+
+
+@dataclass
+class Site:
+    """One Resize/Upsample node and the constant input the pass promotes."""
+
+    node: gs.Node
+    slot: int
+    kind: Literal["scales", "sizes"]
+    value: np.ndarray
+    lead: int = 2
+    """How many leading entries of the vector belong to non-spatial axes (batch, channels)."""
+
+
+@register_pass("promote-resize-scales")
+class PromoteResizeScales(Pass):
+    """Make the constant scales (or sizes) of Resize/Upsample nodes a graph input, so the upscale factor is chosen at run time.
+
+    Handles TorchScript exports (scales from a Constant node), dynamo exports (scales an
+    initializer), Resize driven by ``sizes`` (promoted as int64) and Upsample (opset 7-9; 7-8 are
+    converted to opset 9 first). ``form: factor`` adds one float input (or one per spatial axis)
+    expanded in the graph into ``[1, 1, f, f]``. Shapes that depend on the scale become symbolic.
+    Contract: new input(s) fed their former constant give identical outputs; a probe runs another
+    factor and checks the output shapes against ONNX shape inference at that factor.
+    """
+
+    class Params(PassParams):
+        nodes: list[str] | str | None = Field(None, description="Resize/Upsample nodes: a list of names, or one regex matched against whole names (default: all with constant scales)")
+        input: str | None = Field(None, description="name of the new input (default: 'factor' for form factor, else 'scales' or 'sizes')")
+        form: Literal["scales", "factor"] = Field("scales", description="scales: the full vector the node takes; factor: one float (or one per spatial axis) expanded into [1, 1, f, f]")
+        per_axis: bool = Field(False, description="form factor: one factor per spatial axis instead of one shared float")
+        per_node: bool = Field(False, description="one input per node (named <input>_<i>) instead of one input shared by all nodes")
+        probe_factor: float = Field(2.0, gt=0, description="the other factor the verifier tries (the current one + 1 when they are equal)")
+
+    params: Params
+
+    # -- finding the nodes ---------------------------------------------------------------------
+    def _selected(self, model: ModelIR) -> list[gs.Node]:
+        nodes = [n for n in model.graph.nodes if n.op in OPS]
+        sel = self.params.nodes
+        if sel is None:
+            return nodes
+        existing = [n.name for n in nodes]
+        if isinstance(sel, str):
+            try:
+                rx = re.compile(sel)
+            except re.error as exc:
+                raise PassPreconditionError(f"invalid nodes pattern '{sel}': {exc}", field=("nodes",)) from None
+            picked = [n for n in nodes if rx.fullmatch(n.name)]
+            if not picked:
+                raise PassPreconditionError(f"nodes pattern '{sel}' matches no Resize/Upsample node; they are: {listing(existing)}", field=("nodes",))
+            return picked
+        from surgeon.pass_api import suggest
+
+        for i, name in enumerate(sel):
+            if name not in existing:
+                raise PassPreconditionError(f"no Resize/Upsample node named '{name}'{suggest(name, existing)}; they are: {listing(existing)}", field=("nodes", i))
+        return [n for n in nodes if n.name in sel]
+
+    def _site(self, model: ModelIR, node: gs.Node, explicit: bool) -> Site | None:
+        from surgeon.passes._shapes import constant_values
+
+        if node.op == "Upsample" and "scales" in node.attrs:
+            import numpy as np
+
+            return Site(node, -1, "scales", np.asarray(node.attrs["scales"], dtype=np.float32))
+        kind: Literal["scales", "sizes"]
+        if node.op == "Upsample" or model.opset < 11:
+            slot, kind = 1, "scales"
+        else:
+            sizes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
+            slot, kind = (3, "sizes") if sizes is not None else (2, "scales")
+        tensor = node.inputs[slot] if len(node.inputs) > slot else None
+        value = constant_values(model, tensor) if tensor is not None and tensor.name else None
+        if value is None or value.size == 0:
+            if explicit:
+                where = "a graph input" if tensor is not None and tensor in model.graph.inputs else "computed in the graph"
+                raise PassPreconditionError(f"node '{node.name}': its {kind} are {where}, not a constant; nothing to promote", field=("nodes",))
+            return None
+        lead = 2
+        axes = node.attrs.get("axes")
+        if axes:
+            rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else max(axes) + 1
+            lead = sum(1 for a in axes if (a + rank if a < 0 else a) < 2)
+        return Site(node, slot, kind, value.astype(value.dtype, copy=True), lead)
+
+    def _sites(self, model: ModelIR) -> list[Site]:
+        explicit = self.params.nodes is not None
+        sites = [s for n in self._selected(model) if (s := self._site(model, n, explicit)) is not None]
+        if self.params.form == "factor":
+            for s in sites:
+                self._factor_of(s)
+        return sites
+
+    def _factor_of(self, site: Site) -> np.ndarray:
+        import numpy as np
+
+        name, v = site.node.name, site.value
+        if site.kind == "sizes":
+            raise PassPreconditionError(f"node '{name}' is driven by sizes {v.tolist()}, not scales; use form: scales (it promotes the sizes, int64)", field=("form",))
+        if not np.all(v[: site.lead] == 1):
+            raise PassPreconditionError(f"node '{name}' scales {v.tolist()} change a non-spatial axis; use form: scales", field=("form",))
+        spatial = v[site.lead :].astype(np.float32)
+        if spatial.size == 0:
+            raise PassPreconditionError(f"node '{name}' has no spatial axis to scale", field=("form",))
+        if self.params.per_axis:
+            return spatial
+        if not np.all(spatial == spatial[0]):
+            raise PassPreconditionError(f"node '{name}' scales its spatial axes differently ({spatial.tolist()}); set per_axis: true", field=("per_axis",))
+        return np.asarray(spatial[0], dtype=np.float32)
+
+    # -- params vs model -----------------------------------------------------------------------
+    def _plan(self, model: ModelIR) -> list[tuple[str, np.ndarray, list[Site]]]:
+        """``[(input name, value it replaces, sites)]``."""
+        import numpy as np
+
+        sites = self._sites(model)
+        if not sites:
+            return []
+        p = self.params
+        base = p.input or ("factor" if p.form == "factor" else sites[0].kind)
+        values = [self._factor_of(s) if p.form == "factor" else s.value for s in sites]
+        if p.per_node and len(sites) > 1:
+            plan = [(f"{base}_{i}", v, [s]) for i, (v, s) in enumerate(zip(values, sites))]
+        else:
+            for s, v in zip(sites, values):
+                same = s.kind == sites[0].kind and v.shape == values[0].shape and v.dtype == values[0].dtype and np.array_equal(v, values[0])
+                if not same:
+                    first = sites[0]
+                    raise PassPreconditionError(
+                        f"nodes '{first.node.name}' ({first.kind} {values[0].tolist()}) and '{s.node.name}' ({s.kind} {v.tolist()}) "
+                        "differ, so they cannot share one input; set per_node: true or select nodes",
+                        field=("per_node",),
+                    )
+            plan = [(base, values[0], sites)]
+        taken = all_tensor_names(model.graph)
+        for name, _, _ in plan:
+            if name in taken:
+                raise PassPreconditionError(f"cannot add input '{name}': a tensor of that name already exists; choose another 'input'", field=("input",))
+        return plan
+
+    def requires(self, model: ModelIR) -> None:
+        self._plan(model)
+
+    def run(self, model: ModelIR) -> PassResult:
+        notes: list[str] = []
+        if any(s.slot < 0 for s in self._sites(model)):
+            notes.append(_legacy_upsample_to_9(model))
+        plan = self._plan(model)
+        if not plan:
+            return PassResult(False, IOContract())
+        contract = IOContract()
+        for name, value, sites in plan:
+            notes += _promote(model, name, value, sites, self.params.form)
+            contract.new_inputs[name] = value
+        contract.probes.append(self._probe(plan))
+        contract.notes = notes
+        return PassResult(True, contract)
+
+    def _probe(self, plan: list[tuple[str, np.ndarray, list[Site]]]) -> ScaleProbe:
+        import numpy as np
+
+        p = self.params
+        feed, vectors = {}, {}
+        for name, value, sites in plan:
+            feed[name] = _probe_value(value, sites[0], p.probe_factor, p.form)
+            for s in sites:
+                full = s.value.copy()
+                full[s.lead :] = np.broadcast_to(feed[name], full[s.lead :].shape) if p.form == "factor" else feed[name][s.lead :]
+                vectors[s.node.name] = (s.slot, full)
+        return ScaleProbe(feed, vectors)
+
+
+# -- editing ------------------------------------------------------------------------------------
+
+
+def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], form: str) -> list[str]:
+    import onnx_graphsurgeon as gs
+    from surgeon.passes._shapes import refresh_shapes
+
+    g = model.graph
+    new = gs.Variable(name, dtype=value.dtype, shape=list(value.shape))
+    g.inputs.append(new)
+    vectors: dict[tuple[int, int], gs.Variable] = {}
+    pins: dict[str, tuple[Any, ...]] = {}
+    for site in sites:
+        node, old = site.node, site.node.inputs[site.slot]
+        vector = new
+        if form == "factor":
+            key = (site.lead, len(site.value) - site.lead)
+            if key not in vectors:
+                vectors[key] = _expand_factor(model, new, *key)
+            vector = vectors[key]
+            x, y = node.inputs[0], node.outputs[0]
+            if x.shape is not None and y.name:
+                y.dtype = y.dtype or x.dtype
+                # the factor only scales spatial axes: batch and channels keep their size
+                pins[y.name] = tuple(x.shape[: site.lead]) + (None,) * key[1]
+        node.inputs[site.slot] = vector
+        _drop_if_orphan(g, old)
+    refresh_shapes(model, pins)
+    what = f"factor {value.tolist()}" if form == "factor" else f"{sites[0].kind} {value.tolist()}"
+    return [f"input '{name}' ({what}) now drives {', '.join(repr(s.node.name) for s in sites)}"]
+
+
+def _expand_factor(model: ModelIR, factor: gs.Variable, lead: int, n_spatial: int) -> gs.Variable:
+    """``[1] * lead + [f] * n_spatial`` (f a scalar) or ``[1] * lead + f`` (f one per axis)."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+    from surgeon.passes._shapes import unique_name
+
+    g = model.graph
+    spatial = factor
+    if not factor.shape:  # scalar: broadcast to one per spatial axis
+        spatial = gs.Variable(unique_name(model, f"{factor.name}_spatial"), dtype=factor.dtype, shape=[n_spatial])
+        count = gs.Constant(unique_name(model, f"{factor.name}_count"), np.array([n_spatial], dtype=np.int64))
+        g.nodes.append(gs.Node("Expand", unique_name(model, f"{factor.name}_Expand"), inputs=[factor, count], outputs=[spatial]))
+    ones = gs.Constant(unique_name(model, f"{factor.name}_ones"), np.ones(lead, dtype=factor.dtype))
+    vector = gs.Variable(unique_name(model, f"{factor.name}_scales"), dtype=factor.dtype, shape=[lead + n_spatial])
+    g.nodes.append(gs.Node("Concat", unique_name(model, f"{factor.name}_Concat"), attrs={"axis": 0}, inputs=[ones, spatial], outputs=[vector]))
+    g.toposort()
+    return vector
+
+
+def _drop_if_orphan(g: gs.Graph, tensor: gs.Tensor) -> None:
+    """Remove the Constant node that fed a promoted input when nothing else reads it."""
+    if not tensor.outputs and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant" and tensor not in g.outputs:
+        node = tensor.inputs[0]
+        g.nodes.remove(node)
+        node.outputs.clear()
+
+
+def _legacy_upsample_to_9(model: ModelIR) -> str:
+    """Upsample-7/8 keep their scales in an attribute: convert the model to opset 9 (scales an input)."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from surgeon.errors import PassError
+
+    before = model.opset
+    try:
+        proto = onnx.version_converter.convert_version(model.to_proto(), 9)
+    except Exception as exc:
+        raise PassError(f"Upsample-{before} keeps scales in an attribute and the model cannot be converted to opset 9: {str(exc).splitlines()[0]}") from None
+    model.graph = gs.import_onnx(proto)
+    model.graph.opset = 9
+    return f"converted the model from opset {before} to 9 (Upsample-9 takes scales as an input)"
+
+
+def _probe_value(value: np.ndarray, site: Site, factor: float, form: str) -> np.ndarray:
+    import numpy as np
+
+    if site.kind == "sizes":
+        out = value.copy()
+        x = site.node.inputs[0].shape
+        for i in range(site.lead, len(out)):
+            dim = x[i] if x is not None and len(x) == len(out) and isinstance(x[i], int) else None
+            out[i] = int(dim * factor) if dim else int(out[i]) * 2
+        return out
+    current = float(value.reshape(-1)[-1])
+    f = factor + 1 if abs(factor - current) < 1e-6 else factor
+    if form == "factor":
+        return np.full_like(value, f)
+    out = value.copy()
+    out[site.lead :] = f
+    return out
+
+
+class ScaleProbe:
+    """Runs the edited model at another factor: it must run, and every output shape must be what
+    ONNX shape inference gives for the model with that factor as a constant."""
+
+    def __init__(self, values: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]]) -> None:
+        self.values = values
+        self.vectors = vectors
+        self.name = ", ".join(f"{k}={v.tolist()}" for k, v in values.items())
+
+    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+        from surgeon.verify import OutputCheck
+
+        feed = env.make_feed({})
+        feed.update(self.values)
+        actual = env.run_after([feed])[0]
+        expected = _expected_shapes(env, feed, self.vectors)
+        checks = []
+        for name, value in actual.items():
+            want = expected.get(name)
+            ok = want is None or tuple(want) == tuple(value.shape)
+            note = f"shape {tuple(value.shape)}" + ("" if want is None else f", shape inference says {tuple(want)}")
+            checks.append(OutputCheck(f"probe {self.name}: {name}", ok, "ok" if ok else "FAIL", shape=tuple(value.shape), note=note))
+        return checks
+
+
+def _expected_shapes(env: ProbeEnv, feed: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]]) -> dict[str, tuple[int, ...]]:
+    """Output shapes by ONNX shape inference at the feed's shapes, each probed node reading its
+    probe scales (or sizes) from a constant."""
+    import onnx
+    from onnx import numpy_helper
+
+    later = env.contracts[env.step + 1 :]
+    mapped = dict(feed)
+    for c in later:
+        mapped = c.map_feed(mapped)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(env.candidate.proto)
+    g = proto.graph
+    consts = {}
+    for node in g.node:
+        if node.name in vectors:
+            slot, vector = vectors[node.name]
+            name = f"{node.name}__probe_vector"
+            consts[name] = vector
+            if slot < len(node.input):
+                node.input[slot] = name
+    keep = list(g.input)
+    for vi in keep:
+        if vi.name in mapped:
+            dims = vi.type.tensor_type.shape.dim
+            for d, n in zip(dims, mapped[vi.name].shape):
+                d.Clear()
+                d.dim_value = n
+    del g.input[:]
+    g.input.extend(keep)
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    del g.value_info[:]
+    for o in g.output:
+        o.type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    out = {}
+    for o in inferred.graph.output:
+        dims = o.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            back = o.name
+            for c in reversed(later):
+                back = {v: k for k, v in c.renamed_outputs.items()}.get(back, back)
+            out[back] = tuple(d.dim_value for d in dims)
+    return out
