@@ -28,21 +28,20 @@ CHUNK = 16 << 20
 
 
 def replace_graph(model: ModelIR, proto: onnx.ModelProto) -> None:
-    """Make ``proto``'s graph the model's graph: node doc strings / metadata, opsets and unused
-    initializers follow it. For passes that edit through ModelProto-level tools."""
-    import onnx_graphsurgeon as gs
+    """Make ``proto``'s graph the model's graph, for passes that edit through ModelProto-level
+    tools: everything ModelIR derives from a graph (node doc strings / metadata, inputs with
+    defaults, unused initializers...) is derived again from ``proto``; opsets follow it; the
+    shell (producer, metadata) and the source stay."""
+    import dataclasses
 
-    from surgeon.model import _collect_node_meta
+    from surgeon.model import Model, ModelIR
 
-    graph = gs.import_onnx(proto)
-    model.graph = graph
-    model.node_meta = {}
-    _collect_node_meta(proto.graph, graph, model.node_meta)
+    fresh = ModelIR.from_model(Model(proto, base_dir=model.base_dir))
+    for f in dataclasses.fields(ModelIR):
+        if f.name not in ("shell", "base_dir", "source"):
+            setattr(model, f.name, getattr(fresh, f.name))
     del model.shell.opset_import[:]
     model.shell.opset_import.extend(proto.opset_import)
-    if hasattr(model, "orphans"):
-        used = set(graph.tensors())
-        model.orphans = [t for t in proto.graph.initializer if t.name not in used]
 
 
 def graph_key(graph: onnx.GraphProto) -> tuple[Any, ...]:
