@@ -29,7 +29,8 @@ EPILOG = "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage, 3 mode
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # lines are never wrapped: one message, one line (tables still fit the terminal)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def _verify_args(p: argparse.ArgumentParser) -> None:

@@ -192,9 +192,7 @@ class Pipeline:
         source = load(model)
         ir = source.ir()
         cfg = self.verify
-        verifier = Verifier(source, cfg, base_dir) if cfg.mode != "off" else None
-        if verifier is not None:
-            verifier.reference()
+        verifier: Verifier | None = None
         tol = Tolerance(cfg.rtol, cfg.atol)
         contracts: list[IOContract] = []
         reports: list[StepReport] = []
@@ -204,6 +202,15 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 step.pass_.requires(ir)
+            except PassPreconditionError as exc:
+                raise PassPreconditionError(step.message(exc), exc.field) from None
+            except SurgeonError as exc:
+                raise PassError(step.message(exc)) from None
+            if verifier is None and cfg.mode != "off":
+                # after the first precondition check, before any edit: the reference run
+                verifier = Verifier(source, cfg, base_dir)
+                verifier.reference()
+            try:
                 result = step.pass_.run(ir)
             except PassPreconditionError as exc:
                 raise PassPreconditionError(step.message(exc), exc.field) from None

@@ -392,7 +392,16 @@ class Verifier:
     through the list of contracts between the source and them."""
 
     def __init__(self, source: Model, config: VerifyConfig, base_dir: Path | None = None) -> None:
+        self._snapshot: tempfile.TemporaryDirectory[str] | None = None
+        if source.path is None and not source.uses_external_data:
+            # an in-memory source is saved once, before any pass can touch shared protos
+            from surgeon.model import Model as _Model
+            from surgeon.save import save
 
+            self._snapshot = tempfile.TemporaryDirectory(prefix="surgeon-source-")
+            path = Path(self._snapshot.name) / "source.onnx"
+            save(source, path)
+            source = _Model(source.proto, path=path, base_dir=path.parent)
         self.source = source
         self.config = config
         self.runtime = Runtime(config.device)
@@ -403,7 +412,10 @@ class Verifier:
                 path = base_dir / path
             self.feed = load_npz(path, self.specs)
         else:
-            self.feed = make_feed(self.specs, config)
+            try:
+                self.feed = make_feed(self.specs, config)
+            except UsageError as exc:
+                raise UsageError(f"{source.name}: {exc}") from None
         self._reference: dict[str, np.ndarray] | None = None
 
     @property
