@@ -1,0 +1,67 @@
+"""Remove graph outputs, and the nodes only they needed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+from surgeon.passes._ops import require_output
+
+from surgeon.contract import IOContract
+from surgeon.errors import PassPreconditionError
+from surgeon.graph import listing
+from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from surgeon.model import ModelIR
+
+
+@register_pass("remove-outputs")
+class RemoveOutputs(Pass):
+    """Remove graph outputs; the nodes and initializers that only they needed go too (prune).
+
+    Graph inputs stay (use cleanup with remove_unused_inputs to drop those no longer read).
+    Contract: the outputs that stay are unchanged; the removed ones are no longer compared.
+    """
+
+    class Params(PassParams):
+        outputs: list[str] = Field(min_length=1, description="names of the graph outputs to remove")
+        missing_ok: bool = Field(False, description="skip names that are not graph outputs (so the step can be re-applied) instead of failing")
+        prune: bool = Field(True, description="remove nodes and initializers no output depends on any more")
+
+    params: Params
+
+    def requires(self, model: ModelIR) -> None:
+        g = model.graph
+        if not self.params.missing_ok:
+            for name in self.params.outputs:
+                require_output(g, name, ("outputs", name))
+        remaining = [t.name for t in g.outputs if t.name not in self.params.outputs]
+        if not remaining:
+            raise PassPreconditionError(
+                f"removing {listing(self.params.outputs)} would leave the model without outputs; graph outputs are: {listing(t.name for t in g.outputs)}",
+                field=("outputs", self.params.outputs[0]),
+            )
+
+    def run(self, model: ModelIR) -> PassResult:
+        g = model.graph
+        wanted = set(self.params.outputs)
+        removed = [t.name for t in g.outputs if t.name in wanted]
+        if not removed:
+            return PassResult(False, IOContract(notes=[f"no output named {listing(self.params.outputs)}; nothing removed"]))
+        g.outputs = [t for t in g.outputs if t.name not in wanted]
+        notes = [f"removed output {n}" for n in dict.fromkeys(removed)]
+        if self.params.prune:
+            n_nodes = len(g.nodes)
+            n_consts = _n_constants(g)
+            g.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
+            if len(g.nodes) != n_nodes or _n_constants(g) != n_consts:
+                notes.append(f"pruned {n_nodes - len(g.nodes)} node(s) and {n_consts - _n_constants(g)} initializer(s) no output needs")
+        return PassResult(True, IOContract(removed_outputs=set(removed), notes=notes))
+
+
+def _n_constants(g: object) -> int:
+    import onnx_graphsurgeon as gs
+
+    assert isinstance(g, gs.Graph)
+    return sum(isinstance(t, gs.Constant) for t in g.tensors().values())
