@@ -217,7 +217,8 @@ def make_feed(specs: Sequence[InputSpec], config: VerifyConfig, dims: Mapping[st
     rng = np.random.default_rng(config.seed + seed_offset)
     all_dims = {**config.dims, **(dims or {})}
     return {
-        s.name: random_array(s, resolve_shape(s, all_dims), rng, config.ranges.get(s.name)) for s in specs
+        s.name: np.asarray(random_array(s, resolve_shape(s, all_dims), rng, config.ranges.get(s.name)))
+        for s in specs
     }
 
 

@@ -1,0 +1,149 @@
+"""The verifier: comparison, input data, devices, contracts, failure handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import parser
+
+from surgeon import Pipeline
+from surgeon.contract import IOContract, Tolerance
+from surgeon.errors import UsageError, VerificationError
+from surgeon.model import load
+from surgeon.passes.rename_io import RenameIO
+from surgeon.verify import InputSpec, Runtime, Verifier, VerifyConfig, compare, make_feed, resolve_shape
+from tests.conftest import exported_like_model
+
+
+def test_compare_reports_errors_and_verdicts() -> None:
+    tol = Tolerance(1e-3, 1e-5)
+    a = np.array([1.0, 2.0, 4.0], np.float32)
+    ok = compare("y", a, a + np.float32(1e-6), tol)
+    assert ok.ok and ok.verdict == "ok" and 0 < ok.max_abs < 2e-6
+    bad = compare("y", a, a * 1.01, tol)
+    assert not bad.ok and bad.verdict == "FAIL" and bad.max_abs == pytest.approx(0.04, rel=1e-3)
+    assert bad.max_rel == pytest.approx(0.01, rel=1e-3)
+    assert "shape" in compare("y", a, a[:2], tol).note
+    assert "dtype" in compare("y", a, a.astype(np.float64), tol).note
+
+
+def test_compare_calls_out_non_finite_and_empty() -> None:
+    tol = Tolerance(0, 0)
+    a = np.array([np.nan, np.inf, 1.0])
+    same = compare("y", a, a.copy(), tol)
+    assert same.ok and same.verdict == "ok (non-finite)" and "2 non-finite" in same.note
+    worse = compare("y", np.array([1.0, 2.0]), np.array([1.0, np.nan]), tol)
+    assert not worse.ok and "non-finite values differ" in worse.note
+    empty = compare("y", np.zeros((0, 3)), np.zeros((0, 3)), tol)
+    assert empty.ok and empty.verdict == "ok (empty)" and "empty" in empty.note
+
+
+def test_feed_is_seeded_and_dims_resolved() -> None:
+    specs = [InputSpec("x", np.dtype(np.float32), ("batch", 3)), InputSpec("i", np.dtype(np.int64), (2,)), InputSpec("b", np.dtype(bool), ())]
+    cfg = VerifyConfig(dims={"batch": 4}, seed=3)
+    f1, f2 = make_feed(specs, cfg), make_feed(specs, cfg)
+    assert f1["x"].shape == (4, 3) and f1["x"].dtype == np.float32
+    assert np.array_equal(f1["x"], f2["x"]) and np.array_equal(f1["i"], f2["i"])
+    assert f1["b"].dtype == bool and f1["b"].shape == ()
+    assert not np.array_equal(make_feed(specs, VerifyConfig(dims={"batch": 4}, seed=4))["x"], f1["x"])
+    assert resolve_shape(specs[0], {"x:0": 7}) == (7, 3)
+    with pytest.raises(UsageError, match="symbolic dim 'batch'; set verify.dims: {batch: N}"):
+        resolve_shape(specs[0], {})
+    with pytest.raises(UsageError, match=r"a dim with no size; set verify.dims: {'x:0': N}"):
+        resolve_shape(InputSpec("x", np.dtype(np.float32), (None,)), {})
+
+
+def test_npz_inputs(tmp_path: Path) -> None:
+    data = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.savez(tmp_path / "in.npz", **{"onnx::MatMul_0": data})
+    v = Verifier(load(exported_like_model()), VerifyConfig(inputs="in.npz", device="cpu"), base_dir=tmp_path)
+    assert np.array_equal(v.feed["onnx::MatMul_0"], data)
+    with pytest.raises(UsageError, match="no array for input"):
+        np.savez(tmp_path / "other.npz", z=data)
+        Verifier(load(exported_like_model()), VerifyConfig(inputs="other.npz"), base_dir=tmp_path)
+
+
+def test_device_cuda_is_an_error_when_cuda_does_not_load(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    path = tmp_path / "m.onnx"
+    onnx.save(exported_like_model(), str(path))
+    rt = Runtime("auto")
+    sess = rt.session(path)
+    if "CUDAExecutionProvider" in sess.get_providers():
+        pytest.skip("CUDA really loads here: covered by tests/test_gpu.py")
+    assert rt.used == "CPU" and rt.reason
+    assert "CUDAExecutionProvider" in ort.get_available_providers() or "no CUDAExecutionProvider" in rt.reason
+    with pytest.raises(UsageError, match="verify.device is cuda but CUDA is unavailable"):
+        Runtime("cuda").session(path)
+
+
+def test_contract_maps_renamed_and_new_inputs() -> None:
+    c = IOContract(renamed_inputs={"a": "x"}, new_inputs={"k": np.array(3.0)}, removed_outputs={"dead"}, renamed_outputs={"o": "y"})
+    feed = c.map_feed({"a": np.ones(2), "b": np.zeros(1)})
+    assert set(feed) == {"x", "b", "k"}
+    assert set(c.unmap_feed(feed)) == {"a", "b"}
+    outs = c.map_outputs({"o": np.ones(1), "dead": np.ones(1)}, {})
+    assert set(outs) == {"y"}
+
+
+def test_each_mode_verifies_after_every_modifying_pass_end_mode_once() -> None:
+    passes = [RenameIO(inputs={"onnx::MatMul_0": "x"}), RenameIO(outputs={"/relu/Relu_output_0": "y"})]
+    each = Pipeline(passes, verify={"dims": {"batch": 2}}).run(exported_like_model())
+    assert all(s.check is not None for s in each.steps) and each.final_check is None
+    end = Pipeline(passes, verify={"dims": {"batch": 2}, "mode": "end"}).run(exported_like_model())
+    assert all(s.check is None for s in end.steps) and end.final_check is not None and end.final_check.ok
+    off = Pipeline(passes, verify={"mode": "off"}).run(exported_like_model())
+    assert off.final_check is None and all(s.check is None for s in off.steps) and off.device == ""
+
+
+def test_reference_is_computed_once_per_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import surgeon.verify as verify
+
+    calls: list[str] = []
+    real = verify.run_model
+
+    def counting(runtime, model, feeds):
+        calls.append(str(model.path))
+        return real(runtime, model, feeds)
+
+    monkeypatch.setattr(verify, "run_model", counting)
+    passes = [RenameIO(inputs={"onnx::MatMul_0": "x"}), RenameIO(outputs={"/relu/Relu_output_0": "y"})]
+    Pipeline(passes, verify={"dims": {"batch": 2}}).run(exported_like_model())
+    assert len(calls) == 3  # one reference run, one per verified pass
+
+
+def test_a_pass_that_breaks_the_function_fails_verification(tmp_path: Path) -> None:
+    model = parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3] x) => (float[2,3] y) { y = Relu (x) }"""
+    )
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+
+    class Broken(RenameIO):
+        def run(self, ir):
+            ir.graph.nodes[0].op = "Sigmoid"
+            return super().run(ir)
+
+    res = Pipeline([Broken(inputs={"x": "input"})]).run(src)
+    assert not res.ok
+    assert res.failures()[0].startswith("passes[0] (rename-io): output 'y': max abs error")
+    out = tmp_path / "out.onnx"
+    with pytest.raises(VerificationError, match="nothing written"):
+        Pipeline([Broken(inputs={"x": "input"})]).apply(src, out)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_step_tolerance_override_loosens_later_checks() -> None:
+    from surgeon.pipeline import Step
+    from surgeon.verify import StepVerify
+
+    steps = [Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.5)), Step(RenameIO(outputs={"/relu/Relu_output_0": "y"}))]
+    res = Pipeline(steps, verify={"dims": {"batch": 2}}).run(exported_like_model())
+    assert res.steps[0].check.outputs[0].rtol == 0.5
+    assert res.steps[1].check.outputs[0].rtol == 0.5
