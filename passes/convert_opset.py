@@ -1,0 +1,142 @@
+"""Convert the model to another opset of the default ONNX domain."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from surgeon.contract import IOContract
+from surgeon.errors import PassError, PassPreconditionError
+from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+
+if TYPE_CHECKING:
+    import onnx
+
+    from surgeon.model import ModelIR
+
+MIN_OPSET = 7
+
+
+@register_pass("convert-opset")
+class ConvertOpset(Pass):
+    """Convert the default-domain opset with onnx.version_converter, then check every node's schema.
+
+    After conversion every node of the default domain (subgraphs included) must have a schema at
+    the target opset; nodes the converter cannot handle are listed by name and op in the error.
+    Other domains (com.microsoft...) are left as they are. The model's IR version is raised when
+    the target opset needs a newer one.
+
+    Weights: the converter works on the model without its external data (weights stay on disk);
+    inline weights are copied by onnx's converter (library behaviour).
+
+    Contract: same interface, outputs equal within the pipeline tolerance.
+    """
+
+    class Params(PassParams):
+        opset: int = Field(ge=MIN_OPSET, description="target opset of the default ONNX domain")
+
+    params: Params
+
+    def requires(self, model: ModelIR) -> None:
+        import onnx
+
+        latest = onnx.defs.onnx_opset_version()
+        if self.params.opset > latest:
+            raise PassPreconditionError(f"opset {self.params.opset} is newer than this onnx knows (opsets {MIN_OPSET}..{latest})", field=("opset",))
+
+    def run(self, model: ModelIR) -> PassResult:
+        from onnx import helper, version_converter
+
+        source = model.opset
+        target = self.params.opset
+        if source == target:
+            return PassResult(False, IOContract())
+        proto = model.to_proto()
+        try:
+            converted = version_converter.convert_version(proto, target)
+        except Exception as exc:  # the converter raises RuntimeError / ConvertError on the first bad op
+            bad = _unconvertible(proto, target)
+            lines = str(exc).strip().splitlines()
+            detail = lines[-1] if lines else type(exc).__name__
+            if bad:
+                raise PassError(f"cannot convert opset {source} -> {target}; node(s) the converter cannot handle: {', '.join(bad)} ({detail})") from None
+            raise PassError(f"cannot convert opset {source} -> {target}: {detail}") from None
+        missing = _without_schema(converted.graph, target)
+        if missing:
+            raise PassError(f"after converting to opset {target}, node(s) with no schema at that opset: {', '.join(missing)}")
+        need = helper.find_min_ir_version_for([helper.make_opsetid("", target)], ignore_unknown=True)
+        if model.shell.ir_version < need:
+            model.shell.ir_version = need
+        converted.ir_version = model.shell.ir_version
+        from surgeon.passes.simplify import replace_graph
+
+        replace_graph(model, converted)
+        ops = sorted({n.op_type for n in converted.graph.node} - {n.op_type for n in proto.graph.node})
+        notes = [f"opset {source} -> {target}"]
+        if ops:
+            notes.append("new op types: " + ", ".join(ops))
+        return PassResult(True, IOContract(notes=notes))
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"'{node.name}' ({node.op_type})" if node.name else f"<unnamed> ({node.op_type} -> {', '.join(node.output)})"
+
+
+def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    out = []
+    for node in graph.node:
+        out.append(node)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == 5 else list(attr.graphs) if attr.type == 10 else []):
+                out.extend(_nodes(sub))
+    return out
+
+
+def _without_schema(graph: onnx.GraphProto, opset: int) -> list[str]:
+    import onnx
+
+    bad = []
+    for node in _nodes(graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except onnx.defs.SchemaError:
+            bad.append(_label(node))
+            continue
+        if schema.deprecated:
+            bad.append(_label(node) + " deprecated")
+    return bad
+
+
+def _unconvertible(proto: onnx.ModelProto, target: int) -> list[str]:
+    """Convert each distinct default-domain op on its own (one-node models) to find every node
+    the converter fails on, not only the first."""
+    import onnx
+    from onnx import helper, version_converter
+
+    source = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), target)
+    failing: dict[tuple[str, bytes], bool] = {}
+    bad = []
+    for node in _nodes(proto.graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        key = (node.op_type, b"".join(a.SerializeToString() for a in node.attribute if a.type not in (5, 10)))
+        if key not in failing:
+            single = onnx.NodeProto()
+            single.CopyFrom(node)
+            single.ClearField("attribute")
+            single.attribute.extend(a for a in node.attribute if a.type not in (5, 10))
+            ins = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.input if n]
+            outs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output if n]
+            g = helper.make_graph([single], "probe", ins, outs)
+            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", source)], ir_version=proto.ir_version)
+            try:
+                version_converter.convert_version(m, target)
+                failing[key] = False
+            except Exception:
+                failing[key] = True
+        if failing[key]:
+            bad.append(_label(node))
+    return bad
