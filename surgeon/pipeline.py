@@ -197,6 +197,7 @@ class Pipeline:
         contracts: list[IOContract] = []
         reports: list[StepReport] = []
         candidate: Model | None = None
+        unverified = False  # a modification no check has covered yet
         for i, step in enumerate(self.steps):
             before = count_nodes(ir.graph)
             t0 = time.perf_counter()
@@ -227,15 +228,14 @@ class Pipeline:
                 report.check = verifier.check(candidate, contracts, tol)
                 report.check.outputs += verifier.probe(candidate, contracts, i, tol)
                 report.seconds = time.perf_counter() - t0
+            unverified = (unverified or result.modified) and report.check is None
             reports.append(report)
             if on_step is not None:
                 on_step(report)
         final = candidate or ir.to_model()
         res = PipelineResult(final, reports, changed_tensors=_changed_tensors(ir))
         if verifier is not None:
-            modified = any(r.modified for r in reports)
-            verified_last = bool(reports) and reports[-1].check is not None
-            if modified and (cfg.mode == "end" or not verified_last):
+            if unverified:
                 check = verifier.check(final, contracts, tol)
                 if cfg.mode == "end":
                     for k in range(len(contracts)):

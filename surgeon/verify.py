@@ -521,9 +521,6 @@ class ProbeEnv:
         self.step = step
         self.tol = tol
         specs = graph_inputs(candidate.proto)
-        back = {}
-        for c in contracts[step + 1 :]:
-            back.update({new: old for old, new in c.renamed_inputs.items()})
         self.specs = [InputSpec(_unrename(s.name, contracts[step + 1 :], "in"), s.dtype, s.dims) for s in specs]
         self.config = verifier.config
 
