@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from surgeon.model import ModelIR
+    from surgeon.verify import OutputCheck, ProbeEnv
 
 Dim = int | str | None
 Shape = tuple[Dim, ...] | None
@@ -23,7 +24,7 @@ _LIGHT = 1024
 values never decide a shape and copying them is what makes inference slow on big models)."""
 
 
-def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None) -> onnx.ModelProto:
+def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None, keep_outputs: bool) -> onnx.ModelProto:
     import numpy as np
     from onnx import helper
 
@@ -38,6 +39,10 @@ def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None 
             keep.append(t)
     del g.initializer[:]
     g.initializer.extend(keep)
+    del g.value_info[:]
+    if not keep_outputs:
+        for o in g.output:
+            o.type.tensor_type.ClearField("shape")
     for vi in g.input:
         if input_dims and vi.name in input_dims:
             dims = vi.type.tensor_type.shape.dim
@@ -49,12 +54,13 @@ def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None 
     return proto
 
 
-def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None, strict: bool = False) -> dict[str, tuple[Any, Shape]]:
+def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None, strict: bool = False, keep_outputs: bool = False) -> dict[str, tuple[Any, Shape]]:
     """``{tensor name: (onnx elem type or None, shape)}`` from ONNX shape inference over the graph
-    and its subgraphs, optionally with some input dims replaced (by input name)."""
+    and its subgraphs (intermediate shapes ignored; output shapes too unless ``keep_outputs``),
+    optionally with some input dims replaced (by input name)."""
     import onnx
 
-    proto = _light_proto(model, input_dims)
+    proto = _light_proto(model, input_dims, keep_outputs)
     try:
         out = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=strict, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError / RuntimeError with the node named
@@ -111,7 +117,7 @@ def refresh_shapes(model: ModelIR, pins: Mapping[str, Shape] | None = None) -> N
             if isinstance(t, gs.Variable) and t.name and t.name not in inputs:
                 variables[t.name] = t
                 t.shape = pins.get(t.name)
-    inferred = infer(model)
+    inferred = infer(model, keep_outputs=True)
     for name, t in variables.items():
         elem, shape = inferred.get(name, (None, None))
         if elem and t.dtype is None:
@@ -189,3 +195,92 @@ def dims_text(shape: Shape) -> str:
     if shape is None:
         return "unknown rank"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def drop_orphan_constant(g: gs.Graph, tensor: gs.Tensor) -> None:
+    """Remove the Constant node that fed a replaced input when nothing else reads it."""
+    if not tensor.outputs and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant" and tensor not in g.outputs:
+        node = tensor.inputs[0]
+        g.nodes.remove(node)
+        node.outputs.clear()
+
+
+# -- probes of mark-dynamic -------------------------------------------------------------------
+
+Axes = dict[str, dict[int, str]]
+
+
+class _SymbolProbe:
+    def __init__(self, symbol: str, ins: Axes, outs: Axes, traced: Mapping[str, int]) -> None:
+        self.symbol, self.ins, self.outs, self.traced = symbol, ins, outs, dict(traced)
+
+    def _dims(self, env: ProbeEnv, size: int) -> dict[str, int]:
+        """Every symbol of the step at its traced size (or verify.dims), this one at ``size``."""
+        dims = {s: env.config.dims.get(s, v) for s, v in self.traced.items()}
+        dims[self.symbol] = size
+        return dims
+
+    def _base(self, env: ProbeEnv) -> int:
+        from surgeon.errors import UsageError
+
+        base: int | None = self.traced.get(self.symbol, env.config.dims.get(self.symbol))
+        if base is None:
+            raise UsageError(f"no size known for '{self.symbol}'; set verify.dims: {{{self.symbol}: N}}")
+        return base
+
+
+class BatchProbe(_SymbolProbe):
+    """A batch of N distinct samples must give the outputs of N runs of the model before the step,
+    one sample (of the traced batch size) each, stacked along each output's batch axis."""
+
+    @property
+    def name(self) -> str:
+        return f"batch consistency ({self.symbol})"
+
+    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+        import numpy as np
+
+        from surgeon.verify import compare
+
+        base, n = self._base(env), env.config.probe_batch
+        feed = env.make_feed(self._dims(env, base * n))
+        chunks = []
+        for k in range(n):
+            chunk = dict(feed)
+            for name, axes in self.ins.items():
+                for axis, sym in axes.items():
+                    if sym == self.symbol and name in chunk:
+                        chunk[name] = np.take(chunk[name], range(k * base, (k + 1) * base), axis=axis)
+            chunks.append(chunk)
+        actual = env.run_after([feed])[0]
+        singles = env.run_before(chunks)
+        checks = []
+        for name, axes in self.outs.items():
+            out_axis = next((a for a, s in axes.items() if s == self.symbol), None)
+            if out_axis is None or name not in actual:
+                continue
+            expected = np.concatenate([o[name] for o in singles], axis=out_axis)
+            checks.append(compare(f"probe {self.symbol}={base * n}: {name} vs {n} runs of {self.symbol}={base}", expected, actual[name], env.tol))
+        return checks
+
+
+class SizeProbe(_SymbolProbe):
+    """At another size the model must run and each output axis named by an input symbol must
+    have the size fed for it."""
+
+    @property
+    def name(self) -> str:
+        return f"size ({self.symbol})"
+
+    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+        from surgeon.verify import OutputCheck
+
+        base = self._base(env)
+        size = 2 * base if base > 1 else 3
+        dims = self._dims(env, size)
+        actual = env.run_after([env.make_feed(dims)])[0]
+        checks = []
+        for name, value in actual.items():
+            bad = [f"axis {a} is {value.shape[a]}, '{s}' is {dims[s]}" for a, s in self.outs.get(name, {}).items() if s in dims and a < value.ndim and value.shape[a] != dims[s]]
+            checks.append(OutputCheck(f"probe {self.symbol}={size}: {name}", not bad, "FAIL" if bad else "ok (ran)", shape=tuple(value.shape), note="; ".join(bad)))
+        return checks

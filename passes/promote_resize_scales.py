@@ -199,7 +199,7 @@ class PromoteResizeScales(Pass):
 
 def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], form: str) -> list[str]:
     import onnx_graphsurgeon as gs
-    from surgeon.passes._shapes import refresh_shapes
+    from surgeon.passes._shapes import drop_orphan_constant, refresh_shapes
 
     g = model.graph
     new = gs.Variable(name, dtype=value.dtype, shape=list(value.shape))
@@ -220,7 +220,7 @@ def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], fo
                 # the factor only scales spatial axes: batch and channels keep their size
                 pins[y.name] = tuple(x.shape[: site.lead]) + (None,) * key[1]
         node.inputs[site.slot] = vector
-        _drop_if_orphan(g, old)
+        drop_orphan_constant(g, old)
     refresh_shapes(model, pins)
     what = f"factor {value.tolist()}" if form == "factor" else f"{sites[0].kind} {value.tolist()}"
     return [f"input '{name}' ({what}) now drives {', '.join(repr(s.node.name) for s in sites)}"]
@@ -243,14 +243,6 @@ def _expand_factor(model: ModelIR, factor: gs.Variable, lead: int, n_spatial: in
     g.nodes.append(gs.Node("Concat", unique_name(model, f"{factor.name}_Concat"), attrs={"axis": 0}, inputs=[ones, spatial], outputs=[vector]))
     g.toposort()
     return vector
-
-
-def _drop_if_orphan(g: gs.Graph, tensor: gs.Tensor) -> None:
-    """Remove the Constant node that fed a promoted input when nothing else reads it."""
-    if not tensor.outputs and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant" and tensor not in g.outputs:
-        node = tensor.inputs[0]
-        g.nodes.remove(node)
-        node.outputs.clear()
 
 
 def _legacy_upsample_to_9(model: ModelIR) -> str:

@@ -1,0 +1,127 @@
+"""Bind symbolic input dims to fixed sizes (for runtimes that need static shapes)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field, PositiveInt
+
+from surgeon.contract import IOContract
+from surgeon.errors import PassPreconditionError
+from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from surgeon.model import ModelIR
+    from surgeon.verify import OutputCheck, ProbeEnv
+
+Axis = tuple[str, int]
+
+
+@register_pass("fix-dims")
+class FixDims(Pass):
+    """Bind symbolic dims of the inputs to fixed sizes and re-infer every shape (like onnxruntime's make_dynamic_shape_fixed).
+
+    Dims are named by symbol (``batch: 1``: every input axis with that symbol) or by input axis
+    (``'image:2': 224``: that axis, and every other axis sharing its symbol). Intermediate and output
+    shapes are re-inferred, so no symbolic dim the fix resolves is left anywhere.
+    Contract: same interface at the fixed sizes; verify.dims must give those sizes (a probe also
+    runs the model before and after at exactly the fixed sizes and compares the outputs).
+    """
+
+    class Params(PassParams):
+        dims: dict[str, PositiveInt] = Field(min_length=1, description="symbol or 'input:axis' -> fixed size")
+
+    params: Params
+
+    def _plan(self, model: ModelIR) -> dict[Axis, int]:
+        """``{(input, axis): size}`` for every input axis that becomes static."""
+        from surgeon.passes._shapes import dims_text, input_symbols
+
+        g = model.graph
+        symbols = input_symbols(g)
+        by_name = {t.name: t for t in g.inputs}
+        plan: dict[Axis, int] = {}
+        where: dict[Axis, str] = {}
+        for key, size in self.params.dims.items():
+            if key in symbols:
+                axes = symbols[key]
+            else:
+                name, _, axis_text = key.rpartition(":")
+                if name not in by_name or not axis_text.lstrip("-").isdigit():
+                    shapes = ", ".join(f"{t.name}{dims_text(tuple(t.shape) if t.shape is not None else None)}" for t in g.inputs)
+                    raise PassPreconditionError(
+                        f"'{key}' is neither a symbolic dim of an input nor 'input:axis'; symbols: {', '.join(symbols) or '(none)'}; inputs: {shapes}",
+                        field=("dims", key),
+                    )
+                t = by_name[name]
+                rank = len(t.shape or [])
+                axis = int(axis_text)
+                if not -rank <= axis < rank:
+                    raise PassPreconditionError(f"input '{name}' has rank {rank}; axis {axis} does not exist", field=("dims", key))
+                axis %= rank
+                d = t.shape[axis]
+                if isinstance(d, int):
+                    if d != size:
+                        raise PassPreconditionError(f"input '{name}' axis {axis} is already fixed to {d}, not {size}", field=("dims", key))
+                    continue
+                axes = symbols.get(d, [(name, axis)]) if d else [(name, axis)]
+            for ax in axes:
+                if ax in plan and plan[ax] != size:
+                    raise PassPreconditionError(f"'{key}' sets {ax[0]}:{ax[1]} to {size} but '{where[ax]}' sets it to {plan[ax]}", field=("dims", key))
+                plan[ax], where[ax] = size, key
+        return plan
+
+    def requires(self, model: ModelIR) -> None:
+        self._plan(model)
+
+    def run(self, model: ModelIR) -> PassResult:
+        from surgeon.passes._shapes import refresh_shapes
+
+        plan = self._plan(model)
+        if not plan:
+            return PassResult(False, IOContract())
+        g = model.graph
+        fixed: dict[str, int] = {}
+        notes = []
+        for t in g.inputs:
+            shape = list(t.shape or [])
+            for axis, d in enumerate(shape):
+                if (t.name, axis) in plan:
+                    if isinstance(d, str) and d:
+                        fixed[d] = plan[(t.name, axis)]
+                    shape[axis] = plan[(t.name, axis)]
+            if shape != list(t.shape or []):
+                notes.append(f"input '{t.name}': {_text(t.shape)} -> {_text(shape)}")
+                t.shape = shape
+        pins = {}
+        for o in g.outputs:
+            if o.shape is not None:
+                pins[o.name] = tuple(fixed.get(d, d) if isinstance(d, str) else d for d in o.shape)
+        refresh_shapes(model, pins)
+        contract = IOContract(probes=[FixedSizeProbe()], notes=notes)
+        return PassResult(True, contract)
+
+
+def _text(shape: object) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in (shape or [])) + "]"  # type: ignore[attr-defined]
+
+
+class FixedSizeProbe:
+    """Runs the model before and after the step on inputs of exactly the fixed sizes."""
+
+    name = "fixed sizes"
+
+    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+        from surgeon.verify import compare
+
+        feed = env.make_feed({})
+        after = env.run_after([feed])[0]
+        before = env.run_before([feed])[0]
+        shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feed.items())
+        checks = []
+        for name, expected in before.items():
+            if name in after:
+                check = compare(f"probe fixed sizes: {name}", expected, after[name], env.tol)
+                check.note = f"inputs {shapes}" + (f"; {check.note}" if check.note else "")
+                checks.append(check)
+        return checks
