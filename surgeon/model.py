@@ -8,6 +8,7 @@ strings, functions, training info), which are carried across unchanged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,8 @@ class ModelIR:
         shell = onnx.ModelProto()
         shell.CopyFrom(_without_graph(model.proto))
         ir = cls(graph, shell, model.base_dir, model)
+        if model.uses_external_data:
+            _bind_external(graph, model.base_dir)
         _collect_node_meta(model.proto.graph, graph, ir.node_meta)
         used = set(graph.tensors().keys())
         ir.orphans = [t for t in model.proto.graph.initializer if t.name not in used]
@@ -256,6 +259,39 @@ class ModelIR:
             base_dir=self.base_dir,
             data_files=check_external_data(proto, self.base_dir, src.name if src else "<model>"),
         )
+
+
+def _bind_external(graph: gs.Graph, base_dir: Path | None) -> None:
+    """Make ``constant.values`` of external tensors read from the model's folder, not the cwd."""
+    import onnx_graphsurgeon as gs
+
+    from surgeon.external import is_external
+    from surgeon.graph import iter_graphs
+
+    cls = _folder_lazy_values()
+    for g in iter_graphs(graph):
+        for t in g.tensors().values():
+            lazy: Any = getattr(t, "_values", None)
+            if type(lazy) is gs.ir.tensor.LazyValues and is_external(lazy.tensor):
+                bound = object.__new__(cls)
+                bound.__dict__.update(lazy.__dict__)
+                bound.base_dir = base_dir
+                t._values = bound
+
+
+@functools.cache
+def _folder_lazy_values() -> type[Any]:
+    import onnx_graphsurgeon as gs
+
+    class FolderLazyValues(gs.ir.tensor.LazyValues):  # type: ignore[misc]
+        """Lazy values of an external tensor, read (only its bytes) from the model's folder."""
+
+        base_dir: Path | None = None
+
+        def load(self) -> np.ndarray:
+            return tensor_values(self.tensor, self.base_dir)
+
+    return FolderLazyValues
 
 
 def quiet_graphsurgeon() -> None:
