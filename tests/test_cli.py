@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,17 @@ def test_real_subprocess_apply(model_path: Path) -> None:
     assert (model_path.parent / "out.onnx").exists()
     proc = subprocess.run([sys.executable, "-m", "surgeon.cli", "--version"], capture_output=True, text=True)
     assert proc.stdout.startswith("surgeon ")
+
+
+def test_no_color_is_honoured(model_path: Path) -> None:
+    import os
+
+    recipe = write_recipe(model_path.parent, RECIPE)
+    env = {**os.environ, "FORCE_COLOR": "1", "TERM": "xterm-256color"}
+    colored = subprocess.run([sys.executable, "-m", "surgeon.cli", "apply", str(recipe), "--in-place"], capture_output=True, text=True, env=env)
+    green = "\x1b[32m"  # the "ok" verdict
+    assert colored.returncode == 0 and green in colored.stdout
+    env["NO_COLOR"] = "1"
+    plain = subprocess.run([sys.executable, "-m", "surgeon.cli", "apply", str(recipe), "--in-place"], capture_output=True, text=True, env=env)
+    assert plain.returncode == 0 and "surgeon summary" in plain.stdout
+    assert not re.search(r"\x1b\[[0-9;]*(3[0-9]|9[0-7]|38;)", plain.stdout), "colour codes despite NO_COLOR"
