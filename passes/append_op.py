@@ -154,7 +154,8 @@ class AppendOp(Pass):
         results = [gs.Variable(name, dtype if p.op not in ("ArgMax", "Cast") else _result_dtype(p.op, p.to), _result_shape(p.op, shape, attrs, p.k))]
         if p.op == "TopK":
             results.append(gs.Variable(p.indices_name or unique_name(g, f"{name}_indices"), _np("int64"), results[0].shape))
-        g.nodes.append(gs.Node(p.op, unique_node_name(g, f"{p.op}_{name}"), attrs, [tensor, *self._extra_inputs(g, dtype)], results))
+        node_attrs = {k: list(v) if isinstance(v, list) else v for k, v in attrs.items()}  # the reference keeps its own
+        g.nodes.append(gs.Node(p.op, unique_node_name(g, f"{p.op}_{name}"), node_attrs, [tensor, *self._extra_inputs(g, dtype)], results))
         g.outputs = [x for t in g.outputs for x in (results if t is tensor else [t])]
         contract = IOContract(removed_outputs={p.output} if p.name is not None else set())
         fn = _reference(p.op, attrs, p, model.opset)

@@ -130,8 +130,8 @@ class PrependOp(Pass):
             node = gs.Node("Cast", unique_node_name(g, f"Cast_{name}"), {"to": int(helper.np_dtype_to_tensor_dtype(dtype))}, [new], [old])
             return [node], lambda feed: feed[name].astype(dtype)
         if p.op == "Transpose":
-            perm = list(p.perm or [])
-            node = gs.Node("Transpose", unique_node_name(g, f"Transpose_{name}"), {"perm": perm}, [new], [old])
+            perm = tuple(p.perm or [])  # the node gets its own list: the reference must not follow later edits
+            node = gs.Node("Transpose", unique_node_name(g, f"Transpose_{name}"), {"perm": list(perm)}, [new], [old])
             return [node], lambda feed: feed[name].transpose(perm)
         return self._normalize(g, new, old, dtype)
 
@@ -155,7 +155,7 @@ class PrependOp(Pass):
         nodes, cur = [], new
         labels = {"Mul": ("scale", "scaled"), "Sub": ("mean", "centered"), "Div": ("std", "divided")}
         for i, (op, value) in enumerate(steps):
-            const = gs.Constant(unique_name(g, f"{name}_{labels[op][0]}"), value)
+            const = gs.Constant(unique_name(g, f"{name}_{labels[op][0]}"), value.copy())
             last = i == len(steps) - 1
             out = old if last else gs.Variable(unique_name(g, f"{name}_{labels[op][1]}"), dtype, new.shape)
             nodes.append(gs.Node(op, unique_node_name(g, f"{op}_{new.name}"), {}, [cur, const], [out]))
