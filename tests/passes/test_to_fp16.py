@@ -1,0 +1,153 @@
+"""to-fp16: float32 -> float16 with boundary casts, blocked ops and the known hazards."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+from pydantic import ValidationError
+from surgeon.passes.to_fp16 import ToFP16
+
+from surgeon import Pipeline
+from surgeon.contract import Tolerance
+from surgeon.errors import PassPreconditionError
+from surgeon.external import is_external
+from surgeon.model import load
+
+HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
+MLP = HEADER + """
+g (float[batch, 4] x) => (float[batch, 3] y) <float[4, 3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0}, float[3] b = {0.5, 1e6, -1e6}>
+{
+  [mm] h = MatMul(x, w)
+  [add] a = Add(h, b)
+  [sm] y = Softmax<axis=-1>(a)
+}"""
+
+
+def _run(model, tol=None, **params):
+    m = onnx.parser.parse_model(model) if isinstance(model, str) else model
+    verify = {"dims": {"batch": 2}}
+    return Pipeline([ToFP16(**params)], verify=verify).run(m)
+
+
+def _elem(vi):
+    return vi.type.tensor_type.elem_type
+
+
+def _nodes(res):
+    return [(n.op_type, list(n.input), list(n.output)) for n in res.model.proto.graph.node]
+
+
+def test_keep_io_types_casts_at_boundary_and_clamps():
+    res = _run(MLP)
+    assert res.ok, res.failures()
+    g = res.model.proto.graph
+    assert _elem(g.input[0]) == TensorProto.FLOAT and _elem(g.output[0]) == TensorProto.FLOAT
+    assert _nodes(res) == [
+        ("Cast", ["x"], ["x_fp16"]),
+        ("MatMul", ["x_fp16", "w"], ["h"]),
+        ("Add", ["h", "b"], ["a"]),
+        ("Softmax", ["a"], ["y_fp16"]),
+        ("Cast", ["y_fp16"], ["y"]),
+    ]
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    assert inits["w"].dtype == np.float16 and inits["b"].tolist() == [0.5, 65504.0, -65504.0]
+    assert "clamped 2 weight value(s) outside the float16 range to +-65504" in res.steps[0].notes
+
+
+def test_without_keep_io_types_feeds_and_compares_float16():
+    res = _run(MLP, keep_io_types=False)
+    assert res.ok, res.failures()
+    g = res.model.proto.graph
+    assert _elem(g.input[0]) == TensorProto.FLOAT16 and _elem(g.output[0]) == TensorProto.FLOAT16
+    assert [n[0] for n in _nodes(res)] == ["MatMul", "Add", "Softmax"]
+
+
+def test_blocked_op_gets_casts_both_ways():
+    res = _run(MLP, block_ops=["Softmax"])
+    assert res.ok, res.failures()
+    assert _nodes(res)[-2:] == [("Cast", ["a"], ["a_fp32"]), ("Softmax", ["a_fp32"], ["y"])]
+    res = _run(MLP, block_nodes=["mm"])
+    assert res.ok, res.failures()
+    ops = _nodes(res)
+    assert ops[0] == ("MatMul", ["x", "w"], ["h"])  # float32 input straight in, weight untouched
+    assert ("Cast", ["h"], ["h_fp16"]) in ops
+    assert numpy_helper.to_array(next(t for t in res.model.proto.graph.initializer if t.name == "w")).dtype == np.float32
+
+
+def test_resize_scales_and_roi_stay_float32():
+    text = HEADER + """
+g (float[1, 1, 2, 2] x) => (float[1, 1, 4, 4] y) <float[0] roi = {}, float[4] scales = {1.0, 1.0, 2.0, 2.0}, float[1] k = {2.0}>
+{
+  a = Mul(x, k)
+  y = Resize<mode="nearest">(a, roi, scales)
+}"""
+    res = _run(text)
+    assert res.ok, res.failures()
+    inits = {t.name: t.data_type for t in res.model.proto.graph.initializer}
+    assert inits == {"k": TensorProto.FLOAT16, "roi": TensorProto.FLOAT, "scales": TensorProto.FLOAT}
+
+
+def test_cast_to_float_and_tolerance_contract():
+    text = HEADER + """
+g (int64[batch, 4] x) => (float[batch, 4] y) <float[4] k = {0.5, 0.25, 2.0, 4.0}>
+{
+  c = Cast<to=1>(x)
+  y = Mul(c, k)
+}"""
+    res = _run(text)
+    assert res.ok, res.failures()
+    cast = res.model.proto.graph.node[0]
+    assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT16
+    assert ToFP16.tolerance == Tolerance(1e-2, 1e-2)
+    assert res.steps[0].check.outputs[0].rtol == 1e-2
+
+
+def test_nothing_float_is_untouched():
+    text = HEADER + "g (int64[batch, 4] x) => (int64[batch, 4] y) { y = Neg(x) }"
+    res = _run(text)
+    assert res.ok and not res.steps[0].modified
+    assert not _run(_run(MLP, keep_io_types=False).model.proto, keep_io_types=False).steps[0].modified
+
+
+def test_bad_params_and_unknown_node():
+    with pytest.raises(ValidationError):
+        ToFP16(keep_io=True)
+    with pytest.raises(PassPreconditionError, match="unknown node 'mmm'; did you mean 'mm'"):
+        _run(MLP, block_nodes=["mmm"])
+
+
+def test_external_weights_read_one_at_a_time(tmp_path):
+    m = onnx.parser.parse_model(MLP)
+    for t in m.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, location="m.data", size_threshold=0)
+    res = _run(load(path), block_ops=["Add"])
+    assert res.ok, res.failures()
+    inits = {t.name: t for t in res.model.proto.graph.initializer}
+    assert is_external(inits["b"]) and not is_external(inits["w"])  # b (blocked Add) untouched on disk
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torch_export_conv_upsample():
+    torch = pytest.importorskip("torch")
+    import io
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.nn.functional.interpolate(torch.relu(self.conv(x)), scale_factor=2.0, mode="nearest")
+
+    buf = io.BytesIO()
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 4, 4),), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+    m = onnx.load_from_string(buf.getvalue())
+    m.ir_version = 10
+    res = _run(m)
+    assert res.ok, res.failures()
+    resize = next(n for n in res.model.proto.graph.node if n.op_type == "Resize")
+    assert resize is not None
