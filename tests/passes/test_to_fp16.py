@@ -151,3 +151,26 @@ def test_torch_export_conv_upsample():
     assert res.ok, res.failures()
     resize = next(n for n in res.model.proto.graph.node if n.op_type == "Resize")
     assert resize is not None
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_torch_dynamo_export_resize_scales_initializer():
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.nn.functional.interpolate(torch.relu(self.conv(x)), scale_factor=2.0, mode="nearest")
+
+    m = torch.onnx.export(Net().eval(), (torch.randn(1, 3, 4, 4),), dynamo=True, opset_version=18,
+                          input_names=["x"], output_names=["y"], verbose=False).model_proto
+    m.ir_version = 10
+    res = _run(m)
+    assert res.ok, res.failures()
+    resize = next(n for n in res.model.proto.graph.node if n.op_type == "Resize")
+    types = {t.name: t.data_type for t in res.model.proto.graph.initializer}
+    assert types[resize.input[2]] == TensorProto.FLOAT
+    assert types["conv.weight"] == TensorProto.FLOAT16
