@@ -179,3 +179,21 @@ def test_torch_export_clip_and_softmax_match_torch(tmp_path: Path, dynamo: bool)
     with torch.no_grad():
         want = torch.softmax(torch.clamp(tiny_mlp()(torch.from_numpy(x)), -0.25, 0.25), dim=-1).argmax(dim=1).numpy()
     np.testing.assert_array_equal(label, want)
+
+
+def test_postprocess_recipe(tmp_path: Path) -> None:
+    import shutil
+
+    from surgeon.recipe import load_recipe
+    from tests.models_surgery import tiny_classifier
+
+    recipe_path = tmp_path / "postprocess.yaml"
+    shutil.copy(Path(__file__).parents[2] / "recipes" / "postprocess.yaml", recipe_path)
+    recipe = load_recipe(recipe_path)
+    assert recipe.model is not None and recipe.output is not None
+    onnx.save(tiny_classifier(), str(recipe.model))
+    res = recipe.pipeline.apply(recipe.model, recipe.output, base_dir=recipe.base_dir)
+    assert res.ok and all(s.modified and s.check and s.check.ok for s in res.steps)
+    saved = onnx.load(str(recipe.output))
+    assert [_io(i) for i in saved.graph.input] == [("image", onnx.TensorProto.UINT8, ["batch", 8, 8, 3])]
+    assert [_io(o) for o in saved.graph.output] == [("top_probs", F, ["batch", 3]), ("top_classes", I64, ["batch", 3])]
