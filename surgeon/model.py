@@ -277,6 +277,7 @@ def _bind_external(graph: gs.Graph, base_dir: Path | None) -> None:
                 bound.__dict__.update(lazy.__dict__)
                 bound.base_dir = base_dir
                 t._values = bound
+                t.data_location = None  # else new values a pass sets export as "external" with no file
 
 
 @functools.cache

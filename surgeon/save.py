@@ -161,12 +161,12 @@ def _write_external(
     sources: dict[str, BinaryIO] = {}
     pending: list[tuple[Path, Path]] = []
     main: tuple[BinaryIO, Path] | None = None
-    used_names: set[str] = {out.name.lower()}
+    shared = {external_ref(t).location for t in iter_model_tensors(proto) if share and is_external(t) and t.name not in changed}
+    protected = _source_data_files(model, out)
+    used_names: set[str] = {out.name.lower()} | {p.name.lower() for p in protected if p.parent == out.parent.resolve()}
     for tensor in iter_model_tensors(proto):
         src_ref = external_ref(tensor) if is_external(tensor) else None
-        if src_ref is not None and share and tensor.name not in changed:
-            if src_ref.location == location:
-                raise ModelError(f"{out}: save.location '{location}' is the shared source weights file")
+        if src_ref is not None and src_ref.location in shared and tensor.name not in changed:
             continue  # the reference stays as it is: same folder, same file
         if src_ref is None and (tensor.ByteSize() < policy.threshold or tensor.data_type == onnx.TensorProto.STRING):
             continue
@@ -177,11 +177,37 @@ def _write_external(
             _append_tensor(tensor, f, name, model, sources, 1, stack)
         else:
             if main is None:
+                if location in shared:
+                    raise ModelError(f"{out}: save.location '{location}' is the shared source weights file")
+                if (out.parent / location).resolve() in protected:
+                    raise UsageError(
+                        f"{out}: save.location '{location}' is the weights file of the source model; writing it "
+                        "would corrupt the source (choose another save.location, or write in place with --in-place)"
+                    )
                 main = stack.enter_context(_atomic(out.parent / location))
                 pending.append((main[1], out.parent / location))
             align = policy.align if (src_ref and (src_ref.length or 0) >= 1 << 20) or tensor.ByteSize() >= 1 << 20 else 64
             _append_tensor(tensor, main[0], location, model, sources, align, stack)
     return pending
+
+
+def _source_data_files(model: Model, out: Path) -> set[Path]:
+    """Data files the model's tensors read from that the output must not overwrite: all of them,
+    unless ``out`` is the model file that uses them (writing in place)."""
+    import onnx
+
+    if model.base_dir is None or not model.data_files:
+        return set()
+    files = {safe_data_path(model.base_dir, f, f"{out}") for f in model.data_files}
+    if out.is_file():
+        try:
+            current = onnx.load(str(out), load_external_data=False)
+        except Exception:  # not a model: nothing of the source's is owned by it
+            return files
+        for t in iter_model_tensors(current):
+            if is_external(t):
+                files.discard((out.parent / external_ref(t).location).resolve())
+    return files
 
 
 def _append_tensor(
