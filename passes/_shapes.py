@@ -24,7 +24,7 @@ _LIGHT = 1024
 values never decide a shape and copying them is what makes inference slow on big models)."""
 
 
-def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None, keep_outputs: bool) -> onnx.ModelProto:
+def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None, keep_outputs: bool, cuts: Mapping[str, Shape] | None = None) -> onnx.ModelProto:
     import numpy as np
     from onnx import helper
 
@@ -40,6 +40,11 @@ def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None,
     del g.initializer[:]
     g.initializer.extend(keep)
     del g.value_info[:]
+    for name, shape in (cuts or {}).items():  # inference takes these shapes as given
+        for node in g.node:
+            node.output[:] = [f"{o}__cut" if o == name else o for o in node.output]
+        elem = next((t.dtype for t in model.graph.tensors().values() if t.name == name), None)
+        g.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(elem), shape))
     if not keep_outputs:
         for o in g.output:
             o.type.tensor_type.ClearField("shape")
@@ -54,13 +59,13 @@ def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None,
     return proto
 
 
-def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None, strict: bool = False, keep_outputs: bool = False) -> dict[str, tuple[Any, Shape]]:
+def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None, strict: bool = False, keep_outputs: bool = False, cuts: Mapping[str, Shape] | None = None) -> dict[str, tuple[Any, Shape]]:
     """``{tensor name: (onnx elem type or None, shape)}`` from ONNX shape inference over the graph
     and its subgraphs (intermediate shapes ignored; output shapes too unless ``keep_outputs``),
     optionally with some input dims replaced (by input name)."""
     import onnx
 
-    proto = _light_proto(model, input_dims, keep_outputs)
+    proto = _light_proto(model, input_dims, keep_outputs, cuts)
     try:
         out = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=strict, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError / RuntimeError with the node named
@@ -102,10 +107,11 @@ def _input_names(model: ModelIR) -> set[str]:
     return out
 
 
-def refresh_shapes(model: ModelIR, pins: Mapping[str, Shape] | None = None) -> None:
+def refresh_shapes(model: ModelIR, pins: Mapping[str, Shape] | None = None, cuts: Mapping[str, Shape] | None = None) -> None:
     """Forget every intermediate and output shape, then re-run shape inference and write what it
     finds back (dims it cannot compute become fresh symbols). ``pins``: shapes to impose first
-    (graph outputs the user declared); inference may only refine them."""
+    (graph outputs the user declared); inference may only refine them. ``cuts``: node outputs
+    whose shape (every dim an int or a symbol) inference takes as given."""
     import onnx_graphsurgeon as gs
     from onnx import helper
 
@@ -117,28 +123,13 @@ def refresh_shapes(model: ModelIR, pins: Mapping[str, Shape] | None = None) -> N
             if isinstance(t, gs.Variable) and t.name and t.name not in inputs:
                 variables[t.name] = t
                 t.shape = pins.get(t.name)
-    inferred = infer(model, keep_outputs=True)
+    inferred = infer(model, keep_outputs=True, cuts=cuts)
     for name, t in variables.items():
         elem, shape = inferred.get(name, (None, None))
         if elem and t.dtype is None:
             t.dtype = helper.tensor_dtype_to_np_dtype(elem)
         pinned = pins.get(name)
         t.shape = list(shape) if shape is not None else (list(pinned) if pinned is not None else None)
-
-
-def stale_static(model: ModelIR) -> list[str]:
-    """Tensors whose shape is not what inference says (used by tests and as a final check)."""
-    import onnx_graphsurgeon as gs
-
-    inferred = infer(model)
-    bad = []
-    for g in iter_graphs(model.graph):
-        for t in g.tensors().values():
-            if isinstance(t, gs.Variable) and t.shape is not None and t.name in inferred:
-                shape = inferred[t.name][1]
-                if shape is not None and tuple(t.shape) != shape:
-                    bad.append(t.name)
-    return bad
 
 
 def constant_of(tensor: gs.Tensor) -> gs.Constant | None:

@@ -218,10 +218,10 @@ def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], fo
             if x.shape is not None and y.name:
                 y.dtype = y.dtype or x.dtype
                 # the factor only scales spatial axes: batch and channels keep their size
-                pins[y.name] = tuple(x.shape[: site.lead]) + (None,) * key[1]
+                pins[y.name] = tuple(x.shape[: site.lead]) + tuple(f"{y.name}_{a}" for a in range(site.lead, len(site.value)))
         node.inputs[site.slot] = vector
         drop_orphan_constant(g, old)
-    refresh_shapes(model, pins)
+    refresh_shapes(model, cuts=pins)
     what = f"factor {value.tolist()}" if form == "factor" else f"{sites[0].kind} {value.tolist()}"
     return [f"input '{name}' ({what}) now drives {', '.join(repr(s.node.name) for s in sites)}"]
 

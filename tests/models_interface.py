@@ -1,0 +1,246 @@
+"""Models for the interface passes (promote-resize-scales, promote-initializer, mark-dynamic,
+fix-dims): small ONNX graphs built with onnx.helper and tiny torch modules exported both ways.
+
+``srcnn_example`` and ``classifier_example`` build the models of recipes/srcnn-dynamic-scale.yaml
+(``srcnn.onnx``) and recipes/dynamic-batch.yaml (``classifier.onnx``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT = TensorProto.FLOAT
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list | None = None, opset: int = 17, value_info: list | None = None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "main_graph", inputs, outputs, inits or [], value_info=value_info or [])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _vi(name: str, shape: list, elem: int = FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], name=f"{name}_node", value=numpy_helper.from_array(value, name))
+
+
+# -- Resize / Upsample --------------------------------------------------------------------------
+
+
+def resize_constant_nodes(opset: int = 11, scales: tuple[float, ...] = (1, 1, 3, 3), mode: str = "nearest") -> onnx.ModelProto:
+    """x[1,2,4,4] -> Resize(roi, scales from Constant nodes, as TorchScript exports at opset 11) -> Relu."""
+    nodes = [
+        _const("roi", np.array([], dtype=np.float32)),
+        _const("scales_c", np.array(scales, dtype=np.float32)),
+        helper.make_node("Resize", ["x", "roi", "scales_c"], ["up"], name="/up/Resize", mode=mode),
+        helper.make_node("Relu", ["up"], ["y"], name="/relu/Relu"),
+    ]
+    out = [4 * int(s) if i >= 2 else [1, 2][i] for i, s in enumerate(scales)]
+    return _model(nodes, [_vi("x", [1, 2, 4, 4])], [_vi("y", out)], opset=opset, value_info=[_vi("up", out)])
+
+
+def resize_two_nodes(second: float = 3.0) -> onnx.ModelProto:
+    """Two Resize nodes reading initializers (dynamo style: roi an empty name)."""
+    s1 = numpy_helper.from_array(np.array([1, 1, 3, 3], np.float32), "s1")
+    s2 = numpy_helper.from_array(np.array([1, 1, second, second], np.float32), "s2")
+    nodes = [
+        helper.make_node("Resize", ["x", "", "s1"], ["a"], name="resize_a", mode="nearest"),
+        helper.make_node("Resize", ["x", "", "s2"], ["b"], name="resize_b", mode="linear"),
+    ]
+    side = int(4 * second)
+    return _model(nodes, [_vi("x", [1, 2, 4, 4])], [_vi("a", [1, 2, 12, 12]), _vi("b", [1, 2, side, side])], [s1, s2])
+
+
+def resize_sizes() -> onnx.ModelProto:
+    sizes = numpy_helper.from_array(np.array([1, 2, 6, 10], np.int64), "sizes_c")
+    node = helper.make_node("Resize", ["x", "", "", "sizes_c"], ["y"], name="resize", mode="linear")
+    return _model([node], [_vi("x", [1, 2, 4, 4])], [_vi("y", [1, 2, 6, 10])], [sizes])
+
+
+def upsample(opset: int) -> onnx.ModelProto:
+    """Legacy Upsample: scales an attribute (opset 7-8) or an input (opset 9)."""
+    if opset < 9:
+        nodes = [helper.make_node("Upsample", ["x"], ["y"], name="up", mode="nearest", scales=[1.0, 1.0, 2.0, 2.0])]
+        inits = []
+    else:
+        nodes = [helper.make_node("Upsample", ["x", "sc"], ["y"], name="up", mode="nearest")]
+        inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc")]
+    return _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 6, 6])], inits, opset=opset)
+
+
+def no_resize() -> onnx.ModelProto:
+    return _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", [1, 2])], [_vi("y", [1, 2])])
+
+
+# -- initializers and Constant nodes ------------------------------------------------------------
+
+
+def add_reshape() -> onnx.ModelProto:
+    """y = Reshape(x + bias, shape) with ``bias`` an initializer and ``shape`` a Constant node."""
+    bias = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "bias")
+    nodes = [
+        helper.make_node("Add", ["x", "bias"], ["sum"], name="add"),
+        _const("shape", np.array([3, 2], np.int64)),
+        helper.make_node("Reshape", ["sum", "shape"], ["y"], name="reshape"),
+    ]
+    return _model(nodes, [_vi("x", [2, 3])], [_vi("y", [3, 2])], [bias], value_info=[_vi("sum", [2, 3])])
+
+
+# -- dynamic / static dims ----------------------------------------------------------------------
+
+
+def classifier_example(seed: int = 0, batch: int = 1, spatial: tuple[Any, Any] = ("height", "width")) -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Reshape [1, 8] (batch traced as 1) -> Gemm: the classic
+    ``x.view(1, -1)`` before a classifier. Spatial dims symbolic by default (``classifier.onnx``)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "conv.weight"),
+        numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "conv.bias"),
+        numpy_helper.from_array(np.array([batch, 8], np.int64), "flat_shape"),
+        numpy_helper.from_array((rng.standard_normal((5, 8)) * 0.3).astype(np.float32), "fc.weight"),
+        numpy_helper.from_array((rng.standard_normal(5) * 0.1).astype(np.float32), "fc.bias"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.weight", "conv.bias"], ["conv"], name="/conv/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"], name="/relu/Relu"),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="/pool/GlobalAveragePool"),
+        helper.make_node("Reshape", ["pool", "flat_shape"], ["flat"], name="/Reshape"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm", transB=1),
+    ]
+    h, w = spatial
+    vi = [_vi("conv", [batch, 8, h, w]), _vi("relu", [batch, 8, h, w]), _vi("pool", [batch, 8, 1, 1]), _vi("flat", [batch, 8])]
+    return _model(nodes, [_vi("image", [batch, 3, h, w])], [_vi("logits", [batch, 5])], inits, value_info=vi)
+
+
+def slice_expand(batch: int = 2) -> onnx.ModelProto:
+    """x[B,4] -> Slice ends [B] on axis 0 (traced full extent) -> Expand to [B, 4] -> Add."""
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "starts"),
+        numpy_helper.from_array(np.array([batch], np.int64), "ends"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+        numpy_helper.from_array(np.array([batch, 4], np.int64), "expand_shape"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["s"], name="slice"),
+        helper.make_node("Expand", ["s", "expand_shape"], ["e"], name="expand"),
+        helper.make_node("Add", ["e", "x"], ["y"], name="add"),
+    ]
+    return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4])], inits)
+
+
+def concat_constant() -> onnx.ModelProto:
+    """Concat of the input with a constant [1, 4] along axis 1: cannot run at another batch."""
+    c = numpy_helper.from_array(np.ones((1, 4), np.float32), "c")
+    node = helper.make_node("Concat", ["x", "c"], ["y"], name="concat", axis=1)
+    return _model([node], [_vi("x", [1, 4])], [_vi("y", [1, 8])], [c])
+
+
+def symbolic_mlp() -> onnx.ModelProto:
+    """x[batch, 4] @ W -> Relu, with a stale value_info and symbolic output."""
+    w = numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"), helper.make_node("Relu", ["mm"], ["y"], name="relu")]
+    return _model(nodes, [_vi("x", ["batch", 4])], [_vi("y", ["batch", 3])], [w], value_info=[_vi("mm", ["batch", 3])])
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+
+def assert_shapes_hold(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> None:
+    """Every shape the model declares (value_info and outputs) holds when it runs on each feed:
+    static dims have that size, and a symbol means one size across all tensors of a run."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    declared = {vi.name: vi for vi in list(probe.graph.value_info) + list(probe.graph.output)}
+    have = {o.name for o in probe.graph.output}
+    for vi in probe.graph.value_info:
+        if vi.name not in have and vi.type.tensor_type.HasField("shape"):
+            probe.graph.output.append(vi)
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    for feed in feeds:
+        symbols: dict[str, int] = {}
+        for name, value in zip(names, sess.run(names, feed)):
+            vi = declared[name]
+            if not vi.type.tensor_type.HasField("shape"):
+                continue
+            dims = vi.type.tensor_type.shape.dim
+            assert len(dims) == value.ndim, f"{name}: declared rank {len(dims)}, actual {value.shape}"
+            for axis, d in enumerate(dims):
+                if d.HasField("dim_value"):
+                    assert d.dim_value == value.shape[axis], f"{name} axis {axis}: declared {d.dim_value}, actual {value.shape}"
+                elif d.dim_param:
+                    seen = symbols.setdefault(d.dim_param, value.shape[axis])
+                    assert seen == value.shape[axis], f"{name} axis {axis}: '{d.dim_param}' is {value.shape[axis]} here, {seen} elsewhere"
+
+
+# -- torch --------------------------------------------------------------------------------------
+
+
+def srcnn_torch(channels: int = 3, scale: float = 3.0, seed: int = 0) -> Any:
+    """SRCNN: bicubic upsample, conv 9x9 -> 1x1 -> 5x5 with padding keeping the size (fewer
+    channels than the paper's 64/32 so tests are fast), random weights."""
+    import torch
+    from torch import nn
+
+    class SRCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.Upsample(scale_factor=scale, mode="bicubic", align_corners=False)
+            self.c1 = nn.Conv2d(channels, 16, 9, padding=4)
+            self.c2 = nn.Conv2d(16, 8, 1)
+            self.c3 = nn.Conv2d(8, channels, 5, padding=2)
+
+        def forward(self, x: Any) -> Any:
+            x = self.up(x)
+            return self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+    torch.manual_seed(seed)
+    return SRCNN().eval()
+
+
+def torch_classifier(seed: int = 0) -> Any:
+    """Conv -> adaptive pool -> ``view(1, -1)`` -> Linear: the traced batch baked into a Reshape."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8 * 2 * 2, 5)
+
+        def forward(self, x: Any) -> Any:
+            y = nn.functional.adaptive_avg_pool2d(torch.relu(self.c(x)), 2)
+            return self.fc(y.view(1, -1))
+
+    torch.manual_seed(seed)
+    return Net().eval()
+
+
+def export(module: Any, shape: tuple[int, ...], dynamo: bool, input_name: str = "image", output_name: str = "out") -> onnx.ModelProto:
+    """Export with TorchScript (``dynamo=False``, opset 17) or dynamo; returns the ModelProto."""
+    import torch
+
+    x = torch.randn(*shape)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            prog = torch.onnx.export(module, (x,), dynamo=True, verbose=False, input_names=[input_name], output_names=[output_name])
+            return prog.model_proto  # type: ignore[union-attr]
+        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, input_names=[input_name], output_names=[output_name])
+    return onnx.load_from_string(f.getvalue())
+
+
+def srcnn_example() -> onnx.ModelProto:
+    """``srcnn.onnx`` for recipes/srcnn-dynamic-scale.yaml: SRCNN x3, input 1x3x8x8, TorchScript export."""
+    return export(srcnn_torch(), (1, 3, 8, 8), dynamo=False)

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from pydantic import ValidationError
+from surgeon.passes.promote_resize_scales import PromoteResizeScales
+
+from surgeon import Pipeline, apply
+from surgeon.errors import PassPreconditionError
+from tests import models_interface as mi
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(model: onnx.ModelProto, verify: str = "each", **params: object) -> tuple[Any, onnx.ModelProto]:
+    res = Pipeline([PromoteResizeScales(**params)], verify={"device": "cpu", "mode": verify}).run(model)
+    return res, res.model.proto
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[object]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
+
+
+def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _no_stale(proto: onnx.ModelProto, factors: tuple[float, ...] = (2.0, 3.0)) -> None:
+    """Declared shapes hold at several factors (no shape from the old constant left anywhere)."""
+    name = next(i.name for i in proto.graph.input if i.name != "x")
+    full = next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim
+    feeds = []
+    for f in factors:
+        value = np.array(f, np.float32) if not full else np.array([1, 1, f, f], np.float32)
+        feeds.append({"x": np.ones((1, 2, 4, 4), np.float32), name: value})
+    mi.assert_shapes_hold(proto, feeds)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_constant_nodes_become_scales_input(opset: int) -> None:
+    res, proto = _run(mi.resize_constant_nodes(opset))
+    assert res.ok and res.steps[0].modified
+    names = [i.name for i in proto.graph.input]
+    assert names == ["x", "scales"]
+    scales = proto.graph.input[1]
+    assert scales.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and _dims(scales) == [4]
+    resize = next(n for n in proto.graph.node if n.op_type == "Resize")
+    assert resize.input[2] == "scales"
+    assert [n.op_type for n in proto.graph.node] == ["Constant", "Resize", "Relu"]  # only roi's Constant is left
+    # batch/channels/height/width all depend on a full scales vector: symbolic everywhere
+    out = _dims(proto.graph.output[0])
+    assert len(out) == 4 and all(isinstance(d, str) for d in out)
+    assert all(isinstance(d, str) for d in _dims(next(v for v in proto.graph.value_info if v.name == "up")))
+    probe = [o for o in res.steps[0].check.outputs if o.name.startswith("probe")]
+    assert probe and probe[0].ok and probe[0].shape == (1, 2, 8, 8)
+    _no_stale(proto)
+
+
+def test_factor_form_keeps_batch_and_channels() -> None:
+    res, proto = _run(mi.resize_constant_nodes(13), input="factor", form="factor")
+    assert res.ok
+    factor = next(i for i in proto.graph.input if i.name == "factor")
+    assert _dims(factor) == [] and factor.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    out = _dims(proto.graph.output[0])
+    assert out[:2] == [1, 2] and all(isinstance(d, str) for d in out[2:])
+    sess = _session(proto)
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    for f in (1.0, 2.0, 5.0):
+        (y,) = sess.run(None, {"x": x, "factor": np.array(f, np.float32)})
+        assert y.shape == (1, 2, int(4 * f), int(4 * f))
+    assert res.steps[0].notes == ["input 'factor' (factor 3.0) now drives '/up/Resize'"]
+    _no_stale(proto)
+
+
+def test_factor_per_axis() -> None:
+    res, proto = _run(mi.resize_constant_nodes(13, scales=(1, 1, 2, 3)), form="factor", per_axis=True)
+    assert res.ok
+    assert _dims(next(i for i in proto.graph.input if i.name == "factor")) == [2]
+    (y,) = _session(proto).run(None, {"x": np.zeros((1, 2, 4, 4), np.float32), "factor": np.array([1, 4], np.float32)})
+    assert y.shape == (1, 2, 4, 16)
+
+
+def test_two_nodes_shared_and_per_node() -> None:
+    res, proto = _run(mi.resize_two_nodes(3.0), form="factor")
+    assert res.ok and [i.name for i in proto.graph.input] == ["x", "factor"]
+    assert not {"s1", "s2"} & {t.name for t in proto.graph.initializer}
+    with pytest.raises(PassPreconditionError, match="per_node"):
+        _run(mi.resize_two_nodes(2.0), form="factor")
+    res, proto = _run(mi.resize_two_nodes(2.0), form="factor", per_node=True)
+    assert res.ok and [i.name for i in proto.graph.input] == ["x", "factor_0", "factor_1"]
+    res, proto = _run(mi.resize_two_nodes(2.0), nodes="resize_b", input="sb")
+    assert res.ok and [i.name for i in proto.graph.input] == ["x", "sb"]
+    assert "s1" in {t.name for t in proto.graph.initializer}
+    assert _dims(proto.graph.output[0]) == [1, 2, 12, 12]  # the untouched Resize keeps its static shape
+
+
+def test_sizes_promoted_as_int64() -> None:
+    res, proto = _run(mi.resize_sizes())
+    assert res.ok
+    sizes = next(i for i in proto.graph.input if i.name == "sizes")
+    assert sizes.type.tensor_type.elem_type == onnx.TensorProto.INT64 and _dims(sizes) == [4]
+    (y,) = _session(proto).run(None, {"x": np.zeros((1, 2, 4, 4), np.float32), "sizes": np.array([1, 2, 5, 7], np.int64)})
+    assert y.shape == (1, 2, 5, 7)
+    with pytest.raises(PassPreconditionError, match="driven by sizes"):
+        _run(mi.resize_sizes(), form="factor")
+
+
+@pytest.mark.parametrize("opset", [7, 9])
+def test_legacy_upsample(opset: int) -> None:
+    res, proto = _run(mi.upsample(opset), form="factor")
+    assert res.ok and res.steps[0].modified
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [9]
+    if opset < 9:
+        assert any("opset 7 to 9" in n for n in res.steps[0].notes)
+    (y,) = _session(proto).run(None, {"x": np.ones((1, 2, 3, 3), np.float32), "factor": np.array(3, np.float32)})
+    assert y.shape == (1, 2, 9, 9)
+
+
+def test_no_resize_is_unmodified_and_idempotent() -> None:
+    res, _ = _run(mi.no_resize())
+    assert res.ok and not res.steps[0].modified
+    _, once = _run(mi.resize_constant_nodes(13))
+    res, _ = _run(once, verify="off")  # scales already an input: nothing left to promote
+    assert not res.steps[0].modified
+
+
+def test_bad_params() -> None:
+    with pytest.raises(ValidationError):
+        PromoteResizeScales(form="vector")
+    with pytest.raises(ValidationError):
+        PromoteResizeScales(probe_factor=0)
+    with pytest.raises(ValidationError):
+        PromoteResizeScales(scale=3)
+
+
+def test_precondition_messages() -> None:
+    with pytest.raises(PassPreconditionError, match=r"no Resize/Upsample node named 'resize_c'.*resize_a, resize_b"):
+        _run(mi.resize_two_nodes(), nodes=["resize_c"])
+    with pytest.raises(PassPreconditionError, match="matches no Resize/Upsample node"):
+        _run(mi.resize_two_nodes(), nodes="conv.*")
+    with pytest.raises(PassPreconditionError, match="already exists"):
+        _run(mi.resize_two_nodes(), input="x")
+    with pytest.raises(PassPreconditionError, match="non-spatial axis"):
+        _run(mi.resize_constant_nodes(13, scales=(1, 2, 2, 2)), form="factor")
+    _, once = _run(mi.resize_constant_nodes(13))
+    with pytest.raises(PassPreconditionError, match="a graph input, not a constant"):
+        _run(once, verify="off", nodes=["/up/Resize"])
+
+
+# -- SRCNN end to end ---------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_srcnn_recipe_matches_torch_at_other_factors(dynamo: bool, tmp_path: Path) -> None:
+    module = mi.srcnn_torch(channels=3)
+    src = tmp_path / "srcnn.onnx"
+    onnx.save(mi.export(module, (1, 3, 8, 8), dynamo=dynamo), str(src))
+    out = tmp_path / "srcnn-dynamic.onnx"
+    res = apply(ROOT / "recipes" / "srcnn-dynamic-scale.yaml", model=src, output=out)
+    assert res.ok and res.steps[0].modified
+    checks = {o.name: o for o in res.steps[0].check.outputs}
+    assert any(name.startswith("probe factor=2.0") and c.ok and c.shape == (1, 3, 16, 16) for name, c in checks.items())
+    proto = onnx.load(str(out))
+    assert [i.name for i in proto.graph.input] == ["image", "factor"]
+    assert _dims(proto.graph.output[0])[:2] == [1, 3]
+    sess = _session(proto)
+    x = torch.rand(1, 3, 8, 8)
+    for f in (2, 3, 4):
+        module.up.scale_factor = float(f)
+        with torch.no_grad():
+            want = module(x).numpy()
+        (got,) = sess.run(None, {"image": x.numpy(), "factor": np.array(f, np.float32)})
+        assert got.shape == (1, 3, 8 * f, 8 * f)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
