@@ -77,10 +77,14 @@ class PromoteInitializer(Pass):
                 node = t.inputs[0]
                 t.inputs.clear()
                 g.nodes.remove(node)
-                t.to_constant(value)
                 how += f" (was Constant node '{node.name}')"
-            if not self.params.keep_default:
+                if self.params.keep_default:
+                    t.to_constant(value)
+                else:
+                    t.dtype, t.shape = value.dtype, list(value.shape)
+            elif not self.params.keep_default:
                 t.to_variable(dtype=value.dtype, shape=list(value.shape))
+                t.type = "tensor_type"  # onnx-graphsurgeon's in-place conversion leaves it unset
             g.inputs.append(t)
             contract.new_inputs[name] = value
             contract.notes.append(f"'{name}' {value.dtype}{list(value.shape)} -> {how}")
