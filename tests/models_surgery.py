@@ -7,38 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import onnx
+from surgeon.examples import tiny_classifier  # noqa: F401  (re-exported for the tests)
 
 
-def tiny_classifier(seed: int = 0) -> onnx.ModelProto:
-    """Image classifier with readable names: ``image`` float[batch, 3, 8, 8] -> Conv (conv_out) ->
-    Relu (relu_out) -> GlobalAveragePool (pooled) -> Flatten (features) -> Gemm -> ``logits``
-    float[batch, 10]. No value_info for inner tensors (types come from shape inference)."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-
-    def init(name: str, *shape: int) -> onnx.TensorProto:
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
-
-    nodes = [
-        helper.make_node("Conv", ["image", "conv.weight", "conv.bias"], ["conv_out"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
-        helper.make_node("GlobalAveragePool", ["relu_out"], ["pooled"], name="pool"),
-        helper.make_node("Flatten", ["pooled"], ["features"], name="flatten", axis=1),
-        helper.make_node("Gemm", ["features", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_classifier",
-        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 10])],
-        [init("conv.weight", 8, 3, 3, 3), init("conv.bias", 8), init("fc.weight", 10, 8), init("fc.bias", 10)],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10, producer_name="surgeon-examples")
 
 
 def tiny_mlp():  # type: ignore[no-untyped-def]
