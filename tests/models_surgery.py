@@ -5,11 +5,8 @@ recipes/postprocess.yaml, and tiny torch exports."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from surgeon.examples import tiny_classifier  # noqa: F401  (re-exported for the tests)
-
-
 
 
 def tiny_mlp():  # type: ignore[no-untyped-def]
