@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from pydantic import ValidationError
+from surgeon.passes.mark_dynamic import MarkDynamic
+
+from surgeon import Pipeline, apply
+from surgeon.errors import PassError, PassPreconditionError
+from tests import models_interface as mi
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[Any]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
+
+
+def _run(model: onnx.ModelProto, verify: dict[str, Any] | None = None, **params: Any) -> tuple[Any, onnx.ModelProto]:
+    res = Pipeline([MarkDynamic(**params)], verify={"device": "cpu", **(verify or {})}).run(model)
+    return res, res.model.proto
+
+
+def _probes(res: Any) -> list[Any]:
+    return [o for o in res.steps[0].check.outputs if o.name.startswith("probe")]
+
+
+def test_batch_reshape_rewritten_and_probed() -> None:
+    res, proto = _run(mi.classifier_example(spatial=(4, 4)), batch="batch")
+    assert res.ok and res.steps[0].modified
+    g = proto.graph
+    assert _dims(g.input[0]) == ["batch", 3, 4, 4] and _dims(g.output[0]) == ["batch", 5]
+    assert {v.name: _dims(v) for v in g.value_info} == {"conv": ["batch", 8, 4, 4], "relu": ["batch", 8, 4, 4], "pool": ["batch", 8, 1, 1], "flat": ["batch", 8]}
+    reshape = next(n for n in g.node if n.op_type == "Reshape")
+    shape = next(t for t in g.initializer if t.name == reshape.input[1])
+    assert onnx.numpy_helper.to_array(shape).tolist() == [0, 8]
+    assert "Reshape '/Reshape': shape [1, 8] -> [0, 8]" in res.steps[0].notes
+    probes = _probes(res)
+    assert len(probes) == 1 and probes[0].ok and probes[0].shape == (3, 5)
+    feeds = [{"image": np.ones((n, 3, 4, 4), np.float32)} for n in (1, 5)]
+    mi.assert_shapes_hold(proto, feeds)
+
+
+def test_spatial_axes_and_output_symbols() -> None:
+    res, proto = _run(mi.classifier_example(spatial=(4, 4)), inputs={"image": {0: "N", 2: "h", -1: "w"}}, outputs={"logits": {0: "N"}}, batch_symbols=["N"])
+    assert res.ok
+    assert _dims(proto.graph.input[0]) == ["N", 3, "h", "w"] and _dims(proto.graph.output[0]) == ["N", 5]
+    names = sorted(p.name for p in _probes(res))
+    assert names[0].startswith("probe N=3") and any(n.startswith("probe h=8") for n in names) and any(n.startswith("probe w=8") for n in names)
+    assert all(p.ok for p in _probes(res))
+    mi.assert_shapes_hold(proto, [{"image": np.ones((2, 3, 5, 7), np.float32)}])
+
+
+def test_slice_and_expand_rewritten() -> None:
+    res, proto = _run(mi.slice_expand(2), batch="b", batch_symbols=["b"])
+    assert res.ok, res.failures()
+    notes = res.steps[0].notes
+    assert "Slice 'slice': ends [2] -> ['end']" in notes and "Expand 'expand': shape [2, 4] -> [1, 4]" in notes
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], 2 * x)
+
+
+def test_refuses_what_cannot_be_dynamic() -> None:
+    with pytest.raises(PassError, match="cannot be made dynamic safely.*concat"):
+        _run(mi.concat_constant(), batch="batch")
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_view_1_minus_1(dynamo: bool) -> None:
+    pytest.importorskip("torch")
+    proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name="logits")
+    res, out = _run(proto, batch="batch")
+    assert res.ok and res.steps[0].modified
+    assert any(n.startswith("Reshape") and "[1, -1] -> [0, -1]" in n for n in res.steps[0].notes)
+    assert _dims(out.graph.output[0]) == ["batch", 5]
+    assert _probes(res) and all(p.ok for p in _probes(res))
+
+
+def test_dynamic_batch_recipe(tmp_path: Path) -> None:
+    src = tmp_path / "classifier.onnx"
+    onnx.save(mi.classifier_example(), str(src))
+    res = apply(ROOT / "recipes" / "dynamic-batch.yaml", model=src, output=tmp_path / "out.onnx")
+    assert res.ok and all(s.modified for s in res.steps)
+    proto = onnx.load(str(tmp_path / "out.onnx"))
+    assert _dims(proto.graph.input[0]) == ["batch", 3, 16, 16] and _dims(proto.graph.output[0]) == ["batch", 5]
+
+
+def test_unmodified_when_already_dynamic() -> None:
+    res, once = _run(mi.classifier_example(spatial=(4, 4)), batch="batch")
+    res, _ = _run(once, verify={"dims": {"batch": 2}}, batch="batch")
+    assert res.ok and not res.steps[0].modified
+
+
+def test_bad_params_and_preconditions() -> None:
+    with pytest.raises(ValidationError):
+        MarkDynamic(inputs={"image": {"zero": "batch"}})
+    with pytest.raises(ValidationError):
+        MarkDynamic(batch="")
+    model = mi.classifier_example(spatial=(4, 4))
+    with pytest.raises(PassPreconditionError, match="nothing to mark"):
+        _run(model)
+    with pytest.raises(PassPreconditionError, match=r"unknown input 'img'.*image"):
+        _run(model, inputs={"img": {0: "batch"}})
+    with pytest.raises(PassPreconditionError, match=r"rank 4 .*axis 4 does not exist"):
+        _run(model, inputs={"image": {4: "x"}})
+    with pytest.raises(PassPreconditionError, match="must be a name, not a number"):
+        _run(model, inputs={"image": {0: "2"}})
+    with pytest.raises(PassPreconditionError, match="means equal sizes"):
+        _run(model, inputs={"image": {1: "s", 2: "s"}})
