@@ -221,6 +221,8 @@ def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], fo
                 pins[y.name] = tuple(x.shape[: site.lead]) + tuple(f"{y.name}_{a}" for a in range(site.lead, len(site.value)))
         node.inputs[site.slot] = vector
         drop_orphan_constant(g, old)
+    if vectors:
+        g.toposort()
     refresh_shapes(model, cuts=pins)
     what = f"factor {value.tolist()}" if form == "factor" else f"{sites[0].kind} {value.tolist()}"
     return [f"input '{name}' ({what}) now drives {', '.join(repr(s.node.name) for s in sites)}"]
@@ -241,7 +243,6 @@ def _expand_factor(model: ModelIR, factor: gs.Variable, lead: int, n_spatial: in
     ones = gs.Constant(unique_name(model, f"{factor.name}_ones"), np.ones(lead, dtype=factor.dtype))
     vector = gs.Variable(unique_name(model, f"{factor.name}_scales"), dtype=factor.dtype, shape=[lead + n_spatial])
     g.nodes.append(gs.Node("Concat", unique_name(model, f"{factor.name}_Concat"), attrs={"axis": 0}, inputs=[ones, spatial], outputs=[vector]))
-    g.toposort()
     return vector
 
 

@@ -237,7 +237,7 @@ def export(module: Any, shape: tuple[int, ...], dynamo: bool, input_name: str = 
         if dynamo:
             prog = torch.onnx.export(module, (x,), dynamo=True, verbose=False, input_names=[input_name], output_names=[output_name])
             return prog.model_proto  # type: ignore[union-attr]
-        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, input_names=[input_name], output_names=[output_name])
+        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, input_names=[input_name], output_names=[output_name])  # type: ignore[arg-type]
     return onnx.load_from_string(f.getvalue())
 
 

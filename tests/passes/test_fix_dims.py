@@ -20,6 +20,7 @@ def _dims(vi: onnx.ValueInfoProto) -> list[Any]:
 
 def _run(model: onnx.ModelProto, dims: dict[str, int], verify_dims: dict[str, int] | None = None) -> tuple[Any, onnx.ModelProto]:
     res = Pipeline([FixDims(dims=dims)], verify={"device": "cpu", "dims": verify_dims or {}}).run(model)
+    onnx.checker.check_model(res.model.proto, full_check=True)
     return res, res.model.proto
 
 

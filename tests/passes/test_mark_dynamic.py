@@ -23,6 +23,7 @@ def _dims(vi: onnx.ValueInfoProto) -> list[Any]:
 
 def _run(model: onnx.ModelProto, verify: dict[str, Any] | None = None, **params: Any) -> tuple[Any, onnx.ModelProto]:
     res = Pipeline([MarkDynamic(**params)], verify={"device": "cpu", **(verify or {})}).run(model)
+    onnx.checker.check_model(res.model.proto, full_check=True)
     return res, res.model.proto
 
 

@@ -16,6 +16,7 @@ from tests import models_interface as mi
 
 def _run(model: onnx.ModelProto, **params: Any) -> tuple[Any, onnx.ModelProto]:
     res = Pipeline([PromoteInitializer(**params)], verify={"device": "cpu"}).run(model)
+    onnx.checker.check_model(res.model.proto, full_check=True)
     return res, res.model.proto
 
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(model: onnx.ModelProto, verify: str = "each", **params: object) -> tuple[Any, onnx.ModelProto]:
     res = Pipeline([PromoteResizeScales(**params)], verify={"device": "cpu", "mode": verify}).run(model)
+    onnx.checker.check_model(res.model.proto, full_check=True)
     return res, res.model.proto
 
 
@@ -168,6 +169,7 @@ def test_srcnn_recipe_matches_torch_at_other_factors(dynamo: bool, tmp_path: Pat
     checks = {o.name: o for o in res.steps[0].check.outputs}
     assert any(name.startswith("probe factor=2.0") and c.ok and c.shape == (1, 3, 16, 16) for name, c in checks.items())
     proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == ["image", "factor"]
     assert _dims(proto.graph.output[0])[:2] == [1, 3]
     sess = _session(proto)
