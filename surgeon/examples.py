@@ -6,10 +6,11 @@ skipped with a message when torch is not installed.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import onnx
@@ -132,11 +133,91 @@ def optimize_example(seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7, producer_name="pytorch", producer_version="1.13.1", doc_string="exported by a script")
 
 
+def classifier_example(seed: int = 0, batch: int = 1, spatial: tuple[Any, Any] = ("height", "width")) -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Reshape [1, 8] (batch traced as 1) -> Gemm: the classic
+    ``x.view(1, -1)`` before a classifier. Spatial dims symbolic by default (``classifier.onnx``)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "conv.weight"),
+        numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "conv.bias"),
+        numpy_helper.from_array(np.array([batch, 8], np.int64), "flat_shape"),
+        numpy_helper.from_array((rng.standard_normal((5, 8)) * 0.3).astype(np.float32), "fc.weight"),
+        numpy_helper.from_array((rng.standard_normal(5) * 0.1).astype(np.float32), "fc.bias"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.weight", "conv.bias"], ["conv"], name="/conv/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"], name="/relu/Relu"),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="/pool/GlobalAveragePool"),
+        helper.make_node("Reshape", ["pool", "flat_shape"], ["flat"], name="/Reshape"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm", transB=1),
+    ]
+    h, w = spatial
+    def vi(name: str, shape: list[Any]) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+
+    value_info = [vi("conv", [batch, 8, h, w]), vi("relu", [batch, 8, h, w]), vi("pool", [batch, 8, 1, 1]), vi("flat", [batch, 8])]
+    graph = helper.make_graph(nodes, "main_graph", [vi("image", [batch, 3, h, w])], [vi("logits", [batch, 5])], inits, value_info=value_info)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def srcnn_torch(channels: int = 3, scale: float = 3.0, seed: int = 0) -> Any:
+    """SRCNN: bicubic upsample, conv 9x9 -> 1x1 -> 5x5 with padding keeping the size (fewer
+    channels than the paper's 64/32 so tests are fast), random weights."""
+    import torch
+    from torch import nn
+
+    class SRCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.Upsample(scale_factor=scale, mode="bicubic", align_corners=False)
+            self.c1 = nn.Conv2d(channels, 16, 9, padding=4)
+            self.c2 = nn.Conv2d(16, 8, 1)
+            self.c3 = nn.Conv2d(8, channels, 5, padding=2)
+
+        def forward(self, x: Any) -> Any:
+            x = self.up(x)
+            return self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+    torch.manual_seed(seed)
+    return SRCNN().eval()
+
+
+def export(module: Any, shape: tuple[int, ...], dynamo: bool, input_name: str = "image", output_name: str = "out") -> onnx.ModelProto:
+    """Export with TorchScript (``dynamo=False``, opset 17) or dynamo; returns the ModelProto."""
+    import io
+    import warnings
+
+    import onnx
+    import torch
+
+    x = torch.randn(*shape)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            prog = torch.onnx.export(module, (x,), dynamo=True, verbose=False, input_names=[input_name], output_names=[output_name])
+            return prog.model_proto  # type: ignore[union-attr]
+        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, input_names=[input_name], output_names=[output_name])  # type: ignore[arg-type]
+    return onnx.load_from_string(f.getvalue())
+
+
+def srcnn_example() -> onnx.ModelProto:
+    """``srcnn.onnx`` for recipes/srcnn-dynamic-scale.yaml: SRCNN x3, input 1x3x8x8, TorchScript export."""
+    return export(srcnn_torch(), (1, 3, 8, 8), dynamo=False)
+
+
 BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "tiny-cnn.onnx": tiny_cnn,
     "tiny-classifier.onnx": tiny_classifier,
     "bloated.onnx": optimize_example,
+    "classifier.onnx": classifier_example,
+    "srcnn.onnx": srcnn_example,
 }
+NEEDS_TORCH = {"srcnn.onnx"}
 """File name -> builder of the model recipes/ refer to."""
 
 
@@ -148,6 +229,9 @@ def build_all(folder: str | Path, only: list[str] | None = None) -> list[Path]:
     written = []
     for name, builder in BUILDERS.items():
         if only and name not in only:
+            continue
+        if name in NEEDS_TORCH and importlib.util.find_spec("torch") is None:
+            print(f"skipped {name}: needs torch (pip install -e '.[torch]')", file=sys.stderr)
             continue
         onnx.save(builder(), str(out / name))
         written.append(out / name)

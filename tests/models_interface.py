@@ -7,13 +7,13 @@ fix-dims): small ONNX graphs built with onnx.helper and tiny torch modules expor
 
 from __future__ import annotations
 
-import io
-import warnings
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from surgeon.examples import classifier_example, export, srcnn_example, srcnn_torch  # noqa: F401  (shared with the recipes)
 
 FLOAT = TensorProto.FLOAT
 
@@ -96,29 +96,6 @@ def add_reshape() -> onnx.ModelProto:
 # -- dynamic / static dims ----------------------------------------------------------------------
 
 
-def classifier_example(seed: int = 0, batch: int = 1, spatial: tuple[Any, Any] = ("height", "width")) -> onnx.ModelProto:
-    """Conv -> Relu -> GlobalAveragePool -> Reshape [1, 8] (batch traced as 1) -> Gemm: the classic
-    ``x.view(1, -1)`` before a classifier. Spatial dims symbolic by default (``classifier.onnx``)."""
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "conv.weight"),
-        numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "conv.bias"),
-        numpy_helper.from_array(np.array([batch, 8], np.int64), "flat_shape"),
-        numpy_helper.from_array((rng.standard_normal((5, 8)) * 0.3).astype(np.float32), "fc.weight"),
-        numpy_helper.from_array((rng.standard_normal(5) * 0.1).astype(np.float32), "fc.bias"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["image", "conv.weight", "conv.bias"], ["conv"], name="/conv/Conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv"], ["relu"], name="/relu/Relu"),
-        helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="/pool/GlobalAveragePool"),
-        helper.make_node("Reshape", ["pool", "flat_shape"], ["flat"], name="/Reshape"),
-        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm", transB=1),
-    ]
-    h, w = spatial
-    vi = [_vi("conv", [batch, 8, h, w]), _vi("relu", [batch, 8, h, w]), _vi("pool", [batch, 8, 1, 1]), _vi("flat", [batch, 8])]
-    return _model(nodes, [_vi("image", [batch, 3, h, w])], [_vi("logits", [batch, 5])], inits, value_info=vi)
-
-
 def slice_expand(batch: int = 2) -> onnx.ModelProto:
     """x[B,4] -> Slice ends [B] on axis 0 (traced full extent) -> Expand to [B, 4] -> Add."""
     inits = [
@@ -185,28 +162,6 @@ def assert_shapes_hold(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]
 # -- torch --------------------------------------------------------------------------------------
 
 
-def srcnn_torch(channels: int = 3, scale: float = 3.0, seed: int = 0) -> Any:
-    """SRCNN: bicubic upsample, conv 9x9 -> 1x1 -> 5x5 with padding keeping the size (fewer
-    channels than the paper's 64/32 so tests are fast), random weights."""
-    import torch
-    from torch import nn
-
-    class SRCNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.up = nn.Upsample(scale_factor=scale, mode="bicubic", align_corners=False)
-            self.c1 = nn.Conv2d(channels, 16, 9, padding=4)
-            self.c2 = nn.Conv2d(16, 8, 1)
-            self.c3 = nn.Conv2d(8, channels, 5, padding=2)
-
-        def forward(self, x: Any) -> Any:
-            x = self.up(x)
-            return self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
-
-    torch.manual_seed(seed)
-    return SRCNN().eval()
-
-
 def torch_classifier(seed: int = 0) -> Any:
     """Conv -> adaptive pool -> ``view(1, -1)`` -> Linear: the traced batch baked into a Reshape."""
     import torch
@@ -224,23 +179,3 @@ def torch_classifier(seed: int = 0) -> Any:
 
     torch.manual_seed(seed)
     return Net().eval()
-
-
-def export(module: Any, shape: tuple[int, ...], dynamo: bool, input_name: str = "image", output_name: str = "out") -> onnx.ModelProto:
-    """Export with TorchScript (``dynamo=False``, opset 17) or dynamo; returns the ModelProto."""
-    import torch
-
-    x = torch.randn(*shape)
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            prog = torch.onnx.export(module, (x,), dynamo=True, verbose=False, input_names=[input_name], output_names=[output_name])
-            return prog.model_proto  # type: ignore[union-attr]
-        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, input_names=[input_name], output_names=[output_name])  # type: ignore[arg-type]
-    return onnx.load_from_string(f.getvalue())
-
-
-def srcnn_example() -> onnx.ModelProto:
-    """``srcnn.onnx`` for recipes/srcnn-dynamic-scale.yaml: SRCNN x3, input 1x3x8x8, TorchScript export."""
-    return export(srcnn_torch(), (1, 3, 8, 8), dynamo=False)
