@@ -103,11 +103,13 @@ def inferred_types(model: ModelIR, names: Sequence[str]) -> dict[str, tuple[np.d
         if dtype is None or shape is None:
             missing.append(name)
     if missing:
-        inferred = _infer(model)
+        from surgeon.shapes import tensor_types
+
+        inferred = tensor_types(model)
         for name in missing:
             dtype, shape = out[name]
             idtype, ishape = inferred.get(name, (None, None))
-            out[name] = (dtype if dtype is not None else idtype, shape if shape is not None else ishape)
+            out[name] = (dtype if dtype is not None else idtype, shape if shape is not None else (list(ishape) if ishape is not None else None))
     return out
 
 
@@ -118,26 +120,6 @@ def _np_dtype(dtype: Any) -> np.dtype | None:
     if isinstance(dtype, int):
         return np.dtype(helper.tensor_dtype_to_np_dtype(dtype)) if dtype else None
     return np.dtype(dtype)
-
-
-def _infer(model: ModelIR) -> dict[str, tuple[np.dtype | None, Shape]]:
-    import onnx
-
-    try:
-        proto = onnx.shape_inference.infer_shapes(model.to_proto(), strict_mode=False, data_prop=True)
-    except Exception:  # inference is best effort; callers report what stays unknown
-        return {}
-    out: dict[str, tuple[np.dtype | None, Shape]] = {}
-    for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input):
-        if not vi.type.HasField("tensor_type"):
-            continue
-        tt = vi.type.tensor_type
-        dtype = _np_dtype(tt.elem_type) if tt.elem_type else None
-        shape: Shape = None
-        if tt.HasField("shape"):
-            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-        out.setdefault(vi.name, (dtype, shape))
-    return out
 
 
 def typed(model: ModelIR, names: Sequence[str], why: str) -> dict[str, tuple[np.dtype, Shape]]:

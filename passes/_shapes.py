@@ -3,102 +3,18 @@ shapes at concrete input sizes, constants behind a node input, input dims by sym
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from surgeon.errors import PassError
 from surgeon.graph import iter_graphs
+from surgeon.shapes import Dim, Shape, infer  # noqa: F401  (re-exported for the passes)
 
 if TYPE_CHECKING:
     import numpy as np
-    import onnx
     import onnx_graphsurgeon as gs
 
     from surgeon.model import ModelIR
     from surgeon.verify import OutputCheck, ProbeEnv
-
-Dim = int | str | None
-Shape = tuple[Dim, ...] | None
-_LIGHT = 1024
-"""Initializers with more elements than this are given to shape inference as typed inputs (their
-values never decide a shape and copying them is what makes inference slow on big models)."""
-
-
-def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None, keep_outputs: bool, cuts: Mapping[str, Shape] | None = None) -> onnx.ModelProto:
-    import numpy as np
-    from onnx import helper
-
-    proto = model.to_proto()
-    g = proto.graph
-    keep = []
-    for t in g.initializer:
-        if int(np.prod(t.dims, dtype=np.int64)) > _LIGHT:
-            if t.name not in {i.name for i in g.input}:
-                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            keep.append(t)
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    del g.value_info[:]
-    for name, shape in (cuts or {}).items():  # inference takes these shapes as given
-        for node in g.node:
-            node.output[:] = [f"{o}__cut" if o == name else o for o in node.output]
-        elem = next((t.dtype for t in model.graph.tensors().values() if t.name == name), None)
-        g.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(elem), shape))
-    if not keep_outputs:
-        for o in g.output:
-            o.type.tensor_type.ClearField("shape")
-    for vi in g.input:
-        if input_dims and vi.name in input_dims:
-            dims = vi.type.tensor_type.shape.dim
-            for d, value in zip(dims, input_dims[vi.name]):
-                if isinstance(value, int):
-                    d.dim_value = value
-                elif isinstance(value, str):
-                    d.dim_param = value
-    return proto
-
-
-def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None, strict: bool = False, keep_outputs: bool = False, cuts: Mapping[str, Shape] | None = None) -> dict[str, tuple[Any, Shape]]:
-    """``{tensor name: (onnx elem type or None, shape)}`` from ONNX shape inference over the graph
-    and its subgraphs (intermediate shapes ignored; output shapes too unless ``keep_outputs``),
-    optionally with some input dims replaced (by input name)."""
-    import onnx
-
-    proto = _light_proto(model, input_dims, keep_outputs, cuts)
-    try:
-        out = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=strict, data_prop=True)
-    except Exception as exc:  # onnx raises InferenceError / RuntimeError with the node named
-        raise PassError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
-    result: dict[str, tuple[Any, Shape]] = {}
-    for gproto in _graphs(out.graph):
-        for vi in list(gproto.value_info) + list(gproto.output) + list(gproto.input):
-            result[vi.name] = _type_of(vi)
-    return result
-
-
-def _graphs(gproto: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
-    yield gproto
-    for node in gproto.node:
-        for attr in node.attribute:
-            if attr.type == 5:
-                yield from _graphs(attr.g)
-            elif attr.type == 10:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
-
-
-def _type_of(vi: onnx.ValueInfoProto) -> tuple[Any, Shape]:
-    if not vi.type.HasField("tensor_type"):
-        return None, None
-    tt = vi.type.tensor_type
-    if not tt.HasField("shape"):
-        return tt.elem_type or None, None
-    dims: list[Dim] = []
-    for d in tt.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-    return tt.elem_type or None, tuple(dims)
-
 
 def _input_names(model: ModelIR) -> set[str]:
     out: set[str] = set()

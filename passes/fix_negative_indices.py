@@ -44,12 +44,12 @@ class FixNegativeIndices(Pass):
     params: Params
 
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.passes.remove_nodes import inferred_types
+        from surgeon.shapes import tensor_types
 
         wanted = set(self.params.ops)
         if not any(n.op in wanted for g in iter_graphs(model.graph) for n in g.nodes):
             return PassResult(False, IOContract())
-        types = inferred_types(model)
+        types = tensor_types(model)
         notes: list[str] = []
         for g in iter_graphs(model.graph):
             for node in g.nodes:

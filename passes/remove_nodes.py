@@ -10,6 +10,7 @@ from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.graph import iter_graphs, require_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.shapes import TypeMap, tensor_types
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -17,31 +18,10 @@ if TYPE_CHECKING:
     from surgeon.model import ModelIR
 
 Bypassable = Literal["Identity", "Dropout", "Cast", "Reshape"]
-TypeMap = dict[str, tuple[object, "tuple[int | str | None, ...] | None"]]
 
 
 def _default_ops() -> list[Bypassable]:
     return ["Identity", "Dropout"]
-
-
-def inferred_types(model: ModelIR) -> TypeMap:
-    """dtype (numpy) and shape of every tensor onnx shape inference can type (no weights read)."""
-    import onnx
-    from onnx import helper
-
-    try:
-        proto = onnx.shape_inference.infer_shapes(model.to_proto())
-    except Exception:  # inference failing leaves tensors untyped: they are then not no-ops
-        proto = model.to_proto()
-    out: TypeMap = {}
-    g = proto.graph
-    for vi in list(g.input) + list(g.output) + list(g.value_info):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not tt.elem_type:
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim) if tt.HasField("shape") else None
-        out[vi.name] = (helper.tensor_dtype_to_np_dtype(tt.elem_type), dims)
-    return out
 
 
 @register_pass("remove-nodes")
@@ -69,7 +49,7 @@ class RemoveNodes(Pass):
     def requires(self, model: ModelIR) -> None:
         nodes = {n.name: n for g in iter_graphs(model.graph) for n in g.nodes if n.name}
         require_names(self.params.names, sorted(nodes), "node", "names")
-        types = inferred_types(model)
+        types = tensor_types(model)
         for name in self.params.names:
             why = _not_noop(model, nodes[name], types)
             if why:
@@ -78,7 +58,7 @@ class RemoveNodes(Pass):
     def run(self, model: ModelIR) -> PassResult:
         wanted = set(self.params.names)
         notes: list[str] = []
-        types = inferred_types(model) if {"Cast", "Reshape"} & set(self.params.ops) or wanted else {}
+        types = tensor_types(model) if {"Cast", "Reshape"} & set(self.params.ops) or wanted else {}
         for g in iter_graphs(model.graph):
             for node in list(g.nodes):
                 if node.name not in wanted and (node.op not in self.params.ops or _not_noop(model, node, types)):

@@ -56,10 +56,10 @@ class ToFP16(Pass):
         require_names(self.params.block_nodes, nodes, "node", "block_nodes")
 
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.passes.remove_nodes import inferred_types
+        from surgeon.shapes import tensor_types
 
         g = model.graph
-        types = inferred_types(model)
+        types = tensor_types(model)
         for t in g.tensors().values():
             if t.dtype is None and t.name in types:
                 t.dtype = types[t.name][0]
