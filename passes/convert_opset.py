@@ -69,9 +69,8 @@ class ConvertOpset(Pass):
         if model.shell.ir_version < need:
             model.shell.ir_version = need
         converted.ir_version = model.shell.ir_version
-        from surgeon.passes.simplify import replace_graph
 
-        replace_graph(model, converted)
+        model.replace_graph(converted)
         ops = sorted({n.op_type for n in converted.graph.node} - {n.op_type for n in proto.graph.node})
         notes = [f"opset {source} -> {target}"]
         if ops:

@@ -27,23 +27,6 @@ PROTOBUF_LIMIT = 2**31 - 10000
 CHUNK = 16 << 20
 
 
-def replace_graph(model: ModelIR, proto: onnx.ModelProto) -> None:
-    """Make ``proto``'s graph the model's graph, for passes that edit through ModelProto-level
-    tools: everything ModelIR derives from a graph (node doc strings / metadata, inputs with
-    defaults, unused initializers...) is derived again from ``proto``; opsets follow it; the
-    shell (producer, metadata) and the source stay."""
-    import dataclasses
-
-    from surgeon.model import Model, ModelIR
-
-    fresh = ModelIR.from_model(Model(proto, base_dir=model.base_dir))
-    for f in dataclasses.fields(ModelIR):
-        if f.name not in ("shell", "base_dir", "source"):
-            setattr(model, f.name, getattr(fresh, f.name))
-    del model.shell.opset_import[:]
-    model.shell.opset_import.extend(proto.opset_import)
-
-
 def graph_key(graph: onnx.GraphProto) -> tuple[Any, ...]:
     """What a proto-level rewrite can change: nodes (op, wiring, attributes; not node names),
     initializers (name, type, shape) and the graph's I/O."""
@@ -110,7 +93,7 @@ class Simplify(Pass):
         _restore_io(proto.graph, result.graph, set(self.params.input_shapes))
         if graph_key(result.graph) == before:
             return PassResult(False, IOContract())
-        replace_graph(model, result)
+        model.replace_graph(result)
         return PassResult(True, IOContract(notes=_notes(proto.graph, result.graph, hidden)))
 
     def _kwargs(self) -> dict[str, Any]:

@@ -126,6 +126,10 @@ class ModelIR:
     A pass may add one (promote an initializer with its default kept)."""
     input_order: list[str] = field(default_factory=list)
     orphans: list[onnx.TensorProto] = field(default_factory=list)
+    source_docs: bool = True
+    """Carry the source graph's doc string and its inputs'/outputs' doc strings (strip-doc clears it)."""
+    source_metadata: bool = True
+    """Carry the source graph's and its values' metadata_props (strip-doc with metadata clears it)."""
     exotic_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
     """Optional/map types by tensor name: onnx-graphsurgeon cannot export them, so they are
     exported typeless and their types put back from here."""
@@ -218,9 +222,8 @@ class ModelIR:
         self._restore_default_inputs(out.graph)
         if self.source is not None:
             src = self.source.proto.graph
-            for name in ("doc_string",):
-                setattr(out.graph, name, getattr(src, name))
-            if hasattr(src, "metadata_props"):
+            out.graph.doc_string = src.doc_string if self.source_docs else ""
+            if hasattr(src, "metadata_props") and self.source_metadata:
                 del out.graph.metadata_props[:]
                 out.graph.metadata_props.extend(src.metadata_props)
             names = {t.name for t in out.graph.initializer} | {v.name for v in out.graph.value_info}
@@ -229,7 +232,7 @@ class ModelIR:
             for ann in src.quantization_annotation:
                 if ann.tensor_name in names:
                     out.graph.quantization_annotation.add().CopyFrom(ann)
-            _restore_io_docs(out.graph, src)
+            _restore_io_docs(out.graph, src, self.source_docs, self.source_metadata)
         return out
 
     def _restore_default_inputs(self, graph: onnx.GraphProto) -> None:
@@ -249,6 +252,17 @@ class ModelIR:
             copies.append(c)
         del graph.input[:]
         graph.input.extend(copies)
+
+    def replace_graph(self, proto: onnx.ModelProto) -> None:
+        """Make ``proto``'s graph this model's graph, for passes that edit through ModelProto-level
+        tools (onnxsim, the version converter): everything derived from a graph (node doc strings
+        and metadata, inputs with defaults, unused initializers...) is derived again from
+        ``proto``; opsets follow it; the shell (producer, metadata) and the source stay."""
+        fresh = ModelIR.from_model(Model(proto, base_dir=self.base_dir))
+        for f in ("graph", "node_meta", "default_inputs", "input_order", "orphans", "exotic_types"):
+            setattr(self, f, getattr(fresh, f))
+        del self.shell.opset_import[:]
+        self.shell.opset_import.extend(proto.opset_import)
 
     def to_model(self) -> Model:
         proto = self.to_proto()
@@ -375,7 +389,7 @@ def _restore_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int,
             _restore_node_meta(sub_proto, sub, meta)
 
 
-def _restore_io_docs(out: onnx.GraphProto, src: onnx.GraphProto) -> None:
+def _restore_io_docs(out: onnx.GraphProto, src: onnx.GraphProto, docs: bool, metadata: bool) -> None:
     """Value-info doc strings and metadata for tensors that kept their name."""
     by_name = {}
     for vi in list(src.input) + list(src.output) + list(src.value_info):
@@ -386,7 +400,8 @@ def _restore_io_docs(out: onnx.GraphProto, src: onnx.GraphProto) -> None:
     for vi in list(out.input) + list(out.output) + list(out.value_info):
         old = by_name.get(vi.name)
         if old is not None:
-            vi.doc_string = old.doc_string
-            if hasattr(vi, "metadata_props"):
+            if docs:
+                vi.doc_string = old.doc_string
+            if metadata and hasattr(vi, "metadata_props"):
                 del vi.metadata_props[:]
                 vi.metadata_props.extend(old.metadata_props)
