@@ -93,7 +93,8 @@ def _canonical(model: ModelIR, g: gs.Graph, min_bytes: int, keep: set[str]) -> d
 
 def _key(model: ModelIR, t: gs.Constant) -> tuple[str, tuple[int, ...], str] | None:
     import onnx_graphsurgeon as gs
-    from surgeon.passes.simplify import tensor_digest
+
+    from surgeon.external import tensor_digest
 
     lazy = t._values
     if isinstance(lazy, gs.ir.tensor.LazyValues):

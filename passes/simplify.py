@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import tempfile
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from surgeon.model import ModelIR
 
 PROTOBUF_LIMIT = 2**31 - 10000
-CHUNK = 16 << 20
 
 
 def graph_key(graph: onnx.GraphProto) -> tuple[Any, ...]:
@@ -211,41 +209,10 @@ def _input_file(model: ModelIR, work: onnx.ModelProto, tmp: Path) -> Any:
     yield path
 
 
-def _digest_file(path: Path, offset: int, length: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(offset)
-        left = length
-        while left:
-            chunk = f.read(min(left, CHUNK))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
-
-
-def tensor_digest(tensor: onnx.TensorProto, base_dir: Path | None) -> str | None:
-    """sha256 of a tensor's stored bytes (external ranges read in chunks); None when the
-    tensor's data is not raw bytes."""
-    from surgeon.external import external_ref, is_external, safe_data_path
-
-    if is_external(tensor):
-        if base_dir is None:
-            return None
-        ref = external_ref(tensor)
-        path = safe_data_path(base_dir, ref.location, f"tensor '{tensor.name}'")
-        length = ref.length if ref.length is not None else path.stat().st_size - ref.offset
-        return _digest_file(path, ref.offset, length)
-    if tensor.HasField("raw_data"):
-        return hashlib.sha256(tensor.raw_data).hexdigest()
-    return None
-
-
 def _reconcile(result: onnx.ModelProto, out_dir: Path, work: onnx.ModelProto, base_dir: Path | None) -> None:
     """Point result tensors byte-equal to a source weight back at the source file; read the
     other externally stored results (onnxsim's temporary output) into memory."""
-    from surgeon.external import inline_copy, is_external, iter_graph_tensors
+    from surgeon.external import inline_copy, is_external, iter_graph_tensors, tensor_digest
 
     sources = {t.name: t for t in iter_graph_tensors(work.graph) if is_external(t)}
     for t in iter_graph_tensors(result.graph):

@@ -7,6 +7,7 @@ platform has one), never through numpy.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -188,3 +189,32 @@ def copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
             raise ModelError(f"external data file '{src.name}' ended early while copying")
         dst.write(chunk)
         remaining -= len(chunk)
+
+
+def _digest_file(path: Path, offset: int, length: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left:
+            chunk = f.read(min(left, COPY_CHUNK))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def tensor_digest(tensor: onnx.TensorProto, base_dir: Path | None) -> str | None:
+    """sha256 of a tensor's stored bytes (external ranges read in chunks); None when the
+    tensor's data is not raw bytes."""
+    if is_external(tensor):
+        if base_dir is None:
+            return None
+        ref = external_ref(tensor)
+        path = safe_data_path(base_dir, ref.location, f"tensor '{tensor.name}'")
+        length = ref.length if ref.length is not None else path.stat().st_size - ref.offset
+        return _digest_file(path, ref.offset, length)
+    if tensor.HasField("raw_data"):
+        return hashlib.sha256(tensor.raw_data).hexdigest()
+    return None
