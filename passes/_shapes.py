@@ -46,6 +46,30 @@ def refresh_shapes(model: ModelIR, pins: Mapping[str, Shape] | None = None, cuts
             t.dtype = helper.tensor_dtype_to_np_dtype(elem)
         pinned = pins.get(name)
         t.shape = list(shape) if shape is not None else (list(pinned) if pinned is not None else None)
+    _name_unknown_dims(model, variables)
+
+
+def _name_unknown_dims(model: ModelIR, variables: Mapping[str, gs.Variable]) -> None:
+    """Give the ``unk__N`` symbols shape inference invents a name a user can read in Netron:
+    ``<tensor>_<axis>`` of the first graph output that has it, else of the first tensor that does."""
+    import re
+
+    unknown = re.compile(r"unk__\d+")
+    taken = {d for t in variables.values() for d in (t.shape or []) if isinstance(d, str)}
+    names: dict[str, str] = {}
+    ordered = [t for t in model.graph.outputs if t.name in variables] + list(variables.values())
+    for t in ordered:
+        for axis, d in enumerate(t.shape or []):
+            if isinstance(d, str) and unknown.fullmatch(d) and d not in names:
+                name = f"{t.name}_{axis}"
+                while name in taken:
+                    name += "_"
+                names[d] = name
+                taken.add(name)
+    if names:
+        for t in variables.values():
+            if t.shape:
+                t.shape = [names.get(d, d) if isinstance(d, str) else d for d in t.shape]
 
 
 def constant_of(tensor: gs.Tensor) -> gs.Constant | None:
