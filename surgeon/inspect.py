@@ -26,14 +26,16 @@ def _dims(vi: onnx.ValueInfoProto) -> list[Any]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
 
 
-def _io(vis: Any, skip: set[str] | None = None) -> list[dict[str, Any]]:
+def _io(vis: Any, defaults: set[str] | None = None) -> list[dict[str, Any]]:
+    """I/O entries; an input backed by an initializer is marked ``default`` (callers may omit it)."""
     out = []
     for vi in vis:
-        if skip and vi.name in skip:
-            continue
         kind = vi.type.WhichOneof("value")
         dtype = _dtype_name(vi.type.tensor_type.elem_type) if kind == "tensor_type" else (kind or "?")
-        out.append({"name": vi.name, "dtype": dtype, "shape": _dims(vi) if kind == "tensor_type" else []})
+        entry: dict[str, Any] = {"name": vi.name, "dtype": dtype, "shape": _dims(vi) if kind == "tensor_type" else []}
+        if defaults is not None and vi.name in defaults:
+            entry["default"] = True
+        out.append(entry)
     return out
 
 
@@ -99,7 +101,7 @@ def inspect_model(model: Model) -> dict[str, Any]:
         "ir_version": proto.ir_version,
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "opsets": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
-        "inputs": _io(graph.input, skip=set(inits)),
+        "inputs": _io(graph.input, defaults=set(inits)),
         "outputs": _io(graph.output),
         "nodes": len(graph.node),
         "ops": dict(Counter(n.op_type for n in graph.node).most_common()),

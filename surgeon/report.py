@@ -89,7 +89,8 @@ def show_inspect(console: Console, info: dict[str, Any]) -> None:
         for col in ("name", "dtype", "shape"):
             table.add_column(col)
         for io in info[kind]:
-            table.add_row(_e(io["name"]), io["dtype"], _e("[" + ", ".join(map(str, io["shape"])) + "]"))
+            name = _e(io["name"]) + (" (has default)" if io.get("default") else "")
+            table.add_row(name, io["dtype"], _e("[" + ", ".join(map(str, io["shape"])) + "]"))
         console.print(table)
     console.print(f"nodes: {info['nodes']}  " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()), highlight=False)
     ini = info["initializers"]
