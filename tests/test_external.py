@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from surgeon.passes.rename_io import RenameIO
 
+import surgeon.model
 import surgeon.verify
 from surgeon import Pipeline
 from surgeon.errors import EXIT_MODEL, ModelError
@@ -288,3 +289,21 @@ def test_read_only_folder_falls_back_to_bytes(tmp_path: Path, monkeypatch: pytes
     assert handed[0] == (None, False)  # the source: its own file
     assert handed[1] == (tmp_path, True)  # the candidate: bytes, weights folder set
     assert sorted(x.name for x in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+
+
+def test_reference_runs_once_per_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source runs once for the reference however many steps are verified; every session is
+    built from a file on disk."""
+    path, _ = external_chain(tmp_path, layers=2, dim=8)
+    runs: list[str] = []
+    real = surgeon.verify.run_model
+
+    def spy(runtime: surgeon.verify.Runtime, model: surgeon.model.Model, feeds: list[dict[str, np.ndarray]]) -> object:
+        runs.append("source" if model.path == path else "candidate")
+        return real(runtime, model, feeds)
+
+    monkeypatch.setattr(surgeon.verify, "run_model", spy)
+    steps = [RenameIO(inputs={"x": "a"}), RenameIO(outputs={"y": "b"}), RenameIO(inputs={"a": "c"})]
+    res = Pipeline(steps, verify=VERIFY).run(path)
+    assert res.ok and all(s.check is not None for s in res.steps)
+    assert runs == ["source", "candidate", "candidate", "candidate"]
