@@ -229,7 +229,8 @@ def test_pipeline_verifies_external_model_in_place_of_its_weights(tmp_path: Path
 
     monkeypatch.setattr(surgeon.verify.Runtime, "session", spy)
     res = Pipeline([RenameIO(inputs={"x": "inp"}, outputs={"y": "out"})], verify=VERIFY).apply(path, out_dir / "m.onnx")
-    assert res.ok and [o.ok for o in res.steps[0].check.outputs] == [True]
+    check = res.steps[0].check
+    assert res.ok and check is not None and [o.ok for o in check.outputs] == [True]
     # the reference ran the source file itself; the candidate a hidden file beside the weights
     assert sessions[0] == str(path)
     hidden = [Path(s) for s in sessions[1:]]
