@@ -49,6 +49,7 @@ class FoldConstants(Pass):
         before = signature(g)
         ops_before = Counter(n.op for n in g.nodes)
         masked = _mask_defaults(g, set(getattr(model, "default_inputs", {})))
+        split = _split_shape_slices(g) if self.params.fold_shapes else []
         lazy = _load_foldable_values(model, g, self.params.fold_shapes)
         gs_log = gs.logger.G_LOGGER
         severity = gs_log.severity
@@ -70,12 +71,52 @@ class FoldConstants(Pass):
         finally:
             gs_log.severity = severity
             _unmask_defaults(g, masked)
+            _merge_shape_slices(split)
         _restore_lazy(g, lazy)
         if signature(g) == before:
             return PassResult(False, IOContract())
         folded = ops_before - Counter(n.op for n in g.nodes)
         notes = [f"folded {sum(folded.values())} node(s): " + ", ".join(f"{k} x{v}" for k, v in sorted(folded.items()))] if folded else []
         return PassResult(True, IOContract(notes=notes or ["folded constant subgraphs"]))
+
+
+def _split_shape_slices(graph: gs.Graph) -> list[tuple[gs.Graph, gs.Node, gs.Node, dict[str, Any]]]:
+    """onnx-graphsurgeon's shape folding ignores Shape's ``start``/``end`` (opset 15) and folds
+    the whole shape: make each such Shape a plain Shape followed by a Slice, which it folds right."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    made = []
+    for g in iter_graphs(graph):
+        for node in list(g.nodes):
+            attrs = {k: node.attrs[k] for k in ("start", "end") if k in node.attrs}
+            if node.op != "Shape" or not attrs:
+                continue
+            for k in attrs:
+                del node.attrs[k]
+            out = node.outputs[0]
+            full = gs.Variable(f"{out.name}__full_shape", dtype=np.int64)
+            node.outputs.clear()
+            node.outputs.append(full)
+            bounds = [gs.Constant(f"{out.name}__{k}", np.array([attrs.get(k, d)], np.int64)) for k, d in (("start", 0), ("end", np.iinfo(np.int64).max))]
+            sl = gs.Node("Slice", name=f"{node.name or out.name}__slice", inputs=[full, *bounds], outputs=[out])
+            g.nodes.insert(g.nodes.index(node) + 1, sl)
+            made.append((g, node, sl, attrs))
+    return made
+
+
+def _merge_shape_slices(made: list[tuple[gs.Graph, gs.Node, gs.Node, dict[str, Any]]]) -> None:
+    """Put back the Shape nodes that were split for folding and did not fold."""
+    for g, shape, sl, attrs in made:
+        if not any(n is sl for n in g.nodes) or not any(n is shape for n in g.nodes):
+            continue
+        out = sl.outputs[0]
+        sl.outputs.clear()
+        sl.inputs.clear()
+        g.nodes.remove(sl)
+        shape.outputs.clear()
+        shape.outputs.append(out)
+        shape.attrs.update(attrs)
 
 
 def _mask_defaults(graph: gs.Graph, defaults: set[str]) -> dict[int, tuple[gs.Constant, gs.Variable]]:

@@ -82,6 +82,8 @@ class Simplify(Pass):
         before = graph_key(proto.graph)
         work = _copy(proto)
         hidden = _hide_input_defaults(work)
+        # IR < 4 requires every initializer to be an input; onnxsim's new constants are not
+        work.ir_version = max(work.ir_version, 4)
         external = any(is_external(t) for t in iter_model_tensors(work))
         if external or work.ByteSize() > PROTOBUF_LIMIT:
             result = self._via_files(model, work)

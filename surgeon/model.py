@@ -34,6 +34,8 @@ class Model:
     """The folder external data locations are relative to."""
     data_files: list[str] = field(default_factory=list)
     """External data files the model references, relative to ``base_dir``."""
+    source_external: bool = False
+    """Made from a model that stored weights externally (``save: {external: auto}`` keeps it so)."""
 
     @property
     def name(self) -> str:
@@ -220,6 +222,11 @@ class ModelIR:
         present |= {v.name for v in out.graph.input}
         out.graph.initializer.extend(t for t in self.orphans if t.name not in present)
         self._restore_default_inputs(out.graph)
+        if out.ir_version < 4:  # IR 3 lists every initializer as a graph input
+            listed = {vi.name for vi in out.graph.input}
+            for t in out.graph.initializer:
+                if t.name not in listed:
+                    out.graph.input.append(_value_info_of(t))
         if self.source is not None:
             src = self.source.proto.graph
             out.graph.doc_string = src.doc_string if self.source_docs else ""
@@ -272,6 +279,7 @@ class ModelIR:
             path=None,
             base_dir=self.base_dir,
             data_files=check_external_data(proto, self.base_dir, src.name if src else "<model>"),
+            source_external=bool(src and (src.uses_external_data or src.source_external)),
         )
 
 
@@ -307,6 +315,12 @@ def _folder_lazy_values() -> type[Any]:
             return tensor_values(self.tensor, self.base_dir)
 
     return FolderLazyValues
+
+
+def _value_info_of(tensor: onnx.TensorProto) -> onnx.ValueInfoProto:
+    from onnx import helper
+
+    return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
 
 
 def quiet_graphsurgeon() -> None:
