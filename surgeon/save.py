@@ -120,7 +120,8 @@ def save(model: Model, output: str | Path, policy: SavePolicy | None = None, cha
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     external = policy.external == "always" or (
-        policy.external == "auto" and (model.uses_external_data or _weights_bytes(proto) > SAFE_INLINE_LIMIT)
+        policy.external == "auto"
+        and (model.uses_external_data or model.source_external or _weights_bytes(proto) > SAFE_INLINE_LIMIT)
     )
     pending: list[tuple[Path, Path]] = []
     with ExitStack() as stack:

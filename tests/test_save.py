@@ -162,6 +162,17 @@ def test_external_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(external_locations(big)) == {"w0", "w1"}
 
 
+def test_external_auto_keeps_external_when_a_pass_replaced_every_weight(tmp_path: Path) -> None:
+    """'auto' follows the source: a model whose weights are all new (in memory) is still written
+    with external data when the source used it."""
+    path, _ = external_chain(tmp_path, layers=1, dim=32)
+    out = tmp_path / "out.onnx"
+    res = Pipeline([DoubleWeight(tensor="w0")], verify={"mode": "off"}).apply(path, out)
+    assert res.changed_tensors == {"w0"} and not res.model.uses_external_data
+    assert {r["location"] for r in external_locations(out).values()} == {"out.onnx.data"}
+    np.testing.assert_array_equal(weights(load_full(out))["w0"], weights(load_full(path))["w0"] * 2)
+
+
 def test_inline_over_two_gigabytes_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(surgeon.save, "PROTOBUF_LIMIT", 1000)
     before = snapshot(tmp_path)
