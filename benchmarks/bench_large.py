@@ -264,7 +264,7 @@ def run_size(work: Path, layers: int, dim: int, skip: set[str], repeat: int = 1)
         runs.sort(key=lambda r: r.seconds)
         rows.append(Row(name, runs[len(runs) // 2].seconds, max(r.rss_mb for r in runs), max(r.rc for r in runs), runs[-1].note))
         if name == "surgeon share_weights":
-            extra["share_weights"] = _shares(src_dir)
+            extra["share_weights"] = _shares(src_dir) if rows[-1].rc == 0 else "failed"
             (src_dir / "shared.onnx").unlink(missing_ok=True)
         elif writes_out and rows[-1].rc == 0:
             extra.setdefault("outputs_ok", {})[name] = _check_output(out_dir / "model.onnx", src)
