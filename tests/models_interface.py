@@ -119,6 +119,70 @@ def concat_constant() -> onnx.ModelProto:
     return _model([node], [_vi("x", [1, 4])], [_vi("y", [1, 8])], [c])
 
 
+def cls_token(batch: int = 2, opset: int = 17) -> onnx.ModelProto:
+    """ViT style: Expand(cls [1,1,4], constant [B,1,4]) -> Concat with x[B,3,4] along axis 1."""
+    inits = [
+        numpy_helper.from_array(np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 1, 4), "cls"),
+        numpy_helper.from_array(np.array([batch, 1, 4], np.int64), "cls_shape"),
+    ]
+    nodes = [
+        helper.make_node("Expand", ["cls", "cls_shape"], ["cls_b"], name="expand"),
+        helper.make_node("Concat", ["cls_b", "x"], ["y"], name="concat", axis=1),
+    ]
+    return _model(nodes, [_vi("x", [batch, 3, 4])], [_vi("y", [batch, 4, 4])], inits, opset=opset)
+
+
+def filled_add(batch: int = 2) -> onnx.ModelProto:
+    """``torch.full((x.shape[0], 4), 0.5) + x`` traced: ConstantOfShape(constant [B, 4]) -> Add."""
+    nodes = [
+        _const("fill_shape", np.array([batch, 4], np.int64)),
+        helper.make_node("ConstantOfShape", ["fill_shape"], ["fill"], name="fill", value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Add", ["fill", "x"], ["y"], name="add"),
+    ]
+    return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4])])
+
+
+def tile_mul(batch: int = 2, rows: int = 1) -> onnx.ModelProto:
+    """``p.repeat(B // rows, 1) * x`` traced: Tile(p [rows, 4], constant [B/rows, 1]) -> Mul."""
+    inits = [
+        numpy_helper.from_array(np.arange(4 * rows, dtype=np.float32).reshape(rows, 4) + 1, "p"),
+        numpy_helper.from_array(np.array([batch // rows, 1], np.int64), "repeats"),
+    ]
+    nodes = [helper.make_node("Tile", ["p", "repeats"], ["t"], name="tile"), helper.make_node("Mul", ["t", "x"], ["y"], name="mul")]
+    return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4])], inits)
+
+
+def constant_of_shape_output(batch: int = 2) -> onnx.ModelProto:
+    """Outputs y = 2x and mask = ConstantOfShape(constant [B, 3]) (an output that reads no input)."""
+    inits = [numpy_helper.from_array(np.array([batch, 3], np.int64), "mask_shape"), numpy_helper.from_array(np.array(2, np.float32), "two")]
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["y"], name="mul"),
+        helper.make_node("ConstantOfShape", ["mask_shape"], ["mask"], name="mask", value=numpy_helper.from_array(np.array([1], np.int64))),
+    ]
+    return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4]), _vi("mask", [batch, 3], TensorProto.INT64)], inits)
+
+
+def concat_data(batch: int = 2) -> onnx.ModelProto:
+    """Concat of x[B,4] with a constant [B,4] whose rows differ: per-row data, not a broadcast."""
+    c = numpy_helper.from_array(np.arange(4 * batch, dtype=np.float32).reshape(batch, 4), "c")
+    node = helper.make_node("Concat", ["x", "c"], ["y"], name="concat", axis=1)
+    return _model([node], [_vi("x", [batch, 4])], [_vi("y", [batch, 8])], [c])
+
+
+def transposed_add(batch: int = 2) -> onnx.ModelProto:
+    """Add(Transpose(constant [4, B]), x[B, 4]): the batch-sized constant comes from a Transpose."""
+    c = numpy_helper.from_array(np.ones((4, batch), np.float32), "c")
+    nodes = [helper.make_node("Transpose", ["c"], ["ct"], name="transpose", perm=[1, 0]), helper.make_node("Add", ["ct", "x"], ["y"], name="add")]
+    return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4])], [c])
+
+
+def flat_add(batch: int = 2) -> onnx.ModelProto:
+    """Reshape(x[B,3], [3B]) + constant [3B]: the constant's size is B*3, which no symbol alone is."""
+    inits = [numpy_helper.from_array(np.array([3 * batch], np.int64), "flat_shape"), numpy_helper.from_array(np.arange(3 * batch, dtype=np.float32), "c")]
+    nodes = [helper.make_node("Reshape", ["x", "flat_shape"], ["flat"], name="flatten"), helper.make_node("Add", ["flat", "c"], ["y"], name="add")]
+    return _model(nodes, [_vi("x", [batch, 3])], [_vi("y", [3 * batch])], inits)
+
+
 def symbolic_mlp() -> onnx.ModelProto:
     """x[batch, 4] @ W -> Relu, with a stale value_info and symbolic output."""
     w = numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), "w")
@@ -176,6 +240,53 @@ def torch_classifier(seed: int = 0) -> Any:
         def forward(self, x: Any) -> Any:
             y = nn.functional.adaptive_avg_pool2d(torch.relu(self.c(x)), 2)
             return self.fc(y.view(1, -1))
+
+    torch.manual_seed(seed)
+    return Net().eval()
+
+
+def torch_cls_token(seed: int = 0) -> Any:
+    """ViT style: ``cls.expand(x.shape[0], -1, -1)`` concatenated with the tokens, then Linear."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls = nn.Parameter(torch.randn(1, 1, 4))
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))
+
+    torch.manual_seed(seed)
+    return Net().eval()
+
+
+def torch_zeros_add() -> Any:
+    """``torch.zeros(x.shape[0], 4) + 1 + x``: the traced batch in a constant shape."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def forward(self, x: Any) -> Any:
+            return torch.zeros(x.shape[0], 4) + 1 + x
+
+    return Net().eval()
+
+
+def torch_repeat(seed: int = 0) -> Any:
+    """``p.repeat(x.shape[0], 1) * x``: Tile of a parameter along the batch."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = nn.Parameter(torch.randn(1, 4))
+
+        def forward(self, x: Any) -> Any:
+            return self.p.repeat(x.shape[0], 1) * x
 
     torch.manual_seed(seed)
     return Net().eval()
