@@ -1,5 +1,6 @@
 """Shape helpers shared by the interface passes: clear stale shapes and re-run ONNX shape inference,
-shapes at concrete input sizes, constants behind a node input, input dims by symbol."""
+shapes at concrete input sizes, constants behind a node input (also small constant subgraphs),
+input dims by symbol, Reshape arithmetic, and Shape-derived size subgraphs (ShapeBuilder)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from surgeon.model import ModelIR
-    from surgeon.verify import OutputCheck, ProbeEnv
 
 def _input_names(model: ModelIR) -> set[str]:
     out: set[str] = set()
@@ -100,6 +100,68 @@ def constant_values(model: ModelIR, tensor: gs.Tensor) -> np.ndarray | None:
     return np.asarray(model.values(const))
 
 
+def fold_values(model: ModelIR, tensor: gs.Tensor, max_nodes: int = 32, max_elements: int = 1024) -> np.ndarray | None:
+    """Values of a small constant subgraph behind ``tensor`` (the shape arithmetic TorchScript
+    writes: ConstantOfShape, Mul, Equal, Where of constants), run with onnx.reference; None when it
+    reads a graph input, holds a subgraph or is too big to be shape arithmetic."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    value = constant_values(model, tensor)
+    if value is not None:
+        return value
+    nodes: dict[int, gs.Node] = {}
+    consts: dict[str, gs.Constant] = {}
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, gs.Constant):
+            if int(np.prod(t.shape)) > max_elements:
+                return None
+            consts[t.name] = t
+            continue
+        if len(t.inputs) != 1:
+            return None  # a graph input (or a dangling tensor)
+        node = t.inputs[0]
+        if id(node) in nodes:
+            continue
+        subgraph = any(isinstance(v, gs.Graph) or (isinstance(v, list) and any(isinstance(x, gs.Graph) for x in v)) for v in node.attrs.values())
+        if subgraph or (node.domain or "") not in ("", "ai.onnx"):
+            return None
+        nodes[id(node)] = node
+        if len(nodes) > max_nodes:
+            return None
+        stack.extend(i for i in node.inputs if i.name)
+    order = {id(n): i for i, n in enumerate(model.graph.nodes)}
+    protos = [OnnxExporter.export_node(n) for n in sorted(nodes.values(), key=lambda n: order.get(id(n), -1))]
+    inits = [numpy_helper.from_array(np.asarray(model.values(c)), c.name) for c in consts.values()]
+    graph = helper.make_graph(protos, "fold", [], [helper.make_tensor_value_info(tensor.name, 0, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", model.opset)], ir_version=10)
+    try:
+        out = np.asarray(ReferenceEvaluator(proto).run(None, {})[0])  # type: ignore[index]
+    except Exception:  # an op the reference runtime lacks: not foldable here
+        return None
+    return out if out.size <= max_elements else None
+
+
+def drop_dead(g: gs.Graph, tensor: gs.Tensor) -> None:
+    """Remove the nodes that only computed ``tensor``, now that nothing reads it."""
+    if tensor.outputs or tensor in g.outputs or len(tensor.inputs) != 1:
+        return
+    node = tensor.inputs[0]
+    if any(o.outputs or o in g.outputs for o in node.outputs):
+        return
+    inputs = list(node.inputs)
+    g.nodes.remove(node)
+    node.inputs.clear()
+    node.outputs.clear()
+    for t in inputs:
+        drop_dead(g, t)
+
+
 def unique_name(model: ModelIR, base: str) -> str:
     from surgeon.graph import all_tensor_names
 
@@ -136,82 +198,111 @@ def drop_orphan_constant(g: gs.Graph, tensor: gs.Tensor) -> None:
         node.outputs.clear()
 
 
-# -- probes of mark-dynamic -------------------------------------------------------------------
-
-Axes = dict[str, dict[int, str]]
+# -- shape arithmetic ---------------------------------------------------------------------------
 
 
-class _SymbolProbe:
-    def __init__(self, symbol: str, ins: Axes, outs: Axes, traced: Mapping[str, int]) -> None:
-        self.symbol, self.ins, self.outs, self.traced = symbol, ins, outs, dict(traced)
-
-    def _dims(self, env: ProbeEnv, size: int) -> dict[str, int]:
-        """Every symbol of the step at its traced size (or verify.dims), this one at ``size``."""
-        dims = {s: env.config.dims.get(s, v) for s, v in self.traced.items()}
-        dims[self.symbol] = size
-        return dims
-
-    def _base(self, env: ProbeEnv) -> int:
-        from surgeon.errors import UsageError
-
-        base: int | None = self.traced.get(self.symbol, env.config.dims.get(self.symbol))
-        if base is None:
-            raise UsageError(f"no size known for '{self.symbol}'; set verify.dims: {{{self.symbol}: N}}")
-        return base
+def prod(xs: list[int] | tuple[int, ...]) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
 
 
-class BatchProbe(_SymbolProbe):
-    """A batch of N distinct samples must give the outputs of N runs of the model before the step,
-    one sample (of the traced batch size) each, stacked along each output's batch axis."""
+def resolve_reshape(s: list[int], dims: tuple[int, ...]) -> list[int] | None:
+    out = [dims[i] if v == 0 and i < len(dims) else v for i, v in enumerate(s)]
+    if -1 in out:
+        known = prod([v for v in out if v != -1])
+        if known <= 0 or prod(dims) % known:
+            return None
+        out[out.index(-1)] = prod(dims) // known
+    return out if prod(out) == prod(dims) else None
 
-    @property
-    def name(self) -> str:
-        return f"batch consistency ({self.symbol})"
 
-    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+def aligned_groups(a: tuple[int, ...], b: list[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Split two shapes of equal size into aligned groups of axes with equal products."""
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        gi, gj, pa, pb = [], [], 1, 1
+        if i < len(a):
+            pa, i = a[i], i + 1
+            gi.append(i - 1)
+        if j < len(b):
+            pb, j = b[j], j + 1
+            gj.append(j - 1)
+        while pa != pb:
+            if pa < pb and i < len(a):
+                pa, i = pa * a[i], i + 1
+                gi.append(i - 1)
+            elif pb < pa and j < len(b):
+                pb, j = pb * b[j], j + 1
+                gj.append(j - 1)
+            else:
+                return None
+        groups.append((gi, gj))
+    return groups
+
+
+class ShapeBuilder:
+    """Builds int64 shape subgraphs into a graph: sizes read with ``Shape`` from graph inputs
+    (``start``/``end`` from opset 15, else Shape + Gather; one per input axis), 1-D vectors of ints
+    and such pieces (a Concat), nodes inserted before the node that will read them."""
+
+    def __init__(self, model: ModelIR) -> None:
+        self.model = model
+        self.dims: dict[tuple[str, int], gs.Tensor] = {}
+        self.issued: set[str] = set()
+
+    def name(self, base: str) -> str:
+        """A fresh tensor/node name, also unlike the names handed out but not wired in yet."""
+        name, i = unique_name(self.model, base), 0
+        while name in self.issued:
+            i += 1
+            name = unique_name(self.model, f"{base}_{i}")
+        self.issued.add(name)
+        return name
+
+    def dim(self, input_name: str, axis: int) -> gs.Tensor:
+        """int64[1]: the size of the graph input's ``axis`` (one subgraph per input axis)."""
         import numpy as np
+        import onnx_graphsurgeon as gs
 
-        from surgeon.verify import compare
+        if (input_name, axis) in self.dims:
+            return self.dims[(input_name, axis)]
+        g = self.model.graph
+        src = next(t for t in g.inputs if t.name == input_name)
+        out = gs.Variable(self.name(f"{input_name}_dim{axis}"), dtype=np.int64, shape=[1])
+        if self.model.opset >= 15:
+            nodes = [gs.Node("Shape", out.name, {"start": axis, "end": axis + 1}, inputs=[src], outputs=[out])]
+        else:
+            full = gs.Variable(self.name(f"{input_name}_shape"), dtype=np.int64, shape=[len(src.shape)])
+            index = gs.Constant(self.name(f"{out.name}_index"), np.array([axis], np.int64))
+            nodes = [gs.Node("Shape", full.name, inputs=[src], outputs=[full]), gs.Node("Gather", out.name, {"axis": 0}, inputs=[full, index], outputs=[out])]
+        g.nodes[0:0] = nodes  # reads a graph input only: valid first, whoever reads it later
+        self.dims[(input_name, axis)] = out
+        return out
 
-        base, n = self._base(env), env.config.probe_batch
-        feed = env.make_feed(self._dims(env, base * n))
-        chunks = []
-        for k in range(n):
-            chunk = dict(feed)
-            for name, axes in self.ins.items():
-                for axis, sym in axes.items():
-                    if sym == self.symbol and name in chunk:
-                        chunk[name] = np.take(chunk[name], range(k * base, (k + 1) * base), axis=axis)
-            chunks.append(chunk)
-        actual = env.run_after([feed])[0]
-        singles = env.run_before(chunks)
-        checks = []
-        for name, axes in self.outs.items():
-            out_axis = next((a for a, s in axes.items() if s == self.symbol), None)
-            if out_axis is None or name not in actual:
+    def vector(self, items: list, before: gs.Node) -> gs.Tensor:
+        """A 1-D int64 tensor from ints and int64[1] tensors (a Concat when there are tensors)."""
+        import numpy as np
+        import onnx_graphsurgeon as gs
+
+        parts: list[gs.Tensor] = []
+        run: list[int] = []
+        for item in [*items, None]:
+            if isinstance(item, int):
+                run.append(item)
                 continue
-            expected = np.concatenate([o[name] for o in singles], axis=out_axis)
-            checks.append(compare(f"probe {self.symbol}={base * n}: {name} vs {n} runs of {self.symbol}={base}", expected, actual[name], env.tol))
-        return checks
+            if run:
+                parts.append(gs.Constant(self.name(f"{before.name}_dims"), np.array(run, np.int64)))
+                run = []
+            if item is not None:
+                parts.append(item)
+        if len(parts) == 1:
+            return parts[0]
+        out = gs.Variable(self.name(f"{before.name}_shape"), dtype=np.int64, shape=[len(items)])
+        self.insert(before, gs.Node("Concat", out.name, {"axis": 0}, inputs=parts, outputs=[out]))
+        return out
 
-
-class SizeProbe(_SymbolProbe):
-    """At another size the model must run and each output axis named by an input symbol must
-    have the size fed for it."""
-
-    @property
-    def name(self) -> str:
-        return f"size ({self.symbol})"
-
-    def run(self, env: ProbeEnv) -> list[OutputCheck]:
-        from surgeon.verify import OutputCheck
-
-        base = self._base(env)
-        size = 2 * base if base > 1 else 3
-        dims = self._dims(env, size)
-        actual = env.run_after([env.make_feed(dims)])[0]
-        checks = []
-        for name, value in actual.items():
-            bad = [f"axis {a} is {value.shape[a]}, '{s}' is {dims[s]}" for a, s in self.outs.get(name, {}).items() if s in dims and a < value.ndim and value.shape[a] != dims[s]]
-            checks.append(OutputCheck(f"probe {self.symbol}={size}: {name}", not bad, "FAIL" if bad else "ok (ran)", shape=tuple(value.shape), note="; ".join(bad)))
-        return checks
+    def insert(self, before: gs.Node, node: gs.Node) -> None:
+        nodes = self.model.graph.nodes
+        nodes.insert(nodes.index(before), node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from surgeon.model import ModelIR
+    from surgeon.verify import OutputCheck, ProbeEnv
 
 Axes = dict[str, dict[int, str]]
 
@@ -25,8 +27,13 @@ class MarkDynamic(Pass):
 
     Symbols shared across tensors mean equal sizes. Stale intermediate shapes are cleared and shape
     inference re-run. Constant shapes derived from the traced size (Reshape ``[1, 512]``, Expand,
-    Slice ends) are rewritten to ``0``/``-1``/open forms, each reported; what cannot be made dynamic
-    safely is refused with the node named. Contract: equal outputs at the original size; a batch
+    Slice ends) are rewritten to ``0``/``-1``/open forms; where no such form exists (a ViT cls token
+    expanded to ``[2, 1, D]``, ``torch.zeros(x.shape[0], n)``, ``x.repeat(B, 1)``: static tensors
+    that meet a dynamic one in a Concat or broadcasting op, or a declared output), the Expand or
+    ConstantOfShape shape, Tile repeats, or a constant of equal slices is made to follow
+    ``Shape(<graph input>)``. Each rewrite is reported; what cannot be made dynamic safely is
+    refused with the node and input named (heuristic: see passes/_dynamic.py). Contract: equal
+    outputs at the original size; a batch
     symbol is probed with a batch of distinct samples against one run per sample; other symbols
     are probed at another size (the model must run, output axes must match their symbols).
     """
@@ -92,13 +99,14 @@ class MarkDynamic(Pass):
 
     # -- run -----------------------------------------------------------------------------------
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.passes._shapes import BatchProbe, SizeProbe, infer, refresh_shapes
+        from surgeon.passes._dynamic import Sizes, rewrite_constant_shapes
+        from surgeon.passes._shapes import infer, refresh_shapes
 
         ins, outs, traced = self._plan(model)
         g = model.graph
         by_name = {t.name: t for t in list(g.inputs) + list(g.outputs)}
         before = {n: list(by_name[n].shape) for n in list(ins) + list(outs)}
-        other = {s: (2 * a if a > 1 else 3) for s, a in traced.items()}
+        other = _other_sizes(traced)
         at_a = infer(model)
         for name, axes in ins.items():
             shape = list(by_name[name].shape)
@@ -106,7 +114,7 @@ class MarkDynamic(Pass):
                 shape[axis] = sym
             by_name[name].shape = shape
         dims_b = {n: [other.get(d, d) if isinstance(d, str) else d for d in by_name[n].shape] for n in ins}
-        notes = rewrite_constant_shapes(model, at_a, dims_b)
+        notes = rewrite_constant_shapes(model, at_a, dims_b, Sizes(ins, outs, traced, other))
         self._check_outputs(model, outs, traced, other, dims_b)
         pins = {name: tuple(axes.get(i) for i in range(len(by_name[name].shape))) for name, axes in outs.items()}
         refresh_shapes(model, pins)
@@ -146,167 +154,93 @@ class MarkDynamic(Pass):
                     )
 
 
-# -- constant shapes that hard-code the traced size -------------------------------------------
-
-INT64_MAX = 2**63 - 1
-
-
-def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict) -> list[str]:
-    """Rewrite Reshape/Expand/Slice constants that only fit the traced sizes; one note per rewrite.
-    Shapes at the traced sizes (``at_a``) and at other sizes (inference with ``dims_b``) decide."""
-    from surgeon.passes._shapes import infer
-
-    rules = {"Reshape": _reshape, "Expand": _expand, "Slice": _slice}
-    notes: list[str] = []
-    for _ in range(32):
-        at_b = infer(model, dims_b)
-        found = [note for node in list(model.graph.nodes) if node.op in rules and (note := rules[node.op](model, node, at_a, at_b))]
-        if not found:
-            return notes
-        notes += found
-    raise PassError("constant shape rewrites did not settle after 32 rounds")
+def _other_sizes(traced: dict[str, int]) -> dict[str, int]:
+    """A second size per symbol for shape inference: distinct from every traced size and from each
+    other, so that a size seen at both tells which symbol it follows."""
+    used = set(traced.values())
+    other: dict[str, int] = {}
+    for sym, size in traced.items():
+        value = 2 * size if size > 1 else 3
+        while value in used:
+            value += 1
+        other[sym] = value
+        used.add(value)
+    return other
 
 
-def _ints(shapes: dict, tensor: gs.Tensor) -> tuple[int, ...] | None:
-    shape = shapes.get(tensor.name, (None, None))[1]
-    if shape is None or not all(isinstance(d, int) for d in shape):
-        return None
-    return tuple(shape)
+# -- probes -----------------------------------------------------------------------------------
+
+class _SymbolProbe:
+    def __init__(self, symbol: str, ins: Axes, outs: Axes, traced: Mapping[str, int]) -> None:
+        self.symbol, self.ins, self.outs, self.traced = symbol, ins, outs, dict(traced)
+
+    def _dims(self, env: ProbeEnv, size: int) -> dict[str, int]:
+        """Every symbol of the step at its traced size (or verify.dims), this one at ``size``."""
+        dims = {s: env.config.dims.get(s, v) for s, v in self.traced.items()}
+        dims[self.symbol] = size
+        return dims
+
+    def _base(self, env: ProbeEnv) -> int:
+        from surgeon.errors import UsageError
+
+        base: int | None = self.traced.get(self.symbol, env.config.dims.get(self.symbol))
+        if base is None:
+            raise UsageError(f"no size known for '{self.symbol}'; set verify.dims: {{{self.symbol}: N}}")
+        return base
 
 
-def _sides(model: ModelIR, node: gs.Node, slot: int, at_a: dict, at_b: dict) -> tuple[list[int], tuple, tuple] | None:
-    from surgeon.passes._shapes import constant_values
+class BatchProbe(_SymbolProbe):
+    """A batch of N distinct samples must give the outputs of N runs of the model before the step,
+    one sample (of the traced batch size) each, stacked along each output's batch axis."""
 
-    if len(node.inputs) <= slot or not node.inputs[slot].name:
-        return None
-    const = constant_values(model, node.inputs[slot])
-    in_a, in_b = _ints(at_a, node.inputs[0]), _ints(at_b, node.inputs[0])
-    if const is None or in_a is None or in_b is None or in_a == in_b or len(in_a) != len(in_b):
-        return None
-    return [int(v) for v in const.reshape(-1)], in_a, in_b
+    @property
+    def name(self) -> str:
+        return f"batch consistency ({self.symbol})"
 
+    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+        import numpy as np
 
-def _set_const(model: ModelIR, node: gs.Node, slot: int, values: list[int], what: str) -> None:
-    import numpy as np
-    import onnx_graphsurgeon as gs
-    from surgeon.passes._shapes import drop_orphan_constant, unique_name
+        from surgeon.verify import compare
 
-    old = node.inputs[slot]
-    node.inputs[slot] = gs.Constant(unique_name(model, f"{node.name or node.op}_{what}"), np.array(values, dtype=np.int64))
-    drop_orphan_constant(model.graph, old)
-
-
-def _prod(xs: list[int] | tuple[int, ...]) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
-
-
-def _resolve(s: list[int], dims: tuple[int, ...]) -> list[int] | None:
-    out = [dims[i] if v == 0 and i < len(dims) else v for i, v in enumerate(s)]
-    if -1 in out:
-        known = _prod([v for v in out if v != -1])
-        if known <= 0 or _prod(dims) % known:
-            return None
-        out[out.index(-1)] = _prod(dims) // known
-    return out if _prod(out) == _prod(dims) else None
+        base, n = self._base(env), env.config.probe_batch
+        feed = env.make_feed(self._dims(env, base * n))
+        chunks = []
+        for k in range(n):
+            chunk = dict(feed)
+            for name, axes in self.ins.items():
+                for axis, sym in axes.items():
+                    if sym == self.symbol and name in chunk:
+                        chunk[name] = np.take(chunk[name], range(k * base, (k + 1) * base), axis=axis)
+            chunks.append(chunk)
+        actual = env.run_after([feed])[0]
+        singles = env.run_before(chunks)
+        checks = []
+        for name, axes in self.outs.items():
+            out_axis = next((a for a, s in axes.items() if s == self.symbol), None)
+            if out_axis is None or name not in actual:
+                continue
+            expected = np.concatenate([o[name] for o in singles], axis=out_axis)
+            checks.append(compare(f"probe {self.symbol}={base * n}: {name} vs {n} runs of {self.symbol}={base}", expected, actual[name], env.tol))
+        return checks
 
 
-def _groups(a: tuple[int, ...], b: list[int]) -> list[tuple[list[int], list[int]]] | None:
-    """Split two shapes of equal size into aligned groups of axes with equal products."""
-    groups, i, j = [], 0, 0
-    while i < len(a) or j < len(b):
-        gi, gj, pa, pb = [], [], 1, 1
-        if i < len(a):
-            pa, i = a[i], i + 1
-            gi.append(i - 1)
-        if j < len(b):
-            pb, j = b[j], j + 1
-            gj.append(j - 1)
-        while pa != pb:
-            if pa < pb and i < len(a):
-                pa, i = pa * a[i], i + 1
-                gi.append(i - 1)
-            elif pb < pa and j < len(b):
-                pb, j = pb * b[j], j + 1
-                gj.append(j - 1)
-            else:
-                return None
-        groups.append((gi, gj))
-    return groups
+class SizeProbe(_SymbolProbe):
+    """At another size the model must run and each output axis named by an input symbol must
+    have the size fed for it."""
 
+    @property
+    def name(self) -> str:
+        return f"size ({self.symbol})"
 
-def _reshape(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
-    sides = _sides(model, node, 1, at_a, at_b)
-    if sides is None:
-        return None
-    s, in_a, in_b = sides
-    if node.attrs.get("allowzero", 0) and 0 in s:
-        return None  # literal zero-size axes: leave alone
-    out_a = _resolve(s, in_a)
-    if out_a is None:
-        return None
-    new = list(s)
-    for i, v in enumerate(s):  # leading axes the reshape keeps: copy them (0)
-        if i >= len(in_a) or out_a[i] != in_a[i]:
-            break
-        if v > 0 and in_b[i] != in_a[i]:
-            new[i] = 0
-    if _resolve(new, in_b) is None and -1 not in new:
-        dynamic = {k for k in range(len(in_a)) if in_a[k] != in_b[k] and not (k < len(new) and new[k] == 0)}
-        groups = _groups(in_a, out_a) or []
-        hits = [gj for gi, gj in groups if dynamic & set(gi)]
-        if len(hits) == 1 and len([j for j in hits[0] if new[j] > 0]) == 1:
-            new[[j for j in hits[0] if new[j] > 0][0]] = -1
-    if _resolve(new, in_b) is None or _resolve(new, in_a) != out_a:
-        raise PassError(
-            f"Reshape '{node.name}' reshapes {list(in_a)} to constant {s}: cannot tell which axes carry the "
-            "dynamic size, so it cannot be made dynamic safely"
-        )
-    if new == s:
-        return None
-    _set_const(model, node, 1, new, "shape")
-    if node.attrs.get("allowzero", 0):
-        node.attrs["allowzero"] = 0  # no literal zero in the shape: same meaning, and 0 copies the input's size
-        return f"Reshape '{node.name}': shape {s} -> {new}, allowzero 1 -> 0"
-    return f"Reshape '{node.name}': shape {s} -> {new}"
+    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+        from surgeon.verify import OutputCheck
 
-
-def _expand(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
-    sides = _sides(model, node, 1, at_a, at_b)
-    if sides is None:
-        return None
-    s, in_a, in_b = sides
-    new, off = list(s), len(s) - len(in_a)
-    for k in range(len(in_a)):
-        idx = off + k
-        if idx >= 0 and in_a[k] != in_b[k] and new[idx] == in_a[k] != 1:
-            new[idx] = 1  # 1 keeps the input's size
-    if new == s:
-        return None
-    _set_const(model, node, 1, new, "shape")
-    return f"Expand '{node.name}': shape {s} -> {new}"
-
-
-def _slice(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
-    from surgeon.passes._shapes import constant_values
-
-    sides = _sides(model, node, 2, at_a, at_b)
-    if sides is None:
-        return None
-    ends, in_a, in_b = sides
-    starts = constant_values(model, node.inputs[1])
-    axes = constant_values(model, node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else list(range(len(ends)))
-    steps = constant_values(model, node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else [1] * len(ends)
-    if starts is None or axes is None or steps is None:
-        return None
-    new = list(ends)
-    for i, ax in enumerate(int(a) % len(in_a) for a in list(axes)):
-        if in_a[ax] != in_b[ax] and int(list(steps)[i]) > 0 and in_a[ax] <= ends[i] < INT64_MAX:
-            new[i] = INT64_MAX  # "to the end" instead of the traced size
-    if new == ends:
-        return None
-    _set_const(model, node, 2, new, "ends")
-    shown = ["end" if v == INT64_MAX else v for v in new]
-    return f"Slice '{node.name}': ends {ends} -> {shown}"
+        base = self._base(env)
+        size = 2 * base if base > 1 else 3
+        dims = self._dims(env, size)
+        actual = env.run_after([env.make_feed(dims)])[0]
+        checks = []
+        for name, value in actual.items():
+            bad = [f"axis {a} is {value.shape[a]}, '{s}' is {dims[s]}" for a, s in self.outs.get(name, {}).items() if s in dims and a < value.ndim and value.shape[a] != dims[s]]
+            checks.append(OutputCheck(f"probe {self.symbol}={size}: {name}", not bad, "FAIL" if bad else "ok (ran)", shape=tuple(value.shape), note="; ".join(bad)))
+        return checks

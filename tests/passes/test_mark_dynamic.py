@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,81 @@ def test_slice_and_expand_rewritten() -> None:
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], 2 * x)
 
 
-def test_refuses_what_cannot_be_dynamic() -> None:
-    with pytest.raises(PassError, match="cannot be made dynamic safely.*concat"):
-        _run(mi.concat_constant(), batch="batch")
+def _ops(proto: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in proto.graph.node]
+
+
+def _batch_ok(res: Any, proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> None:
+    """The step verified (equal at the traced size, batch probe ok) and the shapes hold at other batches."""
+    assert res.ok, res.failures()
+    probes = _probes(res)
+    assert probes and all(p.ok for p in probes) and all("batch" in p.name for p in probes)
+    mi.assert_shapes_hold(proto, feeds)
+
+
+@pytest.mark.parametrize(
+    ("build", "note", "ops"),
+    [
+        (lambda: mi.cls_token(2), "Expand 'expand': shape [2, 1, 4] -> ['batch', 1, 4] ('batch' from Shape(x)[0])", ["Shape", "Concat", "Expand", "Concat"]),
+        (lambda: mi.cls_token(2, opset=13), "Expand 'expand': shape [2, 1, 4] -> ['batch', 1, 4] ('batch' from Shape(x)[0])", ["Shape", "Gather", "Concat", "Expand", "Concat"]),
+        (lambda: mi.filled_add(2), "ConstantOfShape 'fill': shape [2, 4] -> ['batch', 4] ('batch' from Shape(x)[0])", ["Shape", "Concat", "ConstantOfShape", "Add"]),
+        (lambda: mi.tile_mul(2), "Tile 'tile': repeats [2, 1] -> ['batch', 1] ('batch' from Shape(x)[0])", ["Shape", "Concat", "Tile", "Mul"]),
+        (lambda: mi.tile_mul(4, rows=2), "Tile 'tile': repeats [2, 1] -> ['batch/2', 1] ('batch' from Shape(x)[0])", ["Shape", "Div", "Concat", "Tile", "Mul"]),
+        (mi.concat_constant, "Concat 'concat': constant 'c' [1, 4] -> Expand of its first slice to ['batch', 4]", ["Shape", "Concat", "Expand", "Concat"]),
+    ],
+    ids=["expand", "expand-opset13", "constant-of-shape", "tile", "tile-of-2-rows", "concat-constant"],
+)
+def test_shape_derived_sizes(build: Any, note: str, ops: list[str]) -> None:
+    model = build()
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+    res, proto = _run(model, batch="batch")
+    assert res.steps[0].modified and note in res.steps[0].notes
+    assert _ops(proto) == ops
+    assert not [t.name for t in proto.graph.initializer if t.name in ("cls_shape", "repeats")]  # replaced, not kept
+    rest = list(_dims(proto.graph.input[0])[1:])
+    _batch_ok(res, proto, [{"x": np.ones([batch * k, *rest], np.float32)} for k in (1, 3)])
+
+
+def test_declared_output_follows_the_batch() -> None:
+    res, proto = _run(mi.constant_of_shape_output(2), batch="batch")
+    assert "ConstantOfShape 'mask': shape [2, 3] -> ['batch', 3] ('batch' from Shape(x)[0])" in res.steps[0].notes
+    assert _dims(proto.graph.output[1]) == ["batch", 3]
+    _batch_ok(res, proto, [{"x": np.ones((5, 4), np.float32)}])
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(["mask"], {"x": np.ones((5, 4), np.float32)})[0].shape == (5, 3)
+
+
+@pytest.mark.parametrize(
+    ("build", "params", "message"),
+    [
+        (mi.concat_data, {"batch": "batch"}, r"Concat 'concat' input 1: constant 'c' \[2, 4\] has the traced size 2 of 'batch' along axis 0, but its slices along that axis differ"),
+        (mi.transposed_add, {"batch": "batch"}, r"Add 'add' input 0 \('ct'\) stays 2 along axis 0 where 'batch' is dynamic; it comes from Transpose 'transpose'"),
+        (mi.flat_add, {"inputs": {"x": {0: "batch"}}}, r"Add 'add' input 1 \('c'\) has the static size 6 where another input's size changes \(6 -> 12\)"),
+    ],
+    ids=["constant-rows-differ", "unsupported-source", "no-symbol-explains"],
+)
+def test_refuses_what_cannot_be_dynamic(build: Any, params: dict[str, Any], message: str) -> None:
+    with pytest.raises(PassError, match=message):
+        _run(build(), **params)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize(
+    ("module", "shape", "notes"),
+    [
+        (mi.torch_cls_token, (2, 3, 4), {False: r"Expand '/Expand': shape \[2, 1, 1\] -> \['batch', 1, 1\]", True: r"Concat '\w+': constant '\w+' \[2, 1, 4\] -> Expand of its first slice to \['batch', 1, 4\]"}),
+        (mi.torch_zeros_add, (2, 4), {False: r"Add '/Add\w*': constant '[\w/]+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'", True: r"Add '\w+': constant '\w+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'"}),
+        (mi.torch_repeat, (2, 4), {False: r"Tile '/Tile': repeats \[2, 1\] -> \['batch', 1\]", True: r"Mul '\w+': constant '\w+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'"}),
+    ],
+    ids=["cls-token", "zeros", "repeat"],
+)
+def test_torch_batch_constants(module: Any, shape: tuple[int, ...], notes: dict[bool, str], dynamo: bool) -> None:
+    pytest.importorskip("torch")
+    proto = mi.export(module(), shape, dynamo=dynamo, input_name="x", output_name="y")
+    res, out = _run(proto, batch="batch")
+    assert res.steps[0].modified and _dims(out.graph.output[0])[0] == "batch"
+    assert any(re.fullmatch(notes[dynamo] + ".*", n) for n in res.steps[0].notes), res.steps[0].notes
+    _batch_ok(res, out, [{"x": np.ones((k, *shape[1:]), np.float32)} for k in (1, 5)])
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
