@@ -109,6 +109,9 @@ def _reshape(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | Non
         if len(hits) == 1 and len([j for j in hits[0] if new[j] > 0]) == 1:
             new[[j for j in hits[0] if new[j] > 0][0]] = -1
     if resolve_reshape(new, in_b) is None or resolve_reshape(new, in_a) != out_a:
+        note = _reshape_from_shape(model, node, s, new, in_a, in_b, out_a)
+        if note is not None:
+            return note
         raise PassError(
             f"Reshape '{node.name}' reshapes {list(in_a)} to constant {s}: cannot tell which axes carry the "
             "dynamic size, so it cannot be made dynamic safely"
@@ -120,6 +123,30 @@ def _reshape(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | Non
         node.attrs["allowzero"] = 0  # no literal zero in the shape: same meaning, and 0 copies the input's size
         return f"Reshape '{node.name}': shape {s} -> {new}, allowzero 1 -> 0"
     return f"Reshape '{node.name}': shape {s} -> {new}"
+
+
+def _reshape_from_shape(model: ModelIR, node: gs.Node, s: list[int], new: list[int], in_a: tuple, in_b: tuple, out_a: list[int]) -> str | None:
+    """When several output axes carry dynamic sizes (so one -1 is not enough): each output axis
+    made of dynamic input axes only becomes their product, read with Shape from the data input."""
+    from surgeon.passes._shapes import ShapeBuilder, aligned_groups, drop_dead
+
+    groups = aligned_groups(in_a, out_a)
+    dynamic = {k for k in range(len(in_a)) if in_a[k] != in_b[k] and not (k < len(new) and new[k] == 0)}
+    if groups is None or any(dynamic & set(gi) and len(gj) != 1 for gi, gj in groups):
+        return None
+    build = ShapeBuilder(model)
+    items: list = [out_a[i] if v == -1 else v for i, v in enumerate(new)]
+    shown: list = list(items)
+    for gi, gj in groups:
+        if dynamic & set(gi):
+            items[gj[0]] = build.span(node.inputs[0], gi[0], gi[-1] + 1, node)
+            shown[gj[0]] = "*".join(f"{node.inputs[0].name}[{k}]" for k in gi)
+    old = node.inputs[1]
+    node.inputs[1] = build.vector(items, node)
+    drop_dead(model.graph, old)
+    if node.attrs.get("allowzero", 0):
+        node.attrs["allowzero"] = 0  # the 0s left copy the input's size
+    return f"Reshape '{node.name}': shape {s} -> {shown} (sizes read with Shape)"
 
 
 def _expand(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
@@ -305,6 +332,7 @@ class Follow:
             out = gs.Variable(self.build.name(f"{t.name}_{sym}"), dtype=value.dtype)
             self.build.insert(consumer, gs.Node("Expand", self.build.name(f"{t.name}_expand"), inputs=[base, shape], outputs=[out]))
             consumer.inputs[slot] = out
+            self.at_a[out.name] = (None, tuple(value.shape))  # its shape at the traced sizes, for later rounds
             note = f"{consumer.op} '{consumer.name}': constant '{t.name}' {list(value.shape)} -> Expand of its first slice to {shown}"
         drop_orphan_constant(self.model.graph, t)
         return note
@@ -333,7 +361,7 @@ class Follow:
                 self.build.insert(node, gs.Node("Div", q.name, inputs=[piece, gs.Constant(self.build.name(f"{q.name}_d"), np.array([d], np.int64))], outputs=[q]))
                 piece = q
         elif node.op == "Expand" and (xi := axis - len(out_a) + len(x_a)) >= 0 and x_a[xi] != 1:  # type: ignore[arg-type,index]
-            return self.follow(node.inputs[0], xi, sym, node, 0, False)  # the size comes from the expanded input
+            return self.follow(node.inputs[0], xi, sym, node, 0, True)  # the size comes from the expanded input
         if not 0 <= idx < len(vals) or (node.op != "Tile" and vals[idx] != traced):
             raise PassError(f"{refuse}, whose {what} is {vals}: cannot tell which entry carries '{sym}'")
         old = node.inputs[slot]

@@ -250,6 +250,7 @@ class ShapeBuilder:
     def __init__(self, model: ModelIR) -> None:
         self.model = model
         self.dims: dict[tuple[str, int], gs.Tensor] = {}
+        self.shapes: dict[tuple[str, int], gs.Tensor] = {}
         self.issued: set[str] = set()
 
     def name(self, base: str) -> str:
@@ -279,6 +280,27 @@ class ShapeBuilder:
             nodes = [gs.Node("Shape", full.name, inputs=[src], outputs=[full]), gs.Node("Gather", out.name, {"axis": 0}, inputs=[full, index], outputs=[out])]
         g.nodes[0:0] = nodes  # reads a graph input only: valid first, whoever reads it later
         self.dims[(input_name, axis)] = out
+        return out
+
+    def span(self, tensor: gs.Tensor, start: int, end: int, before: gs.Node) -> gs.Tensor:
+        """int64[1]: the product of ``tensor``'s sizes on axes ``start:end`` (inserted before ``before``)."""
+        import numpy as np
+        import onnx_graphsurgeon as gs
+
+        dims = gs.Variable(self.name(f"{tensor.name}_dims{start}_{end}"), dtype=np.int64, shape=[end - start])
+        if self.model.opset >= 15:
+            self.insert(before, gs.Node("Shape", dims.name, {"start": start, "end": end}, inputs=[tensor], outputs=[dims]))
+        else:
+            key = (tensor.name, id(before))
+            if key not in self.shapes:  # one Shape per tensor and reader
+                self.shapes[key] = gs.Variable(self.name(f"{tensor.name}_shape"), dtype=np.int64)
+                self.insert(before, gs.Node("Shape", self.shapes[key].name, inputs=[tensor], outputs=[self.shapes[key]]))
+            index = gs.Constant(self.name(f"{dims.name}_index"), np.arange(start, end, dtype=np.int64))
+            self.insert(before, gs.Node("Gather", dims.name, {"axis": 0}, inputs=[self.shapes[key], index], outputs=[dims]))
+        if end - start == 1:
+            return dims
+        out = gs.Variable(self.name(f"{dims.name}_prod"), dtype=np.int64, shape=[1])
+        self.insert(before, gs.Node("ReduceProd", out.name, {"keepdims": 1}, inputs=[dims], outputs=[out]))
         return out
 
     def vector(self, items: list, before: gs.Node) -> gs.Tensor:

@@ -162,6 +162,23 @@ def constant_of_shape_output(batch: int = 2) -> onnx.ModelProto:
     return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4]), _vi("mask", [batch, 3], TensorProto.INT64)], inits)
 
 
+def expand_constant_rows(batch: int = 2) -> onnx.ModelProto:
+    """Expand(constant [B, 4] of equal rows, [B, 4]) -> Concat with x[B, 3]: the size is the input's."""
+    inits = [
+        numpy_helper.from_array(np.tile(np.arange(4, dtype=np.float32), (batch, 1)), "rows"),
+        numpy_helper.from_array(np.array([batch, 4], np.int64), "rows_shape"),
+    ]
+    nodes = [helper.make_node("Expand", ["rows", "rows_shape"], ["e"], name="expand"), helper.make_node("Concat", ["e", "x"], ["y"], name="concat", axis=1)]
+    return _model(nodes, [_vi("x", [batch, 3])], [_vi("y", [batch, 7])], inits)
+
+
+def merge_axes(opset: int = 17) -> onnx.ModelProto:
+    """Reshape x[B, S, 2, T] to constant [B, 2S, T]: two output axes carry dynamic sizes."""
+    shape = numpy_helper.from_array(np.array([2, 6, 5], np.int64), "merge_shape")
+    node = helper.make_node("Reshape", ["x", "merge_shape"], ["y"], name="merge")
+    return _model([node], [_vi("x", [2, 3, 2, 5])], [_vi("y", [2, 6, 5])], [shape], opset=opset)
+
+
 def concat_data(batch: int = 2) -> onnx.ModelProto:
     """Concat of x[B,4] with a constant [B,4] whose rows differ: per-row data, not a broadcast."""
     c = numpy_helper.from_array(np.arange(4 * batch, dtype=np.float32).reshape(batch, 4), "c")

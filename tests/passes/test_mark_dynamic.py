@@ -89,8 +89,9 @@ def _batch_ok(res: Any, proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray
         (lambda: mi.tile_mul(2), "Tile 'tile': repeats [2, 1] -> ['batch', 1] ('batch' from Shape(x)[0])", ["Shape", "Concat", "Tile", "Mul"]),
         (lambda: mi.tile_mul(4, rows=2), "Tile 'tile': repeats [2, 1] -> ['batch/2', 1] ('batch' from Shape(x)[0])", ["Shape", "Div", "Concat", "Tile", "Mul"]),
         (mi.concat_constant, "Concat 'concat': constant 'c' [1, 4] -> Expand of its first slice to ['batch', 4]", ["Shape", "Concat", "Expand", "Concat"]),
+        (mi.expand_constant_rows, "Expand 'expand': shape [2, 4] -> ['batch', 4] ('batch' from Shape(x)[0])", ["Shape", "Concat", "Expand", "Concat"]),
     ],
-    ids=["expand", "expand-opset13", "constant-of-shape", "tile", "tile-of-2-rows", "concat-constant"],
+    ids=["expand", "expand-opset13", "constant-of-shape", "tile", "tile-of-2-rows", "concat-constant", "expand-constant-rows"],
 )
 def test_shape_derived_sizes(build: Any, note: str, ops: list[str]) -> None:
     model = build()
@@ -101,6 +102,21 @@ def test_shape_derived_sizes(build: Any, note: str, ops: list[str]) -> None:
     assert not [t.name for t in proto.graph.initializer if t.name in ("cls_shape", "repeats")]  # replaced, not kept
     rest = list(_dims(proto.graph.input[0])[1:])
     _batch_ok(res, proto, [{"x": np.ones([batch * k, *rest], np.float32)} for k in (1, 3)])
+    again, _ = _run(proto, verify={"dims": {"batch": batch}}, batch="batch")
+    assert again.ok and not again.steps[0].modified
+
+
+@pytest.mark.parametrize(("opset", "ops"), [(17, ["Shape", "ReduceProd", "Shape", "Concat", "Reshape"]), (13, ["Shape", "Gather", "ReduceProd", "Gather", "Concat", "Reshape"])])
+def test_reshape_sizes_from_shape(opset: int, ops: list[str]) -> None:
+    res, proto = _run(mi.merge_axes(opset), batch="batch", inputs={"x": {1: "s", 3: "t"}})
+    assert "Reshape 'merge': shape [2, 6, 5] -> [0, 'x[1]*x[2]', 'x[3]'] (sizes read with Shape)" in res.steps[0].notes
+    assert _ops(proto) == ops
+    assert res.ok and len(_probes(res)) == 3 and all(p.ok for p in _probes(res))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.arange(5 * 4 * 2 * 3, dtype=np.float32).reshape(5, 4, 2, 3)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x.reshape(5, 8, 3))
+    again, _ = _run(proto, verify={"dims": {"batch": 2, "s": 3, "t": 5}}, batch="batch", inputs={"x": {1: "s", 3: "t"}})
+    assert again.ok and not again.steps[0].modified
 
 
 def test_declared_output_follows_the_batch() -> None:
