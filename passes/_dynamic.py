@@ -28,29 +28,7 @@ class Sizes:
 
 
 INT64_MAX = 2**63 - 1
-
-
-def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict, sizes: Sizes) -> list[str]:
-    """Rewrite the constants that only fit the traced sizes; one note per rewrite. Shapes at the
-    traced sizes (``at_a``) and at other sizes (inference with ``dims_b``) decide: first the
-    0/-1/open forms (Reshape, Expand of a dynamic input, Slice ends), then, one at a time,
-    Shape-derived sizes for static tensors that meet a dynamic one (see ``Follow``)."""
-    from surgeon.passes._shapes import infer
-
-    rules = {"Reshape": _reshape, "Expand": _expand, "Slice": _slice}
-    follow = Follow(model, at_a, sizes)
-    notes: list[str] = []
-    rounds = 32 + len(model.graph.nodes)
-    for _ in range(rounds):
-        at_b = infer(model, dims_b)
-        found = [note for node in list(model.graph.nodes) if node.op in rules and (note := rules[node.op](model, node, at_a, at_b))]
-        if not found:
-            note = follow.one(at_b)
-            if note is None:
-                return notes
-            found = [note]
-        notes += found
-    raise PassError(f"constant shape rewrites did not settle after {rounds} rounds")
+RULES = ("Reshape", "Expand", "Slice")
 
 
 def _ints(shapes: dict, tensor: gs.Tensor) -> tuple[int, ...] | None:
@@ -82,6 +60,11 @@ def _set_const(model: ModelIR, node: gs.Node, slot: int, values: list[int], what
     old = node.inputs[slot]
     node.inputs[slot] = gs.Constant(unique_name(model, f"{node.name or node.op}_{what}"), np.array(values, dtype=np.int64))
     drop_orphan_constant(model.graph, old)
+
+
+def rule(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
+    """The 0/-1/open form rewrite of one Reshape, Expand or Slice (its note), or None."""
+    return {"Reshape": _reshape, "Expand": _expand, "Slice": _slice}[node.op](model, node, at_a, at_b) if node.op in RULES else None
 
 
 def _reshape(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:

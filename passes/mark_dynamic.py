@@ -14,6 +14,7 @@ from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
+    from surgeon.passes._dynamic import Sizes
 
     from surgeon.model import ModelIR
     from surgeon.verify import OutputCheck, ProbeEnv
@@ -99,7 +100,7 @@ class MarkDynamic(Pass):
 
     # -- run -----------------------------------------------------------------------------------
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.passes._dynamic import Sizes, rewrite_constant_shapes
+        from surgeon.passes._dynamic import Sizes
         from surgeon.passes._shapes import infer, refresh_shapes
 
         ins, outs, traced = self._plan(model)
@@ -152,6 +153,29 @@ class MarkDynamic(Pass):
                         f"output '{name}' axis {axis} stays {d} when '{sym}' is {other[sym]}: something in the graph "
                         "hard-codes that size and was not rewritten; cannot make it dynamic safely"
                     )
+
+
+def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict, sizes: Sizes) -> list[str]:
+    """Rewrite the constants that only fit the traced sizes; one note per rewrite. Shapes at the
+    traced sizes (``at_a``) and at other sizes (inference with ``dims_b``) decide: first the
+    0/-1/open forms (Reshape, Expand of a dynamic input, Slice ends), then, one at a time,
+    Shape-derived sizes for static tensors that meet a dynamic one (see ``_dynamic.Follow``)."""
+    from surgeon.passes._dynamic import Follow, rule
+    from surgeon.passes._shapes import infer
+
+    follow = Follow(model, at_a, sizes)
+    notes: list[str] = []
+    rounds = 32 + len(model.graph.nodes)
+    for _ in range(rounds):
+        at_b = infer(model, dims_b)
+        found = [note for node in list(model.graph.nodes) if (note := rule(model, node, at_a, at_b))]
+        if not found:
+            note = follow.one(at_b)
+            if note is None:
+                return notes
+            found = [note]
+        notes += found
+    raise PassError(f"constant shape rewrites did not settle after {rounds} rounds")
 
 
 def _other_sizes(traced: dict[str, int]) -> dict[str, int]:
