@@ -45,3 +45,20 @@ def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
     path = folder / name
     path.write_text(text)
     return path
+
+
+def apply_repo_recipe(name: str, folder: Path):  # type: ignore[no-untyped-def]
+    """Copy ``recipes/<name>``, build the example model it names (surgeon.examples) next to it and
+    apply it with verification on. Returns (pipeline result, saved output proto)."""
+    import shutil
+
+    from surgeon.examples import build_all
+    from surgeon.recipe import load_recipe
+
+    recipe_path = folder / name
+    shutil.copy(Path(__file__).parents[1] / "recipes" / name, recipe_path)
+    recipe = load_recipe(recipe_path)
+    assert recipe.model is not None and recipe.output is not None
+    build_all(folder, [recipe.model.name])
+    result = recipe.pipeline.apply(recipe.model, recipe.output, base_dir=recipe.base_dir)
+    return result, onnx.load(str(recipe.output))

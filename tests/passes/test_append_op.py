@@ -15,6 +15,7 @@ from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.model import ModelIR, load
 from surgeon.pass_api import PassResult
+from tests.conftest import apply_repo_recipe
 from tests.models_surgery import export_mlp, tiny_mlp
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>
@@ -182,18 +183,7 @@ def test_torch_export_clip_and_softmax_match_torch(tmp_path: Path, dynamo: bool)
 
 
 def test_postprocess_recipe(tmp_path: Path) -> None:
-    import shutil
-
-    from surgeon.recipe import load_recipe
-    from tests.models_surgery import tiny_classifier
-
-    recipe_path = tmp_path / "postprocess.yaml"
-    shutil.copy(Path(__file__).parents[2] / "recipes" / "postprocess.yaml", recipe_path)
-    recipe = load_recipe(recipe_path)
-    assert recipe.model is not None and recipe.output is not None
-    onnx.save(tiny_classifier(), str(recipe.model))
-    res = recipe.pipeline.apply(recipe.model, recipe.output, base_dir=recipe.base_dir)
+    res, saved = apply_repo_recipe("postprocess.yaml", tmp_path)
     assert res.ok and all(s.modified and s.check and s.check.ok for s in res.steps)
-    saved = onnx.load(str(recipe.output))
     assert [_io(i) for i in saved.graph.input] == [("image", onnx.TensorProto.UINT8, ["batch", 8, 8, 3])]
     assert [_io(o) for o in saved.graph.output] == [("top_probs", F, ["batch", 3]), ("top_classes", I64, ["batch", 3])]

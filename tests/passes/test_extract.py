@@ -17,6 +17,7 @@ from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.model import ModelIR, load
 from surgeon.pass_api import PassResult
+from tests.conftest import apply_repo_recipe
 from tests.models_surgery import tiny_classifier
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>
@@ -175,17 +176,7 @@ def test_external_weights_are_not_read_and_stay_external(tmp_path: Path, monkeyp
 
 
 def test_debug_outputs_recipe(tmp_path: Path) -> None:
-    import shutil
-
-    from surgeon.recipe import load_recipe
-
-    recipe_path = tmp_path / "debug-outputs.yaml"
-    shutil.copy(Path(__file__).parents[2] / "recipes" / "debug-outputs.yaml", recipe_path)
-    recipe = load_recipe(recipe_path)
-    assert recipe.model is not None and recipe.output is not None
-    onnx.save(tiny_classifier(), str(recipe.model))
-    res = recipe.pipeline.apply(recipe.model, recipe.output, base_dir=recipe.base_dir)
+    res, saved = apply_repo_recipe("debug-outputs.yaml", tmp_path)
     assert res.ok and all(s.modified and s.check and s.check.ok for s in res.steps)
-    saved = onnx.load(str(recipe.output))
     assert [_io(i) for i in saved.graph.input] == [("relu_out", 1, ["batch", 8, 8, 8])]
     assert [_io(o) for o in saved.graph.output] == [("features", 1, ["batch", 8]), ("logits", 1, ["batch", 10])]
