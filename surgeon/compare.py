@@ -1,0 +1,94 @@
+"""Comparing an output with its expected value: errors, tolerance, verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from surgeon.contract import Tolerance
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass
+class OutputCheck:
+    """Comparison of one output (or one probe) with its expected value."""
+
+    name: str
+    ok: bool
+    verdict: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    rtol: float = 0.0
+    atol: float = 0.0
+    shape: tuple[int, ...] = ()
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+
+
+@dataclass
+class StepCheck:
+    """All checks of one verification run."""
+
+    outputs: list[OutputCheck] = field(default_factory=list)
+    device: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    def failures(self) -> list[OutputCheck]:
+        return [o for o in self.outputs if not o.ok]
+
+
+# --- comparison ---------------------------------------------------------------------------------
+
+
+def compare(name: str, expected: np.ndarray, actual: np.ndarray, tol: Tolerance) -> OutputCheck:
+    """Compare two arrays: shape, dtype, max abs / rel error, non-finite values matched by position."""
+    import numpy as np
+
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    base: dict[str, Any] = {"name": name, "rtol": tol.rtol, "atol": tol.atol, "shape": tuple(actual.shape)}
+    if expected.shape != actual.shape:
+        return OutputCheck(**base, ok=False, verdict="FAIL", note=f"shape {actual.shape} != expected {expected.shape}")
+    if expected.dtype != actual.dtype:
+        return OutputCheck(**base, ok=False, verdict="FAIL", note=f"dtype {actual.dtype} != expected {expected.dtype}")
+    if expected.size == 0:
+        return OutputCheck(**base, ok=True, verdict="ok (empty)", note="empty output: nothing to compare")
+    if expected.dtype.kind in "OSU":
+        ok = bool(np.array_equal(expected, actual))
+        return OutputCheck(**base, ok=ok, verdict="ok" if ok else "FAIL", note="" if ok else "strings differ")
+    e = expected.astype(np.float64)
+    a = actual.astype(np.float64)
+    e_fin, a_fin = np.isfinite(e), np.isfinite(a)
+    note = ""
+    nonfinite_ok = np.array_equal(e_fin, a_fin) and np.array_equal(e[~e_fin], a[~a_fin], equal_nan=True)
+    n_nonfinite = int((~e_fin).sum())
+    both = e_fin & a_fin
+    diff = np.abs(e[both] - a[both]) if both.any() else np.zeros(1)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    rel = diff / np.maximum(np.abs(e[both]), np.finfo(np.float64).tiny) if both.any() else np.zeros(1)
+    max_rel = float(rel.max()) if rel.size else 0.0
+    within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(e[both]))) if both.any() else True
+    ok = within and nonfinite_ok
+    if n_nonfinite or not a_fin.all():
+        if nonfinite_ok:
+            note = f"{n_nonfinite} non-finite values, same positions and values in both"
+        else:
+            note = f"non-finite values differ: expected {n_nonfinite}, got {int((~a_fin).sum())}"
+    if not both.any():
+        note = note or "no finite values"
+    verdict = "ok" if ok else "FAIL"
+    if ok and n_nonfinite:
+        verdict = "ok (non-finite)"
+    return OutputCheck(**base, ok=ok, verdict=verdict, max_abs=max_abs, max_rel=max_rel, note=note)

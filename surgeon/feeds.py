@@ -1,0 +1,108 @@
+"""Input data for verification: seeded random arrays per dtype, symbolic dims bound, or .npz files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from surgeon.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+    from surgeon.verify import VerifyConfig
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | str | None, ...]
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """Inputs a caller must feed (inputs with an initializer default are left to their default)."""
+    import numpy as np
+    from onnx import helper
+
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise UsageError(f"input '{vi.name}' is not a tensor; verification supports tensor inputs only")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype(np.float32)
+        dims: list[int | str | None] = []
+        if tt.HasField("shape"):
+            for d in tt.shape.dim:
+                dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        specs.append(InputSpec(vi.name, dtype, tuple(dims)))
+    return specs
+
+
+def resolve_shape(spec: InputSpec, dims: Mapping[str, int], where: str = "verify.dims") -> tuple[int, ...]:
+    shape = []
+    for axis, d in enumerate(spec.dims):
+        key = f"{spec.name}:{axis}"
+        if key in dims:
+            shape.append(int(dims[key]))
+        elif isinstance(d, int):
+            shape.append(d)
+        elif isinstance(d, str) and d in dims:
+            shape.append(int(dims[d]))
+        else:
+            label = f"symbolic dim '{d}'" if d else "a dim with no size"
+            hint = f"set {where}: {{{d}: N}}" if d else f"set {where}: {{'{key}': N}}"
+            raise UsageError(f"input '{spec.name}' axis {axis} is {label}; {hint}")
+    return tuple(shape)
+
+
+def random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, rng_range: tuple[float, float] | None = None) -> np.ndarray:
+    import numpy as np
+
+    kind = spec.dtype.kind
+    if kind == "b":
+        return rng.random(shape) < 0.5
+    if kind == "f":
+        lo, hi = rng_range or (-1.0, 1.0)
+        return rng.uniform(lo, hi, shape).astype(spec.dtype)
+    if kind in "iu":
+        lo, hi = rng_range or (0, 4)
+        return rng.integers(int(lo), int(hi), shape).astype(spec.dtype)
+    if kind == "c":
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(spec.dtype)
+    if kind in "OSU":
+        return np.array(rng.choice(["a", "bc", "def"], size=shape), dtype=object)
+    raise UsageError(f"input '{spec.name}': cannot make random data of dtype {spec.dtype}; give verify.inputs")
+
+
+def make_feed(specs: Sequence[InputSpec], config: VerifyConfig, dims: Mapping[str, int] | None = None, seed_offset: int = 0) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    rng = np.random.default_rng(config.seed + seed_offset)
+    all_dims = {**config.dims, **(dims or {})}
+    return {
+        s.name: np.asarray(random_array(s, resolve_shape(s, all_dims), rng, config.ranges.get(s.name)))
+        for s in specs
+    }
+
+
+def load_npz(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    if not path.is_file():
+        raise UsageError(f"{path}: verify.inputs file does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            feed = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable .npz file ({exc})") from None
+    missing = [s.name for s in specs if s.name not in feed]
+    if missing:
+        raise UsageError(f"{path}: no array for input(s) {', '.join(missing)}; it has: {', '.join(feed) or 'nothing'}")
+    return {s.name: feed[s.name].astype(s.dtype, copy=False) for s in specs}

@@ -1,0 +1,179 @@
+"""onnxruntime sessions for verification: the device chosen (and why), models put on disk with
+their external data in place, runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from surgeon.errors import UsageError, VerificationError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnxruntime as ort
+
+    from surgeon.model import Model
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Runtime:
+    """Builds onnxruntime sessions on the configured device and remembers which one it got."""
+
+    def __init__(self, device: Device = "auto") -> None:
+        self.device = device
+        self.used = ""
+        self.reason = ""
+        self._providers: list[str] | None = None
+
+    def _ort(self) -> Any:
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+        return ort
+
+    def session(self, path: Path, external_folder: Path | None = None, data: bytes | None = None) -> ort.InferenceSession:
+        ort = self._ort()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        if external_folder is not None:
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
+        src: Any = data if data is not None else str(path)
+        if self._providers is None:
+            self._providers = self._choose(ort, so, src)
+        try:
+            return ort.InferenceSession(src, so, providers=self._providers)
+        except Exception as exc:
+            raise VerificationError(f"{path}: onnxruntime cannot load the model: {_first_line(exc)}") from None
+
+    def _choose(self, ort: Any, so: Any, src: Any) -> list[str]:
+        if self.device == "cpu":
+            self.used, self.reason = "CPU", "device: cpu"
+            return ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            why = "this onnxruntime build has no CUDAExecutionProvider"
+        else:
+            with contextlib.suppress(Exception):
+                if hasattr(ort, "preload_dlls"):
+                    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                        ort.preload_dlls()
+            try:
+                with _captured_stderr() as captured:
+                    sess = ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                if "CUDAExecutionProvider" in sess.get_providers():
+                    self.used, self.reason = "CUDA", "CUDAExecutionProvider loaded"
+                    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                why = "CUDAExecutionProvider is listed but did not load" + _cuda_error(captured.getvalue())
+            except Exception as exc:
+                why = f"CUDAExecutionProvider failed: {_first_line(exc)}"
+        if self.device == "cuda":
+            raise UsageError(f"verify.device is cuda but CUDA is unavailable: {why}")
+        self.used, self.reason = "CPU", why
+        return ["CPUExecutionProvider"]
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Any]:
+    """Capture what native code writes to file descriptor 2 (onnxruntime's provider errors)."""
+    import io
+
+    buf = io.StringIO()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield buf
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            buf.write(tmp.read().decode("utf-8", "replace"))
+
+
+def _cuda_error(text: str) -> str:
+    """The useful part of onnxruntime's provider-load error ('libcublasLt.so.13: cannot open...')."""
+    import re
+
+    m = re.search(r"with error: ([^\n\x1b]+)", text)
+    return f": {m.group(1).strip()}" if m else " (CUDA/cuDNN libraries missing?)"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:400] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
+    """The model as a file onnxruntime can open with its external data in place.
+
+    Yields ``(path, external_folder, data)``: a model loaded from a file and unchanged is used
+    as it is; one with external data is written next to its weights as a hidden temporary file
+    (or, where that folder is read-only, handed over as bytes with the weights folder set).
+    """
+    if model.path is not None:
+        yield model.path, None, None
+        return
+    proto = model.proto
+    if model.uses_external_data and model.base_dir is not None:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".surgeon-verify-", suffix=".onnx", dir=model.base_dir)
+        except OSError:
+            yield model.base_dir / "<in memory>.onnx", model.base_dir, proto.SerializeToString()
+            return
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(proto.SerializeToString())
+            yield Path(tmp), None, None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="surgeon-verify-") as tmpdir:
+        path = Path(tmpdir) / "model.onnx"
+        from surgeon.save import save
+
+        save(model, path)
+        yield path, None, None
+
+
+def run_model(runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` once per feed in one session; outputs by name."""
+    with on_disk(model) as (path, folder, data):
+        sess = runtime.session(path, folder, data)
+        names = [o.name for o in sess.get_outputs()]
+        wanted = {i.name for i in sess.get_inputs()}
+        results = []
+        for feed in feeds:
+            missing = wanted - set(feed)
+            if missing:
+                raise VerificationError(f"the model has input(s) the contract does not feed: {', '.join(sorted(missing))}")
+            try:
+                outs = sess.run(names, {k: v for k, v in feed.items() if k in wanted})
+            except Exception as exc:
+                raise VerificationError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+            results.append(dict(zip(names, outs)))
+        del sess
+    _release_freed_memory()
+    return results
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory of a closed session back to the system (glibc keeps freed arenas, which
+    would add one model's weights to the peak when the next session loads)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).malloc_trim(0)  # glibc; absent on musl (AttributeError)
