@@ -55,6 +55,7 @@ def _sides(model: ModelIR, node: gs.Node, slot: int, at_a: dict, at_b: dict) -> 
 def _set_const(model: ModelIR, node: gs.Node, slot: int, values: list[int], what: str) -> None:
     import numpy as np
     import onnx_graphsurgeon as gs
+
     from surgeon.passes._shapes import drop_orphan_constant, unique_name
 
     old = node.inputs[slot]
@@ -242,6 +243,7 @@ class Follow:
         """The shape of ``t`` when it is the same at both sizes (computed through Expand,
         ConstantOfShape and Tile of constant shapes where inference leaves it unknown)."""
         import numpy as np
+
         from surgeon.passes._shapes import fold_values
 
         a = _ints(self.at_a, t)
@@ -296,6 +298,7 @@ class Follow:
     def _constant(self, t: gs.Tensor, value: np.ndarray, axis: int, sym: str, consumer: gs.Node, slot: int, broadcast: bool) -> str:
         import numpy as np
         import onnx_graphsurgeon as gs
+
         from surgeon.passes._shapes import drop_orphan_constant
 
         first = np.take(value, [0], axis=axis)
@@ -323,6 +326,7 @@ class Follow:
     def _source(self, node: gs.Node, axis: int, sym: str, where: str) -> str:
         import numpy as np
         import onnx_graphsurgeon as gs
+
         from surgeon.passes._shapes import drop_dead, fold_values
 
         slot, what = SOURCES[node.op]

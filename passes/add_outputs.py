@@ -6,11 +6,11 @@ import re
 from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
-from surgeon.passes._ops import describe, require_tensor, short_listing, typed
 
 from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passes._ops import describe, require_tensor, short_listing, typed
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -34,7 +34,7 @@ class AddOutputs(Pass):
         pattern: str | None = Field(None, description="expose every computed tensor whose whole name matches this regular expression")
 
         @model_validator(mode="after")
-        def _something(self) -> AddOutputs.Params:
+        def _needs_a_selection(self) -> AddOutputs.Params:
             if not (self.tensors or self.op_types or self.pattern):
                 raise ValueError("name what to expose: tensors, op_types or pattern")
             return self

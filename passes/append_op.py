@@ -6,6 +6,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
+
+from surgeon.contract import IOContract, Tolerance
+from surgeon.errors import PassPreconditionError
+from surgeon.graph import all_tensor_names
+from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passes._ops import (
     DTYPES,
     Shape,
@@ -16,11 +21,6 @@ from surgeon.passes._ops import (
     unique_name,
     unique_node_name,
 )
-
-from surgeon.contract import IOContract, Tolerance
-from surgeon.errors import PassPreconditionError
-from surgeon.graph import all_tensor_names
-from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 
 if TYPE_CHECKING:
     import numpy as np

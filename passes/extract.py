@@ -6,12 +6,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
-from surgeon.passes._ops import require_tensor, snapshot, typed, unique_name
 
 from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.graph import iter_graphs, listing, signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passes._ops import require_tensor, snapshot, typed, unique_name
 
 if TYPE_CHECKING:
     import numpy as np

@@ -13,9 +13,9 @@ from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
-    from surgeon.passes.remove_nodes import TypeMap
 
     from surgeon.model import ModelIR
+    from surgeon.passes.remove_nodes import TypeMap
 
 Op = Literal["Gather", "GatherElements", "Slice"]
 

@@ -14,9 +14,9 @@ from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
-    from surgeon.passes._dynamic import Sizes
 
     from surgeon.model import ModelIR
+    from surgeon.passes._dynamic import Sizes
     from surgeon.verify import OutputCheck, ProbeEnv
 
 Axes = dict[str, dict[int, str]]

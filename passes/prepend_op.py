@@ -6,12 +6,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
-from surgeon.passes._ops import DTYPES, Shape, check_axis, describe, require_input, typed, unique_name, unique_node_name
 
 from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.graph import all_tensor_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passes._ops import DTYPES, Shape, check_axis, describe, require_input, typed, unique_name, unique_node_name
 
 if TYPE_CHECKING:
     import numpy as np

@@ -34,10 +34,10 @@ class PromoteInitializer(Pass):
 
     def _targets(self, model: ModelIR) -> list[tuple[str, gs.Tensor]]:
         import onnx_graphsurgeon as gs
-        from surgeon.passes._shapes import constant_values
 
         from surgeon.graph import all_tensor_names
         from surgeon.pass_api import suggest
+        from surgeon.passes._shapes import constant_values
 
         g = model.graph
         tensors = g.tensors()
@@ -64,6 +64,7 @@ class PromoteInitializer(Pass):
 
     def run(self, model: ModelIR) -> PassResult:
         import onnx_graphsurgeon as gs
+
         from surgeon.passes._shapes import constant_values, refresh_shapes
 
         g = model.graph

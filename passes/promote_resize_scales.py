@@ -199,6 +199,7 @@ class PromoteResizeScales(Pass):
 
 def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], form: str) -> list[str]:
     import onnx_graphsurgeon as gs
+
     from surgeon.passes._shapes import drop_orphan_constant, refresh_shapes
 
     g = model.graph
@@ -232,6 +233,7 @@ def _expand_factor(model: ModelIR, factor: gs.Variable, lead: int, n_spatial: in
     """``[1] * lead + [f] * n_spatial`` (f a scalar) or ``[1] * lead + f`` (f one per axis)."""
     import numpy as np
     import onnx_graphsurgeon as gs
+
     from surgeon.passes._shapes import unique_name
 
     g = model.graph

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pydantic import Field
-from surgeon.passes._ops import require_output
 
 from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.graph import listing
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passes._ops import require_output
 
 if TYPE_CHECKING:
     from surgeon.model import ModelIR

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-
 import onnx.backend.test as backend_test
+from onnx import numpy_helper
 
 DATA = Path(os.path.dirname(backend_test.__file__)) / "data"
 STORED_SUITES = ("light", "simple", "pytorch-converted", "pytorch-operator")

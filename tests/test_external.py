@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from surgeon.passes.rename_io import RenameIO
 
 import surgeon.model
 import surgeon.verify
@@ -27,6 +26,7 @@ from surgeon.external import (
     tensor_values,
 )
 from surgeon.model import load
+from surgeon.passes.rename_io import RenameIO
 from tests.models_external import external_chain, load_full, snapshot, weights
 
 VERIFY = {"dims": {"batch": 2}, "device": "cpu"}

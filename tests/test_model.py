@@ -13,12 +13,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from surgeon.passes.rename_io import RenameIO
 
 from surgeon import Pipeline
 from surgeon.cli import main as cli_main
 from surgeon.errors import EXIT_MODEL, EXIT_USAGE, ModelError, SurgeonError, UsageError
 from surgeon.model import Model, load
+from surgeon.passes.rename_io import RenameIO
 from tests.models_external import external_chain, load_full, matmul_chain, rich_model, snapshot, weights
 
 VERIFY = {"dims": {"batch": 2}, "device": "cpu"}

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
-from surgeon.passes.rename_io import RenameIO
 
 import surgeon.external
 import surgeon.save
@@ -17,6 +16,7 @@ from surgeon import Pipeline
 from surgeon.errors import EXIT_USAGE, ModelError, UsageError
 from surgeon.model import load
 from surgeon.pass_api import Pass, PassParams, PassResult
+from surgeon.passes.rename_io import RenameIO
 from surgeon.save import SavePolicy, save
 from tests.models_external import (
     external_chain,

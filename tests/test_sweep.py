@@ -88,7 +88,7 @@ def sweep(cases: list[Case], tmp: Path) -> Counter:
         problems = []
         if _meta(onnx.load(str(out))) != _meta(onnx.load(str(src))):
             problems.append("metadata differs")
-        for (ins, expected), got, ref in zip(case.data_sets, outs, ref_outs):
+        for (_, expected), got, ref in zip(case.data_sets, outs, ref_outs):
             for i, (e, g, r) in enumerate(zip(expected, got, ref)):
                 if not _same(g, r):
                     problems.append(f"output {i} differs from the original model's")

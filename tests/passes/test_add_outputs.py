@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import helper, parser
 from pydantic import ValidationError
-from surgeon.passes.add_outputs import AddOutputs
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.model import load
+from surgeon.passes.add_outputs import AddOutputs
 from tests.models_surgery import export_mlp, tiny_classifier, tiny_mlp
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>

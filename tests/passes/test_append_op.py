@@ -9,12 +9,12 @@ import onnx
 import pytest
 from onnx import parser
 from pydantic import ValidationError
-from surgeon.passes.append_op import AppendOp
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.model import ModelIR, load
 from surgeon.pass_api import PassResult
+from surgeon.passes.append_op import AppendOp
 from tests.conftest import apply_repo_recipe
 from tests.models_surgery import export_mlp, tiny_mlp
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import onnx
 import pytest
 from pydantic import ValidationError
-from surgeon.passes.convert_opset import ConvertOpset
 
 from surgeon import Pipeline
 from surgeon.errors import PassError, PassPreconditionError
+from surgeon.passes.convert_opset import ConvertOpset
 
 OLD = """<ir_version: 7, opset_import: ["" : 11]>
 g (float[batch, 1, 4] x) => (float[1, 4] y)

@@ -7,11 +7,11 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 from pydantic import ValidationError
-from surgeon.passes.dedupe_initializers import DedupeInitializers
 
 from surgeon import Pipeline
 from surgeon.external import is_external
 from surgeon.model import load
+from surgeon.passes.dedupe_initializers import DedupeInitializers
 
 
 def _model(inits, extra_inputs=(), outputs=("y",)):

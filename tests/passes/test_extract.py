@@ -10,13 +10,13 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import parser
 from pydantic import ValidationError
-from surgeon.passes.add_outputs import AddOutputs
-from surgeon.passes.extract import Extract
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.model import ModelIR, load
 from surgeon.pass_api import PassResult
+from surgeon.passes.add_outputs import AddOutputs
+from surgeon.passes.extract import Extract
 from tests.conftest import apply_repo_recipe
 from tests.models_surgery import tiny_classifier
 

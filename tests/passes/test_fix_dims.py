@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 from pydantic import ValidationError
-from surgeon.passes.fix_dims import FixDims
-from surgeon.passes.mark_dynamic import MarkDynamic
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError, VerificationError
+from surgeon.passes.fix_dims import FixDims
+from surgeon.passes.mark_dynamic import MarkDynamic
 from tests import models_interface as mi
 
 

@@ -6,9 +6,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 from pydantic import ValidationError
-from surgeon.passes.fix_negative_indices import FixNegativeIndices
 
 from surgeon import Pipeline
+from surgeon.passes.fix_negative_indices import FixNegativeIndices
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 MODEL = HEADER + """

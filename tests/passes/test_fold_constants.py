@@ -7,12 +7,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 from pydantic import ValidationError
-from surgeon.passes.fold_constants import FoldConstants
 
 from surgeon import Pipeline
 from surgeon.errors import PassError
 from surgeon.external import is_external
 from surgeon.model import load
+from surgeon.passes.fold_constants import FoldConstants
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 

@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
-from surgeon.passes.mark_dynamic import MarkDynamic
 
 from surgeon import Pipeline, apply
 from surgeon.errors import PassError, PassPreconditionError
+from surgeon.passes.mark_dynamic import MarkDynamic
 from tests import models_interface as mi
 
 ROOT = Path(__file__).resolve().parents[2]

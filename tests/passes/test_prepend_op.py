@@ -9,14 +9,14 @@ import onnx
 import pytest
 from onnx import parser
 from pydantic import ValidationError
-from surgeon.passes.append_op import AppendOp
-from surgeon.passes.prepend_op import PrependOp
-from surgeon.passes.rename_io import RenameIO
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.model import ModelIR, load
 from surgeon.pass_api import PassResult
+from surgeon.passes.append_op import AppendOp
+from surgeon.passes.prepend_op import PrependOp
+from surgeon.passes.rename_io import RenameIO
 from tests.models_surgery import tiny_classifier
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>

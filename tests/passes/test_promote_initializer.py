@@ -7,10 +7,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
-from surgeon.passes.promote_initializer import PromoteInitializer
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
+from surgeon.passes.promote_initializer import PromoteInitializer
 from tests import models_interface as mi
 
 

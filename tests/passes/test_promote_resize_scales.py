@@ -8,10 +8,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
-from surgeon.passes.promote_resize_scales import PromoteResizeScales
 
 from surgeon import Pipeline, apply
 from surgeon.errors import PassPreconditionError
+from surgeon.passes.promote_resize_scales import PromoteResizeScales
 from tests import models_interface as mi
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import onnx
 import pytest
 from pydantic import ValidationError
-from surgeon.passes.remove_nodes import RemoveNodes
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
+from surgeon.passes.remove_nodes import RemoveNodes
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 MODEL = HEADER + """

@@ -6,12 +6,12 @@ import onnx
 import pytest
 from onnx import parser
 from pydantic import ValidationError
-from surgeon.passes.add_outputs import AddOutputs
-from surgeon.passes.remove_outputs import RemoveOutputs
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.model import load
+from surgeon.passes.add_outputs import AddOutputs
+from surgeon.passes.remove_outputs import RemoveOutputs
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[N, 4] x) => (float[N, 4] y, float[N, 4] aux, float[N, 4] h) <float[4] b = {1.0, 2.0, 3.0, 4.0}> {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from onnx import helper, parser
+from onnx import parser
 from pydantic import ValidationError
 
 from surgeon import Pipeline

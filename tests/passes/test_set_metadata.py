@@ -5,10 +5,10 @@ from __future__ import annotations
 import onnx
 import pytest
 from pydantic import ValidationError
-from surgeon.passes.set_metadata import SetMetadata
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
+from surgeon.passes.set_metadata import SetMetadata
 
 TEXT = '<ir_version: 10, opset_import: ["" : 17], producer_name: "pytorch"> g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }'
 

@@ -7,12 +7,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 from pydantic import ValidationError
-from surgeon.passes.simplify import Simplify
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.external import is_external
 from surgeon.model import load
+from surgeon.passes.simplify import Simplify
 
 FOLDABLE = """
 <ir_version: 10, opset_import: ["" : 17]>

@@ -6,9 +6,9 @@ import onnx
 import pytest
 from onnx import helper
 from pydantic import ValidationError
-from surgeon.passes.strip_doc import StripDoc
 
 from surgeon import Pipeline
+from surgeon.passes.strip_doc import StripDoc
 
 
 def _model():

@@ -7,13 +7,13 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 from pydantic import ValidationError
-from surgeon.passes.to_fp16 import ToFP16
 
 from surgeon import Pipeline
 from surgeon.contract import Tolerance
 from surgeon.errors import PassPreconditionError
 from surgeon.external import is_external
 from surgeon.model import load
+from surgeon.passes.to_fp16 import ToFP16
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 MLP = HEADER + """
