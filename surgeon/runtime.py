@@ -46,16 +46,20 @@ class Runtime:
             so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
         src: Any = data if data is not None else str(path)
         if self._providers is None:
-            self._providers = self._choose(ort, so, src)
+            self._providers, first = self._choose(ort, so, src)
+            if first is not None:  # the probing session already is the one wanted: don't build it twice
+                return first
         try:
             return ort.InferenceSession(src, so, providers=self._providers)
         except Exception as exc:
             raise VerificationError(f"{path}: onnxruntime cannot load the model: {_first_line(exc)}") from None
 
-    def _choose(self, ort: Any, so: Any, src: Any) -> list[str]:
+    def _choose(self, ort: Any, so: Any, src: Any) -> tuple[list[str], Any]:
+        """The providers to use from now on, and the session built while finding out (if any)."""
         if self.device == "cpu":
             self.used, self.reason = "CPU", "device: cpu"
-            return ["CPUExecutionProvider"]
+            return ["CPUExecutionProvider"], None
+        sess = None
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             why = "this onnxruntime build has no CUDAExecutionProvider"
         else:
@@ -68,14 +72,16 @@ class Runtime:
                     sess = ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
                 if "CUDAExecutionProvider" in sess.get_providers():
                     self.used, self.reason = "CUDA", "CUDAExecutionProvider loaded"
-                    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                    return ["CUDAExecutionProvider", "CPUExecutionProvider"], sess
                 why = "CUDAExecutionProvider is listed but did not load" + _cuda_error(captured.getvalue())
             except Exception as exc:
                 why = f"CUDAExecutionProvider failed: {_first_line(exc)}"
+                sess = None
         if self.device == "cuda":
             raise UsageError(f"verify.device is cuda but CUDA is unavailable: {why}")
         self.used, self.reason = "CPU", why
-        return ["CPUExecutionProvider"]
+        # onnxruntime fell back to the CPU by itself: that session is a CPU session with our options
+        return ["CPUExecutionProvider"], sess if sess is not None and sess.get_providers() == ["CPUExecutionProvider"] else None
 
 
 @contextlib.contextmanager

@@ -147,3 +147,24 @@ def test_step_tolerance_override_loosens_later_checks() -> None:
     res = Pipeline(steps, verify={"dims": {"batch": 2}}).run(exported_like_model())
     assert res.steps[0].check.outputs[0].rtol == 0.5
     assert res.steps[1].check.outputs[0].rtol == 0.5
+
+
+def test_auto_device_builds_the_first_session_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    path = tmp_path / "m.onnx"
+    onnx.save(exported_like_model(), str(path))
+    built: list[object] = []
+    real = ort.InferenceSession
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("providers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", counting)
+    rt = Runtime("auto")
+    sess = rt.session(path)
+    assert len(built) == 1, built
+    assert sess.get_providers()[0] == ("CUDAExecutionProvider" if rt.used == "CUDA" else "CPUExecutionProvider")
+    rt.session(path)
+    assert len(built) == 2
