@@ -68,8 +68,9 @@ def test_bad_params_and_preconditions():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torch_export_upgrade():
-    torch = pytest.importorskip("torch")
     import io
+
+    import torch
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Softmax(-1)).eval()
     buf = io.BytesIO()

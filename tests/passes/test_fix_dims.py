@@ -45,7 +45,6 @@ def test_fix_by_input_axis_spatial() -> None:
 
 
 def test_mark_then_fix_torch_exports() -> None:
-    pytest.importorskip("torch")
     for dynamo in (False, True):
         proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name="logits")
         res = Pipeline([MarkDynamic(batch="batch"), FixDims(dims={"batch": 1})], verify={"device": "cpu"}).run(proto)

@@ -153,7 +153,6 @@ def test_refuses_what_cannot_be_dynamic(build: Any, params: dict[str, Any], mess
     ids=["cls-token", "zeros", "repeat"],
 )
 def test_torch_batch_constants(module: Any, shape: tuple[int, ...], notes: dict[bool, str], dynamo: bool) -> None:
-    pytest.importorskip("torch")
     proto = mi.export(module(), shape, dynamo=dynamo, input_name="x", output_name="y")
     res, out = _run(proto, batch="batch")
     assert res.steps[0].modified and _dims(out.graph.output[0])[0] == "batch"
@@ -163,7 +162,6 @@ def test_torch_batch_constants(module: Any, shape: tuple[int, ...], notes: dict[
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_torch_view_1_minus_1(dynamo: bool) -> None:
-    pytest.importorskip("torch")
     proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name="logits")
     res, out = _run(proto, batch="batch")
     assert res.ok and res.steps[0].modified

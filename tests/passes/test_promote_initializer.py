@@ -58,7 +58,6 @@ def test_keep_default_is_overridable() -> None:
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_torch_export_bias(dynamo: bool) -> None:
-    pytest.importorskip("torch")
     proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo)
     res, out = _run(proto, names=["fc.bias"])
     assert res.ok and [i.name for i in out.graph.input] == ["image", "fc.bias"]

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from pydantic import ValidationError
 
 from surgeon import Pipeline, apply
@@ -154,8 +155,6 @@ def test_precondition_messages() -> None:
 
 
 # -- SRCNN end to end ---------------------------------------------------------------------------
-
-torch = pytest.importorskip("torch")
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])

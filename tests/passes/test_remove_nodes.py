@@ -86,8 +86,9 @@ def test_bad_params():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torch_export_dropout_identity():
-    torch = pytest.importorskip("torch")
     import io
+
+    import torch
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Identity(), torch.nn.ReLU()).eval()
     buf = io.BytesIO()

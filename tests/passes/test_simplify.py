@@ -136,8 +136,9 @@ def test_external_data_weights_stay_on_disk(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torch_conv_bn_export_fuses():
-    torch = pytest.importorskip("torch")
     import io as _io
+
+    import torch
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
     with torch.no_grad():

@@ -130,32 +130,13 @@ def test_external_weights_read_one_at_a_time(tmp_path):
     assert is_external(inits["b"]) and not is_external(inits["w"])  # b (blocked Add) untouched on disk
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_torch_export_conv_upsample():
-    torch = pytest.importorskip("torch")
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_export_conv_upsample(dynamo: bool) -> None:
+    """Both exporters: TorchScript puts Resize scales in a Constant node, dynamo in an initializer."""
     import io
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
-
-        def forward(self, x):
-            return torch.nn.functional.interpolate(torch.relu(self.conv(x)), scale_factor=2.0, mode="nearest")
-
-    buf = io.BytesIO()
-    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 4, 4),), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
-    m = onnx.load_from_string(buf.getvalue())
-    m.ir_version = 10
-    res = _run(m)
-    assert res.ok, res.failures()
-    resize = next(n for n in res.model.proto.graph.node if n.op_type == "Resize")
-    assert resize is not None
-
-
-@pytest.mark.filterwarnings("ignore")
-def test_torch_dynamo_export_resize_scales_initializer():
-    torch = pytest.importorskip("torch")
+    import torch
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -165,12 +146,18 @@ def test_torch_dynamo_export_resize_scales_initializer():
         def forward(self, x):
             return torch.nn.functional.interpolate(torch.relu(self.conv(x)), scale_factor=2.0, mode="nearest")
 
-    m = torch.onnx.export(Net().eval(), (torch.randn(1, 3, 4, 4),), dynamo=True, opset_version=18,
-                          input_names=["x"], output_names=["y"], verbose=False).model_proto
+    args = (torch.randn(1, 3, 4, 4),)
+    if dynamo:
+        m = torch.onnx.export(Net().eval(), args, dynamo=True, opset_version=18, input_names=["x"], output_names=["y"], verbose=False).model_proto
+    else:
+        buf = io.BytesIO()
+        torch.onnx.export(Net().eval(), args, buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+        m = onnx.load_from_string(buf.getvalue())
     m.ir_version = 10
     res = _run(m)
     assert res.ok, res.failures()
     resize = next(n for n in res.model.proto.graph.node if n.op_type == "Resize")
-    types = {t.name: t.data_type for t in res.model.proto.graph.initializer}
-    assert types[resize.input[2]] == TensorProto.FLOAT
-    assert types["conv.weight"] == TensorProto.FLOAT16
+    if dynamo:
+        types = {t.name: t.data_type for t in res.model.proto.graph.initializer}
+        assert types[resize.input[2]] == TensorProto.FLOAT
+        assert types["conv.weight"] == TensorProto.FLOAT16
