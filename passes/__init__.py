@@ -1,11 +1,4 @@
-"""Built-in passes, importable as ``surgeon.passes``. Importing this package registers every
-pass module in it (one pass per module; modules starting with ``_`` are helpers)."""
-
-from __future__ import annotations
-
-import importlib
-import pkgutil
-
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+"""Built-in passes, importable as ``surgeon.passes``: one pass per module, registered by name with
+``@register_pass``; modules starting with ``_`` are a pass's private helpers. Nothing is imported
+here: ``surgeon.pass_api.catalog`` finds the passes by reading these files, and ``get_pass`` imports
+only the module of the pass asked for."""

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 Axes = dict[str, dict[int, str]]
 
@@ -41,7 +41,7 @@ def _ints(shapes: dict, tensor: gs.Tensor) -> tuple[int, ...] | None:
 
 
 def _sides(model: ModelIR, node: gs.Node, slot: int, at_a: dict, at_b: dict) -> tuple[list[int], tuple, tuple] | None:
-    from surgeon.passes._shapes import constant_values
+    from surgeon.passkit.shapes import constant_values
 
     if len(node.inputs) <= slot or not node.inputs[slot].name:
         return None
@@ -56,10 +56,11 @@ def _set_const(model: ModelIR, node: gs.Node, slot: int, values: list[int], what
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.passes._shapes import drop_orphan_constant, unique_name
+    from surgeon.passkit.ops import unique_name
+    from surgeon.passkit.shapes import drop_orphan_constant
 
     old = node.inputs[slot]
-    node.inputs[slot] = gs.Constant(unique_name(model, f"{node.name or node.op}_{what}"), np.array(values, dtype=np.int64))
+    node.inputs[slot] = gs.Constant(unique_name(model.graph, f"{node.name or node.op}_{what}"), np.array(values, dtype=np.int64))
     drop_orphan_constant(model.graph, old)
 
 
@@ -69,7 +70,7 @@ def rule(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
 
 
 def _reshape(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
-    from surgeon.passes._shapes import aligned_groups, resolve_reshape
+    from surgeon.passkit.shapes import aligned_groups, resolve_reshape
 
     sides = _sides(model, node, 1, at_a, at_b)
     if sides is None:
@@ -112,7 +113,7 @@ def _reshape(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | Non
 def _reshape_from_shape(model: ModelIR, node: gs.Node, s: list[int], new: list[int], in_a: tuple, in_b: tuple, out_a: list[int]) -> str | None:
     """When several output axes carry dynamic sizes (so one -1 is not enough): each output axis
     made of dynamic input axes only becomes their product, read with Shape from the data input."""
-    from surgeon.passes._shapes import ShapeBuilder, aligned_groups, drop_dead
+    from surgeon.passkit.shapes import ShapeBuilder, aligned_groups, drop_dead
 
     groups = aligned_groups(in_a, out_a)
     dynamic = {k for k in range(len(in_a)) if in_a[k] != in_b[k] and not (k < len(new) and new[k] == 0)}
@@ -150,7 +151,7 @@ def _expand(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None
 
 
 def _slice(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
-    from surgeon.passes._shapes import constant_values
+    from surgeon.passkit.shapes import constant_values
 
     sides = _sides(model, node, 2, at_a, at_b)
     if sides is None:
@@ -194,7 +195,7 @@ class Follow:
     Anything else is refused with the node and input named."""
 
     def __init__(self, model: ModelIR, at_a: dict, sizes: Sizes) -> None:
-        from surgeon.passes._shapes import ShapeBuilder
+        from surgeon.passkit.shapes import ShapeBuilder
 
         self.model, self.at_a, self.sizes = model, at_a, sizes
         self.build = ShapeBuilder(model)
@@ -244,7 +245,7 @@ class Follow:
         ConstantOfShape and Tile of constant shapes where inference leaves it unknown)."""
         import numpy as np
 
-        from surgeon.passes._shapes import fold_values
+        from surgeon.passkit.shapes import fold_values
 
         a = _ints(self.at_a, t)
         if a is not None:
@@ -278,7 +279,7 @@ class Follow:
         return syms[0]
 
     def follow(self, t: gs.Tensor, axis: int, sym: str, consumer: gs.Node | None, slot: int, broadcast: bool) -> str:
-        from surgeon.passes._shapes import constant_values
+        from surgeon.passkit.shapes import constant_values
 
         where = f"{consumer.op} '{consumer.name}' input {slot} ('{t.name}')" if consumer is not None else f"output '{t.name}'"
         value = constant_values(self.model, t)
@@ -299,7 +300,7 @@ class Follow:
         import numpy as np
         import onnx_graphsurgeon as gs
 
-        from surgeon.passes._shapes import drop_orphan_constant
+        from surgeon.passkit.shapes import drop_orphan_constant
 
         first = np.take(value, [0], axis=axis)
         if not np.array_equal(np.broadcast_to(first, value.shape), value):
@@ -327,7 +328,7 @@ class Follow:
         import numpy as np
         import onnx_graphsurgeon as gs
 
-        from surgeon.passes._shapes import drop_dead, fold_values
+        from surgeon.passkit.shapes import drop_dead, fold_values
 
         slot, what = SOURCES[node.op]
         values = fold_values(self.model, node.inputs[slot])

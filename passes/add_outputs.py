@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.passes._ops import describe, require_tensor, short_listing, typed
+from surgeon.passkit.ops import describe, require_tensor, short_listing, typed
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 @register_pass("add-outputs")
@@ -76,7 +76,7 @@ class AddOutputs(Pass):
         g = model.graph
         new = self._chosen(g)
         if not new:
-            return PassResult(False, IOContract(notes=["every chosen tensor already is a graph output"]))
+            return PassResult(False, notes=["every chosen tensor already is a graph output"])
         types = typed(model, new, "a graph output")
         tensors = g.tensors()
         for name in new:
@@ -86,7 +86,7 @@ class AddOutputs(Pass):
                 t.shape = shape
             g.outputs.append(t)
         notes = [f"output {n} ({describe(*types[n])})" for n in new]
-        return PassResult(True, IOContract(added_outputs=set(new), notes=notes))
+        return PassResult(True, IOContract(added_outputs=set(new)), notes=notes)
 
 
 def _computed(g: gs.Graph) -> list[gs.Tensor]:

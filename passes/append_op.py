@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from surgeon.contract import IOContract, Tolerance
 from surgeon.errors import PassPreconditionError
-from surgeon.graph import all_tensor_names
+from surgeon.ir.walk import all_tensor_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.passes._ops import (
+from surgeon.passkit.ops import (
     DTYPES,
     Shape,
     check_axis,
@@ -21,12 +20,14 @@ from surgeon.passes._ops import (
     unique_name,
     unique_node_name,
 )
+from surgeon.verify.compare import Tolerance
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 Op = Literal["Clip", "Softmax", "Sigmoid", "ArgMax", "TopK", "Cast", "Transpose"]
 TAKES: dict[str, tuple[str, ...]] = {
@@ -102,8 +103,9 @@ class AppendOp(Pass):
         rank = None if shape is None else len(shape)
         if p.op in ("Softmax", "ArgMax", "TopK"):
             axis = check_axis(self._axis(model.opset), rank, p.output, ("axis",))
-            if p.k is not None and shape is not None and isinstance(shape[axis], int) and p.k > shape[axis]:
-                raise PassPreconditionError(f"TopK k={p.k} but axis {axis} of '{p.output}' ({describe(dtype, shape)}) has size {shape[axis]}", field=("k",))
+            size = None if shape is None else shape[axis]
+            if p.k is not None and isinstance(size, int) and p.k > size:
+                raise PassPreconditionError(f"TopK k={p.k} but axis {axis} of '{p.output}' ({describe(dtype, shape)}) has size {size}", field=("k",))
         if p.perm is not None and rank is not None and sorted(p.perm) != list(range(rank)):
             raise PassPreconditionError(f"perm {p.perm} is not a permutation of the {rank} axes of '{p.output}' ({describe(dtype, shape)})", field=("perm",))
         existing = all_tensor_names(g)
@@ -144,7 +146,7 @@ class AppendOp(Pass):
         p, g = self.params, model.graph
         dtype, shape = typed(model, [p.output], "append-op")[p.output]
         if self._identity(dtype, shape):
-            return PassResult(False, IOContract(notes=[f"{p.op} would not change '{p.output}' ({describe(dtype, shape)}); nothing appended"]))
+            return PassResult(False, notes=[f"{p.op} would not change '{p.output}' ({describe(dtype, shape)}); nothing appended"])
         tensor = next(t for t in g.outputs if t.name == p.output)
         tensor.dtype, tensor.shape = dtype, shape
         name = p.name or p.output
@@ -165,8 +167,8 @@ class AppendOp(Pass):
         shown = ", ".join(f"{k}={v}" for k, v in attrs.items() if k != "to")
         what = f"{p.op}{f' to {p.to}' if p.to else ''}{f' ({shown})' if shown else ''}"
         moved = f"the tensor before it is now '{tensor.name}'" if p.name is None else f"'{p.output}' is no longer an output"
-        contract.notes = [f"{what} appended at {p.output} ({describe(dtype, shape)}) -> " + ", ".join(f"{r.name} ({describe(r.dtype, r.shape)})" for r in results) + f"; {moved}"]
-        return PassResult(True, contract)
+        notes = [f"{what} appended at {p.output} ({describe(dtype, shape)}) -> " + ", ".join(f"{r.name} ({describe(r.dtype, r.shape)})" for r in results) + f"; {moved}"]
+        return PassResult(True, contract, notes)
 
     def _attrs(self, opset: int, dtype: np.dtype) -> dict[str, Any]:
         p = self.params

@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassError
-from surgeon.graph import names, signature
+from surgeon.ir.walk import signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passkit.ops import names
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 @register_pass("cleanup")
@@ -43,10 +44,11 @@ class Cleanup(Pass):
         orphans = [t.name for t in model.orphans]
         model.orphans = []
         contract = IOContract(removed_inputs=set(removed))
+        notes: list[str] = []
         if orphans:
-            contract.notes.append(f"removed {len(orphans)} unused initializer(s): {', '.join(orphans[:10])}{' ...' if len(orphans) > 10 else ''}")
+            notes.append(f"removed {len(orphans)} unused initializer(s): {', '.join(orphans[:10])}{' ...' if len(orphans) > 10 else ''}")
         if len(g.nodes) != n_nodes:
-            contract.notes.append(f"removed {n_nodes - len(g.nodes)} dead node(s)")
+            notes.append(f"removed {n_nodes - len(g.nodes)} dead node(s)")
         if removed:
-            contract.notes.append(f"removed unused input(s): {', '.join(removed)}")
-        return PassResult(signature(g) != before or bool(orphans), contract)
+            notes.append(f"removed unused input(s): {', '.join(removed)}")
+        return PassResult(signature(g) != before or bool(orphans), contract, notes)

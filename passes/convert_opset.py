@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassError, PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import onnx
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 MIN_OPSET = 7
 
@@ -75,7 +75,7 @@ class ConvertOpset(Pass):
         notes = [f"opset {source} -> {target}"]
         if ops:
             notes.append("new op types: " + ", ".join(ops))
-        return PassResult(True, IOContract(notes=notes))
+        return PassResult(True, notes=notes)
 
 
 def _label(node: onnx.NodeProto) -> str:

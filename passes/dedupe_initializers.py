@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
-from surgeon.graph import iter_graphs
+from surgeon.ir.walk import iter_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 @register_pass("dedupe-initializers")
@@ -54,7 +54,7 @@ class DedupeInitializers(Pass):
         notes += [f"{a} -> {b}" for a, b, _ in pairs[:20]]
         if len(pairs) > 20:
             notes.append(f"... {len(pairs) - 20} more")
-        return PassResult(True, IOContract(notes=notes))
+        return PassResult(True, notes=notes)
 
 
 def _nbytes(t: gs.Constant) -> int:
@@ -94,7 +94,7 @@ def _canonical(model: ModelIR, g: gs.Graph, min_bytes: int, keep: set[str]) -> d
 def _key(model: ModelIR, t: gs.Constant) -> tuple[str, tuple[int, ...], str] | None:
     import onnx_graphsurgeon as gs
 
-    from surgeon.external import tensor_digest
+    from surgeon.ir.external import tensor_digest
 
     lazy = t._values
     if isinstance(lazy, gs.ir.tensor.LazyValues):

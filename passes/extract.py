@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
-from surgeon.graph import iter_graphs, listing, signature
+from surgeon.ir.walk import iter_graphs, signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.passes._ops import require_tensor, snapshot, typed, unique_name
+from surgeon.passkit.ops import listing, require_tensor, snapshot, typed, unique_name
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 @register_pass("extract")
@@ -93,8 +93,8 @@ class Extract(Pass):
         for name in outs:
             if name not in old_out:
                 contract.expectations[name] = _input_value(name) if name in old_in else _output_value(name)
-        contract.notes = _notes(old_in, old_out, ins, outs, n_nodes - len(g.nodes))
-        return PassResult(signature(g) != before, contract)
+        notes = _notes(old_in, old_out, ins, outs, n_nodes - len(g.nodes))
+        return PassResult(signature(g) != before, contract, notes)
 
 
 def _unreached(g: gs.Graph, outputs: list[str], inputs: set[str]) -> dict[str, str]:

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, PositiveInt
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 Axis = tuple[str, int]
 
@@ -35,7 +35,7 @@ class FixDims(Pass):
 
     def _plan(self, model: ModelIR) -> dict[Axis, int]:
         """``{(input, axis): size}`` for every input axis that becomes static."""
-        from surgeon.passes._shapes import dims_text, input_symbols
+        from surgeon.passkit.shapes import dims_text, input_symbols
 
         g = model.graph
         symbols = input_symbols(g)
@@ -75,7 +75,7 @@ class FixDims(Pass):
         self._plan(model)
 
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.passes._shapes import refresh_shapes
+        from surgeon.passkit.shapes import refresh_shapes
 
         plan = self._plan(model)
         if not plan:
@@ -98,8 +98,8 @@ class FixDims(Pass):
             if o.shape is not None:
                 pins[o.name] = tuple(fixed.get(d, d) if isinstance(d, str) else d for d in o.shape)
         refresh_shapes(model, pins)
-        contract = IOContract(notes=notes)
-        return PassResult(True, contract)
+        contract = IOContract()
+        return PassResult(True, contract, notes)
 
 
 def _text(shape: object) -> str:

@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
-from surgeon.graph import iter_graphs
+from surgeon.ir.walk import iter_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
     from surgeon.passes.remove_nodes import TypeMap
 
 Op = Literal["Gather", "GatherElements", "Slice"]
@@ -44,7 +44,7 @@ class FixNegativeIndices(Pass):
     params: Params
 
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.shapes import tensor_types
+        from surgeon.passkit.infer import tensor_types
 
         wanted = set(self.params.ops)
         if not any(n.op in wanted for g in iter_graphs(model.graph) for n in g.nodes):
@@ -55,7 +55,7 @@ class FixNegativeIndices(Pass):
             for node in g.nodes:
                 if node.op in wanted:
                     notes += _fix(model, node, types)
-        return PassResult(bool(notes), IOContract(notes=notes))
+        return PassResult(bool(notes), notes=notes)
 
 
 def _dims(t: gs.Tensor, types: TypeMap) -> tuple[int | str | None, ...] | None:

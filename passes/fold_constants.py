@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassError
-from surgeon.graph import iter_graphs, signature
+from surgeon.ir.walk import iter_graphs, signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 @register_pass("fold-constants")
@@ -77,7 +77,7 @@ class FoldConstants(Pass):
             return PassResult(False, IOContract())
         folded = ops_before - Counter(n.op for n in g.nodes)
         notes = [f"folded {sum(folded.values())} node(s): " + ", ".join(f"{k} x{v}" for k, v in sorted(folded.items()))] if folded else []
-        return PassResult(True, IOContract(notes=notes or ["folded constant subgraphs"]))
+        return PassResult(True, notes=notes or ["folded constant subgraphs"])
 
 
 def _split_shape_slices(graph: gs.Graph) -> list[tuple[gs.Graph, gs.Node, gs.Node, dict[str, Any]]]:
@@ -149,7 +149,7 @@ def _load_foldable_values(model: ModelIR, graph: gs.Graph, fold_shapes: bool) ->
     order), so onnxruntime gets them inline. Returns the lazy references, to put back afterwards."""
     import onnx_graphsurgeon as gs
 
-    from surgeon.external import is_external
+    from surgeon.ir.external import is_external
 
     loaded: dict[int, tuple[gs.Constant, Any]] = {}
     for g in iter_graphs(graph):

@@ -7,17 +7,18 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassError, PassPreconditionError
-from surgeon.graph import names, require_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passkit.ops import names, require_names
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
     from surgeon.passes._dynamic import Sizes
-    from surgeon.verify import OutputCheck, ProbeEnv
+    from surgeon.verify.compare import OutputCheck
+    from surgeon.verify.contract import ProbeEnv
 
 Axes = dict[str, dict[int, str]]
 
@@ -101,7 +102,7 @@ class MarkDynamic(Pass):
     # -- run -----------------------------------------------------------------------------------
     def run(self, model: ModelIR) -> PassResult:
         from surgeon.passes._dynamic import Sizes
-        from surgeon.passes._shapes import infer, refresh_shapes
+        from surgeon.passkit.shapes import infer, refresh_shapes
 
         ins, outs, traced = self._plan(model)
         g = model.graph
@@ -133,12 +134,12 @@ class MarkDynamic(Pass):
                 probes.append(BatchProbe(sym, ins, outs, traced))
             else:
                 probes.append(SizeProbe(sym, ins, outs, traced))
-        return PassResult(True, IOContract(probes=probes, notes=notes))
+        return PassResult(True, IOContract(probes=probes), notes=notes)
 
     @staticmethod
     def _check_outputs(model: ModelIR, outs: Axes, traced: dict[str, int], other: dict[str, int], dims_b: dict[str, list]) -> None:
         """At another size, a declared output axis must not stay at its traced size."""
-        from surgeon.passes._shapes import infer
+        from surgeon.passkit.shapes import infer
 
         try:
             at_b = infer(model, dims_b, strict=True)
@@ -161,7 +162,7 @@ def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict, sizes: Siz
     0/-1/open forms (Reshape, Expand of a dynamic input, Slice ends), then, one at a time,
     Shape-derived sizes for static tensors that meet a dynamic one (see ``_dynamic.Follow``)."""
     from surgeon.passes._dynamic import Follow, rule
-    from surgeon.passes._shapes import infer
+    from surgeon.passkit.shapes import infer
 
     follow = Follow(model, at_a, sizes)
     notes: list[str] = []
@@ -224,7 +225,7 @@ class BatchProbe(_SymbolProbe):
     def run(self, env: ProbeEnv) -> list[OutputCheck]:
         import numpy as np
 
-        from surgeon.verify import compare
+        from surgeon.verify.compare import compare
 
         base, n = self._base(env), env.config.probe_batch
         feed = env.make_feed(self._dims(env, base * n))
@@ -257,7 +258,7 @@ class SizeProbe(_SymbolProbe):
         return f"size ({self.symbol})"
 
     def run(self, env: ProbeEnv) -> list[OutputCheck]:
-        from surgeon.verify import OutputCheck
+        from surgeon.verify.compare import OutputCheck
 
         base = self._base(env)
         size = 2 * base if base > 1 else 3

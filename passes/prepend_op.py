@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
-from surgeon.graph import all_tensor_names
+from surgeon.ir.walk import all_tensor_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.passes._ops import DTYPES, Shape, check_axis, describe, require_input, typed, unique_name, unique_node_name
+from surgeon.passkit.ops import DTYPES, Shape, check_axis, describe, require_input, typed, unique_name, unique_node_name
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 TAKES: dict[str, tuple[str, ...]] = {"Cast": ("dtype",), "Normalize": ("mean", "std", "scale", "axis"), "Transpose": ("perm",)}
 OPTIONAL = ("dtype", "mean", "std", "scale", "axis", "perm")
@@ -105,7 +105,7 @@ class PrependOp(Pass):
         p, g = self.params, model.graph
         dtype, shape = typed(model, [p.input], "prepend-op")[p.input]
         if self._identity(dtype):
-            return PassResult(False, IOContract(notes=[f"{p.op} would not change '{p.input}' ({describe(dtype, shape)}); nothing prepended"]))
+            return PassResult(False, notes=[f"{p.op} would not change '{p.input}' ({describe(dtype, shape)}); nothing prepended"])
         old = next(t for t in g.inputs if t.name == p.input)
         old.dtype, old.shape = dtype, shape
         suffix = {"Cast": str(dtype), "Normalize": "normalized", "Transpose": "transposed"}[p.op]
@@ -118,8 +118,8 @@ class PrependOp(Pass):
         g.inputs = [new if t is old else t for t in g.inputs]
         contract = IOContract(derived_inputs={p.input: derive})
         chain = " -> ".join(n.op for n in nodes)
-        contract.notes = [f"input {new.name} ({describe(new_dtype, new_shape)}) -> {chain} -> {old.name} ({describe(dtype, shape)}), what '{p.input}' was"]
-        return PassResult(True, contract)
+        notes = [f"input {new.name} ({describe(new_dtype, new_shape)}) -> {chain} -> {old.name} ({describe(dtype, shape)}), what '{p.input}' was"]
+        return PassResult(True, contract, notes)
 
     def _build(self, g: gs.Graph, new: gs.Variable, old: gs.Variable, dtype: np.dtype) -> tuple[list[gs.Node], Derive]:
         import onnx_graphsurgeon as gs

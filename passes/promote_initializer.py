@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 @register_pass("promote-initializer")
@@ -35,9 +35,9 @@ class PromoteInitializer(Pass):
     def _targets(self, model: ModelIR) -> list[tuple[str, gs.Tensor]]:
         import onnx_graphsurgeon as gs
 
-        from surgeon.graph import all_tensor_names
-        from surgeon.pass_api import suggest
-        from surgeon.passes._shapes import constant_values
+        from surgeon.errors import suggest
+        from surgeon.ir.walk import all_tensor_names
+        from surgeon.passkit.shapes import constant_values
 
         g = model.graph
         tensors = g.tensors()
@@ -65,10 +65,11 @@ class PromoteInitializer(Pass):
     def run(self, model: ModelIR) -> PassResult:
         import onnx_graphsurgeon as gs
 
-        from surgeon.passes._shapes import constant_values, refresh_shapes
+        from surgeon.passkit.shapes import constant_values, refresh_shapes
 
         g = model.graph
         contract = IOContract()
+        notes: list[str] = []
         for name, t in self._targets(model):
             value: np.ndarray = constant_values(model, t)  # type: ignore[assignment]
             if isinstance(t, gs.Constant) and t in g.inputs:
@@ -88,11 +89,11 @@ class PromoteInitializer(Pass):
                 t.type = "tensor_type"  # onnx-graphsurgeon's in-place conversion leaves it unset
             g.inputs.append(t)
             contract.new_inputs[name] = value
-            contract.notes.append(f"'{name}' {value.dtype}{list(value.shape)} -> {how}")
+            notes.append(f"'{name}' {value.dtype}{list(value.shape)} -> {how}")
         if not contract.new_inputs:
-            return PassResult(False, contract)
+            return PassResult(False, contract, notes)
         refresh_shapes(model)
-        return PassResult(True, contract)
+        return PassResult(True, contract, notes)
 
 
 def _from_constant_node(t: gs.Tensor) -> bool:

@@ -8,17 +8,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
-from surgeon.graph import all_tensor_names, listing
+from surgeon.ir.walk import all_tensor_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passkit.ops import listing
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
-    from surgeon.verify import OutputCheck, ProbeEnv
+    from surgeon.ir.adapter import ModelIR
+    from surgeon.verify.compare import OutputCheck
+    from surgeon.verify.contract import ProbeEnv
 
 OPS = ("Resize", "Upsample")
 
@@ -73,7 +75,7 @@ class PromoteResizeScales(Pass):
             if not picked:
                 raise PassPreconditionError(f"nodes pattern '{sel}' matches no Resize/Upsample node; they are: {listing(existing)}", field=("nodes",))
             return picked
-        from surgeon.pass_api import suggest
+        from surgeon.errors import suggest
 
         for i, name in enumerate(sel):
             if name not in existing:
@@ -81,7 +83,7 @@ class PromoteResizeScales(Pass):
         return [n for n in nodes if n.name in sel]
 
     def _site(self, model: ModelIR, node: gs.Node, explicit: bool) -> Site | None:
-        from surgeon.passes._shapes import constant_values
+        from surgeon.passkit.shapes import constant_values
 
         if node.op == "Upsample" and "scales" in node.attrs:
             import numpy as np
@@ -177,8 +179,7 @@ class PromoteResizeScales(Pass):
             notes += _promote(model, name, value, sites, self.params.form)
             contract.new_inputs[name] = value
         contract.probes.append(self._probe(plan))
-        contract.notes = notes
-        return PassResult(True, contract)
+        return PassResult(True, contract, notes)
 
     def _probe(self, plan: list[tuple[str, np.ndarray, list[Site]]]) -> ScaleProbe:
         import numpy as np
@@ -200,7 +201,7 @@ class PromoteResizeScales(Pass):
 def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], form: str) -> list[str]:
     import onnx_graphsurgeon as gs
 
-    from surgeon.passes._shapes import drop_orphan_constant, refresh_shapes
+    from surgeon.passkit.shapes import drop_orphan_constant, refresh_shapes
 
     g = model.graph
     new = gs.Variable(name, dtype=value.dtype, shape=list(value.shape))
@@ -234,17 +235,17 @@ def _expand_factor(model: ModelIR, factor: gs.Variable, lead: int, n_spatial: in
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.passes._shapes import unique_name
+    from surgeon.passkit.ops import unique_name
 
     g = model.graph
     spatial = factor
     if not factor.shape:  # scalar: broadcast to one per spatial axis
-        spatial = gs.Variable(unique_name(model, f"{factor.name}_spatial"), dtype=factor.dtype, shape=[n_spatial])
-        count = gs.Constant(unique_name(model, f"{factor.name}_count"), np.array([n_spatial], dtype=np.int64))
-        g.nodes.append(gs.Node("Expand", unique_name(model, f"{factor.name}_Expand"), inputs=[factor, count], outputs=[spatial]))
-    ones = gs.Constant(unique_name(model, f"{factor.name}_ones"), np.ones(lead, dtype=factor.dtype))
-    vector = gs.Variable(unique_name(model, f"{factor.name}_scales"), dtype=factor.dtype, shape=[lead + n_spatial])
-    g.nodes.append(gs.Node("Concat", unique_name(model, f"{factor.name}_Concat"), attrs={"axis": 0}, inputs=[ones, spatial], outputs=[vector]))
+        spatial = gs.Variable(unique_name(model.graph, f"{factor.name}_spatial"), dtype=factor.dtype, shape=[n_spatial])
+        count = gs.Constant(unique_name(model.graph, f"{factor.name}_count"), np.array([n_spatial], dtype=np.int64))
+        g.nodes.append(gs.Node("Expand", unique_name(model.graph, f"{factor.name}_Expand"), inputs=[factor, count], outputs=[spatial]))
+    ones = gs.Constant(unique_name(model.graph, f"{factor.name}_ones"), np.ones(lead, dtype=factor.dtype))
+    vector = gs.Variable(unique_name(model.graph, f"{factor.name}_scales"), dtype=factor.dtype, shape=[lead + n_spatial])
+    g.nodes.append(gs.Node("Concat", unique_name(model.graph, f"{factor.name}_Concat"), attrs={"axis": 0}, inputs=[ones, spatial], outputs=[vector]))
     return vector
 
 
@@ -294,7 +295,7 @@ class ScaleProbe:
         self.name = ", ".join(f"{k}={v.tolist()}" for k, v in values.items())
 
     def run(self, env: ProbeEnv) -> list[OutputCheck]:
-        from surgeon.verify import OutputCheck
+        from surgeon.verify.compare import OutputCheck
 
         feed = env.make_feed({})
         feed.update(self.values)

@@ -6,16 +6,16 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
-from surgeon.graph import iter_graphs, require_names
+from surgeon.ir.walk import iter_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.shapes import TypeMap, tensor_types
+from surgeon.passkit.infer import TypeMap, tensor_types
+from surgeon.passkit.ops import require_names
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 Bypassable = Literal["Identity", "Dropout", "Cast", "Reshape"]
 
@@ -70,7 +70,7 @@ class RemoveNodes(Pass):
                 else:
                     notes.append(f"kept {label}: it connects a graph input or constant straight to graph output '{node.outputs[0].name}'")
         changed = any(n.startswith("removed") for n in notes)
-        return PassResult(changed, IOContract(notes=notes))
+        return PassResult(changed, notes=notes)
 
 
 def _not_noop(model: ModelIR, node: gs.Node, types: TypeMap) -> str:

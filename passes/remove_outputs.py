@@ -6,14 +6,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
-from surgeon.graph import listing
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.passes._ops import require_output
+from surgeon.passkit.ops import listing, require_output
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 @register_pass("remove-outputs")
@@ -48,7 +47,7 @@ class RemoveOutputs(Pass):
         wanted = set(self.params.outputs)
         removed = [t.name for t in g.outputs if t.name in wanted]
         if not removed:
-            return PassResult(False, IOContract(notes=[f"no output named {listing(self.params.outputs)}; nothing removed"]))
+            return PassResult(False, notes=[f"no output named {listing(self.params.outputs)}; nothing removed"])
         g.outputs = [t for t in g.outputs if t.name not in wanted]
         notes = [f"removed output {n}" for n in dict.fromkeys(removed)]
         if self.params.prune:
@@ -57,7 +56,7 @@ class RemoveOutputs(Pass):
             g.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
             if len(g.nodes) != n_nodes or _n_constants(g) != n_consts:
                 notes.append(f"pruned {n_nodes - len(g.nodes)} node(s) and {n_consts - _n_constants(g)} initializer(s) no output needs")
-        return PassResult(True, IOContract(removed_outputs=set(removed), notes=notes))
+        return PassResult(True, IOContract(removed_outputs=set(removed)), notes=notes)
 
 
 def _n_constants(g: object) -> int:

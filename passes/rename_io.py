@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
-from surgeon.graph import all_tensor_names, names, require_names
+from surgeon.ir.walk import all_tensor_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passkit.ops import names, require_names
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 class RegexRename(PassParams):
@@ -91,5 +92,5 @@ class RenameIO(Pass):
         for old, tensor in originals.items():
             tensor.name = ins.get(old) or outs[old]
         contract = IOContract(renamed_inputs=ins, renamed_outputs=outs)
-        contract.notes = [f"input {a} -> {b}" for a, b in ins.items()] + [f"output {a} -> {b}" for a, b in outs.items() if a not in ins]
-        return PassResult(bool(originals), contract)
+        notes = [f"input {a} -> {b}" for a, b in ins.items()] + [f"output {a} -> {b}" for a, b in outs.items() if a not in ins]
+        return PassResult(bool(originals), contract, notes)

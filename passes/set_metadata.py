@@ -6,12 +6,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 
 if TYPE_CHECKING:
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 RESERVED = "surgeon."
 
@@ -71,4 +70,4 @@ class SetMetadata(Pass):
         for key, value in props.items():
             shell.metadata_props.add(key=key, value=value)
         changed = shell.SerializeToString() != before
-        return PassResult(changed, IOContract(notes=notes if changed else []))
+        return PassResult(changed, notes=notes if changed else [])

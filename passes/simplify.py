@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
 from surgeon.errors import PassError, PassPreconditionError
-from surgeon.graph import names, require_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passkit.ops import names, require_names
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import onnx
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 PROTOBUF_LIMIT = 2**31 - 10000
 
@@ -76,7 +76,7 @@ class Simplify(Pass):
                 raise PassPreconditionError(f"input_shapes['{name}'] = {shape}: every dim must be positive", field=("input_shapes", name))
 
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.external import is_external, iter_model_tensors
+        from surgeon.ir.external import is_external, iter_model_tensors
 
         proto = model.to_proto()
         before = graph_key(proto.graph)
@@ -94,7 +94,7 @@ class Simplify(Pass):
         if graph_key(result.graph) == before:
             return PassResult(False, IOContract())
         model.replace_graph(result)
-        return PassResult(True, IOContract(notes=_notes(proto.graph, result.graph, hidden)))
+        return PassResult(True, notes=_notes(proto.graph, result.graph, hidden))
 
     def _kwargs(self) -> dict[str, Any]:
         p = self.params
@@ -201,9 +201,9 @@ def _input_file(model: ModelIR, work: onnx.ModelProto, tmp: Path) -> Any:
         finally:
             Path(name).unlink(missing_ok=True)
         return
-    from surgeon.external import check_external_data
-    from surgeon.model import Model
-    from surgeon.save import SavePolicy, save
+    from surgeon.ir.external import check_external_data
+    from surgeon.ir.model import Model
+    from surgeon.ir.save import SavePolicy, save
 
     src = Model(work, base_dir=base, data_files=check_external_data(work, base, "<model>"))
     path = tmp / "in.onnx"
@@ -214,7 +214,8 @@ def _input_file(model: ModelIR, work: onnx.ModelProto, tmp: Path) -> Any:
 def _reconcile(result: onnx.ModelProto, out_dir: Path, work: onnx.ModelProto, base_dir: Path | None) -> None:
     """Point result tensors byte-equal to a source weight back at the source file; read the
     other externally stored results (onnxsim's temporary output) into memory."""
-    from surgeon.external import inline_copy, is_external, iter_graph_tensors, tensor_digest
+    from surgeon.ir.external import inline_copy, is_external, tensor_digest
+    from surgeon.ir.walk import iter_graph_tensors
 
     sources = {t.name: t for t in iter_graph_tensors(work.graph) if is_external(t)}
     for t in iter_graph_tensors(result.graph):

@@ -6,12 +6,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.contract import IOContract
-from surgeon.graph import iter_graphs
+from surgeon.ir.walk import iter_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 
 if TYPE_CHECKING:
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 
 @register_pass("strip-doc")
@@ -52,4 +51,4 @@ class StripDoc(Pass):
         if self.params.metadata:
             model.source_metadata = False
         changed = model.to_proto().SerializeToString() != before
-        return PassResult(changed, IOContract(notes=["doc strings removed" + (" and metadata_props" if self.params.metadata else "")] if changed else []))
+        return PassResult(changed, notes=["doc strings removed" + (" and metadata_props" if self.params.metadata else "")] if changed else [])

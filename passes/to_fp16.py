@@ -7,15 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from surgeon.contract import IOContract, Tolerance
-from surgeon.graph import iter_graphs, require_names
+from surgeon.ir.walk import iter_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passkit.ops import require_names
+from surgeon.verify.compare import Tolerance
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 FP16_MAX = 65504.0
 FLOAT, FLOAT16 = 1, 10
@@ -56,7 +58,7 @@ class ToFP16(Pass):
         require_names(self.params.block_nodes, nodes, "node", "block_nodes")
 
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.shapes import tensor_types
+        from surgeon.passkit.infer import tensor_types
 
         g = model.graph
         types = tensor_types(model)
@@ -67,13 +69,13 @@ class ToFP16(Pass):
         conv.run()
         if not conv.changed:
             return PassResult(False, IOContract())
-        contract = IOContract(tolerance=self.tolerance, notes=conv.notes())
+        contract = IOContract(tolerance=self.tolerance)
         if not self.params.keep_io_types:
             for name in conv.fp16_inputs:
                 contract.feed_transforms[name] = _half_feed(name)
             for name in conv.fp16_outputs:
                 contract.expectations[name] = _half_output(name)
-        return PassResult(True, contract)
+        return PassResult(True, contract, conv.notes())
 
 
 def _half_feed(name: str) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:

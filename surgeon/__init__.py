@@ -1,19 +1,25 @@
-"""surgeon: verified graph surgery for exported ONNX models."""
+"""surgeon: verified graph surgery for exported ONNX models.
+
+The public API is ``load``, ``apply`` and ``Pipeline``. Importing ``surgeon`` is cheap: the layers
+behind these names (onnx, pydantic, the verifier) load when a name is first used, so the command
+line starts fast (``surgeon --help`` imports neither pydantic nor onnx).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from surgeon._version import __version__
 
 if TYPE_CHECKING:
-    from surgeon.model import Model
-    from surgeon.pipeline import PipelineResult
+    from surgeon.ir.model import Model
+    from surgeon.pipeline import Pipeline
+    from surgeon.results import PipelineResult
 
 
 def load(source: Any) -> Model:
     """Load a model from a path, bytes or ModelProto, leaving external weights on disk."""
-    from surgeon.model import load as _load
+    from surgeon.ir.model import load as _load
 
     return _load(source)
 
@@ -21,29 +27,19 @@ def load(source: Any) -> Model:
 def apply(recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False) -> PipelineResult:
     """Apply a recipe (path, YAML text, mapping or Recipe) to ``model`` (default: the recipe's
     ``model``); writes ``output`` (default: the recipe's) when one is known."""
-    from pathlib import Path
+    from surgeon.recipe import apply_recipe
 
-    from surgeon.recipe import Recipe, load_recipe, parse_recipe_data, parse_recipe_text
-
-    if isinstance(recipe, Recipe):
-        r = recipe
-    elif isinstance(recipe, dict):
-        r = parse_recipe_data(recipe, "<recipe>")
-    elif isinstance(recipe, Path) or (isinstance(recipe, str) and "\n" not in recipe and recipe.endswith((".yaml", ".yml"))):
-        r = load_recipe(recipe)
-    else:
-        r = parse_recipe_text(str(recipe))
-    src = model if model is not None else r.model
-    if src is None:
-        from surgeon.errors import UsageError
-
-        raise UsageError("no model: give one or set 'model' in the recipe")
-    out = output if output is not None else r.output
-    if out is None:
-        return r.pipeline.run(src, base_dir=r.base_dir)
-    return r.pipeline.apply(src, out, force=force, in_place=in_place, recipe_text=r.text or None, base_dir=r.base_dir)
+    return apply_recipe(recipe, model, output, force=force, in_place=in_place)
 
 
-from surgeon.pipeline import Pipeline  # noqa: E402
+def __getattr__(name: str) -> Any:
+    # PEP 562, for the one public class: ``surgeon.Pipeline`` imports the pipeline layer on first
+    # use instead of at ``import surgeon`` (which every command, ``--help`` included, pays for).
+    if name == "Pipeline":
+        from surgeon.pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'surgeon' has no attribute '{name}'")
+
 
 __all__ = ["Pipeline", "__version__", "apply", "load"]

@@ -21,7 +21,7 @@ from surgeon.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, SurgeonError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from surgeon.pipeline import PipelineResult
+    from surgeon.results import PipelineResult
 
 EPILOG = "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage, 3 model or pass error"
 
@@ -126,7 +126,7 @@ def _verify_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, console: Console) -> int:
-    from surgeon.report import summary_table
+    from surgeon.render import summary_table
 
     if not args.quiet:
         summary_table(console, result)
@@ -146,7 +146,7 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
 
 def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None) -> int:
     from surgeon.errors import VerificationError
-    from surgeon.report import progress_line
+    from surgeon.render import progress_line
 
     console = _console()
     total = len(pipeline.steps)
@@ -208,9 +208,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from surgeon.inspect import inspect_model
-    from surgeon.model import load
-    from surgeon.report import show_inspect
+    from surgeon.ir.model import load
+    from surgeon.ir.summary import inspect_model
+    from surgeon.render import show_inspect
 
     info = inspect_model(load(args.model))
     if args.json:
@@ -267,7 +267,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from surgeon.errors import RecipeError
-    from surgeon.model import load
+    from surgeon.ir.model import load
     from surgeon.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -283,10 +283,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from surgeon.contract import IOContract, Tolerance
-    from surgeon.model import load
-    from surgeon.report import show_outputs
-    from surgeon.verify import Verifier, VerifyConfig
+    from surgeon.ir.model import load
+    from surgeon.render import show_outputs
+    from surgeon.verify.compare import Tolerance
+    from surgeon.verify.config import VerifyConfig
+    from surgeon.verify.contract import IOContract
+    from surgeon.verify.verifier import Verifier
 
     cfg = VerifyConfig.model_validate(_verify_overrides(args))
     ref, cand = load(args.reference), load(args.candidate)

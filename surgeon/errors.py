@@ -5,6 +5,8 @@ Anything that is not a :class:`SurgeonError` is a bug in surgeon and keeps its t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
 EXIT_USAGE = 2
@@ -66,3 +68,26 @@ class VerificationError(SurgeonError):
         self.result = result
         """The pipeline result whose checks failed, when there is one (for reports)."""
         super().__init__(message)
+
+
+# --- message helpers ------------------------------------------------------------------------------
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def listing(items: Iterable[str]) -> str:
+    """Names joined for a message, ``(none)`` when there are none."""
+    items = list(items)
+    return ", ".join(items) if items else "(none)"
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception's text (libraries often raise multi-line messages)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

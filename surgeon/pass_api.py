@@ -6,19 +6,26 @@ functions that use them) so ``surgeon passes`` and ``surgeon --help`` start fast
 
 from __future__ import annotations
 
-import difflib
+import ast
+import copy
+import functools
+import importlib
+import importlib.util
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from surgeon.contract import IOContract, Tolerance
-from surgeon.errors import PassError, UsageError
+from surgeon.errors import PassError, RecipeError, SurgeonError, UsageError, suggest
+from surgeon.verify.compare import Tolerance
+from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -31,19 +38,27 @@ class PassParams(BaseModel):
 
 @dataclass
 class PassResult:
-    """What a pass did: ``modified`` (truthful) and how the interface changed (``contract``)."""
+    """What a pass did: ``modified`` (truthful: computed from the graph), how the interface changed
+    (``contract``, for the verifier) and what it changed, in lines a user reads (``notes``)."""
 
     modified: bool
     contract: IOContract = field(default_factory=IOContract)
+    notes: list[str] = field(default_factory=list)
 
 
 class Pass:
-    """Base class of passes. Subclasses set ``Params`` and implement ``run`` (and ``requires``)."""
+    """Base class of passes. Subclasses set ``Params`` and implement ``run`` (and ``requires``).
+
+    The protocol, in one place (:meth:`__call__`): ``requires(model)`` checks preconditions and may
+    return the pass's plan (what it will rewrite); ``run(model)`` or, when there is a plan,
+    ``run(model, plan)`` edits ``model.graph`` in place. A plan is computed once.
+    """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[PassParams]] = PassParams
     tolerance: ClassVar[Tolerance | None] = None
-    """The pass's own numeric contract (None: exact comparison under the pipeline's tolerance)."""
+    """The pass's own numeric contract (None: exact comparison under the pipeline's tolerance).
+    It applies only where the user set no tolerance for the step."""
 
     def __init__(self, params: PassParams | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if isinstance(params, PassParams):
@@ -53,12 +68,30 @@ class Pass:
         else:
             self.params = self.Params.model_validate({**dict(params or {}), **kwargs})
 
-    def requires(self, model: ModelIR) -> None:
+    def requires(self, model: ModelIR) -> Any:
         """Raise :class:`PassPreconditionError` for what the user can fix (named tensors missing,
-        unsupported opset), listing what does exist."""
+        unsupported opset), listing what does exist. May return the plan ``run`` receives."""
+        return None
 
     def run(self, model: ModelIR) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def __call__(
+        self,
+        model: ModelIR,
+        context: Callable[[SurgeonError], str] | None = None,
+        before_edit: Callable[[], None] | None = None,
+    ) -> PassResult:
+        """Check the preconditions, call ``before_edit`` (the pipeline's reference run), then rewrite
+        ``model``. A :class:`SurgeonError` keeps its class (and exit code); its message becomes
+        ``context(err)`` (default: the pass's name, then the message)."""
+        try:
+            plan = self.requires(model)
+            if before_edit is not None:
+                before_edit()
+            return self.run(model) if plan is None else self.run(model, plan)  # type: ignore[call-arg]
+        except SurgeonError as exc:
+            raise with_message(exc, context(exc) if context else f"{self.name}: {exc}") from None
 
     def to_step(self) -> dict[str, Any]:
         """This pass as a recipe step: ``{name: params}`` with defaults left out."""
@@ -74,8 +107,9 @@ class Pass:
 
 
 _REGISTRY: dict[str, type[Pass]] = {}
-_loaded = False
 P = TypeVar("P", bound=type[Pass])
+BUILTIN_PACKAGE = "surgeon.passes"
+ENTRY_POINT_GROUP = "surgeon.passes"
 
 
 def register_pass(name: str) -> Callable[[P], P]:
@@ -94,35 +128,79 @@ def register_pass(name: str) -> Callable[[P], P]:
     return deco
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from importlib.metadata import entry_points
+@dataclass(frozen=True)
+class PassEntry:
+    """A pass known by name before its module is imported: where it lives and its summary line."""
 
-    import surgeon.passes  # noqa: F401  (built-in passes register on import)
+    name: str
+    module: str
+    summary: str
 
-    for ep in entry_points(group="surgeon.passes"):
+
+@functools.cache
+def catalog() -> dict[str, PassEntry]:
+    """Every pass by name, without importing the pass modules: built-in passes are found by reading
+    their source (``@register_pass("name")`` on a class, its docstring's first line); third-party
+    ones come from the ``surgeon.passes`` entry points (loaded, since only their code knows)."""
+    out: dict[str, PassEntry] = {}
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        for path in sorted(Path(folder).glob("[!_]*.py")):
+            for name, summary in _declared_passes(path.read_text(encoding="utf-8")):
+                out[name] = PassEntry(name, f"{BUILTIN_PACKAGE}.{path.stem}", summary)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
         except Exception as exc:
             raise PassError(f"third-party pass '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+        for name, cls in _REGISTRY.items():
+            if name not in out:
+                out[name] = PassEntry(name, cls.__module__, cls.summary())
+    return dict(sorted(out.items()))
 
 
-def registry() -> dict[str, type[Pass]]:
-    """Every registered pass, by name (built-in ones and those from the ``surgeon.passes`` entry points)."""
-    _load_all()
-    return dict(sorted(_REGISTRY.items()))
-
-
-def suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+def _declared_passes(source: str) -> list[tuple[str, str]]:
+    found = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for deco in node.decorator_list:
+            if (
+                isinstance(deco, ast.Call)
+                and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == "register_pass"
+                and deco.args
+                and isinstance(deco.args[0], ast.Constant)
+            ):
+                doc = (ast.get_docstring(node) or "").strip()
+                found.append((str(deco.args[0].value), doc.splitlines()[0] if doc else ""))
+    return found
 
 
 def get_pass(name: str) -> type[Pass]:
-    passes = registry()
+    """The pass class registered as ``name``; imports only its module."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    passes = catalog()
     if name not in passes:
         raise UsageError(f"unknown pass '{name}'{suggest(name, list(passes))} (see 'surgeon passes')")
-    return passes[name]
+    importlib.import_module(passes[name].module)
+    if name not in _REGISTRY:  # pragma: no cover - a module that does not register what it declares
+        raise PassError(f"pass '{name}': module {passes[name].module} did not register it")
+    return _REGISTRY[name]
+
+
+def registry() -> dict[str, type[Pass]]:
+    """Every registered pass class, by name (imports every pass module: for tools and tests; the
+    command line lists passes from :func:`catalog`)."""
+    names = set(catalog()) | set(_REGISTRY)
+    return {name: get_pass(name) for name in sorted(names)}
+
+
+def with_message(exc: SurgeonError, message: str) -> SurgeonError:
+    """A copy of ``exc`` (same class, exit code and fields) whose text is ``message``."""
+    new = copy.copy(exc)
+    new.args = (message,)
+    if isinstance(new, RecipeError):
+        new.problems = message.splitlines()
+    return new

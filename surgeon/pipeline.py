@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import logging
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from surgeon.contract import IOContract, Tolerance
-from surgeon.errors import PassError, PassPreconditionError, SurgeonError, VerificationError
-from surgeon.pass_api import Pass, get_pass
-from surgeon.save import SavePolicy
-from surgeon.verify import StepCheck, StepVerify, Verifier, VerifyConfig
+from surgeon._version import __version__
+from surgeon.errors import SurgeonError, VerificationError
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import load
+from surgeon.ir.save import SavePolicy, check_output_path, save
+from surgeon.pass_api import Pass
+from surgeon.results import PipelineResult, StepReport, count_nodes
+from surgeon.verify.compare import Tolerance
+from surgeon.verify.config import StepVerify, VerifyConfig
+from surgeon.verify.contract import IOContract
+from surgeon.verify.verifier import Verifier
 
 if TYPE_CHECKING:
-    from surgeon.model import Model, ModelIR
-
-log = logging.getLogger(__name__)
+    from surgeon.ir.model import Model
 
 
 @dataclass
@@ -44,84 +48,6 @@ class Step:
             suffix = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in field_path[:1])
             return f"{pos}: {self.where}{suffix}: {exc}"
         return f"{self.where or self.label}: {exc}"
-
-
-@dataclass
-class StepReport:
-    index: int
-    pass_name: str
-    label: str
-    modified: bool
-    nodes_before: int
-    nodes_after: int
-    seconds: float
-    check: StepCheck | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def verdict(self) -> str:
-        if self.check is None:
-            return "unchanged" if not self.modified else "not verified"
-        return "ok" if self.check.ok else "FAIL"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "pass": self.pass_name,
-            "name": self.label,
-            "modified": self.modified,
-            "nodes_before": self.nodes_before,
-            "nodes_after": self.nodes_after,
-            "seconds": round(self.seconds, 4),
-            "verdict": self.verdict,
-            "max_abs_error": self.check.max_abs if self.check else None,
-            "outputs": [o.as_dict() for o in self.check.outputs] if self.check else [],
-            "notes": self.notes,
-        }
-
-
-@dataclass
-class PipelineResult:
-    model: Model
-    steps: list[StepReport]
-    device: str = ""
-    final_check: StepCheck | None = None
-    changed_tensors: set[str] = field(default_factory=set)
-
-    @property
-    def ok(self) -> bool:
-        checks = [s.check for s in self.steps if s.check] + ([self.final_check] if self.final_check else [])
-        return all(c.ok for c in checks)
-
-    def failures(self) -> list[str]:
-        lines = []
-        for s in self.steps:
-            if s.check and not s.check.ok:
-                for o in s.check.failures():
-                    lines.append(f"passes[{s.index}] ({s.pass_name}): output '{o.name}': {_describe(o)}")
-        if self.final_check and not self.final_check.ok:
-            for o in self.final_check.failures():
-                lines.append(f"end of pipeline: output '{o.name}': {_describe(o)}")
-        return lines
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "device": self.device,
-            "steps": [s.as_dict() for s in self.steps],
-            "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
-        }
-
-
-def _describe(o: Any) -> str:
-    if o.note and not o.max_abs:
-        return o.note
-    text = f"max abs error {o.max_abs:.3g}, max rel error {o.max_rel:.3g} > atol {o.atol:g} + rtol {o.rtol:g}"
-    return f"{text}; {o.note}" if o.note else text
-
-
-def count_nodes(graph: Any) -> int:
-    return len(graph.nodes)
 
 
 class Pipeline:
@@ -163,34 +89,26 @@ class Pipeline:
         out["passes"] = steps
         return out
 
-    @classmethod
-    def from_recipe(cls, recipe: Mapping[str, Any]) -> Pipeline:
-        from surgeon.recipe import parse_recipe_data
-
-        return parse_recipe_data(dict(recipe), "<recipe>").pipeline
-
     # -- running --------------------------------------------------------------------------------
-    def check_requirements(self, model: Model | ModelIR) -> list[str]:
-        """Run every pass (unverified, on a copy) to check its preconditions at its place in the
-        pipeline. Returns every problem, one line each."""
-        from surgeon.model import Model as _Model
-
-        ir = model.ir() if isinstance(model, _Model) else model
+    def check_requirements(self, model: Model) -> list[str]:
+        """Check every step's preconditions at its place in the pipeline, without verifying or
+        writing anything. Later steps see what earlier ones made (a name ``rename-io`` gave, an
+        output ``add-outputs`` exposed), so each step is applied to a private copy of the graph;
+        ``model`` itself is never touched. Returns every problem, one line each."""
+        ir = ModelIR.from_model(load(model.proto.SerializeToString()) if model.path is None else load(model.path))
         problems = []
         for step in self.steps:
             try:
-                step.pass_.requires(ir)
-                step.pass_.run(ir)
+                step.pass_(ir, step.message)
             except SurgeonError as exc:
-                problems.append(step.message(exc))
+                problems.append(str(exc))
         return problems
 
     def run(self, model: Any, on_step: Callable[[StepReport], None] | None = None, base_dir: Path | None = None) -> PipelineResult:
-        """Apply the passes to ``model`` (path, bytes, ModelProto or Model) and verify them."""
-        from surgeon.model import load
-
+        """Apply the passes to ``model`` (path, bytes, ModelProto or Model) and verify them.
+        A pass's error keeps its class (and so its exit code), with the step named in its text."""
         source = load(model)
-        ir = source.ir()
+        ir = ModelIR.from_model(source)
         cfg = self.verify
         verifier: Verifier | None = None
         tol = Tolerance(cfg.rtol, cfg.atol)
@@ -201,27 +119,19 @@ class Pipeline:
         for i, step in enumerate(self.steps):
             before = count_nodes(ir.graph)
             t0 = time.perf_counter()
-            try:
-                step.pass_.requires(ir)
-            except PassPreconditionError as exc:
-                raise PassPreconditionError(step.message(exc), exc.field) from None
-            except SurgeonError as exc:
-                raise PassError(step.message(exc)) from None
-            if verifier is None and cfg.mode != "off":
+
+            def reference() -> None:
                 # after the first precondition check, before any edit: the reference run
-                verifier = Verifier(source, cfg, base_dir)
-                verifier.reference()
-            try:
-                result = step.pass_.run(ir)
-            except PassPreconditionError as exc:
-                raise PassPreconditionError(step.message(exc), exc.field) from None
-            except SurgeonError as exc:
-                raise PassError(step.message(exc)) from None
+                nonlocal verifier
+                if verifier is None and cfg.mode != "off":
+                    verifier = Verifier(source, cfg, base_dir)
+                    verifier.reference()
+
+            result = step.pass_(ir, step.message, before_edit=reference)
             seconds = time.perf_counter() - t0
-            contract = result.contract
-            contracts.append(contract)
-            tol = tol.loosest(_step_tolerance(step, contract, cfg))
-            report = StepReport(i, step.pass_.name, step.label, result.modified, before, count_nodes(ir.graph), seconds, notes=list(contract.notes))
+            contracts.append(result.contract)
+            tol = tol.loosest(_step_tolerance(step, result.contract, cfg))
+            report = StepReport(i, step.pass_.name, step.label, result.modified, before, count_nodes(ir.graph), seconds, notes=list(result.notes))
             candidate = None
             if verifier is not None and cfg.mode == "each" and result.modified and not (step.verify and step.verify.skip):
                 candidate = ir.to_model()
@@ -246,9 +156,6 @@ class Pipeline:
 
     def apply(self, model: Any, output: str | Path, *, force: bool = False, in_place: bool = False, on_step: Callable[[StepReport], None] | None = None, recipe_text: str | None = None, base_dir: Path | None = None) -> PipelineResult:
         """Run and write the result to ``output`` (only when verification passed, or ``force``)."""
-        from surgeon.model import load
-        from surgeon.save import check_output_path, save
-
         source = load(model)
         out = Path(output)
         check_output_path(out, [source.path] if source.path else [], in_place)
@@ -258,7 +165,7 @@ class Pipeline:
                 "verification failed; nothing written (--force writes it anyway):\n" + "\n".join(result.failures()), result
             )
         if self.provenance:
-            add_provenance(result.model, source, recipe_text or _dump_yaml(self.to_recipe()))
+            add_provenance(result.model, source, recipe_text or _dump_recipe(self.to_recipe()))
         save(result.model, out, self.save, result.changed_tensors)
         return result
 
@@ -285,16 +192,14 @@ def _changed_tensors(ir: ModelIR) -> set[str]:
     }
 
 
-def _dump_yaml(data: Mapping[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(dict(data), sort_keys=False)
+def _dump_recipe(data: Mapping[str, Any]) -> str:
+    """A recipe as text for the provenance record: JSON, which every YAML loader reads (only
+    ``surgeon.recipe`` knows YAML)."""
+    return json.dumps(dict(data), indent=1)
 
 
 def add_provenance(model: Model, source: Model, recipe_text: str) -> None:
     """Record in the output's metadata_props how it was made: recipe, surgeon version, source hash."""
-    from surgeon import __version__
-
     entries = {
         "surgeon.version": __version__,
         "surgeon.recipe": recipe_text,
@@ -306,6 +211,3 @@ def add_provenance(model: Model, source: Model, recipe_text: str) -> None:
     for key, value in keep + list(entries.items()):
         props.add(key=key, value=value)
 
-
-def passes_from_names(names: Sequence[str]) -> list[Pass]:
-    return [get_pass(n)() for n in names]

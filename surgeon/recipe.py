@@ -10,11 +10,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from surgeon.errors import RecipeError, UsageError
-from surgeon.pass_api import registry, suggest
+from surgeon.errors import RecipeError, UsageError, suggest
+from surgeon.ir.save import SavePolicy
+from surgeon.pass_api import registry
 from surgeon.pipeline import Pipeline, Step
-from surgeon.save import SavePolicy
-from surgeon.verify import StepVerify, VerifyConfig
+from surgeon.results import PipelineResult
+from surgeon.verify.config import StepVerify, VerifyConfig
 
 STEP_KEYWORDS = ("verify", "name")
 Loc = tuple[str | int, ...]
@@ -288,3 +289,23 @@ def recipe_schema() -> dict[str, Any]:
     top["title"] = "surgeon recipe"
     top["$defs"] = defs
     return top
+
+
+def apply_recipe(recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False) -> PipelineResult:
+    """``surgeon.apply``: a recipe (path, YAML text, mapping or Recipe) applied to ``model``
+    (default: the recipe's ``model``); writes ``output`` (default: the recipe's) when one is known."""
+    if isinstance(recipe, Recipe):
+        r = recipe
+    elif isinstance(recipe, dict):
+        r = parse_recipe_data(recipe, "<recipe>")
+    elif isinstance(recipe, Path) or (isinstance(recipe, str) and "\n" not in recipe and recipe.endswith((".yaml", ".yml"))):
+        r = load_recipe(recipe)
+    else:
+        r = parse_recipe_text(str(recipe))
+    src = model if model is not None else r.model
+    if src is None:
+        raise UsageError("no model: give one or set 'model' in the recipe")
+    out = output if output is not None else r.output
+    if out is None:
+        return r.pipeline.run(src, base_dir=r.base_dir)
+    return r.pipeline.apply(src, out, force=force, in_place=in_place, recipe_text=r.text or None, base_dir=r.base_dir)

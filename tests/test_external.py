@@ -11,11 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import surgeon.model
-import surgeon.verify
+import surgeon.ir.model
+import surgeon.verify.runtime
+import surgeon.verify.verifier
 from surgeon import Pipeline
 from surgeon.errors import EXIT_MODEL, ModelError
-from surgeon.external import (
+from surgeon.ir.external import (
     ExternalRef,
     check_external_data,
     copy_range,
@@ -25,7 +26,7 @@ from surgeon.external import (
     set_external_ref,
     tensor_values,
 )
-from surgeon.model import load
+from surgeon.ir.model import load
 from surgeon.passes.rename_io import RenameIO
 from tests.models_external import external_chain, load_full, snapshot, weights
 
@@ -187,7 +188,7 @@ def _copy(src: bytes, offset: int, length: int, tmp_path: Path) -> bytes:
 def test_copy_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: bool) -> None:
     if not kernel:
         monkeypatch.delattr(os, "copy_file_range", raising=False)
-        monkeypatch.setattr(surgeon.external, "COPY_CHUNK", 7)
+        monkeypatch.setattr(surgeon.ir.external, "COPY_CHUNK", 7)
     src = bytes(range(256)) * 10
     assert _copy(src, 100, 1000, tmp_path) == b"head" + src[100:1100] + b"tail"
     assert _copy(src, 0, 0, tmp_path) == b"headtail"
@@ -219,15 +220,15 @@ def test_pipeline_verifies_external_model_in_place_of_its_weights(tmp_path: Path
     before = snapshot(folder)
     seen: list[list[str]] = []
     sessions: list[str] = []
-    real_session = surgeon.verify.Runtime.session
+    real_session = surgeon.verify.runtime.Runtime.session
 
-    def spy(self: surgeon.verify.Runtime, p: Path, folder_: Path | None = None, data_: bytes | None = None) -> object:
+    def spy(self: surgeon.verify.runtime.Runtime, p: Path, folder_: Path | None = None, data_: bytes | None = None) -> object:
         seen.append(sorted(x.name for x in folder.iterdir()))
         sessions.append(str(p))
         assert data_ is None, "sessions are built from files on disk"
         return real_session(self, p, folder_, data_)
 
-    monkeypatch.setattr(surgeon.verify.Runtime, "session", spy)
+    monkeypatch.setattr(surgeon.verify.runtime.Runtime, "session", spy)
     res = Pipeline([RenameIO(inputs={"x": "inp"}, outputs={"y": "out"})], verify=VERIFY).apply(path, out_dir / "m.onnx")
     check = res.steps[0].check
     assert res.ok and check is not None and [o.ok for o in check.outputs] == [True]
@@ -245,8 +246,8 @@ def test_pipeline_verifies_external_model_in_place_of_its_weights(tmp_path: Path
 
 def test_verifier_temp_file_removed_when_verification_fails(tmp_path: Path) -> None:
     """A run that fails verification leaves no hidden file beside the weights either."""
-    from surgeon.contract import IOContract
     from surgeon.pass_api import Pass, PassResult
+    from surgeon.verify.contract import IOContract
 
     class Break(Pass):
         name = "break-weight"
@@ -277,14 +278,14 @@ def test_read_only_folder_falls_back_to_bytes(tmp_path: Path, monkeypatch: pytes
         return real(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
 
     handed: list[tuple[Path | None, bool]] = []
-    real_session = surgeon.verify.Runtime.session
+    real_session = surgeon.verify.runtime.Runtime.session
 
-    def spy(self: surgeon.verify.Runtime, p: Path, folder: Path | None = None, data: bytes | None = None) -> object:
+    def spy(self: surgeon.verify.runtime.Runtime, p: Path, folder: Path | None = None, data: bytes | None = None) -> object:
         handed.append((folder, data is not None))
         return real_session(self, p, folder, data)
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    monkeypatch.setattr(surgeon.verify.Runtime, "session", spy)
+    monkeypatch.setattr(surgeon.verify.runtime.Runtime, "session", spy)
     res = Pipeline([RenameIO(inputs={"x": "inp"})], verify=VERIFY).run(path)
     assert res.ok and res.steps[0].check is not None
     assert handed[0] == (None, False)  # the source: its own file
@@ -297,13 +298,13 @@ def test_reference_runs_once_per_pipeline(tmp_path: Path, monkeypatch: pytest.Mo
     built from a file on disk."""
     path, _ = external_chain(tmp_path, layers=2, dim=8)
     runs: list[str] = []
-    real = surgeon.verify.run_model
+    real = surgeon.verify.verifier.run_model
 
-    def spy(runtime: surgeon.verify.Runtime, model: surgeon.model.Model, feeds: list[dict[str, np.ndarray]]) -> object:
+    def spy(runtime: surgeon.verify.runtime.Runtime, model: surgeon.ir.model.Model, feeds: list[dict[str, np.ndarray]]) -> object:
         runs.append("source" if model.path == path else "candidate")
         return real(runtime, model, feeds)
 
-    monkeypatch.setattr(surgeon.verify, "run_model", spy)
+    monkeypatch.setattr(surgeon.verify.verifier, "run_model", spy)
     steps = [RenameIO(inputs={"x": "a"}), RenameIO(outputs={"y": "b"}), RenameIO(inputs={"a": "c"})]
     res = Pipeline(steps, verify=VERIFY).run(path)
     assert res.ok and all(s.check is not None for s in res.steps)

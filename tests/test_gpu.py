@@ -10,7 +10,7 @@ import pytest
 
 from surgeon import Pipeline
 from surgeon.passes.rename_io import RenameIO
-from surgeon.verify import Runtime
+from surgeon.verify.runtime import Runtime
 from tests.conftest import exported_like_model
 
 

@@ -17,7 +17,8 @@ from onnx import TensorProto, helper
 from surgeon import Pipeline
 from surgeon.cli import main as cli_main
 from surgeon.errors import EXIT_MODEL, EXIT_USAGE, ModelError, SurgeonError, UsageError
-from surgeon.model import Model, load
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import Model, load
 from surgeon.passes.rename_io import RenameIO
 from tests.models_external import external_chain, load_full, matmul_chain, rich_model, snapshot, weights
 
@@ -96,7 +97,7 @@ def test_load_external_reads_no_weight_bytes(tmp_path: Path, monkeypatch: pytest
     path, data = external_chain(tmp_path, layers=3, dim=32)
     spy = OpenSpy(monkeypatch)
     model = load(path)
-    ir = model.ir()
+    ir = ModelIR.from_model(model)
     RenameIO(inputs={"x": "inp"}).run(ir)
     edited = ir.to_model()
     assert model.uses_external_data and model.data_files == [data.name]
@@ -109,7 +110,7 @@ def test_load_external_reads_no_weight_bytes(tmp_path: Path, monkeypatch: pytest
 def test_values_reads_only_one_tensor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path, data = external_chain(tmp_path, layers=4, dim=32)
     expected = weights(load_full(path))
-    ir = load(path).ir()
+    ir = ModelIR.from_model(load(path))
     spy = OpenSpy(monkeypatch)
     w2 = ir.graph.tensors()["w2"]
     values = ir.values(w2)
@@ -133,7 +134,7 @@ def test_external_data_resolved_relative_to_model_folder(tmp_path: Path, monkeyp
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    ir = load(Path("..") / "models" / "deep" / "m.onnx").ir()
+    ir = ModelIR.from_model(load(Path("..") / "models" / "deep" / "m.onnx"))
     w1 = ir.graph.tensors()["w1"]
     np.testing.assert_array_equal(ir.values(w1), expected["w1"])
     # a pass that reads `constant.values` directly gets the model folder's bytes too, not the cwd's

@@ -11,7 +11,7 @@ from surgeon import Pipeline
 from surgeon.errors import RecipeError, UsageError
 from surgeon.passes.cleanup import Cleanup
 from surgeon.passes.rename_io import RenameIO
-from surgeon.recipe import load_recipe, parse_recipe_text, recipe_schema
+from surgeon.recipe import load_recipe, parse_recipe_data, parse_recipe_text, recipe_schema
 from tests.conftest import write_recipe
 
 GOOD = """\
@@ -91,7 +91,7 @@ def test_missing_recipe_file(tmp_path: Path) -> None:
 def test_tensor_names_checked_against_model(tmp_path: Path, model_path: Path) -> None:
     text = "version: 1\npasses:\n  - rename-io:\n      inputs: {inptu: image}\n"
     recipe = load_recipe(write_recipe(tmp_path, text))
-    from surgeon.model import load
+    from surgeon.ir.model import load
 
     problems = recipe.pipeline.check_requirements(load(model_path))
     assert problems == [
@@ -102,7 +102,7 @@ def test_tensor_names_checked_against_model(tmp_path: Path, model_path: Path) ->
 def test_pipeline_dumps_back_to_the_same_recipe(tmp_path: Path) -> None:
     recipe = load_recipe(write_recipe(tmp_path, GOOD))
     dumped = recipe.pipeline.to_recipe()
-    again = Pipeline.from_recipe(dumped)
+    again = parse_recipe_data(dumped, "<recipe>").pipeline
     assert again.to_recipe() == dumped
     original = yaml.safe_load(GOOD)
     assert dumped["passes"] == original["passes"]

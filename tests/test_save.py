@@ -10,14 +10,14 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-import surgeon.external
-import surgeon.save
+import surgeon.ir.external
+import surgeon.ir.save
 from surgeon import Pipeline
 from surgeon.errors import EXIT_USAGE, ModelError, UsageError
-from surgeon.model import load
+from surgeon.ir.model import load
+from surgeon.ir.save import SavePolicy, save
 from surgeon.pass_api import Pass, PassParams, PassResult
 from surgeon.passes.rename_io import RenameIO
-from surgeon.save import SavePolicy, save
 from tests.models_external import (
     external_chain,
     external_locations,
@@ -52,8 +52,8 @@ def _no_python_copies(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("weights went through Python objects")
 
-    monkeypatch.setattr(surgeon.external, "read_external_bytes", boom)
-    monkeypatch.setattr(surgeon.save, "inline_copy", boom)
+    monkeypatch.setattr(surgeon.ir.external, "read_external_bytes", boom)
+    monkeypatch.setattr(surgeon.ir.save, "inline_copy", boom)
     monkeypatch.setattr(numpy_helper, "to_array", boom)
 
 
@@ -68,7 +68,7 @@ class DoubleWeight(Pass):
     params: Params
 
     def run(self, model):  # type: ignore[no-untyped-def]
-        from surgeon.contract import IOContract
+        from surgeon.verify.contract import IOContract
 
         const = model.graph.tensors()[self.params.tensor]
         const.values = model.values(const) * 2
@@ -117,7 +117,7 @@ def test_pipeline_on_external_model_copies_without_python(tmp_path: Path, monkey
 def test_copy_without_copy_file_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = external_chain(tmp_path, layers=3, dim=16)
     monkeypatch.delattr(os, "copy_file_range", raising=False)
-    monkeypatch.setattr(surgeon.external, "COPY_CHUNK", 1000)  # several chunks per tensor
+    monkeypatch.setattr(surgeon.ir.external, "COPY_CHUNK", 1000)  # several chunks per tensor
     out = tmp_path / "out.onnx"
     save(load(path), out)
     _assert_same_weights(path, out)
@@ -156,7 +156,7 @@ def test_external_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "from_ext.onnx"
     save(load(ext), out)  # the source used external data: so does the output
     assert set(external_locations(out)) == {"w0", "w1"}
-    monkeypatch.setattr(surgeon.save, "SAFE_INLINE_LIMIT", 1000)  # "the model would pass 2 GB"
+    monkeypatch.setattr(surgeon.ir.save, "SAFE_INLINE_LIMIT", 1000)  # "the model would pass 2 GB"
     big = tmp_path / "big.onnx"
     save(load(proto), big)
     assert set(external_locations(big)) == {"w0", "w1"}
@@ -174,7 +174,7 @@ def test_external_auto_keeps_external_when_a_pass_replaced_every_weight(tmp_path
 
 
 def test_inline_over_two_gigabytes_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(surgeon.save, "PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(surgeon.ir.save, "PROTOBUF_LIMIT", 1000)
     before = snapshot(tmp_path)
     with pytest.raises(ModelError, match="over 2 GB; save it with external data"):
         save(load(matmul_chain(2, 16)), tmp_path / "m.onnx", SavePolicy(external="never"))
@@ -336,8 +336,8 @@ def test_failed_save_leaves_nothing_and_keeps_old_output(tmp_path: Path, monkeyp
             raise OSError("disk full")
         return real_copy(*args)  # type: ignore[arg-type]
 
-    real_copy = surgeon.save.copy_range
-    monkeypatch.setattr(surgeon.save, "copy_range", failing_copy)
+    real_copy = surgeon.ir.save.copy_range
+    monkeypatch.setattr(surgeon.ir.save, "copy_range", failing_copy)
     with pytest.raises(OSError, match="disk full"):
         save(load(path), out)
     assert snapshot(tmp_path) == before  # no temporary files, old output untouched

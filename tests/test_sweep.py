@@ -12,7 +12,8 @@ import onnxruntime as ort
 import pytest
 
 import surgeon
-from surgeon.save import save
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.save import save
 from tests.sweep import Case, node_cases, normalise, stored_cases
 
 NODE_SAMPLE = int(os.environ.get("SURGEON_SWEEP_NODE_SAMPLE", "250"))
@@ -76,7 +77,7 @@ def sweep(cases: list[Case], tmp: Path) -> Counter:
             continue
         out = tmp / "out.onnx"
         try:
-            save(surgeon.load(src).ir().to_model(), out)
+            save(ModelIR.from_model(surgeon.load(src)).to_model(), out)
         except Exception as exc:
             failures.append(f"{case.name}: load -> IR -> save failed: {type(exc).__name__}: {exc}")
             continue

@@ -18,10 +18,10 @@ import pytest
 
 from surgeon import Pipeline
 from surgeon.errors import SurgeonError
+from surgeon.ir.save import save
 from surgeon.pass_api import Pass
 from surgeon.passes.fold_constants import FoldConstants
 from surgeon.passes.simplify import Simplify
-from surgeon.save import save
 from tests.sweep import Case, node_cases, normalise, stored_cases
 
 NODE_SAMPLE = int(os.environ.get("SURGEON_SWEEP_PASS_NODE_SAMPLE", "120"))

@@ -10,11 +10,15 @@ import pytest
 from onnx import parser
 
 from surgeon import Pipeline
-from surgeon.contract import IOContract, Tolerance
 from surgeon.errors import UsageError, VerificationError
-from surgeon.model import load
+from surgeon.ir.model import load
 from surgeon.passes.rename_io import RenameIO
-from surgeon.verify import InputSpec, Runtime, Verifier, VerifyConfig, compare, make_feed, resolve_shape
+from surgeon.verify.compare import Tolerance, compare
+from surgeon.verify.config import VerifyConfig
+from surgeon.verify.contract import IOContract
+from surgeon.verify.feeds import InputSpec, make_feed, resolve_shape
+from surgeon.verify.runtime import Runtime
+from surgeon.verify.verifier import Verifier
 from tests.conftest import exported_like_model
 
 
@@ -101,7 +105,7 @@ def test_each_mode_verifies_after_every_modifying_pass_end_mode_once() -> None:
 
 
 def test_reference_is_computed_once_per_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    import surgeon.verify as verify
+    import surgeon.verify.verifier as verify
 
     calls: list[str] = []
     real = verify.run_model
@@ -141,7 +145,7 @@ def test_a_pass_that_breaks_the_function_fails_verification(tmp_path: Path) -> N
 
 def test_step_tolerance_override_loosens_later_checks() -> None:
     from surgeon.pipeline import Step
-    from surgeon.verify import StepVerify
+    from surgeon.verify.config import StepVerify
 
     steps = [Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.5)), Step(RenameIO(outputs={"/relu/Relu_output_0": "y"}))]
     res = Pipeline(steps, verify={"dims": {"batch": 2}}).run(exported_like_model())

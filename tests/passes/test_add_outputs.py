@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
-from surgeon.model import load
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import load
 from surgeon.passes.add_outputs import AddOutputs
 from tests.models_surgery import export_mlp, tiny_classifier, tiny_mlp
 
@@ -72,7 +73,7 @@ def test_bad_params() -> None:
 
 
 def test_missing_names_list_what_exists() -> None:
-    ir = load(parser.parse_model(TEXT)).ir()
+    ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
     with pytest.raises(PassPreconditionError, match=r"no tensor 'hh' in the graph; did you mean 'h'\?; tensors are: h, s, w, x, y, z") as err:
         AddOutputs(tensors=["hh"]).requires(ir)
     assert err.value.field == ("tensors", "hh")
@@ -93,7 +94,7 @@ def test_constants_and_subgraph_tensors_are_refused() -> None:
                           else_branch = e () => (float[2] r2) { r2 = Abs (b) }>
         }"""
     )
-    ir = load(model).ir()
+    ir = ModelIR.from_model(load(model))
     with pytest.raises(PassPreconditionError, match="'k' is a constant"):
         AddOutputs(tensors=["k"]).requires(ir)
     with pytest.raises(PassPreconditionError, match="'inner' is inside a subgraph"):
@@ -131,7 +132,7 @@ def test_unknown_dtype_is_a_clear_error() -> None:
     relu = helper.make_node("Relu", ["x"], ["y"])
     graph = helper.make_graph([node, relu], "g", [helper.make_tensor_value_info("x", 1, [2])], [helper.make_tensor_value_info("y", 1, [2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)], ir_version=10)
-    ir = load(model).ir()
+    ir = ModelIR.from_model(load(model))
     from surgeon.errors import PassError
 
     with pytest.raises(PassError, match="cannot tell the element type of f"):

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
-from surgeon.model import ModelIR, load
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import load
 from surgeon.pass_api import PassResult
 from surgeon.passes.append_op import AppendOp
 from tests.conftest import apply_repo_recipe
@@ -149,14 +150,14 @@ def test_bad_params() -> None:
 )
 def test_preconditions(params: dict, message: str) -> None:
     with pytest.raises(PassPreconditionError, match=message):
-        AppendOp(**params).requires(load(parser.parse_model(TEXT)).ir())
+        AppendOp(**params).requires(ModelIR.from_model(load(parser.parse_model(TEXT))))
 
 
 def test_output_that_is_an_input_needs_a_name() -> None:
     model = parser.parse_model("""<ir_version: 10, opset_import: ["" : 17]>
         g (float[2] x) => (float[2] x, float[2] y) { y = Neg(x) }""")
     with pytest.raises(PassPreconditionError, match="'x' is also a graph input; give name"):
-        AppendOp(output="x", op="Sigmoid").requires(load(model).ir())
+        AppendOp(output="x", op="Sigmoid").requires(ModelIR.from_model(load(model)))
     res = _run(model, AppendOp(output="x", op="Sigmoid", name="sx"))
     assert res.ok and [i.name for i in res.model.proto.graph.input] == ["x"]
     assert [o.name for o in res.model.proto.graph.output] == ["sx", "y"]

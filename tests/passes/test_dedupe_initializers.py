@@ -9,8 +9,8 @@ from onnx import helper, numpy_helper
 from pydantic import ValidationError
 
 from surgeon import Pipeline
-from surgeon.external import is_external
-from surgeon.model import load
+from surgeon.ir.external import is_external
+from surgeon.ir.model import load
 from surgeon.passes.dedupe_initializers import DedupeInitializers
 
 

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
-from surgeon.model import ModelIR, load
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import load
 from surgeon.pass_api import PassResult
 from surgeon.passes.add_outputs import AddOutputs
 from surgeon.passes.extract import Extract
@@ -112,14 +113,14 @@ def test_after_add_outputs_in_one_pipeline() -> None:
 
 
 def test_missing_dependency_names_what_to_add() -> None:
-    ir = load(parser.parse_model(TEXT)).ir()
+    ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
     with pytest.raises(PassPreconditionError, match=r"output 'y2' depends on x2, which is not among the inputs \(h\); add it to inputs") as err:
         Extract(inputs=["h"], outputs=["y", "y2"]).requires(ir)
     assert err.value.field == ("outputs", "y2")
 
 
 def test_unknown_and_constant_tensors() -> None:
-    ir = load(parser.parse_model(TEXT)).ir()
+    ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
     with pytest.raises(PassPreconditionError, match=r"no tensor 'hh' in the graph; did you mean 'h'\?; tensors are: h, w, x, x2, y, y2, z"):
         Extract(inputs=["hh"], outputs=["y"]).requires(ir)
     model = parser.parse_model(
@@ -127,7 +128,7 @@ def test_unknown_and_constant_tensors() -> None:
         g (float[4] x) => (float[4] y) <float[4] k = {1.0, 2.0, 3.0, 4.0}> { y = Add(x, k) }"""
     )
     with pytest.raises(PassPreconditionError, match="'k' is a constant"):
-        Extract(inputs=["k"], outputs=["y"]).requires(load(model).ir())
+        Extract(inputs=["k"], outputs=["y"]).requires(ModelIR.from_model(load(model)))
 
 
 def test_bad_params() -> None:
@@ -152,9 +153,9 @@ def test_external_weights_are_not_read_and_stay_external(tmp_path: Path, monkeyp
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("external data was read")
 
-    ir = load(path).ir()
+    ir = ModelIR.from_model(load(path))
     with monkeypatch.context() as m:
-        for target in ("surgeon.external.tensor_values", "surgeon.model.tensor_values", "surgeon.external.read_external_bytes", "onnx.numpy_helper.to_array"):
+        for target in ("surgeon.ir.external.tensor_values", "surgeon.ir.adapter.tensor_values", "surgeon.ir.external.read_external_bytes", "onnx.numpy_helper.to_array"):
             m.setattr(target, refuse)
         m.setattr(gs.ir.tensor.LazyValues, "load", refuse)
         step = Extract(inputs=["relu_out"], outputs=["logits"])

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassError
-from surgeon.external import is_external
-from surgeon.model import load
+from surgeon.ir.external import is_external
+from surgeon.ir.model import load
 from surgeon.passes.fold_constants import FoldConstants
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'

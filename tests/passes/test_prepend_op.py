@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
-from surgeon.model import ModelIR, load
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import load
 from surgeon.pass_api import PassResult
 from surgeon.passes.append_op import AppendOp
 from surgeon.passes.prepend_op import PrependOp
@@ -139,14 +140,14 @@ def test_bad_params() -> None:
 )
 def test_preconditions(params: dict, message: str) -> None:
     with pytest.raises(PassPreconditionError, match=message):
-        PrependOp(**params).requires(load(parser.parse_model(TEXT)).ir())
+        PrependOp(**params).requires(ModelIR.from_model(load(parser.parse_model(TEXT))))
 
 
 def test_input_that_is_an_output_is_refused() -> None:
     model = parser.parse_model("""<ir_version: 10, opset_import: ["" : 17]>
         g (float[2] x) => (float[2] x, float[2] y) { y = Neg(x) }""")
     with pytest.raises(PassPreconditionError, match="'x' is also a graph output"):
-        PrependOp(input="x", op="Cast", dtype="uint8").requires(load(model).ir())
+        PrependOp(input="x", op="Cast", dtype="uint8").requires(ModelIR.from_model(load(model)))
 
 
 def test_classifier_takes_uint8_nhwc() -> None:

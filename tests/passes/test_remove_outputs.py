@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
-from surgeon.model import load
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import load
 from surgeon.passes.add_outputs import AddOutputs
 from surgeon.passes.remove_outputs import RemoveOutputs
 
@@ -51,7 +52,7 @@ def test_undoes_add_outputs() -> None:
 
 
 def test_missing_output_is_an_error_or_skipped_with_missing_ok() -> None:
-    ir = load(parser.parse_model(TEXT)).ir()
+    ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
     with pytest.raises(PassPreconditionError, match=r"unknown output 'auxx'; did you mean 'aux'\?; graph outputs are: y, aux, h") as err:
         RemoveOutputs(outputs=["auxx"]).requires(ir)
     assert err.value.field == ("outputs", "auxx")
@@ -63,7 +64,7 @@ def test_missing_output_is_an_error_or_skipped_with_missing_ok() -> None:
 
 
 def test_removing_every_output_is_refused() -> None:
-    ir = load(parser.parse_model(TEXT)).ir()
+    ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
     with pytest.raises(PassPreconditionError, match="would leave the model without outputs; graph outputs are: y, aux, h"):
         RemoveOutputs(outputs=["y", "aux", "h"]).requires(ir)
 

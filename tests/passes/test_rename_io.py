@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
-from surgeon.model import load
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import load
 from surgeon.passes.rename_io import RenameIO
 from tests.conftest import exported_like_model
 
@@ -81,7 +82,7 @@ def test_tensor_both_input_and_output_gets_one_name() -> None:
 )
 def test_preconditions(params: dict, message: str) -> None:
     with pytest.raises(PassPreconditionError, match=message.replace("(", r"\(").replace("?", r"\?")):
-        RenameIO(**params).requires(load(exported_like_model()).ir())
+        RenameIO(**params).requires(ModelIR.from_model(load(exported_like_model())))
 
 
 def test_bad_params() -> None:

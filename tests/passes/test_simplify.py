@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
-from surgeon.external import is_external
-from surgeon.model import load
+from surgeon.ir.external import is_external
+from surgeon.ir.model import load
 from surgeon.passes.simplify import Simplify
 
 FOLDABLE = """

@@ -9,11 +9,11 @@ from onnx import TensorProto, numpy_helper
 from pydantic import ValidationError
 
 from surgeon import Pipeline
-from surgeon.contract import Tolerance
 from surgeon.errors import PassPreconditionError
-from surgeon.external import is_external
-from surgeon.model import load
+from surgeon.ir.external import is_external
+from surgeon.ir.model import load
 from surgeon.passes.to_fp16 import ToFP16
+from surgeon.verify.compare import Tolerance
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 MLP = HEADER + """

@@ -3,63 +3,23 @@ through the I/O contract of every step in between."""
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from surgeon.compare import OutputCheck, StepCheck, compare
-from surgeon.contract import IOContract, Tolerance
 from surgeon.errors import SurgeonError, UsageError
-from surgeon.feeds import InputSpec, graph_inputs, load_npz, make_feed, random_array, resolve_shape
-from surgeon.runtime import Device, Runtime, on_disk, run_model
+from surgeon.verify.compare import OutputCheck, StepCheck, Tolerance, compare
+from surgeon.verify.contract import IOContract
+from surgeon.verify.feeds import InputSpec, graph_inputs, load_npz, make_feed
+from surgeon.verify.runtime import Runtime, run_model
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from surgeon.model import Model
+    from surgeon.ir.model import Model
+    from surgeon.verify.config import VerifyConfig
 
-__all__ = [
-    "Device", "InputSpec", "OutputCheck", "ProbeEnv", "ProbeResult", "Runtime", "StepCheck", "StepVerify",
-    "Verifier", "VerifyConfig", "compare", "graph_inputs", "load_npz", "make_feed", "on_disk", "random_array",
-    "resolve_shape", "run_model",
-]
-log = logging.getLogger(__name__)
-ProbeResult = OutputCheck
-
-
-class VerifyConfig(BaseModel):
-    """How every pass is checked against onnxruntime."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    device: Device = Field("auto", description="auto: CUDA when it really loads, else CPU; cuda: CUDA or an error; cpu")
-    mode: Literal["each", "end", "off"] = Field("each", description="verify after each pass, once at the end, or not at all")
-    rtol: float = Field(1e-4, ge=0, description="relative tolerance: |a-b| <= atol + rtol*|b|")
-    atol: float = Field(1e-5, ge=0, description="absolute tolerance")
-    seed: int = Field(0, description="seed of the random input data")
-    dims: dict[str, int] = Field(
-        default_factory=dict,
-        description="sizes for symbolic dims, by symbol ('batch: 2') or by 'input:axis' ('image:0: 2')",
-    )
-    inputs: str | None = Field(None, description=".npz file of input data (names as the source model's inputs)")
-    ranges: dict[str, tuple[float, float]] = Field(
-        default_factory=dict, description="value range [low, high) of random data per input name"
-    )
-    probe_batch: int = Field(3, ge=2, description="batch size used to probe a batch axis made dynamic")
-
-
-class StepVerify(BaseModel):
-    """Per-step overrides of the verification settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rtol: float | None = Field(None, ge=0, description="relative tolerance for this step")
-    atol: float | None = Field(None, ge=0, description="absolute tolerance for this step")
-    skip: bool = Field(False, description="do not verify after this step (the next check still covers it)")
 
 
 # --- the verifier ------------------------------------------------------------------------------
@@ -73,8 +33,8 @@ class Verifier:
         self._snapshot: tempfile.TemporaryDirectory[str] | None = None
         if source.path is None and not source.uses_external_data:
             # an in-memory source is saved once, before any pass can touch shared protos
-            from surgeon.model import Model as _Model
-            from surgeon.save import save
+            from surgeon.ir.model import Model as _Model
+            from surgeon.ir.save import save
 
             self._snapshot = tempfile.TemporaryDirectory(prefix="surgeon-source-")
             path = Path(self._snapshot.name) / "source.onnx"

@@ -1,7 +1,4 @@
-"""Models in and out of the graph IR passes edit.
-
-A :class:`Model` is an ``onnx.ModelProto`` loaded *without* its external data plus the folder its
-weights live in. :class:`ModelIR` is the onnx-graphsurgeon graph passes edit, together with the
+"""The in-memory side: :class:`ModelIR`, the onnx-graphsurgeon graph passes edit, together with the
 parts of the model onnx-graphsurgeon's round trip drops (model and node ``metadata_props``, doc
 strings, functions, training info), which are carried across unchanged.
 """
@@ -9,101 +6,19 @@ strings, functions, training info), which are carried across unchanged.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from surgeon.errors import ModelError, UsageError
-from surgeon.external import check_external_data, tensor_values
+from surgeon.errors import ModelError, short_error
+from surgeon.ir.external import check_external_data, is_external, tensor_values
+from surgeon.ir.model import Model
+from surgeon.ir.walk import all_value_infos, gs_subgraphs, iter_graphs, node_subgraphs
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx
     import onnx_graphsurgeon as gs
-
-
-@dataclass
-class Model:
-    """An ONNX model whose external weights stay on disk until something needs them."""
-
-    proto: onnx.ModelProto
-    path: Path | None = None
-    """The file it was loaded from (None for bytes or a ModelProto)."""
-    base_dir: Path | None = None
-    """The folder external data locations are relative to."""
-    data_files: list[str] = field(default_factory=list)
-    """External data files the model references, relative to ``base_dir``."""
-    source_external: bool = False
-    """Made from a model that stored weights externally (``save: {external: auto}`` keeps it so)."""
-
-    @property
-    def name(self) -> str:
-        return str(self.path) if self.path else "<model>"
-
-    @property
-    def uses_external_data(self) -> bool:
-        return bool(self.data_files)
-
-    def sha256(self) -> str:
-        """Hash of the model file as stored (not of its external data)."""
-        if self.path is not None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.hexdigest()
-        return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
-
-    def ir(self) -> ModelIR:
-        return ModelIR.from_model(self)
-
-
-def load(source: str | Path | bytes | onnx.ModelProto | Model) -> Model:
-    """Load a model from a path, serialized bytes or a ModelProto, leaving external data on disk."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    if isinstance(source, Model):
-        return source
-    if isinstance(source, onnx.ModelProto):
-        model = Model(source)
-    elif isinstance(source, (bytes, bytearray)):
-        try:
-            proto = onnx.load_model_from_string(bytes(source))
-        except (DecodeError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"<bytes>: not a valid ONNX model ({_short(exc)})") from None
-        model = Model(proto)
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise UsageError(f"{path}: no such file")
-        if path.is_dir():
-            raise UsageError(f"{path}: is a folder, not an ONNX model file")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-            raise ModelError(f"{path}: not a valid ONNX model ({_short(exc)})") from None
-        model = Model(proto, path=path, base_dir=path.parent)
-    _check_is_model(model)
-    model.data_files = check_external_data(model.proto, model.base_dir, model.name)
-    return model
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _check_is_model(model: Model) -> None:
-    proto = model.proto
-    if proto.ir_version <= 0 or not proto.HasField("graph"):
-        raise ModelError(
-            f"{model.name}: not an ONNX model (no ir_version or graph; is this the right file?)"
-        )
-    if not proto.graph.output:
-        raise ModelError(f"{model.name}: the graph has no outputs")
-
 
 # --- the IR -------------------------------------------------------------------------------------
 
@@ -147,7 +62,7 @@ class ModelIR:
         try:
             graph = gs.import_onnx(model.proto)
         except Exception as exc:  # onnx-graphsurgeon raises plain exceptions on bad graphs
-            raise ModelError(f"{model.name}: cannot import the graph ({_short(exc)})") from None
+            raise ModelError(f"{model.name}: cannot import the graph ({short_error(exc)})") from None
         shell = onnx.ModelProto()
         shell.CopyFrom(_without_graph(model.proto))
         ir = cls(graph, shell, model.base_dir, model)
@@ -159,7 +74,7 @@ class ModelIR:
         inits = {t.name for t in model.proto.graph.initializer}
         ir.default_inputs = {vi.name: vi for vi in model.proto.graph.input if vi.name in inits}
         ir.input_order = [vi.name for vi in model.proto.graph.input]
-        for vi in _all_value_infos(model.proto.graph):
+        for vi in all_value_infos(model.proto.graph):
             if vi.type.WhichOneof("value") not in (None, "tensor_type", "sequence_type", "sparse_tensor_type"):
                 ir.exotic_types[vi.name] = vi.type
         return ir
@@ -184,8 +99,6 @@ class ModelIR:
 
         hidden = []
         if self.exotic_types:
-            from surgeon.graph import iter_graphs
-
             for g in iter_graphs(self.graph):
                 for t in g.tensors().values():
                     if t.name in self.exotic_types and isinstance(t, gs.Variable) and t.dtype is not None:
@@ -194,12 +107,12 @@ class ModelIR:
         try:
             proto = gs.export_onnx(self.graph, do_type_check=False)
         except Exception as exc:
-            raise ModelError(f"cannot export the edited graph ({_short(exc)})") from None
+            raise ModelError(f"cannot export the edited graph ({short_error(exc)})") from None
         finally:
             for t, dtype in hidden:
                 t.dtype = dtype
         if self.exotic_types:
-            for vi in _all_value_infos(proto.graph):
+            for vi in all_value_infos(proto.graph):
                 if vi.name in self.exotic_types and not vi.type.WhichOneof("value"):
                     vi.type.CopyFrom(self.exotic_types[vi.name])
         out = onnx.ModelProto()
@@ -287,9 +200,6 @@ def _bind_external(graph: gs.Graph, base_dir: Path | None) -> None:
     """Make ``constant.values`` of external tensors read from the model's folder, not the cwd."""
     import onnx_graphsurgeon as gs
 
-    from surgeon.external import is_external
-    from surgeon.graph import iter_graphs
-
     cls = _folder_lazy_values()
     for g in iter_graphs(graph):
         for t in g.tensors().values():
@@ -347,34 +257,6 @@ def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     return shell
 
 
-def _all_value_infos(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    out = list(graph.input) + list(graph.output) + list(graph.value_info)
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            out += _all_value_infos(sub)
-    return out
-
-
-def _subgraphs(node_proto: onnx.NodeProto) -> list[onnx.GraphProto]:
-    out: list[onnx.GraphProto] = []
-    for attr in node_proto.attribute:
-        if attr.type == 5:  # GRAPH
-            out.append(attr.g)
-        elif attr.type == 10:  # GRAPHS
-            out.extend(attr.graphs)
-    return out
-
-
-def _gs_subgraphs(node: gs.Node) -> list[gs.Graph]:
-    import onnx_graphsurgeon as gs
-
-    out: list[gs.Graph] = []
-    for value in node.attrs.values():
-        if isinstance(value, gs.Graph):
-            out.append(value)
-        elif isinstance(value, list):
-            out.extend(v for v in value if isinstance(v, gs.Graph))
-    return out
 
 
 def _collect_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int, tuple[Any, _NodeMeta]]) -> None:
@@ -385,7 +267,7 @@ def _collect_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int,
         extra = [a for a in nproto.attribute if a.type in _UNCARRIED_ATTRS]
         if nproto.doc_string or props or extra:
             meta[id(node)] = (node, (nproto.doc_string, props, extra))
-        for sub_proto, sub in zip(_subgraphs(nproto), _gs_subgraphs(node)):
+        for sub_proto, sub in zip(node_subgraphs(nproto), gs_subgraphs(node)):
             _collect_node_meta(sub_proto, sub, meta)
 
 
@@ -399,7 +281,7 @@ def _restore_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int,
                 nproto.metadata_props.add(key=key, value=value)
             have = {a.name for a in nproto.attribute}
             nproto.attribute.extend(a for a in extra if a.name not in have)
-        for sub_proto, sub in zip(_subgraphs(nproto), _gs_subgraphs(node)):
+        for sub_proto, sub in zip(node_subgraphs(nproto), gs_subgraphs(node)):
             _restore_node_meta(sub_proto, sub, meta)
 
 

@@ -8,36 +8,53 @@ through every step, and so are the reference outputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from surgeon.errors import VerificationError
+from surgeon.verify.compare import OutputCheck, Tolerance
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from surgeon.model import Model
-    from surgeon.verify import ProbeEnv, ProbeResult
+    from surgeon.ir.model import Model
 
 Feed = dict[str, "np.ndarray"]
 OutputExpectation = Callable[[Mapping[str, "np.ndarray"], Mapping[str, "np.ndarray"]], "np.ndarray"]
 """``f(outputs_before, feed_before) -> expected array`` for one output after the step."""
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Numeric contract: ``|a - b| <= atol + rtol * |b|`` elementwise. ``Tolerance.exact()`` is 0/0."""
+ProbeResult = OutputCheck
+"""A probe's verdict on one output (or on the probe as a whole)."""
 
-    rtol: float
-    atol: float
 
-    @classmethod
-    def exact(cls) -> Tolerance:
-        return cls(0.0, 0.0)
+class ProbeEnv(Protocol):
+    """What a probe may do, at the point of the pipeline right after the step that declared it:
+    make inputs at new sizes, run the model after the step (through the candidate) and the model
+    before it (through the source). The verifier provides it; probes never import the verifier."""
 
-    def loosest(self, other: Tolerance | None) -> Tolerance:
-        if other is None:
-            return self
-        return Tolerance(max(self.rtol, other.rtol), max(self.atol, other.atol))
+    @property
+    def candidate(self) -> Model: ...
+
+    @property
+    def contracts(self) -> Sequence[IOContract]: ...
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def tol(self) -> Tolerance: ...
+
+    @property
+    def config(self) -> Any:
+        """The verification settings (``surgeon.verify.config.VerifyConfig``)."""
+
+    def make_feed(self, dims: Mapping[str, int], seed_offset: int = 1) -> dict[str, np.ndarray]: ...
+
+    def run_after(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]: ...
+
+    def run_before(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]: ...
 
 
 class Probe(Protocol):
@@ -94,15 +111,11 @@ class IOContract:
     probes: list[Probe] = field(default_factory=list)
     tolerance: Tolerance | None = None
     """The pass's own numeric contract; None means the pipeline's tolerance."""
-    notes: list[str] = field(default_factory=list)
-    """What the step changed, for the report (every rewrite a pass made)."""
 
     def map_feed(self, feed: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray] | None = None) -> Feed:
         """Feed for the model after the step, given the feed of the model before it (and the
         values of ``intermediates`` in ``extra``)."""
         if self.derived_inputs:
-            from surgeon.errors import VerificationError
-
             names = ", ".join(self.derived_inputs)
             raise VerificationError(f"input(s) {names} changed domain: their feed is derived backwards, not mapped forward")
         out: Feed = {}

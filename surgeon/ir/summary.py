@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from surgeon.external import external_ref, is_external, iter_model_tensors
+from surgeon.ir.external import external_ref, is_external, iter_model_tensors
 
 if TYPE_CHECKING:
     import onnx
 
-    from surgeon.model import Model
+    from surgeon.ir.model import Model
 
 
 def _dtype_name(elem_type: int) -> str:

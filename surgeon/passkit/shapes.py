@@ -7,14 +7,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from surgeon.graph import iter_graphs
-from surgeon.shapes import Dim, Shape, infer  # noqa: F401  (re-exported for the passes)
+from surgeon.ir.walk import iter_graphs
+from surgeon.passkit.infer import Dim, Shape, dims_text, infer  # noqa: F401  (re-exported for the passes)
+from surgeon.passkit.ops import unique_name
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 def _input_names(model: ModelIR) -> set[str]:
     out: set[str] = set()
@@ -162,16 +163,6 @@ def drop_dead(g: gs.Graph, tensor: gs.Tensor) -> None:
         drop_dead(g, t)
 
 
-def unique_name(model: ModelIR, base: str) -> str:
-    from surgeon.graph import all_tensor_names
-
-    taken = all_tensor_names(model.graph) | {n.name for g in iter_graphs(model.graph) for n in g.nodes}
-    if base not in taken:
-        return base
-    i = 1
-    while f"{base}_{i}" in taken:
-        i += 1
-    return f"{base}_{i}"
 
 
 def input_symbols(graph: gs.Graph) -> dict[str, list[tuple[str, int]]]:
@@ -184,10 +175,6 @@ def input_symbols(graph: gs.Graph) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-def dims_text(shape: Shape) -> str:
-    if shape is None:
-        return "unknown rank"
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def drop_orphan_constant(g: gs.Graph, tensor: gs.Tensor) -> None:
@@ -255,10 +242,10 @@ class ShapeBuilder:
 
     def name(self, base: str) -> str:
         """A fresh tensor/node name, also unlike the names handed out but not wired in yet."""
-        name, i = unique_name(self.model, base), 0
+        name, i = unique_name(self.model.graph, base), 0
         while name in self.issued:
             i += 1
-            name = unique_name(self.model, f"{base}_{i}")
+            name = unique_name(self.model.graph, f"{base}_{i}")
         self.issued.add(name)
         return name
 

@@ -1,24 +1,22 @@
-"""Helpers shared by the output and subgraph passes (add-outputs, remove-outputs, extract,
-append-op, prepend-op): tensor look-ups with clear errors, dtypes and shapes from inference,
-fresh names, and the model-before-the-step snapshot the verifier reads intermediates from."""
+"""Helpers the passes share: tensor look-ups with clear errors (listing what exists), dtypes and
+shapes from inference, fresh names, and the model-before-the-step snapshot the verifier reads
+intermediates from."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from surgeon.errors import PassError, PassPreconditionError
-from surgeon.graph import all_tensor_names, listing
+from surgeon.errors import PassError, PassPreconditionError, listing, suggest
+from surgeon.ir.walk import all_tensor_names, iter_graphs
+from surgeon.passkit.infer import Shape, dims_text
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from surgeon.contract import Intermediates
-    from surgeon.model import ModelIR
-
-Shape = list[Any] | None
-"""Dims as onnx-graphsurgeon keeps them: ints, symbol strings, or None for unknown."""
+    from surgeon.ir.adapter import ModelIR
+    from surgeon.verify.contract import Intermediates
 
 MAX_LISTED = 40
 
@@ -35,8 +33,6 @@ def short_listing(items: Iterable[str], limit: int = MAX_LISTED) -> str:
 
 def require_tensor(graph: gs.Graph, name: str, field: tuple[str | int, ...], kind: str = "tensor") -> gs.Tensor:
     """The main-graph tensor called ``name``, or an error naming what exists (with a suggestion)."""
-    from surgeon.pass_api import suggest
-
     tensors = graph.tensors()
     if name in tensors:
         return tensors[name]
@@ -49,8 +45,6 @@ def require_tensor(graph: gs.Graph, name: str, field: tuple[str | int, ...], kin
 
 
 def require_output(graph: gs.Graph, name: str, field: tuple[str | int, ...]) -> gs.Tensor:
-    from surgeon.pass_api import suggest
-
     outs = [t.name for t in graph.outputs]
     if name not in outs:
         raise PassPreconditionError(f"unknown output '{name}'{suggest(name, outs)}; graph outputs are: {listing(outs)}", field=field)
@@ -58,17 +52,30 @@ def require_output(graph: gs.Graph, name: str, field: tuple[str | int, ...]) -> 
 
 
 def require_input(graph: gs.Graph, name: str, field: tuple[str | int, ...]) -> gs.Tensor:
-    from surgeon.pass_api import suggest
-
     ins = [t.name for t in graph.inputs]
     if name not in ins:
         raise PassPreconditionError(f"unknown input '{name}'{suggest(name, ins)}; graph inputs are: {listing(ins)}", field=field)
     return graph.inputs[ins.index(name)]
 
 
+def names(tensors: Iterable[gs.Tensor]) -> list[str]:
+    return [t.name for t in tensors]
+
+
+def require_names(wanted: Iterable[str], existing: list[str], kind: str, field: str) -> None:
+    """Raise for the first name in ``wanted`` that is not in ``existing``, listing what exists."""
+    for name in wanted:
+        if name not in existing:
+            raise PassPreconditionError(
+                f"unknown {kind} '{name}'{suggest(name, existing)}; graph {kind}s are: {listing(existing)}",
+                field=(field, name),
+            )
+
+
 def unique_name(graph: gs.Graph, base: str, taken: set[str] | None = None) -> str:
-    """``base``, or ``base_1``, ``base_2``... the first not used by a tensor (subgraphs included)."""
-    used = all_tensor_names(graph) | (taken or set())
+    """``base``, or ``base_1``, ``base_2``... the first not used by a tensor or a node (subgraphs
+    included) nor in ``taken``."""
+    used = all_tensor_names(graph) | {n.name for g in iter_graphs(graph) for n in g.nodes} | (taken or set())
     name, i = base, 0
     while name in used:
         i += 1
@@ -96,18 +103,17 @@ def inferred_types(model: ModelIR, names: Sequence[str]) -> dict[str, tuple[np.d
     for name in names:
         t = tensors[name]
         dtype = _np_dtype(t.dtype) if t.dtype is not None else None
-        shape = list(t.shape) if t.shape is not None else None
-        if isinstance(t, gs.Constant):
-            shape = list(t.shape)
+        shape: Shape = list(t.shape) if t.shape is not None or isinstance(t, gs.Constant) else None
         out[name] = (dtype, shape)
         if dtype is None or shape is None:
             missing.append(name)
     if missing:
-        from surgeon.shapes import tensor_types
+        from surgeon.passkit.infer import tensor_types
 
         inferred = tensor_types(model)
         for name in missing:
             dtype, shape = out[name]
+            ishape: Shape
             idtype, ishape = inferred.get(name, (None, None))
             out[name] = (dtype if dtype is not None else idtype, shape if shape is not None else (list(ishape) if ishape is not None else None))
     return out
@@ -139,7 +145,7 @@ def snapshot(model: ModelIR, names: Sequence[str]) -> Intermediates:
     intermediate values from (external weights stay referenced, never read)."""
     from onnx import helper
 
-    from surgeon.contract import Intermediates
+    from surgeon.verify.contract import Intermediates
 
     types = inferred_types(model, names)
     before = model.to_model()
@@ -168,5 +174,5 @@ def check_axis(axis: int, rank: int | None, tensor: str, field: tuple[str | int,
 
 def describe(dtype: object, shape: Shape) -> str:
     """``float32 [N, 3, 224, 224]`` (``?`` for what is unknown), as Netron would show it."""
-    dims = "?" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    dims = "?" if shape is None else dims_text(shape)
     return f"{dtype} {dims}"

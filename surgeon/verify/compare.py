@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from surgeon.contract import Tolerance
-
 if TYPE_CHECKING:
     import numpy as np
 
@@ -29,6 +27,22 @@ class OutputCheck:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Numeric contract: ``|a - b| <= atol + rtol * |b|`` elementwise. ``Tolerance.exact()`` is 0/0."""
+
+    rtol: float
+    atol: float
+
+    @classmethod
+    def exact(cls) -> Tolerance:
+        return cls(0.0, 0.0)
+
+    def loosest(self, other: Tolerance | None) -> Tolerance:
+        if other is None:
+            return self
+        return Tolerance(max(self.rtol, other.rtol), max(self.atol, other.atol))
 
 
 @dataclass

@@ -6,15 +6,17 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from surgeon.errors import PassError
+from surgeon.ir.walk import iter_proto_graphs
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from surgeon.model import ModelIR
+    from surgeon.ir.adapter import ModelIR
 
 Dim = int | str | None
-Shape = tuple[Dim, ...] | None
+Shape = tuple[Dim, ...] | list[Dim] | None
+"""Dims as inference and onnx-graphsurgeon keep them: ints, symbol strings, None for unknown."""
 TypeMap = dict[str, "tuple[np.dtype | None, Shape]"]
 _LIGHT = 1024
 """Initializers with more elements than this are given to shape inference as typed inputs (their
@@ -68,21 +70,12 @@ def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None,
     except Exception as exc:  # onnx raises InferenceError / RuntimeError with the node named
         raise PassError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
     result: dict[str, tuple[Any, Shape]] = {}
-    for gproto in _graphs(out.graph):
+    for gproto in iter_proto_graphs(out.graph):
         for vi in list(gproto.value_info) + list(gproto.output) + list(gproto.input):
             result[vi.name] = _type_of(vi)
     return result
 
 
-def _graphs(gproto: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
-    yield gproto
-    for node in gproto.node:
-        for attr in node.attribute:
-            if attr.type == 5:
-                yield from _graphs(attr.g)
-            elif attr.type == 10:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
 
 
 def _type_of(vi: onnx.ValueInfoProto) -> tuple[Any, Shape]:
@@ -114,3 +107,10 @@ def tensor_types(model: ModelIR) -> TypeMap:
         for name, (elem, shape) in inferred.items()
         if elem or shape is not None
     }
+
+
+def dims_text(shape: Shape) -> str:
+    """``[N, 3, ?, 224]``: dims as a user reads them (``?`` for unknown)."""
+    if shape is None:
+        return "unknown rank"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"

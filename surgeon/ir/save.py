@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from surgeon.errors import ModelError, UsageError
-from surgeon.external import (
+from surgeon.ir.external import (
     ExternalRef,
     copy_range,
     external_ref,
@@ -28,7 +28,7 @@ from surgeon.external import (
 if TYPE_CHECKING:
     import onnx
 
-    from surgeon.model import Model
+    from surgeon.ir.model import Model
 
 PROTOBUF_LIMIT = 2**31 - 1
 SAFE_INLINE_LIMIT = 2**31 - (64 << 20)

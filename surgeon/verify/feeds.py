@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from surgeon.verify import VerifyConfig
+    from surgeon.verify.config import VerifyConfig
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from surgeon.errors import ModelError
+from surgeon.ir.walk import iter_model_tensors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,35 +55,6 @@ def set_external_ref(tensor: onnx.TensorProto, ref: ExternalRef) -> None:
             entry.key, entry.value = key, str(value)
 
 
-def iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor that carries data in a graph and its subgraphs: initializers (dense and the
-    values/indices of sparse ones) and tensor attributes (Constant ``value``, If/Loop bodies...)."""
-    import onnx
-
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graph_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_graph_tensors(sub)
-
-
-def iter_model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    yield from iter_graph_tensors(model.graph)
-    for func in model.functions:
-        for node in func.node:
-            for attr in node.attribute:
-                if attr.type == 4:  # TENSOR
-                    yield attr.t
 
 
 def safe_data_path(base_dir: Path, location: str, what: str) -> Path:

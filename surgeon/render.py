@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from surgeon.pipeline import PipelineResult, StepReport
-    from surgeon.verify import StepCheck
+    from surgeon.results import PipelineResult, StepReport
+    from surgeon.verify.compare import StepCheck
 
 
 def _e(text: object) -> str:

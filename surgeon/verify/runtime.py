@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from surgeon.errors import UsageError, VerificationError
 
@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     import numpy as np
     import onnxruntime as ort
 
-    from surgeon.model import Model
+    from surgeon.ir.model import Model
+    from surgeon.verify.config import Device
 
-Device = Literal["auto", "cpu", "cuda"]
 
 
 class Runtime:
@@ -146,7 +146,7 @@ def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
         return
     with tempfile.TemporaryDirectory(prefix="surgeon-verify-") as tmpdir:
         path = Path(tmpdir) / "model.onnx"
-        from surgeon.save import save
+        from surgeon.ir.save import save
 
         save(model, path)
         yield path, None, None

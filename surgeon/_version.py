@@ -1,0 +1,3 @@
+"""The surgeon version (layer 1: imports nothing)."""
+
+__version__ = "0.1.0"

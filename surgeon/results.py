@@ -1,0 +1,89 @@
+"""What a pipeline run reports: one :class:`StepReport` per step and the :class:`PipelineResult`
+(the data the terminal summary and ``--report`` JSON are made from)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from surgeon.ir.model import Model
+    from surgeon.verify.compare import StepCheck
+
+
+@dataclass
+class StepReport:
+    index: int
+    pass_name: str
+    label: str
+    modified: bool
+    nodes_before: int
+    nodes_after: int
+    seconds: float
+    check: StepCheck | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if self.check is None:
+            return "unchanged" if not self.modified else "not verified"
+        return "ok" if self.check.ok else "FAIL"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "pass": self.pass_name,
+            "name": self.label,
+            "modified": self.modified,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "seconds": round(self.seconds, 4),
+            "verdict": self.verdict,
+            "max_abs_error": self.check.max_abs if self.check else None,
+            "outputs": [o.as_dict() for o in self.check.outputs] if self.check else [],
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class PipelineResult:
+    model: Model
+    steps: list[StepReport]
+    device: str = ""
+    final_check: StepCheck | None = None
+    changed_tensors: set[str] = field(default_factory=set)
+
+    @property
+    def ok(self) -> bool:
+        checks = [s.check for s in self.steps if s.check] + ([self.final_check] if self.final_check else [])
+        return all(c.ok for c in checks)
+
+    def failures(self) -> list[str]:
+        lines = []
+        for s in self.steps:
+            if s.check and not s.check.ok:
+                for o in s.check.failures():
+                    lines.append(f"passes[{s.index}] ({s.pass_name}): output '{o.name}': {_describe(o)}")
+        if self.final_check and not self.final_check.ok:
+            for o in self.final_check.failures():
+                lines.append(f"end of pipeline: output '{o.name}': {_describe(o)}")
+        return lines
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "device": self.device,
+            "steps": [s.as_dict() for s in self.steps],
+            "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
+        }
+
+
+def _describe(o: Any) -> str:
+    if o.note and not o.max_abs:
+        return o.note
+    text = f"max abs error {o.max_abs:.3g}, max rel error {o.max_rel:.3g} > atol {o.atol:g} + rtol {o.rtol:g}"
+    return f"{text}; {o.note}" if o.note else text
+
+
+def count_nodes(graph: Any) -> int:
+    return len(graph.nodes)

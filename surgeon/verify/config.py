@@ -1,0 +1,41 @@
+"""Verification settings: the recipe's ``verify:`` block and a step's own ``verify:`` keywords."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class VerifyConfig(BaseModel):
+    """How every pass is checked against onnxruntime."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: Device = Field("auto", description="auto: CUDA when it really loads, else CPU; cuda: CUDA or an error; cpu")
+    mode: Literal["each", "end", "off"] = Field("each", description="verify after each pass, once at the end, or not at all")
+    rtol: float = Field(1e-4, ge=0, description="relative tolerance: |a-b| <= atol + rtol*|b|")
+    atol: float = Field(1e-5, ge=0, description="absolute tolerance")
+    seed: int = Field(0, description="seed of the random input data")
+    dims: dict[str, int] = Field(
+        default_factory=dict,
+        description="sizes for symbolic dims, by symbol ('batch: 2') or by 'input:axis' ('image:0: 2')",
+    )
+    inputs: str | None = Field(None, description=".npz file of input data (names as the source model's inputs)")
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="value range [low, high) of random data per input name"
+    )
+    probe_batch: int = Field(3, ge=2, description="batch size used to probe a batch axis made dynamic")
+
+
+class StepVerify(BaseModel):
+    """Per-step overrides of the verification settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rtol: float | None = Field(None, ge=0, description="relative tolerance for this step")
+    atol: float | None = Field(None, ge=0, description="absolute tolerance for this step")
+    skip: bool = Field(False, description="do not verify after this step (the next check still covers it)")
+
