@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from surgeon.ir.adapter import ModelIR
-    from surgeon.passes.remove_nodes import TypeMap
+    from surgeon.passkit.infer import TypeMap
 
 Op = Literal["Gather", "GatherElements", "Slice"]
 
@@ -62,7 +62,8 @@ def _dims(t: gs.Tensor, types: TypeMap) -> tuple[int | str | None, ...] | None:
     if t.shape is not None and all(isinstance(d, int) for d in t.shape):
         return tuple(t.shape)
     entry = types.get(t.name)
-    return entry[1] if entry else (tuple(t.shape) if t.shape is not None else None)
+    shape = entry[1] if entry else t.shape
+    return tuple(shape) if shape is not None else None
 
 
 def _fix(model: ModelIR, node: gs.Node, types: TypeMap) -> list[str]:

@@ -223,13 +223,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_passes(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from surgeon.pass_api import registry
+    from surgeon.catalog import catalog
 
+    entries = catalog()
+    if any(e.third_party for e in entries.values()):  # only their code knows their summaries
+        from surgeon.pass_api import registry
+
+        summaries = {name: cls.summary() for name, cls in registry().items()}
+    else:
+        summaries = {name: e.summary for name, e in entries.items()}
     table = Table(title="passes", title_justify="left")
     table.add_column("name")
     table.add_column("what it does")
-    for name, cls in registry().items():
-        table.add_row(name, cls.summary())
+    for name, summary in summaries.items():
+        table.add_row(name, summary)
     _console().print(table)
     return EXIT_OK
 

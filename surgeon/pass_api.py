@@ -6,20 +6,16 @@ functions that use them) so ``surgeon passes`` and ``surgeon --help`` start fast
 
 from __future__ import annotations
 
-import ast
 import copy
-import functools
 import importlib
-import importlib.util
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from surgeon.catalog import PassEntry, catalog
 from surgeon.errors import PassError, RecipeError, SurgeonError, UsageError, suggest
 from surgeon.verify.compare import Tolerance
 from surgeon.verify.contract import IOContract
@@ -108,8 +104,6 @@ class Pass:
 
 _REGISTRY: dict[str, type[Pass]] = {}
 P = TypeVar("P", bound=type[Pass])
-BUILTIN_PACKAGE = "surgeon.passes"
-ENTRY_POINT_GROUP = "surgeon.passes"
 
 
 def register_pass(name: str) -> Callable[[P], P]:
@@ -128,73 +122,44 @@ def register_pass(name: str) -> Callable[[P], P]:
     return deco
 
 
-@dataclass(frozen=True)
-class PassEntry:
-    """A pass known by name before its module is imported: where it lives and its summary line."""
-
-    name: str
-    module: str
-    summary: str
-
-
-@functools.cache
-def catalog() -> dict[str, PassEntry]:
-    """Every pass by name, without importing the pass modules: built-in passes are found by reading
-    their source (``@register_pass("name")`` on a class, its docstring's first line); third-party
-    ones come from the ``surgeon.passes`` entry points (loaded, since only their code knows)."""
-    out: dict[str, PassEntry] = {}
-    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    for folder in folders:
-        for path in sorted(Path(folder).glob("[!_]*.py")):
-            for name, summary in _declared_passes(path.read_text(encoding="utf-8")):
-                out[name] = PassEntry(name, f"{BUILTIN_PACKAGE}.{path.stem}", summary)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:
-            raise PassError(f"third-party pass '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
-        for name, cls in _REGISTRY.items():
-            if name not in out:
-                out[name] = PassEntry(name, cls.__module__, cls.summary())
-    return dict(sorted(out.items()))
-
-
-def _declared_passes(source: str) -> list[tuple[str, str]]:
-    found = []
-    for node in ast.parse(source).body:
-        if not isinstance(node, ast.ClassDef):
-            continue
-        for deco in node.decorator_list:
-            if (
-                isinstance(deco, ast.Call)
-                and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == "register_pass"
-                and deco.args
-                and isinstance(deco.args[0], ast.Constant)
-            ):
-                doc = (ast.get_docstring(node) or "").strip()
-                found.append((str(deco.args[0].value), doc.splitlines()[0] if doc else ""))
-    return found
-
-
 def get_pass(name: str) -> type[Pass]:
     """The pass class registered as ``name``; imports only its module."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     passes = catalog()
-    if name not in passes:
+    if name in passes:
+        _import(passes[name])
+    if name not in _REGISTRY and any(e.third_party for e in passes.values()):
+        for entry in passes.values():  # an entry point module may register passes of other names
+            if entry.third_party:
+                _import(entry)
+    if name not in _REGISTRY and name not in passes:
         raise UsageError(f"unknown pass '{name}'{suggest(name, list(passes))} (see 'surgeon passes')")
-    importlib.import_module(passes[name].module)
     if name not in _REGISTRY:  # pragma: no cover - a module that does not register what it declares
         raise PassError(f"pass '{name}': module {passes[name].module} did not register it")
     return _REGISTRY[name]
 
 
+def _import(entry: PassEntry) -> None:
+    try:
+        importlib.import_module(entry.module)
+    except Exception as exc:
+        if not entry.third_party:
+            raise
+        raise PassError(f"third-party pass '{entry.name}' ({entry.module}) failed to load: {exc}") from exc
+
+
+def pass_names() -> list[str]:
+    """Every pass name (built-in, third-party and registered in this process), importing nothing."""
+    return sorted(set(catalog()) | set(_REGISTRY))
+
+
 def registry() -> dict[str, type[Pass]]:
     """Every registered pass class, by name (imports every pass module: for tools and tests; the
     command line lists passes from :func:`catalog`)."""
-    names = set(catalog()) | set(_REGISTRY)
-    return {name: get_pass(name) for name in sorted(names)}
+    for entry in catalog().values():
+        _import(entry)
+    return dict(sorted(_REGISTRY.items()))
 
 
 def with_message(exc: SurgeonError, message: str) -> SurgeonError:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from surgeon.errors import RecipeError, UsageError, suggest
 from surgeon.ir.save import SavePolicy
-from surgeon.pass_api import registry
+from surgeon.pass_api import get_pass, pass_names, registry
 from surgeon.pipeline import Pipeline, Step
 from surgeon.results import PipelineResult
 from surgeon.verify.config import StepVerify, VerifyConfig
@@ -172,7 +172,7 @@ def parse_recipe_data(data: Any, name: str, positions: dict[Loc, tuple[int, int]
     raw_steps = data.get("passes")
     steps: list[Step] = []
     if isinstance(raw_steps, list):
-        passes = registry()
+        passes = pass_names()
         for i, raw in enumerate(raw_steps):
             step = _parse_step(raw, i, passes, problems)
             if step is not None:
@@ -192,7 +192,7 @@ def parse_recipe_data(data: Any, name: str, positions: dict[Loc, tuple[int, int]
     )
 
 
-def _parse_step(raw: Any, i: int, passes: dict[str, Any], problems: _Problems) -> Step | None:
+def _parse_step(raw: Any, i: int, passes: list[str], problems: _Problems) -> Step | None:
     loc: Loc = ("passes", i)
     if not isinstance(raw, Mapping):
         problems.add(loc, f"passes[{i}]", f"a step must be a mapping {{pass-name: params}}, got {type(raw).__name__}")
@@ -204,9 +204,9 @@ def _parse_step(raw: Any, i: int, passes: dict[str, Any], problems: _Problems) -
     pname = str(names[0])
     place = f"passes[{i}] ({pname})"
     if pname not in passes:
-        problems.add((*loc, pname), f"passes[{i}]", f"unknown pass '{pname}'{suggest(pname, list(passes))} (see 'surgeon passes')", key=True)
+        problems.add((*loc, pname), f"passes[{i}]", f"unknown pass '{pname}'{suggest(pname, passes)} (see 'surgeon passes')", key=True)
         return None
-    cls = passes[pname]
+    cls = get_pass(pname)  # imports only this pass's module
     params = raw[pname]
     if params is None:
         params = {}

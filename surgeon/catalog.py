@@ -1,0 +1,60 @@
+"""The passes by name, known without importing them: ``surgeon passes`` lists them and ``get_pass``
+imports only the module of the pass asked for. Imports nothing heavy (no pydantic, no onnx)."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+BUILTIN_PACKAGE = "surgeon.passes"
+ENTRY_POINT_GROUP = "surgeon.passes"
+
+
+@dataclass(frozen=True)
+class PassEntry:
+    """A pass known by name before its module is imported: where it lives and its summary line."""
+
+    name: str
+    module: str
+    summary: str
+    third_party: bool = False
+    """From a ``surgeon.passes`` entry point: its summary is known once its module is imported."""
+
+
+@functools.cache
+def catalog() -> dict[str, PassEntry]:
+    """Every pass by name, without importing the pass modules: built-in passes are found by reading
+    their source (``@register_pass("name")`` on a class, its docstring's first line); third-party
+    ones are the ``surgeon.passes`` entry points (name = pass name, value = its module)."""
+    out: dict[str, PassEntry] = {}
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        for path in sorted(Path(folder).glob("[!_]*.py")):
+            for name, summary in _declared_passes(path.read_text(encoding="utf-8")):
+                out[name] = PassEntry(name, f"{BUILTIN_PACKAGE}.{path.stem}", summary)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in out:
+            out[ep.name] = PassEntry(ep.name, ep.module, "", third_party=True)
+    return dict(sorted(out.items()))
+
+
+def _declared_passes(source: str) -> list[tuple[str, str]]:
+    found = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for deco in node.decorator_list:
+            if (
+                isinstance(deco, ast.Call)
+                and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == "register_pass"
+                and deco.args
+                and isinstance(deco.args[0], ast.Constant)
+            ):
+                doc = (ast.get_docstring(node) or "").strip()
+                found.append((str(deco.args[0].value), doc.splitlines()[0] if doc else ""))
+    return found
