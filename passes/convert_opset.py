@@ -83,13 +83,9 @@ def _label(node: onnx.NodeProto) -> str:
 
 
 def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    out = []
-    for node in graph.node:
-        out.append(node)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == 5 else list(attr.graphs) if attr.type == 10 else []):
-                out.extend(_nodes(sub))
-    return out
+    from surgeon.ir.walk import iter_proto_graphs
+
+    return [node for g in iter_proto_graphs(graph) for node in g.node]
 
 
 def _without_schema(graph: onnx.GraphProto, opset: int) -> list[str]:

@@ -122,16 +122,13 @@ def _unreached(g: gs.Graph, outputs: list[str], inputs: set[str]) -> dict[str, s
 
 def _outer_refs(node: gs.Node, tensors: Mapping[str, gs.Tensor]) -> list[gs.Tensor]:
     """Main-graph tensors a node's subgraphs (If/Loop/Scan bodies) read from the outer scope."""
-    import onnx_graphsurgeon as gs
+    from surgeon.ir.walk import gs_subgraphs
 
     refs = []
-    for value in node.attrs.values():
-        for sub in value if isinstance(value, list) else [value]:
-            if not isinstance(sub, gs.Graph):
-                continue
-            for graph in iter_graphs(sub):
-                for inner in graph.nodes:
-                    refs += [t for t in inner.inputs if tensors.get(t.name) is t]
+    for sub in gs_subgraphs(node):
+        for graph in iter_graphs(sub):
+            for inner in graph.nodes:
+                refs += [t for t in inner.inputs if tensors.get(t.name) is t]
     return refs
 
 

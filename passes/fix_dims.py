@@ -71,13 +71,13 @@ class FixDims(Pass):
                 plan[ax], where[ax] = size, key
         return plan
 
-    def requires(self, model: ModelIR) -> None:
-        self._plan(model)
+    def requires(self, model: ModelIR) -> dict[Axis, int]:
+        return self._plan(model)
 
-    def run(self, model: ModelIR) -> PassResult:
+    def run(self, model: ModelIR, plan: dict[Axis, int] | None = None) -> PassResult:
         from surgeon.passkit.shapes import refresh_shapes
 
-        plan = self._plan(model)
+        plan = self._plan(model) if plan is None else plan
         if not plan:
             return PassResult(False, IOContract())
         g = model.graph

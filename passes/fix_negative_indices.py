@@ -50,12 +50,12 @@ class FixNegativeIndices(Pass):
         if not any(n.op in wanted for g in iter_graphs(model.graph) for n in g.nodes):
             return PassResult(False, IOContract())
         types = tensor_types(model)
-        notes: list[str] = []
+        edits: list[tuple[gs.Constant, str]] = []
         for g in iter_graphs(model.graph):
             for node in g.nodes:
                 if node.op in wanted:
-                    notes += _fix(model, node, types)
-        return PassResult(bool(notes), notes=notes)
+                    edits += _fix(model, node, types)
+        return PassResult(bool(edits), notes=[note for _, note in edits])
 
 
 def _dims(t: gs.Tensor, types: TypeMap) -> tuple[int | str | None, ...] | None:
@@ -66,7 +66,7 @@ def _dims(t: gs.Tensor, types: TypeMap) -> tuple[int | str | None, ...] | None:
     return tuple(shape) if shape is not None else None
 
 
-def _fix(model: ModelIR, node: gs.Node, types: TypeMap) -> list[str]:
+def _fix(model: ModelIR, node: gs.Node, types: TypeMap) -> list[tuple[gs.Constant, str]]:
     dims = _dims(node.inputs[0], types)
     if dims is None:
         return []
@@ -87,9 +87,7 @@ def _fix(model: ModelIR, node: gs.Node, types: TypeMap) -> list[str]:
             return []
         axes = [int(a) % rank for a in values]
     sizes = [dims[a] for a in axes]
-    notes = _rewrite(model, node, 1, sizes)
-    notes += _rewrite(model, node, 2, sizes)
-    return notes
+    return _rewrite(model, node, 1, sizes) + _rewrite(model, node, 2, sizes)
 
 
 def _const(model: ModelIR, t: gs.Tensor) -> np.ndarray | None:
@@ -101,8 +99,9 @@ def _const(model: ModelIR, t: gs.Tensor) -> np.ndarray | None:
     return np.asarray(model.values(t)).ravel()
 
 
-def _rewrite(model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | None], broadcast: bool = False) -> list[str]:
-    """Add the axis size to negative entries of constant input ``slot`` (valid negatives only)."""
+def _rewrite(model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | None], broadcast: bool = False) -> list[tuple[gs.Constant, str]]:
+    """Add the axis size to negative entries of constant input ``slot`` (valid negatives only).
+    Returns the constant rewritten (replaced or given new values) and a line for the report."""
     import numpy as np
     import onnx_graphsurgeon as gs
 
@@ -121,14 +120,12 @@ def _rewrite(model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | N
         return []
     new = np.where(fixable, flat + size_arr, flat).astype(values.dtype).reshape(values.shape)
     if len(t.outputs) > 1:
-        replacement = gs.Constant(f"{t.name}_nonneg", new)
-        node.inputs[slot] = replacement
-        name = replacement.name
+        t = gs.Constant(f"{t.name}_nonneg", new)
+        node.inputs[slot] = t
     else:
         t.values = new
-        name = t.name
     label = f"'{node.name}'" if node.name else f"({', '.join(o.name for o in node.outputs)})"
-    return [f"{node.op} {label}: {name} {_short(flat)} -> {_short(new.reshape(-1))}"]
+    return [(t, f"{node.op} {label}: {t.name} {_short(flat)} -> {_short(new.reshape(-1))}")]
 
 
 def _short(values: np.ndarray) -> str:

@@ -96,20 +96,22 @@ class MarkDynamic(Pass):
                 traced[sym], where[sym] = d, f"{name}:{axis}"
         return traced
 
-    def requires(self, model: ModelIR) -> None:
-        self._plan(model)
+    def requires(self, model: ModelIR) -> tuple[Axes, Axes, dict[str, int]]:
+        return self._plan(model)
 
     # -- run -----------------------------------------------------------------------------------
-    def run(self, model: ModelIR) -> PassResult:
+    def run(self, model: ModelIR, plan: tuple[Axes, Axes, dict[str, int]] | None = None) -> PassResult:
+        from surgeon.ir.walk import wiring
         from surgeon.passes._dynamic import Sizes
         from surgeon.passkit.shapes import infer, refresh_shapes
 
-        ins, outs, traced = self._plan(model)
+        ins, outs, traced = self._plan(model) if plan is None else plan
         g = model.graph
         by_name = {t.name: t for t in list(g.inputs) + list(g.outputs)}
         before = {n: list(by_name[n].shape) for n in list(ins) + list(outs)}
         other = _other_sizes(traced)
         at_a = infer(model)
+        wired = wiring(g)
         for name, axes in ins.items():
             shape = list(by_name[name].shape)
             for axis, sym in axes.items():
@@ -124,7 +126,7 @@ class MarkDynamic(Pass):
             t = by_name[name]
             t.shape = [axes.get(i, d) for i, d in enumerate(t.shape)]
         changed = {n: list(by_name[n].shape) for n in before if list(by_name[n].shape) != before[n]}
-        if not changed and not notes:
+        if not changed and wiring(g) == wired:
             return PassResult(False, IOContract())
         notes = [f"{n}: {before[n]} -> {s}" for n, s in changed.items()] + notes
         batch = set(self.params.batch_symbols or [s for s in traced if "batch" in s.lower()] + ([self.params.batch] if self.params.batch else []))

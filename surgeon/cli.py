@@ -125,6 +125,23 @@ def _verify_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
+FLAGS = {"device": "--device", "mode": "--no-verify", "rtol": "--rtol", "atol": "--atol", "dims": "--dims"}
+
+
+def _checked_verify_config(values: dict[str, Any]) -> Any:
+    """A VerifyConfig from recipe values with command-line overrides, validated like the recipe's."""
+    from pydantic import ValidationError
+
+    from surgeon.verify.config import VerifyConfig
+
+    try:
+        return VerifyConfig.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        raise UsageError(f"{FLAGS.get(field, field)} {values.get(field)!r}: {err['msg'].lower()}") from None
+
+
 def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, console: Console) -> int:
     from surgeon.render import summary_table
 
@@ -176,7 +193,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o")
     over = _verify_overrides(args)
     if over:
-        recipe.pipeline.verify = recipe.pipeline.verify.model_copy(update=over)
+        recipe.pipeline.verify = _checked_verify_config({**recipe.pipeline.verify.model_dump(), **over})
     return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir)
 
 
@@ -293,11 +310,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.ir.model import load
     from surgeon.render import show_outputs
     from surgeon.verify.compare import Tolerance
-    from surgeon.verify.config import VerifyConfig
     from surgeon.verify.contract import IOContract
     from surgeon.verify.verifier import Verifier
 
-    cfg = VerifyConfig.model_validate(_verify_overrides(args))
+    cfg = _checked_verify_config(_verify_overrides(args))
     ref, cand = load(args.reference), load(args.candidate)
     mapping = _pairs(args.map, "--map")
     in_names = {vi.name for vi in ref.proto.graph.input}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from surgeon.ir.walk import iter_graphs
+from surgeon.ir.walk import gs_subgraphs, iter_graphs
 from surgeon.passkit.infer import Dim, Shape, dims_text, infer  # noqa: F401  (re-exported for the passes)
 from surgeon.passkit.ops import unique_name
 
@@ -129,8 +129,7 @@ def fold_values(model: ModelIR, tensor: gs.Tensor, max_nodes: int = 32, max_elem
         node = t.inputs[0]
         if id(node) in nodes:
             continue
-        subgraph = any(isinstance(v, gs.Graph) or (isinstance(v, list) and any(isinstance(x, gs.Graph) for x in v)) for v in node.attrs.values())
-        if subgraph or (node.domain or "") not in ("", "ai.onnx"):
+        if gs_subgraphs(node) or (node.domain or "") not in ("", "ai.onnx"):
             return None
         nodes[id(node)] = node
         if len(nodes) > max_nodes:
