@@ -139,3 +139,12 @@ def test_apply_imports_only_the_passes_its_recipe_names(tmp_path: Path) -> None:
     assert {m for m in loaded if m.startswith("surgeon.passes.")} == {"surgeon.passes.rename_io", "surgeon.passes.cleanup"}
     assert "onnxruntime" not in loaded  # verification off: no session is built
     assert out.is_file()
+
+
+def test_the_catalog_read_from_source_agrees_with_the_imported_passes() -> None:
+    from surgeon.catalog import catalog
+    from surgeon.pass_api import registry
+
+    listed = {name: entry.summary for name, entry in catalog().items()}
+    imported = {name: cls.summary() for name, cls in registry().items() if cls.__module__.startswith("surgeon.passes.")}
+    assert listed == imported and len(listed) >= 20
