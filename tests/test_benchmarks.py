@@ -51,5 +51,5 @@ def test_bench_startup_runs(tmp_path: Path) -> None:
     )
     assert res.returncode in (0, 1), res.stderr  # 1: a start-up target missed (timing is not asserted here)
     medians = json.loads(out.read_text())
-    assert set(medians) == {"python -c pass", "surgeon --help", "surgeon passes"}
+    assert set(medians) == {"python -c pass", "surgeon --help", "surgeon --version", "surgeon passes", "surgeon explain rename-io"}
     assert all(v > 0 for v in medians.values())
