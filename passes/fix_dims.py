@@ -71,13 +71,13 @@ class FixDims(Pass):
                 plan[ax], where[ax] = size, key
         return plan
 
-    def requires(self, model: ModelIR) -> dict[Axis, int]:
-        return self._plan(model)
+    def requires(self, model: ModelIR) -> None:
+        self.planned(model, self._plan)
 
-    def run(self, model: ModelIR, plan: dict[Axis, int] | None = None) -> PassResult:
-        from surgeon.passkit.shapes import refresh_shapes
+    def run(self, model: ModelIR) -> PassResult:
+        from surgeon.passkit.shapes import dims_text, refresh_shapes
 
-        plan = self._plan(model) if plan is None else plan
+        plan = self.planned(model, self._plan)
         if not plan:
             return PassResult(False, IOContract())
         g = model.graph
@@ -91,7 +91,7 @@ class FixDims(Pass):
                         fixed[d] = plan[(t.name, axis)]
                     shape[axis] = plan[(t.name, axis)]
             if shape != list(t.shape or []):
-                notes.append(f"input '{t.name}': {_text(t.shape)} -> {_text(shape)}")
+                notes.append(f"input '{t.name}': {dims_text(t.shape)} -> {dims_text(shape)}")
                 t.shape = shape
         pins = {}
         for o in g.outputs:
@@ -100,7 +100,3 @@ class FixDims(Pass):
         refresh_shapes(model, pins)
         contract = IOContract()
         return PassResult(True, contract, notes)
-
-
-def _text(shape: object) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in (shape or [])) + "]"  # type: ignore[attr-defined]

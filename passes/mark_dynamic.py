@@ -96,16 +96,16 @@ class MarkDynamic(Pass):
                 traced[sym], where[sym] = d, f"{name}:{axis}"
         return traced
 
-    def requires(self, model: ModelIR) -> tuple[Axes, Axes, dict[str, int]]:
-        return self._plan(model)
+    def requires(self, model: ModelIR) -> None:
+        self.planned(model, self._plan)
 
     # -- run -----------------------------------------------------------------------------------
-    def run(self, model: ModelIR, plan: tuple[Axes, Axes, dict[str, int]] | None = None) -> PassResult:
+    def run(self, model: ModelIR) -> PassResult:
         from surgeon.ir.walk import wiring
         from surgeon.passes._dynamic import Sizes
         from surgeon.passkit.shapes import infer, refresh_shapes
 
-        ins, outs, traced = self._plan(model) if plan is None else plan
+        ins, outs, traced = self.planned(model, self._plan)
         g = model.graph
         by_name = {t.name: t for t in list(g.inputs) + list(g.outputs)}
         before = {n: list(by_name[n].shape) for n in list(ins) + list(outs)}

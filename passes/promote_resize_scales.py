@@ -164,12 +164,12 @@ class PromoteResizeScales(Pass):
                 raise PassPreconditionError(f"cannot add input '{name}': a tensor of that name already exists; choose another 'input'", field=("input",))
         return plan
 
-    def requires(self, model: ModelIR) -> list[tuple[str, np.ndarray, list[Site]]]:
-        return self._plan(model)
+    def requires(self, model: ModelIR) -> None:
+        self.planned(model, self._plan)
 
-    def run(self, model: ModelIR, plan: list[tuple[str, np.ndarray, list[Site]]] | None = None) -> PassResult:
+    def run(self, model: ModelIR) -> PassResult:
         notes: list[str] = []
-        plan = self._plan(model) if plan is None else plan
+        plan = self.planned(model, self._plan)
         if any(s.slot < 0 for _, _, sites in plan for s in sites):
             notes.append(_legacy_upsample_to_9(model))
             plan = self._plan(model)  # the sites are now the Resize nodes that replaced the Upsamples

@@ -39,7 +39,7 @@ class RenameIO(Pass):
 
     params: Params
 
-    def requires(self, model: ModelIR) -> tuple[dict[str, str], dict[str, str]]:
+    def requires(self, model: ModelIR) -> None:
         g = model.graph
         require_names(self.params.inputs, names(g.inputs), "input", "inputs")
         require_names(self.params.outputs, names(g.outputs), "output", "outputs")
@@ -48,7 +48,7 @@ class RenameIO(Pass):
                 re.compile(rule.pattern)
             except re.error as exc:
                 raise PassPreconditionError(f"invalid pattern '{rule.pattern}': {exc}", field=("regex", i)) from None
-        return self._plan(model)
+        self.planned(model, self._plan)
 
     def _plan(self, model: ModelIR) -> tuple[dict[str, str], dict[str, str]]:
         g = model.graph
@@ -85,8 +85,8 @@ class RenameIO(Pass):
             if new in existing and new not in plan:
                 raise PassPreconditionError(f"cannot rename '{old}' to '{new}': a tensor named '{new}' already exists in the graph", field=("inputs", old))
 
-    def run(self, model: ModelIR, plan: tuple[dict[str, str], dict[str, str]] | None = None) -> PassResult:
-        ins, outs = self._plan(model) if plan is None else plan
+    def run(self, model: ModelIR) -> PassResult:
+        ins, outs = self.planned(model, self._plan)
         tensors = model.graph.tensors()
         originals = {old: tensors[old] for old in {**ins, **outs}}
         for old, tensor in originals.items():

@@ -11,7 +11,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,6 +23,7 @@ from surgeon.verify.contract import IOContract
 if TYPE_CHECKING:
     from surgeon.ir.adapter import ModelIR
 
+T = TypeVar("T")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
@@ -45,9 +46,9 @@ class PassResult:
 class Pass:
     """Base class of passes. Subclasses set ``Params`` and implement ``run`` (and ``requires``).
 
-    The protocol, in one place (:meth:`__call__`): ``requires(model)`` checks preconditions and may
-    return the pass's plan (what it will rewrite); ``run(model)`` or, when there is a plan,
-    ``run(model, plan)`` edits ``model.graph`` in place. A plan is computed once.
+    The protocol, in one place (:meth:`__call__`): ``requires(model)`` checks preconditions,
+    ``run(model)`` edits ``model.graph`` in place. A pass that plans its rewrite (and refuses from
+    the plan) gets it through :meth:`planned`, so it is computed once per call.
     """
 
     name: ClassVar[str] = ""
@@ -64,13 +65,20 @@ class Pass:
         else:
             self.params = self.Params.model_validate({**dict(params or {}), **kwargs})
 
-    def requires(self, model: ModelIR) -> Any:
+    def requires(self, model: ModelIR) -> None:
         """Raise :class:`PassPreconditionError` for what the user can fix (named tensors missing,
-        unsupported opset), listing what does exist. May return the plan ``run`` receives."""
-        return None
+        unsupported opset), listing what does exist."""
 
     def run(self, model: ModelIR) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def planned(self, model: ModelIR, make: Callable[[ModelIR], T]) -> T:
+        """The pass's plan for ``model`` (what it will rewrite), made once by ``make``: ``requires``
+        and ``run`` both ask for it, and one call of the pass computes it once."""
+        plans: dict[int, Any] = self.__dict__.setdefault("_plans", {})
+        if id(model) not in plans:
+            plans[id(model)] = make(model)
+        return cast(T, plans[id(model)])
 
     def __call__(
         self,
@@ -82,12 +90,14 @@ class Pass:
         ``model``. A :class:`SurgeonError` keeps its class (and exit code); its message becomes
         ``context(err)`` (default: the pass's name, then the message)."""
         try:
-            plan = self.requires(model)
+            self.requires(model)
             if before_edit is not None:
                 before_edit()
-            return self.run(model) if plan is None else self.run(model, plan)  # type: ignore[call-arg]
+            return self.run(model)
         except SurgeonError as exc:
             raise with_message(exc, context(exc) if context else f"{self.name}: {exc}") from None
+        finally:
+            self.__dict__.pop("_plans", None)
 
     def to_step(self) -> dict[str, Any]:
         """This pass as a recipe step: ``{name: params}`` with defaults left out."""

@@ -101,11 +101,6 @@ def _scalar(node: Any) -> Any:
 # --- validation --------------------------------------------------------------------------------
 
 
-def _fmt_loc(loc: Loc) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
 
 
 class _Problems:

@@ -30,14 +30,10 @@ class OutputCheck:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Numeric contract: ``|a - b| <= atol + rtol * |b|`` elementwise. ``Tolerance.exact()`` is 0/0."""
+    """Numeric contract: ``|a - b| <= atol + rtol * |b|`` elementwise."""
 
     rtol: float
     atol: float
-
-    @classmethod
-    def exact(cls) -> Tolerance:
-        return cls(0.0, 0.0)
 
     def loosest(self, other: Tolerance | None) -> Tolerance:
         if other is None:

@@ -25,10 +25,6 @@ OutputExpectation = Callable[[Mapping[str, "np.ndarray"], Mapping[str, "np.ndarr
 """``f(outputs_before, feed_before) -> expected array`` for one output after the step."""
 
 
-ProbeResult = OutputCheck
-"""A probe's verdict on one output (or on the probe as a whole)."""
-
-
 class ProbeEnv(Protocol):
     """What a probe may do, at the point of the pipeline right after the step that declared it:
     make inputs at new sizes, run the model after the step (through the candidate) and the model
@@ -64,7 +60,8 @@ class Probe(Protocol):
     @property
     def name(self) -> str: ...
 
-    def run(self, env: ProbeEnv) -> list[ProbeResult]: ...
+    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+        """The probe's verdicts, one per output it checked (or one for the probe as a whole)."""
 
 
 @dataclass
@@ -154,12 +151,3 @@ class IOContract:
         for name, fn in self.expectations.items():
             out[name] = fn(seen, feed)
         return out
-
-    def map_output_names(self, names: list[str]) -> list[str]:
-        return [self.renamed_outputs.get(n, n) for n in names if n not in self.removed_outputs]
-
-    def unmap_output_name(self, name: str) -> str | None:
-        back = {new: old for old, new in self.renamed_outputs.items()}
-        if name in self.added_outputs or name in self.expectations and name not in back:
-            return None
-        return back.get(name, name)
