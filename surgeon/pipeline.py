@@ -286,9 +286,9 @@ def _changed_tensors(ir: ModelIR) -> set[str]:
 
 
 def _dump_yaml(data: Mapping[str, Any]) -> str:
-    import yaml
+    from surgeon.yaml12 import dump
 
-    return yaml.safe_dump(dict(data), sort_keys=False)
+    return dump(dict(data))
 
 
 def add_provenance(model: Model, source: Model, recipe_text: str) -> None:
