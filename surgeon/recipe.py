@@ -53,49 +53,9 @@ class Recipe:
 
 
 def _compose(text: str, name: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
-    import yaml
+    from surgeon.yaml12 import compose
 
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{where}: YAML syntax error: {problem}") from None
-    positions: dict[Loc, tuple[int, int]] = {}
-    problems: list[str] = []
-    data = _to_python(node, (), positions, problems, name) if node is not None else None
-    if problems:
-        raise RecipeError(problems)
-    return data, positions
-
-
-def _to_python(node: Any, loc: Loc, positions: dict[Loc, tuple[int, int]], problems: list[str], name: str) -> Any:
-    import yaml
-
-    positions[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for knode, vnode in node.value:
-            key = _scalar(knode)
-            if key in out:
-                problems.append(f"{name}:{knode.start_mark.line + 1}:{knode.start_mark.column + 1}: duplicate key '{key}'")
-            positions[loc + ("__key__", key)] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
-            out[key] = _to_python(vnode, (*loc, key), positions, problems, name)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, (*loc, i), positions, problems, name) for i, v in enumerate(node.value)]
-    return _scalar(node)
-
-
-def _scalar(node: Any) -> Any:
-    import yaml
-
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
+    return compose(text, name)
 
 
 # --- validation --------------------------------------------------------------------------------
