@@ -16,6 +16,7 @@ from surgeon.pass_api import get_pass, pass_names, registry
 from surgeon.pipeline import Pipeline, Step
 from surgeon.results import PipelineResult
 from surgeon.verify.config import StepVerify, VerifyConfig
+from surgeon.yaml12 import MAX_BYTES
 
 STEP_KEYWORDS = ("verify", "name")
 Loc = tuple[str | int, ...]
@@ -201,6 +202,9 @@ def load_recipe(path: str | Path) -> Recipe:
     if not p.is_file():
         raise UsageError(f"{p}: no such recipe file")
     try:
+        size = p.stat().st_size
+        if size > MAX_BYTES:  # refused before it is read: a recipe is never that big
+            raise RecipeError(f"{p}:1:1: recipe is {size} bytes, more than the {MAX_BYTES >> 20} MiB limit")
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{p}: cannot read the recipe ({exc})") from None

@@ -244,3 +244,14 @@ def test_the_loader_imports_no_heavy_dependencies() -> None:
     tree = ast.parse((ROOT / "surgeon" / "yaml12.py").read_text(encoding="utf-8"))
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert {m for m in modules if m and m.split(".")[0] not in ("__future__", "math", "re", "collections", "typing", "yaml")} == {"surgeon.errors"}
+
+
+def test_an_oversized_recipe_file_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from surgeon.recipe import load_recipe
+
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as f:
+        f.truncate(MAX_BYTES + 1)  # sparse: no disk used
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("read"))
+    with pytest.raises(RecipeError, match="more than the 16 MiB limit"):
+        load_recipe(path)
