@@ -21,7 +21,15 @@ from surgeon.errors import EXIT_MODEL, EXIT_USAGE, ModelError, SurgeonError, Usa
 from surgeon.ir.adapter import ModelIR
 from surgeon.ir.model import Model, load
 from surgeon.passes.rename_io import RenameIO
-from tests.models_external import external_chain, external_locations, load_full, matmul_chain, rich_model, snapshot, weights
+from tests.models_external import (
+    external_chain,
+    external_locations,
+    load_full,
+    matmul_chain,
+    rich_model,
+    snapshot,
+    weights,
+)
 
 VERIFY = {"dims": {"batch": 2}, "device": "cpu"}
 
