@@ -319,6 +319,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.verify.verifier import Verifier
 
     cfg = VerifyConfig.model_validate(_verify_overrides(args))
+    if args.report:
+        from surgeon.ir.targets import check_extra_output
+
+        check_extra_output(args.report, "--report", [args.reference, args.candidate])
     ref, cand = load(args.reference), load(args.candidate)
     mapping = _pairs(args.map, "--map")
     in_names = {vi.name for vi in ref.proto.graph.input}
@@ -333,7 +337,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         show_outputs(console, check)
         console.print(f"verified on {verifier.device_line}: {'ok' if check.ok else 'FAIL'}", markup=False)
     if args.report:
-        args.report.write_text(json.dumps({"ok": check.ok, "device": verifier.device_line, "outputs": [o.as_dict() for o in check.outputs]}, indent=2) + "\n")
+        from surgeon.ir.files import write_atomic
+
+        report = {"ok": check.ok, "device": verifier.device_line, "outputs": [o.as_dict() for o in check.outputs]}
+        write_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode())
     return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
 
 

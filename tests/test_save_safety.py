@@ -99,6 +99,16 @@ def test_location_of_the_previous_output_is_replaced_atomically(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data", "notes.txt", "out.onnx", "recipe.yaml", "w.bin"]
     x = np.ones((2, 16), np.float32)
     np.testing.assert_allclose(_outputs(out, x), _outputs(tmp_path / "model.onnx", x), rtol=0, atol=0)
+    # an output that shared the source's weights: re-written without sharing, the source's data stays
+    source_data = snapshot(tmp_path)["model.onnx.data"]
+    write_recipe(tmp_path, RECIPE.format(save="{share_weights: true}"))
+    assert main(["apply", str(recipe), "-q"]) == 0
+    assert {r["location"] for r in external_locations(out).values()} == {"model.onnx.data"}
+    assert not (tmp_path / "w.bin").exists()  # no longer referenced by the output
+    write_recipe(tmp_path, RECIPE.format(save="{}"))
+    assert main(["apply", str(recipe), "-q"]) == 0
+    assert {r["location"] for r in external_locations(out).values()} == {"out.onnx.data"}
+    assert snapshot(tmp_path)["model.onnx.data"] == source_data
 
 
 def test_one_file_per_tensor_names_never_hit_an_existing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -315,12 +325,17 @@ def test_written_files_respect_the_umask(tmp_path: Path) -> None:
 # --- output paths checked before the work, OS errors as one line ---------------------------------------
 
 
-def test_report_into_a_missing_folder_is_refused_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", ["run", "verify"])
+def test_report_into_a_missing_folder_is_refused_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
     path, _ = _folder(tmp_path)
     before = snapshot(tmp_path)
-    code = main(["run", "cleanup", str(path), "-o", str(tmp_path / "out.onnx"), "--no-verify", "--report", str(tmp_path / "nope" / "r.json")])
+    report = ["--report", str(tmp_path / "nope" / "r.json")]
+    if command == "run":
+        code = main(["run", "cleanup", str(path), "-o", str(tmp_path / "out.onnx"), "--no-verify", *report])
+    else:
+        code = main(["verify", str(path), str(path), "--dims", "batch=2", "--device", "cpu", *report])
     assert code == EXIT_USAGE
-    assert "output folder" in _one_error_line(capsys.readouterr().err)
+    assert f"--report {tmp_path}/nope/r.json: output folder" in _one_error_line(capsys.readouterr().err)
     assert snapshot(tmp_path) == before
 
 

@@ -101,6 +101,7 @@ def sync_folder(folder: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a small file (a report) atomically."""
+    remove_stale_temps(path.parent)
     with atomic_file(path) as (f, tmp):
         f.write(data)
     replace(tmp, path)

@@ -114,7 +114,8 @@ def save(
     previous = referenced_files(out)
     keep = {Path(p).resolve() for p in protect} | (set() if in_place else model_data_files(model))
     check_location(out, policy, model, protect, previous)
-    remove_stale_temps(out.parent)
+    for folder in {out.parent, (out.parent / (policy.location or out.name)).parent}:
+        remove_stale_temps(folder)
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     external = policy.external == "always" or (
