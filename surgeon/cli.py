@@ -1,28 +1,48 @@
 """The ``surgeon`` command.
 
-Exit codes: 0 ok; 1 verification failed; 2 bad recipe or usage; 3 model or pass error.
+Exit codes: 0 ok; 1 verification failed; 2 bad recipe or usage; 3 model or pass error, or an
+I/O error (disk full, permission denied: one line naming the path); 4 bug in surgeon (one line,
+the traceback with -v); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). An interrupted save
+leaves the previous output and no temporary file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surgeon import __version__
-from surgeon.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, SurgeonError, UsageError
+from surgeon.errors import (
+    EXIT_BUG,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    EXIT_VERIFY_FAILED,
+    SurgeonError,
+    UsageError,
+    short_error,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from surgeon.results import PipelineResult
 
-EPILOG = "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage, 3 model or pass error"
+EPILOG = (
+    "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage, 3 model, pass or I/O error, "
+    "4 bug in surgeon, 130 interrupted, 143 terminated (SIGTERM)"
+)
 
 
 def _console(stderr: bool = False) -> Console:
@@ -147,8 +167,10 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
     if not args.quiet:
         summary_table(console, result)
     if args.report:
+        from surgeon.ir.files import write_atomic
+
         data = result.as_dict() | {"output": str(out) if out else None, "surgeon_version": __version__}
-        args.report.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        write_atomic(args.report, (json.dumps(data, indent=2, default=str) + "\n").encode())
     if not result.ok:
         err = _console(stderr=True)
         for line in result.failures():
@@ -160,9 +182,13 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
     return EXIT_OK
 
 
-def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None) -> int:
+def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None, recipe: Path | None = None) -> int:
     from surgeon.errors import VerificationError
+    from surgeon.ir.targets import check_extra_output
     from surgeon.render import progress_line
+
+    if args.report:  # every output path is checked before the work starts
+        check_extra_output(args.report, "--report", [model, out, recipe])
 
     console = _console()
     total = len(pipeline.steps)
@@ -172,7 +198,8 @@ def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namesp
             progress_line(console, step, total, args.verbose)
 
     try:
-        result = pipeline.apply(model, out, force=args.force, in_place=args.in_place, on_step=on_step, recipe_text=recipe_text, base_dir=base_dir)
+        protect = [recipe] if recipe else []
+        result = pipeline.apply(model, out, force=args.force, in_place=args.in_place, on_step=on_step, recipe_text=recipe_text, base_dir=base_dir, protect=protect)
     except VerificationError as exc:
         if exc.result is None:
             raise
@@ -181,9 +208,10 @@ def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namesp
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from surgeon.recipe import load_recipe
+    from surgeon.recipe import check_recipe_paths, load_recipe
 
     recipe = load_recipe(args.recipe)
+    check_recipe_paths(recipe, args.input is None, args.output is None)
     model = args.input or recipe.model
     out = args.output or recipe.output
     if model is None:
@@ -193,7 +221,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     over = _verify_overrides(args)
     if over:
         recipe.pipeline.verify = _checked_verify_config({**recipe.pipeline.verify.model_dump(), **over})
-    return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir)
+    return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir, args.recipe)
 
 
 def _set_params(items: Sequence[str]) -> dict[str, Any]:
@@ -313,6 +341,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.verify.verifier import Verifier
 
     cfg = _checked_verify_config(_verify_overrides(args))
+    if args.report:
+        from surgeon.ir.targets import check_extra_output
+
+        check_extra_output(args.report, "--report", [args.reference, args.candidate])
     ref, cand = load(args.reference), load(args.candidate)
     mapping = _pairs(args.map, "--map")
     in_names = {vi.name for vi in ref.proto.graph.input}
@@ -327,7 +359,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         show_outputs(console, check)
         console.print(f"verified on {verifier.device_line}: {'ok' if check.ok else 'FAIL'}", markup=False)
     if args.report:
-        args.report.write_text(json.dumps({"ok": check.ok, "device": verifier.device_line, "outputs": [o.as_dict() for o in check.outputs]}, indent=2) + "\n")
+        from surgeon.ir.files import write_atomic
+
+        report = {"ok": check.ok, "device": verifier.device_line, "outputs": [o.as_dict() for o in check.outputs]}
+        write_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode())
     return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
 
 
@@ -352,18 +387,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return COMMANDS[args.command](args)
-    except SurgeonError as exc:
-        err = _console(stderr=True)
+    with _sigterm_as_interrupt() as terminated:
+        try:
+            return COMMANDS[args.command](args)
+        except KeyboardInterrupt:  # the temporary files are gone: every writer cleans up on the way out
+            return EXIT_SIGTERM if terminated else EXIT_SIGINT
+        except Exception as exc:
+            return _report_error(exc, args.verbose)
+
+
+def _report_error(exc: Exception, verbose: bool) -> int:
+    """One line on stderr for any error; a traceback only for a bug, and only with ``-v``."""
+    err = _console(stderr=True)
+    if isinstance(exc, SurgeonError):
         for line in str(exc).splitlines() or [type(exc).__name__]:
             err.print(f"error: {line}" if not line.startswith(("error", "verification")) else line, markup=False, highlight=False)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # output piped into head & co.
+    if isinstance(exc, BrokenPipeError):  # output piped into head & co.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        err.print(f"error: {where}{exc.strerror or short_error(exc)}", markup=False, highlight=False)
+        return EXIT_MODEL
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    hint = "" if verbose else "; run with -v for the traceback"
+    err.print(f"error: internal error ({type(exc).__name__}: {short_error(exc)}){hint}", markup=False, highlight=False)
+    return EXIT_BUG
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM raises KeyboardInterrupt (so every temporary file is removed on the way out), once:
+    a second SIGTERM during that cleanup is ignored. Yields a list that holds the signal once received."""
+    received: list[int] = []
+
+    def on_term(signum: int, frame: object) -> None:
+        received.append(signum)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

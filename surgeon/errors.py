@@ -1,6 +1,7 @@
 """Errors a user can fix, each with its documented exit code.
 
-Anything that is not a :class:`SurgeonError` is a bug in surgeon and keeps its traceback.
+An ``OSError`` the CLI meets is one line (``error: <path>: <cause>``, exit 3); anything else
+that is not a :class:`SurgeonError` is a bug in surgeon (exit 4, traceback with ``-v``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
 EXIT_USAGE = 2
 EXIT_MODEL = 3
+EXIT_BUG = 4
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 class SurgeonError(Exception):
@@ -39,6 +43,15 @@ class ModelError(SurgeonError):
     """A model that cannot be read, parsed, or saved."""
 
     exit_code = EXIT_MODEL
+
+
+class SaveError(ModelError, OSError):
+    """Writing the output failed (disk full, permission denied, read-only file system). The text
+    is ``<path>: <cause>``; nothing partial is left and the previous output is untouched. It is
+    also an ``OSError`` (with ``errno``) for callers that catch those; ``path`` is the file."""
+
+    exit_code = EXIT_MODEL
+    path: str = ""
 
 
 class PassError(SurgeonError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from surgeon.errors import SurgeonError, VerificationError
 from surgeon.ir.adapter import ModelIR
 from surgeon.ir.model import load
 from surgeon.ir.save import SavePolicy, check_output_path, save
+from surgeon.ir.targets import check_location, model_data_files, referenced_files
 from surgeon.pass_api import Pass
 from surgeon.results import PipelineResult, StepReport, count_nodes
 from surgeon.verify.compare import Tolerance
@@ -154,11 +156,28 @@ class Pipeline:
             res.device = verifier.device_line
         return res
 
-    def apply(self, model: Any, output: str | Path, *, force: bool = False, in_place: bool = False, on_step: Callable[[StepReport], None] | None = None, recipe_text: str | None = None, base_dir: Path | None = None) -> PipelineResult:
-        """Run and write the result to ``output`` (only when verification passed, or ``force``)."""
+    def apply(
+        self,
+        model: Any,
+        output: str | Path,
+        *,
+        force: bool = False,
+        in_place: bool = False,
+        on_step: Callable[[StepReport], None] | None = None,
+        recipe_text: str | None = None,
+        base_dir: Path | None = None,
+        protect: Sequence[Path] = (),
+    ) -> PipelineResult:
+        """Run and write the result to ``output`` (only when verification passed, or ``force``).
+
+        Every output path is checked before the passes run. ``protect`` names further files that
+        must never be written (the recipe); the input model and its weights are never written
+        either, unless ``output`` is the input and ``in_place`` is given."""
         source = load(model)
         out = Path(output)
-        check_output_path(out, [source.path] if source.path else [], in_place)
+        guarded = self._guarded(source, out, in_place, protect)
+        check_output_path(out, [source.path] if source.path else [], in_place, guarded)
+        check_location(out, self.save, source, guarded, referenced_files(out))
         result = self.run(source, on_step=on_step, base_dir=base_dir)
         if not result.ok and not force:
             raise VerificationError(
@@ -166,8 +185,18 @@ class Pipeline:
             )
         if self.provenance:
             add_provenance(result.model, source, recipe_text or _dump_recipe(self.to_recipe()))
-        save(result.model, out, self.save, result.changed_tensors)
+        writes_source = source.path is not None and out.exists() and os.path.samefile(source.path, out)
+        save(result.model, out, self.save, result.changed_tensors, protect=guarded, in_place=writes_source)
         return result
+
+    @staticmethod
+    def _guarded(source: Model, out: Path, in_place: bool, protect: Sequence[Path]) -> list[Path]:
+        """Files this run must never write or remove: ``protect``, and the input model and its
+        weights unless the output is the input (``--in-place``)."""
+        guarded = [Path(p) for p in protect]
+        if source.path is not None and not (in_place and out.exists() and os.path.samefile(source.path, out)):
+            guarded += [source.path, *model_data_files(source)]
+        return guarded
 
 
 def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig) -> Tolerance | None:

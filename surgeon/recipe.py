@@ -265,6 +265,28 @@ def apply_recipe(recipe: Any, model: Any = None, output: Any = None, *, force: b
     if src is None:
         raise UsageError("no model: give one or set 'model' in the recipe")
     out = output if output is not None else r.output
+    check_recipe_paths(r, model is None, output is None)
     if out is None:
         return r.pipeline.run(src, base_dir=r.base_dir)
-    return r.pipeline.apply(src, out, force=force, in_place=in_place, recipe_text=r.text or None, base_dir=r.base_dir)
+    protect = [r.path] if r.path else []
+    return r.pipeline.apply(src, out, force=force, in_place=in_place, recipe_text=r.text or None, base_dir=r.base_dir, protect=protect)
+
+
+def check_recipe_paths(r: Recipe, model_from_recipe: bool, output_from_recipe: bool) -> None:
+    """A ``model:`` that does not exist, or an ``output:`` whose folder does not, reported at its
+    place in the recipe: ``recipe.yaml:2:8: model: nothere.onnx: no such file``."""
+    where = _Problems(str(r.path) if r.path else "<recipe>", r.positions).where
+
+    def written(p: Path) -> str:
+        try:
+            return str(p.relative_to(r.base_dir))
+        except ValueError:
+            return str(p)
+
+    if model_from_recipe and r.model is not None:
+        if not r.model.exists():
+            raise UsageError(f"{where(('model',))}: model: {written(r.model)}: no such file")
+        if r.model.is_dir():
+            raise UsageError(f"{where(('model',))}: model: {written(r.model)}: is a folder, not an ONNX model file")
+    if output_from_recipe and r.output is not None and not r.output.parent.is_dir():
+        raise UsageError(f"{where(('output',))}: output: {written(r.output)}: output folder '{written(r.output.parent)}' does not exist")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,15 @@ from surgeon.errors import EXIT_MODEL, EXIT_USAGE, ModelError, SurgeonError, Usa
 from surgeon.ir.adapter import ModelIR
 from surgeon.ir.model import Model, load
 from surgeon.passes.rename_io import RenameIO
-from tests.models_external import external_chain, load_full, matmul_chain, rich_model, snapshot, weights
+from tests.models_external import (
+    external_chain,
+    external_locations,
+    load_full,
+    matmul_chain,
+    rich_model,
+    snapshot,
+    weights,
+)
 
 VERIFY = {"dims": {"batch": 2}, "device": "cpu"}
 
@@ -283,7 +292,11 @@ def test_in_place(tmp_path: Path) -> None:
     expected = weights(load_full(path))
     res = Pipeline([RenameIO(inputs={"x": "inp"})], verify=VERIFY).apply(path, path, in_place=True)
     assert res.ok
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, data.name])
+    # the new data went to a name the old model did not use (the pair is replaced atomically);
+    # the old data file is gone once the new model file was in place
+    (new_data,) = {r["location"] for r in external_locations(path).values()}
+    assert re.fullmatch(r"model\.onnx\.[0-9a-f]{8}\.data", new_data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, new_data]) and not data.exists()
     got = load_full(path)
     assert [i.name for i in got.graph.input] == ["inp"]
     for name, value in weights(got).items():

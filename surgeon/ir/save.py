@@ -1,19 +1,16 @@
-"""Writing models: atomically, with external data when it is needed, copying untouched weights
-file-to-file and never through Python objects."""
+"""Writing models: atomically as a (model, data) pair, with external data when it is needed,
+copying untouched weights file-to-file and never through Python objects."""
 
 from __future__ import annotations
 
+import logging
 import os
-import re
-import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from surgeon.errors import ModelError, UsageError
+from surgeon.errors import ModelError, short_error
 from surgeon.ir.external import (
     ExternalRef,
     copy_range,
@@ -24,38 +21,29 @@ from surgeon.ir.external import (
     safe_data_path,
     set_external_ref,
 )
+from surgeon.ir.files import atomic_file, check_writable_folder, remove_stale_temps, replace, sync_folder
+from surgeon.ir.policy import SavePolicy
+from surgeon.ir.targets import (
+    TensorFileNames,
+    check_location,
+    check_output_path,
+    data_location,
+    model_data_files,
+    proto_files,
+    referenced_files,
+)
 
 if TYPE_CHECKING:
     import onnx
 
     from surgeon.ir.model import Model
 
+__all__ = ["SavePolicy", "check_output_path", "save"]
+log = logging.getLogger(__name__)
+
 PROTOBUF_LIMIT = 2**31 - 1
 SAFE_INLINE_LIMIT = 2**31 - (64 << 20)
 """Above this many bytes of weights, ``external: auto`` writes external data."""
-
-
-class SavePolicy(BaseModel):
-    """How the output model is written."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    external: Literal["auto", "always", "never"] = Field(
-        "auto",
-        description="auto: external data when the source used it or the model would pass 2 GB; "
-        "always / never force it",
-    )
-    threshold: int = Field(1024, ge=0, description="tensors of at least this many bytes go to the external data file")
-    location: str | None = Field(
-        None, description="external data file name, relative to the output (default: '<output file name>.data')"
-    )
-    one_file_per_tensor: bool = Field(False, description="write each external tensor to its own file")
-    share_weights: bool = Field(
-        False,
-        description="an output written next to its source references the source's weights file "
-        "instead of copying it (never for a weight a pass changed)",
-    )
-    align: int = Field(4096, ge=1, description="alignment of tensors of 1 MiB or more in the data file (for mmap)")
 
 
 def _weights_bytes(model: onnx.ModelProto) -> int:
@@ -74,49 +62,36 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
     return numpy_helper.from_array(numpy_helper.to_array(tensor)).raw_data
 
 
-def _file_name_for(tensor_name: str, used: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", tensor_name).lstrip(".") or "tensor"
-    name, i = stem, 1
-    while name.lower() in used:
-        name, i = f"{stem}_{i}", i + 1
-    used.add(name.lower())
-    return name
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
-    """A temporary file beside ``path``; renamed over it only when the body succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp_path = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f, tmp_path
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
-def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
-    if not output.parent.is_dir():
-        raise UsageError(f"{output}: output folder '{output.parent}' does not exist")
-    if output.is_dir():
-        raise UsageError(f"{output}: is a folder; give an output file name")
-    for src in inputs:
-        if src.exists() and output.exists() and os.path.samefile(src, output) and not in_place:
-            raise UsageError(f"{output}: is the input model; refusing to overwrite it without --in-place")
-
-
-def save(model: Model, output: str | Path, policy: SavePolicy | None = None, changed: set[str] | None = None) -> list[Path]:
-    """Write ``model`` to ``output`` atomically. Returns the files written.
+def save(
+    model: Model,
+    output: str | Path,
+    policy: SavePolicy | None = None,
+    changed: set[str] | None = None,
+    *,
+    protect: Sequence[Path] = (),
+    in_place: bool | None = None,
+) -> list[Path]:
+    """Write ``model`` to ``output``. Returns the files written.
 
     ``changed`` names tensors whose values a pass replaced (they are never shared with the source).
+    ``protect`` names files that must never be written or removed (the recipe, the input model
+    and its weights). The new data goes to files no model on disk refers to, the model file is
+    renamed last (the commit point), and only then are the data files the previous output used,
+    and the new one does not, removed — never the source's, unless ``in_place`` (default: the
+    model was loaded from ``output``).
     """
     import onnx
 
     policy = policy or SavePolicy()
     out = Path(output)
-    if not out.parent.is_dir():
-        raise UsageError(f"{out}: output folder '{out.parent}' does not exist")
+    check_writable_folder(out, str(out))
+    if in_place is None:
+        in_place = model.path is not None and out.exists() and os.path.samefile(model.path, out)
+    previous = referenced_files(out)
+    keep = {Path(p).resolve() for p in protect} | (set() if in_place else model_data_files(model))
+    check_location(out, policy, model, protect, previous)
+    for folder in {out.parent, (out.parent / (policy.location or out.name)).parent}:
+        remove_stale_temps(folder)
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     external = policy.external == "always" or (
@@ -134,17 +109,49 @@ def save(model: Model, output: str | Path, policy: SavePolicy | None = None, cha
                     t.CopyFrom(inline_copy(t, model.base_dir))
             if proto.ByteSize() > PROTOBUF_LIMIT:
                 raise ModelError(f"{out}: the model is over 2 GB; save it with external data (save: {{external: auto}})")
-        f, tmp = stack.enter_context(_atomic(out))
+        f, tmp = stack.enter_context(atomic_file(out))
         f.write(proto.SerializeToString())
         pending.append((tmp, out))
-    # every file is complete and closed: move them into place, the model file last
-    try:
-        for tmp_path, final in pending:
-            os.replace(tmp_path, final)
-    finally:
-        for tmp_path, _ in pending:
-            tmp_path.unlink(missing_ok=True)
+    _commit(pending)
+    _remove_unreferenced(previous - proto_files(proto, out.parent) - keep, out)
     return [final for _, final in pending]
+
+
+def _commit(pending: list[tuple[Path, Path]]) -> None:
+    """Rename every complete file into place, the model file last: that rename is the commit
+    point. Before it, a failure (or Ctrl-C, SIGTERM) removes the new files, which no model uses."""
+    *data, (model_tmp, model_out) = pending
+    model_ino = os.stat(model_tmp).st_ino
+    done: list[Path] = []
+    try:
+        for tmp, final in data:
+            replace(tmp, final)
+            done.append(final)
+        replace(model_tmp, model_out)
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        try:
+            committed = os.stat(model_out).st_ino == model_ino
+        except OSError:
+            committed = False
+        if not committed:
+            for final in done:
+                final.unlink(missing_ok=True)
+        raise
+    for folder in {final.parent for _, final in pending}:
+        sync_folder(folder)
+
+
+def _remove_unreferenced(files: set[Path], out: Path) -> None:
+    """After the commit: the previous output's data files the new model does not use."""
+    for path in sorted(files):
+        if path == out.resolve():
+            continue
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("%s: could not remove the previous output's data file %s (%s)", out, path, short_error(exc))
 
 
 def _write_external(
@@ -152,8 +159,6 @@ def _write_external(
 ) -> list[tuple[Path, Path]]:
     import onnx
 
-    location = policy.location or f"{out.name}.data"
-    safe_data_path(out.parent, location, f"{out}: save.location")
     share = (
         policy.share_weights
         and model.base_dir is not None
@@ -162,53 +167,28 @@ def _write_external(
     sources: dict[str, BinaryIO] = {}
     pending: list[tuple[Path, Path]] = []
     main: tuple[BinaryIO, Path] | None = None
+    location = ""
     shared = {external_ref(t).location for t in iter_model_tensors(proto) if share and is_external(t) and t.name not in changed}
-    protected = _source_data_files(model, out)
-    used_names: set[str] = {out.name.lower()} | {p.name.lower() for p in protected if p.parent == out.parent.resolve()}
+    names = TensorFileNames(out) if policy.one_file_per_tensor else None
     for tensor in iter_model_tensors(proto):
         src_ref = external_ref(tensor) if is_external(tensor) else None
         if src_ref is not None and src_ref.location in shared and tensor.name not in changed:
             continue  # the reference stays as it is: same folder, same file
         if src_ref is None and (tensor.ByteSize() < policy.threshold or tensor.data_type == onnx.TensorProto.STRING):
             continue
-        if policy.one_file_per_tensor:
-            name = _file_name_for(tensor.name, used_names)
-            f, tmp = stack.enter_context(_atomic(out.parent / name))
+        if names is not None:
+            name = names(tensor.name)
+            f, tmp = stack.enter_context(atomic_file(out.parent / name))
             pending.append((tmp, out.parent / name))
             _append_tensor(tensor, f, name, model, sources, 1, stack)
         else:
             if main is None:
-                if location in shared:
-                    raise ModelError(f"{out}: save.location '{location}' is the shared source weights file")
-                if (out.parent / location).resolve() in protected:
-                    raise UsageError(
-                        f"{out}: save.location '{location}' is the weights file of the source model; writing it "
-                        "would corrupt the source (choose another save.location, or write in place with --in-place)"
-                    )
-                main = stack.enter_context(_atomic(out.parent / location))
+                location = data_location(out, policy)
+                main = stack.enter_context(atomic_file(out.parent / location))
                 pending.append((main[1], out.parent / location))
             align = policy.align if (src_ref and (src_ref.length or 0) >= 1 << 20) or tensor.ByteSize() >= 1 << 20 else 64
             _append_tensor(tensor, main[0], location, model, sources, align, stack)
     return pending
-
-
-def _source_data_files(model: Model, out: Path) -> set[Path]:
-    """Data files the model's tensors read from that the output must not overwrite: all of them,
-    unless ``out`` is the model file that uses them (writing in place)."""
-    import onnx
-
-    if model.base_dir is None or not model.data_files:
-        return set()
-    files = {safe_data_path(model.base_dir, f, f"{out}") for f in model.data_files}
-    if out.is_file():
-        try:
-            current = onnx.load(str(out), load_external_data=False)
-        except Exception:  # not a model: nothing of the source's is owned by it
-            return files
-        for t in iter_model_tensors(current):
-            if is_external(t):
-                files.discard((out.parent / external_ref(t).location).resolve())
-    return files
 
 
 def _append_tensor(

@@ -1,0 +1,144 @@
+"""Where a save may write: the output model, its data file(s) and nothing else.
+
+Every output path is checked before any work starts. A data file name is always one that no
+file on disk has (so no model that exists refers to it): the output model's rename is the
+commit point of a save, and until then the previous (model, data) pair is intact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from surgeon.errors import ModelError, UsageError
+from surgeon.ir.external import external_ref, is_external, iter_model_tensors, safe_data_path
+from surgeon.ir.files import check_writable_folder, fresh_name
+
+if TYPE_CHECKING:
+    import onnx
+
+    from surgeon.ir.model import Model
+    from surgeon.ir.policy import SavePolicy
+
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+MAX_NAME = 200
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output_path(output: Path, inputs: Sequence[Path], in_place: bool, protect: Sequence[Path] = ()) -> None:
+    """The output model may be written: its folder exists and is writable, it is not a folder,
+    not the input (unless ``in_place``) and none of ``protect`` (recipe, the input's weights)."""
+    if not output.parent.is_dir():
+        raise UsageError(f"{output}: output folder '{output.parent}' does not exist")
+    if output.is_dir():
+        raise UsageError(f"{output}: is a folder; give an output file name")
+    check_writable_folder(output, str(output))
+    for src in inputs:
+        if src.exists() and output.exists() and os.path.samefile(src, output) and not in_place:
+            raise UsageError(f"{output}: is the input model; refusing to overwrite it without --in-place")
+    for p in protect:
+        if _same(p, output) and not any(_same(p, src) for src in inputs):
+            raise UsageError(f"{output}: is {p}, a file this run reads; refusing to overwrite it")
+
+
+def check_extra_output(path: Path, what: str, others: Iterable[Path | None]) -> None:
+    """A further output (``--report``): folder exists and is writable, and it is none of ``others``."""
+    check_writable_folder(path, f"{what} {path}")
+    for other in others:
+        if other is not None and _same(path, other):
+            raise UsageError(f"{what} {path}: is {other}, a file of this run; refusing to overwrite it")
+
+
+def referenced_files(model_file: Path) -> set[Path]:
+    """The data files (resolved) an existing model file refers to; none when it is not a model."""
+    import onnx
+
+    if not model_file.is_file() or model_file.stat().st_size >= 2**31:
+        return set()
+    try:
+        proto = onnx.load(str(model_file), load_external_data=False)
+    except Exception:  # not a model (or not one onnx can read): it refers to nothing
+        return set()
+    return proto_files(proto, model_file.parent)
+
+
+def proto_files(proto: onnx.ModelProto, folder: Path) -> set[Path]:
+    files = set()
+    for t in iter_model_tensors(proto):
+        if is_external(t):
+            try:
+                files.add(safe_data_path(folder, external_ref(t).location, str(folder)))
+            except ModelError:
+                continue
+    return files
+
+
+def model_data_files(model: Model) -> set[Path]:
+    if model.base_dir is None:
+        return set()
+    return {safe_data_path(model.base_dir, f, model.name) for f in model.data_files}
+
+
+def check_location(out: Path, policy: SavePolicy, model: Model, protect: Sequence[Path], previous: set[Path]) -> None:
+    """Refuse a ``save.location`` that would overwrite anything but the output's own previous data."""
+    if policy.location is None:
+        return
+    loc = policy.location
+    path = safe_data_path(out.parent, loc, f"{out}: save.location")
+    if policy.one_file_per_tensor:
+        return
+    what = f"{out}: save.location '{loc}'"
+    check_writable_folder(path, what)
+    if _same(path, out):
+        raise UsageError(f"{what}: is the output model itself")
+    if path in previous:
+        return  # the output's own data: the new data goes to a fresh name, the old file goes after
+    if path in model_data_files(model):
+        if policy.share_weights and model.base_dir is not None and _same(model.base_dir, out.parent):
+            raise ModelError(f"{what}: is the shared source weights file")
+        raise UsageError(
+            f"{what}: is the weights file of the source model; writing it would corrupt the source "
+            "(choose another save.location, or write in place with --in-place)"
+        )
+    for p in protect:
+        if _same(p, path):
+            raise UsageError(f"{what}: is {p}, a file this run reads; refusing to overwrite it")
+    if os.path.lexists(path):
+        raise UsageError(
+            f"{what}: is an existing file that is not this output's data; surgeon never overwrites a "
+            "file it was not asked to write (choose another save.location)"
+        )
+
+
+def data_location(out: Path, policy: SavePolicy) -> str:
+    """The data file name the new model refers to: ``save.location`` (default ``<out>.data``)
+    when no file has it, else a fresh ``<stem>.<8 hex>.<suffix>`` beside it."""
+    loc = policy.location or f"{out.name}.data"
+    return fresh_name(out.parent, loc) if os.path.lexists(out.parent / loc) else loc
+
+
+class TensorFileNames:
+    """File names for ``one_file_per_tensor``: sanitised tensor names, unique case-insensitively,
+    never the name of a file in the folder (nor of the output model)."""
+
+    def __init__(self, out: Path) -> None:
+        self.used = {n.lower() for n in os.listdir(out.parent)} | {out.name.lower()}
+
+    def __call__(self, tensor_name: str) -> str:
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", tensor_name).lstrip(".")[:MAX_NAME] or "tensor"
+        if stem.split(".")[0].lower() in _RESERVED:
+            stem = f"_{stem}"
+        name, i = stem, 1
+        while name.lower() in self.used:
+            name, i = f"{stem}_{i}", i + 1
+        self.used.add(name.lower())
+        return name
