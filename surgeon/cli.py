@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surgeon import __version__
-from surgeon.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, SurgeonError, UsageError
+from surgeon.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, ModelError, SurgeonError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -288,6 +288,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.verify.compare import Tolerance
     from surgeon.verify.config import VerifyConfig
     from surgeon.verify.contract import IOContract
+    from surgeon.verify.runtime import SessionLoadError
     from surgeon.verify.verifier import Verifier
 
     cfg = VerifyConfig.model_validate(_verify_overrides(args))
@@ -299,6 +300,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         renamed_outputs={k: v for k, v in mapping.items() if k not in in_names},
     )
     verifier = Verifier(ref, cfg)
+    try:
+        verifier.reference()
+    except SessionLoadError as exc:  # the reference itself: a model problem, not a failed comparison
+        raise ModelError(f"{ref.name}: onnxruntime cannot load the model: {exc.reason}") from None
     check = verifier.check(cand, [contract], Tolerance(cfg.rtol, cfg.atol))
     console = _console()
     if not args.quiet:

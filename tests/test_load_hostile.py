@@ -4,6 +4,7 @@ gets one line and its exit code, never a traceback, a hang or a whole-file read.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -13,10 +14,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from surgeon import Pipeline
 from surgeon.cli import main
-from surgeon.errors import EXIT_MODEL, EXIT_USAGE, ModelError, UsageError
+from surgeon.errors import EXIT_MODEL, EXIT_OK, EXIT_USAGE, ModelError, UsageError, VerificationError
+from surgeon.ir.adapter import ModelIR
 from surgeon.ir.external import ExternalRef, external_ref, set_external_ref
 from surgeon.ir.model import load
+from surgeon.pass_api import Pass, PassResult
+from surgeon.passes.cleanup import Cleanup
+from surgeon.passes.rename_io import RenameIO
 from tests.models_external import external_chain, snapshot
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -189,3 +195,173 @@ def test_range_past_the_end_is_still_reported(tmp_path: Path) -> None:
     _set_entry(path, "offset", str(2**62))
     with pytest.raises(ModelError, match="past the end .* truncated"):
         load(path)
+
+
+# --- third-party dims ---------------------------------------------------------------------------
+
+HOSTILE_DIMS: list[list[int | str | None]] = [[-1, 3], [0, -7], ["?", "?"], ["n", "n"], [None, 3], [None, None]]
+
+
+def _dims_of(vi: onnx.ValueInfoProto) -> list[tuple[str, object]]:
+    return [(d.WhichOneof("value") or "", getattr(d, d.WhichOneof("value") or "dim_value")) for d in vi.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("dims", HOSTILE_DIMS, ids=str)
+def test_hostile_dims_load_inspect_round_trip_and_cleanup(tmp_path: Path, dims: list[int | str | None], capsys: pytest.CaptureFixture[str]) -> None:
+    src = _relu(dims=dims)
+    path = _save(src, tmp_path / "m.onnx")
+    ir = ModelIR.from_model(load(path))
+    back = ir.to_model().proto
+    assert _dims_of(back.graph.input[0]) == _dims_of(src.graph.input[0])
+    assert _dims_of(back.graph.output[0]) == _dims_of(src.graph.output[0])
+    code, err, out = _cli(["inspect", "--json", str(path)], capsys)
+    assert code == EXIT_OK and not err
+    shown = json.loads(out)["inputs"][0]["shape"]
+    assert shown == [d if d is not None else "?" for d in dims]
+    out_path = tmp_path / "out.onnx"
+    code, err, _ = _cli(["run", "cleanup", str(path), "-o", str(out_path), "--no-verify"], capsys)
+    assert code == EXIT_OK, err
+    saved = onnx.load(str(out_path))
+    assert _dims_of(saved.graph.input[0]) == _dims_of(src.graph.input[0])
+
+
+# --- models onnxruntime cannot load -------------------------------------------------------------
+
+
+def test_ir_version_too_new_is_a_model_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime as ort
+
+    path = _save(_relu(ir_version=None), tmp_path / "m.onnx")  # make_model's default IR version
+    ir = onnx.load(str(path)).ir_version
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        pytest.skip(f"this onnxruntime loads IR version {ir}")
+    except Exception:
+        pass
+    code, err, _ = _cli(["run", "cleanup", str(path), "-o", str(tmp_path / "out.onnx"), "--device", "cpu"], capsys)
+    assert code == EXIT_MODEL and len(err) == 1, err
+    assert f"IR version {ir} is newer than this onnxruntime ({ort.__version__}) loads (max " in err[0]
+    assert "re-export" in err[0] and str(path) in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_opset_too_new_is_a_model_error_with_the_conversion_that_fixes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    newest = onnx.defs.onnx_opset_version()
+    path = _save(_relu(opset=newest), tmp_path / "m.onnx")
+    code, err, _ = _cli(["run", "cleanup", str(path), "-o", str(tmp_path / "out.onnx"), "--device", "cpu"], capsys)
+    if code == EXIT_OK:
+        pytest.skip(f"this onnxruntime loads opset {newest}")
+    assert code == EXIT_MODEL and len(err) == 1, err
+    m = re.search(r"opset (\d+) of ai\.onnx is newer than this onnxruntime \S+ supports \(up to (\d+)\); convert it: (surgeon run convert-opset .*?--no-verify)", err[0])
+    assert m and int(m.group(1)) == newest, err[0]
+    # the advice is true: the conversion it names makes a model onnxruntime runs
+    top = m.group(2)
+    fixed = tmp_path / "fixed.onnx"
+    assert main(["run", "convert-opset", str(path), "-o", str(fixed), "--set", f"opset={top}", "--no-verify"]) == EXIT_OK
+    assert main(["run", "cleanup", str(fixed), "-o", str(tmp_path / "out.onnx"), "--device", "cpu"]) == EXIT_OK
+
+
+class _BreakOp(Pass):
+    """Turns the Relu into an op onnxruntime does not know (a buggy pass)."""
+
+    name = "break-op"
+
+    def run(self, model: ModelIR) -> PassResult:
+        model.graph.nodes[0].op = "NoSuchOp"
+        return PassResult(True)
+
+
+class _DropOutputShape(Pass):
+    """Forgets the output's shape: onnxruntime still loads it, onnx.checker does not (a buggy pass)."""
+
+    name = "drop-output-shape"
+
+    def run(self, model: ModelIR) -> PassResult:
+        model.graph.outputs[0].shape = None
+        return PassResult(True)
+
+
+def test_edited_model_onnxruntime_refuses_fails_verification_naming_the_step(tmp_path: Path) -> None:
+    path = _save(_relu(), tmp_path / "m.onnx")
+    steps = [RenameIO(inputs={"x": "inp"}), _BreakOp()]
+    with pytest.raises(VerificationError, match=r"passes\[1\] \(break-op\): onnxruntime cannot load the edited model .*NoSuchOp") as info:
+        Pipeline(steps, verify={"device": "cpu"}).apply(path, tmp_path / "out.onnx")
+    assert not isinstance(info.value, ModelError) and info.value.exit_code == 1
+    with pytest.raises(VerificationError, match=r"passes\[1\] \(break-op\): onnxruntime cannot load"):
+        Pipeline(steps, verify={"device": "cpu", "mode": "end"}).apply(path, tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# --- round-trip fidelity and the post-save check ------------------------------------------------
+
+
+def _shapeless_duplicate(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph output listed again in value_info with its dtype only (as some exporters write)."""
+    vi = model.graph.value_info.add()
+    vi.name = "y"
+    vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    onnx.checker.check_model(model, full_check=True)  # the source is valid
+    return model
+
+
+def test_output_listed_again_in_value_info_keeps_its_declared_shape(tmp_path: Path) -> None:
+    src = _shapeless_duplicate(_relu())
+    path = _save(src, tmp_path / "m.onnx")
+    model = load(path)
+    proto = ModelIR.from_model(model).to_model().proto
+    assert proto.graph.output[0] == src.graph.output[0]
+    assert "y" not in [vi.name for vi in proto.graph.value_info]  # no shapeless duplicate written
+    onnx.checker.check_model(proto, full_check=True)
+    assert model.proto == src  # the source proto is left as it was
+    out = tmp_path / "out.onnx"
+    Pipeline([Cleanup()], verify={"mode": "off"}).apply(path, out)
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_saved_model_failing_the_checker_is_not_written_and_names_the_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _save(_relu(), tmp_path / "m.onnx")
+    steps = [RenameIO(outputs={"y": "out"}), _DropOutputShape(), Cleanup()]
+    with pytest.raises(VerificationError, match=r"fails onnx\.checker.*\(Field 'shape' of 'type' is required.*\); the source passes it; last step that modified the model: passes\[1\] \(drop-output-shape\); nothing written"):
+        Pipeline(steps, verify={"device": "cpu"}).apply(path, tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left either
+    # --force writes it anyway and says so in the result
+    result = Pipeline(steps, verify={"mode": "off"}).apply(path, tmp_path / "out.onnx", force=True)
+    assert result.checker.startswith("FAIL: Field 'shape'") and (tmp_path / "out.onnx").is_file()
+
+
+def test_checker_failure_the_source_shares_is_not_blamed_on_a_step(tmp_path: Path) -> None:
+    src = _relu()
+    src.graph.output[0].type.tensor_type.ClearField("shape")  # invalid for the full checker already
+    path = _save(src, tmp_path / "m.onnx")
+    result = Pipeline([RenameIO(inputs={"x": "inp"})], verify={"device": "cpu"}).apply(path, tmp_path / "out.onnx")
+    assert result.checker == "fails, as the source does" and (tmp_path / "out.onnx").is_file()
+
+
+def test_checker_runs_on_external_data_outputs_without_reading_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = external_chain(tmp_path, layers=2, dim=8)
+    calls: list[str] = []
+    real = onnx.checker.check_model
+
+    def spy(model: object, *args: object, **kwargs: object) -> None:
+        assert isinstance(model, str), "the checker was handed a loaded proto"
+        calls.append(model)
+        real(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnx.checker, "check_model", spy)
+    result = Pipeline([RenameIO(inputs={"x": "inp"})], verify={"mode": "off"}).apply(path, tmp_path / "out.onnx")
+    assert result.checker == "passed" and calls
+    report = result.as_dict()
+    assert report["onnx_checker"] == "passed"
+
+
+def test_checker_is_skipped_above_the_size_limit_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import surgeon.ir.check
+
+    monkeypatch.setattr(surgeon.ir.check, "FULL_CHECK_LIMIT", 10)
+    monkeypatch.setattr(surgeon.pipeline, "FULL_CHECK_LIMIT", 10)
+    monkeypatch.setattr(onnx.checker, "check_model", lambda *a, **k: pytest.fail("checked anyway"))
+    path = _save(_relu(), tmp_path / "m.onnx")
+    result = Pipeline([RenameIO(inputs={"x": "inp"})], verify={"mode": "off"}).apply(path, tmp_path / "out.onnx")
+    assert result.checker == "skipped: model file over 0 MiB"

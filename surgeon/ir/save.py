@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -106,10 +106,12 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
             raise UsageError(f"{output}: is the input model; refusing to overwrite it without --in-place")
 
 
-def save(model: Model, output: str | Path, policy: SavePolicy | None = None, changed: set[str] | None = None) -> list[Path]:
+def save(model: Model, output: str | Path, policy: SavePolicy | None = None, changed: set[str] | None = None, check: Callable[[Path], None] | None = None) -> list[Path]:
     """Write ``model`` to ``output`` atomically. Returns the files written.
 
     ``changed`` names tensors whose values a pass replaced (they are never shared with the source).
+    ``check`` is called with the complete temporary model file before anything is renamed into
+    place; when it raises, nothing is written.
     """
     import onnx
 
@@ -139,6 +141,8 @@ def save(model: Model, output: str | Path, policy: SavePolicy | None = None, cha
         pending.append((tmp, out))
     # every file is complete and closed: move them into place, the model file last
     try:
+        if check is not None:
+            check(tmp)
         for tmp_path, final in pending:
             os.replace(tmp_path, final)
     finally:
