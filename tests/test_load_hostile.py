@@ -365,3 +365,13 @@ def test_checker_is_skipped_above_the_size_limit_and_says_so(tmp_path: Path, mon
     path = _save(_relu(), tmp_path / "m.onnx")
     result = Pipeline([RenameIO(inputs={"x": "inp"})], verify={"mode": "off"}).apply(path, tmp_path / "out.onnx")
     assert result.checker == "skipped: model file over 0 MiB"
+
+
+def test_verify_command_with_a_reference_onnxruntime_refuses_is_a_model_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    ref = _save(_relu(opset=newest), tmp_path / "ref.onnx")
+    cand = _save(_relu(), tmp_path / "cand.onnx")
+    code, err, _ = _cli(["verify", str(ref), str(cand), "--device", "cpu"], capsys)
+    if code == EXIT_OK:
+        pytest.skip(f"this onnxruntime loads opset {newest}")
+    assert code == EXIT_MODEL and len(err) == 1 and str(ref) in err[0] and f"opset {newest} of ai.onnx is newer" in err[0]
