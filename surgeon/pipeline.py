@@ -184,11 +184,11 @@ class Pipeline:
             )
         if self.provenance:
             add_provenance(result.model, source, recipe_text or _dump_recipe(self.to_recipe()))
-        save(result.model, out, self.save, result.changed_tensors, check=_checker(source, result, out, force))
+        save(result.model, out, self.save, result.changed_tensors, check=_checker(source, result, self.steps, out, force))
         return result
 
 
-def _checker(source: Model, result: PipelineResult, out: Path, force: bool) -> Callable[[Path], None]:
+def _checker(source: Model, result: PipelineResult, steps: Sequence[Step], out: Path, force: bool) -> Callable[[Path], None]:
     """The post-save check: the saved model passes ``onnx.checker`` (full check) whenever the source
     does. The source is checked only when the output fails (a failure the source shares is not
     the pipeline's doing). The outcome goes to ``result.checker``; a failure is the fault of the
@@ -205,8 +205,8 @@ def _checker(source: Model, result: PipelineResult, out: Path, force: bool) -> C
         if model_full_check(source) is not None:
             result.checker = "fails, as the source does"
             return
-        last = next((s for s in reversed(result.steps) if s.modified), None)
-        who = f"passes[{last.index}] ({last.label})" if last else "the round trip (no step modified the model)"
+        last = next((steps[r.index] for r in reversed(result.steps) if r.modified), None)
+        who = (last.where or last.label) if last else "the round trip (no step modified the model)"
         result.checker = f"FAIL: {problem}"
         if force:
             return
