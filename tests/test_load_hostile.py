@@ -375,3 +375,15 @@ def test_verify_command_with_a_reference_onnxruntime_refuses_is_a_model_error(tm
     if code == EXIT_OK:
         pytest.skip(f"this onnxruntime loads opset {newest}")
     assert code == EXIT_MODEL and len(err) == 1 and str(ref) in err[0] and f"opset {newest} of ai.onnx is newer" in err[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_external_data_file_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    path, data = external_chain(tmp_path, layers=2, dim=8)
+    data.unlink()
+    if kind == "fifo":
+        os.mkfifo(data)
+    else:
+        data.mkdir()
+    with pytest.raises(ModelError, match=r"tensor 'w0': external data file 'model.onnx.data' is not a regular file"):
+        load(path)
