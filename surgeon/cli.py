@@ -29,6 +29,7 @@ from surgeon.errors import (
     EXIT_SIGTERM,
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
+    ModelError,
     SurgeonError,
     UsageError,
     short_error,
@@ -338,6 +339,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.render import show_outputs
     from surgeon.verify.compare import Tolerance
     from surgeon.verify.contract import IOContract
+    from surgeon.verify.runtime import SessionLoadError
     from surgeon.verify.verifier import Verifier
 
     cfg = _checked_verify_config(_verify_overrides(args))
@@ -353,6 +355,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         renamed_outputs={k: v for k, v in mapping.items() if k not in in_names},
     )
     verifier = Verifier(ref, cfg)
+    try:
+        verifier.reference()
+    except SessionLoadError as exc:  # the reference itself: a model problem, not a failed comparison
+        raise ModelError(f"{ref.name}: onnxruntime cannot load the model: {exc.reason}") from None
     check = verifier.check(cand, [contract], Tolerance(cfg.rtol, cfg.atol))
     console = _console()
     if not args.quiet:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surgeon._version import __version__
-from surgeon.errors import SurgeonError, VerificationError
+from surgeon.errors import ModelError, SurgeonError, VerificationError
 from surgeon.ir.adapter import ModelIR
+from surgeon.ir.check import FULL_CHECK_LIMIT, full_check, model_full_check, too_big_to_check
 from surgeon.ir.model import load
 from surgeon.ir.save import SavePolicy, check_output_path, save
 from surgeon.ir.targets import check_location, model_data_files, referenced_files
@@ -21,6 +23,7 @@ from surgeon.results import PipelineResult, StepReport, count_nodes
 from surgeon.verify.compare import Tolerance
 from surgeon.verify.config import StepVerify, VerifyConfig
 from surgeon.verify.contract import IOContract
+from surgeon.verify.runtime import SessionLoadError
 from surgeon.verify.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -118,27 +121,41 @@ class Pipeline:
         reports: list[StepReport] = []
         candidate: Model | None = None
         unverified = False  # a modification no check has covered yet
+        source_error: ModelError | None = None
+        last_modified: Step | None = None
         for i, step in enumerate(self.steps):
             before = count_nodes(ir.graph)
             t0 = time.perf_counter()
 
             def reference() -> None:
                 # after the first precondition check, before any edit: the reference run
-                nonlocal verifier
+                nonlocal verifier, source_error
                 if verifier is None and cfg.mode != "off":
                     verifier = Verifier(source, cfg, base_dir)
-                    verifier.reference()
+                    try:
+                        verifier.reference()
+                    except SessionLoadError as exc:  # the source itself: a model problem, not the step's
+                        source_error = ModelError(f"{source.name}: onnxruntime cannot load the model: {exc.reason}")
+                        raise source_error from None
 
-            result = step.pass_(ir, step.message, before_edit=reference)
+            try:
+                result = step.pass_(ir, step.message, before_edit=reference)
+            except ModelError:
+                if source_error is not None:
+                    raise source_error from None
+                raise
             seconds = time.perf_counter() - t0
+            if result.modified:
+                last_modified = step
             contracts.append(result.contract)
             tol = tol.loosest(_step_tolerance(step, result.contract, cfg))
             report = StepReport(i, step.pass_.name, step.label, result.modified, before, count_nodes(ir.graph), seconds, notes=list(result.notes))
             candidate = None
             if verifier is not None and cfg.mode == "each" and result.modified and not (step.verify and step.verify.skip):
                 candidate = ir.to_model()
-                report.check = verifier.check(candidate, contracts, tol)
-                report.check.outputs += verifier.probe(candidate, contracts, i, tol)
+                with _blamed_on(step):
+                    report.check = verifier.check(candidate, contracts, tol)
+                    report.check.outputs += verifier.probe(candidate, contracts, i, tol)
                 report.seconds = time.perf_counter() - t0
             unverified = (unverified or result.modified) and report.check is None
             reports.append(report)
@@ -148,10 +165,11 @@ class Pipeline:
         res = PipelineResult(final, reports, changed_tensors=_changed_tensors(ir))
         if verifier is not None:
             if unverified:
-                check = verifier.check(final, contracts, tol)
-                if cfg.mode == "end":
-                    for k in range(len(contracts)):
-                        check.outputs += verifier.probe(final, contracts, k, tol)
+                with _blamed_on(last_modified):
+                    check = verifier.check(final, contracts, tol)
+                    if cfg.mode == "end":
+                        for k in range(len(contracts)):
+                            check.outputs += verifier.probe(final, contracts, k, tol)
                 res.final_check = check
             res.device = verifier.device_line
         return res
@@ -186,7 +204,7 @@ class Pipeline:
         if self.provenance:
             add_provenance(result.model, source, recipe_text or _dump_recipe(self.to_recipe()))
         writes_source = source.path is not None and out.exists() and os.path.samefile(source.path, out)
-        save(result.model, out, self.save, result.changed_tensors, protect=guarded, in_place=writes_source)
+        save(result.model, out, self.save, result.changed_tensors, protect=guarded, in_place=writes_source, check=_checker(source, result, self.steps, out, force))
         return result
 
     @staticmethod
@@ -197,6 +215,50 @@ class Pipeline:
         if source.path is not None and not (in_place and out.exists() and os.path.samefile(source.path, out)):
             guarded += [source.path, *model_data_files(source)]
         return guarded
+
+
+def _checker(source: Model, result: PipelineResult, steps: Sequence[Step], out: Path, force: bool) -> Callable[[Path], None]:
+    """The post-save check: the saved model passes ``onnx.checker`` (full check) whenever the source
+    does. The source is checked only when the output fails (a failure the source shares is not
+    the pipeline's doing). The outcome goes to ``result.checker``; a failure is the fault of the
+    last step that modified the model and leaves nothing written (unless ``force``)."""
+
+    def check(saved: Path) -> None:
+        if too_big_to_check(saved) or too_big_to_check(source):
+            result.checker = f"skipped: model file over {FULL_CHECK_LIMIT >> 20} MiB"
+            return
+        problem = full_check(saved)
+        if problem is None:
+            result.checker = "passed"
+            return
+        if model_full_check(source) is not None:
+            result.checker = "fails, as the source does"
+            return
+        last = next((steps[r.index] for r in reversed(result.steps) if r.modified), None)
+        who = (last.where or last.label) if last else "the round trip (no step modified the model)"
+        result.checker = f"FAIL: {problem}"
+        if force:
+            return
+        raise VerificationError(
+            f"{out}: the saved model fails onnx.checker.check_model(full_check=True) ({problem}); the source "
+            f"passes it; last step that modified the model: {who}; nothing written"
+        )
+
+    return check
+
+
+@contextlib.contextmanager
+def _blamed_on(step: Step | None) -> Iterator[None]:
+    """An edited model onnxruntime cannot load (the source loaded): the step that made it is at
+    fault; say which."""
+    try:
+        yield
+    except SessionLoadError as exc:
+        who = f"{step.where or step.label}: " if step is not None else ""
+        raise VerificationError(
+            f"{who}onnxruntime cannot load the edited model ({exc.reason}); the source loads, so the step "
+            "made a model onnxruntime refuses"
+        ) from None
 
 
 def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig) -> Tolerance | None:

@@ -52,6 +52,8 @@ class PipelineResult:
     device: str = ""
     final_check: StepCheck | None = None
     changed_tensors: set[str] = field(default_factory=set)
+    checker: str = ""
+    """What ``onnx.checker.check_model(full_check=True)`` said of the saved model (empty: not saved)."""
 
     @property
     def ok(self) -> bool:
@@ -75,6 +77,7 @@ class PipelineResult:
             "device": self.device,
             "steps": [s.as_dict() for s in self.steps],
             "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
+            "onnx_checker": self.checker or None,
         }
 
 

@@ -1,4 +1,5 @@
-"""Round-trip fidelity on the onnx package's backend test models (see tests/sweep.py)."""
+"""Round-trip fidelity on the onnx package's backend test models (see tests/sweep.py): outputs,
+metadata, and onnx.checker's full check wherever the source passes it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 import surgeon
 from surgeon.ir.adapter import ModelIR
+from surgeon.ir.check import full_check
 from surgeon.ir.save import save
 from tests.sweep import Case, node_cases, normalise, stored_cases
 
@@ -89,6 +91,9 @@ def sweep(cases: list[Case], tmp: Path) -> Counter:
         problems = []
         if _meta(onnx.load(str(out))) != _meta(onnx.load(str(src))):
             problems.append("metadata differs")
+        checked = full_check(out)
+        if checked is not None and full_check(src) is None:
+            problems.append(f"fails onnx.checker (full_check), the source passes: {checked}")
         for (_, expected), got, ref in zip(case.data_sets, outs, ref_outs):
             for i, (e, g, r) in enumerate(zip(expected, got, ref)):
                 if not _same(g, r):

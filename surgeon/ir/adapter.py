@@ -5,7 +5,9 @@ strings, functions, training info), which are carried across unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from surgeon.errors import ModelError, short_error
 from surgeon.ir.external import check_external_data, is_external, tensor_values
 from surgeon.ir.model import Model
-from surgeon.ir.walk import all_value_infos, gs_subgraphs, iter_graphs, node_subgraphs
+from surgeon.ir.walk import all_value_infos, gs_subgraphs, iter_graphs, iter_proto_graphs, node_subgraphs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,7 +62,8 @@ class ModelIR:
 
         quiet_graphsurgeon()
         try:
-            graph = gs.import_onnx(model.proto)
+            with _io_duplicates_hidden(model.proto.graph):
+                graph = gs.import_onnx(model.proto)
         except Exception as exc:  # onnx-graphsurgeon raises plain exceptions on bad graphs
             raise ModelError(f"{model.name}: cannot import the graph ({short_error(exc)})") from None
         shell = onnx.ModelProto()
@@ -194,6 +197,32 @@ class ModelIR:
             data_files=check_external_data(proto, self.base_dir, src.name if src else "<model>"),
             source_external=bool(src and (src.uses_external_data or src.source_external)),
         )
+
+
+@contextlib.contextmanager
+def _io_duplicates_hidden(graph: onnx.GraphProto) -> Iterator[None]:
+    """Some exporters list a graph input or output again in ``value_info``, often without its
+    shape; onnx-graphsurgeon's importer then keeps that copy's (missing) type, and the export
+    would declare the output shapeless. The declaration in the graph's input/output list is
+    the one that counts: hide the duplicates while importing (they are put back after, so the
+    source proto is unchanged; the export writes no duplicate)."""
+    saved: list[tuple[onnx.GraphProto, list[onnx.ValueInfoProto]]] = []
+    try:
+        for g in iter_proto_graphs(graph):
+            io = {vi.name for vi in g.input} | {vi.name for vi in g.output}
+            if any(vi.name in io for vi in g.value_info):
+                entries = [type(vi)() for vi in g.value_info]
+                for copy, vi in zip(entries, g.value_info):
+                    copy.CopyFrom(vi)
+                saved.append((g, entries))
+                kept = [vi for vi in entries if vi.name not in io]
+                del g.value_info[:]
+                g.value_info.extend(kept)
+        yield
+    finally:
+        for g, entries in saved:
+            del g.value_info[:]
+            g.value_info.extend(entries)
 
 
 def _bind_external(graph: gs.Graph, base_dir: Path | None) -> None:

@@ -38,10 +38,31 @@ def is_external(tensor: onnx.TensorProto) -> bool:
     return tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
-def external_ref(tensor: onnx.TensorProto) -> ExternalRef:
+MAX_EXTERNAL_INT = 2**63 - 1
+"""Offsets and lengths are int64 in onnx and onnxruntime."""
+
+
+def external_ref(tensor: onnx.TensorProto, what: str | None = None) -> ExternalRef:
+    """The reference of an external tensor. A third-party file may hold anything in it: an offset
+    or length that is not a non-negative int64 is a :class:`ModelError` naming the tensor (``what``, default ``tensor '<name>'``)."""
     info = {e.key: e.value for e in tensor.external_data}
+    what = what or f"tensor '{tensor.name}'"
     length = info.get("length")
-    return ExternalRef(info.get("location", ""), int(info.get("offset", 0) or 0), int(length) if length else None)
+    return ExternalRef(
+        info.get("location", ""), _external_int(info.get("offset"), "offset", what) or 0, _external_int(length, "length", what)
+    )
+
+
+def _external_int(text: str | None, key: str, what: str) -> int | None:
+    if text is None or text == "":
+        return None
+    value = text.strip()
+    if not value.isdigit() or not value.isascii():  # isdigit: no sign, no spaces, no '1e3'
+        raise ModelError(f"{what}: external data {key} {text!r} is not a non-negative integer")
+    number = int(value)
+    if number > MAX_EXTERNAL_INT:
+        raise ModelError(f"{what}: external data {key} {text!r} is larger than 2**63-1 (int64)")
+    return number
 
 
 def set_external_ref(tensor: onnx.TensorProto, ref: ExternalRef) -> None:
@@ -61,6 +82,8 @@ def safe_data_path(base_dir: Path, location: str, what: str) -> Path:
     """Resolve ``location`` inside ``base_dir``; refuse absolute paths and any ``..`` escape."""
     if not location:
         raise ModelError(f"{what}: external data reference has no location")
+    if "\0" in location:
+        raise ModelError(f"{what}: external data location {location!r} contains a NUL byte")
     posix, win = PurePosixPath(location), PureWindowsPath(location)
     if posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts or ".." in win.parts:
         raise ModelError(
@@ -87,11 +110,13 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_nam
         what = f"{model_name}: tensor '{tensor.name}'"
         if base_dir is None:
             raise ModelError(f"{what} stores its data externally, but the model was not loaded from a file")
-        ref = external_ref(tensor)
+        ref = external_ref(tensor, what)
         path = safe_data_path(base_dir, ref.location, what)
         if ref.location not in files:
-            if not path.is_file():
+            if not path.exists():
                 raise ModelError(f"{what}: external data file '{ref.location}' does not exist")
+            if not path.is_file():
+                raise ModelError(f"{what}: external data file '{ref.location}' is not a regular file")
             files[ref.location] = path.stat().st_size
         end = ref.offset + (ref.length or 0)
         if end > files[ref.location]:

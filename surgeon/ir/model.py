@@ -4,6 +4,8 @@ folder its weights live in (:class:`Model`). ``surgeon.ir.adapter`` turns it int
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,10 +67,7 @@ def load(source: str | Path | bytes | onnx.ModelProto | Model) -> Model:
         model = Model(proto)
     else:
         path = Path(source)
-        if not path.exists():
-            raise UsageError(f"{path}: no such file")
-        if path.is_dir():
-            raise UsageError(f"{path}: is a folder, not an ONNX model file")
+        _check_model_file(path)
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except (DecodeError, ValueError, RuntimeError, OSError) as exc:
@@ -79,6 +78,35 @@ def load(source: str | Path | bytes | onnx.ModelProto | Model) -> Model:
     return model
 
 
+PROTOBUF_LIMIT = 2**31 - 1
+"""protobuf refuses to parse a message larger than this; a model file this large is not a model."""
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_model_file(path: Path) -> None:
+    """Refuse what is not a regular file (a FIFO would block the read, a device never ends) and a
+    file protobuf cannot parse, from its ``stat`` alone: nothing is opened or read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:  # permission, name too long, embedded NUL...
+        raise UsageError(f"{path}: cannot read it ({short_error(exc)})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((what for test, what in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        raise UsageError(f"{path}: is {kind}, not an ONNX model file")
+    if st.st_size > PROTOBUF_LIMIT:
+        raise ModelError(
+            f"{path}: is {st.st_size} bytes, over protobuf's 2 GiB limit; an ONNX model file must be "
+            "smaller (models this large keep their weights in external data files)"
+        )
 
 
 def _check_is_model(model: Model) -> None:

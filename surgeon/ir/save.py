@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -70,6 +70,7 @@ def save(
     *,
     protect: Sequence[Path] = (),
     in_place: bool | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Write ``model`` to ``output``. Returns the files written.
 
@@ -78,7 +79,8 @@ def save(
     and its weights). The new data goes to files no model on disk refers to, the model file is
     renamed last (the commit point), and only then are the data files the previous output used,
     and the new one does not, removed — never the source's, unless ``in_place`` (default: the
-    model was loaded from ``output``).
+    model was loaded from ``output``). ``check`` is called with the complete temporary model file
+    before anything is renamed into place; when it raises, nothing is written.
     """
     import onnx
 
@@ -112,6 +114,13 @@ def save(
         f, tmp = stack.enter_context(atomic_file(out))
         f.write(proto.SerializeToString())
         pending.append((tmp, out))
+    if check is not None:
+        try:
+            check(tmp)
+        except BaseException:
+            for tmp_path, _ in pending:
+                tmp_path.unlink(missing_ok=True)
+            raise
     _commit(pending)
     _remove_unreferenced(previous - proto_files(proto, out.parent) - keep, out)
     return [final for _, final in pending]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +21,57 @@ if TYPE_CHECKING:
     from surgeon.ir.model import Model
     from surgeon.verify.config import Device
 
+
+class SessionLoadError(VerificationError):
+    """onnxruntime refused to load a model (nothing ran). Whose fault that is depends on the
+    model: the caller decides (for the pipeline, the source's is a :class:`ModelError`, an
+    edited model's a failure of the step that made it)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        """Why, in one line, with what fixes it where that is known."""
+        super().__init__(f"{path}: onnxruntime cannot load the model: {reason}")
+
+
+_IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+_OPSET_TOO_NEW = re.compile(r"Opset (\d+) is under development.*?support for domain (\S+) is till opset (\d+)", re.S)
+_NOISE = (
+    re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : "),
+    re.compile(r"^Load model from .*? failed:"),
+    re.compile(r"^\S+\.(?:cc|h|cpp):\d+ .*?\) (?=[A-Z])"),  # C++ file:line and signature
+)
+
+
+def load_failure(exc: BaseException) -> str:
+    """onnxruntime's load error as one line: the IR version or opset it does not know, with what
+    fixes it, or its message without the C++ location."""
+    import onnxruntime as ort
+
+    text = str(exc).strip()
+    version = ort.__version__
+    m = _IR_TOO_NEW.search(text)
+    if m:
+        ir, top = m.groups()
+        return (
+            f"IR version {ir} is newer than this onnxruntime ({version}) loads (max {top}); re-export the "
+            f"model with an onnx that writes IR version {top} or older, or upgrade onnxruntime "
+            "(surgeon's convert-opset changes the opset, not the IR version)"
+        )
+    m = _OPSET_TOO_NEW.search(text)
+    if m:
+        opset, domain, top = m.groups()
+        fix = (
+            f"convert it: surgeon run convert-opset MODEL -o OUT --set opset={top} --no-verify (verifying "
+            "needs onnxruntime to load the source), or re-export it with opset " + top
+            if domain in ("ai.onnx", "")
+            else f"re-export it with opset {top} of {domain}"
+        )
+        return f"opset {opset} of {domain} is newer than this onnxruntime ({version}) supports (up to {top}); {fix}"
+    line = text.splitlines()[0] if text else type(exc).__name__
+    for pattern in _NOISE:
+        line = pattern.sub("", line).strip()
+    return line[:400]
 
 
 class Runtime:
@@ -52,7 +104,7 @@ class Runtime:
         try:
             return ort.InferenceSession(src, so, providers=self._providers)
         except Exception as exc:
-            raise VerificationError(f"{path}: onnxruntime cannot load the model: {_first_line(exc)}") from None
+            raise SessionLoadError(path, load_failure(exc)) from None
 
     def _choose(self, ort: Any, so: Any, src: Any) -> tuple[list[str], Any]:
         """The providers to use from now on, and the session built while finding out (if any)."""
