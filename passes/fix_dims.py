@@ -60,7 +60,7 @@ class FixDims(Pass):
                     raise PassPreconditionError(f"input '{name}' has rank {rank}; axis {axis} does not exist", field=("dims", key))
                 axis %= rank
                 d = t.shape[axis]
-                if isinstance(d, int):
+                if isinstance(d, int) and d > 0:  # -1, 0: some exporters mark a dynamic axis so
                     if d != size:
                         raise PassPreconditionError(f"input '{name}' axis {axis} is already fixed to {d}, not {size}", field=("dims", key))
                     continue

@@ -77,3 +77,17 @@ def test_bad_params_and_preconditions() -> None:
         _run(mi.symbolic_mlp(), {"x:7": 5}, {"batch": 2})
     with pytest.raises(PassPreconditionError, match="sets x:0 to 3 but 'batch' sets it to 2"):
         _run(mi.symbolic_mlp(), {"batch": 2, "x:0": 3}, {"batch": 2})
+
+
+@pytest.mark.parametrize("declared", [-1, 0])
+def test_a_non_positive_dim_value_is_a_dynamic_axis_it_can_fix(declared: int) -> None:
+    """Some exporters write -1 (or 0) for a dynamic axis: fix-dims binds it like a symbol."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [declared, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [declared, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    res = Pipeline([FixDims(dims={"x:0": 2})], verify={"mode": "off"}).run(model)
+    assert res.steps[0].modified
+    assert [d.dim_value for d in res.model.proto.graph.input[0].type.tensor_type.shape.dim] == [2, 4]
