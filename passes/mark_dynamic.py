@@ -134,7 +134,7 @@ class MarkDynamic(Pass):
                 probes.append(BatchProbe(sym, ins, outs, traced))
             else:
                 probes.append(SizeProbe(sym, ins, outs, traced))
-        return PassResult(True, IOContract(probes=probes), notes=notes)
+        return PassResult(True, IOContract(probes=probes, traced_dims=dict(traced)), notes=notes)
 
     @staticmethod
     def _check_outputs(model: ModelIR, outs: Axes, traced: dict[str, int], other: dict[str, int], dims_b: dict[str, list]) -> None:
@@ -200,7 +200,8 @@ class _SymbolProbe:
         self.symbol, self.ins, self.outs, self.traced = symbol, ins, outs, dict(traced)
 
     def _dims(self, env: ProbeEnv, size: int) -> dict[str, int]:
-        """Every symbol of the step at its traced size (or verify.dims), this one at ``size``."""
+        """Every symbol of the step at its traced size (or verify.dims), this one at ``size``; the
+        model's other symbols as the check chose them (``env.make_feed``)."""
         dims = {s: env.config.dims.get(s, v) for s, v in self.traced.items()}
         dims[self.symbol] = size
         return dims
@@ -208,7 +209,7 @@ class _SymbolProbe:
     def _base(self, env: ProbeEnv) -> int:
         from surgeon.errors import UsageError
 
-        base: int | None = self.traced.get(self.symbol, env.config.dims.get(self.symbol))
+        base: int | None = self.traced.get(self.symbol, env.config.dims.get(self.symbol, env.sizes.get(self.symbol)))
         if base is None:
             raise UsageError(f"no size known for '{self.symbol}'; set verify.dims: {{{self.symbol}: N}}")
         return base

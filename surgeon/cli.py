@@ -272,14 +272,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     model_path = args.input or recipe.model
+    sizes: list[str] = []
     if model_path is not None:
-        problems = recipe.pipeline.check_requirements(load(model_path))
+        model = load(model_path)
+        problems = recipe.pipeline.check_requirements(model)
         if problems:
             raise RecipeError(problems)
+        sizes = _planned_sizes(model, recipe.pipeline.verify, recipe.base_dir)
     if not args.quiet:
         what = f" against {model_path}" if model_path else ""
-        _console().print(f"{args.recipe}: ok ({len(recipe.pipeline.steps)} passes){what}", markup=False)
+        console = _console()
+        console.print(f"{args.recipe}: ok ({len(recipe.pipeline.steps)} passes){what}", markup=False)
+        for line in sizes:
+            console.print(line, markup=False)
     return EXIT_OK
+
+
+def _planned_sizes(model: Any, cfg: Any, base_dir: Path | None) -> list[str]:
+    """What verification will use for the source's symbolic dims: sizes it defaults are named
+    with the key that chooses them (nothing when verification is off or data is given)."""
+    from surgeon.verify.dims import choose_sizes
+    from surgeon.verify.feeds import graph_inputs
+
+    if cfg.mode == "off" or cfg.inputs:
+        return []
+    sizes = choose_sizes(graph_inputs(model.proto), cfg)
+    lines = [f"verification sizes: {', '.join(sizes.lines())}"] if sizes.chosen else []
+    defaulted = sizes.defaulted()
+    if defaulted:
+        keys = ", ".join(f"'{k}': N" if ":" in k else f"{k}: N" for k in defaulted)
+        lines.append(f"verification will default {', '.join(defaulted)} to {cfg.default_dim} (verify.default_dim); set verify.dims: {{{keys}}} to choose")
+    return lines
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -152,6 +152,7 @@ class Pipeline:
                         check.outputs += verifier.probe(final, contracts, k, tol)
                 res.final_check = check
             res.device = verifier.device_line
+            res.sizes, res.values = verifier.sizes.lines(), list(verifier.values)
         return res
 
     def apply(self, model: Any, output: str | Path, *, force: bool = False, in_place: bool = False, on_step: Callable[[StepReport], None] | None = None, recipe_text: str | None = None, base_dir: Path | None = None) -> PipelineResult:

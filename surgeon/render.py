@@ -77,6 +77,18 @@ def summary_table(console: Console, result: PipelineResult) -> None:
         show_outputs(console, result.final_check, indent="  ")
     if result.device:
         console.print(f"verified on {result.device}", highlight=False)
+    show_sizes(console, result.sizes, result.values)
+    for s in result.steps:
+        if s.check is not None and s.check.sizes and s.check.sizes != result.sizes:
+            console.print(f"  after {s.label}: sizes " + ", ".join(s.check.sizes), highlight=False, markup=False)
+
+
+def show_sizes(console: Console, sizes: list[str], values: list[str] | None = None) -> None:
+    """The sizes chosen for symbolic dims and the values chosen for integer inputs, with why."""
+    if sizes:
+        console.print("sizes: " + ", ".join(sizes), highlight=False, markup=False)
+    if values:
+        console.print("integer inputs: " + "; ".join(values), highlight=False, markup=False)
 
 
 def show_inspect(console: Console, info: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ class StepReport:
             "verdict": self.verdict,
             "max_abs_error": self.check.max_abs if self.check else None,
             "outputs": [o.as_dict() for o in self.check.outputs] if self.check else [],
+            "sizes": list(self.check.sizes) if self.check else [],
             "notes": self.notes,
         }
 
@@ -52,6 +53,10 @@ class PipelineResult:
     device: str = ""
     final_check: StepCheck | None = None
     changed_tensors: set[str] = field(default_factory=set)
+    sizes: list[str] = field(default_factory=list)
+    """The size chosen for each symbolic dim of the source's inputs, and why ("batch=1 (default)")."""
+    values: list[str] = field(default_factory=list)
+    """How integer inputs' values were chosen ("ids in [0, 30) (indexes 'emb' (30 rows))")."""
 
     @property
     def ok(self) -> bool:
@@ -73,6 +78,8 @@ class PipelineResult:
         return {
             "ok": self.ok,
             "device": self.device,
+            "sizes": self.sizes,
+            "values": self.values,
             "steps": [s.as_dict() for s in self.steps],
             "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
         }

@@ -51,6 +51,8 @@ class StepCheck:
 
     outputs: list[OutputCheck] = field(default_factory=list)
     device: str = ""
+    sizes: list[str] = field(default_factory=list)
+    """The size used for each symbolic dim of the checked model, and why ("batch=2 (traced)")."""
 
     @property
     def ok(self) -> bool:

@@ -50,6 +50,10 @@ class ProbeEnv(Protocol):
     def config(self) -> Any:
         """The verification settings (``surgeon.verify.config.VerifyConfig``)."""
 
+    @property
+    def sizes(self) -> Mapping[str, int]:
+        """The size the check used for every symbol of the model after the step."""
+
     def make_feed(self, dims: Mapping[str, int], seed_offset: int = 1) -> dict[str, np.ndarray]: ...
 
     def run_after(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]: ...
@@ -109,6 +113,9 @@ class IOContract:
     cannot be mapped forward: the verifier makes random data for the model after the step and
     derives the feed before it, and the reference, backwards."""
     probes: list[Probe] = field(default_factory=list)
+    traced_dims: dict[str, int] = field(default_factory=dict)
+    """Symbols the step introduced, with the size their axes had before it (verification uses it
+    where no data and no ``verify.dims`` gives one)."""
     tolerance: Tolerance | None = None
     """The pass's own numeric contract; None means the pipeline's tolerance."""
 

@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgeon.errors import UsageError
+from surgeon.verify.dims import symbol_of
+
+MAX_INPUT_BYTES = 2 << 30
+"""Random data for one input beyond this is refused (give verify.inputs or smaller verify.dims)."""
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,8 +43,8 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype(np.float32)
         dims: list[int | str | None] = []
         if tt.HasField("shape"):
-            for d in tt.shape.dim:
-                dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+            for axis, d in enumerate(tt.shape.dim):
+                dims.append(symbol_of(vi.name, axis, d.dim_value if d.HasField("dim_value") else None, d.dim_param))
         specs.append(InputSpec(vi.name, dtype, tuple(dims)))
     return specs
 
@@ -81,15 +85,30 @@ def random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generat
     raise UsageError(f"input '{spec.name}': cannot make random data of dtype {spec.dtype}; give verify.inputs")
 
 
-def make_feed(specs: Sequence[InputSpec], config: VerifyConfig, dims: Mapping[str, int] | None = None, seed_offset: int = 0) -> dict[str, np.ndarray]:
+def make_feed(
+    specs: Sequence[InputSpec],
+    config: VerifyConfig,
+    dims: Mapping[str, int] | None = None,
+    seed_offset: int = 0,
+    domains: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs. ``dims`` (sizes chosen by :func:`surgeon.verify.dims.choose_sizes`)
+    win over ``verify.dims``; ``verify.ranges`` win over ``domains`` (the ranges integer inputs'
+    consumers accept). An input whose data would pass :data:`MAX_INPUT_BYTES` is refused."""
     import numpy as np
 
     rng = np.random.default_rng(config.seed + seed_offset)
     all_dims = {**config.dims, **(dims or {})}
-    return {
-        s.name: np.asarray(random_array(s, resolve_shape(s, all_dims), rng, config.ranges.get(s.name)))
-        for s in specs
-    }
+    shapes = {s.name: resolve_shape(s, all_dims) for s in specs}
+    for s in specs:
+        need = int(np.prod(shapes[s.name], dtype=np.float64)) * max(s.dtype.itemsize, 1)
+        if need > MAX_INPUT_BYTES:
+            raise UsageError(
+                f"input '{s.name}' at shape {list(shapes[s.name])} would need {need / (1 << 30):.1f} GiB of random data "
+                "(limit 2 GiB); set smaller verify.dims or give verify.inputs"
+            )
+    ranges = {**(domains or {}), **config.ranges}
+    return {s.name: np.asarray(random_array(s, shapes[s.name], rng, ranges.get(s.name))) for s in specs}
 
 
 def load_npz(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
