@@ -125,6 +125,25 @@ def _verify_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
+def _validated_verify(cfg: Any, over: dict[str, Any]) -> Any:
+    """The recipe's verify settings with the command line's, checked like recipe values."""
+    from pydantic import ValidationError
+
+    from surgeon.verify.config import VerifyConfig
+
+    try:
+        return VerifyConfig.model_validate({**cfg.model_dump(), **over})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"--{where}: {err['msg']}" if where in ("rtol", "atol") else f"verify.{where}: {err['msg']}") from None
+
+
+def _tolerance_override(over: dict[str, Any]) -> dict[str, float]:
+    """--rtol / --atol: the user's tolerance for every step (over pass defaults too)."""
+    return {k: float(over[k]) for k in ("rtol", "atol") if k in over}
+
+
 def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, console: Console) -> int:
     from surgeon.render import summary_table
 
@@ -176,7 +195,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o")
     over = _verify_overrides(args)
     if over:
-        recipe.pipeline.verify = recipe.pipeline.verify.model_copy(update=over)
+        recipe.pipeline.verify = _validated_verify(recipe.pipeline.verify, over)
+    recipe.pipeline.tolerance_override = _tolerance_override(over)
     return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir)
 
 
@@ -204,6 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     step = {args.pass_name: _set_params(args.set)}
     recipe = parse_recipe_data({"version": 1, "passes": [step], "verify": _verify_overrides(args)}, "--set")
     pipeline: Pipeline = recipe.pipeline
+    pipeline.tolerance_override = _tolerance_override(_verify_overrides(args))
     return _apply_pipeline(pipeline, args.model, args.output, args, None, None)
 
 

@@ -65,6 +65,9 @@ class Pipeline:
         self.verify = verify if isinstance(verify, VerifyConfig) else VerifyConfig.model_validate(verify or {})
         self.save = save if isinstance(save, SavePolicy) else SavePolicy.model_validate(save or {})
         self.provenance = provenance
+        self.tolerance_override: dict[str, float] = {}
+        """``rtol`` / ``atol`` the user gave for every step (the command line's ``--rtol``/``--atol``):
+        they win over step keywords and pass defaults."""
 
     # -- recipes --------------------------------------------------------------------------------
     def to_recipe(self) -> dict[str, Any]:
@@ -112,6 +115,7 @@ class Pipeline:
         cfg = self.verify
         verifier: Verifier | None = None
         tol = Tolerance(cfg.rtol, cfg.atol)
+        allowed: list[Tolerance] = []  # each step's own tolerance
         contracts: list[IOContract] = []
         reports: list[StepReport] = []
         candidate: Model | None = None
@@ -130,7 +134,9 @@ class Pipeline:
             result = step.pass_(ir, step.message, before_edit=reference)
             seconds = time.perf_counter() - t0
             contracts.append(result.contract)
-            tol = tol.loosest(_step_tolerance(step, result.contract, cfg))
+            own, explicit = _step_tolerance(step, result.contract, cfg, self.tolerance_override)
+            allowed.append(own)
+            tol = own if explicit else _loosest(allowed)
             report = StepReport(i, step.pass_.name, step.label, result.modified, before, count_nodes(ir.graph), seconds, notes=list(result.notes))
             candidate = None
             if verifier is not None and cfg.mode == "each" and result.modified and not (step.verify and step.verify.skip):
@@ -171,15 +177,24 @@ class Pipeline:
         return result
 
 
-def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig) -> Tolerance | None:
-    tol = contract.tolerance or step.pass_.tolerance
-    if step.verify is not None and (step.verify.rtol is not None or step.verify.atol is not None):
-        base = tol or Tolerance(cfg.rtol, cfg.atol)
-        tol = Tolerance(
-            step.verify.rtol if step.verify.rtol is not None else base.rtol,
-            step.verify.atol if step.verify.atol is not None else base.atol,
-        )
-    return tol
+def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig, override: Mapping[str, float]) -> tuple[Tolerance, bool]:
+    """A step's own tolerance, and whether the user set it: per field, the command line's, else the
+    step's ``verify:``, else the pass's default, else the pipeline's."""
+    base = contract.tolerance or step.pass_.tolerance or Tolerance(cfg.rtol, cfg.atol)
+    user: dict[str, float] = {}
+    if step.verify is not None:
+        user.update({k: v for k in ("rtol", "atol") if (v := getattr(step.verify, k)) is not None})
+    user.update(override)
+    return Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol)), bool(user)
+
+
+def _loosest(tols: Sequence[Tolerance]) -> Tolerance:
+    """A check after several steps allows what each of them was allowed (an earlier step's error
+    carries into every later comparison with the source)."""
+    out = tols[0]
+    for t in tols[1:]:
+        out = out.loosest(t)
+    return out
 
 
 def _changed_tensors(ir: ModelIR) -> set[str]:
