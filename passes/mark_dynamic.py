@@ -10,7 +10,7 @@ from pydantic import Field
 from surgeon.errors import PassError, PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import names, require_names
-from surgeon.verify.contract import IOContract
+from surgeon.verify.contract import IOContract, io_types
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -108,6 +108,7 @@ class MarkDynamic(Pass):
         g = model.graph
         by_name = {t.name: t for t in list(g.inputs) + list(g.outputs)}
         before = {n: list(by_name[n].shape) for n in list(ins) + list(outs)}
+        io_before = io_types(g)
         other = _other_sizes(traced)
         at_a = infer(model)
         for name, axes in ins.items():
@@ -134,7 +135,9 @@ class MarkDynamic(Pass):
                 probes.append(BatchProbe(sym, ins, outs, traced))
             else:
                 probes.append(SizeProbe(sym, ins, outs, traced))
-        return PassResult(True, IOContract(probes=probes, traced_dims=dict(traced)), notes=notes)
+        contract = IOContract(probes=probes, traced_dims=dict(traced))
+        contract.declare_changes(io_before, io_types(g))
+        return PassResult(True, contract, notes=notes)
 
     @staticmethod
     def _check_outputs(model: ModelIR, outs: Axes, traced: dict[str, int], other: dict[str, int], dims_b: dict[str, list]) -> None:
@@ -247,7 +250,7 @@ class BatchProbe(_SymbolProbe):
                 continue
             expected = np.concatenate([o[name] for o in singles], axis=out_axis)
             checks.append(compare(f"probe {self.symbol}={base * n}: {name} vs {n} runs of {self.symbol}={base}", expected, actual[name], env.tol))
-        return checks
+        return checks or [_nothing(self.name, self.symbol)]
 
 
 class SizeProbe(_SymbolProbe):
@@ -269,4 +272,14 @@ class SizeProbe(_SymbolProbe):
         for name, value in actual.items():
             bad = [f"axis {a} is {value.shape[a]}, '{s}' is {dims[s]}" for a, s in self.outs.get(name, {}).items() if s in dims and a < value.ndim and value.shape[a] != dims[s]]
             checks.append(OutputCheck(f"probe {self.symbol}={size}: {name}", not bad, "FAIL" if bad else "ok (ran)", shape=tuple(value.shape), note="; ".join(bad)))
+        if not any(self.symbol in axes.values() for axes in self.outs.values()):
+            checks.append(_nothing(self.name, self.symbol))
         return checks
+
+
+def _nothing(probe: str, symbol: str) -> OutputCheck:
+    """A probe with nothing to compare says so (never a plain ok)."""
+    from surgeon.verify.compare import OutputCheck
+
+    note = f"no output axis is '{symbol}': only that the model runs at another size; name an output axis (outputs: {{y: {{0: {symbol}}}}}) to compare"
+    return OutputCheck(f"probe {probe}", True, "proved nothing", note=note)

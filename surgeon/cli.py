@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("candidate", type=Path)
     p.add_argument("--map", action="append", default=[], metavar="OLD=NEW", help="an input or output renamed in the candidate")
     p.add_argument("--report", type=Path, metavar="JSON", help="write the comparison as JSON")
+    p.add_argument("--localize", action="store_true", help="name the first node whose output differs (tensors both models have, compared in topological order)")
     _verify_args(p)
     return parser
 
@@ -328,7 +329,7 @@ def _planned_sizes(model: Any, cfg: Any, base_dir: Path | None) -> list[str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.ir.model import load
-    from surgeon.render import show_outputs
+    from surgeon.render import show_outputs, show_sizes
     from surgeon.verify.compare import Tolerance
     from surgeon.verify.config import VerifyConfig
     from surgeon.verify.contract import IOContract
@@ -342,15 +343,55 @@ def cmd_verify(args: argparse.Namespace) -> int:
         renamed_inputs={k: v for k, v in mapping.items() if k in in_names},
         renamed_outputs={k: v for k, v in mapping.items() if k not in in_names},
     )
+    _probe_dynamic_axes(ref, cand, contract)
     verifier = Verifier(ref, cfg)
-    check = verifier.check(cand, [contract], Tolerance(cfg.rtol, cfg.atol))
+    tol = Tolerance(cfg.rtol, cfg.atol)
+    check = verifier.check(cand, [contract], tol)
+    divergence = verifier.localize(ref, 0, cand, tol) if args.localize else None
+    check.outputs += verifier.probe(cand, [contract], 0, tol)
     console = _console()
     if not args.quiet:
         show_outputs(console, check)
+        show_sizes(console, check.sizes, verifier.values)
+        if divergence is not None:
+            console.print(divergence.line(), markup=False)
         console.print(f"verified on {verifier.device_line}: {'ok' if check.ok else 'FAIL'}", markup=False)
     if args.report:
-        args.report.write_text(json.dumps({"ok": check.ok, "device": verifier.device_line, "outputs": [o.as_dict() for o in check.outputs]}, indent=2) + "\n")
+        data = {"ok": check.ok, "device": verifier.device_line, "sizes": check.sizes, "values": verifier.values, "outputs": [o.as_dict() for o in check.outputs]}
+        if divergence is not None:
+            data["divergence"] = divergence.as_dict()
+        args.report.write_text(json.dumps(data, indent=2) + "\n")
     return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
+
+
+def _probe_dynamic_axes(ref: Any, cand: Any, contract: Any) -> None:
+    """Axes the candidate made symbolic where the reference is static are probed as mark-dynamic
+    does (a batch symbol: N distinct samples against N single runs; others: a new size) and declared
+    as changed; the reference's size is their traced size."""
+    from surgeon.passes.mark_dynamic import BatchProbe, SizeProbe
+    from surgeon.verify.interface import ports
+
+    axes: list[dict[str, dict[int, str]]] = [{}, {}]
+    traced: dict[str, int] = {}
+    for k, kind in enumerate(("input", "output")):
+        renamed = contract.renamed_inputs if kind == "input" else contract.renamed_outputs
+        new = {p.name: p for p in ports(cand.proto, kind)}
+        for old in ports(ref.proto, kind):
+            p = new.get(renamed.get(old.name, old.name))
+            if p is None or old.dims is None or p.dims is None or len(p.dims) != len(old.dims):
+                continue
+            for axis, (a, b) in enumerate(zip(old.dims, p.dims)):
+                if isinstance(a, int) and isinstance(b, str):
+                    axes[k].setdefault(p.name, {})[axis] = b
+                    contract.changed_dims.add(p.name)
+                    if kind == "input":
+                        traced.setdefault(b, a)
+    ins, outs = axes
+    contract.traced_dims.update(traced)
+    for sym in sorted(traced):
+        at_zero = all(a == 0 for m in (ins, outs) for axes_ in m.values() for a, s in axes_.items() if s == sym)
+        probe = BatchProbe if "batch" in sym.lower() or at_zero else SizeProbe
+        contract.probes.append(probe(sym, ins, outs, traced))
 
 
 COMMANDS = {

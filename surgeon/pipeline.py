@@ -120,6 +120,7 @@ class Pipeline:
         reports: list[StepReport] = []
         candidate: Model | None = None
         unverified = False  # a modification no check has covered yet
+        good: tuple[Model | None, int] = (None, 0)  # the last model that passed its check, and its step count
         for i, step in enumerate(self.steps):
             before = count_nodes(ir.graph)
             t0 = time.perf_counter()
@@ -142,7 +143,11 @@ class Pipeline:
             if verifier is not None and cfg.mode == "each" and result.modified and not (step.verify and step.verify.skip):
                 candidate = ir.to_model()
                 report.check = verifier.check(candidate, contracts, tol)
+                if not report.check.ok:
+                    report.check.divergence = verifier.localize(good[0] or verifier.source, good[1], candidate, tol)
                 report.check.outputs += verifier.probe(candidate, contracts, i, tol)
+                if report.check.ok:
+                    good = (candidate, i + 1)
                 report.seconds = time.perf_counter() - t0
             unverified = (unverified or result.modified) and report.check is None
             reports.append(report)
@@ -153,6 +158,8 @@ class Pipeline:
         if verifier is not None:
             if unverified:
                 check = verifier.check(final, contracts, tol)
+                if not check.ok:
+                    check.divergence = verifier.localize(good[0] or verifier.source, good[1], final, tol)
                 if cfg.mode == "end":
                     for k in range(len(contracts)):
                         check.outputs += verifier.probe(final, contracts, k, tol)

@@ -42,6 +42,7 @@ class StepReport:
             "max_abs_error": self.check.max_abs if self.check else None,
             "outputs": [o.as_dict() for o in self.check.outputs] if self.check else [],
             "sizes": list(self.check.sizes) if self.check else [],
+            "divergence": self.check.divergence.as_dict() if self.check and self.check.divergence else None,
             "notes": self.notes,
         }
 
@@ -69,9 +70,13 @@ class PipelineResult:
             if s.check and not s.check.ok:
                 for o in s.check.failures():
                     lines.append(f"passes[{s.index}] ({s.pass_name}): output '{o.name}': {_describe(o)}")
+                if s.check.divergence is not None:
+                    lines.append(f"passes[{s.index}] ({s.pass_name}): {s.check.divergence.line()}")
         if self.final_check and not self.final_check.ok:
             for o in self.final_check.failures():
                 lines.append(f"end of pipeline: output '{o.name}': {_describe(o)}")
+            if self.final_check.divergence is not None:
+                lines.append(f"end of pipeline: {self.final_check.divergence.line()}")
         return lines
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,6 +87,7 @@ class PipelineResult:
             "values": self.values,
             "steps": [s.as_dict() for s in self.steps],
             "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
+            "final_divergence": self.final_check.divergence.as_dict() if self.final_check and self.final_check.divergence else None,
         }
 
 

@@ -14,6 +14,8 @@ from surgeon.verify.contract import IOContract
 from surgeon.verify.dims import Sizes, choose_sizes, sizes_of_data
 from surgeon.verify.domains import integer_domains
 from surgeon.verify.feeds import InputSpec, graph_inputs, load_npz, make_feed
+from surgeon.verify.interface import check_interface
+from surgeon.verify.localize import Divergence, localize
 from surgeon.verify.runtime import Runtime, run_model
 
 if TYPE_CHECKING:
@@ -64,6 +66,8 @@ class Verifier:
                 raise UsageError(f"{source.name}: {exc}") from None
         self._reference: dict[str, np.ndarray] | None = None
         self.last: tuple[Model, dict[str, np.ndarray], Sizes] | None = None
+        self.chain: dict[int, dict[str, np.ndarray]] = {}
+        """The last check's feed after each number of contracts (for localization)."""
         """The last candidate checked, the feed it got and its sizes (probes start from them)."""
 
     @property
@@ -150,9 +154,11 @@ class Verifier:
         import numpy as np
 
         feed, expected, start = self._start(candidate, contracts)
-        for c in contracts[start:]:
+        self.chain = {start: dict(feed)}
+        for j, c in enumerate(contracts[start:], start + 1):
             extra = self.intermediates(c, feed)
             feed, expected = c.map_feed(feed, extra), c.map_outputs(expected, feed, extra)
+            self.chain[j] = feed
         sizes = self.sizes_for(graph_inputs(candidate.proto), contracts, feed, exact=True)
         self.last = (candidate, feed, sizes)
         try:
@@ -160,6 +166,7 @@ class Verifier:
         except VerificationError as exc:
             raise VerificationError(f"{exc}; {sizes.describe()}" if sizes.chosen else str(exc)) from None
         result = StepCheck(device=self.device_line, sizes=sizes.lines())
+        result.outputs += check_interface(self.source.proto, candidate.proto, contracts)
         for name, value in expected.items():
             if name not in actual:
                 result.outputs.append(OutputCheck(name, False, "FAIL", note="output missing from the edited model"))
@@ -173,6 +180,16 @@ class Verifier:
                 if mapped in actual and mapped not in expected:
                     result.outputs.append(OutputCheck(mapped, True, "ok (new)", shape=tuple(np.shape(actual[mapped])), note="added output: ran, nothing to compare"))
         return result
+
+    def localize(self, before: Model, k: int, candidate: Model, tol: Tolerance) -> Divergence | None:
+        """After a failed check of ``candidate``: where it first diverges from ``before``, the model
+        after the first ``k`` contracts of that check (the source when ``k`` is 0)."""
+        if self.last is None or self.last[0] is not candidate or k not in self.chain:
+            return None
+        try:
+            return localize(self.runtime, before, self.chain[k], candidate, self.last[1], tol)
+        except SurgeonError:
+            return None
 
     def probe(self, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance) -> list[OutputCheck]:
         env = ProbeEnv(self, candidate, contracts, step, tol)

@@ -1,0 +1,122 @@
+"""Where two models diverge: tensors with the same name in both are exposed as extra outputs (a
+batch at a time, so memory stays near two normal runs), both run on the same feed, and the first
+tensor in topological order that differs beyond tolerance is named with its node, op type, error,
+shape and the error of its inputs. The first node whose output holds NaN/Inf is named too."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from surgeon.verify.compare import Tolerance, compare
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+    from surgeon.ir.model import Model
+    from surgeon.verify.runtime import Runtime
+
+BATCH = 32
+"""Tensors exposed per run."""
+
+
+@dataclass
+class Divergence:
+    tensor: str = ""
+    node: str = ""
+    op: str = ""
+    shape: list[int] = field(default_factory=list)
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    note: str = ""
+    inputs: dict[str, float] = field(default_factory=dict)
+    """Max abs error of the node's inputs that both models have (0: they agree there)."""
+    non_finite: str = ""
+    """The first node of the second model whose output holds NaN/Inf ("" when none)."""
+    compared: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def line(self) -> str:
+        parts = []
+        if self.tensor:
+            ins = ", ".join(f"'{k}' {v:.3g}" for k, v in self.inputs.items()) or "none compared"
+            what = f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}" + (f" ({self.note})" if self.note else "")
+            parts.append(f"first divergence at node '{self.node}' ({self.op}) output '{self.tensor}' shape {self.shape}: {what}; its inputs' error: {ins}")
+        else:
+            parts.append(f"no tensor of both models differs beyond tolerance ({self.compared} compared)")
+        if self.non_finite:
+            parts.append(f"first NaN/Inf from {self.non_finite}")
+        return "; ".join(parts)
+
+
+def _producers(proto: onnx.ModelProto) -> list[tuple[str, onnx.NodeProto]]:
+    inits = {t.name for t in proto.graph.initializer}
+    return [(t, n) for n in proto.graph.node for t in n.output if t and t not in inits]
+
+
+def _exposed(model: Model, names: list[str]) -> Model:
+    import onnx
+
+    from surgeon.ir.model import Model as _Model
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    have = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in have:
+            proto.graph.output.add().name = name
+    return _Model(proto, path=None, base_dir=model.base_dir, data_files=list(model.data_files), source_external=model.source_external)
+
+
+def _as_float(a: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return a.astype(np.float64) if a.dtype.kind in "fiub" else a
+
+
+def localize(
+    runtime: Runtime,
+    before: Model,
+    feed_before: Mapping[str, np.ndarray],
+    after: Model,
+    feed_after: Mapping[str, np.ndarray],
+    tol: Tolerance,
+    batch: int = BATCH,
+) -> Divergence:
+    """The first tensor (topological order of ``after``) that differs between the models."""
+    import numpy as np
+
+    from surgeon.verify.runtime import run_model
+
+    known = {t for t, _ in _producers(before.proto)}
+    common = [(t, n) for t, n in _producers(after.proto) if t in known]
+    out = Divergence()
+    errors: dict[str, float] = {}
+    for start in range(0, len(common), batch):
+        chunk = common[start : start + batch]
+        names = [t for t, _ in chunk]
+        ref = run_model(runtime, _exposed(before, names), [feed_before])[0]
+        got = run_model(runtime, _exposed(after, names), [feed_after])[0]
+        for name, node in chunk:
+            if name not in ref or name not in got:
+                continue
+            a, b = np.asarray(ref[name]), np.asarray(got[name])
+            if not out.non_finite and b.dtype.kind == "f" and not np.isfinite(b).all():
+                out.non_finite = f"node '{node.name}' ({node.op_type}) output '{name}'" + ("" if np.isfinite(a).all() else " (the first model has NaN/Inf there too)")
+            if a.dtype != b.dtype:
+                a, b = _as_float(a), _as_float(b)
+            check = compare(name, a, b, tol)
+            out.compared += 1
+            errors[name] = check.max_abs
+            if not check.ok and not out.tensor:
+                out.tensor, out.node, out.op = name, node.name, node.op_type
+                out.shape, out.max_abs, out.max_rel, out.note = list(b.shape), check.max_abs, check.max_rel, check.note
+                out.inputs = {i: errors[i] for i in node.input if i in errors}
+        del ref, got
+        if out.tensor:
+            break
+    return out
