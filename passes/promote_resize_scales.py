@@ -195,7 +195,7 @@ class PromoteResizeScales(Pass):
                 full = s.value.copy()
                 full[s.lead :] = np.broadcast_to(feed[name], full[s.lead :].shape) if p.form == "factor" else feed[name][s.lead :]
                 vectors[s.node.name] = (s.slot, full)
-                ratios.append(Ratio(s.kind, s.lead, s.value.astype(np.float64).tolist(), full.astype(np.float64).tolist()))
+                ratios.append(Ratio(str(s.node.name), s.kind, s.lead, s.value.astype(np.float64).tolist(), full.astype(np.float64).tolist()))
         return ScaleProbe(feed, vectors, ratios)
 
 
@@ -293,6 +293,7 @@ def _probe_value(value: np.ndarray, site: Site, factor: float, form: str) -> np.
 class Ratio:
     """One promoted node: its vector (scales or sizes) as traced and as probed."""
 
+    node: str
     kind: str
     lead: int
     traced: list[float]
@@ -321,9 +322,15 @@ class ScaleProbe:
         inferred = _expected_shapes(env, feed, self.vectors)
         checks = []
         scaled_any = False
+        later = env.contracts[env.step + 1 :]
         for name, value in actual.items():
             got = tuple(value.shape)
-            want = _scaled_shape(tuple(traced[name].shape), self.ratios) if name in traced else None
+            graph_name = name
+            for c in later:
+                graph_name = c.renamed_outputs.get(graph_name, graph_name)
+            upstream = _upstream(env.candidate.proto.graph, graph_name)
+            ratios = [r for r in self.ratios if r.node in upstream]
+            want = _scaled_shape(tuple(traced[name].shape), ratios) if name in traced else None
             scaled_any |= want is not None and want != tuple(traced[name].shape)
             problems = []
             if want is not None and want != got:
@@ -336,6 +343,22 @@ class ScaleProbe:
         if not scaled_any:
             checks.append(OutputCheck(f"probe {self.name}", True, "proved nothing", note="no output's size follows the factor: only that the model runs at another factor"))
         return checks
+
+
+def _upstream(g: Any, output: str) -> set[str]:
+    """Names of the nodes ``output`` depends on."""
+    producer = {t: n for n in g.node for t in n.output}
+    seen: set[str] = set()
+    todo, names = [output], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        names.add(node.name)
+        todo.extend(node.input)
+    return names
 
 
 def _scaled_shape(shape: tuple[int, ...], ratios: list[Ratio]) -> tuple[int, ...] | None:

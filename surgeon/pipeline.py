@@ -129,7 +129,7 @@ class Pipeline:
                 # after the first precondition check, before any edit: the reference run
                 nonlocal verifier
                 if verifier is None and cfg.mode != "off":
-                    verifier = Verifier(source, cfg, base_dir)
+                    verifier = Verifier(source, cfg, base_dir, _size_hints(self.steps))
                     verifier.reference()
 
             result = step.pass_(ir, step.message, before_edit=reference)
@@ -193,6 +193,17 @@ def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig, overrid
         user.update({k: v for k in ("rtol", "atol") if (v := getattr(step.verify, k)) is not None})
     user.update(override)
     return Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol)), bool(user)
+
+
+def _size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
+    """Sizes a ``fix-dims`` step will bind: the source's feed is made at them (the fixed model
+    accepts no other)."""
+    hints: dict[str, tuple[int, str]] = {}
+    for i, s in enumerate(steps):
+        if s.pass_.name == "fix-dims":
+            for key, size in getattr(s.pass_.params, "dims", {}).items():
+                hints.setdefault(str(key), (int(size), f"fixed by passes[{i}] (fix-dims)"))
+    return hints
 
 
 def _loosest(tols: Sequence[Tolerance]) -> Tolerance:

@@ -90,13 +90,15 @@ def choose_sizes(
     inherited: Sizes | None = None,
     traced: Mapping[str, int] | None = None,
     observed_first: bool = False,
+    hints: Mapping[str, tuple[int, str]] | None = None,
 ) -> Sizes:
     """A size for each symbol of ``specs``: ``verify.dims`` first; then the shapes of ``observed``
     arrays (data or the feed the model got at its traced sizes), a symbol keeping the reason it
     had in ``inherited`` (the source's sizes) where it had one; then ``traced`` sizes passes
     reported; then ``inherited``; then ``verify.default_dim``. A symbol whose observed axes differ
     in size is not one symbol: each of its axes gets its own ``input:axis`` size.
-    ``observed_first``: the arrays are the data the model gets (a check's feed): they win."""
+    ``observed_first``: the arrays are the data the model gets (a check's feed): they win.
+    ``hints``: sizes later steps will fix (``fix-dims``), by symbol or ``input:axis``, after verify.dims."""
     out = Sizes()
     found = symbols(specs)
     for sym, name, axis in [] if observed_first else found:
@@ -105,6 +107,11 @@ def choose_sizes(
             out.set(key, config.dims[key], "verify.dims")
         elif sym in config.dims:
             out.set(sym, config.dims[sym], "verify.dims")
+    for sym, name, axis in found:
+        key = axis_key(name, axis)
+        for k in (key, sym):
+            if hints and k in hints and sym not in out.chosen and key not in out.chosen:
+                out.set(k, *hints[k])
     seen: dict[str, set[int]] = {}
     for sym, name, axis in found:
         if observed is not None and name in observed and axis < observed[name].ndim:

@@ -33,7 +33,9 @@ class Verifier:
     """Holds the source model's feed and reference outputs (computed once) and checks candidates
     through the list of contracts between the source and them."""
 
-    def __init__(self, source: Model, config: VerifyConfig, base_dir: Path | None = None) -> None:
+    def __init__(self, source: Model, config: VerifyConfig, base_dir: Path | None = None, hints: Mapping[str, tuple[int, str]] | None = None) -> None:
+        """``hints``: sizes steps of the pipeline will fix, by symbol or ``input:axis`` (``fix-dims``),
+        used for the source's symbols after ``verify.dims``."""
         self._snapshot: tempfile.TemporaryDirectory[str] | None = None
         if source.path is None and not source.uses_external_data:
             # an in-memory source is saved once, before any pass can touch shared protos
@@ -57,7 +59,7 @@ class Verifier:
             self.feed = load_npz(path, self.specs)
             self.sizes = sizes_of_data(self.specs, self.feed)
         else:
-            self.sizes = choose_sizes(self.specs, config)
+            self.sizes = choose_sizes(self.specs, config, hints=hints)
             domains = integer_domains(source.proto, self.specs)
             self.values = [f"{k} in [{int(lo)}, {int(hi)}) ({why})" for k, ((lo, hi), why) in domains.items() if k not in config.ranges]
             try:
@@ -83,7 +85,7 @@ class Verifier:
             except VerificationError as exc:
                 what = "verify.inputs" if self.config.inputs else "the generated inputs"
                 sizes = self.sizes.describe() if not self.config.inputs else ""
-                keys = "check verify.inputs" if self.config.inputs else "set verify.dims, verify.ranges or verify.inputs"
+                keys = "check verify.inputs" if self.config.inputs else ("or set verify.ranges / verify.inputs" if self.sizes.hint() else "set verify.ranges or verify.inputs")
                 raise ModelError(f"the source model fails on {what}: {exc}" + (f"; {sizes}" if sizes else "") + f"; {keys}") from None
         return self._reference
 
