@@ -37,6 +37,8 @@ def progress_line(console: Console, step: StepReport, total: int, verbose: bool 
             console.print(f"    {note}", highlight=False, markup=False)
     if step.check is not None:
         show_outputs(console, step.check, only_failures=not verbose, indent="    ")
+        if step.check.divergence is not None:
+            console.print(f"    {step.check.divergence.line()}", highlight=False, markup=False)
 
 
 def show_outputs(console: Console, check: StepCheck, only_failures: bool = False, indent: str = "") -> None:
