@@ -53,3 +53,23 @@ def test_verify_localize_any_two_models_and_the_first_nan(tmp_path: Path, capsys
     assert "first NaN/Inf from node '/relu' (Log)" in capsys.readouterr().out
     assert main(["verify", str(a), str(a), "--device", "cpu", "--localize"]) == 0
     assert "no tensor of both models differs beyond tolerance (4 compared)" in capsys.readouterr().out
+
+
+def test_tensors_are_exposed_in_batches_bounded_by_count_and_bytes() -> None:
+    import numpy as np
+
+    from surgeon.ir.model import load
+    from surgeon.verify.compare import Tolerance
+    from surgeon.verify.localize import _batches, _sizes, localize
+    from surgeon.verify.runtime import Runtime
+
+    feed = {"x": np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)}
+    sizes = _sizes(_chain(), feed)
+    assert sizes == {"r": 64, "m": 64, "a": 64}  # float32 [2, 8] each, by shape inference at the feed's shapes
+    items = [(t, None) for t in ("r", "m", "a", "y")]
+    assert [[t for t, _ in b] for b in _batches(items, sizes, 32, 128)] == [["r", "m"], ["a", "y"]]
+    assert [[t for t, _ in b] for b in _batches(items, sizes, 1, 10**9)] == [["r"], ["m"], ["a"], ["y"]]
+    broken = _chain()
+    broken.graph.node[2].op_type = "Sub"
+    d = localize(Runtime("cpu"), load(_chain()), feed, load(broken), feed, Tolerance(1e-6, 1e-6), batch=1)
+    assert (d.node, d.op, d.compared) == ("/add", "Sub", 3) and d.inputs == {"m": 0.0}

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from surgeon.verify.runtime import Runtime
 
 BATCH = 32
-"""Tensors exposed per run."""
+"""Tensors exposed per run at most."""
+MIN_BUDGET = 256 << 20
+"""Bytes of exposed tensors per run at least (else the model's weight bytes: about one more run)."""
 
 
 @dataclass
@@ -96,8 +98,7 @@ def localize(
     common = [(t, n) for t, n in _producers(after.proto) if t in known]
     out = Divergence()
     errors: dict[str, float] = {}
-    for start in range(0, len(common), batch):
-        chunk = common[start : start + batch]
+    for chunk in _batches(common, _sizes(after.proto, feed_after), batch, max(MIN_BUDGET, _weight_bytes(after.proto))):
         names = [t for t, _ in chunk]
         ref = run_model(runtime, _exposed(before, names), [feed_before])[0]
         got = run_model(runtime, _exposed(after, names), [feed_after])[0]
@@ -120,3 +121,65 @@ def localize(
         if out.tensor:
             break
     return out
+
+
+def _batches(items: list[tuple[str, Any]], sizes: Mapping[str, int], most: int, budget: int) -> list[list[tuple[str, Any]]]:
+    """Consecutive runs of tensors, each at most ``most`` long and ``budget`` bytes (estimated)."""
+    out: list[list[tuple[str, Any]]] = [[]]
+    used = 0
+    for item in items:
+        need = sizes.get(item[0], 0)
+        if out[-1] and (len(out[-1]) >= most or used + need > budget):
+            out.append([])
+            used = 0
+        out[-1].append(item)
+        used += need
+    return [b for b in out if b]
+
+
+def _sizes(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Bytes of each tensor by shape inference at the feed's shapes (unknown: the largest input)."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    work = onnx.ModelProto(ir_version=proto.ir_version, opset_import=proto.opset_import, functions=proto.functions)
+    g = proto.graph  # everything but the weights' data: only their types and shapes matter (as inputs)
+    work.graph.node.extend(g.node)
+    work.graph.output.extend(g.output)
+    inits = {t.name for t in g.initializer}
+    work.graph.input.extend(vi for vi in g.input if vi.name not in inits)
+    for t in g.initializer:
+        work.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for vi in work.graph.input:
+        if vi.name in feed and vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.shape.Clear()
+            for n in np.shape(feed[vi.name]):
+                vi.type.tensor_type.shape.dim.add().dim_value = int(n)
+    fallback = max((int(np.asarray(v).nbytes) for v in feed.values()), default=0)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
+    except Exception:  # estimation only
+        return {}
+    out: dict[str, int] = {}
+    for vi in inferred.graph.value_info:
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if tt.elem_type and -1 not in dims:
+            out[vi.name] = int(np.prod(dims, dtype=np.float64)) * helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
+        else:
+            out[vi.name] = fallback
+    return out
+
+
+def _weight_bytes(proto: onnx.ModelProto) -> int:
+    import numpy as np
+    from onnx import helper
+
+    total = 0
+    for t in proto.graph.initializer:
+        try:
+            total += int(np.prod(list(t.dims), dtype=np.float64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            continue
+    return total
