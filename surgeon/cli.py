@@ -300,7 +300,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         problems = recipe.pipeline.check_requirements(model)
         if problems:
             raise RecipeError(problems)
-        sizes = _planned_sizes(model, recipe.pipeline.verify, recipe.base_dir)
+        sizes = _planned_sizes(model, recipe.pipeline)
     if not args.quiet:
         what = f" against {model_path}" if model_path else ""
         console = _console()
@@ -310,15 +310,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _planned_sizes(model: Any, cfg: Any, base_dir: Path | None) -> list[str]:
+def _planned_sizes(model: Any, pipeline: Any) -> list[str]:
     """What verification will use for the source's symbolic dims: sizes it defaults are named
     with the key that chooses them (nothing when verification is off or data is given)."""
+    from surgeon.pipeline import size_hints
     from surgeon.verify.dims import choose_sizes
     from surgeon.verify.feeds import graph_inputs
 
+    cfg = pipeline.verify
     if cfg.mode == "off" or cfg.inputs:
         return []
-    sizes = choose_sizes(graph_inputs(model.proto), cfg)
+    sizes = choose_sizes(graph_inputs(model.proto), cfg, hints=size_hints(pipeline.steps))
     lines = [f"verification sizes: {', '.join(sizes.lines())}"] if sizes.chosen else []
     defaulted = sizes.defaulted()
     if defaulted:

@@ -129,7 +129,7 @@ class Pipeline:
                 # after the first precondition check, before any edit: the reference run
                 nonlocal verifier
                 if verifier is None and cfg.mode != "off":
-                    verifier = Verifier(source, cfg, base_dir, _size_hints(self.steps))
+                    verifier = Verifier(source, cfg, base_dir, size_hints(self.steps))
                     verifier.reference()
 
             result = step.pass_(ir, step.message, before_edit=reference)
@@ -195,7 +195,7 @@ def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig, overrid
     return Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol)), bool(user)
 
 
-def _size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
+def size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
     """Sizes a ``fix-dims`` step will bind: the source's feed is made at them (the fixed model
     accepts no other)."""
     hints: dict[str, tuple[int, str]] = {}

@@ -165,9 +165,14 @@ def test_mask_by_name_and_ranges_override() -> None:
     assert set(np.unique(v.feed["pad_mask"])) <= {0, 1} and v.values == ["pad_mask in [0, 2) (named like a mask)"]
 
 
-def test_sizes_a_fix_dims_step_binds_are_the_sources_sizes() -> None:
+def test_sizes_a_fix_dims_step_binds_are_the_sources_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from surgeon.passes.fix_dims import FixDims
 
     res = Pipeline([FixDims(dims={"height": 6, "width": 5})], verify=CPU).run(_conv(pads=0))
     assert res.ok, res.failures()  # before: the source's feed needed verify.dims
     assert res.sizes == ["height=6 (fixed by passes[0] (fix-dims))", "width=5 (fixed by passes[0] (fix-dims))", "batch=1 (default)"]
+    onnx.save(_conv(pads=0), str(tmp_path / "m.onnx"))
+    recipe = write_recipe(tmp_path, "version: 1\nmodel: m.onnx\noutput: o.onnx\npasses:\n  - fix-dims: {dims: {height: 6, width: 5}}\n")
+    assert main(["validate", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "height=6 (fixed by passes[0] (fix-dims))" in out and "will default batch to 1" in out and "{batch: N}" in out
