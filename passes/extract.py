@@ -11,7 +11,7 @@ from surgeon.errors import PassPreconditionError
 from surgeon.ir.walk import iter_graphs, signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import listing, require_tensor, snapshot, typed, unique_name
-from surgeon.verify.contract import IOContract
+from surgeon.verify.contract import IOContract, io_types
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,7 +74,9 @@ class Extract(Pass):
             removed_inputs={n for n in old_in if n not in ins},
             removed_outputs={n for n in old_out if n not in outs},
             intermediates=snapshot(model, inner) if inner else None,
+            reordered=True,  # the inputs and outputs are those listed, in the order listed
         )
+        io_before = io_types(g)
         types = typed(model, [*ins, *outs], "a graph input or output")
         tensors = g.tensors()
         for name in ins:
@@ -93,6 +95,7 @@ class Extract(Pass):
         for name in outs:
             if name not in old_out:
                 contract.expectations[name] = _input_value(name) if name in old_in else _output_value(name)
+        contract.declare_changes(io_before, io_types(g))
         notes = _notes(old_in, old_out, ins, outs, n_nodes - len(g.nodes))
         return PassResult(signature(g) != before, contract, notes)
 

@@ -8,7 +8,7 @@ from pydantic import Field, PositiveInt
 
 from surgeon.errors import PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.verify.contract import IOContract
+from surgeon.verify.contract import IOContract, io_types
 
 if TYPE_CHECKING:
     from surgeon.ir.adapter import ModelIR
@@ -81,6 +81,7 @@ class FixDims(Pass):
         if not plan:
             return PassResult(False, IOContract())
         g = model.graph
+        io_before = io_types(g)
         fixed: dict[str, int] = {}
         notes = []
         for t in g.inputs:
@@ -99,4 +100,5 @@ class FixDims(Pass):
                 pins[o.name] = tuple(fixed.get(d, d) if isinstance(d, str) else d for d in o.shape)
         refresh_shapes(model, pins)
         contract = IOContract()
+        contract.declare_changes(io_before, io_types(g))
         return PassResult(True, contract, notes)

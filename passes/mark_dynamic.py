@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -10,15 +9,14 @@ from pydantic import Field
 from surgeon.errors import PassError, PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import names, require_names
-from surgeon.verify.contract import IOContract
+from surgeon.verify.contract import IOContract, io_types
+from surgeon.verify.probes import BatchProbe, SizeProbe
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from surgeon.ir.adapter import ModelIR
     from surgeon.passes._dynamic import Sizes
-    from surgeon.verify.compare import OutputCheck
-    from surgeon.verify.contract import ProbeEnv
 
 Axes = dict[str, dict[int, str]]
 
@@ -109,6 +107,7 @@ class MarkDynamic(Pass):
         g = model.graph
         by_name = {t.name: t for t in list(g.inputs) + list(g.outputs)}
         before = {n: list(by_name[n].shape) for n in list(ins) + list(outs)}
+        io_before = io_types(g)
         other = _other_sizes(traced)
         at_a = infer(model)
         wired = wiring(g)
@@ -136,7 +135,9 @@ class MarkDynamic(Pass):
                 probes.append(BatchProbe(sym, ins, outs, traced))
             else:
                 probes.append(SizeProbe(sym, ins, outs, traced))
-        return PassResult(True, IOContract(probes=probes), notes=notes)
+        contract = IOContract(probes=probes, traced_dims=dict(traced))
+        contract.declare_changes(io_before, io_types(g))
+        return PassResult(True, contract, notes=notes)
 
     @staticmethod
     def _check_outputs(model: ModelIR, outs: Axes, traced: dict[str, int], other: dict[str, int], dims_b: dict[str, list]) -> None:
@@ -193,81 +194,3 @@ def _other_sizes(traced: dict[str, int]) -> dict[str, int]:
         other[sym] = value
         used.add(value)
     return other
-
-
-# -- probes -----------------------------------------------------------------------------------
-
-class _SymbolProbe:
-    def __init__(self, symbol: str, ins: Axes, outs: Axes, traced: Mapping[str, int]) -> None:
-        self.symbol, self.ins, self.outs, self.traced = symbol, ins, outs, dict(traced)
-
-    def _dims(self, env: ProbeEnv, size: int) -> dict[str, int]:
-        """Every symbol of the step at its traced size (or verify.dims), this one at ``size``."""
-        dims = {s: env.config.dims.get(s, v) for s, v in self.traced.items()}
-        dims[self.symbol] = size
-        return dims
-
-    def _base(self, env: ProbeEnv) -> int:
-        from surgeon.errors import UsageError
-
-        base: int | None = self.traced.get(self.symbol, env.config.dims.get(self.symbol))
-        if base is None:
-            raise UsageError(f"no size known for '{self.symbol}'; set verify.dims: {{{self.symbol}: N}}")
-        return base
-
-
-class BatchProbe(_SymbolProbe):
-    """A batch of N distinct samples must give the outputs of N runs of the model before the step,
-    one sample (of the traced batch size) each, stacked along each output's batch axis."""
-
-    @property
-    def name(self) -> str:
-        return f"batch consistency ({self.symbol})"
-
-    def run(self, env: ProbeEnv) -> list[OutputCheck]:
-        import numpy as np
-
-        from surgeon.verify.compare import compare
-
-        base, n = self._base(env), env.config.probe_batch
-        feed = env.make_feed(self._dims(env, base * n))
-        chunks = []
-        for k in range(n):
-            chunk = dict(feed)
-            for name, axes in self.ins.items():
-                for axis, sym in axes.items():
-                    if sym == self.symbol and name in chunk:
-                        chunk[name] = np.take(chunk[name], range(k * base, (k + 1) * base), axis=axis)
-            chunks.append(chunk)
-        actual = env.run_after([feed])[0]
-        singles = env.run_before(chunks)
-        checks = []
-        for name, axes in self.outs.items():
-            out_axis = next((a for a, s in axes.items() if s == self.symbol), None)
-            if out_axis is None or name not in actual:
-                continue
-            expected = np.concatenate([o[name] for o in singles], axis=out_axis)
-            checks.append(compare(f"probe {self.symbol}={base * n}: {name} vs {n} runs of {self.symbol}={base}", expected, actual[name], env.tol))
-        return checks
-
-
-class SizeProbe(_SymbolProbe):
-    """At another size the model must run and each output axis named by an input symbol must
-    have the size fed for it."""
-
-    @property
-    def name(self) -> str:
-        return f"size ({self.symbol})"
-
-    def run(self, env: ProbeEnv) -> list[OutputCheck]:
-        from surgeon.verify.compare import OutputCheck
-
-        base = self._base(env)
-        size = 2 * base if base > 1 else 3
-        dims = self._dims(env, size)
-        actual = env.run_after([env.make_feed(dims)])[0]
-        checks = []
-        for name, value in actual.items():
-            bad = [f"axis {a} is {value.shape[a]}, '{s}' is {dims[s]}" for a, s in self.outs.get(name, {}).items() if s in dims and a < value.ndim and value.shape[a] != dims[s]]
-            checks.append(OutputCheck(f"probe {self.symbol}={size}: {name}", not bad, "FAIL" if bad else "ok (ran)", shape=tuple(value.shape), note="; ".join(bad)))
-        return checks

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from surgeon.errors import PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.verify.contract import IOContract
+from surgeon.verify.contract import IOContract, io_types
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,6 +69,7 @@ class PromoteInitializer(Pass):
 
         g = model.graph
         contract = IOContract()
+        io_before = io_types(g)
         notes: list[str] = []
         for name, t in self._targets(model):
             value: np.ndarray = constant_values(model, t)  # type: ignore[assignment]
@@ -93,6 +94,7 @@ class PromoteInitializer(Pass):
         if not contract.new_inputs:
             return PassResult(False, contract, notes)
         refresh_shapes(model)
+        contract.declare_changes(io_before, io_types(g))
         return PassResult(True, contract, notes)
 
 

@@ -12,7 +12,7 @@ from surgeon.errors import PassPreconditionError
 from surgeon.ir.walk import all_tensor_names
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import listing
-from surgeon.verify.contract import IOContract
+from surgeon.verify.contract import IOContract, io_types
 
 if TYPE_CHECKING:
     import numpy as np
@@ -176,10 +176,12 @@ class PromoteResizeScales(Pass):
         if not plan:
             return PassResult(False, IOContract())
         contract = IOContract()
+        io_before = io_types(model.graph)
         for name, value, sites in plan:
             notes += _promote(model, name, value, sites, self.params.form)
             contract.new_inputs[name] = value
         contract.probes.append(self._probe(plan))
+        contract.declare_changes(io_before, io_types(model.graph))
         return PassResult(True, contract, notes)
 
     def _probe(self, plan: list[tuple[str, np.ndarray, list[Site]]]) -> ScaleProbe:
@@ -187,13 +189,15 @@ class PromoteResizeScales(Pass):
 
         p = self.params
         feed, vectors = {}, {}
+        ratios: list[Ratio] = []
         for name, value, sites in plan:
             feed[name] = _probe_value(value, sites[0], p.probe_factor, p.form)
             for s in sites:
                 full = s.value.copy()
                 full[s.lead :] = np.broadcast_to(feed[name], full[s.lead :].shape) if p.form == "factor" else feed[name][s.lead :]
                 vectors[s.node.name] = (s.slot, full)
-        return ScaleProbe(feed, vectors)
+                ratios.append(Ratio(str(s.node.name), s.kind, s.lead, s.value.astype(np.float64).tolist(), full.astype(np.float64).tolist()))
+        return ScaleProbe(feed, vectors, ratios)
 
 
 # -- editing ------------------------------------------------------------------------------------
@@ -286,13 +290,27 @@ def _probe_value(value: np.ndarray, site: Site, factor: float, form: str) -> np.
     return out
 
 
-class ScaleProbe:
-    """Runs the edited model at another factor: it must run, and every output shape must be what
-    ONNX shape inference gives for the model with that factor as a constant."""
+@dataclass(frozen=True)
+class Ratio:
+    """One promoted node: its vector (scales or sizes) as traced and as probed."""
 
-    def __init__(self, values: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]]) -> None:
+    node: str
+    kind: str
+    lead: int
+    traced: list[float]
+    probed: list[float]
+
+
+class ScaleProbe:
+    """Runs the edited model at another factor. Each output axis the traced factor scaled must
+    scale with the probed one: its size at the traced factor (the model before the step, same
+    inputs) times probed/traced, worked out without the edited graph, so a crop that hard-codes
+    the traced size (a Slice) fails. Output shapes must also match ONNX shape inference."""
+
+    def __init__(self, values: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]], ratios: list[Ratio] | None = None) -> None:
         self.values = values
         self.vectors = vectors
+        self.ratios = ratios or []
         self.name = ", ".join(f"{k}={v.tolist()}" for k, v in values.items())
 
     def run(self, env: ProbeEnv) -> list[OutputCheck]:
@@ -301,14 +319,89 @@ class ScaleProbe:
         feed = env.make_feed({})
         feed.update(self.values)
         actual = env.run_after([feed])[0]
-        expected = _expected_shapes(env, feed, self.vectors)
+        traced = env.run_before([feed])[0]
+        inferred = _expected_shapes(env, feed, self.vectors)
         checks = []
+        scaled_any = False
+        later = env.contracts[env.step + 1 :]
         for name, value in actual.items():
-            want = expected.get(name)
-            ok = want is None or tuple(want) == tuple(value.shape)
-            note = f"shape {tuple(value.shape)}" + ("" if want is None else f", shape inference says {tuple(want)}")
-            checks.append(OutputCheck(f"probe {self.name}: {name}", ok, "ok" if ok else "FAIL", shape=tuple(value.shape), note=note))
+            got = tuple(value.shape)
+            graph_name = name
+            for c in later:
+                graph_name = c.renamed_outputs.get(graph_name, graph_name)
+            upstream = _upstream(env.candidate.proto.graph, graph_name)
+            ratios = [r for r in self.ratios if r.node in upstream]
+            want = _scaled_shape(tuple(traced[name].shape), ratios) if name in traced else None
+            scaled_any |= want is not None and want != tuple(traced[name].shape)
+            problems = []
+            if want is not None and want != got:
+                crop = _crops(env, tuple(traced[name].shape))
+                problems.append(f"expected {want} (size at the traced factor {tuple(traced[name].shape)} times the factor){crop}")
+            if name in inferred and tuple(inferred[name]) != got:
+                problems.append(f"shape inference says {tuple(inferred[name])}")
+            note = f"shape {got}" + (": " + "; ".join(problems) if problems else "")
+            checks.append(OutputCheck(f"probe {self.name}: {name}", not problems, "FAIL" if problems else "ok", shape=got, note=note))
+        if not scaled_any:
+            checks.append(OutputCheck(f"probe {self.name}", True, "proved nothing", note="no output's size follows the factor: only that the model runs at another factor"))
         return checks
+
+
+def _upstream(g: Any, output: str) -> set[str]:
+    """Names of the nodes ``output`` depends on."""
+    producer = {t: n for n in g.node for t in n.output}
+    seen: set[str] = set()
+    todo, names = [output], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        names.add(node.name)
+        todo.extend(node.input)
+    return names
+
+
+def _scaled_shape(shape: tuple[int, ...], ratios: list[Ratio]) -> tuple[int, ...] | None:
+    """``shape`` (at the traced factor) at the probed one, for outputs of the Resize's rank; axes
+    the nodes scale in series multiply. None when it cannot be told."""
+    import math
+
+    if not ratios or any(len(r.traced) != len(shape) for r in ratios):
+        return None
+    out = list(shape)
+    for axis in range(len(shape)):
+        size = float(shape[axis])
+        for r in ratios:
+            if axis < r.lead or r.traced[axis] == r.probed[axis]:
+                continue
+            if r.kind == "sizes":
+                size = r.probed[axis] if int(size) == int(r.traced[axis]) else size
+            else:
+                size = size * r.probed[axis] / r.traced[axis]
+        out[axis] = int(math.floor(size + 1e-6))
+    return tuple(out)
+
+
+def _crops(env: ProbeEnv, traced: tuple[int, ...]) -> str:
+    """Slice nodes of the edited graph whose constant ends hard-code a traced output size."""
+    from onnx import numpy_helper
+
+    g = env.candidate.proto.graph
+    consts = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    consts[node.output[0]] = a.t
+    spatial = set(traced[2:])
+    found = []
+    for node in g.node:
+        if node.op_type == "Slice" and len(node.input) > 2 and node.input[2] in consts:
+            ends = numpy_helper.to_array(consts[node.input[2]]).reshape(-1).tolist()
+            if spatial & {int(e) for e in ends}:
+                found.append(f"Slice '{node.name}' (ends {ends})")
+    return f"; cropped to the traced size by {', '.join(found)}" if found else ""
 
 
 def _expected_shapes(env: ProbeEnv, feed: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]]) -> dict[str, tuple[int, ...]]:

@@ -15,7 +15,7 @@ from pydantic import Field
 from surgeon.errors import PassError, PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import names, require_names
-from surgeon.verify.contract import IOContract
+from surgeon.verify.contract import IOContract, io_types
 
 if TYPE_CHECKING:
     import onnx
@@ -79,6 +79,7 @@ class Simplify(Pass):
         from surgeon.ir.external import is_external, iter_model_tensors
 
         proto = model.to_proto()
+        io_before = io_types(model.graph)
         before = graph_key(proto.graph)
         work = _copy(proto)
         hidden = _hide_input_defaults(work)
@@ -94,7 +95,10 @@ class Simplify(Pass):
         if graph_key(result.graph) == before:
             return PassResult(False, IOContract())
         model.replace_graph(result)
-        return PassResult(True, notes=_notes(proto.graph, result.graph, hidden))
+        contract = IOContract()
+        if self.params.input_shapes:  # the shapes given, and the output dims they fix, change on purpose
+            contract.declare_changes(io_before, io_types(model.graph))
+        return PassResult(True, contract, notes=_notes(proto.graph, result.graph, hidden))
 
     def _kwargs(self) -> dict[str, Any]:
         p = self.params

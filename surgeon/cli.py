@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("candidate", type=Path)
     p.add_argument("--map", action="append", default=[], metavar="OLD=NEW", help="an input or output renamed in the candidate")
     p.add_argument("--report", type=Path, metavar="JSON", help="write the comparison as JSON")
+    p.add_argument("--localize", action="store_true", help="name the first node whose output differs (tensors both models have, compared in topological order)")
     _verify_args(p)
     return parser
 
@@ -160,6 +161,16 @@ def _checked_verify_config(values: dict[str, Any]) -> Any:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
         raise UsageError(f"{FLAGS.get(field, field)} {values.get(field)!r}: {err['msg'].lower()}") from None
+
+
+def _validated_verify(cfg: Any, over: dict[str, Any]) -> Any:
+    """The recipe's verify settings with the command line's, checked like recipe values."""
+    return _checked_verify_config({**cfg.model_dump(), **over})
+
+
+def _tolerance_override(over: dict[str, Any]) -> dict[str, float]:
+    """--rtol / --atol: the user's tolerance for every step (over pass defaults too)."""
+    return {k: float(over[k]) for k in ("rtol", "atol") if k in over}
 
 
 def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, console: Console) -> int:
@@ -221,7 +232,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o")
     over = _verify_overrides(args)
     if over:
-        recipe.pipeline.verify = _checked_verify_config({**recipe.pipeline.verify.model_dump(), **over})
+        recipe.pipeline.verify = _validated_verify(recipe.pipeline.verify, over)
+    recipe.pipeline.tolerance_override = _tolerance_override(over)
     return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir, args.recipe)
 
 
@@ -249,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     step = {args.pass_name: _set_params(args.set)}
     recipe = parse_recipe_data({"version": 1, "passes": [step], "verify": _verify_overrides(args)}, "--set")
     pipeline: Pipeline = recipe.pipeline
+    pipeline.tolerance_override = _tolerance_override(_verify_overrides(args))
     return _apply_pipeline(pipeline, args.model, args.output, args, None, None)
 
 
@@ -324,19 +337,44 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     model_path = args.input or recipe.model
+    sizes: list[str] = []
     if model_path is not None:
-        problems = recipe.pipeline.check_requirements(load(model_path))
+        model = load(model_path)
+        problems = recipe.pipeline.check_requirements(model)
         if problems:
             raise RecipeError(problems)
+        sizes = _planned_sizes(model, recipe.pipeline)
     if not args.quiet:
         what = f" against {model_path}" if model_path else ""
-        _console().print(f"{args.recipe}: ok ({len(recipe.pipeline.steps)} passes){what}", markup=False)
+        console = _console()
+        console.print(f"{args.recipe}: ok ({len(recipe.pipeline.steps)} passes){what}", markup=False)
+        for line in sizes:
+            console.print(line, markup=False)
     return EXIT_OK
+
+
+def _planned_sizes(model: Any, pipeline: Any) -> list[str]:
+    """What verification will use for the source's symbolic dims: sizes it defaults are named
+    with the key that chooses them (nothing when verification is off or data is given)."""
+    from surgeon.pipeline import size_hints
+    from surgeon.verify.dims import choose_sizes
+    from surgeon.verify.specs import graph_inputs
+
+    cfg = pipeline.verify
+    if cfg.mode == "off" or cfg.inputs:
+        return []
+    sizes = choose_sizes(graph_inputs(model.proto), cfg, hints=size_hints(pipeline.steps))
+    lines = [f"verification sizes: {', '.join(sizes.lines())}"] if sizes.chosen else []
+    defaulted = sizes.defaulted()
+    if defaulted:
+        keys = ", ".join(f"'{k}': N" if ":" in k else f"{k}: N" for k in defaulted)
+        lines.append(f"verification will default {', '.join(defaulted)} to {cfg.default_dim} (verify.default_dim); set verify.dims: {{{keys}}} to choose")
+    return lines
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.ir.model import load
-    from surgeon.render import show_outputs
+    from surgeon.render import show_outputs, show_sizes
     from surgeon.verify.compare import Tolerance
     from surgeon.verify.contract import IOContract
     from surgeon.verify.runtime import SessionLoadError
@@ -354,22 +392,61 @@ def cmd_verify(args: argparse.Namespace) -> int:
         renamed_inputs={k: v for k, v in mapping.items() if k in in_names},
         renamed_outputs={k: v for k, v in mapping.items() if k not in in_names},
     )
+    _probe_dynamic_axes(ref, cand, contract)
     verifier = Verifier(ref, cfg)
     try:
         verifier.reference()
     except SessionLoadError as exc:  # the reference itself: a model problem, not a failed comparison
         raise ModelError(f"{ref.name}: onnxruntime cannot load the model: {exc.reason}") from None
-    check = verifier.check(cand, [contract], Tolerance(cfg.rtol, cfg.atol))
+    tol = Tolerance(cfg.rtol, cfg.atol)
+    check = verifier.check(cand, [contract], tol)
+    divergence = verifier.localize(ref, 0, cand, tol) if args.localize else None
+    check.outputs += verifier.probe(cand, [contract], 0, tol)
     console = _console()
     if not args.quiet:
         show_outputs(console, check)
+        show_sizes(console, check.sizes, verifier.values)
+        if divergence is not None:
+            console.print(divergence.line(), markup=False)
         console.print(f"verified on {verifier.device_line}: {'ok' if check.ok else 'FAIL'}", markup=False)
     if args.report:
         from surgeon.ir.files import write_atomic
 
-        report = {"ok": check.ok, "device": verifier.device_line, "outputs": [o.as_dict() for o in check.outputs]}
-        write_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode())
+        data = {"ok": check.ok, "device": verifier.device_line, "sizes": check.sizes, "values": verifier.values, "outputs": [o.as_dict() for o in check.outputs]}
+        if divergence is not None:
+            data["divergence"] = divergence.as_dict()
+        write_atomic(args.report, (json.dumps(data, indent=2) + "\n").encode())
     return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
+
+
+def _probe_dynamic_axes(ref: Any, cand: Any, contract: Any) -> None:
+    """Axes the candidate made symbolic where the reference is static are probed as mark-dynamic
+    does (a batch symbol: N distinct samples against N single runs; others: a new size) and declared
+    as changed; the reference's size is their traced size."""
+    from surgeon.verify.interface import ports
+    from surgeon.verify.probes import BatchProbe, SizeProbe
+
+    axes: list[dict[str, dict[int, str]]] = [{}, {}]
+    traced: dict[str, int] = {}
+    for k, kind in enumerate(("input", "output")):
+        renamed = contract.renamed_inputs if kind == "input" else contract.renamed_outputs
+        new = {p.name: p for p in ports(cand.proto, kind)}
+        for old in ports(ref.proto, kind):
+            p = new.get(renamed.get(old.name, old.name))
+            if p is None or old.dims is None or p.dims is None or len(p.dims) != len(old.dims):
+                continue
+            for axis, (a, b) in enumerate(zip(old.dims, p.dims)):
+                if isinstance(a, int) and isinstance(b, str):
+                    axes[k].setdefault(p.name, {})[axis] = b
+                    contract.changed_dims.add(p.name)
+                    if kind == "input":
+                        traced.setdefault(b, a)
+    ins, outs = axes
+    contract.traced_dims.update(traced)
+    for sym in sorted(traced):
+        at_zero = all(a == 0 for m in (ins, outs) for axes_ in m.values() for a, s in axes_.items() if s == sym)
+        probe = BatchProbe if "batch" in sym.lower() or at_zero else SizeProbe
+        contract.probes.append(probe(sym, ins, outs, traced))
 
 
 COMMANDS = {

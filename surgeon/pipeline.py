@@ -70,6 +70,9 @@ class Pipeline:
         self.verify = verify if isinstance(verify, VerifyConfig) else VerifyConfig.model_validate(verify or {})
         self.save = save if isinstance(save, SavePolicy) else SavePolicy.model_validate(save or {})
         self.provenance = provenance
+        self.tolerance_override: dict[str, float] = {}
+        """``rtol`` / ``atol`` the user gave for every step (the command line's ``--rtol``/``--atol``):
+        they win over step keywords and pass defaults."""
 
     # -- recipes --------------------------------------------------------------------------------
     def to_recipe(self) -> dict[str, Any]:
@@ -117,12 +120,14 @@ class Pipeline:
         cfg = self.verify
         verifier: Verifier | None = None
         tol = Tolerance(cfg.rtol, cfg.atol)
+        allowed: list[Tolerance] = []  # each step's own tolerance
         contracts: list[IOContract] = []
         reports: list[StepReport] = []
         candidate: Model | None = None
         unverified = False  # a modification no check has covered yet
         source_error: ModelError | None = None
         last_modified: Step | None = None
+        good: tuple[Model | None, int] = (None, 0)  # the last model that passed its check, and its step count
         for i, step in enumerate(self.steps):
             before = count_nodes(ir.graph)
             t0 = time.perf_counter()
@@ -131,7 +136,7 @@ class Pipeline:
                 # after the first precondition check, before any edit: the reference run
                 nonlocal verifier, source_error
                 if verifier is None and cfg.mode != "off":
-                    verifier = Verifier(source, cfg, base_dir)
+                    verifier = Verifier(source, cfg, base_dir, size_hints(self.steps))
                     try:
                         verifier.reference()
                     except SessionLoadError as exc:  # the source itself: a model problem, not the step's
@@ -148,14 +153,20 @@ class Pipeline:
             if result.modified:
                 last_modified = step
             contracts.append(result.contract)
-            tol = tol.loosest(_step_tolerance(step, result.contract, cfg))
+            own, explicit = _step_tolerance(step, result.contract, cfg, self.tolerance_override)
+            allowed.append(own)
+            tol = own if explicit else _loosest(allowed)
             report = StepReport(i, step.pass_.name, step.label, result.modified, before, count_nodes(ir.graph), seconds, notes=list(result.notes))
             candidate = None
             if verifier is not None and cfg.mode == "each" and result.modified and not (step.verify and step.verify.skip):
                 candidate = ir.to_model()
                 with _blamed_on(step):
                     report.check = verifier.check(candidate, contracts, tol)
+                    if not report.check.ok:
+                        report.check.divergence = verifier.localize(good[0] or verifier.source, good[1], candidate, tol)
                     report.check.outputs += verifier.probe(candidate, contracts, i, tol)
+                if report.check.ok:
+                    good = (candidate, i + 1)
                 report.seconds = time.perf_counter() - t0
             unverified = (unverified or result.modified) and report.check is None
             reports.append(report)
@@ -167,11 +178,14 @@ class Pipeline:
             if unverified:
                 with _blamed_on(last_modified):
                     check = verifier.check(final, contracts, tol)
+                    if not check.ok:
+                        check.divergence = verifier.localize(good[0] or verifier.source, good[1], final, tol)
                     if cfg.mode == "end":
                         for k in range(len(contracts)):
                             check.outputs += verifier.probe(final, contracts, k, tol)
                 res.final_check = check
             res.device = verifier.device_line
+            res.sizes, res.values = verifier.sizes.lines(), list(verifier.values)
         return res
 
     def apply(
@@ -261,15 +275,35 @@ def _blamed_on(step: Step | None) -> Iterator[None]:
         ) from None
 
 
-def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig) -> Tolerance | None:
-    tol = contract.tolerance or step.pass_.tolerance
-    if step.verify is not None and (step.verify.rtol is not None or step.verify.atol is not None):
-        base = tol or Tolerance(cfg.rtol, cfg.atol)
-        tol = Tolerance(
-            step.verify.rtol if step.verify.rtol is not None else base.rtol,
-            step.verify.atol if step.verify.atol is not None else base.atol,
-        )
-    return tol
+def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig, override: Mapping[str, float]) -> tuple[Tolerance, bool]:
+    """A step's own tolerance, and whether the user set it: per field, the command line's, else the
+    step's ``verify:``, else the pass's default, else the pipeline's."""
+    base = contract.tolerance or step.pass_.tolerance or Tolerance(cfg.rtol, cfg.atol)
+    user: dict[str, float] = {}
+    if step.verify is not None:
+        user.update({k: v for k in ("rtol", "atol") if (v := getattr(step.verify, k)) is not None})
+    user.update(override)
+    return Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol)), bool(user)
+
+
+def size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
+    """Sizes a ``fix-dims`` step will bind: the source's feed is made at them (the fixed model
+    accepts no other)."""
+    hints: dict[str, tuple[int, str]] = {}
+    for i, s in enumerate(steps):
+        if s.pass_.name == "fix-dims":
+            for key, size in getattr(s.pass_.params, "dims", {}).items():
+                hints.setdefault(str(key), (int(size), f"fixed by passes[{i}] (fix-dims)"))
+    return hints
+
+
+def _loosest(tols: Sequence[Tolerance]) -> Tolerance:
+    """A check after several steps allows what each of them was allowed (an earlier step's error
+    carries into every later comparison with the source)."""
+    out = tols[0]
+    for t in tols[1:]:
+        out = out.loosest(t)
+    return out
 
 
 def _changed_tensors(ir: ModelIR) -> set[str]:

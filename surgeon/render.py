@@ -37,6 +37,8 @@ def progress_line(console: Console, step: StepReport, total: int, verbose: bool 
             console.print(f"    {note}", highlight=False, markup=False)
     if step.check is not None:
         show_outputs(console, step.check, only_failures=not verbose, indent="    ")
+        if step.check.divergence is not None:
+            console.print(f"    {step.check.divergence.line()}", highlight=False, markup=False)
 
 
 def show_outputs(console: Console, check: StepCheck, only_failures: bool = False, indent: str = "") -> None:
@@ -77,6 +79,18 @@ def summary_table(console: Console, result: PipelineResult) -> None:
         show_outputs(console, result.final_check, indent="  ")
     if result.device:
         console.print(f"verified on {result.device}", highlight=False)
+    show_sizes(console, result.sizes, result.values)
+    for s in result.steps:
+        if s.check is not None and s.check.sizes and s.check.sizes != result.sizes:
+            console.print(f"  after {s.label}: sizes " + ", ".join(s.check.sizes), highlight=False, markup=False)
+
+
+def show_sizes(console: Console, sizes: list[str], values: list[str] | None = None) -> None:
+    """The sizes chosen for symbolic dims and the values chosen for integer inputs, with why."""
+    if sizes:
+        console.print("sizes: " + ", ".join(sizes), highlight=False, markup=False)
+    if values:
+        console.print("integer inputs: " + "; ".join(values), highlight=False, markup=False)
 
 
 def show_inspect(console: Console, info: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ class StepReport:
             "verdict": self.verdict,
             "max_abs_error": self.check.max_abs if self.check else None,
             "outputs": [o.as_dict() for o in self.check.outputs] if self.check else [],
+            "sizes": list(self.check.sizes) if self.check else [],
+            "divergence": self.check.divergence.as_dict() if self.check and self.check.divergence else None,
             "notes": self.notes,
         }
 
@@ -54,6 +56,10 @@ class PipelineResult:
     changed_tensors: set[str] = field(default_factory=set)
     checker: str = ""
     """What ``onnx.checker.check_model(full_check=True)`` said of the saved model (empty: not saved)."""
+    sizes: list[str] = field(default_factory=list)
+    """The size chosen for each symbolic dim of the source's inputs, and why ("batch=1 (default)")."""
+    values: list[str] = field(default_factory=list)
+    """How integer inputs' values were chosen ("ids in [0, 30) (indexes 'emb' (30 rows))")."""
 
     @property
     def ok(self) -> bool:
@@ -66,18 +72,25 @@ class PipelineResult:
             if s.check and not s.check.ok:
                 for o in s.check.failures():
                     lines.append(f"passes[{s.index}] ({s.pass_name}): output '{o.name}': {_describe(o)}")
+                if s.check.divergence is not None:
+                    lines.append(f"passes[{s.index}] ({s.pass_name}): {s.check.divergence.line()}")
         if self.final_check and not self.final_check.ok:
             for o in self.final_check.failures():
                 lines.append(f"end of pipeline: output '{o.name}': {_describe(o)}")
+            if self.final_check.divergence is not None:
+                lines.append(f"end of pipeline: {self.final_check.divergence.line()}")
         return lines
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "device": self.device,
+            "sizes": self.sizes,
+            "values": self.values,
             "steps": [s.as_dict() for s in self.steps],
             "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
             "onnx_checker": self.checker or None,
+            "final_divergence": self.final_check.divergence.as_dict() if self.final_check and self.final_check.divergence else None,
         }
 
 

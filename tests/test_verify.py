@@ -16,8 +16,9 @@ from surgeon.passes.rename_io import RenameIO
 from surgeon.verify.compare import Tolerance, compare
 from surgeon.verify.config import VerifyConfig
 from surgeon.verify.contract import IOContract
-from surgeon.verify.feeds import InputSpec, make_feed, resolve_shape
+from surgeon.verify.feeds import make_feed, resolve_shape
 from surgeon.verify.runtime import Runtime
+from surgeon.verify.specs import InputSpec
 from surgeon.verify.verifier import Verifier
 from tests.conftest import exported_like_model
 
@@ -172,3 +173,49 @@ def test_auto_device_builds_the_first_session_once(tmp_path: Path, monkeypatch: 
     assert sess.get_providers()[0] == ("CUDAExecutionProvider" if rt.used == "CUDA" else "CPUExecutionProvider")
     rt.session(path)
     assert len(built) == 2
+
+
+def test_step_tolerance_replaces_the_pipelines_tighter_or_looser() -> None:
+    from surgeon.pipeline import Step
+    from surgeon.verify.config import StepVerify
+
+    steps = [Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.0, atol=0.0)), Step(RenameIO(outputs={"/relu/Relu_output_0": "y"}))]
+    res = Pipeline(steps, verify={"dims": {"batch": 2}, "rtol": 0.1, "atol": 0.1, "device": "cpu"}).run(exported_like_model())
+    first = res.steps[0].check.outputs[0]
+    assert (first.rtol, first.atol) == (0.0, 0.0)  # before: the pipeline's 0.1 won (a step could only loosen)
+    later = res.steps[1].check.outputs[0]
+    assert (later.rtol, later.atol) == (0.1, 0.1)
+
+
+def test_a_pass_default_applies_only_where_the_user_set_none_and_carries_into_later_checks() -> None:
+    from surgeon.passes.to_fp16 import ToFP16
+    from surgeon.pipeline import Step
+    from surgeon.verify.config import StepVerify
+
+    cfg = {"dims": {"batch": 2}, "device": "cpu"}
+    res = Pipeline([ToFP16(), RenameIO(inputs={"onnx::MatMul_0": "x"})], verify=cfg).run(exported_like_model())
+    assert [(o.rtol, o.atol) for s in res.steps for o in s.check.outputs] == [(1e-2, 1e-2), (1e-2, 1e-2)]
+    steps = [Step(ToFP16()), Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=1e-7, atol=1e-9))]
+    res = Pipeline(steps, verify=cfg).run(exported_like_model())
+    out = res.steps[1].check.outputs[0]
+    assert (out.rtol, out.atol) == (1e-7, 1e-9) and not out.ok  # exactly what the user wrote: the fp16 error shows
+
+
+def test_cli_tolerance_wins_over_pass_defaults_and_is_validated(model_path: Path, tmp_path: Path) -> None:
+    import json
+
+    from surgeon.cli import main
+    from tests.conftest import write_recipe
+
+    report, out = tmp_path / "r.json", tmp_path / "o.onnx"
+    argv = ["run", "to-fp16", str(model_path), "-o", str(out), "--dims", "batch=2", "--device", "cpu", "--report", str(report)]
+    assert main([*argv, "--rtol", "0.5", "--atol", "0.25"]) == 0
+    check = json.loads(report.read_text())["steps"][0]["outputs"][0]
+    assert (check["rtol"], check["atol"]) == (0.5, 0.25)
+    assert main([*argv, "--rtol", "1e-7", "--atol", "1e-9"]) == 1
+    check = json.loads(report.read_text())["steps"][0]["outputs"][0]
+    assert (check["rtol"], check["atol"]) == (1e-7, 1e-9)  # before: to-fp16's 1e-2 overrode them
+    recipe = write_recipe(model_path.parent, f"version: 1\nmodel: {model_path.name}\noutput: o2.onnx\nverify: {{device: cpu}}\npasses:\n  - cleanup: {{}}\n")
+    assert main(["apply", str(recipe), "--rtol", "-1"]) == 2
+    assert main([*argv, "--atol", "-1"]) == 2
+    assert not (model_path.parent / "o2.onnx").exists()

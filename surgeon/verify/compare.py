@@ -47,6 +47,10 @@ class StepCheck:
 
     outputs: list[OutputCheck] = field(default_factory=list)
     device: str = ""
+    sizes: list[str] = field(default_factory=list)
+    """The size used for each symbolic dim of the checked model, and why ("batch=2 (traced)")."""
+    divergence: Any = None
+    """Where a failed check first diverges (``surgeon.verify.localize.Divergence``), when localized."""
 
     @property
     def ok(self) -> bool:

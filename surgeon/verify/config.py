@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,9 +19,12 @@ class VerifyConfig(BaseModel):
     rtol: float = Field(1e-4, ge=0, description="relative tolerance: |a-b| <= atol + rtol*|b|")
     atol: float = Field(1e-5, ge=0, description="absolute tolerance")
     seed: int = Field(0, description="seed of the random input data")
-    dims: dict[str, int] = Field(
+    dims: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict,
         description="sizes for symbolic dims, by symbol ('batch: 2') or by 'input:axis' ('image:0: 2')",
+    )
+    default_dim: int = Field(
+        1, ge=1, description="size of a symbolic dim nothing else gives a size (as Polygraphy does); the report lists every size chosen"
     )
     inputs: str | None = Field(None, description=".npz file of input data (names as the source model's inputs)")
     ranges: dict[str, tuple[float, float]] = Field(

@@ -46,6 +46,10 @@ class ProbeEnv(Protocol):
     def config(self) -> Any:
         """The verification settings (``surgeon.verify.config.VerifyConfig``)."""
 
+    @property
+    def sizes(self) -> Mapping[str, int]:
+        """The size the check used for every symbol of the model after the step."""
+
     def make_feed(self, dims: Mapping[str, int], seed_offset: int = 1) -> dict[str, np.ndarray]: ...
 
     def run_after(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]: ...
@@ -106,8 +110,29 @@ class IOContract:
     cannot be mapped forward: the verifier makes random data for the model after the step and
     derives the feed before it, and the reference, backwards."""
     probes: list[Probe] = field(default_factory=list)
+    changed_dims: set[str] = field(default_factory=set)
+    """Inputs and outputs (names after the step) whose dims the step changed on purpose (a size
+    made symbolic or fixed). Any other change of a static dim fails the interface check."""
+    changed_types: set[str] = field(default_factory=set)
+    """Inputs and outputs (names after the step) whose element type the step changed on purpose."""
+    reordered: bool = False
+    """The step reorders inputs or outputs on purpose (otherwise their order must be kept)."""
+    traced_dims: dict[str, int] = field(default_factory=dict)
+    """Symbols the step introduced, with the size their axes had before it (verification uses it
+    where no data and no ``verify.dims`` gives one)."""
     tolerance: Tolerance | None = None
     """The pass's own numeric contract; None means the pipeline's tolerance."""
+
+    def declare_changes(self, before: Mapping[str, tuple[Any, Any]], after: Mapping[str, tuple[Any, Any]]) -> None:
+        """Declare every input/output whose ``(dtype, shape)`` differs between two snapshots
+        (:func:`io_types`) as changed on purpose."""
+        for name, (dtype, shape) in after.items():
+            if name in before:
+                old_dtype, old_shape = before[name]
+                if _shape(old_shape) != _shape(shape):
+                    self.changed_dims.add(name)
+                if old_dtype is not None and dtype is not None and old_dtype != dtype:
+                    self.changed_types.add(name)
 
     def map_feed(self, feed: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray] | None = None) -> Feed:
         """Feed for the model after the step, given the feed of the model before it (and the
@@ -151,3 +176,13 @@ class IOContract:
         for name, fn in self.expectations.items():
             out[name] = fn(seen, feed)
         return out
+
+
+
+def io_types(graph: Any) -> dict[str, tuple[Any, Any]]:
+    """``{name: (dtype, shape)}`` of a graph's inputs and outputs (an onnx-graphsurgeon graph)."""
+    return {t.name: (t.dtype, _shape(t.shape)) for t in [*graph.inputs, *graph.outputs]}
+
+
+def _shape(shape: Any) -> tuple[Any, ...] | None:
+    return None if shape is None else tuple(shape)

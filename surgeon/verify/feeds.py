@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgeon.errors import UsageError
+from surgeon.verify.specs import InputSpec
+
+MAX_INPUT_BYTES = 2 << 30
+"""Random data for one input beyond this is refused (give verify.inputs or smaller verify.dims)."""
 
 if TYPE_CHECKING:
     import numpy as np
-    import onnx
 
     from surgeon.verify.config import VerifyConfig
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: np.dtype
-    dims: tuple[int | str | None, ...]
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
-    """Inputs a caller must feed (inputs with an initializer default are left to their default)."""
-    import numpy as np
-    from onnx import helper
-
-    inits = {t.name for t in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            raise UsageError(f"input '{vi.name}' is not a tensor; verification supports tensor inputs only")
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype(np.float32)
-        dims: list[int | str | None] = []
-        if tt.HasField("shape"):
-            for d in tt.shape.dim:
-                dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-        specs.append(InputSpec(vi.name, dtype, tuple(dims)))
-    return specs
 
 
 def resolve_shape(spec: InputSpec, dims: Mapping[str, int], where: str = "verify.dims") -> tuple[int, ...]:
@@ -81,15 +56,30 @@ def random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generat
     raise UsageError(f"input '{spec.name}': cannot make random data of dtype {spec.dtype}; give verify.inputs")
 
 
-def make_feed(specs: Sequence[InputSpec], config: VerifyConfig, dims: Mapping[str, int] | None = None, seed_offset: int = 0) -> dict[str, np.ndarray]:
+def make_feed(
+    specs: Sequence[InputSpec],
+    config: VerifyConfig,
+    dims: Mapping[str, int] | None = None,
+    seed_offset: int = 0,
+    domains: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs. ``dims`` (sizes chosen by :func:`surgeon.verify.dims.choose_sizes`)
+    win over ``verify.dims``; ``verify.ranges`` win over ``domains`` (the ranges integer inputs'
+    consumers accept). An input whose data would pass :data:`MAX_INPUT_BYTES` is refused."""
     import numpy as np
 
     rng = np.random.default_rng(config.seed + seed_offset)
     all_dims = {**config.dims, **(dims or {})}
-    return {
-        s.name: np.asarray(random_array(s, resolve_shape(s, all_dims), rng, config.ranges.get(s.name)))
-        for s in specs
-    }
+    shapes = {s.name: resolve_shape(s, all_dims) for s in specs}
+    for s in specs:
+        need = int(np.prod(shapes[s.name], dtype=np.float64)) * max(s.dtype.itemsize, 1)
+        if need > MAX_INPUT_BYTES:
+            raise UsageError(
+                f"input '{s.name}' at shape {list(shapes[s.name])} would need {need / (1 << 30):.1f} GiB of random data "
+                "(limit 2 GiB); set smaller verify.dims or give verify.inputs"
+            )
+    ranges = {**(domains or {}), **config.ranges}
+    return {s.name: np.asarray(random_array(s, shapes[s.name], rng, ranges.get(s.name))) for s in specs}
 
 
 def load_npz(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:

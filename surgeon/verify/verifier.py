@@ -8,11 +8,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from surgeon.errors import SurgeonError, UsageError
+from surgeon.errors import ModelError, SurgeonError, UsageError, VerificationError
 from surgeon.verify.compare import OutputCheck, StepCheck, Tolerance, compare
 from surgeon.verify.contract import IOContract
-from surgeon.verify.feeds import InputSpec, graph_inputs, load_npz, make_feed
-from surgeon.verify.runtime import Runtime, run_model
+from surgeon.verify.dims import Sizes, choose_sizes, sizes_of_data
+from surgeon.verify.domains import integer_domains
+from surgeon.verify.feeds import load_npz, make_feed
+from surgeon.verify.interface import check_interface
+from surgeon.verify.localize import Divergence, localize
+from surgeon.verify.runtime import Runtime, SessionLoadError, run_model
+from surgeon.verify.specs import InputSpec, graph_inputs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,7 +34,9 @@ class Verifier:
     """Holds the source model's feed and reference outputs (computed once) and checks candidates
     through the list of contracts between the source and them."""
 
-    def __init__(self, source: Model, config: VerifyConfig, base_dir: Path | None = None) -> None:
+    def __init__(self, source: Model, config: VerifyConfig, base_dir: Path | None = None, hints: Mapping[str, tuple[int, str]] | None = None) -> None:
+        """``hints``: sizes steps of the pipeline will fix, by symbol or ``input:axis`` (``fix-dims``),
+        used for the source's symbols after ``verify.dims``."""
         self._snapshot: tempfile.TemporaryDirectory[str] | None = None
         if source.path is None and not source.uses_external_data:
             # an in-memory source is saved once, before any pass can touch shared protos
@@ -44,26 +51,57 @@ class Verifier:
         self.config = config
         self.runtime = Runtime(config.device)
         self.specs = graph_inputs(source.proto)
+        self.values: list[str] = []
+        """How integer inputs' values were chosen ("ids in [0, 30) (indexes 'emb' (30 rows))")."""
         if config.inputs:
             path = Path(config.inputs)
             if not path.is_absolute() and base_dir is not None:
                 path = base_dir / path
             self.feed = load_npz(path, self.specs)
+            self.sizes = sizes_of_data(self.specs, self.feed)
         else:
+            self.sizes = choose_sizes(self.specs, config, hints=hints)
+            domains = integer_domains(source.proto, self.specs)
+            self.values = [f"{k} in [{int(lo)}, {int(hi)}) ({why})" for k, ((lo, hi), why) in domains.items() if k not in config.ranges]
             try:
-                self.feed = make_feed(self.specs, config)
+                self.feed = make_feed(self.specs, config, self.sizes.dims(), domains={k: r for k, (r, _) in domains.items()})
             except UsageError as exc:
                 raise UsageError(f"{source.name}: {exc}") from None
         self._reference: dict[str, np.ndarray] | None = None
+        self.last: tuple[Model, dict[str, np.ndarray], Sizes] | None = None
+        self.chain: dict[int, dict[str, np.ndarray]] = {}
+        """The last check's feed after each number of contracts (for localization)."""
+        """The last candidate checked, the feed it got and its sizes (probes start from them)."""
 
     @property
     def device_line(self) -> str:
         return f"{self.runtime.used} ({self.runtime.reason})" if self.runtime.used else "not run"
 
     def reference(self) -> dict[str, np.ndarray]:
+        """The source's outputs on the feed. When the source itself fails on it, that is said
+        (exit 3), with the sizes used and the keys that choose other data."""
         if self._reference is None:
-            self._reference = run_model(self.runtime, self.source, [self.feed])[0]
+            try:
+                self._reference = run_model(self.runtime, self.source, [self.feed])[0]
+            except VerificationError as exc:
+                what = "verify.inputs" if self.config.inputs else "the generated inputs"
+                sizes = self.sizes.describe() if not self.config.inputs else ""
+                keys = "check verify.inputs" if self.config.inputs else ("or set verify.ranges / verify.inputs" if self.sizes.hint() else "set verify.ranges or verify.inputs")
+                raise ModelError(f"the source model fails on {what}: {exc}" + (f"; {sizes}" if sizes else "") + f"; {keys}") from None
         return self._reference
+
+    def sizes_for(self, specs: Sequence[InputSpec], contracts: Sequence[IOContract], feed: Mapping[str, np.ndarray] | None = None, exact: bool = False) -> Sizes:
+        """Sizes for inputs after ``contracts``: verify.dims, what ``feed`` (their data at the traced
+        sizes) has, sizes passes traced, the source's sizes for shared symbols, then the default.
+        ``exact``: ``feed`` is the data the model gets, so its sizes win over verify.dims."""
+        traced: dict[str, int] = {}
+        for c in contracts:
+            traced.update(c.traced_dims)
+        return choose_sizes(specs, self.config, feed, "traced", inherited=self.sizes, traced=traced, observed_first=exact)
+
+    def domains_for(self, candidate: Model, later: Sequence[IOContract]) -> dict[str, tuple[float, float]]:
+        specs = graph_inputs(candidate.proto)
+        return {_unrename(k, later, "in"): r for k, (r, _) in integer_domains(candidate.proto, specs).items()}
 
     def run_source(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         return run_model(self.runtime, self.source, feeds)
@@ -108,7 +146,9 @@ class Verifier:
             return dict(self.feed), dict(self.reference()), 0
         later = contracts[last + 1 :]
         specs = [InputSpec(_unrename(s.name, later, "in"), s.dtype, s.dims) for s in graph_inputs(candidate.proto)]
-        chain = self.backward(contracts[: last + 1], make_feed(specs, self.config))
+        sizes = self.sizes_for(specs, contracts[: last + 1])
+        feed = make_feed(specs, self.config, sizes.dims(), domains=self.domains_for(candidate, later))
+        chain = self.backward(contracts[: last + 1], feed)
         return chain[-1], self.replay(contracts[: last + 1], [chain])[0], last + 1
 
     def check(self, candidate: Model, contracts: Sequence[IOContract], tol: Tolerance) -> StepCheck:
@@ -117,11 +157,21 @@ class Verifier:
         import numpy as np
 
         feed, expected, start = self._start(candidate, contracts)
-        for c in contracts[start:]:
+        self.chain = {start: dict(feed)}
+        for j, c in enumerate(contracts[start:], start + 1):
             extra = self.intermediates(c, feed)
             feed, expected = c.map_feed(feed, extra), c.map_outputs(expected, feed, extra)
-        actual = run_model(self.runtime, candidate, [feed])[0]
-        result = StepCheck(device=self.device_line)
+            self.chain[j] = feed
+        sizes = self.sizes_for(graph_inputs(candidate.proto), contracts, feed, exact=True)
+        self.last = (candidate, feed, sizes)
+        try:
+            actual = run_model(self.runtime, candidate, [feed])[0]
+        except SessionLoadError:
+            raise  # not a run at a size: the model does not load (the pipeline names the step)
+        except VerificationError as exc:
+            raise VerificationError(f"{exc}; {sizes.describe()}" if sizes.chosen else str(exc)) from None
+        result = StepCheck(device=self.device_line, sizes=sizes.lines())
+        result.outputs += check_interface(self.source.proto, candidate.proto, contracts)
         for name, value in expected.items():
             if name not in actual:
                 result.outputs.append(OutputCheck(name, False, "FAIL", note="output missing from the edited model"))
@@ -135,6 +185,16 @@ class Verifier:
                 if mapped in actual and mapped not in expected:
                     result.outputs.append(OutputCheck(mapped, True, "ok (new)", shape=tuple(np.shape(actual[mapped])), note="added output: ran, nothing to compare"))
         return result
+
+    def localize(self, before: Model, k: int, candidate: Model, tol: Tolerance) -> Divergence | None:
+        """After a failed check of ``candidate``: where it first diverges from ``before``, the model
+        after the first ``k`` contracts of that check (the source when ``k`` is 0)."""
+        if self.last is None or self.last[0] is not candidate or k not in self.chain:
+            return None
+        try:
+            return localize(self.runtime, before, self.chain[k], candidate, self.last[1], tol)
+        except SurgeonError:
+            return None
 
     def probe(self, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance) -> list[OutputCheck]:
         env = ProbeEnv(self, candidate, contracts, step, tol)
@@ -157,13 +217,24 @@ class ProbeEnv:
         self.contracts = contracts
         self.step = step
         self.tol = tol
+        later = contracts[step + 1 :]
         specs = graph_inputs(candidate.proto)
-        self.specs = [InputSpec(_unrename(s.name, contracts[step + 1 :], "in"), s.dtype, s.dims) for s in specs]
+        self.specs = [InputSpec(_unrename(s.name, later, "in"), s.dtype, s.dims) for s in specs]
         self.config = verifier.config
+        seen = None
+        if verifier.last is not None and verifier.last[0] is candidate:
+            seen = {_unrename(k, later, "in"): v for k, v in verifier.last[1].items()}
+        self.chosen = verifier.sizes_for(self.specs, contracts[: step + 1], seen)
+        self._domains = verifier.domains_for(candidate, later)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The size of every symbol of the model after the step, as the check used it."""
+        return self.chosen.dims()
 
     def make_feed(self, dims: Mapping[str, int], seed_offset: int = 1) -> dict[str, np.ndarray]:
-        """Random inputs (names after the step) with some dims set; others as in verify.dims."""
-        return make_feed(self.specs, self.config, dims, seed_offset)
+        """Random inputs (names after the step) with some dims set; others as the check chose them."""
+        return make_feed(self.specs, self.config, {**self.sizes, **dims}, seed_offset, self._domains)
 
     def run_after(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         mapped = []

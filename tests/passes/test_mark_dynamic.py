@@ -111,7 +111,9 @@ def test_reshape_sizes_from_shape(opset: int, ops: list[str]) -> None:
     res, proto = _run(mi.merge_axes(opset), batch="batch", inputs={"x": {1: "s", 3: "t"}})
     assert "Reshape 'merge': shape [2, 6, 5] -> [0, 'x[1]*x[2]', 'x[3]'] (sizes read with Shape)" in res.steps[0].notes
     assert _ops(proto) == ops
-    assert res.ok and len(_probes(res)) == 3 and all(p.ok for p in _probes(res))
+    assert res.ok and all(p.ok for p in _probes(res))
+    # s and t are on no output: their probes only show the model runs, and say so
+    assert sorted(p.verdict for p in _probes(res)) == ["ok", "ok (ran)", "ok (ran)", "proved nothing", "proved nothing"]
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.arange(5 * 4 * 2 * 3, dtype=np.float32).reshape(5, 4, 2, 3)
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x.reshape(5, 8, 3))

@@ -1,0 +1,185 @@
+"""Where two models diverge: tensors with the same name in both are exposed as extra outputs (a
+batch at a time, so memory stays near two normal runs), both run on the same feed, and the first
+tensor in topological order that differs beyond tolerance is named with its node, op type, error,
+shape and the error of its inputs. The first node whose output holds NaN/Inf is named too."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from surgeon.verify.compare import Tolerance, compare
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+    from surgeon.ir.model import Model
+    from surgeon.verify.runtime import Runtime
+
+BATCH = 32
+"""Tensors exposed per run at most."""
+MIN_BUDGET = 256 << 20
+"""Bytes of exposed tensors per run at least (else the model's weight bytes: about one more run)."""
+
+
+@dataclass
+class Divergence:
+    tensor: str = ""
+    node: str = ""
+    op: str = ""
+    shape: list[int] = field(default_factory=list)
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    note: str = ""
+    inputs: dict[str, float] = field(default_factory=dict)
+    """Max abs error of the node's inputs that both models have (0: they agree there)."""
+    non_finite: str = ""
+    """The first node of the second model whose output holds NaN/Inf ("" when none)."""
+    compared: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def line(self) -> str:
+        parts = []
+        if self.tensor:
+            ins = ", ".join(f"'{k}' {v:.3g}" for k, v in self.inputs.items()) or "none compared"
+            what = f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}" + (f" ({self.note})" if self.note else "")
+            parts.append(f"first divergence at node '{self.node}' ({self.op}) output '{self.tensor}' shape {self.shape}: {what}; its inputs' error: {ins}")
+        else:
+            parts.append(f"no tensor of both models differs beyond tolerance ({self.compared} compared)")
+        if self.non_finite:
+            parts.append(f"first NaN/Inf from {self.non_finite}")
+        return "; ".join(parts)
+
+
+def _producers(proto: onnx.ModelProto) -> list[tuple[str, onnx.NodeProto]]:
+    inits = {t.name for t in proto.graph.initializer}
+    return [(t, n) for n in proto.graph.node for t in n.output if t and t not in inits]
+
+
+def _exposed(model: Model, names: list[str]) -> Model:
+    import onnx
+
+    from surgeon.ir.model import Model as _Model
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    have = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in have:
+            proto.graph.output.add().name = name
+    return _Model(proto, path=None, base_dir=model.base_dir, data_files=list(model.data_files), source_external=model.source_external)
+
+
+def _as_float(a: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return a.astype(np.float64) if a.dtype.kind in "fiub" else a
+
+
+def localize(
+    runtime: Runtime,
+    before: Model,
+    feed_before: Mapping[str, np.ndarray],
+    after: Model,
+    feed_after: Mapping[str, np.ndarray],
+    tol: Tolerance,
+    batch: int = BATCH,
+) -> Divergence:
+    """The first tensor (topological order of ``after``) that differs between the models."""
+    import numpy as np
+
+    from surgeon.verify.runtime import run_model
+
+    known = {t for t, _ in _producers(before.proto)}
+    common = [(t, n) for t, n in _producers(after.proto) if t in known]
+    out = Divergence()
+    errors: dict[str, float] = {}
+    for chunk in _batches(common, _sizes(after.proto, feed_after), batch, max(MIN_BUDGET, _weight_bytes(after.proto))):
+        names = [t for t, _ in chunk]
+        ref = run_model(runtime, _exposed(before, names), [feed_before])[0]
+        got = run_model(runtime, _exposed(after, names), [feed_after])[0]
+        for name, node in chunk:
+            if name not in ref or name not in got:
+                continue
+            a, b = np.asarray(ref[name]), np.asarray(got[name])
+            if not out.non_finite and b.dtype.kind == "f" and not np.isfinite(b).all():
+                out.non_finite = f"node '{node.name}' ({node.op_type}) output '{name}'" + ("" if np.isfinite(a).all() else " (the first model has NaN/Inf there too)")
+            if a.dtype != b.dtype:
+                a, b = _as_float(a), _as_float(b)
+            check = compare(name, a, b, tol)
+            out.compared += 1
+            errors[name] = check.max_abs
+            if not check.ok and not out.tensor:
+                out.tensor, out.node, out.op = name, node.name, node.op_type
+                out.shape, out.max_abs, out.max_rel, out.note = list(b.shape), check.max_abs, check.max_rel, check.note
+                out.inputs = {i: errors[i] for i in node.input if i in errors}
+        del ref, got
+        if out.tensor:
+            break
+    return out
+
+
+def _batches(items: list[tuple[str, Any]], sizes: Mapping[str, int], most: int, budget: int) -> list[list[tuple[str, Any]]]:
+    """Consecutive runs of tensors, each at most ``most`` long and ``budget`` bytes (estimated)."""
+    out: list[list[tuple[str, Any]]] = [[]]
+    used = 0
+    for item in items:
+        need = sizes.get(item[0], 0)
+        if out[-1] and (len(out[-1]) >= most or used + need > budget):
+            out.append([])
+            used = 0
+        out[-1].append(item)
+        used += need
+    return [b for b in out if b]
+
+
+def _sizes(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Bytes of each tensor by shape inference at the feed's shapes (unknown: the largest input)."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    work = onnx.ModelProto(ir_version=proto.ir_version, opset_import=proto.opset_import, functions=proto.functions)
+    g = proto.graph  # everything but the weights' data: only their types and shapes matter (as inputs)
+    work.graph.node.extend(g.node)
+    work.graph.output.extend(g.output)
+    inits = {t.name for t in g.initializer}
+    work.graph.input.extend(vi for vi in g.input if vi.name not in inits)
+    for t in g.initializer:
+        work.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for vi in work.graph.input:
+        if vi.name in feed and vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.shape.Clear()
+            for n in np.shape(feed[vi.name]):
+                vi.type.tensor_type.shape.dim.add().dim_value = int(n)
+    fallback = max((int(np.asarray(v).nbytes) for v in feed.values()), default=0)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
+    except Exception:  # estimation only
+        return {}
+    out: dict[str, int] = {}
+    for vi in inferred.graph.value_info:
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if tt.elem_type and -1 not in dims:
+            out[vi.name] = int(np.prod(dims, dtype=np.float64)) * helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
+        else:
+            out[vi.name] = fallback
+    return out
+
+
+def _weight_bytes(proto: onnx.ModelProto) -> int:
+    import numpy as np
+    from onnx import helper
+
+    total = 0
+    for t in proto.graph.initializer:
+        try:
+            total += int(np.prod(list(t.dims), dtype=np.float64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            continue
+    return total

@@ -1,0 +1,57 @@
+"""The inputs a model must be fed, as the verifier sees them: each dim a size, a symbol, or (for a
+placeholder, negative or missing dim) its own ``input:axis`` key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from surgeon.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+PLACEHOLDERS = frozenset({"?", "None", "none", "null", "unk", "unknown", "N/A", "dynamic", "*", "-1"})
+
+
+def axis_key(name: str, axis: int) -> str:
+    return f"{name}:{axis}"
+
+
+def symbol_of(name: str, axis: int, value: int | None, param: str) -> int | str:
+    """A dim as the verifier sees it: a size (``value >= 0``), a symbol, or its own ``input:axis`` key."""
+    if value is not None and value >= 0:  # 0 stays 0: onnxruntime requires exactly 0 there
+        return value
+    if param and param.strip() not in PLACEHOLDERS and not param.strip().lstrip("-").isdigit():
+        return param
+    return axis_key(name, axis)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | str | None, ...]
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """Inputs a caller must feed (inputs with an initializer default are left to their default)."""
+    import numpy as np
+    from onnx import helper
+
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise UsageError(f"input '{vi.name}' is not a tensor; verification supports tensor inputs only")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype(np.float32)
+        dims: list[int | str | None] = []
+        if tt.HasField("shape"):
+            for axis, d in enumerate(tt.shape.dim):
+                dims.append(symbol_of(vi.name, axis, d.dim_value if d.HasField("dim_value") else None, d.dim_param))
+        specs.append(InputSpec(vi.name, dtype, tuple(dims)))
+    return specs
