@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from surgeon.ir.adapter import ModelIR
 
 Partitioning = Literal["none", "basic", "recursive"]
+SEQUENCE_MAKERS = {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence", "SequenceMap"}
+"""Ops whose output is a sequence: onnx-graphsurgeon cannot hold a sequence as a constant."""
 
 
 def fold(model: ModelIR, fold_shapes: bool = True, max_tensor_bytes: int | None = 16 << 20, partitioning: Partitioning = "none", subgraphs: bool = True) -> None:
@@ -26,6 +28,7 @@ def fold(model: ModelIR, fold_shapes: bool = True, max_tensor_bytes: int | None 
 
     g = model.graph
     masked = _mask_defaults(g, set(model.default_inputs))
+    held = _hold_sequences(g)
     split = _split_shape_slices(g) if fold_shapes else []
     lazy = _load_foldable_values(model, g, fold_shapes)
     gs_log = gs.logger.G_LOGGER
@@ -48,8 +51,33 @@ def fold(model: ModelIR, fold_shapes: bool = True, max_tensor_bytes: int | None 
     finally:
         gs_log.severity = severity
         _unmask_defaults(g, masked)
+        _release_sequences(held)
         _merge_shape_slices(split)
     _restore_lazy(g, lazy)
+
+
+def _hold_sequences(graph: gs.Graph) -> list[tuple[gs.Node, gs.Variable]]:
+    """Give every sequence-making node an extra input that is not constant, so folding leaves it
+    (and what reads its sequence) alone: a folded sequence cannot become a constant."""
+    import onnx_graphsurgeon as gs
+
+    held = []
+    for g in iter_graphs(graph):
+        for node in g.nodes:
+            if node.op in SEQUENCE_MAKERS:
+                hold = gs.Variable(f"{node.name or node.op}__surgeon_not_constant")
+                node.inputs.append(hold)
+                held.append((node, hold))
+    return held
+
+
+def _release_sequences(held: list[tuple[gs.Node, gs.Variable]]) -> None:
+    for node, hold in held:
+        for i, t in enumerate(node.inputs):
+            if t is hold:
+                del node.inputs[i]
+                hold.outputs.clear()
+                break
 
 
 def _split_shape_slices(graph: gs.Graph) -> list[tuple[gs.Graph, gs.Node, gs.Node, dict[str, Any]]]:
