@@ -76,17 +76,22 @@ def _mark_dynamic(g: onnx.GraphProto) -> Params | None:
     return {"inputs": marked}
 
 
-def _fix_dims(g: onnx.GraphProto) -> Params | None:
+def _fix_dims(g: onnx.GraphProto, feed: dict[str, np.ndarray] | None = None) -> Params | None:
+    """Every symbolic input dim fixed to the size of the stored input (the data the user deploys
+    with), 1 where there is none or it is empty."""
     dims: dict[str, int] = {}
     for v in _real_inputs(g):
         for axis, d in enumerate(_dims(v)):
             if not d.HasField("dim_value"):
-                dims[d.dim_param or f"{v.name}:{axis}"] = 1
+                data = (feed or {}).get(v.name)
+                size = int(data.shape[axis]) if data is not None and axis < data.ndim else 1
+                dims[d.dim_param or f"{v.name}:{axis}"] = max(size, 1)
     return {"dims": dims} if dims else None
 
 
-def params_for(name: str, m: onnx.ModelProto) -> Params | None:
-    """What a user would set for pass ``name`` on model ``m``; None where the pass has nothing to do."""
+def params_for(name: str, m: onnx.ModelProto, feed: dict[str, np.ndarray] | None = None) -> Params | None:
+    """What a user would set for pass ``name`` on model ``m`` (fed ``feed``); None where the pass
+    has nothing to do."""
     g = m.graph
     ins, outs = _real_inputs(g), list(g.output)
     float_in = next((v.name for v in ins if _elem(v) == FLOAT), None)
@@ -101,7 +106,7 @@ def params_for(name: str, m: onnx.ModelProto) -> Params | None:
         "convert-opset": lambda: {"opset": max(CONVERT_TARGET, opset + 1)} if opset < MAX_OPSET else None,
         "dedupe-initializers": dict,
         "extract": lambda: _extract(g),
-        "fix-dims": lambda: _fix_dims(g),
+        "fix-dims": lambda: _fix_dims(g, feed),
         "fix-negative-indices": dict,
         "fold-constants": dict,
         "mark-dynamic": lambda: _mark_dynamic(g),
@@ -202,7 +207,7 @@ def _random_data_invalid(src: Path) -> bool:
     proto = load(src).proto
     for seed in range(3):
         try:
-            feed = make_feed(graph_inputs(proto), VerifyConfig(seed=seed), {s: 3 for s in _fix_dims(proto.graph) or {}})
+            feed = make_feed(graph_inputs(proto), VerifyConfig(seed=seed), {s: 3 for s in (_fix_dims(proto.graph) or {"dims": {}})["dims"]})
             so = ort.SessionOptions()
             so.log_severity_level = 4
             ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]).run(None, feed)
@@ -214,10 +219,11 @@ def _random_data_invalid(src: Path) -> bool:
 RANDOM_DATA = "the verifier's random data is invalid for the model (an integer input holds a shape)"
 
 
-def _verify(model: onnx.ModelProto, name: str, params: Params, feed: dict[str, np.ndarray], npz: Path) -> dict[str, Any]:
-    verify: dict[str, Any] = {"mode": "each", "device": "cpu", "rtol": 1e-3, "atol": 1e-5, "dims": _dims_of(model, feed)}
-    if name == "fix-dims":  # the stored data has other sizes: random data at the fixed ones
-        verify["dims"] = dict(params["dims"])
+def _verify(model: onnx.ModelProto, feed: dict[str, np.ndarray], npz: Path, fixed: Params | None) -> dict[str, Any]:
+    dims = _dims_of(model, feed)
+    verify: dict[str, Any] = {"mode": "each", "device": "cpu", "rtol": 1e-3, "atol": 1e-5, "dims": dims}
+    if fixed is not None and fixed["dims"] != dims:  # fix-dims to sizes the stored data lacks
+        verify["dims"] = dict(fixed["dims"])
     elif all(a.dtype.kind in "biufc" for a in feed.values()):  # .npz holds no strings
         verify["inputs"] = str(npz)
     return verify
@@ -237,13 +243,13 @@ def sweep_case(case: Case, tmp: Path, tally: Tally, passes: list[str] = PASSES) 
     npz = tmp / "inputs.npz"
     np.savez(npz, **feed)  # type: ignore[arg-type]
     for name in passes:
-        params = params_for(name, model)
+        params = params_for(name, model, feed)
         if params is None:
             tally.add(name, "n/a")
             continue
         where = f"{case.name} {name} {params}"
         try:
-            result = Pipeline([get_pass(name)(params)], verify=_verify(model, name, params, feed, npz)).run(src)
+            result = Pipeline([get_pass(name)(params)], verify=_verify(model, feed, npz, params if name == "fix-dims" else None)).run(src)
             failure = "; ".join(result.failures())
         except VerificationError as exc:  # the result does not load or run: a bug
             failure = str(exc).splitlines()[0]
