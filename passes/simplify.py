@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from surgeon.errors import PassError, PassPreconditionError
+from surgeon.errors import PassError, PassPreconditionError, short_error
+from surgeon.ir.walk import signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passkit.fold import fold
 from surgeon.passkit.ops import names, require_names
 from surgeon.verify.contract import IOContract, io_types
 
@@ -41,7 +44,9 @@ class Simplify(Pass):
     Inputs stay inputs (an input with an initializer default is hidden from onnxsim, which would
     fold it as a constant, and restored afterwards); symbolic input/output dims stay symbolic unless
     ``input_shapes`` fixes them. onnxsim's own random-input check is off (``check_n=0``): the
-    surgeon verifier checks the result.
+    surgeon verifier checks the result. Where onnxsim fails (it does on some If/Loop bodies that
+    read outer-scope values), the pass folds constants itself (as ``fold-constants``) and removes
+    dead nodes instead, and its notes say so.
 
     Weights: onnxsim's C++ core holds every weight in memory while it works (library
     limitation). A model with external data is handed to onnxsim as a file (its path-based entry
@@ -86,10 +91,10 @@ class Simplify(Pass):
         # IR < 4 requires every initializer to be an input; onnxsim's new constants are not
         work.ir_version = max(work.ir_version, 4)
         external = any(is_external(t) for t in iter_model_tensors(work))
-        if external or work.ByteSize() > PROTOBUF_LIMIT:
-            result = self._via_files(model, work)
-        else:
-            result = self._call(work)
+        try:
+            result = self._via_files(model, work) if external or work.ByteSize() > PROTOBUF_LIMIT else self._call(work)
+        except OnnxsimFailed as exc:
+            return self._fallback(model, exc)
         result.graph.initializer.extend(hidden)
         _restore_io(proto.graph, result.graph, set(self.params.input_shapes))
         if graph_key(result.graph) == before:
@@ -99,6 +104,28 @@ class Simplify(Pass):
         if self.params.input_shapes:  # the shapes given, and the output dims they fix, change on purpose
             contract.declare_changes(io_before, io_types(model.graph))
         return PassResult(True, contract, notes=_notes(proto.graph, result.graph, hidden))
+
+    def _fallback(self, model: ModelIR, failure: OnnxsimFailed) -> PassResult:
+        """Where onnxsim fails (e.g. on If/Loop bodies that read outer-scope values), do what surgeon
+        can itself: fold constants (subgraphs too), then remove dead nodes and sort."""
+        if self.params.input_shapes:
+            raise PassError(f"{failure}; input_shapes needs onnxsim (fix-dims binds input dims without it)")
+        g = model.graph
+        before, n_before = signature(g), len(g.nodes)
+        try:
+            if self.params.constant_folding:
+                fold(model, max_tensor_bytes=size_bytes(self.params.max_tensor_size))
+            g.cleanup(recurse_subgraphs=True)
+            g.toposort(recurse_subgraphs=True)
+        except PassError as exc:
+            raise PassError(f"{failure}; the fallback failed too: {exc}") from None
+        except Exception as exc:  # onnx-graphsurgeon reports cycles as plain exceptions
+            raise PassError(f"{failure}; the fallback failed too: {short_error(exc)}") from None
+        orphans, model.orphans = model.orphans, []
+        modified = signature(g) != before or bool(orphans)
+        what = "folded constants and removed dead nodes" if self.params.constant_folding else "removed dead nodes"
+        notes = [f"{failure.reason}; {what} instead", f"nodes {n_before} -> {len(g.nodes)}"]
+        return PassResult(modified, IOContract(), notes)
 
     def _kwargs(self) -> dict[str, Any]:
         p = self.params
@@ -123,8 +150,7 @@ class Simplify(Pass):
             with contextlib.redirect_stdout(io.StringIO()):
                 result, _ = onnxsim.simplify(source, **kwargs)
         except Exception as exc:  # onnxsim raises plain exceptions (and C++ errors)
-            lines = str(exc).strip().splitlines()
-            raise PassError(f"onnxsim failed: {lines[0][:400] if lines else type(exc).__name__}") from None
+            raise OnnxsimFailed(" ".join(str(exc).split())[:300] or type(exc).__name__) from None
         return result
 
     def _via_files(self, model: ModelIR, work: onnx.ModelProto) -> onnx.ModelProto:
@@ -138,6 +164,25 @@ class Simplify(Pass):
             result = onnx.load(str(out_path), load_external_data=False)
             _reconcile(result, out_path.parent, work, model.base_dir)
         return result
+
+
+class OnnxsimFailed(PassError):
+    """onnxsim raised: ``simplify`` falls back to surgeon's own folding and cleanup."""
+
+    def __init__(self, detail: str) -> None:
+        self.reason = f"onnxsim failed ({detail})"
+        super().__init__(f"onnxsim failed: {detail}")
+
+
+_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+
+
+def size_bytes(text: str) -> int:
+    """``'1.5GB'`` -> bytes (the units onnxsim's tensor_size_threshold takes)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB)?", text.strip())
+    if m is None:
+        raise PassError(f"not a size: {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or "B"])
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -172,7 +217,8 @@ def _hide_input_defaults(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
 
 def _restore_io(before: onnx.GraphProto, after: onnx.GraphProto, fixed: set[str]) -> None:
     """Put back input types (unless fixed by ``input_shapes``) and symbolic output dims onnxsim
-    renamed or dropped."""
+    renamed, dropped or made static (the interface keeps its symbols; inputs fixed by
+    ``input_shapes`` let output dims become static)."""
     old_in = {v.name: v for v in before.input}
     for vi in after.input:
         if vi.name in old_in and vi.name not in fixed:
@@ -187,7 +233,7 @@ def _restore_io(before: onnx.GraphProto, after: onnx.GraphProto, fixed: set[str]
             vi.type.CopyFrom(old.type)
             continue
         for od, nd in zip(odims, vi.type.tensor_type.shape.dim):
-            if od.dim_param and not nd.HasField("dim_value") and nd.dim_param != od.dim_param:
+            if od.dim_param and nd.dim_param != od.dim_param and not (fixed and nd.HasField("dim_value")):
                 nd.dim_param = od.dim_param
 
 

@@ -23,6 +23,8 @@ FP16_MAX = 65504.0
 FLOAT, FLOAT16 = 1, 10
 HAZARD_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 """Inputs that stay float32 whatever their schema allows (onnxruntime kernels want float32)."""
+SEQUENCE_OPS = {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase", "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap"}
+"""Sequences stay float32 (their element type is not tracked): these ops run as if blocked."""
 DTYPE_ATTR_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli", "Multinomial"}
 
 
@@ -35,7 +37,8 @@ class ToFP16(Pass):
     they meet converted tensors. Resize ``roi``/``scales`` (and any input whose schema does not
     allow float16) stay float32. Weights outside the float16 range are clamped to +-65504; the
     count is reported. Cast ``to``, ConstantOfShape / Constant values and ``dtype`` attributes of
-    generators follow. Tensors of other types (float64, bfloat16, ints) are left alone.
+    generators follow. Tensors of other types (float64, bfloat16, ints) are left alone, and so are
+    sequences: sequence ops run in float32, with Casts where they meet converted tensors.
 
     Weights: one tensor at a time (ModelIR.values); converted weights are held in memory as
     float16 (half their float32 size), untouched ones stay on disk.
@@ -116,7 +119,7 @@ class _Converter:
         return out
 
     def blocked(self, node: gs.Node) -> bool:
-        return node.op in self.p.block_ops or bool(node.name) and node.name in self.p.block_nodes
+        return node.op in self.p.block_ops or node.op in SEQUENCE_OPS or bool(node.name) and node.name in self.p.block_nodes
 
     def run(self) -> None:
         for g in list(iter_graphs(self.model.graph)):

@@ -160,18 +160,20 @@ class ModelIR:
 
     def _restore_default_inputs(self, graph: onnx.GraphProto) -> None:
         """List initializer-backed inputs again, in the source's input order."""
-        inits = {t.name for t in graph.initializer}
+        inits = {t.name: t for t in graph.initializer}
         current = {vi.name: vi for vi in graph.input}
         defaults = {n: vi for n, vi in self.default_inputs.items() if n in inits and n not in current}
         if not defaults:
             return
         ordered = [n for n in self.input_order if n in current or n in defaults]
         ordered += [n for n in list(current) + list(defaults) if n not in ordered]
-        entries = [current.get(n) or defaults[n] for n in ordered]
         copies = []
-        for vi in entries:
+        for n in ordered:
+            vi = current.get(n) or defaults[n]
             c = type(vi)()
             c.CopyFrom(vi)
+            if n in defaults:  # declared as the initializer is now (a pass may have retyped it)
+                _declare_as(c, inits[n])
             copies.append(c)
         del graph.input[:]
         graph.input.extend(copies)
@@ -254,6 +256,21 @@ def _folder_lazy_values() -> type[Any]:
             return tensor_values(self.tensor, self.base_dir)
 
     return FolderLazyValues
+
+
+def _declare_as(vi: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:
+    """Make an input's declared type the initializer's: its element type, and its shape where the
+    declared one disagrees (no shape, or symbolic dims of the right rank, stay: the caller may feed
+    other sizes)."""
+    tt = vi.type.tensor_type
+    tt.elem_type = tensor.data_type
+    dims = list(tt.shape.dim)
+    if not tt.HasField("shape"):
+        return
+    if len(dims) != len(tensor.dims) or any(d.HasField("dim_value") and d.dim_value != n for d, n in zip(dims, tensor.dims)):
+        del tt.shape.dim[:]
+        for n in tensor.dims:
+            tt.shape.dim.add().dim_value = n
 
 
 def _value_info_of(tensor: onnx.TensorProto) -> onnx.ValueInfoProto:

@@ -130,3 +130,26 @@ g (float[batch, 4] x) => (float[batch, 4] y) <float[4] c = {1.0, 2.0, 3.0, 4.0}>
 }""")
     with pytest.raises(PassError, match="constant folding failed.*partitioning: basic"):
         Pipeline([FoldConstants()], verify={"mode": "off"}).run(m)
+
+
+def test_sequences_are_left_alone_and_the_rest_folds():
+    """A SequenceEmpty has no inputs, so onnx-graphsurgeon took it for a constant and failed on
+    its list value ('list' object has no attribute 'nbytes'; found by the backend-model sweep)."""
+    m = onnx.parser.parse_model("""
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[2, 3] x) => (float[2, 3] y)
+{
+  c = Constant<value = float {1.0}>()
+  c2 = Add(c, c)
+  s0 = SequenceEmpty()
+  s = SequenceInsert(s0, x)
+  zero = Constant<value = int64 {0}>()
+  e = SequenceAt(s, zero)
+  y = Mul(e, c2)
+}""")
+    res = Pipeline([FoldConstants()]).run(m)
+    assert res.ok, res.failures()
+    g = res.model.proto.graph
+    assert [n.op_type for n in g.node] == ["SequenceEmpty", "SequenceInsert", "SequenceAt", "Mul"]
+    assert [n.input for n in g.node][:2] == [[], ["s0", "x"]]
+    assert numpy_helper.to_array(next(t for t in g.initializer if t.name == "c2")).tolist() == 2.0

@@ -161,3 +161,26 @@ def test_torch_export_conv_upsample(dynamo: bool) -> None:
         types = {t.name: t.data_type for t in res.model.proto.graph.initializer}
         assert types[resize.input[2]] == TensorProto.FLOAT
         assert types["conv.weight"] == TensorProto.FLOAT16
+
+
+def test_sequences_stay_float32_with_casts_where_they_meet_converted_tensors():
+    """SequenceAt's output type follows the sequence, which to-fp16 does not convert: marking it
+    float16 made onnxruntime refuse the model (found by the backend-model sweep)."""
+    text = HEADER + """
+g (float[2, 3] x, float[2, 3] z) => (float[2, 3] y)
+{
+  r = Relu(x)
+  s0 = SequenceEmpty()
+  s1 = SequenceInsert(s0, z)
+  s = SequenceInsert(s1, r)
+  one = Constant<value = int64 {1}>()
+  e = SequenceAt(s, one)
+  y = Mul(e, r)
+}"""
+    res = Pipeline([ToFP16()]).run(onnx.parser.parse_model(text))
+    assert res.ok, res.failures()
+    nodes = _nodes(res)
+    assert ("Relu", ["x_fp16"], ["r"]) in nodes
+    assert ("Cast", ["r"], ["r_fp32"]) in nodes  # into the float32 sequence
+    assert ("SequenceInsert", ["s1", "r_fp32"], ["s"]) in nodes
+    assert ("Cast", ["e"], ["e_fp16"]) in nodes and ("Mul", ["e_fp16", "r"], ["y_fp16"]) in nodes
