@@ -93,7 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map", action="append", default=[], metavar="OLD=NEW", help="an input or output renamed in the candidate")
     p.add_argument("--report", type=Path, metavar="JSON", help="write the comparison as JSON")
     _verify_args(p)
+    _doctor_parser(add)
     return parser
+
+
+def _doctor_parser(add: Any) -> None:
+    p = add("doctor", help="what will bite a model at deployment, and a recipe that fixes it", epilog=EPILOG + ", 5 findings remain")
+    p.add_argument("models", type=Path, nargs="+", metavar="MODEL")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.add_argument("--emit-recipe", type=Path, metavar="YAML", help="write a recipe that fixes every fixable finding")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --emit-recipe file")
+    p.add_argument("--no-runtime", action="store_true", help="skip the onnxruntime checks (kernels, IR and opset limits)")
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -309,7 +319,57 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from surgeon.doctor import diagnose
+    from surgeon.doctor.show import show_diagnosis
+    from surgeon.ir.model import load
+
+    if args.emit_recipe is not None:
+        if len(args.models) != 1:
+            raise UsageError("--emit-recipe: give exactly one model")
+        _check_new_file(args.emit_recipe, args.force)
+    diags = [diagnose(load(m), runtime_checks=not args.no_runtime) for m in args.models]
+    if args.json:
+        data: Any = diags[0].as_dict() if len(diags) == 1 else [d.as_dict() for d in diags]
+        print(json.dumps(data, indent=2, default=str))
+    elif not args.quiet:
+        console = _console()
+        for d in diags:
+            show_diagnosis(console, d, args.verbose)
+    if args.emit_recipe is not None:
+        from surgeon.doctor.emit import recipe_text
+
+        _write_text(args.emit_recipe, recipe_text(diags[0], args.emit_recipe, args.models[0]))
+        if not args.quiet and not args.json:
+            _console().print(f"wrote {args.emit_recipe} (check it: surgeon validate {args.emit_recipe})", markup=False)
+    return max(d.exit_code for d in diags)
+
+
+def _check_new_file(path: Path, force: bool) -> None:
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder")
+    if path.exists() and not force:
+        raise UsageError(f"{path}: exists; not overwritten (--force overwrites it)")
+    if not path.parent.resolve().is_dir():
+        raise UsageError(f"{path}: folder {path.parent} does not exist")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent.resolve())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 COMMANDS = {
+    "doctor": cmd_doctor,
     "apply": cmd_apply,
     "run": cmd_run,
     "inspect": cmd_inspect,
