@@ -35,7 +35,9 @@ def recipe_data(diag: Diagnosis, model: str | None = None, output: str | None = 
         data["model"] = model
     if output:
         data["output"] = output
-    dims = diag.facts.get("symbols", {})
+    dims = dict(diag.facts.get("symbols", {}))
+    if "mark-dynamic" in steps and "static_batch" in diag.facts:
+        dims.setdefault("batch", diag.facts["static_batch"])  # later passes' probes feed the new symbol
     data["verify"] = {"dims": dims} if dims else {}
     data.update(header)
     data["passes"] = []
@@ -65,8 +67,9 @@ def recipe_text(diag: Diagnosis, recipe_path: Path, model_path: Path | None) -> 
         lines.append("# not fixed by this recipe:")
         lines += [f"#   {f.code}: {f.message}" + (f" ({f.advice})" if f.advice else "") for f in rest]
     passes = data.pop("passes")
-    head = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100000).rstrip()
-    lines = [_one_line(x) for x in lines] + head.splitlines()
+    lines = [_one_line(x) for x in lines]
+    for key, value in data.items():
+        lines.append(f"{key}: {yaml.safe_dump(value, default_flow_style=True, width=100000).strip().removesuffix('...').strip()}")
     lines.append("passes:" if passes else "passes: []")
     for i, step in enumerate(passes):
         for f in fixes[i]:

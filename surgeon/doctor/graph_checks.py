@@ -212,6 +212,8 @@ def check_numeric(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     wide: list[str] = []
     int64_bytes = 0
     for t in info.graph.initializer:
+        if t.name not in info.consumers:  # unused: cleanup removes it
+            continue
         if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE):
             v = info.const(t.name, limit=1 << 28)
             if v is not None and v.size:

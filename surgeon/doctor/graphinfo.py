@@ -80,6 +80,9 @@ class GraphInfo:
         copy = onnx.ModelProto()
         copy.CopyFrom(self.proto) if self.proto.ByteSize() < (1 << 30) else copy.CopyFrom(_skeleton(self.proto))
         del copy.graph.value_info[:]
+        for out in copy.graph.output:  # declared output shapes are checked, not trusted
+            if out.type.HasField("tensor_type"):
+                out.type.tensor_type.ClearField("shape")
         try:
             inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
         except Exception:  # inference failing is not a finding of its own here

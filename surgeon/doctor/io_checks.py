@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 
 AUTO_NAME = re.compile(r"^(/.*_output_\d+|onnx::.*|[A-Za-z_]+\.\d+|\d+)$")
 """Names exporters make up: ``/conv1/Conv_output_0``, ``onnx::Flatten_0``, ``input.1``, ``32``."""
+AUTO_OUTPUT = re.compile(
+    r"^(conv[123]?d|linear|addmm|matmul|relu|gelu|tanh|sigmoid|softmax|log_softmax|view|reshape|flatten|cat|add|sub|mul|div|"
+    r"getitem|select|slice|permute|transpose|squeeze|unsqueeze|mean|sum|layer_norm|batch_norm|clone|max_pool[123]d|avg_pool[123]d|"
+    r"upsample_\w+|interpolate|val)(_\d+)?$"
+)
+"""Output names the dynamo exporter takes from the aten op that computed them (``conv2d_1``, ``linear``)."""
 SHAPE_SLOTS = {"Reshape": 1, "Expand": 1, "Tile": 1, "ConstantOfShape": 0}
 NEAR_2GB = 3 << 29  # 1.5 GiB: protobuf cannot serialize a message over 2 GiB
 
@@ -32,7 +38,7 @@ def check_names(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     renames: dict[str, dict[str, str]] = {"inputs": {}, "outputs": {}}
     for kind, vis in (("inputs", info.inputs), ("outputs", info.outputs)):
         base = kind[:-1]
-        auto = [vi.name for vi in vis if AUTO_NAME.match(vi.name) and vi.name != base]
+        auto = [vi.name for vi in vis if (AUTO_NAME.match(vi.name) or (kind == "outputs" and AUTO_OUTPUT.match(vi.name))) and vi.name != base]
         for i, name in enumerate(auto):
             renames[kind][name] = _fresh(base if len(vis) == 1 else f"{base}_{i}", taken)
     facts["renames"] = renames

@@ -41,7 +41,7 @@ def _session_error(src: Any, folder: str | None = None) -> str:
     ort.set_default_logger_severity(3)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # the error is read from the exception, not the log
     if folder is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     try:
