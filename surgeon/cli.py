@@ -78,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    add("passes", help="list the available passes")
+    p = add("passes", help="list the available passes")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = add("explain", help="describe a pass and its params")
     p.add_argument("pass_name", metavar="PASS")
+    p.add_argument("--json", action="store_true", help="print JSON")
     add("schema", help="print the JSON Schema of recipes")
 
     p = add("validate", help="check a recipe (and its tensor names against a model); writes nothing", epilog=EPILOG)
@@ -233,8 +235,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_passes(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from surgeon.pass_api import registry
+    from surgeon.pass_api import catalog, registry
 
+    if args.json:
+        print(json.dumps([{"name": e.name, "summary": e.summary, "module": e.module} for e in catalog().values()], indent=2))
+        return EXIT_OK
     table = Table(title="passes", title_justify="left")
     table.add_column("name")
     table.add_column("what it does")
@@ -245,26 +250,29 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import inspect as pyinspect
-
+    from rich.markup import escape
     from rich.table import Table
 
+    from surgeon.explain import describe, example_yaml
     from surgeon.pass_api import get_pass
 
-    cls = get_pass(args.pass_name)
+    info = describe(get_pass(args.pass_name))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
     console = _console()
-    console.print(f"[bold]{cls.name}[/bold]: {cls.summary()}")
-    rest = pyinspect.cleandoc(cls.__doc__ or "").splitlines()[1:]
-    if any(line.strip() for line in rest):
-        console.print("\n".join(rest).strip(), markup=False)
+    console.print(f"[bold]{escape(info['name'])}[/bold]: {escape(info['summary'])}")
+    if info["doc"]:
+        console.print(info["doc"], markup=False)
     table = Table(title="params", title_justify="left")
     for col in ("name", "type", "default", "description"):
         table.add_column(col)
-    for name, fld in cls.Params.model_fields.items():
-        default = "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
-        table.add_row(name, str(fld.annotation).replace("typing.", ""), default, fld.description or "")
+    for p in info["params"]:
+        default = "required" if p["required"] else json.dumps(p["default"])
+        table.add_row(escape(p["name"]), escape(p["type"]), escape(default), escape(p["description"]))
     console.print(table)
-    console.print(f"example step:\n  - {cls.name}: {{}}", markup=False)
+    if info["example"] is not None:
+        console.print(f"example step (for {info['example_model']}):\n  {example_yaml(info['example'])}", markup=False)
     return EXIT_OK
 
 
