@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from surgeon.results import PipelineResult
 
-EPILOG = "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage, 3 model or pass error"
+EPILOG = "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage (a tensor name the model lacks included), 3 model or pass error"
 
 
 def _console(stderr: bool = False) -> Console:
@@ -192,29 +192,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir)
 
 
-def _set_params(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    params: dict[str, Any] = {}
-    for key, value in _pairs(items, "--set").items():
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            parsed = value
-        node = params
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = parsed
-    return params
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from surgeon.errors import RecipeError
+    from surgeon.pass_api import get_pass
     from surgeon.pipeline import Pipeline
     from surgeon.recipe import parse_recipe_data
+    from surgeon.setparams import QUOTE_HINT, parse_set
 
-    step = {args.pass_name: _set_params(args.set)}
-    recipe = parse_recipe_data({"version": 1, "passes": [step], "verify": _verify_overrides(args)}, "--set")
+    step = {args.pass_name: parse_set(get_pass(args.pass_name).Params, args.pass_name, args.set)}
+    try:
+        recipe = parse_recipe_data({"version": 1, "passes": [step], "verify": _verify_overrides(args)}, "--set")
+    except RecipeError as exc:
+        raise RecipeError([*exc.problems[:-1], f"{exc.problems[-1]} ({QUOTE_HINT})"]) from None
     pipeline: Pipeline = recipe.pipeline
     return _apply_pipeline(pipeline, args.model, args.output, args, None, None)
 

@@ -42,7 +42,7 @@ class ModelError(SurgeonError):
 
 
 class PassError(SurgeonError):
-    """A pass that cannot be applied to this model."""
+    """A pass that cannot be applied to this model (its preconditions hold: a bug or a limit)."""
 
     exit_code = EXIT_MODEL
 
@@ -52,7 +52,12 @@ class PassPreconditionError(PassError):
 
     ``field`` is the path of the offending parameter inside the pass's params (for example
     ``("inputs", "inptu")``) so a recipe error can point at the line that names it.
+
+    The user's to fix, so it exits 2 like the recipe error ``surgeon validate`` reports for the
+    same name: one exit code per error class, whichever command meets it.
     """
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, field: tuple[str | int, ...] = ()) -> None:
         self.field = field

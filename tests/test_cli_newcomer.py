@@ -97,3 +97,41 @@ def test_explain_prints_readable_types_and_a_valid_example(capsys: pytest.Captur
     assert "- cleanup: {}" in out
     assert main(["explain", "rename-io"]) == 0
     assert "- rename-io: {inputs: {input.1: image}, outputs: {output: logits}}" in capsys.readouterr().out
+
+
+def _io_names(path: Path) -> tuple[list[str], list[str]]:
+    m = onnx.load(str(path))
+    return [i.name for i in m.graph.input], [o.name for o in m.graph.output]
+
+
+def test_set_keeps_torchscript_names_whole(ts_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a.onnx"
+    assert main(["run", "rename-io", str(ts_model), "-o", str(out), "-q", "--set", "inputs.input.1=image", "--set", "outputs.aux=32"]) == 0
+    assert _io_names(out) == (["image"], ["output", "32"])
+    out2 = tmp_path / "b.onnx"
+    assert main(["run", "rename-io", str(ts_model), "-o", str(out2), "-q", "--set", "inputs={input.1: image}", "--set", "outputs={aux: 7}"]) == 0
+    assert _io_names(out2) == (["image"], ["output", "7"])
+    out3 = tmp_path / "c.onnx"
+    assert main(["run", "mark-dynamic", str(ts_model), "-o", str(out3), "-q", "--set", "inputs.input.1.0=batch", "--set", "outputs.output.0=batch", "--set", "outputs.aux.0=batch"]) == 0
+    assert onnx.load(str(out3)).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_set_errors_name_the_param_and_hint_at_quoting(ts_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.onnx"
+    assert main(["run", "rename-io", str(ts_model), "-o", str(out), "--set", "inptus.input.1=image"]) == 2
+    err = capsys.readouterr().err
+    assert "no param 'inptus'; did you mean 'inputs'?" in err and err.count("\n") == 1
+    assert main(["run", "rename-io", str(ts_model), "-o", str(out), "--set", "inputs=[a"]) == 2
+    assert "quote" in capsys.readouterr().err
+    assert main(["run", "rename-io", str(ts_model), "-o", str(out), "--set", "inputs=3"]) == 2
+    assert "quote" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_one_exit_code_for_a_missing_tensor(ts_model: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: model.onnx\noutput: out.onnx\npasses:\n  - rename-io: {inputs: {inptu: x}}\n")
+    assert main(["validate", str(recipe)]) == 2
+    assert main(["apply", str(recipe)]) == 2
+    assert main(["run", "rename-io", str(ts_model), "-o", str(tmp_path / "o.onnx"), "--set", "inputs.inptu=x"]) == 2
+    assert not (tmp_path / "out.onnx").exists()
