@@ -46,6 +46,7 @@ def _out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write the output even when verification fails (still exits 1)")
     p.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
     p.add_argument("--report", type=Path, metavar="JSON", help="write the summary as JSON")
+    p.add_argument("--dry-run", action="store_true", help="run and verify every pass, write nothing (the --report still)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("inspect", help="I/O, opsets, ops, weights, external data and Resize nodes of a model")
     p.add_argument("model", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--tensors", action="store_true", help="list every tensor: name, op, dtype, shape (intermediate ones included)")
+    p.add_argument("--filter", metavar="REGEX", help="with --tensors: only names this regex matches (searched)")
 
     p = add("passes", help="list the available passes")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -138,10 +141,11 @@ def _verify_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, console: Console) -> int:
-    from surgeon.render import summary_table
+    from surgeon.render import op_table, summary_table
 
     if not args.quiet:
         summary_table(console, result)
+        op_table(console, result.ops_before, result.ops_after, changed_only=not args.verbose and len(result.ops_before) > 12)
     if args.report:
         data = result.as_dict() | {"output": str(out) if out else None, "surgeon_version": __version__}
         args.report.write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -149,14 +153,14 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
         err = _console(stderr=True)
         for line in result.failures():
             err.print(f"verification failed: {line}", markup=False)
-        err.print("nothing written" if not args.force else f"written anyway (--force): {out}", markup=False)
+        err.print("nothing written" if out is None or not args.force else f"written anyway (--force): {out}", markup=False)
         return EXIT_VERIFY_FAILED
     if out is not None and not args.quiet:
         console.print(f"wrote {out}", markup=False)
     return EXIT_OK
 
 
-def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None) -> int:
+def _apply_pipeline(pipeline: Any, model: Path, out: Path | None, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None) -> int:
     from surgeon.errors import VerificationError
     from surgeon.render import progress_line
 
@@ -167,6 +171,12 @@ def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namesp
         if not args.quiet:
             progress_line(console, step, total, args.verbose)
 
+    if args.dry_run or out is None:
+        result = pipeline.run(model, on_step=on_step, base_dir=base_dir)
+        code = _finish(result, args, None, console)
+        if not args.quiet:
+            console.print("dry run: nothing written", markup=False)
+        return code
     try:
         result = pipeline.apply(model, out, force=args.force, in_place=args.in_place, on_step=on_step, recipe_text=recipe_text, base_dir=base_dir)
     except VerificationError as exc:
@@ -184,8 +194,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out = args.output or recipe.output
     if model is None:
         raise UsageError(f"{args.recipe}: no model: set 'model' in the recipe or give -i")
-    if out is None:
-        raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o")
+    if out is None and not args.dry_run:
+        raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o (or --dry-run)")
     over = _verify_overrides(args)
     if over:
         recipe.pipeline.verify = recipe.pipeline.verify.model_copy(update=over)
@@ -213,11 +223,34 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from surgeon.ir.summary import inspect_model
     from surgeon.render import show_inspect
 
+    if args.tensors or args.filter:
+        return _inspect_tensors(args)
     info = inspect_model(load(args.model))
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
         show_inspect(_console(), info)
+    return EXIT_OK
+
+
+def _inspect_tensors(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from surgeon.ir.model import load
+    from surgeon.ir.tensors import list_tensors
+
+    rows = list_tensors(load(args.model), args.filter)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    table = Table(title=f"tensors ({len(rows)})", title_justify="left")
+    for col in ("name", "op", "node", "dtype", "shape"):
+        table.add_column(col)
+    for r in rows:
+        name = escape(r["name"]) + (" (output)" if r["graph_output"] else "")
+        table.add_row(name, escape(r["op"]), escape(r["node"]), r["dtype"], escape("[" + ", ".join(map(str, r["shape"])) + "]"))
+    _console().print(table)
     return EXIT_OK
 
 

@@ -52,6 +52,12 @@ class PipelineResult:
     device: str = ""
     final_check: StepCheck | None = None
     changed_tensors: set[str] = field(default_factory=set)
+    ops_before: dict[str, int] = field(default_factory=dict)
+    """Op histogram of the source model (every graph, subgraphs included)."""
+
+    @property
+    def ops_after(self) -> dict[str, int]:
+        return count_ops(self.model.proto.graph)
 
     @property
     def ok(self) -> bool:
@@ -75,6 +81,7 @@ class PipelineResult:
             "device": self.device,
             "steps": [s.as_dict() for s in self.steps],
             "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
+            "ops": {"before": self.ops_before, "after": self.ops_after},
         }
 
 
@@ -87,3 +94,14 @@ def _describe(o: Any) -> str:
 
 def count_nodes(graph: Any) -> int:
     return len(graph.nodes)
+
+
+def count_ops(graph: Any) -> dict[str, int]:
+    """Op histogram of an ``onnx.GraphProto`` and its subgraphs, most frequent first
+    (``domain::Op`` outside the default domain)."""
+    from collections import Counter
+
+    from surgeon.ir.walk import iter_proto_graphs
+
+    counts = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for g in iter_proto_graphs(graph) for n in g.node)
+    return dict(counts.most_common())

@@ -135,3 +135,29 @@ def test_one_exit_code_for_a_missing_tensor(ts_model: Path, tmp_path: Path) -> N
     assert main(["apply", str(recipe)]) == 2
     assert main(["run", "rename-io", str(ts_model), "-o", str(tmp_path / "o.onnx"), "--set", "inputs.inptu=x"]) == 2
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_inspect_tensors_lists_intermediates(ts_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(ts_model), "--tensors", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["/up/Resize_output_0"] == {"name": "/up/Resize_output_0", "op": "Resize", "node": "/up/Resize", "dtype": "float", "shape": [1, 3, 16, 16], "graph_output": False}
+    assert rows["input.1"]["op"] == "(input)" and rows["output"]["graph_output"]
+    assert "bias" not in rows  # initializers are weights, not tensors a node makes
+    assert main(["inspect", str(ts_model), "--tensors", "--filter", "^/relu", "--json"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["/relu/Relu_output_0"]
+    assert main(["inspect", str(ts_model), "--tensors", "--filter", "("]) == 2
+
+
+def test_apply_shows_op_counts_and_dry_run_writes_nothing(ts_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: model.onnx\noutput: out.onnx\npasses:\n  - remove-nodes: {ops: [Identity]}\n  - promote-resize-scales: {input: factor, form: factor}\n")
+    report = tmp_path / "report.json"
+    before = sorted(tmp_path.iterdir())
+    assert main(["apply", str(recipe), "--dry-run", "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing written" in out and "Identity" in out
+    assert sorted(p for p in tmp_path.iterdir() if p != report) == before
+    data = json.loads(report.read_text())
+    assert data["ok"] and [s["verdict"] for s in data["steps"]] == ["ok", "ok"]
+    assert data["ops"]["before"]["Identity"] == 3 and "Identity" not in data["ops"]["after"]
+    assert data["ops"]["after"]["Expand"] == 1
