@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     p.add_argument("-i", "--input", type=Path, help="input model (overrides the recipe's 'model')")
     p.add_argument("-o", "--output", type=Path, help="output model (overrides the recipe's 'output')")
+    p.add_argument("--out-dir", type=Path, metavar="DIR", help="many models (-i 'models/*.onnx'): write each output, and its .report.json, here")
+    p.add_argument("-j", "--jobs", type=int, metavar="N", help="many models: parallel processes (default: the core count)")
     _out_args(p)
     _verify_args(p)
 
@@ -109,6 +111,7 @@ def _doctor_parser(add: Any) -> None:
     p.add_argument("--emit-recipe", type=Path, metavar="YAML", help="write a recipe that fixes every fixable finding")
     p.add_argument("--force", action="store_true", help="overwrite an existing --emit-recipe file")
     p.add_argument("--no-runtime", action="store_true", help="skip the onnxruntime checks (kernels, IR and opset limits)")
+    p.add_argument("-j", "--jobs", type=int, metavar="N", help="several models: parallel processes (default: the core count)")
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -147,7 +150,11 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
         summary_table(console, result)
         op_table(console, result.ops_before, result.ops_after, changed_only=not args.verbose and len(result.ops_before) > 12)
     if args.report:
+        from surgeon.batch import device_info
+
         data = result.as_dict() | {"output": str(out) if out else None, "surgeon_version": __version__}
+        data |= {"input": getattr(args, "_input", None), "recipe_sha256": getattr(args, "_recipe_sha256", None)}
+        data |= {"device": device_info(result.device), "failure_class": None if result.ok else "verification"}
         args.report.write_text(json.dumps(data, indent=2, default=str) + "\n")
     if not result.ok:
         err = _console(stderr=True)
@@ -161,11 +168,13 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
 
 
 def _apply_pipeline(pipeline: Any, model: Path, out: Path | None, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None) -> int:
+    from surgeon.batch import sha256_text
     from surgeon.errors import VerificationError
     from surgeon.render import progress_line
 
     console = _console()
     total = len(pipeline.steps)
+    args._input, args._recipe_sha256 = str(model), sha256_text(recipe_text) if recipe_text else None
 
     def on_step(step: Any) -> None:
         if not args.quiet:
@@ -187,8 +196,14 @@ def _apply_pipeline(pipeline: Any, model: Path, out: Path | None, args: argparse
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    import glob
+
     from surgeon.recipe import load_recipe
 
+    if args.out_dir is not None or (args.input is not None and glob.has_magic(str(args.input))):
+        from surgeon.cli_batch import apply_many
+
+        return apply_many(args, _verify_overrides(args), _console())
     recipe = load_recipe(args.recipe)
     model = args.input or recipe.model
     out = args.output or recipe.output
@@ -199,7 +214,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     over = _verify_overrides(args)
     if over:
         recipe.pipeline.verify = recipe.pipeline.verify.model_copy(update=over)
-    return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir)
+    try:
+        return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir)
+    except SurgeonError as exc:
+        if args.report:  # the report says what failed, and whose it is
+            from surgeon.batch import device_info, failure_class, sha256_text, write_report
+
+            write_report(args.report, {"ok": False, "input": str(model), "output": None, "recipe_sha256": sha256_text(recipe.text), "device": device_info(""), "failure_class": failure_class(exc), "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__, "surgeon_version": __version__})
+        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -358,14 +380,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if len(args.models) != 1:
             raise UsageError("--emit-recipe: give exactly one model")
         _check_new_file(args.emit_recipe, args.force)
+    if len(args.models) > 1:
+        from surgeon.cli_batch import doctor_many
+
+        reports = doctor_many(args)
+        if args.json:
+            print(json.dumps(reports, indent=2, default=str))
+        elif not args.quiet:
+            for r in reports:
+                show_diagnosis(_console(), r, args.verbose)
+        return max((r.get("exit_code", EXIT_USAGE if r.get("failure_class") == "usage" else 3) for r in reports), default=EXIT_OK)
     diags = [diagnose(load(m), runtime_checks=not args.no_runtime) for m in args.models]
     if args.json:
-        data: Any = diags[0].as_dict() if len(diags) == 1 else [d.as_dict() for d in diags]
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(diags[0].as_dict(), indent=2, default=str))
     elif not args.quiet:
-        console = _console()
-        for d in diags:
-            show_diagnosis(console, d, args.verbose)
+        show_diagnosis(_console(), diags[0], args.verbose)
     if args.emit_recipe is not None:
         from surgeon.doctor.emit import recipe_text
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -12,23 +12,29 @@ if TYPE_CHECKING:
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def show_diagnosis(console: Console, diag: Diagnosis, verbose: bool = False) -> None:
+def show_diagnosis(console: Console, diag: Diagnosis | dict[str, Any], verbose: bool = False) -> None:
+    """One model's findings (a Diagnosis, or its ``as_dict()`` from a worker process)."""
     from rich.markup import escape
 
-    if not diag.findings:
-        console.print(f"[green]{escape(diag.model)}: nothing found[/green]")
+    data = diag if isinstance(diag, dict) else diag.as_dict()
+    model = str(data["model"])
+    if data.get("failure_class"):
+        console.print(f"[bold red]{escape(model)}: doctor failed ({data['failure_class']}): {escape(data.get('message', ''))}[/bold red]")
         return
-    counts = diag.counts()
+    if not data["findings"]:
+        console.print(f"[green]{escape(model)}: nothing found[/green]")
+        return
+    counts = data["counts"]
     summary = ", ".join(f"{counts[k]} {k}" for k in ("error", "warning", "info") if counts.get(k))
-    console.print(f"[bold]{escape(diag.model)}[/bold]: {summary} ({counts['fixable']} fixable)")
-    for f in diag.findings:
-        style = STYLE[f.severity]
-        console.print(f"  [{style}]{f.severity}[/{style}] {escape(f.code)}: {escape(f.message)}")
-        if f.fix:
-            console.print(f"      fix: {escape(f.fix)} {escape(str(f.params or {}))}", highlight=False)
-        elif f.recipe:
-            console.print(f"      fix: recipe {escape(str(f.recipe))}", highlight=False)
-        if f.advice and (verbose or not f.fixable):
-            console.print(f"      {escape(f.advice)}", highlight=False)
-        if verbose and f.nodes:
-            console.print(f"      nodes: {escape(', '.join(f.nodes))}", highlight=False)
+    console.print(f"[bold]{escape(model)}[/bold]: {summary} ({counts['fixable']} fixable)")
+    for f in data["findings"]:
+        style = STYLE[f["severity"]]
+        console.print(f"  [{style}]{f['severity']}[/{style}] {escape(f['code'])}: {escape(f['message'])}")
+        if f["fix"]:
+            console.print(f"      fix: {escape(f['fix'])} {escape(str(f['params'] or {}))}", highlight=False)
+        elif f["recipe"]:
+            console.print(f"      fix: recipe {escape(str(f['recipe']))}", highlight=False)
+        if f["advice"] and (verbose or not f["fixable"]):
+            console.print(f"      {escape(f['advice'])}", highlight=False)
+        if verbose and f["nodes"]:
+            console.print(f"      nodes: {escape(', '.join(f['nodes']))}", highlight=False)
