@@ -104,7 +104,7 @@ def apply_one(job: ApplyJob) -> dict[str, Any]:
         else:
             result = recipe.pipeline.apply(job.model, job.output, force=job.force, recipe_text=recipe.text, base_dir=recipe.base_dir)
         report |= result.as_dict()
-        report["device"] = device_info(result.device)
+        report["device"], report["device_line"] = device_info(result.device), result.device
         report["output"] = None if job.dry_run or not (result.ok or job.force) else job.output
         if not result.ok:
             report["failure_class"], report["message"] = "verification", "; ".join(result.failures())

@@ -154,7 +154,7 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
 
         data = result.as_dict() | {"output": str(out) if out else None, "surgeon_version": __version__}
         data |= {"input": getattr(args, "_input", None), "recipe_sha256": getattr(args, "_recipe_sha256", None)}
-        data |= {"device": device_info(result.device), "failure_class": None if result.ok else "verification"}
+        data |= {"device": device_info(result.device), "device_line": result.device, "failure_class": None if result.ok else "verification"}
         args.report.write_text(json.dumps(data, indent=2, default=str) + "\n")
     if not result.ok:
         err = _console(stderr=True)

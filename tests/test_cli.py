@@ -42,7 +42,7 @@ def test_apply_writes_verified_model_and_report(model_path: Path, capsys: pytest
     assert meta["author"] == "someone"
     assert "rename-io" in meta["surgeon.recipe"] and len(meta["surgeon.source_sha256"]) == 64
     data = json.loads(report.read_text())
-    assert data["ok"] is True and data["device"].startswith("CPU")
+    assert data["ok"] is True and data["device_line"].startswith("CPU") and data["device"]["provider"] == "CPU"
     assert [s["pass"] for s in data["steps"]] == ["rename-io", "cleanup"]
     assert data["steps"][0]["outputs"][0]["name"] == "y" and data["steps"][0]["outputs"][0]["max_abs"] == 0.0
     text = capsys.readouterr().out
