@@ -101,7 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, metavar="JSON", help="write the comparison as JSON")
     _verify_args(p)
     _doctor_parser(add)
+    _export_parser(add)
     return parser
+
+
+def _export_parser(add: Any) -> None:
+    p = add("export", help="torch.onnx.export a module a factory returns, verified against torch", epilog=EPILOG)
+    p.add_argument("factory", metavar="MODULE:FACTORY", help="e.g. mypkg.models:build (a callable taking no arguments, returning an nn.Module)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--input", action="append", default=[], metavar="NAME:DIMS[:DTYPE]", help="an input, in forward's order: image:1x3x224x224:float32 (repeatable)")
+    p.add_argument("--output-name", action="append", default=[], metavar="NAME", help="output names, in order (repeatable)")
+    p.add_argument("--dynamic", action="append", default=[], metavar="NAME:AXIS:SYMBOL", help="a dynamic axis: image:0:batch (repeatable)")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    p.add_argument("--opset", type=int)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--force", action="store_true", help="write the model even when its outputs differ from torch's (still exits 1)")
 
 
 def _doctor_parser(add: Any) -> None:
@@ -427,7 +442,43 @@ def _write_text(path: Path, text: str) -> None:
         raise
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from surgeon.export import export, load_factory, parse_input
+    from surgeon.render import fmt_err
+
+    if not args.input:
+        raise UsageError("export: give the inputs, in forward's order: --input image:1x3x224x224:float32")
+    if args.output.exists() and not args.force:
+        raise UsageError(f"{args.output}: exists; not overwritten (--force overwrites it)")
+    specs = [parse_input(t) for t in args.input]
+    module = load_factory(args.factory)
+    result = export(module, specs, args.output, exporter=args.exporter, opset=args.opset, output_names=args.output_name, dynamic=args.dynamic, rtol=args.rtol, atol=args.atol, force=args.force)
+    console = _console()
+    if not args.quiet:
+        if result.warnings:
+            total = sum(n for _, n in result.warnings)
+            console.print(f"{total} warning(s) from the exporter, {len(result.warnings)} distinct:", markup=False)
+            for line, n in result.warnings[: 10 if not args.verbose else None]:
+                console.print(f"  {n}x {line}", markup=False)
+        for note in result.notes:
+            console.print(note, markup=False)
+        for o in result.outputs:
+            verdict = "[green]ok[/green]" if o["ok"] else "[bold red]FAIL[/bold red]"
+            tail = f"  ({escape(o['note'])})" if o["note"] else ""
+            console.print(f"{escape(o['name'])}: shape {o['shape']}  max abs {fmt_err(o['max_abs'])}  max rel {fmt_err(o['max_rel'])}  {verdict}{tail}", highlight=False)
+        console.print(f"export ({args.exporter}) verified against torch on onnxruntime CPU: {'ok' if result.ok else 'FAIL'}", markup=False)
+    if not result.ok:
+        _console(stderr=True).print("outputs differ from torch's; " + ("written anyway (--force)" if args.force else "nothing written"), markup=False)
+        return EXIT_VERIFY_FAILED
+    if not args.quiet:
+        console.print(f"wrote {args.output} (next: surgeon doctor {args.output})", markup=False)
+    return EXIT_OK
+
+
 COMMANDS = {
+    "export": cmd_export,
     "doctor": cmd_doctor,
     "apply": cmd_apply,
     "run": cmd_run,
