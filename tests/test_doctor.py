@@ -226,3 +226,23 @@ def test_backend_models_do_not_crash() -> None:
             counts[f.code] = counts.get(f.code, 0) + 1
     assert len(paths) > 100
     assert counts.get("static-batch", 0) > 50 and counts.get("initializers-as-inputs", 0) > 10, counts
+
+
+@pytest.mark.parametrize("ir", [3, 8])
+def test_initializers_as_inputs_fixed_by_cleanup(tmp_path: Path, ir: int) -> None:
+    """Old exporters list weights as graph inputs (IR 3 must): the emitted cleanup step stops
+    listing them (raising IR 3 to 4), verified, and doctor finds nothing left."""
+    w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(2, 2), "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", ["n", 2]), _vi("w", [2, 2])], [_vi("y", ["n", 2])], [w], opset=8, ir=ir)
+    src = tmp_path / "old.onnx"
+    onnx.save(m, str(src))
+    diag = diagnose(load(src))
+    assert [f.code for f in diag.findings] == ["initializers-as-inputs"]
+    recipe_path = tmp_path / "fix.yaml"
+    recipe_path.write_text(recipe_text(diag, recipe_path, src))
+    recipe = load_recipe(recipe_path)
+    result = recipe.pipeline.apply(src, recipe.output, base_dir=tmp_path)
+    assert result.ok and result.steps[0].check is not None
+    fixed = onnx.load(str(recipe.output))
+    assert [i.name for i in fixed.graph.input] == ["x"] and fixed.ir_version == max(ir, 4)
+    assert not diagnose(load(recipe.output)).findings

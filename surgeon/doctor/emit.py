@@ -23,7 +23,8 @@ def recipe_data(diag: Diagnosis, model: str | None = None, output: str | None = 
             header.update(f.recipe)
         if f.fix is None:
             continue
-        params, found = steps.setdefault(f.fix, (dict(f.params or {}), []))
+        params, found = steps.setdefault(f.fix, ({}, []))
+        params.update(f.params or {})  # findings fixed by one pass share its step
         found.append(f)
     renames = steps.get("rename-io", ({}, []))[0].get("inputs", {})
     if "mark-dynamic" in steps and renames:

@@ -106,7 +106,8 @@ def check_initializer_inputs(info: GraphInfo, facts: dict[str, Any]) -> list[Fin
             "warning",
             f"{len(names)} initializer(s) listed as graph inputs (an old exporter's habit): {shown}; onnxruntime cannot fold them and callers may override weights",
             tensors=names,
-            advice="no pass removes them yet; re-export with keep_initializers_as_inputs=False",
+            fix="cleanup",
+            params={"remove_initializer_inputs": True},
         )
     ]
 
