@@ -1,6 +1,6 @@
 """The ``surgeon`` command.
 
-Exit codes: 0 ok; 1 verification failed; 2 bad recipe or usage; 3 model or pass error.
+Exit codes: 0 ok; 1 verification failed; 2 bad recipe or usage; 3 model or pass error; 5 doctor: findings remain.
 """
 
 from __future__ import annotations
