@@ -246,3 +246,20 @@ def test_initializers_as_inputs_fixed_by_cleanup(tmp_path: Path, ir: int) -> Non
     fixed = onnx.load(str(recipe.output))
     assert [i.name for i in fixed.graph.input] == ["x"] and fixed.ir_version == max(ir, 4)
     assert not diagnose(load(recipe.output)).findings
+
+
+def test_resize_sizes_with_the_batch_is_not_sent_to_mark_dynamic(tmp_path: Path) -> None:
+    """Constant Resize sizes [1, C, H, W] fix the output batch: mark-dynamic would refuse, so the
+    static batch is reported without that fix, and the emitted recipe (the sizes promoted) applies."""
+    from tests.models_interface import resize_sizes
+
+    src = tmp_path / "sizes.onnx"
+    onnx.save(resize_sizes(), str(src))
+    diag = diagnose(load(src))
+    batch = next(f for f in diag.findings if f.code == "static-batch")
+    assert batch.fix is None and "Resize sizes hard-code it" in batch.message
+    path = tmp_path / "fix.yaml"
+    path.write_text(recipe_text(diag, path, src))
+    recipe = load_recipe(path)
+    assert "mark-dynamic" not in path.read_text().split("passes:")[1].replace("# fixes", "")
+    assert recipe.pipeline.apply(src, recipe.output, base_dir=tmp_path).ok

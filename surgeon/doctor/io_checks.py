@@ -81,18 +81,28 @@ def check_static_batch(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     out_ok = all(has_shape(vi) and type_of(vi)[1][:1] == [batch] for vi in info.outputs)
     params: dict[str, Any] = {"batch": "batch"} if out_ok else {"inputs": {n: {0: "batch"} for n, _ in shaped}}
     where = f"; constant shapes hard-code it in {', '.join(hard)}" if hard else ""
+    sized = [label(n) for n in info.graph.node if n.op_type == "Resize" and _sizes_fix_batch(info, n, batch)]
+    advice = "mark-dynamic makes axis 0 symbolic and rewrites the constant shapes; it is probed with a real batch"
+    if sized:  # mark-dynamic refuses these: the output batch would stay the constant's
+        where += f"; Resize sizes hard-code it in {', '.join(sized)}"
+        advice = "a Resize driven by constant sizes fixes the output batch: re-export with scale_factor instead of size"
     return [
         Finding(
             "static-batch",
             "warning",
             f"static batch {batch} on input(s) {', '.join(n for n, _ in shaped)}{where}",
-            nodes=hard,
+            nodes=hard + sized,
             tensors=[n for n, _ in shaped],
-            fix="mark-dynamic",
-            params=params,
-            advice="mark-dynamic makes axis 0 symbolic and rewrites the constant shapes; it is probed with a real batch",
+            fix=None if sized else "mark-dynamic",
+            params=None if sized else params,
+            advice=advice,
         )
     ]
+
+
+def _sizes_fix_batch(info: GraphInfo, node: onnx.NodeProto, batch: int) -> bool:
+    sizes = info.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    return sizes is not None and sizes.size > 0 and int(sizes.reshape(-1)[0]) == batch
 
 
 def check_initializer_inputs(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
