@@ -151,7 +151,9 @@ def run_parallel(fn: Callable[[Any], dict[str, Any]], jobs: Sequence[Any], worke
             on_done(i, results[i])  # type: ignore[arg-type]
         return [r for r in results if r is not None]
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context(method)) as pool:
+    n = min(workers, len(jobs))
+    threads = max(1, default_workers() // n)  # the cores shared out: no worker's onnxruntime takes them all
+    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context(method), initializer=_worker_init, initargs=(threads,)) as pool:
         futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
             i = futures[fut]
@@ -161,6 +163,10 @@ def run_parallel(fn: Callable[[Any], dict[str, Any]], jobs: Sequence[Any], worke
                 results[i] = {"input": str(getattr(jobs[i], "model", jobs[i])), "ok": False, "failure_class": "bug", "message": f"worker process failed: {type(exc).__name__}: {exc}"}
             on_done(i, results[i])  # type: ignore[arg-type]
     return [r for r in results if r is not None]
+
+
+def _worker_init(threads: int) -> None:
+    os.environ.setdefault("SURGEON_ORT_THREADS", str(threads))
 
 
 def default_workers() -> int:

@@ -113,3 +113,27 @@ def test_failure_classes_and_device() -> None:
     assert device_info("CPU (device: cpu)")["cuda_error"] is None
     with pytest.raises(UsageError, match="matches no file"):
         expand_inputs(["/nonexistent-surgeon/*.onnx"])
+
+
+def test_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker's onnxruntime sessions get the cores divided by the workers (SURGEON_ORT_THREADS)."""
+    import onnxruntime as ort
+
+    from surgeon.verify.runtime import Runtime
+
+    seen: list[int] = []
+    real = ort.InferenceSession
+
+    def spy(src, so=None, **kw):  # type: ignore[no-untyped-def]
+        seen.append(so.intra_op_num_threads)
+        return real(src, so, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setenv("SURGEON_ORT_THREADS", "3")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        onnx.save(_mlp(), str(path))
+        Runtime("cpu").session(path)
+    assert seen == [3]
