@@ -263,3 +263,17 @@ def test_resize_sizes_with_the_batch_is_not_sent_to_mark_dynamic(tmp_path: Path)
     recipe = load_recipe(path)
     assert "mark-dynamic" not in path.read_text().split("passes:")[1].replace("# fixes", "")
     assert recipe.pipeline.apply(src, recipe.output, base_dir=tmp_path).ok
+
+
+def test_shape_inference_copy_leaves_weight_bytes_and_the_model_alone() -> None:
+    from surgeon.doctor.graphinfo import _skeleton
+
+    w = numpy_helper.from_array(np.ones((300, 300), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "shape")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Reshape", ["y", "shape"], ["z"])]
+    m = _model(nodes, [_vi("x", [2, 300])], [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [w, shape])
+    before = m.SerializeToString()
+    light = _skeleton(m)
+    assert m.SerializeToString() == before and light.ByteSize() < 1000
+    inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    assert [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == [1, 600]  # small values kept

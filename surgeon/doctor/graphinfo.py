@@ -77,8 +77,7 @@ class GraphInfo:
         without its value_info (so stale entries do not feed back into the result)."""
         import onnx
 
-        copy = onnx.ModelProto()
-        copy.CopyFrom(self.proto) if self.proto.ByteSize() < (1 << 30) else copy.CopyFrom(_skeleton(self.proto))
+        copy = _skeleton(self.proto)
         del copy.graph.value_info[:]
         for out in copy.graph.output:  # declared output shapes are checked, not trusted
             if out.type.HasField("tensor_type"):
@@ -143,18 +142,33 @@ def has_shape(vi: onnx.ValueInfoProto) -> bool:
     return vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
 
 
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
 def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A huge inline model without its weight bytes (dims and types kept) for shape inference."""
+    """A copy for shape inference whose large initializers keep their dims and type but not their
+    bytes (marked external), built without copying those bytes and without touching ``proto``."""
     import onnx
 
     out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    for t in out.graph.initializer:
-        if size_of(t) > SMALL:
-            t.ClearField("raw_data")
-            del t.float_data[:]
-            t.data_location = onnx.TensorProto.EXTERNAL
-            t.external_data.add(key="location", value="<skipped>")
+    _copy_fields(proto, out, skip="graph")
+    _copy_fields(proto.graph, out.graph, skip="initializer")
+    for t in proto.graph.initializer:
+        if size_of(t) <= SMALL or t.data_location == onnx.TensorProto.EXTERNAL:
+            out.graph.initializer.add().CopyFrom(t)
+            continue
+        light = out.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        light.data_location = onnx.TensorProto.EXTERNAL
+        light.external_data.add(key="location", value="<not read>")
     return out
 
 
