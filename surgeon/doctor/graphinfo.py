@@ -142,34 +142,10 @@ def has_shape(vi: onnx.ValueInfoProto) -> bool:
     return vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
 
 
-def _copy_fields(src: Any, dst: Any, skip: str) -> None:
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        if fd.is_repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
 def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy for shape inference whose large initializers keep their dims and type but not their
-    bytes (marked external), built without copying those bytes and without touching ``proto``."""
-    import onnx
+    from surgeon.ir.tensors import light_copy
 
-    out = onnx.ModelProto()
-    _copy_fields(proto, out, skip="graph")
-    _copy_fields(proto.graph, out.graph, skip="initializer")
-    for t in proto.graph.initializer:
-        if size_of(t) <= SMALL or t.data_location == onnx.TensorProto.EXTERNAL:
-            out.graph.initializer.add().CopyFrom(t)
-            continue
-        light = out.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
-        light.data_location = onnx.TensorProto.EXTERNAL
-        light.external_data.add(key="location", value="<not read>")
-    return out
+    return light_copy(proto, SMALL)
 
 
 def json_safe(values: Any) -> Any:

@@ -13,8 +13,45 @@ if TYPE_CHECKING:
 
     from surgeon.ir.model import Model
 
-BIG = 1 << 20
-"""Initializers above this many bytes lose their values in the copy shape inference reads."""
+BIG = 1 << 16
+"""Initializers above this many elements lose their values in the copy shape inference reads."""
+
+
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def light_copy(proto: onnx.ModelProto, max_elements: int) -> onnx.ModelProto:
+    """A copy for shape inference whose initializers over ``max_elements`` keep their dims and type but not their
+    bytes (marked external), built without copying those bytes and without touching ``proto``."""
+    import onnx
+
+    out = onnx.ModelProto()
+    _copy_fields(proto, out, skip="graph")
+    _copy_fields(proto.graph, out.graph, skip="initializer")
+    for t in proto.graph.initializer:
+        if _elements(t) <= max_elements or t.data_location == onnx.TensorProto.EXTERNAL:
+            out.graph.initializer.add().CopyFrom(t)
+            continue
+        light = out.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        light.data_location = onnx.TensorProto.EXTERNAL
+        light.external_data.add(key="location", value="<not read>")
+    return out
+
+
+def _elements(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
 
 
 def _entry(vi: onnx.ValueInfoProto) -> tuple[str, list[Any]]:
@@ -38,14 +75,7 @@ def list_tensors(model: Model, pattern: str | None = None) -> list[dict[str, Any
         raise UsageError(f"--filter '{pattern}': not a valid regex ({exc})") from None
     proto = model.proto
     known: dict[str, onnx.ValueInfoProto] = {}
-    light = onnx.ModelProto()
-    light.CopyFrom(proto)
-    for t in light.graph.initializer:  # inference needs the weights' dims, and only small values
-        if t.data_location != onnx.TensorProto.EXTERNAL and t.ByteSize() > BIG:
-            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                t.ClearField(field)
-            t.data_location = onnx.TensorProto.EXTERNAL
-            t.external_data.add(key="location", value="<not read>")
+    light = light_copy(proto, BIG)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True).graph
         for vi in (*inferred.value_info, *inferred.input, *inferred.output):
