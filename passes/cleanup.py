@@ -26,6 +26,10 @@ class Cleanup(Pass):
     class Params(PassParams):
         remove_unused_inputs: bool = Field(False, description="also remove graph inputs that no node reads (changes the interface)")
         toposort: bool = Field(True, description="sort nodes topologically")
+        remove_initializer_inputs: bool = Field(
+            False,
+            description="stop listing initializers as graph inputs (old exporters' habit): they become plain weights runtimes can fold; an IR 3 model, which must list them, is raised to IR 4",
+        )
 
     params: Params
 
@@ -41,6 +45,14 @@ class Cleanup(Pass):
             except Exception as exc:  # onnx-graphsurgeon reports cycles as a plain exception
                 raise PassError(f"cannot sort the graph: {str(exc).splitlines()[0]}") from None
         removed = [n for n in inputs_before if n not in names(g.inputs)]
+        notes_ir = ""
+        if self.params.remove_initializer_inputs and model.default_inputs:
+            dropped = sorted(model.default_inputs)
+            model.default_inputs = {}
+            if model.shell.ir_version < 4:
+                notes_ir = f"ir_version {model.shell.ir_version} -> 4 (IR 3 lists every initializer as an input)"
+                model.shell.ir_version = 4
+            removed += dropped
         orphans = [t.name for t in model.orphans]
         model.orphans = []
         contract = IOContract(removed_inputs=set(removed))
@@ -50,5 +62,7 @@ class Cleanup(Pass):
         if len(g.nodes) != n_nodes:
             notes.append(f"removed {n_nodes - len(g.nodes)} dead node(s)")
         if removed:
-            notes.append(f"removed unused input(s): {', '.join(removed)}")
-        return PassResult(signature(g) != before or bool(orphans), contract, notes)
+            notes.append(f"removed input(s): {', '.join(removed)}")
+        if notes_ir:
+            notes.append(notes_ir)
+        return PassResult(signature(g) != before or bool(orphans) or bool(removed), contract, notes)

@@ -90,13 +90,24 @@ def _fix(model: ModelIR, node: gs.Node, types: TypeMap) -> list[tuple[gs.Constan
     return _rewrite(model, node, 1, sizes) + _rewrite(model, node, 2, sizes)
 
 
-def _const(model: ModelIR, t: gs.Tensor) -> np.ndarray | None:
-    import numpy as np
+def _constant_of(t: gs.Tensor) -> gs.Constant | None:
+    """The constant behind ``t``: ``t`` itself, or the value of the Constant node that makes it
+    (the TorchScript exporter writes indices such as ``x[:, -1]`` as Constant nodes)."""
     import onnx_graphsurgeon as gs
 
-    if not isinstance(t, gs.Constant):
-        return None
-    return np.asarray(model.values(t)).ravel()
+    if isinstance(t, gs.Constant):
+        return t
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and isinstance(t.inputs[0].attrs.get("value"), gs.Constant):
+        value: gs.Constant = t.inputs[0].attrs["value"]
+        return value
+    return None
+
+
+def _const(model: ModelIR, t: gs.Tensor) -> np.ndarray | None:
+    import numpy as np
+
+    c = _constant_of(t)
+    return None if c is None else np.asarray(model.values(c)).ravel()
 
 
 def _rewrite(model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | None], broadcast: bool = False) -> list[tuple[gs.Constant, str]]:
@@ -108,9 +119,10 @@ def _rewrite(model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | N
     if len(node.inputs) <= slot:
         return []
     t = node.inputs[slot]
-    if not isinstance(t, gs.Constant):
+    c = _constant_of(t)
+    if c is None:
         return []
-    values = np.asarray(model.values(t))
+    values = np.asarray(model.values(c))
     flat = values.reshape(-1)
     size_arr = np.array([s if isinstance(s, int) else -1 for s in (sizes * flat.size if broadcast else sizes)], dtype=np.int64)
     if size_arr.size != flat.size:
@@ -120,12 +132,14 @@ def _rewrite(model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | N
         return []
     new = np.where(fixable, flat + size_arr, flat).astype(values.dtype).reshape(values.shape)
     if len(t.outputs) > 1:
-        t = gs.Constant(f"{t.name}_nonneg", new)
-        node.inputs[slot] = t
+        c = gs.Constant(f"{t.name}_nonneg", new)
+        node.inputs[slot] = c
+        name = c.name
     else:
-        t.values = new
+        c.values = new
+        name = t.name
     label = f"'{node.name}'" if node.name else f"({', '.join(o.name for o in node.outputs)})"
-    return [(t, f"{node.op} {label}: {t.name} {_short(flat)} -> {_short(new.reshape(-1))}")]
+    return [(c, f"{node.op} {label}: {name} {_short(flat)} -> {_short(new.reshape(-1))}")]
 
 
 def _short(values: np.ndarray) -> str:

@@ -1,9 +1,10 @@
 """The ``surgeon`` command.
 
-Exit codes: 0 ok; 1 verification failed; 2 bad recipe or usage; 3 model or pass error, or an
-I/O error (disk full, permission denied: one line naming the path); 4 bug in surgeon (one line,
-the traceback with -v); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). An interrupted save
-leaves the previous output and no temporary file.
+Exit codes: 0 ok; 1 verification failed; 2 bad recipe or usage (a tensor name the model lacks
+included); 3 model or pass error, or an I/O error (disk full, permission denied: one line naming the
+path); 4 bug in surgeon (one line, the traceback with -v); 5 doctor: findings remain; 130
+interrupted (Ctrl-C); 143 terminated (SIGTERM). An interrupted save leaves the previous output and
+no temporary file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from surgeon import __version__
 from surgeon.errors import (
+    EPILOG,
     EXIT_BUG,
     EXIT_MODEL,
     EXIT_OK,
@@ -40,10 +42,6 @@ if TYPE_CHECKING:
 
     from surgeon.results import PipelineResult
 
-EPILOG = (
-    "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage, 3 model, pass or I/O error, "
-    "4 bug in surgeon, 130 interrupted, 143 terminated (SIGTERM)"
-)
 
 
 def _console(stderr: bool = False) -> Console:
@@ -66,6 +64,7 @@ def _out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write the output even when verification fails (still exits 1)")
     p.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
     p.add_argument("--report", type=Path, metavar="JSON", help="write the summary as JSON")
+    p.add_argument("--dry-run", action="store_true", help="run and verify every pass, write nothing (the --report still)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     p.add_argument("-i", "--input", type=Path, help="input model (overrides the recipe's 'model')")
     p.add_argument("-o", "--output", type=Path, help="output model (overrides the recipe's 'output')")
+    p.add_argument("--out-dir", type=Path, metavar="DIR", help="many models (-i 'models/*.onnx'): write each output, and its .report.json, here")
+    p.add_argument("-j", "--jobs", type=int, metavar="N", help="many models: parallel processes (default: the core count)")
     _out_args(p)
     _verify_args(p)
 
@@ -97,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("inspect", help="I/O, opsets, ops, weights, external data and Resize nodes of a model")
     p.add_argument("model", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--tensors", action="store_true", help="list every tensor: name, op, dtype, shape (intermediate ones included)")
+    p.add_argument("--filter", metavar="REGEX", help="with --tensors: only names this regex matches (searched)")
 
-    add("passes", help="list the available passes")
+    p = add("passes", help="list the available passes")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = add("explain", help="describe a pass and its params")
     p.add_argument("pass_name", metavar="PASS")
+    p.add_argument("--json", action="store_true", help="print JSON")
     add("schema", help="print the JSON Schema of recipes")
 
     p = add("validate", help="check a recipe (and its tensor names against a model); writes nothing", epilog=EPILOG)
@@ -114,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, metavar="JSON", help="write the comparison as JSON")
     p.add_argument("--localize", action="store_true", help="name the first node whose output differs (tensors both models have, compared in topological order)")
     _verify_args(p)
+    from surgeon.cli_front import doctor_parser, export_parser
+
+    doctor_parser(add)
+    export_parser(add)
     return parser
 
 
@@ -174,27 +183,32 @@ def _tolerance_override(over: dict[str, Any]) -> dict[str, float]:
 
 
 def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, console: Console) -> int:
-    from surgeon.render import summary_table
+    from surgeon.render import op_table, summary_table
 
     if not args.quiet:
         summary_table(console, result)
+        op_table(console, result.ops_before, result.ops_after, changed_only=not args.verbose and len(result.ops_before) > 12)
     if args.report:
+        from surgeon.batch import device_info
         from surgeon.ir.files import write_atomic
 
         data = result.as_dict() | {"output": str(out) if out else None, "surgeon_version": __version__}
+        data |= {"input": getattr(args, "_input", None), "recipe_sha256": getattr(args, "_recipe_sha256", None)}
+        data |= {"device": device_info(result.device), "device_line": result.device, "failure_class": None if result.ok else "verification"}
         write_atomic(args.report, (json.dumps(data, indent=2, default=str) + "\n").encode())
     if not result.ok:
         err = _console(stderr=True)
         for line in result.failures():
             err.print(f"verification failed: {line}", markup=False)
-        err.print("nothing written" if not args.force else f"written anyway (--force): {out}", markup=False)
+        err.print("nothing written" if out is None or not args.force else f"written anyway (--force): {out}", markup=False)
         return EXIT_VERIFY_FAILED
     if out is not None and not args.quiet:
         console.print(f"wrote {out}", markup=False)
     return EXIT_OK
 
 
-def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None, recipe: Path | None = None) -> int:
+def _apply_pipeline(pipeline: Any, model: Path, out: Path | None, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None, recipe: Path | None = None) -> int:
+    from surgeon.batch import sha256_text
     from surgeon.errors import VerificationError
     from surgeon.ir.targets import check_extra_output
     from surgeon.render import progress_line
@@ -204,11 +218,18 @@ def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namesp
 
     console = _console()
     total = len(pipeline.steps)
+    args._input, args._recipe_sha256 = str(model), sha256_text(recipe_text) if recipe_text else None
 
     def on_step(step: Any) -> None:
         if not args.quiet:
             progress_line(console, step, total, args.verbose)
 
+    if args.dry_run or out is None:
+        result = pipeline.run(model, on_step=on_step, base_dir=base_dir)
+        code = _finish(result, args, None, console)
+        if not args.quiet:
+            console.print("dry run: nothing written", markup=False)
+        return code
     try:
         protect = [recipe] if recipe else []
         result = pipeline.apply(model, out, force=args.force, in_place=args.in_place, on_step=on_step, recipe_text=recipe_text, base_dir=base_dir, protect=protect)
@@ -220,46 +241,48 @@ def _apply_pipeline(pipeline: Any, model: Path, out: Path, args: argparse.Namesp
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    import glob
+
     from surgeon.recipe import check_recipe_paths, load_recipe
 
+    if args.out_dir is not None or (args.input is not None and glob.has_magic(str(args.input))):
+        from surgeon.cli_batch import apply_many
+
+        return apply_many(args, _verify_overrides(args), _console())
     recipe = load_recipe(args.recipe)
     check_recipe_paths(recipe, args.input is None, args.output is None)
     model = args.input or recipe.model
     out = args.output or recipe.output
     if model is None:
         raise UsageError(f"{args.recipe}: no model: set 'model' in the recipe or give -i")
-    if out is None:
-        raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o")
+    if out is None and not args.dry_run:
+        raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o (or --dry-run)")
     over = _verify_overrides(args)
     if over:
         recipe.pipeline.verify = _validated_verify(recipe.pipeline.verify, over)
     recipe.pipeline.tolerance_override = _tolerance_override(over)
-    return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir, args.recipe)
+    try:
+        return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir, args.recipe)
+    except SurgeonError as exc:
+        if args.report:  # the report says what failed, and whose it is
+            from surgeon.batch import device_info, failure_class, sha256_text, write_report
 
-
-def _set_params(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    params: dict[str, Any] = {}
-    for key, value in _pairs(items, "--set").items():
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            parsed = value
-        node = params
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = parsed
-    return params
+            write_report(args.report, {"ok": False, "input": str(model), "output": None, "recipe_sha256": sha256_text(recipe.text), "device": device_info(""), "failure_class": failure_class(exc), "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__, "surgeon_version": __version__})
+        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from surgeon.errors import RecipeError
+    from surgeon.pass_api import get_pass
     from surgeon.pipeline import Pipeline
     from surgeon.recipe import parse_recipe_data
+    from surgeon.setparams import QUOTE_HINT, parse_set
 
-    step = {args.pass_name: _set_params(args.set)}
-    recipe = parse_recipe_data({"version": 1, "passes": [step], "verify": _verify_overrides(args)}, "--set")
+    step = {args.pass_name: parse_set(get_pass(args.pass_name).Params, args.pass_name, args.set)}
+    try:
+        recipe = parse_recipe_data({"version": 1, "passes": [step], "verify": _verify_overrides(args)}, "--set")
+    except RecipeError as exc:
+        raise RecipeError([*exc.problems[:-1], f"{exc.problems[-1]} ({QUOTE_HINT})"]) from None
     pipeline: Pipeline = recipe.pipeline
     pipeline.tolerance_override = _tolerance_override(_verify_overrides(args))
     return _apply_pipeline(pipeline, args.model, args.output, args, None, None)
@@ -270,6 +293,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from surgeon.ir.summary import inspect_model
     from surgeon.render import show_inspect
 
+    if args.tensors or args.filter:
+        from surgeon.cli_front import inspect_tensors
+
+        return inspect_tensors(args)
     info = inspect_model(load(args.model))
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -290,6 +317,10 @@ def cmd_passes(args: argparse.Namespace) -> int:
         summaries = {name: cls.summary() for name, cls in registry().items()}
     else:
         summaries = {name: e.summary for name, e in entries.items()}
+
+    if args.json:
+        print(json.dumps([{"name": name, "summary": summary, "module": entries[name].module if name in entries else None} for name, summary in summaries.items()], indent=2))
+        return EXIT_OK
     table = Table(title="passes", title_justify="left")
     table.add_column("name")
     table.add_column("what it does")
@@ -300,26 +331,29 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import inspect as pyinspect
-
+    from rich.markup import escape
     from rich.table import Table
 
+    from surgeon.explain import describe, example_yaml
     from surgeon.pass_api import get_pass
 
-    cls = get_pass(args.pass_name)
+    info = describe(get_pass(args.pass_name))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
     console = _console()
-    console.print(f"[bold]{cls.name}[/bold]: {cls.summary()}")
-    rest = pyinspect.cleandoc(cls.__doc__ or "").splitlines()[1:]
-    if any(line.strip() for line in rest):
-        console.print("\n".join(rest).strip(), markup=False)
+    console.print(f"[bold]{escape(info['name'])}[/bold]: {escape(info['summary'])}")
+    if info["doc"]:
+        console.print(info["doc"], markup=False)
     table = Table(title="params", title_justify="left")
     for col in ("name", "type", "default", "description"):
         table.add_column(col)
-    for name, fld in cls.Params.model_fields.items():
-        default = "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
-        table.add_row(name, str(fld.annotation).replace("typing.", ""), default, fld.description or "")
+    for p in info["params"]:
+        default = "required" if p["required"] else json.dumps(p["default"])
+        table.add_row(escape(p["name"]), escape(p["type"]), escape(default), escape(p["description"]))
     console.print(table)
-    console.print(f"example step:\n  - {cls.name}: {{}}", markup=False)
+    if info["example"] is not None:
+        console.print(f"example step (for {info['example_model']}):\n  {example_yaml(info['example'])}", markup=False)
     return EXIT_OK
 
 
@@ -449,7 +483,21 @@ def _probe_dynamic_axes(ref: Any, cand: Any, contract: Any) -> None:
         contract.probes.append(probe(sym, ins, outs, traced))
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from surgeon.cli_front import cmd_doctor as run
+
+    return run(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from surgeon.cli_front import cmd_export as run
+
+    return run(args)
+
+
 COMMANDS = {
+    "export": cmd_export,
+    "doctor": cmd_doctor,
     "apply": cmd_apply,
     "run": cmd_run,
     "inspect": cmd_inspect,

@@ -16,6 +16,11 @@ EXIT_BUG = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
+EPILOG = (  # the exit codes, as every command's --help ends
+    "exit codes: 0 ok, 1 verification failed, 2 bad recipe or usage (a tensor name the model lacks included), "
+    "3 model, pass or I/O error, 4 bug in surgeon, 5 doctor: findings remain, 130 interrupted, 143 terminated (SIGTERM)"
+)
+
 
 class SurgeonError(Exception):
     """Base class of every error a user can fix. ``str(err)`` is one line for the terminal."""
@@ -55,7 +60,7 @@ class SaveError(ModelError, OSError):
 
 
 class PassError(SurgeonError):
-    """A pass that cannot be applied to this model."""
+    """A pass that cannot be applied to this model (its preconditions hold: a bug or a limit)."""
 
     exit_code = EXIT_MODEL
 
@@ -65,7 +70,12 @@ class PassPreconditionError(PassError):
 
     ``field`` is the path of the offending parameter inside the pass's params (for example
     ``("inputs", "inptu")``) so a recipe error can point at the line that names it.
+
+    The user's to fix, so it exits 2 like the recipe error ``surgeon validate`` reports for the
+    same name: one exit code per error class, whichever command meets it.
     """
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, field: tuple[str | int, ...] = ()) -> None:
         self.field = field

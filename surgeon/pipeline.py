@@ -19,7 +19,7 @@ from surgeon.ir.model import load
 from surgeon.ir.save import SavePolicy, check_output_path, save
 from surgeon.ir.targets import check_location, model_data_files, referenced_files
 from surgeon.pass_api import Pass
-from surgeon.results import PipelineResult, StepReport, count_nodes
+from surgeon.results import PipelineResult, StepReport, count_nodes, count_ops
 from surgeon.verify.compare import Tolerance
 from surgeon.verify.config import StepVerify, VerifyConfig
 from surgeon.verify.contract import IOContract
@@ -173,7 +173,7 @@ class Pipeline:
             if on_step is not None:
                 on_step(report)
         final = candidate or ir.to_model()
-        res = PipelineResult(final, reports, changed_tensors=_changed_tensors(ir))
+        res = PipelineResult(final, reports, changed_tensors=_changed_tensors(ir), ops_before=count_ops(source.proto.graph))
         if verifier is not None:
             if unverified:
                 with _blamed_on(last_modified):

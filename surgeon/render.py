@@ -123,3 +123,22 @@ def show_inspect(console: Console, info: dict[str, Any]) -> None:
                     desc += f" = {src['value']}"
                 parts.append(f"{role}: {desc}")
         console.print(f"{r['op']} '{r['node']}': " + "; ".join(parts) + f"  {r['attributes']}", highlight=False, markup=False)
+
+
+def op_table(console: Console, before: dict[str, int], after: dict[str, int], changed_only: bool = False) -> None:
+    """Op counts before and after, with the difference; unchanged ops dimmed (or left out)."""
+    from rich.table import Table
+
+    table = Table(title="ops", title_justify="left")
+    for col in ("op", "before", "after", "change"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    ops = list(dict.fromkeys([*before, *after]))
+    for op in ops:
+        b, a = before.get(op, 0), after.get(op, 0)
+        if changed_only and a == b:
+            continue
+        style = "" if a != b else "dim"
+        change = f"{a - b:+d}" if a != b else ""
+        table.add_row(_e(op), str(b), str(a), change, style=style)
+    table.add_row("total", str(sum(before.values())), str(sum(after.values())), f"{sum(after.values()) - sum(before.values()):+d}", style="bold")
+    console.print(table)

@@ -60,6 +60,12 @@ class PipelineResult:
     """The size chosen for each symbolic dim of the source's inputs, and why ("batch=1 (default)")."""
     values: list[str] = field(default_factory=list)
     """How integer inputs' values were chosen ("ids in [0, 30) (indexes 'emb' (30 rows))")."""
+    ops_before: dict[str, int] = field(default_factory=dict)
+    """Op histogram of the source model (every graph, subgraphs included)."""
+
+    @property
+    def ops_after(self) -> dict[str, int]:
+        return count_ops(self.model.proto.graph)
 
     @property
     def ok(self) -> bool:
@@ -91,6 +97,7 @@ class PipelineResult:
             "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
             "onnx_checker": self.checker or None,
             "final_divergence": self.final_check.divergence.as_dict() if self.final_check and self.final_check.divergence else None,
+            "ops": {"before": self.ops_before, "after": self.ops_after},
         }
 
 
@@ -103,3 +110,14 @@ def _describe(o: Any) -> str:
 
 def count_nodes(graph: Any) -> int:
     return len(graph.nodes)
+
+
+def count_ops(graph: Any) -> dict[str, int]:
+    """Op histogram of an ``onnx.GraphProto`` and its subgraphs, most frequent first
+    (``domain::Op`` outside the default domain)."""
+    from collections import Counter
+
+    from surgeon.ir.walk import iter_proto_graphs
+
+    counts = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for g in iter_proto_graphs(graph) for n in g.node)
+    return dict(counts.most_common())

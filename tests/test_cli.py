@@ -42,7 +42,7 @@ def test_apply_writes_verified_model_and_report(model_path: Path, capsys: pytest
     assert meta["author"] == "someone"
     assert "rename-io" in meta["surgeon.recipe"] and len(meta["surgeon.source_sha256"]) == 64
     data = json.loads(report.read_text())
-    assert data["ok"] is True and data["device"].startswith("CPU")
+    assert data["ok"] is True and data["device_line"].startswith("CPU") and data["device"]["provider"] == "CPU"
     assert [s["pass"] for s in data["steps"]] == ["rename-io", "cleanup"]
     assert data["steps"][0]["outputs"][0]["name"] == "y" and data["steps"][0]["outputs"][0]["max_abs"] == 0.0
     text = capsys.readouterr().out
@@ -98,7 +98,7 @@ def test_verification_failure_writes_nothing_and_force_writes(model_path: Path, 
         (["run", "cleanup", "{truncated}", "-o", "{out}"], 3, "not a valid ONNX model"),
         (["run", "cleanup", "{model}", "-o", "{nofolder}"], 2, "output folder"),
         (["run", "clenaup", "{model}", "-o", "{out}"], 2, "did you mean 'cleanup'?"),
-        (["run", "rename-io", "{model}", "-o", "{out}", "--set", "inputs.nope=x"], 3, "unknown input 'nope'"),
+        (["run", "rename-io", "{model}", "-o", "{out}", "--set", "inputs.nope=x"], 2, "unknown input 'nope'"),
         (["run", "cleanup", "{model}", "-o", "{out}", "--set", "toposort=maybe"], 2, "toposort"),
         (["run", "cleanup", "{model}", "-o", "{out}", "--dims", "batch=two"], 2, "--dims: sizes must be integers"),
         (["run", "cleanup", "{model}", "-o", "{out}", "--dims", "batch=0"], 2, "dims"),

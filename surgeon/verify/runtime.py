@@ -94,6 +94,9 @@ class Runtime:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
+        threads = os.environ.get("SURGEON_ORT_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:  # set per worker when many models run at once
+            so.intra_op_num_threads = int(threads)
         if external_folder is not None:
             so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
         src: Any = data if data is not None else str(path)

@@ -1,0 +1,216 @@
+"""Checks of the interface and the file: I/O names, a static batch, leftovers of old exporters,
+dead code, size, stale value_info."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from surgeon.doctor.findings import Finding
+from surgeon.doctor.graphinfo import GraphInfo, captured, has_shape, json_safe, label, type_of
+
+if TYPE_CHECKING:
+    import onnx
+
+AUTO_NAME = re.compile(r"^(/.*_output_\d+|onnx::.*|[A-Za-z_]+\.\d+|\d+)$")
+"""Names exporters make up: ``/conv1/Conv_output_0``, ``onnx::Flatten_0``, ``input.1``, ``32``."""
+AUTO_OUTPUT = re.compile(
+    r"^(conv[123]?d|linear|addmm|matmul|relu|gelu|tanh|sigmoid|softmax|log_softmax|view|reshape|flatten|cat|add|sub|mul|div|"
+    r"getitem|select|slice|permute|transpose|squeeze|unsqueeze|mean|sum|layer_norm|batch_norm|clone|max_pool[123]d|avg_pool[123]d|"
+    r"upsample_\w+|interpolate|val)(_\d+)?$"
+)
+"""Output names the dynamo exporter takes from the aten op that computed them (``conv2d_1``, ``linear``)."""
+SHAPE_SLOTS = {"Reshape": 1, "Expand": 1, "Tile": 1, "ConstantOfShape": 0}
+NEAR_2GB = 3 << 29  # 1.5 GiB: protobuf cannot serialize a message over 2 GiB
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def check_names(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
+    taken = {vi.name for vi in (*info.inputs, *info.outputs)} | set(info.producer) | set(info.inits)
+    renames: dict[str, dict[str, str]] = {"inputs": {}, "outputs": {}}
+    for kind, vis in (("inputs", info.inputs), ("outputs", info.outputs)):
+        base = kind[:-1]
+        auto = [vi.name for vi in vis if (AUTO_NAME.match(vi.name) or (kind == "outputs" and AUTO_OUTPUT.match(vi.name))) and vi.name != base]
+        for i, name in enumerate(auto):
+            renames[kind][name] = _fresh(base if len(vis) == 1 else f"{base}_{i}", taken)
+    facts["renames"] = renames
+    if not renames["inputs"] and not renames["outputs"]:
+        return []
+    olds = [*renames["inputs"], *renames["outputs"]]
+    return [
+        Finding(
+            "auto-io-names",
+            "warning",
+            f"auto-generated I/O names: {', '.join(repr(n) for n in olds)} (callers and configs would hard-code them)",
+            tensors=olds,
+            fix="rename-io",
+            params={k: v for k, v in renames.items() if v},
+            advice="the emitted recipe proposes neutral names; edit them to what the tensors mean",
+        )
+    ]
+
+
+def check_static_batch(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
+    symbols = {d: 1 for vi in info.inputs if has_shape(vi) for d in type_of(vi)[1] if isinstance(d, str)}
+    if symbols:
+        facts["symbols"] = symbols  # sizes the emitted recipe verifies with (traced models: 1)
+    shaped = [(vi.name, type_of(vi)[1]) for vi in info.inputs if has_shape(vi)]
+    if not shaped or len(shaped) != len(info.inputs) or not all(dims for _, dims in shaped):
+        return []
+    firsts = {dims[0] for _, dims in shaped}
+    if len(firsts) != 1 or not all(isinstance(d, int) and d > 0 for d in firsts) or max(len(d) for _, d in shaped) < 2:
+        return []
+    batch = int(next(iter(firsts)))  # type: ignore[arg-type]
+    facts["static_batch"] = batch
+    hard: list[str] = []
+    for node in info.graph.node:
+        slot = SHAPE_SLOTS.get(node.op_type)
+        if slot is None or len(node.input) <= slot:
+            continue
+        value = info.const(node.input[slot])
+        if value is not None and value.ndim == 1 and value.size > 1 and int(value[0]) == batch:
+            hard.append(label(node))
+    out_ok = all(has_shape(vi) and type_of(vi)[1][:1] == [batch] for vi in info.outputs)
+    params: dict[str, Any] = {"batch": "batch"} if out_ok else {"inputs": {n: {0: "batch"} for n, _ in shaped}}
+    where = f"; constant shapes hard-code it in {', '.join(hard)}" if hard else ""
+    sized = [label(n) for n in info.graph.node if n.op_type == "Resize" and _sizes_fix_batch(info, n, batch)]
+    advice = "mark-dynamic makes axis 0 symbolic and rewrites the constant shapes; it is probed with a real batch"
+    if sized:  # mark-dynamic refuses these: the output batch would stay the constant's
+        where += f"; Resize sizes hard-code it in {', '.join(sized)}"
+        advice = "a Resize driven by constant sizes fixes the output batch: re-export with scale_factor instead of size"
+    return [
+        Finding(
+            "static-batch",
+            "warning",
+            f"static batch {batch} on input(s) {', '.join(n for n, _ in shaped)}{where}",
+            nodes=hard + sized,
+            tensors=[n for n, _ in shaped],
+            fix=None if sized else "mark-dynamic",
+            params=None if sized else params,
+            advice=advice,
+        )
+    ]
+
+
+def _sizes_fix_batch(info: GraphInfo, node: onnx.NodeProto, batch: int) -> bool:
+    sizes = info.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    return sizes is not None and sizes.size > 0 and int(sizes.reshape(-1)[0]) == batch
+
+
+def check_initializer_inputs(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
+    names = [vi.name for vi in info.graph.input if vi.name in info.inits]
+    if not names:
+        return []
+    shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+    return [
+        Finding(
+            "initializers-as-inputs",
+            "warning",
+            f"{len(names)} initializer(s) listed as graph inputs (an old exporter's habit): {shown}; onnxruntime cannot fold them and callers may override weights",
+            tensors=names,
+            fix="cleanup",
+            params={"remove_initializer_inputs": True},
+        )
+    ]
+
+
+def _live_nodes(info: GraphInfo) -> set[int]:
+    live: set[int] = set()
+    todo = [vi.name for vi in info.outputs]
+    seen: set[str] = set()
+    index = {id(n): n for n in info.graph.node}
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = info.producer.get(t)
+        if node is None or id(node) in live:
+            continue
+        live.add(id(node))
+        todo += [i for i in (*node.input, *captured(node)) if i]
+    return {k for k in live if k in index}
+
+
+def check_dead_code(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
+    live = _live_nodes(info)
+    dead = [label(n) for n in info.graph.node if id(n) not in live]
+    used = {i for n in info.graph.node if id(n) in live for i in (*n.input, *captured(n))} | {vi.name for vi in info.outputs}
+    input_names = {vi.name for vi in info.graph.input}
+    unused = [t.name for t in info.graph.initializer if t.name not in used and t.name not in input_names]
+    out = []
+    if dead:
+        out.append(Finding("dead-nodes", "info", f"{len(dead)} node(s) no output depends on: {', '.join(dead[:8])}{' ...' if len(dead) > 8 else ''}", nodes=dead, fix="cleanup", params={}))
+    if unused:
+        out.append(Finding("unused-initializers", "info", f"{len(unused)} unused initializer(s): {', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}", tensors=unused, fix="cleanup", params={}))
+    return out
+
+
+def check_size(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
+    size = info.proto.ByteSize()
+    facts["proto_bytes"] = size
+    if size < NEAR_2GB:
+        return []
+    return [
+        Finding(
+            "near-2gb",
+            "warning",
+            f"the model file is {size / (1 << 30):.2f} GiB with its weights inline; protobuf cannot write a model over 2 GiB",
+            recipe={"save": {"external": "always"}},
+            advice="save the weights as external data (save: {external: always})",
+        )
+    ]
+
+
+def _contradicts(declared: tuple[int, list[Any]], inferred: tuple[int, list[Any]], has: bool) -> bool:
+    (dt, dd), (it, idims) = declared, inferred
+    if dt and it and dt != it:
+        return True
+    if not has or not idims and not dd:
+        return False
+    if len(dd) != len(idims):
+        return bool(idims)
+    return any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(dd, idims))
+
+
+def check_value_info(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
+    bad: list[str] = []
+    declared: list[onnx.ValueInfoProto] = list(info.graph.value_info) + list(info.outputs)
+    for vi in declared:
+        inferred = info.inferred.get(vi.name)
+        if inferred is not None and vi.type.HasField("tensor_type") and _contradicts(type_of(vi), inferred, has_shape(vi)):
+            bad.append(f"{vi.name} declared {json_safe_dims(type_of(vi)[1])}, inferred {json_safe_dims(inferred[1])}")
+    if not bad:
+        return []
+    return [
+        Finding(
+            "stale-value-info",
+            "warning",
+            f"value_info contradicts the inferred shapes: {'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}",
+            tensors=[b.split(" declared")[0] for b in bad],
+            advice="stale shapes mislead runtimes that trust them; re-infer shapes after the edit that made them wrong",
+        )
+    ]
+
+
+def json_safe_dims(dims: list[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+CHECKS: tuple[Callable[[GraphInfo, dict[str, Any]], list[Finding]], ...] = (
+    check_names,
+    check_static_batch,
+    check_initializer_inputs,
+    check_dead_code,
+    check_size,
+    check_value_info,
+)
+__all__ = ["CHECKS", "json_safe"]
