@@ -13,7 +13,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from surgeon.errors import UsageError, listing, suggest
+from surgeon.errors import RecipeError, UsageError, listing, suggest
 
 QUOTE_HINT = "hint: quote names YAML would read as numbers, and use a mapping for names with dots: --set 'inputs={\"input.1\": image}'"
 
@@ -57,7 +57,7 @@ def _coerce(ann: Any, raw: str, parsed: Any) -> Any:
 
 def parse_set(params_cls: Any, pass_name: str, items: Sequence[str]) -> dict[str, Any]:
     """The params mapping the ``--set`` items give (validated later, with the recipe)."""
-    import yaml
+    from surgeon.yaml12 import compose
 
     fields = params_cls.model_fields
     out: dict[str, Any] = {}
@@ -69,10 +69,10 @@ def parse_set(params_cls: Any, pass_name: str, items: Sequence[str]) -> dict[str
         if name is None:
             head = key.split(".")[0]
             raise UsageError(f"--set '{item}': {pass_name} has no param '{head}'{suggest(head, list(fields))}; params are: {listing(fields)}")
-        try:
-            parsed = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem", None) or "not valid YAML"
+        try:  # YAML 1.2, as recipes: 'off' is a string, 010 is 10
+            parsed = compose(raw, "--set")[0] if raw else ""
+        except RecipeError as exc:
+            mark = str(exc).splitlines()[0].partition(": ")[2] or "not valid YAML"
             raise UsageError(f"--set '{item}': the value is not valid YAML ({mark}); {QUOTE_HINT}") from None
         ann = fields[name].annotation
         if name == key:

@@ -202,7 +202,8 @@ def _random_data_invalid(src: Path) -> bool:
     shapes or indices): then a probe on random data cannot tell anything about the pass."""
     from surgeon.ir.model import load
     from surgeon.verify.config import VerifyConfig
-    from surgeon.verify.feeds import graph_inputs, make_feed
+    from surgeon.verify.feeds import make_feed
+    from surgeon.verify.specs import graph_inputs
 
     proto = load(src).proto
     for seed in range(3):

@@ -255,3 +255,17 @@ def test_an_oversized_recipe_file_is_refused_before_it_is_read(tmp_path: Path, m
     monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("read"))
     with pytest.raises(RecipeError, match="more than the 16 MiB limit"):
         load_recipe(path)
+
+
+def test_set_values_are_yaml_1_2_too(tmp_path: Path) -> None:
+    """`--set` values read as recipes do: an input renamed to 'off' is named 'off', not 'False'."""
+    import onnx
+    from onnx import parser
+
+    from surgeon.cli import main
+
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(parser.parse_model('<ir_version: 8, opset_import: ["" : 17]> g (float[1,4] x) => (float[1,4] y) { y = Relu(x) }'), src)
+    assert main(["run", "rename-io", str(src), "-o", str(out), "-q", "--set", "inputs={x: off}", "--set", "outputs.y=010"]) == 0
+    graph = onnx.load(out).graph
+    assert [i.name for i in graph.input] == ["off"] and [o.name for o in graph.output] == ["010"]
