@@ -165,8 +165,12 @@ class ModelIR:
         defaults = {n: vi for n, vi in self.default_inputs.items() if n in inits and n not in current}
         if not defaults:
             return
-        ordered = [n for n in self.input_order if n in current or n in defaults]
-        ordered += [n for n in list(current) + list(defaults) if n not in ordered]
+        # defaults go back to their source slots; the graph's own inputs keep their order (a renamed
+        # or added input is not in the source's order, and must not move behind the defaults)
+        own = iter(current)
+        ordered = [n if n in defaults else next(own, None) for n in self.input_order if n in defaults or n not in self.default_inputs]
+        ordered = [n for n in ordered if n is not None] + list(own)
+        ordered += [n for n in defaults if n not in ordered]
         copies = []
         for n in ordered:
             vi = current.get(n) or defaults[n]

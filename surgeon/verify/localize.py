@@ -103,9 +103,9 @@ def localize(
         ref = run_model(runtime, _exposed(before, names), [feed_before])[0]
         got = run_model(runtime, _exposed(after, names), [feed_after])[0]
         for name, node in chunk:
-            if name not in ref or name not in got:
-                continue
-            a, b = np.asarray(ref[name]), np.asarray(got[name])
+            if name not in ref or name not in got or not isinstance(ref[name], np.ndarray) or not isinstance(got[name], np.ndarray):
+                continue  # sequences and maps are compared as the outputs they feed
+            a, b = ref[name], got[name]
             if not out.non_finite and b.dtype.kind == "f" and not np.isfinite(b).all():
                 out.non_finite = f"node '{node.name}' ({node.op_type}) output '{name}'" + ("" if np.isfinite(a).all() else " (the first model has NaN/Inf there too)")
             if a.dtype != b.dtype:

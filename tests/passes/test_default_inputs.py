@@ -67,3 +67,13 @@ def test_symbolic_dims_of_an_overridable_input_stay() -> None:
     declared = next(v for v in ir.to_proto().graph.input if v.name == "w")
     assert declared.type.tensor_type.elem_type == TensorProto.FLOAT16
     assert [(d.dim_value, d.dim_param) for d in declared.type.tensor_type.shape.dim] == [(4, ""), (0, "n")]
+
+
+def test_renaming_an_input_keeps_the_input_order_around_defaults() -> None:
+    """A renamed input is not in the source's order; it must keep its slot, not move behind the
+    initializer-backed inputs (a runtime binding inputs by position would get them swapped)."""
+    from surgeon.passes.rename_io import RenameIO
+
+    res = Pipeline([RenameIO(inputs={"x": "image"})]).run(_default_input_model(10))
+    assert res.ok, res.failures()
+    assert [v.name for v in res.model.proto.graph.input] == ["image", "w"]
