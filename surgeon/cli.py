@@ -367,9 +367,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from surgeon.errors import RecipeError
     from surgeon.ir.model import load
-    from surgeon.recipe import load_recipe
+    from surgeon.recipe import check_recipe_paths, load_recipe
 
     recipe = load_recipe(args.recipe)
+    check_recipe_paths(recipe, args.input is None, True)
     model_path = args.input or recipe.model
     sizes: list[str] = []
     if model_path is not None:

@@ -450,3 +450,12 @@ def test_recipe_paths_are_reported_at_their_place(tmp_path: Path, capsys: pytest
         surgeon.apply(recipe)
     assert main(["apply", str(recipe), "-o", str(tmp_path / "x" / "m.onnx")]) == EXIT_USAGE  # -o: the path itself
     assert f"{tmp_path}/x/m.onnx: output folder" in _one_error_line(capsys.readouterr().err)
+
+
+def test_validate_reports_a_missing_model_at_its_place_in_the_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from surgeon.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("version: 1\nmodel: nothere.onnx\npasses:\n  - cleanup: {}\n")
+    assert main(["validate", str(recipe)]) == 2
+    assert f"{recipe}:2:8: model: nothere.onnx: no such file" in capsys.readouterr().err
