@@ -97,7 +97,7 @@ class FixDims(Pass):
         pins = {}
         for o in g.outputs:
             if o.shape is not None:
-                pins[o.name] = tuple(fixed.get(d, d) if isinstance(d, str) else d for d in o.shape)
+                pins[o.name] = tuple(fixed.get(d, d) if isinstance(d, str) else (None if isinstance(d, int) and d <= 0 else d) for d in o.shape)
         refresh_shapes(model, pins)
         contract = IOContract()
         contract.declare_changes(io_before, io_types(g))
