@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from surgeon.ir.external import is_external
+from surgeon.ir.tensors import element_count
 from surgeon.ir.walk import iter_proto_graphs, node_subgraphs
 
 if TYPE_CHECKING:
@@ -123,11 +124,7 @@ def captured(node: onnx.NodeProto) -> set[str]:
     return out
 
 
-def size_of(t: onnx.TensorProto) -> int:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n
+size_of = element_count
 
 
 def type_of(vi: onnx.ValueInfoProto) -> tuple[int, Dims]:

@@ -38,7 +38,7 @@ def light_copy(proto: onnx.ModelProto, max_elements: int) -> onnx.ModelProto:
     _copy_fields(proto, out, skip="graph")
     _copy_fields(proto.graph, out.graph, skip="initializer")
     for t in proto.graph.initializer:
-        if _elements(t) <= max_elements or t.data_location == onnx.TensorProto.EXTERNAL:
+        if element_count(t) <= max_elements or t.data_location == onnx.TensorProto.EXTERNAL:
             out.graph.initializer.add().CopyFrom(t)
             continue
         light = out.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
@@ -47,7 +47,8 @@ def light_copy(proto: onnx.ModelProto, max_elements: int) -> onnx.ModelProto:
     return out
 
 
-def _elements(t: onnx.TensorProto) -> int:
+def element_count(t: onnx.TensorProto) -> int:
+    """How many elements a tensor holds (from its dims; nothing is read)."""
     n = 1
     for d in t.dims:
         n *= d
