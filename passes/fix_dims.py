@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import Field, PositiveInt
@@ -70,6 +71,9 @@ class FixDims(Pass):
                     raise PassPreconditionError(f"'{key}' sets {ax[0]}:{ax[1]} to {size} but '{where[ax]}' sets it to {plan[ax]}", field=("dims", key))
                 plan[ax], where[ax] = size, key
         return plan
+
+    def bound_sizes(self) -> Mapping[str, int]:
+        return dict(self.params.dims)
 
     def requires(self, model: ModelIR) -> None:
         self.planned(model, self._plan)

@@ -99,6 +99,11 @@ class Pass:
         finally:
             self.__dict__.pop("_plans", None)
 
+    def bound_sizes(self) -> Mapping[str, int]:
+        """Sizes this pass binds symbolic dims of the inputs to (``symbol`` or ``input:axis`` ->
+        size): the model after it accepts no other, so the verifier feeds the source at them."""
+        return {}
+
     def to_step(self) -> dict[str, Any]:
         """This pass as a recipe step: ``{name: params}`` with defaults left out."""
         return {self.name: self.params.model_dump(mode="json", exclude_defaults=True)}

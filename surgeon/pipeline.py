@@ -287,13 +287,12 @@ def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig, overrid
 
 
 def size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
-    """Sizes a ``fix-dims`` step will bind: the source's feed is made at them (the fixed model
-    accepts no other)."""
+    """Sizes the steps will bind (``Pass.bound_sizes``, e.g. fix-dims): the source's feed is made at
+    them (the model after such a step accepts no other)."""
     hints: dict[str, tuple[int, str]] = {}
     for i, s in enumerate(steps):
-        if s.pass_.name == "fix-dims":
-            for key, size in getattr(s.pass_.params, "dims", {}).items():
-                hints.setdefault(str(key), (int(size), f"fixed by passes[{i}] (fix-dims)"))
+        for key, size in s.pass_.bound_sizes().items():
+            hints.setdefault(str(key), (int(size), f"fixed by passes[{i}] ({s.pass_.name})"))
     return hints
 
 
