@@ -177,6 +177,6 @@ def default_workers() -> int:
 
 
 def write_report(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from surgeon.ir.files import write_atomic
+
+    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,17 +111,9 @@ def _check_new_file(path: Path, force: bool) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
-    import tempfile
+    from surgeon.ir.files import write_atomic
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent.resolve())
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

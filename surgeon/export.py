@@ -198,9 +198,11 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
         result.warnings = _summarise(list(caught), chatter.getvalue())
         result.notes += _fit_ir_version(tmp_path)
         result.outputs = _compare(tmp_path, specs, inputs, expected, rtol, atol)
-        if result.ok or force:
-            for f in sorted(Path(tmp).iterdir()):
-                os.replace(f, output.parent / f.name)
+        if result.ok or force:  # surgeon's save: the (model, data) pair replaced atomically, model last
+            from surgeon.ir.model import load
+            from surgeon.ir.save import save
+
+            save(load(tmp_path), output)
     return result
 
 
