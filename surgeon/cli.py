@@ -185,6 +185,9 @@ def _tolerance_override(over: dict[str, Any]) -> dict[str, float]:
 def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, console: Console) -> int:
     from surgeon.render import op_table, summary_table
 
+    exported = getattr(args, "_export", None)
+    if exported is not None:
+        result.export = exported.as_dict()
     if not args.quiet:
         summary_table(console, result)
         op_table(console, result.ops_before, result.ops_after, changed_only=not args.verbose and len(result.ops_before) > 12)
@@ -195,6 +198,8 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
         data = result.as_dict() | {"output": str(out) if out else None, "surgeon_version": __version__}
         data |= {"input": getattr(args, "_input", None), "recipe_sha256": getattr(args, "_recipe_sha256", None)}
         data |= {"device": device_info(result.device), "device_line": result.device, "failure_class": None if result.ok else "verification"}
+        if exported is not None:
+            data["input"] = f"source: {getattr(args, '_source', '')} ({exported.exporter})"
         write_atomic(args.report, (json.dumps(data, indent=2, default=str) + "\n").encode())
     if not result.ok:
         err = _console(stderr=True)
@@ -253,8 +258,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     check_recipe_paths(recipe, args.input is None, args.output is None)
     model = args.input or recipe.model
     out = args.output or recipe.output
-    if model is None:
-        raise UsageError(f"{args.recipe}: no model: set 'model' in the recipe or give -i")
+    source = recipe.source if args.input is None else None
+    if model is None and source is None:
+        raise UsageError(f"{args.recipe}: no model: set 'model' (or 'source') in the recipe or give -i")
     if out is None and not args.dry_run:
         raise UsageError(f"{args.recipe}: no output: set 'output' in the recipe or give -o (or --dry-run)")
     over = _verify_overrides(args)
@@ -262,6 +268,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
         recipe.pipeline.verify = _validated_verify(recipe.pipeline.verify, over)
     recipe.pipeline.tolerance_override = _tolerance_override(over)
     try:
+        if source is not None:
+            from surgeon.export import exported_source
+
+            with exported_source(source, recipe.base_dir, out) as (model, exported):
+                args._export, args._source = exported, source.factory
+                if not args.quiet:
+                    _console().print(f"source {source.factory}: {exported.line()}", markup=False)
+                return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir, args.recipe)
+        assert model is not None
         return _apply_pipeline(recipe.pipeline, model, out, args, recipe.text, recipe.base_dir, args.recipe)
     except SurgeonError as exc:
         if args.report:  # the report says what failed, and whose it is
@@ -373,6 +388,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_recipe_paths(recipe, args.input is None, True)
     model_path = args.input or recipe.model
     sizes: list[str] = []
+    if model_path is None and recipe.source is not None:  # the factory resolves; the export waits for apply
+        from surgeon.export import load_factory
+
+        load_factory(recipe.source.factory, recipe.base_dir, call=False)
     if model_path is not None:
         model = load(model_path)
         problems = recipe.pipeline.check_requirements(model)
@@ -380,7 +399,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise RecipeError(problems)
         sizes = _planned_sizes(model, recipe.pipeline)
     if not args.quiet:
-        what = f" against {model_path}" if model_path else ""
+        what = f" against {model_path}" if model_path else (f", model exported from {recipe.source.factory} at apply" if recipe.source else "")
         console = _console()
         console.print(f"{args.recipe}: ok ({len(recipe.pipeline.steps)} passes){what}", markup=False)
         for line in sizes:

@@ -1,6 +1,7 @@
-"""``surgeon export pkg.module:factory``: a plain ``torch.onnx.export`` of the module a factory
-returns (eval mode, ``no_grad``), verified as the first step: the torch module's outputs against
-onnxruntime's on the same inputs. torch is imported only inside functions."""
+"""``surgeon export pkg.module:factory`` and a recipe's ``source:`` block: a plain
+``torch.onnx.export`` of the module a factory returns (eval mode, ``no_grad``), verified as the
+first step: the torch module's outputs against onnxruntime's on the same inputs, then on fresh
+ones. torch is imported only inside functions."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from surgeon.errors import ModelError, UsageError, short_error
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from surgeon.errors import ModelError, UsageError, VerificationError, short_error
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
+_LOG_PREFIX = re.compile(r"^[IWE]\d{4} [\d:.]+ \d+ [^\]]+\] ")
+"""torch's glog-style log lines (``W1201 23:48:40.285000 29949 file.py:107] ...``): kept only when they warn."""
 _SPEC = re.compile(r"^([\w.]+):([\w.]+)$")
 
 
@@ -44,6 +50,23 @@ class ExportResult:
     def ok(self) -> bool:
         return all(o["ok"] for o in self.outputs)
 
+    def failures(self) -> list[str]:
+        lines = []
+        for o in self.outputs:
+            if not o["ok"]:
+                what = o["note"] or f"max abs error {o['max_abs']:.3g}, max rel error {o['max_rel']:.3g}"
+                lines.append(f"export ({self.exporter}) differs from torch: {o['name']}: {what}")
+        return lines
+
+    def line(self) -> str:
+        """One line for reports: verdict and the largest error."""
+        errs = [o["max_abs"] for o in self.outputs if o["max_abs"] is not None]
+        worst = f", max abs error {max(errs):.3g}" if errs else ""
+        return f"export ({self.exporter}) verified against torch on onnxruntime CPU: {'ok' if self.ok else 'FAIL'} ({len(self.outputs)} outputs{worst})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"exporter": self.exporter, "ok": self.ok, "outputs": self.outputs, "warnings": [{"line": w, "count": n} for w, n in self.warnings], "notes": self.notes}
+
 
 def parse_input(text: str) -> InputSpec:
     """``image:1x3x224x224[:float32]``."""
@@ -60,6 +83,41 @@ def parse_input(text: str) -> InputSpec:
     return InputSpec(parts[0], shape, dtype)
 
 
+class SourceConfig(BaseModel):
+    """A recipe's ``source:`` block: the model is exported from torch, not read from a file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factory: str = Field(description="MODULE:FACTORY, a callable taking no arguments that returns the nn.Module (the recipe's folder is importable)")
+    inputs: list[str] = Field(min_length=1, description="the inputs, in forward's order: NAME:DIMS[:DTYPE], e.g. image:1x3x224x224:float32")
+    exporter: Literal["dynamo", "torchscript"] = Field("dynamo", description="torch.onnx.export's exporter (torchscript: dynamo=False)")
+    opset: int | None = Field(None, ge=7, description="opset_version (default: the exporter's)")
+    output_names: list[str] = Field(default_factory=list, description="output names, in order")
+    dynamic: list[str] = Field(default_factory=list, description="dynamic axes NAME:AXIS:SYMBOL, e.g. image:0:batch")
+    rtol: float = Field(1e-4, ge=0, description="relative tolerance of torch against onnxruntime")
+    atol: float = Field(1e-5, ge=0, description="absolute tolerance of torch against onnxruntime")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory(cls, v: str) -> str:
+        if not _SPEC.match(v):
+            raise ValueError(f"expected MODULE:FACTORY, e.g. mypkg.models:build (got '{v}')")
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: list[str]) -> list[str]:
+        for text in v:
+            try:
+                parse_input(text)
+            except UsageError as exc:
+                raise ValueError(str(exc).removeprefix("--input ")) from None
+        return v
+
+    def specs(self) -> list[InputSpec]:
+        return [parse_input(t) for t in self.inputs]
+
+
 def parse_dynamic(items: list[str], names: list[str]) -> dict[str, dict[int, str]]:
     """``image:0:batch`` entries as dynamic_axes (inputs or output names)."""
     out: dict[str, dict[int, str]] = {}
@@ -74,16 +132,18 @@ def parse_dynamic(items: list[str], names: list[str]) -> dict[str, dict[int, str
     return out
 
 
-def load_factory(spec: str) -> Any:
-    """The module the factory ``pkg.module:callable`` returns (the current folder importable)."""
+def load_factory(spec: str, folder: Path | None = None, call: bool = True) -> Any:
+    """The module the factory ``pkg.module:callable`` returns, ``folder`` (default: the current
+    one) importable; with ``call=False`` only the factory itself, not called."""
     import torch
 
     m = _SPEC.match(spec)
     if not m:
         raise UsageError(f"'{spec}': expected MODULE:FACTORY, e.g. mypkg.models:build")
     mod_name, attr = m.groups()
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    where = str(folder.resolve()) if folder is not None else os.getcwd()
+    if where not in sys.path:
+        sys.path.insert(0, where)
     try:
         mod = importlib.import_module(mod_name)
     except Exception as exc:
@@ -95,6 +155,8 @@ def load_factory(spec: str) -> Any:
         factory = getattr(factory, part)
     if not callable(factory):
         raise UsageError(f"'{spec}': {attr} is not callable")
+    if not call:
+        return factory
     try:
         module = factory() if not isinstance(factory, torch.nn.Module) else factory
     except TypeError as exc:
@@ -123,6 +185,34 @@ def example_inputs(specs: list[InputSpec], seed: int = 0) -> list[Any]:
 
 
 @contextlib.contextmanager
+def _captured_fds(folder: Path) -> Any:
+    """The process's own stdout and stderr (file descriptors 1 and 2, where torch's C++ warnings
+    go) into a file while the exporter runs; yields a reader of what came."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    path = folder / "exporter-output.txt"
+    saved = []
+    with open(path, "w+b") as sink:
+        try:
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(sink.fileno(), fd)
+        except OSError:  # no real descriptors (an embedding host): nothing to hold
+            pass
+
+        class Reader:
+            def read(self) -> str:
+                return path.read_text(encoding="utf-8", errors="replace")
+
+        try:
+            yield Reader()
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+@contextlib.contextmanager
 def _quiet_torch_logs() -> Any:
     """torch's exporter logs through handlers bound to the real stderr: hold them to errors."""
     import logging
@@ -143,12 +233,16 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def _summarise(caught: list[warnings.WarningMessage], text: str) -> list[tuple[str, int]]:
-    """Warnings and exporter chatter, each distinct line once with its count."""
+def _summarise(caught: list[warnings.WarningMessage], chatter: str, native: str = "") -> list[tuple[str, int]]:
+    """Warnings, the warning lines of the exporter's chatter and every line torch's C++ code
+    printed (its log lines only when they warn), each distinct line once with its count."""
     lines = Counter(f"{w.category.__name__}: {str(w.message).strip().splitlines()[0] if str(w.message).strip() else ''}" for w in caught)
-    for line in text.splitlines():
-        line = re.sub(r"^[WE]\d{4} [\d:.]+ \d+ [^\]]+\] ", "", line.strip())
-        if line.startswith(("Warning", "UserWarning", "TracerWarning")) or "warn" in line.lower()[:40]:
+    for source, line in [("", t) for t in chatter.splitlines()] + [("native", t) for t in native.splitlines()]:
+        logged = _LOG_PREFIX.match(line.strip())
+        line = _LOG_PREFIX.sub("", line.strip())
+        if not line:
+            continue
+        if (source and not logged) or line.startswith(("Warning", "UserWarning", "TracerWarning")) or "warn" in line.lower()[:40]:
             lines[line[:200]] += 1
     return lines.most_common()
 
@@ -166,8 +260,10 @@ def _flatten(value: Any) -> list[Any]:
 
 
 def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str = "dynamo", opset: int | None = None, output_names: list[str] | None = None, dynamic: list[str] | None = None, rtol: float = 1e-4, atol: float = 1e-5, force: bool = False) -> ExportResult:
-    """Export ``module`` to ``output`` and compare torch's outputs with onnxruntime's on the same
-    seeded inputs. Written atomically; only when the outputs agree (or ``force``)."""
+    """Export ``module`` to ``output`` and compare torch's outputs with onnxruntime's: on the
+    inputs it was traced with, then on fresh ones (other values, each dynamic axis at another
+    size), which catches values the trace froze (``.item()``, numpy, Python numbers, data-dependent
+    branches). Written atomically; only when the outputs agree (or ``force``)."""
     import torch
 
     if not output.parent.is_dir():
@@ -175,8 +271,7 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
     names = [s.name for s in specs]
     module = module.eval()
     inputs = example_inputs(specs)
-    with torch.no_grad():
-        expected = [t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy() for t in _flatten(module(*inputs))]
+    expected = _run_torch(module, inputs)
     out_names = output_names or None
     axes = parse_dynamic(dynamic or [], names + list(out_names or []))
     kwargs: dict[str, Any] = {"input_names": names, "output_names": out_names, "dynamo": exporter == "dynamo"}
@@ -188,16 +283,29 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
     with tempfile.TemporaryDirectory(prefix=".surgeon-export-", dir=output.parent) as tmp:
         tmp_path = Path(tmp) / output.name
         chatter = io.StringIO()
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad():
+        with warnings.catch_warnings(record=True) as caught, _captured_fds(Path(tmp)) as native, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad():
             warnings.simplefilter("always")
             try:
                 with _quiet_torch_logs():
                     torch.onnx.export(module, tuple(inputs), str(tmp_path), **kwargs)
             except Exception as exc:
                 raise ModelError(f"torch.onnx.export ({exporter}) failed: {type(exc).__name__}: {_plain(short_error(exc))}") from None
-        result.warnings = _summarise(list(caught), chatter.getvalue())
+        result.warnings = _summarise(list(caught), chatter.getvalue(), native.read())
         result.notes += _fit_ir_version(tmp_path)
-        result.outputs = _compare(tmp_path, specs, inputs, expected, rtol, atol)
+        draws = [("traced inputs", inputs, expected)]
+        fresh_specs, resized = _fresh_specs(specs, axes)
+        fresh = example_inputs(fresh_specs, seed=1)
+        what = "fresh inputs" + (f" ({', '.join(resized)})" if resized else "")
+        try:
+            draws.append((what, fresh, _run_torch(module, fresh)))
+        except Exception as exc:  # the module's own domain: say so, compare what can be compared
+            result.notes.append(f"torch fails on {what} ({type(exc).__name__}: {short_error(exc)}): compared on the traced inputs only")
+        result.outputs, present = _compare(tmp_path, specs, draws, rtol, atol)
+        for i, s in enumerate(specs):
+            if s.name not in present:
+                row, note = _dropped(module, specs, inputs, expected, i, rtol, atol)
+                result.outputs += [row] if row else []
+                result.notes += [note] if note else []
         if result.ok or force:  # surgeon's save: the (model, data) pair replaced atomically, model last
             from surgeon.ir.model import load
             from surgeon.ir.save import save
@@ -206,12 +314,33 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
     return result
 
 
+def _run_torch(module: Any, inputs: list[Any]) -> list[Any]:
+    import torch
+
+    with torch.no_grad():
+        return [t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy() for t in _flatten(module(*inputs))]
+
+
+def _fresh_specs(specs: list[InputSpec], axes: dict[str, dict[int, str]]) -> tuple[list[InputSpec], list[str]]:
+    """The inputs with every dynamic axis one larger (axes sharing a symbol alike)."""
+    sizes: dict[str, int] = {}
+    out = []
+    for s in specs:
+        shape = list(s.shape)
+        for axis, sym in axes.get(s.name, {}).items():
+            if -len(shape) <= axis < len(shape):
+                sizes.setdefault(sym, shape[axis] + 1)
+                shape[axis] = sizes[sym]
+        out.append(InputSpec(s.name, shape, s.dtype))
+    return out, [f"{sym}={n}" for sym, n in sizes.items()]
+
+
 def _fit_ir_version(path: Path) -> list[str]:
     """The exporter may stamp an IR version newer than the installed onnxruntime loads: lower the
     number (the exporters' output uses nothing of the newer IR) and say so."""
     import onnx
 
-    from surgeon.doctor.runtime_checks import ort_limits
+    from surgeon.verify.runtime import ort_limits
 
     limit = ort_limits()["max_ir_version"]
     model = onnx.load(str(path), load_external_data=False)
@@ -222,27 +351,96 @@ def _fit_ir_version(path: Path) -> list[str]:
     return []
 
 
-def _compare(path: Path, specs: list[InputSpec], inputs: list[Any], expected: list[Any], rtol: float, atol: float) -> list[dict[str, Any]]:
-    import numpy as np
-
+def _compare(path: Path, specs: list[InputSpec], draws: list[tuple[str, list[Any], list[Any]]], rtol: float, atol: float) -> tuple[list[dict[str, Any]], set[str]]:
+    """One row per output, its worst draw; and the names of the model's inputs."""
     from surgeon.ir.model import load
     from surgeon.verify.runtime import Runtime, run_model
 
     model = load(path)
-    feed = {s.name: t.numpy() for s, t in zip(specs, inputs) if s.name in {i.name for i in model.proto.graph.input}}
-    actual = run_model(Runtime("cpu"), model, [feed])[0]
-    rows = []
-    for name, exp in zip([o.name for o in model.proto.graph.output], expected):
-        got = actual[name].astype(np.float64) if actual[name].dtype != bool else actual[name]
-        ref = np.asarray(exp, dtype=got.dtype)
-        if got.shape != ref.shape:
-            rows.append({"name": name, "shape": list(got.shape), "max_abs": None, "max_rel": None, "ok": False, "note": f"shape {list(got.shape)}, torch gives {list(ref.shape)}"})
+    present = {i.name for i in model.proto.graph.input}
+    out_names = [o.name for o in model.proto.graph.output]
+    rows: dict[str, dict[str, Any]] = {}
+    runtime = Runtime("cpu")
+    for what, inputs, expected in draws:
+        feed = {s.name: t.numpy() for s, t in zip(specs, inputs) if s.name in present}
+        try:
+            actual = run_model(runtime, model, [feed])[0]
+        except Exception as exc:
+            row: dict[str, Any] = {"name": "(model)", "shape": [], "max_abs": None, "max_rel": None, "ok": False, "note": f"onnxruntime fails on the {what}: {short_error(exc)}"}
+            rows.setdefault("(model)", row)
             continue
-        diff = np.abs(got - ref) if got.dtype != bool else (got != ref).astype(np.float64)
-        max_abs = float(diff.max()) if diff.size else 0.0
-        max_rel = float((diff / np.maximum(np.abs(ref), 1e-12)).max()) if diff.size and got.dtype != bool else max_abs
-        ok = bool(np.allclose(got, ref, rtol=rtol, atol=atol, equal_nan=True)) if got.dtype != bool else max_abs == 0
-        rows.append({"name": name, "shape": list(got.shape), "max_abs": max_abs, "max_rel": max_rel, "ok": ok, "note": ""})
-    if len(expected) != len(model.proto.graph.output):
-        rows.append({"name": "(outputs)", "shape": [], "max_abs": None, "max_rel": None, "ok": False, "note": f"torch returns {len(expected)} tensors, the model has {len(model.proto.graph.output)} outputs"})
-    return rows
+        for name, exp in zip(out_names, expected):
+            row = _row(name, actual[name], exp, rtol, atol)
+            earlier = rows.get(name)
+            if not row["ok"] and earlier is not None:  # a fresh draw
+                frozen = "; agrees on the traced inputs: the export froze values computed from the inputs (.item(), numpy, Python numbers, a data-dependent branch)" if earlier["ok"] else ""
+                row["note"] = f"on the {what}" + (f": {row['note']}" if row["note"] else "") + frozen
+            if earlier is None or (earlier["ok"] and not row["ok"]):
+                rows[name] = row
+        if len(expected) != len(out_names):
+            rows["(outputs)"] = {"name": "(outputs)", "shape": [], "max_abs": None, "max_rel": None, "ok": False, "note": f"torch returns {len(expected)} tensors, the model has {len(out_names)} outputs"}
+    return list(rows.values()), present
+
+
+def _dropped(module: Any, specs: list[InputSpec], inputs: list[Any], expected: list[Any], i: int, rtol: float, atol: float) -> tuple[dict[str, Any] | None, str]:
+    """An input the exported model lacks: a failed row when torch's outputs depend on it (the
+    exporter froze it), a note when they do not (unused) or when no other value of it runs."""
+    import numpy as np
+
+    name = specs[i].name
+    lost = f"input '{name}' is not in the exported model"
+    ran = 0
+    for other in _other_values(specs[i], inputs[i]):
+        changed = list(inputs)
+        changed[i] = other
+        try:
+            got = _run_torch(module, changed)
+        except Exception:
+            continue
+        ran += 1
+        if len(got) == len(expected) and all(g.shape == e.shape and np.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True) for g, e in zip(got, expected)):
+            continue
+        why = "the exporter traced it into constants (.item(), numpy or a Python number computed from it); use it as a tensor, or export with --force and let 'surgeon doctor' propose a fix (a frozen Resize factor: promote-resize-scales)"
+        return {"name": f"(input {name})", "shape": list(specs[i].shape), "max_abs": None, "max_rel": None, "ok": False, "note": f"{lost}, but torch's outputs change with it: {why}"}, ""
+    if ran:
+        return None, f"{lost}: torch's outputs do not depend on its values (unused, or only its shape is)"
+    return None, f"{lost}; torch runs on no other value of it, so whether the outputs depend on it is unknown"
+
+
+def _other_values(spec: InputSpec, traced: Any) -> list[Any]:
+    """Values of one input other than the traced one: a fresh draw, twice it, one more."""
+    import torch
+
+    fresh = example_inputs([spec], seed=1)[0]
+    if traced.dtype == torch.bool:
+        return [~traced]
+    return [fresh, traced * 2, traced + 1]
+
+
+def _row(name: str, got: Any, exp: Any, rtol: float, atol: float) -> dict[str, Any]:
+    import numpy as np
+
+    got = got.astype(np.float64) if got.dtype != bool else got
+    ref = np.asarray(exp, dtype=got.dtype)
+    if got.shape != ref.shape:
+        return {"name": name, "shape": list(got.shape), "max_abs": None, "max_rel": None, "ok": False, "note": f"shape {list(got.shape)}, torch gives {list(ref.shape)}"}
+    diff = np.abs(got - ref) if got.dtype != bool else (got != ref).astype(np.float64)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(ref), 1e-12)).max()) if diff.size and got.dtype != bool else max_abs
+    ok = bool(np.allclose(got, ref, rtol=rtol, atol=atol, equal_nan=True)) if got.dtype != bool else max_abs == 0
+    return {"name": name, "shape": list(got.shape), "max_abs": max_abs, "max_rel": max_rel, "ok": ok, "note": ""}
+
+
+@contextlib.contextmanager
+def exported_source(source: SourceConfig, base_dir: Path, near: Path | None = None) -> Iterator[tuple[Path, ExportResult]]:
+    """A recipe's ``source:`` exported into a private folder (next to ``near``, the output, so
+    nothing crosses file systems) for the pipeline to read; removed afterwards. Raises
+    :class:`VerificationError` when torch and onnxruntime disagree."""
+    folder = near.parent if near is not None and near.parent.is_dir() else None
+    module = load_factory(source.factory, base_dir)
+    with tempfile.TemporaryDirectory(prefix=".surgeon-source-", dir=folder) as tmp:
+        path = Path(tmp) / "source.onnx"
+        result = export(module, source.specs(), path, exporter=source.exporter, opset=source.opset, output_names=source.output_names, dynamic=source.dynamic, rtol=source.rtol, atol=source.atol)
+        if not result.ok:
+            raise VerificationError("\n".join(f"verification failed: source: {line}" for line in result.failures()))
+        yield path, result

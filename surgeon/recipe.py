@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from surgeon.errors import RecipeError, UsageError, suggest
+from surgeon.export import SourceConfig, exported_source
 from surgeon.ir.save import SavePolicy
 from surgeon.pass_api import get_pass, pass_names, registry
 from surgeon.pipeline import Pipeline, Step
@@ -29,6 +31,7 @@ class RecipeHeader(BaseModel):
 
     version: Literal[1] = Field(description="recipe format version (1)")
     model: str | None = Field(None, description="input model, relative to the recipe file (-i overrides)")
+    source: SourceConfig | None = Field(None, description="instead of 'model': export it from torch first, verified against torch (-i overrides)")
     output: str | None = Field(None, description="output model, relative to the recipe file (-o overrides)")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="verification settings")  # type: ignore[arg-type]
     save: SavePolicy = Field(default_factory=SavePolicy, description="how the output is written")  # type: ignore[arg-type]
@@ -44,6 +47,8 @@ class Recipe:
     output: Path | None
     text: str
     positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    source: SourceConfig | None = None
+    """The torch export the model comes from, when the recipe says ``source:``."""
 
     @property
     def base_dir(self) -> Path:
@@ -108,6 +113,9 @@ def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
         if fld is None:
             return None
         ann = fld.annotation
+        options = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(options) == 1:  # Optional[Model]
+            ann = options[0]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:
@@ -133,6 +141,8 @@ def parse_recipe_data(data: Any, name: str, positions: dict[Loc, tuple[int, int]
             step = _parse_step(raw, i, passes, problems)
             if step is not None:
                 steps.append(step)
+    if header is not None and header.model is not None and header.source is not None:
+        problems.add(("source",), "source", "a recipe takes its model from 'model' or from 'source', not both", key=True)
     if problems.lines:
         raise RecipeError(problems.lines)
     assert header is not None
@@ -145,6 +155,7 @@ def parse_recipe_data(data: Any, name: str, positions: dict[Loc, tuple[int, int]
         base / header.output if header.output else None,
         text,
         positions,
+        header.source,
     )
 
 
@@ -262,9 +273,14 @@ def apply_recipe(recipe: Any, model: Any = None, output: Any = None, *, force: b
     else:
         r = parse_recipe_text(str(recipe))
     src = model if model is not None else r.model
-    if src is None:
-        raise UsageError("no model: give one or set 'model' in the recipe")
     out = output if output is not None else r.output
+    if src is None and r.source is not None:
+        with exported_source(r.source, r.base_dir, Path(out) if out is not None else None) as (path, exported):
+            result = apply_recipe(r, path, out, force=force, in_place=in_place)
+            result.export = exported.as_dict()
+            return result
+    if src is None:
+        raise UsageError("no model: give one or set 'model' (or 'source') in the recipe")
     check_recipe_paths(r, model is None, output is None)
     if out is None:
         return r.pipeline.run(src, base_dir=r.base_dir)

@@ -60,6 +60,10 @@ def summary_table(console: Console, result: PipelineResult) -> None:
     table = Table(title="surgeon summary", title_justify="left")
     for col in ("#", "pass", "modified", "nodes", "time", "max error", "verdict"):
         table.add_column(col, justify="right" if col in ("#", "time", "max error") else "left")
+    if result.export is not None:  # the recipe's source: torch against onnxruntime, before the passes
+        errs = [o["max_abs"] for o in result.export["outputs"] if o["max_abs"] is not None]
+        style = "green" if result.export["ok"] else "bold red"
+        table.add_row("0", _e(f"export ({result.export['exporter']})"), "", "", "", fmt_err(max(errs)) if errs else "-", f"[{style}]{'ok' if result.export['ok'] else 'FAIL'}[/{style}]")
     for s in result.steps:
         style = {"ok": "green", "FAIL": "bold red"}.get(s.verdict, "dim")
         table.add_row(

@@ -62,6 +62,9 @@ class PipelineResult:
     """How integer inputs' values were chosen ("ids in [0, 30) (indexes 'emb' (30 rows))")."""
     ops_before: dict[str, int] = field(default_factory=dict)
     """Op histogram of the source model (every graph, subgraphs included)."""
+    export: dict[str, Any] | None = None
+    """The recipe's ``source:`` export, verified against torch before the first pass (exporter,
+    ok, outputs, warnings, notes); None when the model came from a file."""
 
     @property
     def ops_after(self) -> dict[str, int]:
@@ -98,6 +101,7 @@ class PipelineResult:
             "onnx_checker": self.checker or None,
             "final_divergence": self.final_check.divergence.as_dict() if self.final_check and self.final_check.divergence else None,
             "ops": {"before": self.ops_before, "after": self.ops_after},
+            "export": self.export,
         }
 
 

@@ -30,9 +30,45 @@ class Noisy(torch.nn.Module):
     def forward(self, x):
         return x + torch.rand_like(x)  # onnxruntime draws other numbers than torch
 
+class Branch(torch.nn.Module):
+    def forward(self, x):  # a data-dependent branch: TorchScript freezes the one taken
+        return x * 2 if x.sum() > 0 else x - 1
+
+class ItemFactor(torch.nn.Module):  # the tutorial's SRCNN: scale_factor=factor.item()
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x, factor):
+        return torch.nn.functional.interpolate(self.conv(x), scale_factor=factor.item() + 2, mode="nearest")
+
+class ShapeOnly(torch.nn.Module):
+    def forward(self, x, like):  # only like's shape matters: its values are not needed
+        return x + like.shape[1]
+
+class InPlaceShape(torch.nn.Module):  # the tutorial's in-place op on a shape value
+    def forward(self, states):
+        b, s = states.shape[:2]
+        real = s
+        real += 2
+        return states.new_zeros(b, real + s)
+
 def build():
     torch.manual_seed(0)
     return Net()
+
+def branch():
+    return Branch()
+
+def item_factor():
+    torch.manual_seed(0)
+    return ItemFactor()
+
+def shape_only():
+    return ShapeOnly()
+
+def in_place():
+    return InPlaceShape()
 
 def noisy():
     return Noisy()
@@ -108,3 +144,105 @@ def test_parse_inputs_and_dynamic_axes() -> None:
     assert parse_dynamic(["image:0:batch", "image:2:h"], ["image"]) == {"image": {0: "batch", 2: "h"}}
     with pytest.raises(UsageError, match="no input or output 'img'"):
         parse_dynamic(["img:0:batch"], ["image"])
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_values_the_trace_froze_fail_on_fresh_inputs(factories: Path, capsys: pytest.CaptureFixture[str], exporter: str) -> None:
+    """A data-dependent branch agrees on the traced inputs; fresh ones show TorchScript froze it
+    (dynamo refuses the branch outright: one line, exit 3)."""
+    out = factories / "branch.onnx"
+    code = main(["export", "my_factories:branch", "-o", str(out), "--input", "x:6", "--exporter", exporter])
+    captured = capsys.readouterr()
+    if exporter == "dynamo":
+        assert code == 3 and "torch.onnx.export (dynamo) failed" in captured.err and captured.err.count("\n") == 1
+    else:
+        assert code == 1 and "on the fresh inputs; agrees on the traced inputs: the export froze values" in captured.out
+    assert not out.exists()
+
+
+def test_an_input_traced_into_a_constant_fails_an_unused_one_is_a_note(factories: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = factories / "item.onnx"
+    assert main(["export", "my_factories:item_factor", "-o", str(out), "--input", "x:1x1x4x4", "--input", "factor:1", "--exporter", "torchscript"]) == 1
+    text = capsys.readouterr().out
+    assert "(input factor)" in text and "input 'factor' is not in the exported model, but torch's outputs change with it" in text
+    assert not out.exists()
+    out = factories / "shape.onnx"
+    assert main(["export", "my_factories:shape_only", "-o", str(out), "--input", "x:2x3", "--input", "like:2x3", "--exporter", "torchscript"]) == 0
+    assert "input 'like' is not in the exported model: torch's outputs do not depend on its values" in capsys.readouterr().out
+    assert [i.name for i in onnx.load(str(out)).graph.input] == ["x"]
+
+
+def test_torch_native_warnings_are_collected_not_leaked(factories: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The in-place trap: torch's C++ code prints its warning straight to file descriptor 2; it
+    is shown once in the summary, and the wrong model (a constant [2, 14], torch gives [2, 12])
+    fails against torch. The dynamo exporter gets it right."""
+    out = factories / "inplace.onnx"
+    assert main(["export", "my_factories:in_place", "-o", str(out), "--input", "s:2x5x3", "--exporter", "torchscript"]) == 1
+    captured = capfd.readouterr()
+    assert captured.out.count("In-place op on output of tensor.shape") == 1 and "In-place" not in captured.err
+    assert "shape [2, 14], torch gives [2, 12]" in captured.out and not out.exists()
+    assert main(["export", "my_factories:in_place", "-o", str(out), "--input", "s:2x5x3"]) == 0
+    assert out.exists()
+
+
+RECIPE = """version: 1
+source:
+  factory: my_factories:build
+  inputs: [x:2x4]
+  exporter: torchscript
+  opset: 17
+  output_names: [scores]
+output: fixed.onnx
+passes:
+  - mark-dynamic: {inputs: {x: {0: batch}}, outputs: {scores: {0: batch}}}
+"""
+
+
+def test_recipe_source_is_the_first_verified_step(factories: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    recipe = factories / "fix.yaml"
+    recipe.write_text(RECIPE)
+    assert main(["validate", str(recipe)]) == 0
+    assert "model exported from my_factories:build at apply" in capsys.readouterr().out
+    report = factories / "report.json"
+    assert main(["apply", str(recipe), "--report", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "source my_factories:build: export (torchscript) verified against torch" in text and "export (torchscript)" in text.split("surgeon summary")[1]
+    data = json.loads(report.read_text())
+    assert data["ok"] and data["export"]["ok"] and data["export"]["outputs"][0]["name"] == "scores"
+    assert data["input"] == "source: my_factories:build (torchscript)"
+    fixed = onnx.load(str(factories / "fixed.onnx"))
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert not [p for p in factories.iterdir() if p.name.startswith(".surgeon")]
+    (factories / "fixed.onnx").unlink()
+
+    import surgeon
+
+    result = surgeon.apply(recipe)  # the Python API takes the same path
+    assert result.ok and result.export is not None and result.export["exporter"] == "torchscript"
+
+    # -i overrides the source: no export, the given model is read
+    assert main(["apply", str(recipe), "-i", str(factories / "fixed.onnx"), "-o", str(factories / "again.onnx"), "-q"]) == 0
+
+
+def test_recipe_source_mismatch_and_errors(factories: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = factories / "noisy.yaml"
+    recipe.write_text(RECIPE.replace("my_factories:build", "my_factories:noisy").replace("x:2x4", "x:8x8").replace("  output_names: [scores]\n", "").replace("outputs: {scores: {0: batch}}", ""))
+    assert main(["apply", str(recipe)]) == 1
+    assert "verification failed: source: export (torchscript) differs from torch" in capsys.readouterr().err
+    assert not (factories / "fixed.onnx").exists() and not [p for p in factories.iterdir() if p.name.startswith(".surgeon")]
+
+    both = factories / "both.yaml"
+    both.write_text(RECIPE.replace("output: fixed.onnx", "model: m.onnx\noutput: fixed.onnx"))
+    assert main(["validate", str(both)]) == 2
+    assert "both.yaml:2:1: source: a recipe takes its model from 'model' or from 'source', not both" in capsys.readouterr().err
+    bad = factories / "bad.yaml"
+    bad.write_text(RECIPE.replace("x:2x4", "x:2xa"))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:4:" in err and "source.inputs" in err and "dims must be integers" in err
+    missing = factories / "missing.yaml"
+    missing.write_text(RECIPE.replace("my_factories:build", "my_factories:nothere"))
+    assert main(["validate", str(missing)]) == 2
+    assert "has no attribute 'nothere'" in capsys.readouterr().err

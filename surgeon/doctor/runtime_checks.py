@@ -3,66 +3,21 @@ execution provider has no kernel for — found by building sessions, not from a 
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import TYPE_CHECKING, Any
 
 from surgeon.doctor.findings import Finding
+from surgeon.verify.runtime import ort_limits, session_error
 
 if TYPE_CHECKING:
     import onnx
 
     from surgeon.doctor.graphinfo import GraphInfo
 
-ORT_MIN_OPSET = 7
-"""onnxruntime 'only guarantees support for models stamped with opset version 7 or above'."""
 TARGET_OPSET = 17
 """What an opset older than onnxruntime supports is converted to (capped at the newest it runs)."""
 _KERNEL = re.compile(r"Could not find an implementation for (\S+?)\((\d+)\) node with name '([^']*)'")
 _UNKNOWN = re.compile(r"No Op registered for (\S+) with domain_version of (\d+)|(\S+):(\S+)\(-?\d+\) is not a registered function/op")
-
-
-def _probe_model(opset: int, ir_version: int) -> bytes:
-    from onnx import TensorProto, helper
-
-    g = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version).SerializeToString()
-
-
-def _session_error(src: Any, folder: str | None = None) -> str:
-    """The error text of building a CPU session (optimizations off), '' when it loads."""
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 4  # the error is read from the exception, not the log
-    if folder is not None:
-        so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
-    try:
-        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        return str(exc)
-    return ""
-
-
-@functools.cache
-def ort_limits() -> dict[str, int]:
-    """The newest IR version and default-domain opset the installed onnxruntime loads, read from
-    its own refusals of a tiny model stamped far beyond both."""
-    limits = {"max_ir_version": 0, "max_opset": 0, "min_opset": ORT_MIN_OPSET}
-    m = re.search(r"max supported IR version: (\d+)", _session_error(_probe_model(17, 1000)))
-    if m:
-        limits["max_ir_version"] = int(m.group(1))
-    m = re.search(r"support for domain ai\.onnx is till opset (\d+)", _session_error(_probe_model(1000, 8)))
-    if m:
-        limits["max_opset"] = int(m.group(1))
-    return limits
 
 
 def check_runtime(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
@@ -99,7 +54,7 @@ def _kernel_findings(info: GraphInfo) -> list[Finding]:
     from surgeon.verify.runtime import on_disk
 
     with on_disk(info.model) as (path, folder, data):
-        text = _session_error(data if data is not None else str(path), str(folder) if folder else None)
+        text = session_error(data if data is not None else str(path), str(folder) if folder else None)
     if not text:
         return []
     m = _KERNEL.search(text)

@@ -4,6 +4,7 @@ their external data in place, runs."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -238,3 +239,50 @@ def _release_freed_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).malloc_trim(0)  # glibc; absent on musl (AttributeError)
+
+
+ORT_MIN_OPSET = 7
+"""onnxruntime 'only guarantees support for models stamped with opset version 7 or above'."""
+
+
+def _probe_model(opset: int, ir_version: int) -> bytes:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version).SerializeToString()
+
+
+def session_error(src: Any, folder: str | None = None) -> str:
+    """The error text of building a CPU session (optimizations off), '' when it loads."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 4  # the error is read from the exception, not the log
+    if folder is not None:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    try:
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return str(exc)
+    return ""
+
+
+@functools.cache
+def ort_limits() -> dict[str, int]:
+    """The newest IR version and default-domain opset the installed onnxruntime loads, read from
+    its own refusals of a tiny model stamped far beyond both."""
+    limits = {"max_ir_version": 0, "max_opset": 0, "min_opset": ORT_MIN_OPSET}
+    m = re.search(r"max supported IR version: (\d+)", session_error(_probe_model(17, 1000)))
+    if m:
+        limits["max_ir_version"] = int(m.group(1))
+    m = re.search(r"support for domain ai\.onnx is till opset (\d+)", session_error(_probe_model(1000, 8)))
+    if m:
+        limits["max_opset"] = int(m.group(1))
+    return limits
