@@ -154,6 +154,30 @@ def check_dead_code(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     return out
 
 
+def check_constant_outputs(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
+    """Outputs no input reaches are constants: what an exporter makes of a value it traced from
+    the inputs (an in-place op on a shape, ``.item()``, numpy). Inputs nothing reads, likewise."""
+    fed: set[str] = set()
+    for vi in info.inputs:
+        fed |= {vi.name} | info.reachable_from(vi.name)
+    frozen = [vi.name for vi in info.outputs if vi.name not in fed]
+    unread = [vi.name for vi in info.inputs if not info.consumers.get(vi.name) and vi.name not in {o.name for o in info.outputs}]
+    out = []
+    if frozen:
+        out.append(
+            Finding(
+                "constant-outputs",
+                "warning",
+                f"output(s) {', '.join(repr(n) for n in frozen[:8])} depend on no input: constants, as an exporter writes a value it traced from the inputs (an in-place op on a shape, .item(), numpy)",
+                tensors=frozen,
+                advice="if they should follow the inputs, fix the module and re-export (surgeon export compares against torch on fresh inputs)",
+            )
+        )
+    if unread:
+        out.append(Finding("unused-inputs", "info", f"input(s) {', '.join(repr(n) for n in unread[:8])} are read by no node (the exporter may have traced their values into constants)", tensors=unread))
+    return out
+
+
 def check_size(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     size = info.proto.ByteSize()
     facts["proto_bytes"] = size
@@ -210,6 +234,7 @@ CHECKS: tuple[Callable[[GraphInfo, dict[str, Any]], list[Finding]], ...] = (
     check_static_batch,
     check_initializer_inputs,
     check_dead_code,
+    check_constant_outputs,
     check_size,
     check_value_info,
 )
