@@ -355,3 +355,32 @@ def test_shape_inference_copy_leaves_weight_bytes_and_the_model_alone() -> None:
     assert m.SerializeToString() == before and light.ByteSize() < 1000
     inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     assert [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == [1, 600]  # small values kept
+
+
+def test_a_branch_on_the_batch_is_named_and_the_probe_decides(tmp_path: Path) -> None:
+    """A data-dependent If on the batch (as a scripted `if x.shape[0] > 1:` writes it) is named in
+    the static-batch finding; applying mark-dynamic then runs another batch, which takes the
+    other branch and changes the result: verification fails rather than passing a wrong model."""
+    proto = onnx.parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[1, 3] x) => (float[1, 3] y) {
+            s = Shape(x)
+            zero = Constant<value = int64[1] {0}>()
+            b = Gather(s, zero)
+            one = Constant<value = int64[1] {1}>()
+            many = Greater(b, one)
+            c = Squeeze(many)
+            y = If<then_branch = t () => (float[B, 3] yt) { yt = Neg(x) },
+                   else_branch = e () => (float[B, 3] ye) { ye = Identity(x) }>(c)
+        }"""
+    )
+    diag = diagnose(load(proto))
+    batch = next(f for f in diag.findings if f.code == "static-batch")
+    assert "If 'If(y)' branch(es) on a value computed from an input's shape" in batch.message and batch.fix == "mark-dynamic"
+    src = tmp_path / "m.onnx"
+    onnx.save(proto, str(src))
+    recipe_path = tmp_path / "fix.yaml"
+    recipe_path.write_text(recipe_text(diag, recipe_path, src))
+    recipe = load_recipe(recipe_path)
+    result = recipe.pipeline.run(src, base_dir=tmp_path)
+    assert not result.ok and any("probe" in line for line in result.failures()), result.failures()

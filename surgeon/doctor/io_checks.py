@@ -83,6 +83,10 @@ def check_static_batch(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     where = f"; constant shapes hard-code it in {', '.join(hard)}" if hard else ""
     sized = [label(n) for n in info.graph.node if n.op_type == "Resize" and _sizes_fix_batch(info, n, batch)]
     advice = "mark-dynamic makes axis 0 symbolic and rewrites the constant shapes; it is probed with a real batch"
+    branches = _shape_branches(info)
+    if branches:  # a data-dependent If on the input's shape: another batch may take another branch
+        where += f"; {', '.join(branches)} branch(es) on a value computed from an input's shape"
+        advice += "; the branch taken may change with the batch: the probe runs other batch sizes, so a branch that changes the result fails it"
     if sized:  # mark-dynamic refuses these: the output batch would stay the constant's
         where += f"; Resize sizes hard-code it in {', '.join(sized)}"
         advice = "a Resize driven by constant sizes fixes the output batch: re-export with scale_factor instead of size"
@@ -152,6 +156,27 @@ def check_dead_code(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     if unused:
         out.append(Finding("unused-initializers", "info", f"{len(unused)} unused initializer(s): {', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}", tensors=unused, fix="cleanup", params={}))
     return out
+
+
+def _shape_branches(info: GraphInfo) -> list[str]:
+    """If nodes whose condition is computed from an input's shape (Shape or Size upstream)."""
+    found = []
+    for node in info.graph.node:
+        if node.op_type != "If" or not node.input:
+            continue
+        seen: set[str] = set()
+        todo = [node.input[0]]
+        while todo:
+            t = todo.pop()
+            producer = info.producer.get(t)
+            if t in seen or producer is None:
+                continue
+            seen.add(t)
+            if producer.op_type in ("Shape", "Size"):
+                found.append(f"If '{label(node)}'")
+                break
+            todo.extend(i for i in producer.input if i)
+    return found
 
 
 def check_constant_outputs(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
