@@ -45,6 +45,10 @@ class PromoteResizeScales(Pass):
     initializer), Resize driven by ``sizes`` (promoted as int64) and Upsample (opset 7-9; 7-8 are
     converted to opset 9 first). ``form: factor`` adds one float input (or one per spatial axis)
     expanded in the graph into ``[1, 1, f, f]``. Shapes that depend on the scale become symbolic.
+    A Slice after the node whose constant ends crop a scaled axis back to its traced size (the
+    ``y[:, :, :H * 2]`` TorchScript freezes) gets those ends opened, in a new constant of its own;
+    any other crop of a scaled axis stops the pipeline, naming the Slice (``crops: keep`` leaves
+    Slices as exported). Shapes at the traced and at a larger factor decide (passes/_crops.py).
     Contract: new input(s) fed their former constant give identical outputs; a probe runs another
     factor and checks the output shapes against ONNX shape inference at that factor.
     """
@@ -55,6 +59,10 @@ class PromoteResizeScales(Pass):
         form: Literal["scales", "factor"] = Field("scales", description="scales: the full vector the node takes; factor: one float (or one per spatial axis) expanded into [1, 1, f, f]")
         per_axis: bool = Field(False, description="form factor: one factor per spatial axis instead of one shared float")
         per_node: bool = Field(False, description="one input per node (named <input>_<i>) instead of one input shared by all nodes")
+        crops: Literal["rewrite", "keep"] = Field(
+            "rewrite",
+            description="Slices after the nodes that crop a scaled axis: rewrite opens ends equal to the traced size and refuses any other crop; keep leaves them as exported",
+        )
         probe_factor: float = Field(2.0, gt=0, description="the other factor the verifier tries (the current one + 1 when they are equal)")
 
     params: Params
@@ -175,6 +183,10 @@ class PromoteResizeScales(Pass):
             plan = self._plan(model)  # the sites are now the Resize nodes that replaced the Upsamples
         if not plan:
             return PassResult(False, IOContract())
+        if self.params.crops == "rewrite":
+            from surgeon.passes._crops import open_traced_crops
+
+            notes += open_traced_crops(model, [(s.node, s.slot, _grown(s)) for _, _, sites in plan for s in sites])
         contract = IOContract()
         io_before = io_types(model.graph)
         for name, value, sites in plan:
@@ -269,6 +281,13 @@ def _legacy_upsample_to_9(model: ModelIR) -> str:
     model.graph = gs.import_onnx(proto)
     model.graph.opset = 9
     return f"converted the model from opset {before} to 9 (Upsample-9 takes scales as an input)"
+
+
+def _grown(site: Site) -> np.ndarray:
+    """The node's vector at a larger factor, every spatial entry grown: where a crop bites."""
+    out = site.value.copy()
+    out[site.lead :] = out[site.lead :] * 2 if site.kind == "sizes" else out[site.lead :] + 1
+    return out
 
 
 def _probe_value(value: np.ndarray, site: Site, factor: float, form: str) -> np.ndarray:

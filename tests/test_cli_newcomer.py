@@ -57,7 +57,7 @@ def test_type_text_is_readable() -> None:
     assert type_text(Literal["auto", "cpu"]) == "'auto' | 'cpu'"
     assert type_text(int | None) == "int | None"
     types = {p["name"]: p["type"] for p in describe(get_pass("promote-resize-scales"))["params"]}
-    assert types == {"nodes": "list[str] | str | None", "input": "str | None", "form": "'scales' | 'factor'", "per_axis": "bool", "per_node": "bool", "probe_factor": "float"}
+    assert types == {"nodes": "list[str] | str | None", "input": "str | None", "form": "'scales' | 'factor'", "per_axis": "bool", "per_node": "bool", "crops": "'rewrite' | 'keep'", "probe_factor": "float"}
     for name in catalog():
         for p in describe(get_pass(name))["params"]:
             assert "<class" not in p["type"] and "typing." not in p["type"], (name, p)

@@ -104,7 +104,7 @@ def test_resize_probe_fails_when_a_slice_crops_back_to_the_traced_size() -> None
 
     cropped = parser.parse_model(CROP.format(ends="8, 8"))
     cropped.graph.node[1].name = "/Slice"
-    res = Pipeline([PromoteResizeScales(input="factor", form="factor")], verify={"device": "cpu"}).run(cropped)
+    res = Pipeline([PromoteResizeScales(input="factor", form="factor", crops="keep")], verify={"device": "cpu"}).run(cropped)
     assert not res.ok  # before: ok (shape inference of the edited graph crops too)
     fail = next(f for f in res.failures() if "probe" in f)
     assert "expected (1, 1, 12, 12)" in fail and "Slice '/Slice' (ends [8, 8])" in fail, fail
@@ -112,6 +112,9 @@ def test_resize_probe_fails_when_a_slice_crops_back_to_the_traced_size() -> None
     res = Pipeline([PromoteResizeScales(input="factor", form="factor")], verify={"device": "cpu"}).run(open_ended)
     assert res.ok, res.failures()
     assert [o.verdict for o in res.steps[0].check.outputs if o.name.startswith("probe")] == ["ok"]
+    res = Pipeline([PromoteResizeScales(input="factor", form="factor")], verify={"device": "cpu"}).run(cropped)
+    assert res.ok, res.failures()  # crops: rewrite (the default) opens the crop
+    assert res.steps[0].notes[0] == "Slice '/Slice': ends [8, 8] -> [end, end] (the traced size of axis 2, 3, now open)"
 
 
 def test_a_probe_with_nothing_to_compare_says_so() -> None:
