@@ -103,6 +103,24 @@ def test_verifier_really_compares() -> None:
     assert not res.ok and res.steps[0].check.outputs[0].verdict == "FAIL"
 
 
+DECLARED = [
+    ({"op": "Cast", "dtype": "uint8"}, {}, {"image"}, set()),
+    ({"op": "Cast", "dtype": "uint8", "name": "pixels"}, {"image": "pixels"}, {"pixels"}, set()),
+    ({"op": "Normalize", "mean": MEAN, "std": STD}, {}, set(), set()),
+    ({"op": "Transpose", "perm": [0, 3, 1, 2]}, {}, set(), {"image"}),
+    ({"op": "Transpose", "perm": [0, 1, 3, 2], "name": "t"}, {"image": "t"}, set(), {"t"}),
+]
+
+
+@pytest.mark.parametrize(("params", "renamed", "types", "dims"), DECLARED, ids=[f"{c[0]['op']}-{i}" for i, c in enumerate(DECLARED)])
+def test_declares_the_new_domain_of_the_input(params: dict, renamed: dict, types: set, dims: set) -> None:
+    step = PrependOp(input="image", **params)
+    contract = step.run(ModelIR.from_model(load(parser.parse_model(TEXT)))).contract
+    assert (contract.renamed_inputs, contract.changed_types, contract.changed_dims) == (renamed, types, dims)
+    res = _run(parser.parse_model(TEXT), step, ranges={"image": [0, 256], "pixels": [0, 256]})
+    assert res.ok, res.failures()
+
+
 def test_identity_ops_leave_the_model_unmodified() -> None:
     for params in ({"op": "Cast", "dtype": "float32"}, {"op": "Transpose", "perm": [0, 1, 2, 3]}, {"op": "Normalize", "mean": [0.0], "std": [1, 1, 1]}):
         res = _run(parser.parse_model(TEXT), PrependOp(input="image", **params))
