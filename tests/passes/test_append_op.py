@@ -143,6 +143,22 @@ def test_declares_what_the_op_changes_and_only_that(params: dict, types: set, di
     assert res.ok, res.failures()
 
 
+class _Loosened(AppendOp):
+    """Appends the op, then also makes a static dim of the result symbolic (undeclared)."""
+
+    def run(self, model: ModelIR) -> PassResult:
+        result = super().run(model)
+        model.graph.outputs[0].shape = ["n", 5]
+        return result
+
+
+@pytest.mark.parametrize("params", [{"op": "Softmax"}, {"op": "Cast", "to": "float16"}])
+def test_an_expected_output_may_not_change_dims_it_does_not_declare(params: dict) -> None:
+    res = _run(parser.parse_model(STATIC), _Loosened(output="y", **params))
+    assert not res.ok  # before: ok (an output with an expectation was free in dtype and dims)
+    assert [f for f in res.failures() if "interface: output 'y'" in f and "axis 0 is 'n', was 4 (static -> symbolic)" in f], res.failures()
+
+
 def test_bad_params() -> None:
     with pytest.raises(ValidationError, match="'k' does not apply to Softmax; Softmax takes: axis"):
         AppendOp(output="y", op="Softmax", k=3)

@@ -84,6 +84,26 @@ def test_declares_the_dtype_of_the_io_it_converts_and_nothing_else():
     assert sorted(half.feed_transforms) == ["x"] and sorted(half.expectations) == ["y"]
 
 
+class _Loosen(ToFP16):
+    """A buggy to-fp16: also makes a static dim of its converted (type-declared) input and output symbolic."""
+
+    def run(self, model):
+        result = super().run(model)
+        model.graph.inputs[0].shape = [2, "f"]
+        model.graph.outputs[0].shape = [2, "k"]
+        return result
+
+
+def test_declared_types_let_no_dims_change_through():
+    assert _run(STATIC, keep_io_types=False).ok
+    res = Pipeline([_Loosen(keep_io_types=False)], verify={"device": "cpu"}).run(onnx.parser.parse_model(STATIC))
+    assert not res.ok  # before: ok (a port with a feed transform or an expectation was free in dims too)
+    failures = [f for f in res.failures() if "interface" in f]
+    assert len(failures) == 2, res.failures()
+    assert "interface: input 'x'" in failures[0] and "axis 1 is 'f', was 4 (static -> symbolic)" in failures[0]
+    assert "interface: output 'y'" in failures[1] and "axis 1 is 'k', was 3 (static -> symbolic)" in failures[1]
+
+
 def test_blocked_op_gets_casts_both_ways():
     res = _run(MLP, block_ops=["Softmax"])
     assert res.ok, res.failures()
