@@ -54,6 +54,9 @@ class AppendOp(Pass):
     unless ``name`` names the result. TopK adds a second output for the indices. A Cast to the
     type the output already has, or an identity Transpose, changes nothing (modified: false).
     Contract: the output equals the op applied (in numpy) to the output of the model before.
+    Where it keeps its name, the dtype (ArgMax: int64, Cast: ``to``) and static dims (ArgMax,
+    TopK, Transpose) the op gives it are declared as changed where they differ from the output's;
+    Clip, Softmax and Sigmoid keep both.
     """
 
     class Params(PassParams):
@@ -153,7 +156,9 @@ class AppendOp(Pass):
         if p.name is None:
             tensor.name = unique_name(g, f"{p.output}_pre_{p.op.lower()}")
         attrs = self._attrs(model.opset, dtype)
-        results = [gs.Variable(name, dtype if p.op not in ("ArgMax", "Cast") else _result_dtype(p.op, p.to), _result_shape(p.op, shape, attrs, p.k))]
+        result_dtype = dtype if p.op not in ("ArgMax", "Cast") else _result_dtype(p.op, p.to)
+        result_shape = _result_shape(p.op, shape, attrs, p.k)
+        results = [gs.Variable(name, result_dtype, result_shape)]
         if p.op == "TopK":
             results.append(gs.Variable(p.indices_name or unique_name(g, f"{name}_indices"), _np("int64"), results[0].shape))
         node_attrs = {k: list(v) if isinstance(v, list) else v for k, v in attrs.items()}  # the reference keeps its own
@@ -164,6 +169,11 @@ class AppendOp(Pass):
         for i, r in enumerate(results):
             contract.expectations[r.name] = _expect(fn, p.output, i)
         contract.tolerance = TOLERANCE.get(str(dtype)) if p.op in FLOAT_ONLY else None
+        if p.name is None:  # the output keeps its name: declare what the op changes of it, and only that
+            if result_dtype != dtype:
+                contract.changed_types.add(name)
+            if result_shape != shape:
+                contract.changed_dims.add(name)
         shown = ", ".join(f"{k}={v}" for k, v in attrs.items() if k != "to")
         what = f"{p.op}{f' to {p.to}' if p.to else ''}{f' ({shown})' if shown else ''}"
         moved = f"the tensor before it is now '{tensor.name}'" if p.name is None else f"'{p.output}' is no longer an output"

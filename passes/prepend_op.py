@@ -32,7 +32,9 @@ class PrependOp(Pass):
     shape; the old input becomes an inner tensor ('<input>_float32', '_normalized', '_transposed').
     Transpose ``perm`` maps the new input to the old layout: [0, 3, 1, 2] takes NHWC to NCHW.
     Contract: outputs equal the model before fed with the pre-processed input. The verifier makes
-    random data for the new input and derives the old input from it with numpy.
+    random data for the new input and derives the old input from it with numpy. The input is
+    declared as changing dtype (Cast) or dims (a Transpose that moves sizes) where it does, and
+    as renamed when ``name`` is given; Normalize keeps both.
     """
 
     class Params(PassParams):
@@ -116,7 +118,11 @@ class PrependOp(Pass):
         nodes, derive = self._build(g, new, old, dtype)
         g.nodes[0:0] = nodes
         g.inputs = [new if t is old else t for t in g.inputs]
-        contract = IOContract(derived_inputs={p.input: derive})
+        contract = IOContract(derived_inputs={p.input: derive}, renamed_inputs={p.input: new.name} if p.name else {})
+        if new_dtype != dtype:  # the input's domain changes: say exactly how
+            contract.changed_types.add(new.name)
+        if new_shape != shape:
+            contract.changed_dims.add(new.name)
         chain = " -> ".join(n.op for n in nodes)
         notes = [f"input {new.name} ({describe(new_dtype, new_shape)}) -> {chain} -> {old.name} ({describe(dtype, shape)}), what '{p.input}' was"]
         return PassResult(True, contract, notes)

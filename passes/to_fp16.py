@@ -45,7 +45,8 @@ class ToFP16(Pass):
 
     Contract: approximate, ``tolerance`` (rtol 1e-2, atol 1e-2) unless the recipe overrides it.
     Without ``keep_io_types`` the verifier feeds float16 inputs (the float32 feed, rounded) and
-    compares float16 outputs.
+    compares float16 outputs; those inputs and outputs are declared as changing dtype (and nothing
+    else: their dims must stay). With it, the interface stays as it was.
     """
 
     class Params(PassParams):
@@ -73,11 +74,12 @@ class ToFP16(Pass):
         if not conv.changed:
             return PassResult(False, IOContract())
         contract = IOContract(tolerance=self.tolerance)
-        if not self.params.keep_io_types:
+        if not self.params.keep_io_types:  # only these ports change, and only their dtype
             for name in conv.fp16_inputs:
                 contract.feed_transforms[name] = _half_feed(name)
             for name in conv.fp16_outputs:
                 contract.expectations[name] = _half_output(name)
+            contract.changed_types = {*conv.fp16_inputs, *conv.fp16_outputs}
         return PassResult(True, contract, conv.notes())
 
 

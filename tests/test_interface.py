@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import onnx
 import pytest
@@ -11,6 +12,8 @@ from onnx import parser
 
 from surgeon import Pipeline
 from surgeon.cli import main
+from surgeon.ir.adapter import ModelIR
+from surgeon.pass_api import Pass, PassParams, PassResult
 from surgeon.passes.mark_dynamic import MarkDynamic
 from surgeon.passes.rename_io import RenameIO
 from surgeon.verify.contract import IOContract
@@ -125,3 +128,111 @@ def test_a_probe_with_nothing_to_compare_says_so() -> None:
     res = Pipeline([MarkDynamic(inputs={"x": {0: "batch"}})], verify={"device": "cpu"}).run(model)
     probes = [o for o in res.steps[0].check.outputs if o.name.startswith("probe")]
     assert [o.verdict for o in probes] == ["proved nothing"] and "no output axis is 'batch'" in probes[0].note  # before: no line at all
+
+
+# --- a value rule (expectation, feed transform, derived feed) frees neither dtype nor dims ----------
+
+
+class _ReshapeOutput(Pass):
+    """A buggy pass: appends an op at output 'a' with the right expectation, but changes what 'a'
+    is (dims: a Transpose, dtype: a Cast to double) without declaring it (unless ``declare``)."""
+
+    name = "reshape-output"
+
+    class Params(PassParams):
+        change: Literal["dims", "dtype"]
+        declare: bool = False
+
+    params: Params
+
+    def run(self, model: ModelIR) -> PassResult:
+        import numpy as np
+        import onnx_graphsurgeon as gs
+
+        g, change = model.graph, self.params.change
+        old = g.outputs[0]
+        old.name = "a_pre"
+        if change == "dims":
+            new = gs.Variable("a", old.dtype, [3, 2])
+            g.nodes.append(gs.Node("Transpose", "t", {"perm": [1, 0]}, [old], [new]))
+            contract = IOContract(expectations={"a": lambda outs, feed: outs["a"].T})
+        else:
+            new = gs.Variable("a", np.dtype("float64"), old.shape)
+            g.nodes.append(gs.Node("Cast", "c", {"to": onnx.TensorProto.DOUBLE}, [old], [new]))
+            contract = IOContract(expectations={"a": lambda outs, feed: outs["a"].astype(np.float64)})
+        g.outputs[0] = new
+        if self.params.declare:
+            (contract.changed_dims if change == "dims" else contract.changed_types).add("a")
+        return PassResult(True, contract)
+
+
+class _ReshapeInput(Pass):
+    """A buggy pass: input 'x' becomes a transposed (dims) or double (dtype) input with the right
+    feed transform, without declaring the change (unless ``declare``)."""
+
+    name = "reshape-input"
+
+    class Params(PassParams):
+        change: Literal["dims", "dtype"]
+        declare: bool = False
+
+    params: Params
+
+    def run(self, model: ModelIR) -> PassResult:
+        import numpy as np
+        import onnx_graphsurgeon as gs
+
+        g, change = model.graph, self.params.change
+        old = g.inputs[0]
+        old.name = "x_inner"
+        if change == "dims":
+            new = gs.Variable("x", old.dtype, [3, 2])
+            g.nodes.insert(0, gs.Node("Transpose", "t", {"perm": [1, 0]}, [new], [old]))
+            contract = IOContract(feed_transforms={"x": lambda feed: np.ascontiguousarray(feed["x"].T)})
+        else:
+            new = gs.Variable("x", np.dtype("float64"), old.shape)
+            g.nodes.insert(0, gs.Node("Cast", "c", {"to": onnx.TensorProto.FLOAT}, [new], [old]))
+            contract = IOContract(feed_transforms={"x": lambda feed: feed["x"].astype(np.float64)})
+        g.inputs[0] = new
+        if self.params.declare:
+            (contract.changed_dims if change == "dims" else contract.changed_types).add("x")
+        return PassResult(True, contract)
+
+
+@pytest.mark.parametrize(
+    ("step", "port", "what"),
+    [
+        (_ReshapeOutput, "output 'a'", "axis 0 is 3, was 2 (static -> static)"),
+        (_ReshapeInput, "input 'x'", "axis 0 is 3, was 2 (static -> static)"),
+    ],
+)
+def test_an_undeclared_dims_change_fails_even_with_a_value_rule(step: type[Pass], port: str, what: str) -> None:
+    res = Pipeline([step(change="dims")], verify={"device": "cpu"}).run(_two())
+    assert [c.verdict for c in res.steps[0].check.outputs if not c.name.startswith("interface")] == ["ok", "ok"]  # values agree
+    assert not res.ok and [f for f in res.failures() if port in f and what in f], res.failures()  # before: ok
+    res = Pipeline([step(change="dims", declare=True)], verify={"device": "cpu"}).run(_two())
+    assert res.ok, res.failures()
+
+
+@pytest.mark.parametrize(("step", "port"), [(_ReshapeOutput, "output 'a'"), (_ReshapeInput, "input 'x'")])
+def test_an_undeclared_dtype_change_fails_even_with_a_value_rule(step: type[Pass], port: str) -> None:
+    res = Pipeline([step(change="dtype")], verify={"device": "cpu"}).run(_two())
+    assert not res.ok and [f for f in res.failures() if port in f and "dtype float64 != float32 before" in f], res.failures()  # before: ok
+    res = Pipeline([step(change="dtype", declare=True)], verify={"device": "cpu"}).run(_two())
+    assert res.ok, res.failures()
+
+
+def test_check_interface_value_rules_free_nothing() -> None:
+    before = _two()
+    after = _two("double[3,2] a, float[2,3] b")
+    keep = lambda outs, feed: outs["a"]  # noqa: E731
+    notes = [o.note for o in check_interface(before, after, [IOContract(expectations={"a": keep})])]
+    assert len(notes) == 2 and notes[0].startswith("dtype float64 != float32") and notes[1].startswith("axis 0 is 3, was 2")
+    only_types = IOContract(expectations={"a": keep}, changed_types={"a"})
+    assert [o.note.split(";")[0] for o in check_interface(before, after, [only_types])] == ["axis 0 is 3, was 2 (static -> static)"]
+    assert check_interface(before, after, [IOContract(changed_types={"a"}, changed_dims={"a"})]) == []
+    x_in = parser.parse_model(TWO_OUT.format(outs="float[2,3] a, float[2,3] b").replace("float[2,3] x", "uint8[2,3] x"))
+    derived = IOContract(derived_inputs={"x": lambda feed: feed["x"]})
+    assert [o.name for o in check_interface(before, x_in, [derived])] == ["interface: input 'x'"]
+    derived.changed_types.add("x")
+    assert check_interface(before, x_in, [derived]) == []

@@ -81,7 +81,12 @@ class Intermediates:
 @dataclass
 class IOContract:
     """How one pass changed the interface. The default (all empty) means "same interface,
-    outputs equal under the pipeline's tolerance"."""
+    outputs equal under the pipeline's tolerance".
+
+    Values and interface are declared apart: ``feed_transforms``, ``expectations`` and
+    ``derived_inputs`` say how to compute a port's value, never that its dtype or static dims may
+    change. A step that changes those declares the port in ``changed_types`` / ``changed_dims``
+    (names after the step); the interface check fails any other change."""
 
     renamed_inputs: dict[str, str] = field(default_factory=dict)
     renamed_outputs: dict[str, str] = field(default_factory=dict)
@@ -94,11 +99,14 @@ class IOContract:
     added_outputs: set[str] = field(default_factory=set)
     """Outputs the step added: the model must produce them; there is nothing to compare them with."""
     expectations: dict[str, OutputExpectation] = field(default_factory=dict)
-    """Outputs (names after the step) whose expected value is computed from the outputs before it."""
+    """Outputs (names after the step) whose expected value is computed from the outputs before it.
+    An output that keeps its name keeps its dtype and static dims unless ``changed_types`` /
+    ``changed_dims`` name it too."""
     feed_transforms: dict[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]] = field(
         default_factory=dict
     )
-    """Inputs (names after the step) whose value is computed from the feed before it."""
+    """Inputs (names after the step) whose value is computed from the feed before it. Like
+    ``expectations``, this frees neither dtype nor dims."""
     intermediates: Intermediates | None = None
     """Values of tensors inside the model before the step, given to ``feed_transforms`` (in their
     ``feed_before``) and ``expectations`` (in their ``outputs_before``) under their own names."""
@@ -108,7 +116,9 @@ class IOContract:
     """Inputs of the model before the step (names before it) computed from the feed after it, for
     steps that change an input's domain (prepend-op: uint8 NHWC image -> float NCHW). Such a feed
     cannot be mapped forward: the verifier makes random data for the model after the step and
-    derives the feed before it, and the reference, backwards."""
+    derives the feed before it, and the reference, backwards. The new dtype or dims of such an
+    input are declared in ``changed_types`` / ``changed_dims`` under its name after the step (and
+    a new name in ``renamed_inputs``), like any other change."""
     probes: list[Probe] = field(default_factory=list)
     changed_dims: set[str] = field(default_factory=set)
     """Inputs and outputs (names after the step) whose dims the step changed on purpose (a size

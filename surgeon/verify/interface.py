@@ -59,23 +59,19 @@ class _Track:
 
 def _follow(name: str, contracts: Sequence[IOContract], kind: str) -> _Track | None:
     """Where a port of the model before ``contracts`` is after them (None: removed), and which
-    changes the contracts declared for it."""
+    changes the contracts declared for it. Only ``changed_dims`` and ``changed_types`` declare a
+    change: a port with a feed transform, an expectation or a derived feed keeps its dtype and
+    static dims unless the step says otherwise."""
     t = _Track(name)
     for c in contracts:
         if kind == "input":
             if t.name in c.removed_inputs:
                 return None
-            if t.name in c.derived_inputs:
-                t.dims_free = t.type_free = True
             t.name = c.renamed_inputs.get(t.name, t.name)
-            declared = t.name in c.feed_transforms
         else:
             if t.name in c.removed_outputs:
                 return None
             t.name = c.renamed_outputs.get(t.name, t.name)
-            declared = t.name in c.expectations
-        if declared:
-            t.dims_free = t.type_free = True
         t.dims_free |= t.name in c.changed_dims
         t.type_free |= t.name in c.changed_types
     return t

@@ -119,6 +119,46 @@ def test_verifier_really_compares() -> None:
     assert [c.verdict for c in res.steps[0].check.outputs if c.name == "y"] == ["FAIL"]
 
 
+STATIC = TEXT.replace("N", "4")
+DECLARED = [
+    ({"op": "Clip", "min": 0.0}, set(), set()),
+    ({"op": "Softmax"}, set(), set()),
+    ({"op": "Sigmoid"}, set(), set()),
+    ({"op": "ArgMax", "axis": 1, "keepdims": False}, {"y"}, {"y"}),
+    ({"op": "ArgMax", "axis": 1}, {"y"}, {"y"}),
+    ({"op": "TopK", "k": 5}, set(), set()),  # values: same dtype, same dims; the indices are a new output
+    ({"op": "TopK", "k": 2}, set(), {"y"}),
+    ({"op": "Cast", "to": "float16"}, {"y"}, set()),
+    ({"op": "Transpose"}, set(), {"y"}),
+    ({"op": "Transpose", "perm": [1, 0], "name": "t"}, set(), set()),  # a new output: nothing to declare
+]
+
+
+@pytest.mark.parametrize(("params", "types", "dims"), DECLARED, ids=[f"{c[0]['op']}-{i}" for i, c in enumerate(DECLARED)])
+def test_declares_what_the_op_changes_and_only_that(params: dict, types: set, dims: set) -> None:
+    step = AppendOp(output="y", **params)
+    contract = step.run(ModelIR.from_model(load(parser.parse_model(STATIC)))).contract
+    assert (contract.changed_types, contract.changed_dims) == (types, dims)
+    res = _run(parser.parse_model(STATIC), step)
+    assert res.ok, res.failures()
+
+
+class _Loosened(AppendOp):
+    """Appends the op, then also makes a static dim of the result symbolic (undeclared)."""
+
+    def run(self, model: ModelIR) -> PassResult:
+        result = super().run(model)
+        model.graph.outputs[0].shape = ["n", 5]
+        return result
+
+
+@pytest.mark.parametrize("params", [{"op": "Softmax"}, {"op": "Cast", "to": "float16"}])
+def test_an_expected_output_may_not_change_dims_it_does_not_declare(params: dict) -> None:
+    res = _run(parser.parse_model(STATIC), _Loosened(output="y", **params))
+    assert not res.ok  # before: ok (an output with an expectation was free in dtype and dims)
+    assert [f for f in res.failures() if "interface: output 'y'" in f and "axis 0 is 'n', was 4 (static -> symbolic)" in f], res.failures()
+
+
 def test_bad_params() -> None:
     with pytest.raises(ValidationError, match="'k' does not apply to Softmax; Softmax takes: axis"):
         AppendOp(output="y", op="Softmax", k=3)

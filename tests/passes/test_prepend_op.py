@@ -103,6 +103,41 @@ def test_verifier_really_compares() -> None:
     assert not res.ok and res.steps[0].check.outputs[0].verdict == "FAIL"
 
 
+DECLARED = [
+    ({"op": "Cast", "dtype": "uint8"}, {}, {"image"}, set()),
+    ({"op": "Cast", "dtype": "uint8", "name": "pixels"}, {"image": "pixels"}, {"pixels"}, set()),
+    ({"op": "Normalize", "mean": MEAN, "std": STD}, {}, set(), set()),
+    ({"op": "Transpose", "perm": [0, 3, 1, 2]}, {}, set(), {"image"}),
+    ({"op": "Transpose", "perm": [0, 1, 3, 2], "name": "t"}, {"image": "t"}, set(), {"t"}),
+]
+
+
+@pytest.mark.parametrize(("params", "renamed", "types", "dims"), DECLARED, ids=[f"{c[0]['op']}-{i}" for i, c in enumerate(DECLARED)])
+def test_declares_the_new_domain_of_the_input(params: dict, renamed: dict, types: set, dims: set) -> None:
+    step = PrependOp(input="image", **params)
+    contract = step.run(ModelIR.from_model(load(parser.parse_model(TEXT)))).contract
+    assert (contract.renamed_inputs, contract.changed_types, contract.changed_dims) == (renamed, types, dims)
+    res = _run(parser.parse_model(TEXT), step, ranges={"image": [0, 256], "pixels": [0, 256]})
+    assert res.ok, res.failures()
+
+
+class _Loosened(PrependOp):
+    """Prepends the op, then also makes the channel dim of the new input symbolic (undeclared)."""
+
+    def run(self, model: ModelIR) -> PassResult:
+        result = super().run(model)
+        model.graph.inputs[0].shape = ["N", "c", 4, 5]
+        return result
+
+
+@pytest.mark.parametrize(("params", "port"), [({"op": "Normalize", "scale": 0.5}, "image"), ({"op": "Cast", "dtype": "uint8", "name": "pixels"}, "pixels")])
+def test_a_derived_input_may_not_change_dims_it_does_not_declare(params: dict, port: str) -> None:
+    res = _run(parser.parse_model(TEXT), _Loosened(input="image", **params), dims={"N": 2, "c": 3}, ranges={"image": [0, 256], "pixels": [0, 256]})
+    assert not res.ok  # before: ok (a derived input was free in dtype and dims; a renamed one was not checked at all)
+    what = "axis 1 is 'c', was 3 (static -> symbolic)"
+    assert [f for f in res.failures() if f"interface: input '{port}'" in f and what in f], res.failures()
+
+
 def test_identity_ops_leave_the_model_unmodified() -> None:
     for params in ({"op": "Cast", "dtype": "float32"}, {"op": "Transpose", "perm": [0, 1, 2, 3]}, {"op": "Normalize", "mean": [0.0], "std": [1, 1, 1]}):
         res = _run(parser.parse_model(TEXT), PrependOp(input="image", **params))

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
+from surgeon.ir.adapter import ModelIR
 from surgeon.ir.external import is_external
 from surgeon.ir.model import load
 from surgeon.passes.to_fp16 import ToFP16
@@ -62,6 +63,45 @@ def test_without_keep_io_types_feeds_and_compares_float16():
     g = res.model.proto.graph
     assert _elem(g.input[0]) == TensorProto.FLOAT16 and _elem(g.output[0]) == TensorProto.FLOAT16
     assert [n[0] for n in _nodes(res)] == ["MatMul", "Add", "Softmax"]
+
+
+STATIC = HEADER + """
+g (float[2, 4] x) => (float[2, 3] y) <float[4, 3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0}>
+{
+  h = MatMul(x, w)
+  y = Relu(h)
+}"""
+
+
+def test_declares_the_dtype_of_the_io_it_converts_and_nothing_else():
+    def contract(**params):
+        ir = ModelIR.from_model(load(onnx.parser.parse_model(STATIC)))
+        return ToFP16(**params).run(ir).contract
+
+    kept, half = contract(), contract(keep_io_types=False)
+    assert (kept.changed_types, kept.changed_dims) == (set(), set())
+    assert (half.changed_types, half.changed_dims) == ({"x", "y"}, set())
+    assert sorted(half.feed_transforms) == ["x"] and sorted(half.expectations) == ["y"]
+
+
+class _Loosen(ToFP16):
+    """A buggy to-fp16: also makes a static dim of its converted (type-declared) input and output symbolic."""
+
+    def run(self, model):
+        result = super().run(model)
+        model.graph.inputs[0].shape = [2, "f"]
+        model.graph.outputs[0].shape = [2, "k"]
+        return result
+
+
+def test_declared_types_let_no_dims_change_through():
+    assert _run(STATIC, keep_io_types=False).ok
+    res = Pipeline([_Loosen(keep_io_types=False)], verify={"device": "cpu"}).run(onnx.parser.parse_model(STATIC))
+    assert not res.ok  # before: ok (a port with a feed transform or an expectation was free in dims too)
+    failures = [f for f in res.failures() if "interface" in f]
+    assert len(failures) == 2, res.failures()
+    assert "interface: input 'x'" in failures[0] and "axis 1 is 'f', was 4 (static -> symbolic)" in failures[0]
+    assert "interface: output 'y'" in failures[1] and "axis 1 is 'k', was 3 (static -> symbolic)" in failures[1]
 
 
 def test_blocked_op_gets_casts_both_ways():
