@@ -55,7 +55,7 @@ def open_traced_crops(model: ModelIR, others: Others) -> list[str]:
     notes: list[str] = []
     slices = [n for n in model.graph.nodes if n.op == "Slice"]
     for _ in range(1 + 64 * len(slices)):  # each round opens an entry of some Slice's ends
-        at_b = _shapes_at(model, others)
+        at_b = shapes_at(model, others)
         if at_b is None:
             return notes
         found = [(node, new) for node in slices if (new := _judge(model, node, at_a, at_b)) is not None]
@@ -65,7 +65,7 @@ def open_traced_crops(model: ModelIR, others: Others) -> list[str]:
     raise PassError(f"opening traced-size crops did not settle after {len(notes)} rewrites")
 
 
-def _shapes_at(model: ModelIR, others: Others) -> dict | None:
+def shapes_at(model: ModelIR, others: Others) -> dict | None:
     """Inferred shapes with each promoted node reading its other vector (restored after)."""
     import onnx_graphsurgeon as gs
 

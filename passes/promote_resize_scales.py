@@ -183,17 +183,21 @@ class PromoteResizeScales(Pass):
             plan = self._plan(model)  # the sites are now the Resize nodes that replaced the Upsamples
         if not plan:
             return PassResult(False, IOContract())
+        others = [(s.node, s.slot, _grown(s)) for _, _, sites in plan for s in sites]
         if self.params.crops == "rewrite":
             from surgeon.passes._crops import open_traced_crops
 
-            notes += open_traced_crops(model, [(s.node, s.slot, _grown(s)) for _, _, sites in plan for s in sites])
+            notes += open_traced_crops(model, others)
+        traced, scaled = _scaled_axes(model, others)
         contract = IOContract()
         io_before = io_types(model.graph)
+        pins: dict[str, tuple[Any, ...]] = {}  # shared: each promotion re-infers every shape
         for name, value, sites in plan:
-            notes += _promote(model, name, value, sites, self.params.form)
+            notes += _promote(model, name, value, sites, self.params.form, traced, pins)
             contract.new_inputs[name] = value
         contract.probes.append(self._probe(plan))
-        contract.declare_changes(io_before, io_types(model.graph))
+        # a full vector as input may scale every axis; a factor only the spatial ones
+        contract.declare_changes(io_before, io_types(model.graph), axes=scaled if self.params.form == "factor" else None)
         return PassResult(True, contract, notes)
 
     def _probe(self, plan: list[tuple[str, np.ndarray, list[Site]]]) -> ScaleProbe:
@@ -215,8 +219,35 @@ class PromoteResizeScales(Pass):
 # -- editing ------------------------------------------------------------------------------------
 
 
-def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], form: str) -> list[str]:
+def _scaled_axes(model: ModelIR, others: list[tuple[gs.Node, int, np.ndarray]]) -> tuple[dict[str, tuple[Any, tuple[Any, ...]]], dict[str, set[int]]]:
+    """Shapes inferred at the traced factor, and per graph output the axes whose size follows
+    the factor (inferred at the traced and at a larger one): the only dims the pass may change.
+    Where inference fails, every axis of every output (the probe still checks them)."""
+    from surgeon.errors import PassError
+    from surgeon.passes._crops import shapes_at
+    from surgeon.passkit.shapes import infer
+
+    outputs = [t for t in model.graph.outputs if t.name]
+    try:
+        at_a = infer(model)
+    except PassError:
+        at_a = {}
+    at_b = shapes_at(model, others) if at_a else None
+    if not at_a or at_b is None:
+        return {}, {t.name: set(range(len(t.shape or []) or 64)) for t in outputs}
+    scaled: dict[str, set[int]] = {}
+    for t in outputs:
+        a, b = at_a.get(t.name, (None, None))[1], at_b.get(t.name, (None, None))[1]
+        if a is None or b is None or len(a) != len(b):
+            scaled[t.name] = set(range(max(len(a or []), len(b or []), len(t.shape or []))))
+            continue
+        scaled[t.name] = {k for k, (da, db) in enumerate(zip(a, b)) if not (isinstance(da, int) and isinstance(db, int) and da == db)}
+    return {name: (elem, tuple(shape)) for name, (elem, shape) in at_a.items() if shape is not None}, scaled
+
+
+def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], form: str, traced: dict[str, tuple[Any, tuple[Any, ...]]], pins: dict[str, tuple[Any, ...]]) -> list[str]:
     import onnx_graphsurgeon as gs
+    from onnx import helper
 
     from surgeon.passkit.shapes import drop_orphan_constant, refresh_shapes
 
@@ -224,7 +255,6 @@ def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], fo
     new = gs.Variable(name, dtype=value.dtype, shape=list(value.shape))
     g.inputs.append(new)
     vectors: dict[tuple[int, int], gs.Variable] = {}
-    pins: dict[str, tuple[Any, ...]] = {}
     for site in sites:
         node, old = site.node, site.node.inputs[site.slot]
         vector = new
@@ -234,10 +264,12 @@ def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], fo
                 vectors[key] = _expand_factor(model, new, *key)
             vector = vectors[key]
             x, y = node.inputs[0], node.outputs[0]
-            if x.shape is not None and y.name:
-                y.dtype = y.dtype or x.dtype
+            elem, x_shape = traced.get(x.name, (None, None))  # TorchScript writes no value_info
+            x_shape = x.shape if x.shape is not None else x_shape
+            y.dtype = y.dtype or x.dtype or (helper.tensor_dtype_to_np_dtype(elem) if elem else None)
+            if x_shape is not None and y.name and y.dtype is not None:
                 # the factor only scales spatial axes: batch and channels keep their size
-                pins[y.name] = tuple(x.shape[: site.lead]) + tuple(f"{y.name}_{a}" for a in range(site.lead, len(site.value)))
+                pins[y.name] = tuple(x_shape[: site.lead]) + tuple(f"{y.name}_{a}" for a in range(site.lead, len(site.value)))
         node.inputs[site.slot] = vector
         drop_orphan_constant(g, old)
     if vectors:

@@ -65,6 +65,11 @@ def test_check_interface_dtypes_renames_and_declarations() -> None:
     renamed = _two("float[2,3] b, float[2,3] z")
     assert check_interface(before, renamed, [IOContract(renamed_outputs={"a": "z"})])[0].note.startswith("order ['b', 'z']")
     assert check_interface(before, renamed, [IOContract(renamed_outputs={"a": "z"}, reordered=True)]) == []
+    loose = _two("float[n,m] a, float[2,3] b")  # changed_axes frees those axes only
+    assert check_interface(before, loose, [IOContract(changed_axes={"a": {0, 1}})]) == []
+    only_one = check_interface(before, loose, [IOContract(changed_axes={"a": {0}})])
+    assert [o.name for o in only_one] == ["interface: output 'a'"] and "axis 1 is 'm', was 3" in only_one[0].note
+    assert "rank" in check_interface(before, _two("float[2] a, float[2,3] b"), [IOContract(changed_axes={"a": {0, 1}})])[0].note
     unknown = _two("float[?,3] a, float[2,3] b")  # placeholder dims are unknown: not an interface promise
     assert check_interface(unknown, before, [IOContract()]) == []
 

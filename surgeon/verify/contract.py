@@ -123,6 +123,10 @@ class IOContract:
     changed_dims: set[str] = field(default_factory=set)
     """Inputs and outputs (names after the step) whose dims the step changed on purpose (a size
     made symbolic or fixed). Any other change of a static dim fails the interface check."""
+    changed_axes: dict[str, set[int]] = field(default_factory=dict)
+    """Inputs and outputs (names after the step) of which only these axes changed size on purpose
+    (promote-resize-scales: the axes the factor scales); the rank and every other static dim must
+    stay."""
     changed_types: set[str] = field(default_factory=set)
     """Inputs and outputs (names after the step) whose element type the step changed on purpose."""
     reordered: bool = False
@@ -133,14 +137,18 @@ class IOContract:
     tolerance: Tolerance | None = None
     """The pass's own numeric contract; None means the pipeline's tolerance."""
 
-    def declare_changes(self, before: Mapping[str, tuple[Any, Any]], after: Mapping[str, tuple[Any, Any]]) -> None:
+    def declare_changes(self, before: Mapping[str, tuple[Any, Any]], after: Mapping[str, tuple[Any, Any]], axes: Mapping[str, set[int]] | None = None) -> None:
         """Declare every input/output whose ``(dtype, shape)`` differs between two snapshots
-        (:func:`io_types`) as changed on purpose."""
+        (:func:`io_types`) as changed on purpose; with ``axes``, a port's dims only along the axes
+        given for it (a change elsewhere stays undeclared, and fails the interface check)."""
         for name, (dtype, shape) in after.items():
             if name in before:
                 old_dtype, old_shape = before[name]
                 if _shape(old_shape) != _shape(shape):
-                    self.changed_dims.add(name)
+                    if axes is None:
+                        self.changed_dims.add(name)
+                    elif axes.get(name):
+                        self.changed_axes.setdefault(name, set()).update(axes[name])
                 if old_dtype is not None and dtype is not None and old_dtype != dtype:
                     self.changed_types.add(name)
 

@@ -5,7 +5,7 @@ runtime that binds outputs by index, or allocates by declared shape, would get i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from surgeon.verify.compare import OutputCheck
@@ -54,6 +54,7 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
 class _Track:
     name: str
     dims_free: bool = False
+    free_axes: set[int] = field(default_factory=set)
     type_free: bool = False
 
 
@@ -73,6 +74,7 @@ def _follow(name: str, contracts: Sequence[IOContract], kind: str) -> _Track | N
                 return None
             t.name = c.renamed_outputs.get(t.name, t.name)
         t.dims_free |= t.name in c.changed_dims
+        t.free_axes |= c.changed_axes.get(t.name, set())
         t.type_free |= t.name in c.changed_types
     return t
 
@@ -94,7 +96,7 @@ def check_interface(before: onnx.ModelProto, after: onnx.ModelProto, contracts: 
             if not t.type_free and old.dtype and new.dtype and old.dtype != new.dtype:
                 what = f"dtype {_dtype(new.dtype)} != {_dtype(old.dtype)} before"
                 problems.append(_fail(label, what))
-            change = None if t.dims_free else _dims_change(old.dims, new.dims)
+            change = None if t.dims_free else _dims_change(old.dims, new.dims, t.free_axes)
             if change:
                 problems.append(_fail(label, change))
         order = [new for _, new in sorted(kept, key=lambda k: now[k[1]][0])]
@@ -104,13 +106,13 @@ def check_interface(before: onnx.ModelProto, after: onnx.ModelProto, contracts: 
     return problems
 
 
-def _dims_change(old: Dims, new: Dims) -> str:
+def _dims_change(old: Dims, new: Dims, free: set[int] | frozenset[int] = frozenset()) -> str:
     if old is None or new is None:
         return ""
     if len(old) != len(new):
         return f"rank {len(new)} {list(new)} != {len(old)} {list(old)} before"
     for axis, (a, b) in enumerate(zip(old, new)):
-        if a is None or b is None or a == b:
+        if a is None or b is None or a == b or axis in free:
             continue
         if isinstance(a, int) or isinstance(b, int):
             return f"axis {axis} is {b!r}, was {a!r} ({_kind(a)} -> {_kind(b)})"

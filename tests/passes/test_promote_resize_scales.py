@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from surgeon import Pipeline, apply
 from surgeon.errors import PassPreconditionError
+from surgeon.ir.adapter import ModelIR
+from surgeon.ir.model import load
 from surgeon.passes.promote_resize_scales import PromoteResizeScales
 from tests import models_interface as mi
 
@@ -77,6 +79,36 @@ def test_factor_form_keeps_batch_and_channels() -> None:
         assert y.shape == (1, 2, int(4 * f), int(4 * f))
     assert res.steps[0].notes == ["input 'factor' (factor 3.0) now drives '/up/Resize'"]
     _no_stale(proto)
+
+
+def test_factor_form_without_value_info_keeps_batch_and_channels_and_declares_only_scaled_axes() -> None:
+    """TorchScript writes no value_info for a Conv's output: batch and channels of the Resize's
+    output still stay static (they were made symbolic), and the contract frees only the axes
+    the factor scales, so a pass that loosens batch or channels fails the interface check."""
+    proto = onnx.parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[1, 1, 4, 4] x, float[2, 1, 3, 3] w) => (float[1, 2, 12, 12] y) {
+            c = Conv<pads = [1, 1, 1, 1]>(x, w)
+            s = Constant<value = float[4] {1, 1, 3, 3}>()
+            y = Resize<mode = "nearest">(c, , s)
+        }"""
+    )
+    del proto.graph.input[1]  # w: an initializer, not an input
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.linspace(-1, 1, 18, dtype=np.float32).reshape(2, 1, 3, 3), "w"))
+    res, out = _run(proto, input="factor", form="factor")
+    assert res.ok, res.failures()
+    assert _dims(out.graph.output[0])[:2] == [1, 2]
+    contract = PromoteResizeScales(input="factor", form="factor")(ModelIR.from_model(load(proto))).contract
+    assert contract.changed_axes == {"y": {2, 3}} and not contract.changed_dims
+
+    class Loose(PromoteResizeScales):
+        def run(self, ir):  # type: ignore[no-untyped-def]
+            result = super().run(ir)
+            ir.graph.outputs[0].shape = ["n", 2, "h", "w"]
+            return result
+
+    res = Pipeline([Loose(input="factor", form="factor")], verify={"device": "cpu"}).run(proto)
+    assert not res.ok and any("output 'y'" in f and "axis 0 is 'n', was 1" in f for f in res.failures()), res.failures()
 
 
 def test_factor_per_axis() -> None:
