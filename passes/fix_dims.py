@@ -9,7 +9,7 @@ from pydantic import Field, PositiveInt
 
 from surgeon.errors import PassPreconditionError
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.verify.contract import IOContract, io_types
+from surgeon.verify.contract import IOContract, io_types, unknown_axes
 
 if TYPE_CHECKING:
     from surgeon.ir.adapter import ModelIR
@@ -104,5 +104,6 @@ class FixDims(Pass):
                 pins[o.name] = tuple(fixed.get(d, d) if isinstance(d, str) else (None if isinstance(d, int) and d <= 0 else d) for d in o.shape)
         refresh_shapes(model, pins)
         contract = IOContract()
-        contract.declare_changes(io_before, io_types(g))
+        # sizes only become known: a dim that was static before must stay what it was
+        contract.declare_changes(io_before, io_types(g), axes=unknown_axes(io_before))
         return PassResult(True, contract, notes)

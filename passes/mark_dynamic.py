@@ -118,7 +118,7 @@ class MarkDynamic(Pass):
             by_name[name].shape = shape
         dims_b = {n: [other.get(d, d) if isinstance(d, str) else d for d in by_name[n].shape] for n in ins}
         notes = rewrite_constant_shapes(model, at_a, dims_b, Sizes(ins, outs, traced, other))
-        self._check_outputs(model, outs, traced, other, dims_b)
+        at_b = self._check_outputs(model, outs, traced, other, dims_b)
         pins = {name: tuple(axes.get(i) for i in range(len(by_name[name].shape))) for name, axes in outs.items()}
         refresh_shapes(model, pins)
         for name, axes in outs.items():
@@ -136,12 +136,13 @@ class MarkDynamic(Pass):
             else:
                 probes.append(SizeProbe(sym, ins, outs, traced))
         contract = IOContract(probes=probes, traced_dims=dict(traced))
-        contract.declare_changes(io_before, io_types(g))
+        contract.declare_changes(io_before, io_types(g), axes=_following(g, ins, outs, at_a, at_b))
         return PassResult(True, contract, notes=notes)
 
     @staticmethod
-    def _check_outputs(model: ModelIR, outs: Axes, traced: dict[str, int], other: dict[str, int], dims_b: dict[str, list]) -> None:
-        """At another size, a declared output axis must not stay at its traced size."""
+    def _check_outputs(model: ModelIR, outs: Axes, traced: dict[str, int], other: dict[str, int], dims_b: dict[str, list]) -> dict:
+        """At another size, a declared output axis must not stay at its traced size. Returns the
+        shapes inferred at the other sizes."""
         from surgeon.passkit.shapes import infer
 
         try:
@@ -157,6 +158,22 @@ class MarkDynamic(Pass):
                         f"output '{name}' axis {axis} stays {d} when '{sym}' is {other[sym]}: something in the graph "
                         "hard-codes that size and was not rewritten; cannot make it dynamic safely"
                     )
+        return at_b
+
+
+def _following(g: gs.Graph, ins: Axes, outs: Axes, at_a: dict, at_b: dict) -> dict[str, set[int]]:
+    """The axes the pass may change: those it marks, and the output axes whose size follows a
+    marked one (inferred at the traced and at other sizes; an axis unknown at either follows)."""
+    allowed = {name: set(axes) for name, axes in ins.items()}
+    for t in g.outputs:
+        a, b = at_a.get(t.name, (None, None))[1], at_b.get(t.name, (None, None))[1]
+        axes = set(outs.get(t.name, {}))
+        if a is None or b is None or len(a) != len(b):
+            axes |= set(range(len(t.shape or [])))
+        else:
+            axes |= {k for k, (da, db) in enumerate(zip(a, b)) if not (isinstance(da, int) and isinstance(db, int) and da == db)}
+        allowed[t.name] = allowed.get(t.name, set()) | axes
+    return allowed
 
 
 def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict, sizes: Sizes) -> list[str]:

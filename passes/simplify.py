@@ -18,7 +18,7 @@ from surgeon.ir.walk import signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.fold import fold
 from surgeon.passkit.ops import names, require_names
-from surgeon.verify.contract import IOContract, io_types
+from surgeon.verify.contract import IOContract, io_types, unknown_axes
 
 if TYPE_CHECKING:
     import onnx
@@ -101,8 +101,8 @@ class Simplify(Pass):
             return PassResult(False, IOContract())
         model.replace_graph(result)
         contract = IOContract()
-        if self.params.input_shapes:  # the shapes given, and the output dims they fix, change on purpose
-            contract.declare_changes(io_before, io_types(model.graph))
+        if self.params.input_shapes:  # the shapes given, and the output dims they fix, become known
+            contract.declare_changes(io_before, io_types(model.graph), axes=unknown_axes(io_before))
         return PassResult(True, contract, notes=_notes(proto.graph, result.graph, hidden))
 
     def _fallback(self, model: ModelIR, failure: OnnxsimFailed) -> PassResult:

@@ -14,6 +14,7 @@ from surgeon import Pipeline
 from surgeon.cli import main
 from surgeon.ir.adapter import ModelIR
 from surgeon.pass_api import Pass, PassParams, PassResult
+from surgeon.passes.fix_dims import FixDims
 from surgeon.passes.mark_dynamic import MarkDynamic
 from surgeon.passes.rename_io import RenameIO
 from surgeon.verify.contract import IOContract
@@ -54,6 +55,27 @@ def test_a_pass_that_swaps_outputs_or_changes_dims_undeclared_fails() -> None:
     assert not res.ok and any("output 'a'" in f and "axis 0 is 'n', was 2 (static -> symbolic)" in f for f in res.failures()), res.failures()
     res = Pipeline([MarkDynamic(batch="n")], verify={"device": "cpu"}).run(_two())
     assert res.ok, res.failures()  # declared: changed_dims
+
+    class LooseBatch(MarkDynamic):  # marks the batch, and also loosens an axis that does not follow it
+        def run(self, ir):  # type: ignore[no-untyped-def]
+            res = super().run(ir)
+            ir.graph.outputs[0].shape = ["n", "m"]
+            return res
+
+    res = Pipeline([LooseBatch(batch="n")], verify={"device": "cpu"}).run(_two())
+    assert not res.ok and any("output 'a'" in f and "axis 1 is 'm', was 3" in f for f in res.failures()), res.failures()
+
+    class FixAndShrink(FixDims):  # fixes N, and also rewrites a dim that was static
+        def run(self, ir):  # type: ignore[no-untyped-def]
+            res = super().run(ir)
+            ir.graph.outputs[1].shape = [2, 4]
+            return res
+
+    dynamic = parser.parse_model(TWO_OUT.replace("float[2,3] x", "float[N,3] x").format(outs="float[N,3] a, float[N,3] b"))
+    res = Pipeline([FixDims(dims={"N": 2})], verify={"device": "cpu"}).run(dynamic)
+    assert res.ok, res.failures()  # N -> 2 on the input and both outputs: declared
+    res = Pipeline([FixAndShrink(dims={"N": 2})], verify={"device": "cpu"}).run(dynamic)
+    assert not res.ok and any("output 'b'" in f and "axis 1 is 4, was 3" in f for f in res.failures()), res.failures()
 
 
 def test_check_interface_dtypes_renames_and_declarations() -> None:

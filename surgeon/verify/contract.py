@@ -202,5 +202,11 @@ def io_types(graph: Any) -> dict[str, tuple[Any, Any]]:
     return {t.name: (t.dtype, _shape(t.shape)) for t in [*graph.inputs, *graph.outputs]}
 
 
+def unknown_axes(io: Mapping[str, tuple[Any, Any]]) -> dict[str, set[int]]:
+    """Per port of an :func:`io_types` snapshot, the axes without a static size: where a pass
+    that only makes sizes known (fix-dims, simplify with input_shapes) may change dims."""
+    return {name: {k for k, d in enumerate(shape or ()) if not (isinstance(d, int) and d > 0)} for name, (_, shape) in io.items()}
+
+
 def _shape(shape: Any) -> tuple[Any, ...] | None:
     return None if shape is None else tuple(shape)
