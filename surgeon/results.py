@@ -80,12 +80,12 @@ class PipelineResult:
         for s in self.steps:
             if s.check and not s.check.ok:
                 for o in s.check.failures():
-                    lines.append(f"passes[{s.index}] ({s.pass_name}): output '{o.name}': {_describe(o)}")
+                    lines.append(f"passes[{s.index}] ({s.pass_name}): {_what(o.name)}: {_describe(o)}")
                 if s.check.divergence is not None:
                     lines.append(f"passes[{s.index}] ({s.pass_name}): {s.check.divergence.line()}")
         if self.final_check and not self.final_check.ok:
             for o in self.final_check.failures():
-                lines.append(f"end of pipeline: output '{o.name}': {_describe(o)}")
+                lines.append(f"end of pipeline: {_what(o.name)}: {_describe(o)}")
             if self.final_check.divergence is not None:
                 lines.append(f"end of pipeline: {self.final_check.divergence.line()}")
         return lines
@@ -103,6 +103,12 @@ class PipelineResult:
             "ops": {"before": self.ops_before, "after": self.ops_after},
             "export": self.export,
         }
+
+
+def _what(check: str) -> str:
+    """A check as a failure line names it: an output by its name, the interface and probe
+    checks by what they already say (``interface: input 'x'``, ``probe batch=3: y ...``)."""
+    return check if check.startswith(("interface", "probe")) else f"output '{check}'"
 
 
 def _describe(o: Any) -> str:

@@ -212,3 +212,51 @@ def test_srcnn_recipe_matches_torch_at_other_factors(dynamo: bool, tmp_path: Pat
         (got,) = sess.run(None, {"image": x.numpy(), "factor": np.array(f, np.float32)})
         assert got.shape == (1, 3, 8 * f, 8 * f)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_rename_mark_dynamic_promote_recipe_needs_no_verify_dims(dynamo: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The SRCNN recipe a user writes after a plain export: rename-io, mark-dynamic of batch,
+    height and width, promote-resize-scales; no verify block at all. Every step verifies at the
+    traced sizes (said so), and the result matches torch at other sizes and factors."""
+    import contextlib
+    import io
+    import warnings
+
+    from surgeon.cli import main
+
+    module = mi.srcnn_torch(channels=1)
+    src = tmp_path / "srcnn.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.rand(1, 1, 12, 12),), str(src), dynamo=dynamo, opset_version=18 if dynamo else 17)
+    proto = onnx.load(str(src))
+    proto.ir_version = min(proto.ir_version, 10)
+    onnx.save(proto, str(src))
+    old_in, old_out = proto.graph.input[0].name, proto.graph.output[0].name
+    recipe = tmp_path / "fix.yaml"
+    recipe.write_text(
+        f"""version: 1
+model: srcnn.onnx
+output: srcnn-fixed.onnx
+passes:
+  - rename-io: {{inputs: {{'{old_in}': image}}, outputs: {{'{old_out}': out}}}}
+  - mark-dynamic: {{inputs: {{image: {{0: batch, 2: height, 3: width}}}}, outputs: {{out: {{0: batch}}}}}}
+  - promote-resize-scales: {{form: factor, input: factor}}
+"""
+    )
+    assert "dims" not in recipe.read_text()
+    assert main(["apply", str(recipe)]) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "batch=1 (traced), height=12 (traced), width=12 (traced)" in text
+    fixed = onnx.load(str(tmp_path / "srcnn-fixed.onnx"))
+    assert [i.name for i in fixed.graph.input] == ["image", "factor"] and _dims(fixed.graph.output[0])[:2] == ["batch", 1]
+    sess = _session(fixed)
+    x = torch.rand(2, 1, 10, 7)
+    for f in (2, 4):
+        module.up.scale_factor = float(f)
+        with torch.no_grad():
+            want = module(x).numpy()
+        (got,) = sess.run(None, {"image": x.numpy(), "factor": np.array(f, np.float32)})
+        assert got.shape == (2, 1, 10 * f, 7 * f)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
