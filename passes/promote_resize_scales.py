@@ -325,12 +325,13 @@ def _grown(site: Site) -> np.ndarray:
 def _probe_value(value: np.ndarray, site: Site, factor: float, form: str) -> np.ndarray:
     import numpy as np
 
-    if site.kind == "sizes":
+    if site.kind == "sizes":  # the input size times the factor, or times factor + 1 where that is the traced size
         out = value.copy()
         x = site.node.inputs[0].shape
         for i in range(site.lead, len(out)):
             dim = x[i] if x is not None and len(x) == len(out) and isinstance(x[i], int) else None
-            out[i] = int(dim * factor) if dim else int(out[i]) * 2
+            size = int(dim * factor) if dim else int(out[i]) * 2
+            out[i] = size if size != int(value[i]) else (int(dim * (factor + 1)) if dim else size + 1)
         return out
     current = float(value.reshape(-1)[-1])
     f = factor + 1 if abs(factor - current) < 1e-6 else factor

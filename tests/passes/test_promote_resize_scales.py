@@ -144,6 +144,18 @@ def test_sizes_promoted_as_int64() -> None:
         _run(mi.resize_sizes(), form="factor")
 
 
+def test_sizes_at_the_probe_factor_are_probed_at_another() -> None:
+    """Sizes [8, 8] from a 4x4 input are the probe factor 2 already: the probe takes factor 3
+    (12x12) instead of proving nothing."""
+    model = mi.resize_sizes()
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(np.array([1, 2, 8, 8], np.int64), "sizes_c"))
+    model.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 8
+    model.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 8
+    res, _ = _run(model)
+    probes = [o for o in res.steps[0].check.outputs if o.name.startswith("probe")]
+    assert res.ok and [(p.verdict, p.shape) for p in probes] == [("ok", (1, 2, 12, 12))], [(p.name, p.verdict, p.note) for p in probes]
+
+
 @pytest.mark.parametrize("opset", [7, 9])
 def test_legacy_upsample(opset: int) -> None:
     res, proto = _run(mi.upsample(opset), form="factor")
