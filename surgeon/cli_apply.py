@@ -193,6 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         raise RecipeError([*exc.problems[:-1], f"{exc.problems[-1]} ({QUOTE_HINT})"]) from None
     pipeline: Pipeline = recipe.pipeline
+    for s in pipeline.steps:  # past parsing, messages name the pass (no recipe, no --set to point at)
+        s.where, s.locate = args.pass_name, None
     pipeline.tolerance_override = _tolerance_override(_verify_overrides(args))
     return _apply_pipeline(pipeline, args.model, args.output, args, None, None)
 

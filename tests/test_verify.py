@@ -219,3 +219,18 @@ def test_cli_tolerance_wins_over_pass_defaults_and_is_validated(model_path: Path
     assert main(["apply", str(recipe), "--rtol", "-1"]) == 2
     assert main([*argv, "--atol", "-1"]) == 2
     assert not (model_path.parent / "o2.onnx").exists()
+
+
+def test_onnxruntime_log_lines_never_reach_the_terminal(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A kernel that fails at run time (Expand to a random shape): onnxruntime logs it in red on
+    file descriptor 2; surgeon says it once, in its own line naming which model failed, and
+    nothing else reaches the terminal."""
+    from surgeon.cli import main
+
+    src = tmp_path / "expand.onnx"
+    onnx.save(parser.parse_model('<ir_version: 10, opset_import: ["" : 17]>\ng (float[2,3] x, int64[2] s) => (float[?, ?] y) { y = Expand(x, s) }'), str(src))
+    capfd.readouterr()
+    assert main(["run", "strip-doc", str(src), "-o", str(tmp_path / "out.onnx")]) == 3
+    err = capfd.readouterr().err
+    assert "onnxruntime:" not in err and "\x1b[1;31m" not in err, err
+    assert err.count("\n") == 1 and err.startswith("error: strip-doc: the source model fails on the generated inputs") and "Expand" in err

@@ -26,6 +26,9 @@ def fold(model: ModelIR, fold_shapes: bool = True, max_tensor_bytes: int | None 
     needs. Raises :class:`PassError` naming what onnxruntime could not run."""
     import onnx_graphsurgeon as gs
 
+    from surgeon.verify.runtime import quiet_ort
+
+    quiet_ort()  # onnx-graphsurgeon's sessions log through onnxruntime's default logger
     g = model.graph
     masked = _mask_defaults(g, set(model.default_inputs))
     held = _hold_sequences(g)

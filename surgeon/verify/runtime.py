@@ -85,16 +85,13 @@ class Runtime:
         self._providers: list[str] | None = None
 
     def _ort(self) -> Any:
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(3)
-        return ort
+        return quiet_ort()
 
     def session(self, path: Path, external_folder: Path | None = None, data: bytes | None = None) -> ort.InferenceSession:
         ort = self._ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # errors come back as exceptions, in surgeon's own lines
         threads = os.environ.get("SURGEON_ORT_THREADS", "")
         if threads.isdigit() and int(threads) > 0:  # set per worker when many models run at once
             so.intra_op_num_threads = int(threads)
@@ -123,9 +120,15 @@ class Runtime:
                 if hasattr(ort, "preload_dlls"):
                     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                         ort.preload_dlls()
-            try:
+            try:  # the provider's load error is only logged: log errors, into a capture
+                so.log_severity_level = 3
+                ort.set_default_logger_severity(3)
                 with _captured_stderr() as captured:
-                    sess = ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                    try:
+                        sess = ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                    finally:
+                        so.log_severity_level = 4
+                        ort.set_default_logger_severity(4)
                 if "CUDAExecutionProvider" in sess.get_providers():
                     self.used, self.reason = "CUDA", "CUDAExecutionProvider loaded"
                     return ["CUDAExecutionProvider", "CPUExecutionProvider"], sess
@@ -138,6 +141,16 @@ class Runtime:
         self.used, self.reason = "CPU", why
         # onnxruntime fell back to the CPU by itself: that session is a CPU session with our options
         return ["CPUExecutionProvider"], sess if sess is not None and sess.get_providers() == ["CPUExecutionProvider"] else None
+
+
+def quiet_ort() -> Any:
+    """onnxruntime, its default logger held to fatal messages: every session surgeon (or
+    onnx-graphsurgeon's constant folding) builds reports errors as exceptions, which surgeon
+    words in its own lines, instead of red log lines on the terminal."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    return ort
 
 
 @contextlib.contextmanager
@@ -214,13 +227,15 @@ def run_model(runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.nd
         sess = runtime.session(path, folder, data)
         names = [o.name for o in sess.get_outputs()]
         wanted = {i.name for i in sess.get_inputs()}
+        quiet = quiet_ort().RunOptions()
+        quiet.log_severity_level = 4  # a failed kernel is an exception, not a red log line
         results = []
         for feed in feeds:
             missing = wanted - set(feed)
             if missing:
                 raise VerificationError(f"the model has input(s) the contract does not feed: {', '.join(sorted(missing))}")
             try:
-                outs = sess.run(names, {k: v for k, v in feed.items() if k in wanted})
+                outs = sess.run(names, {k: v for k, v in feed.items() if k in wanted}, quiet)
             except Exception as exc:
                 raise VerificationError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
             results.append(dict(zip(names, outs)))
@@ -259,9 +274,7 @@ def _probe_model(opset: int, ir_version: int) -> bytes:
 
 def session_error(src: Any, folder: str | None = None) -> str:
     """The error text of building a CPU session (optimizations off), '' when it loads."""
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)
+    ort = quiet_ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 4  # the error is read from the exception, not the log
