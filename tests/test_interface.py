@@ -160,17 +160,19 @@ def test_a_probe_with_nothing_to_compare_says_so() -> None:
 # --- a value rule (expectation, feed transform, derived feed) frees neither dtype nor dims ----------
 
 
+class _ChangeParams(PassParams):
+    change: Literal["dims", "dtype"]
+    declare: bool = False
+
+
 class _ReshapeOutput(Pass):
     """A buggy pass: appends an op at output 'a' with the right expectation, but changes what 'a'
     is (dims: a Transpose, dtype: a Cast to double) without declaring it (unless ``declare``)."""
 
     name = "reshape-output"
 
-    class Params(PassParams):
-        change: Literal["dims", "dtype"]
-        declare: bool = False
-
-    params: Params
+    Params = _ChangeParams
+    params: _ChangeParams
 
     def run(self, model: ModelIR) -> PassResult:
         import numpy as np
@@ -199,11 +201,8 @@ class _ReshapeInput(Pass):
 
     name = "reshape-input"
 
-    class Params(PassParams):
-        change: Literal["dims", "dtype"]
-        declare: bool = False
-
-    params: Params
+    Params = _ChangeParams
+    params: _ChangeParams
 
     def run(self, model: ModelIR) -> PassResult:
         import numpy as np

@@ -201,6 +201,18 @@ def test_precondition_messages() -> None:
 # -- SRCNN end to end ---------------------------------------------------------------------------
 
 
+def _matches_torch(proto: onnx.ModelProto, module: Any, x: Any, factors: tuple[int, ...]) -> None:
+    """The promoted model, fed ``factor``, gives torch's output at that factor (size and values)."""
+    sess = _session(proto)
+    for f in factors:
+        module.up.scale_factor = float(f)
+        with torch.no_grad():
+            want = module(x).numpy()
+        (got,) = sess.run(None, {"image": x.numpy(), "factor": np.array(f, np.float32)})
+        assert got.shape == (*x.shape[:2], x.shape[2] * f, x.shape[3] * f)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_srcnn_recipe_matches_torch_at_other_factors(dynamo: bool, tmp_path: Path) -> None:
     module = mi.srcnn_torch(channels=3)
@@ -215,15 +227,7 @@ def test_srcnn_recipe_matches_torch_at_other_factors(dynamo: bool, tmp_path: Pat
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == ["image", "factor"]
     assert _dims(proto.graph.output[0])[:2] == [1, 3]
-    sess = _session(proto)
-    x = torch.rand(1, 3, 8, 8)
-    for f in (2, 3, 4):
-        module.up.scale_factor = float(f)
-        with torch.no_grad():
-            want = module(x).numpy()
-        (got,) = sess.run(None, {"image": x.numpy(), "factor": np.array(f, np.float32)})
-        assert got.shape == (1, 3, 8 * f, 8 * f)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    _matches_torch(proto, module, torch.rand(1, 3, 8, 8), (2, 3, 4))
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
@@ -263,12 +267,4 @@ passes:
     assert "batch=1 (traced), height=12 (traced), width=12 (traced)" in text
     fixed = onnx.load(str(tmp_path / "srcnn-fixed.onnx"))
     assert [i.name for i in fixed.graph.input] == ["image", "factor"] and _dims(fixed.graph.output[0])[:2] == ["batch", 1]
-    sess = _session(fixed)
-    x = torch.rand(2, 1, 10, 7)
-    for f in (2, 4):
-        module.up.scale_factor = float(f)
-        with torch.no_grad():
-            want = module(x).numpy()
-        (got,) = sess.run(None, {"image": x.numpy(), "factor": np.array(f, np.float32)})
-        assert got.shape == (2, 1, 10 * f, 7 * f)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    _matches_torch(fixed, module, torch.rand(2, 1, 10, 7), (2, 4))
