@@ -40,28 +40,24 @@ class Bounds:
     steps: list[int]
 
 
-def open_traced_crops(model: ModelIR, others: Others) -> list[str]:
+def open_traced_crops(model: ModelIR, others: Others, at_a: dict, at_b: dict | None) -> tuple[list[str], dict | None]:
     """Open the ends of the Slices that crop a scaled axis back to its traced size; one note each.
+    ``at_a``, ``at_b``: the shapes inferred at the traced factor and at the other (:func:`shapes_at`).
     Raises :class:`PassPreconditionError` (field ``crops``) for any other crop of a scaled axis.
     Round by round (a crop behind an opened one only shows once that one is open); a round
     refuses before it edits. Main graph only; where inference fails at either factor, nothing
-    is judged (the probe still checks the outputs)."""
-    from surgeon.passkit.shapes import infer
-
-    try:
-        at_a = infer(model)
-    except PassError:
-        return []
+    is judged (the probe still checks the outputs). Returns the notes and the shapes at the
+    other factor once every crop is open."""
     notes: list[str] = []
     slices = [n for n in model.graph.nodes if n.op == "Slice"]
     for _ in range(1 + 64 * len(slices)):  # each round opens an entry of some Slice's ends
-        at_b = shapes_at(model, others)
         if at_b is None:
-            return notes
+            return notes, None
         found = [(node, new) for node in slices if (new := _judge(model, node, at_a, at_b)) is not None]
         if not found:
-            return notes
+            return notes, at_b
         notes += [_open(model, node, new) for node, new in found]
+        at_b = shapes_at(model, others)
     raise PassError(f"opening traced-size crops did not settle after {len(notes)} rewrites")
 
 

@@ -183,12 +183,16 @@ class PromoteResizeScales(Pass):
             plan = self._plan(model)  # the sites are now the Resize nodes that replaced the Upsamples
         if not plan:
             return PassResult(False, IOContract())
-        others = [(s.node, s.slot, _grown(s)) for _, _, sites in plan for s in sites]
-        if self.params.crops == "rewrite":
-            from surgeon.passes._crops import open_traced_crops
+        from surgeon.passes._crops import open_traced_crops, shapes_at
 
-            notes += open_traced_crops(model, others)
-        traced, scaled = _scaled_axes(model, others)
+        others = [(s.node, s.slot, _grown(s)) for _, _, sites in plan for s in sites]
+        shapes = self.params.crops == "rewrite" or self.params.form == "factor"  # what needs them
+        at_a = _inferred(model) if shapes else None  # at the traced factor, and below at a larger
+        at_b = shapes_at(model, others) if at_a is not None else None  # one: crops and scaled axes follow
+        if self.params.crops == "rewrite" and at_a is not None:
+            opened, at_b = open_traced_crops(model, others, at_a, at_b)
+            notes += opened
+        traced, scaled = _scaled_axes(model, at_a, at_b)
         contract = IOContract()
         io_before = io_types(model.graph)
         pins: dict[str, tuple[Any, ...]] = {}  # shared: each promotion re-infers every shape
@@ -219,20 +223,22 @@ class PromoteResizeScales(Pass):
 # -- editing ------------------------------------------------------------------------------------
 
 
-def _scaled_axes(model: ModelIR, others: list[tuple[gs.Node, int, np.ndarray]]) -> tuple[dict[str, tuple[Any, tuple[Any, ...]]], dict[str, set[int]]]:
-    """Shapes inferred at the traced factor, and per graph output the axes whose size follows
-    the factor (inferred at the traced and at a larger one): the only dims the pass may change.
-    Where inference fails, every axis of every output (the probe still checks them)."""
+def _inferred(model: ModelIR) -> dict | None:
     from surgeon.errors import PassError
-    from surgeon.passes._crops import shapes_at
     from surgeon.passkit.shapes import infer
 
-    outputs = [t for t in model.graph.outputs if t.name]
     try:
-        at_a = infer(model)
+        return infer(model)
     except PassError:
-        at_a = {}
-    at_b = shapes_at(model, others) if at_a else None
+        return None
+
+
+def _scaled_axes(model: ModelIR, at_a: dict | None, at_b: dict | None) -> tuple[dict[str, tuple[Any, tuple[Any, ...]]], dict[str, set[int]]]:
+    """Shapes inferred at the traced factor, and per graph output the axes whose size follows
+    the factor (inferred at the traced factor, ``at_a``, and a larger one, ``at_b``): the only
+    dims the pass may change. Where inference failed, every axis of every output (the probe
+    still checks them)."""
+    outputs = [t for t in model.graph.outputs if t.name]
     if not at_a or at_b is None:
         return {}, {t.name: set(range(len(t.shape or []) or 64)) for t in outputs}
     scaled: dict[str, set[int]] = {}

@@ -17,11 +17,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from surgeon.errors import ModelError, UsageError, VerificationError, short_error
+
+if TYPE_CHECKING:
+    from surgeon.ir.model import Model
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 _LOG_PREFIX = re.compile(r"^[IWE]\d{4} [\d:.]+ \d+ [^\]]+\] ")
@@ -300,17 +303,19 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
             draws.append((what, fresh, _run_torch(module, fresh)))
         except Exception as exc:  # the module's own domain: say so, compare what can be compared
             result.notes.append(f"torch fails on {what} ({type(exc).__name__}: {short_error(exc)}): compared on the traced inputs only")
-        result.outputs, present = _compare(tmp_path, specs, draws, rtol, atol)
+        from surgeon.ir.model import load
+
+        model = load(tmp_path)  # read once: compared, then saved
+        result.outputs, present = _compare(model, specs, draws, rtol, atol)
         for i, s in enumerate(specs):
             if s.name not in present:
                 row, note = _dropped(module, specs, inputs, expected, i, rtol, atol)
                 result.outputs += [row] if row else []
                 result.notes += [note] if note else []
         if result.ok or force:  # surgeon's save: the (model, data) pair replaced atomically, model last
-            from surgeon.ir.model import load
             from surgeon.ir.save import save
 
-            save(load(tmp_path), output)
+            save(model, output)
     return result
 
 
@@ -351,22 +356,27 @@ def _fit_ir_version(path: Path) -> list[str]:
     return []
 
 
-def _compare(path: Path, specs: list[InputSpec], draws: list[tuple[str, list[Any], list[Any]]], rtol: float, atol: float) -> tuple[list[dict[str, Any]], set[str]]:
+def _compare(model: Model, specs: list[InputSpec], draws: list[tuple[str, list[Any], list[Any]]], rtol: float, atol: float) -> tuple[list[dict[str, Any]], set[str]]:
     """One row per output, its worst draw; and the names of the model's inputs."""
-    from surgeon.ir.model import load
     from surgeon.verify.runtime import Runtime, run_model
 
-    model = load(path)
     present = {i.name for i in model.proto.graph.input}
     out_names = [o.name for o in model.proto.graph.output]
     rows: dict[str, dict[str, Any]] = {}
     runtime = Runtime("cpu")
-    for what, inputs, expected in draws:
-        feed = {s.name: t.numpy() for s, t in zip(specs, inputs) if s.name in present}
-        try:
-            actual = run_model(runtime, model, [feed])[0]
-        except Exception as exc:
-            row: dict[str, Any] = {"name": "(model)", "shape": [], "max_abs": None, "max_rel": None, "ok": False, "note": f"onnxruntime fails on the {what}: {short_error(exc)}"}
+    feeds = [{s.name: t.numpy() for s, t in zip(specs, inputs) if s.name in present} for _, inputs, _ in draws]
+    try:  # one session for every draw; where one fails, each on its own, to say which
+        results: list[Any] = run_model(runtime, model, feeds)
+    except Exception:
+        results = []
+        for feed in feeds:
+            try:
+                results.append(run_model(runtime, model, [feed])[0])
+            except Exception as exc:
+                results.append(exc)
+    for (what, _, expected), actual in zip(draws, results):
+        if isinstance(actual, Exception):
+            row: dict[str, Any] = {"name": "(model)", "shape": [], "max_abs": None, "max_rel": None, "ok": False, "note": f"onnxruntime fails on the {what}: {short_error(actual)}"}
             rows.setdefault("(model)", row)
             continue
         for name, exp in zip(out_names, expected):
