@@ -26,6 +26,7 @@ HAZARD_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 SEQUENCE_OPS = {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase", "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap"}
 """Sequences stay float32 (their element type is not tracked): these ops run as if blocked."""
 DTYPE_ATTR_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli", "Multinomial"}
+"""Generators whose ``dtype`` attribute sets the output type: left float32 (no float16 kernels)."""
 
 
 @register_pass("to-fp16")
@@ -36,8 +37,10 @@ class ToFP16(Pass):
     Blocked ops / nodes (``block_ops``, ``block_nodes``) run in float32, with Casts inserted where
     they meet converted tensors. Resize ``roi``/``scales`` (and any input whose schema does not
     allow float16) stay float32. Weights outside the float16 range are clamped to +-65504; the
-    count is reported. Cast ``to``, ConstantOfShape / Constant values and ``dtype`` attributes of
-    generators follow. Tensors of other types (float64, bfloat16, ints) are left alone, and so are
+    count is reported. Cast ``to`` and Constant / ConstantOfShape values follow (``value_float(s)``
+    and ConstantOfShape's default zero become float16 tensors; CastLike's output follows its
+    target). Generators with a ``dtype`` (RandomNormal, EyeLike...) stay float32, with Casts where
+    they meet converted tensors: onnxruntime's CPU kernels have no float16 for them. Tensors of other types (float64, bfloat16, ints) are left alone, and so are
     sequences: sequence ops run in float32, with Casts where they meet converted tensors.
 
     Weights: one tensor at a time (ModelIR.values); converted weights are held in memory as
@@ -159,7 +162,7 @@ class _Converter:
         g.toposort()
 
     def _wanted(self, node: gs.Node, i: int, blocked: bool, t: gs.Tensor) -> Any:
-        if blocked or (node.op, i) in HAZARD_SLOTS:
+        if blocked or (node.op, i) in HAZARD_SLOTS or node.op in DTYPE_ATTR_OPS:  # *Like follow their input
             return self.f32
         allowed, follows = _slot(node, i, self.model.opset)
         if allowed is not None and "tensor(float16)" not in allowed:
@@ -173,13 +176,26 @@ class _Converter:
 
         if node.op == "Cast" and int(node.attrs.get("to", 0)) == FLOAT:
             node.attrs["to"] = FLOAT16
-        elif node.op in DTYPE_ATTR_OPS and int(node.attrs.get("dtype", FLOAT)) == FLOAT:
-            node.attrs["dtype"] = FLOAT16
         elif node.op in ("Constant", "ConstantOfShape") and isinstance(node.attrs.get("value"), gs.Constant):
             value = node.attrs["value"]
             if value.dtype == self.f32:
                 node.attrs["value"] = self._fp16_const(value)
-        elif node.op in ("Cast", "CastLike") or node.op in DTYPE_ATTR_OPS:
+        elif node.op == "ConstantOfShape" and node.attrs.get("value") is None:  # the default: float32 zero
+            import numpy as np
+
+            node.attrs["value"] = gs.Constant(f"{node.outputs[0].name}_value", np.zeros(1, np.float16))
+        elif node.op == "Constant" and ("value_float" in node.attrs or "value_floats" in node.attrs):
+            # a float attribute can only hold float32: the value becomes a float16 tensor
+            import numpy as np
+
+            floats = node.attrs.pop("value_float") if "value_float" in node.attrs else list(node.attrs.pop("value_floats"))
+            node.attrs["value"] = self._fp16_const(gs.Constant(f"{node.outputs[0].name}_value", np.asarray(floats, np.float32)))
+        elif node.op == "CastLike":  # the output takes the target's type, which may just have become float16
+            target = node.inputs[1] if len(node.inputs) > 1 else None
+            if target is not None and target.dtype == self.f16 and node.outputs[0].dtype == self.f32:
+                self._mark(node.outputs[0])
+            return
+        elif node.op == "Cast" or node.op in DTYPE_ATTR_OPS:
             return
         for k, o in enumerate(node.outputs):
             allowed = _slot(node, -1 - k, self.model.opset)[0]

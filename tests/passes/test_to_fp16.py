@@ -224,3 +224,51 @@ g (float[2, 3] x, float[2, 3] z) => (float[2, 3] y)
     assert ("Cast", ["r"], ["r_fp32"]) in nodes  # into the float32 sequence
     assert ("SequenceInsert", ["s1", "r_fp32"], ["s"]) in nodes
     assert ("Cast", ["e"], ["e_fp16"]) in nodes and ("Mul", ["e_fp16", "r"], ["y_fp16"]) in nodes
+
+
+@pytest.mark.parametrize("keep_io_types", [True, False])
+def test_function_expanded_constants_follow(keep_io_types: bool) -> None:
+    """What exporters write when they inline functions (the onnx node tests' *_expanded models,
+    dynamo's output): a Constant with value_float / value_floats, CastLike to a converted tensor,
+    ConstantOfShape without a value (float32 zero). Each must produce float16 where its output is
+    now declared float16; before, onnxruntime refused the converted model (type mismatch)."""
+    model = onnx.parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[2, 3] y) {
+            alpha = Constant<value_float = 1.5>()
+            two = Constant<value_floats = [2.0, 2.0, 2.0]>()
+            a = CastLike(alpha, x)
+            s = Shape(x)
+            zeros = ConstantOfShape(s)
+            m = Mul(a, x)
+            n = Mul(m, two)
+            y = Add(n, zeros)
+        }"""
+    )
+    res = _run(model, keep_io_types=keep_io_types)
+    assert res.ok, res.failures()
+    assert res.steps[0].modified and res.steps[0].check is not None
+    proto = res.model.proto
+    consts = {n.output[0]: n for n in proto.graph.node if n.op_type in ("Constant", "ConstantOfShape")}
+    for name in ("alpha", "two", "zeros"):
+        value = next(a.t for a in consts[name].attribute if a.name == "value")
+        assert value.data_type == TensorProto.FLOAT16, name
+
+
+def test_generators_stay_float32_with_casts() -> None:
+    """EyeLike and RandomUniformLike have no float16 kernels in onnxruntime's CPU provider: they
+    run in float32 (their input cast back where it was converted), cast where they meet float16."""
+    model = onnx.parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[3, 3] x) => (float[3, 3] y) {
+            r = Relu(x)
+            eye = EyeLike(r)
+            y = Add(r, eye)
+        }"""
+    )
+    for keep in (True, False):
+        res = _run(model, keep_io_types=keep)
+        assert res.ok, res.failures()
+        eye = next(n for n in res.model.proto.graph.node if n.op_type == "EyeLike")
+        assert not [a for a in eye.attribute if a.name == "dtype"]
+        assert any(n.op_type == "Cast" and n.input[0] == eye.output[0] for n in res.model.proto.graph.node)
