@@ -164,15 +164,11 @@ class MarkDynamic(Pass):
 def _following(g: gs.Graph, ins: Axes, outs: Axes, at_a: dict, at_b: dict) -> dict[str, set[int]]:
     """The axes the pass may change: those it marks, and the output axes whose size follows a
     marked one (inferred at the traced and at other sizes; an axis unknown at either follows)."""
+    from surgeon.passkit.shapes import changing_axes
+
     allowed = {name: set(axes) for name, axes in ins.items()}
-    for t in g.outputs:
-        a, b = at_a.get(t.name, (None, None))[1], at_b.get(t.name, (None, None))[1]
-        axes = set(outs.get(t.name, {}))
-        if a is None or b is None or len(a) != len(b):
-            axes |= set(range(len(t.shape or [])))
-        else:
-            axes |= {k for k, (da, db) in enumerate(zip(a, b)) if not (isinstance(da, int) and isinstance(db, int) and da == db)}
-        allowed[t.name] = allowed.get(t.name, set()) | axes
+    for name, axes in changing_axes([t for t in g.outputs if t.name], at_a, at_b).items():
+        allowed[name] = allowed.get(name, set()) | axes | set(outs.get(name, {}))
     return allowed
 
 

@@ -238,17 +238,13 @@ def _scaled_axes(model: ModelIR, at_a: dict | None, at_b: dict | None) -> tuple[
     the factor (inferred at the traced factor, ``at_a``, and a larger one, ``at_b``): the only
     dims the pass may change. Where inference failed, every axis of every output (the probe
     still checks them)."""
+    from surgeon.passkit.shapes import changing_axes
+
     outputs = [t for t in model.graph.outputs if t.name]
     if not at_a or at_b is None:
         return {}, {t.name: set(range(len(t.shape or []) or 64)) for t in outputs}
-    scaled: dict[str, set[int]] = {}
-    for t in outputs:
-        a, b = at_a.get(t.name, (None, None))[1], at_b.get(t.name, (None, None))[1]
-        if a is None or b is None or len(a) != len(b):
-            scaled[t.name] = set(range(max(len(a or []), len(b or []), len(t.shape or []))))
-            continue
-        scaled[t.name] = {k for k, (da, db) in enumerate(zip(a, b)) if not (isinstance(da, int) and isinstance(db, int) and da == db)}
-    return {name: (elem, tuple(shape)) for name, (elem, shape) in at_a.items() if shape is not None}, scaled
+    traced = {name: (elem, tuple(shape)) for name, (elem, shape) in at_a.items() if shape is not None}
+    return traced, changing_axes(outputs, at_a, at_b)
 
 
 def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], form: str, traced: dict[str, tuple[Any, tuple[Any, ...]]], pins: dict[str, tuple[Any, ...]]) -> list[str]:

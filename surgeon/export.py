@@ -188,34 +188,6 @@ def example_inputs(specs: list[InputSpec], seed: int = 0) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _captured_fds(folder: Path) -> Any:
-    """The process's own stdout and stderr (file descriptors 1 and 2, where torch's C++ warnings
-    go) into a file while the exporter runs; yields a reader of what came."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    path = folder / "exporter-output.txt"
-    saved = []
-    with open(path, "w+b") as sink:
-        try:
-            for fd in (1, 2):
-                saved.append((fd, os.dup(fd)))
-                os.dup2(sink.fileno(), fd)
-        except OSError:  # no real descriptors (an embedding host): nothing to hold
-            pass
-
-        class Reader:
-            def read(self) -> str:
-                return path.read_text(encoding="utf-8", errors="replace")
-
-        try:
-            yield Reader()
-        finally:
-            for fd, copy in saved:
-                os.dup2(copy, fd)
-                os.close(copy)
-
-
-@contextlib.contextmanager
 def _quiet_torch_logs() -> Any:
     """torch's exporter logs through handlers bound to the real stderr: hold them to errors."""
     import logging
@@ -269,6 +241,8 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
     branches). Written atomically; only when the outputs agree (or ``force``)."""
     import torch
 
+    from surgeon.verify.runtime import captured_fds
+
     if not output.parent.is_dir():
         raise UsageError(f"{output}: output folder '{output.parent}' does not exist")
     names = [s.name for s in specs]
@@ -286,14 +260,14 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
     with tempfile.TemporaryDirectory(prefix=".surgeon-export-", dir=output.parent) as tmp:
         tmp_path = Path(tmp) / output.name
         chatter = io.StringIO()
-        with warnings.catch_warnings(record=True) as caught, _captured_fds(Path(tmp)) as native, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad():
+        with warnings.catch_warnings(record=True) as caught, captured_fds(1, 2) as native, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad():
             warnings.simplefilter("always")
             try:
                 with _quiet_torch_logs():
                     torch.onnx.export(module, tuple(inputs), str(tmp_path), **kwargs)
             except Exception as exc:
                 raise ModelError(f"torch.onnx.export ({exporter}) failed: {type(exc).__name__}: {_plain(short_error(exc))}") from None
-        result.warnings = _summarise(list(caught), chatter.getvalue(), native.read())
+        result.warnings = _summarise(list(caught), chatter.getvalue(), native.getvalue())
         result.notes += _fit_ir_version(tmp_path)
         draws = [("traced inputs", inputs, expected)]
         fresh_specs, resized = _fresh_specs(specs, axes)

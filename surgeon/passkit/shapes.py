@@ -4,8 +4,8 @@ input dims by symbol, Reshape arithmetic, and Shape-derived size subgraphs (Shap
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from surgeon.ir.walk import gs_subgraphs, iter_graphs
 from surgeon.passkit.infer import Dim, Shape, dims_text, infer  # noqa: F401  (re-exported for the passes)
@@ -314,3 +314,17 @@ class ShapeBuilder:
     def insert(self, before: gs.Node, node: gs.Node) -> None:
         nodes = self.model.graph.nodes
         nodes.insert(nodes.index(before), node)
+
+
+def changing_axes(tensors: Iterable[gs.Variable], at_a: Mapping[str, Any], at_b: Mapping[str, Any]) -> dict[str, set[int]]:
+    """Per tensor, the axes whose size differs between two inferences (:func:`infer` results at
+    two sizes or factors); an axis unknown at either, or a tensor missing or of another rank
+    there, counts as changing (every axis)."""
+    out: dict[str, set[int]] = {}
+    for t in tensors:
+        a, b = at_a.get(t.name, (None, None))[1], at_b.get(t.name, (None, None))[1]
+        if a is None or b is None or len(a) != len(b):
+            out[t.name] = set(range(max(len(a or []), len(b or []), len(t.shape or []))))
+        else:
+            out[t.name] = {k for k, (da, db) in enumerate(zip(a, b)) if not (isinstance(da, int) and isinstance(db, int) and da == db)}
+    return out

@@ -123,7 +123,7 @@ class Runtime:
             try:  # the provider's load error is only logged: log errors, into a capture
                 so.log_severity_level = 3
                 ort.set_default_logger_severity(3)
-                with _captured_stderr() as captured:
+                with captured_fds(2) as captured:
                     try:
                         sess = ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
                     finally:
@@ -154,23 +154,28 @@ def quiet_ort() -> Any:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[Any]:
-    """Capture what native code writes to file descriptor 2 (onnxruntime's provider errors)."""
+def captured_fds(*fds: int) -> Iterator[Any]:
+    """Capture what native code writes to file descriptors ``fds`` (default 2: onnxruntime's
+    provider errors; torch's C++ warnings go to 1 and 2). Yields a buffer, filled on exit."""
     import io
 
     buf = io.StringIO()
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield buf
-        return
+    saved: list[tuple[int, int]] = []
+    sys.stdout.flush()  # what Python buffered so far belongs to the terminal, not the capture
+    sys.stderr.flush()
     with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
+        try:
+            for fd in fds or (2,):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(tmp.fileno(), fd)
+        except OSError:  # no real descriptors (an embedding host): nothing more to hold
+            pass
         try:
             yield buf
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
             tmp.seek(0)
             buf.write(tmp.read().decode("utf-8", "replace"))
 
