@@ -91,7 +91,9 @@ def build_model(folder: Path, layers: int, dim: int, seed: int = 0) -> Path:
         [helper.make_tensor_value_info(OUT_NAME, TensorProto.FLOAT, [1, dim])],
         inits,
     )
-    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_large")
+    model = helper.make_model(
+        graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_large"
+    )
     path.write_bytes(model.SerializeToString())
     return path
 
@@ -210,7 +212,9 @@ started from this small ``python -S`` process, never from the benchmark itself."
 
 def measure(name: str, cmd: list[str], log: Path) -> Row:
     """Run ``cmd`` (output to ``log``); its wall time and peak RSS."""
-    res = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(log), *cmd], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-S", "-c", _LAUNCHER, str(log), *cmd], capture_output=True, text=True, check=True
+    )
     seconds, rss_mb, rc = json.loads(res.stdout)
     note = ""
     if rc != 0:
@@ -244,14 +248,53 @@ def run_size(work: Path, layers: int, dim: int, skip: set[str], repeat: int = 1)
         ("floor", [*me, "--method", "floor", str(src), str(out_dir / "model.onnx")], True),
         ("onnx", [*me, "--method", "onnx", str(src), str(out_dir / "model.onnx")], True),
         ("graphsurgeon", [*me, "--method", "graphsurgeon", str(src), str(out_dir / "model.onnx")], True),
-        ("surgeon verify=off", [*_surgeon(), "apply", str(recipe), "-i", str(src), "-o", str(out_dir / "model.onnx"), "--no-verify", "-q"], True),
-        ("surgeon share_weights", [*_surgeon(), "apply", str(recipe_share), "-i", str(src), "-o", str(src_dir / "shared.onnx"), "--no-verify", "-q"], False),
-        ("surgeon verify=cpu", [*_surgeon(), "apply", str(recipe), "-i", str(src), "-o", str(out_dir / "model.onnx"), "--device", "cpu", "-q"], True),
+        (
+            "surgeon verify=off",
+            [*_surgeon(), "apply", str(recipe), "-i", str(src), "-o", str(out_dir / "model.onnx"), "--no-verify", "-q"],
+            True,
+        ),
+        (
+            "surgeon share_weights",
+            [
+                *_surgeon(),
+                "apply",
+                str(recipe_share),
+                "-i",
+                str(src),
+                "-o",
+                str(src_dir / "shared.onnx"),
+                "--no-verify",
+                "-q",
+            ],
+            False,
+        ),
+        (
+            "surgeon verify=cpu",
+            [
+                *_surgeon(),
+                "apply",
+                str(recipe),
+                "-i",
+                str(src),
+                "-o",
+                str(out_dir / "model.onnx"),
+                "--device",
+                "cpu",
+                "-q",
+            ],
+            True,
+        ),
         ("ort alone", [*me, "--method", "ort", str(src), "-"], False),
         ("ort alone (default opts)", [*me, "--method", "ort-default", str(src), "-"], False),
     ]
     rows: list[Row] = []
-    extra: dict[str, Any] = {"size_mb": round(size_mb, 1), "layers": layers, "dim": dim, "build_s": round(built, 2), "repeat": repeat}
+    extra: dict[str, Any] = {
+        "size_mb": round(size_mb, 1),
+        "layers": layers,
+        "dim": dim,
+        "build_s": round(built, 2),
+        "repeat": repeat,
+    }
     for name, cmd, writes_out in plan:
         if name.split()[0] in skip or name in skip:
             continue
@@ -262,7 +305,9 @@ def run_size(work: Path, layers: int, dim: int, skip: set[str], repeat: int = 1)
             os.sync()  # no writeback of the previous output during this measurement
             runs.append(measure(name, cmd, work / "log.txt"))
         runs.sort(key=lambda r: r.seconds)
-        rows.append(Row(name, runs[len(runs) // 2].seconds, max(r.rss_mb for r in runs), max(r.rc for r in runs), runs[-1].note))
+        rows.append(
+            Row(name, runs[len(runs) // 2].seconds, max(r.rss_mb for r in runs), max(r.rc for r in runs), runs[-1].note)
+        )
         if name == "surgeon share_weights":
             extra["share_weights"] = _shares(src_dir) if rows[-1].rc == 0 else "failed"
             (src_dir / "shared.onnx").unlink(missing_ok=True)
@@ -314,13 +359,25 @@ def verdicts(rows: list[Row]) -> list[tuple[str, str, bool | None]]:
     orts = [r for n, r in by.items() if n.startswith("ort alone")]
     if floor and off:
         ratio = off.seconds / floor.seconds
-        out.append((f"verify off: wall <= {FLOOR_RATIO}x floor", f"{ratio:.2f}x ({off.seconds:.2f} s vs {floor.seconds:.2f} s)", ratio <= FLOOR_RATIO))
+        out.append(
+            (
+                f"verify off: wall <= {FLOOR_RATIO}x floor",
+                f"{ratio:.2f}x ({off.seconds:.2f} s vs {floor.seconds:.2f} s)",
+                ratio <= FLOOR_RATIO,
+            )
+        )
     if off:
         out.append((f"verify off: peak RSS < {MAX_RSS_MB:.0f} MB", f"{off.rss_mb:.0f} MB", off.rss_mb < MAX_RSS_MB))
     if on and orts:
         base = min(orts, key=lambda r: r.rss_mb)
         ratio = on.rss_mb / base.rss_mb
-        out.append((f"verify on: peak RSS <= {ORT_RATIO}x ORT alone", f"{ratio:.2f}x ({on.rss_mb:.0f} MB vs {base.rss_mb:.0f} MB, {base.name})", ratio <= ORT_RATIO))
+        out.append(
+            (
+                f"verify on: peak RSS <= {ORT_RATIO}x ORT alone",
+                f"{ratio:.2f}x ({on.rss_mb:.0f} MB vs {base.rss_mb:.0f} MB, {base.name})",
+                ratio <= ORT_RATIO,
+            )
+        )
     failed = [r.name for r in rows if r.rc != 0]
     if failed:
         out.append(("every method ran", "failed: " + ", ".join(failed), False))
@@ -332,7 +389,9 @@ def print_table(rows: list[Row], extra: dict[str, Any]) -> None:
     floor = by.get("floor")
     orts = [r for r in rows if r.name.startswith("ort alone") and r.rc == 0]
     ort = min(orts, key=lambda r: r.rss_mb) if orts else None
-    print(f"\nmodel: {extra['layers']} x {extra['dim']}^2 fp32 MatMul = {extra['size_mb']} MiB external data (built in {extra['build_s']} s)")
+    print(
+        f"\nmodel: {extra['layers']} x {extra['dim']}^2 fp32 MatMul = {extra['size_mb']} MiB external data (built in {extra['build_s']} s)"
+    )
     if extra.get("repeat", 1) != 1:
         print(f"wall time: median of {extra['repeat']} runs; peak RSS: the largest")
     print(f"recipe: rename-io{' + mark-dynamic (batch)' if HAS_MARK_DYNAMIC else ''}")
@@ -354,7 +413,10 @@ def print_table(rows: list[Row], extra: dict[str, Any]) -> None:
 def _growth(results: list[dict[str, Any]]) -> None:
     """'Memory must not grow with model size': verify-off peak RSS across the sizes measured."""
     known = [
-        (res["size_mb"], r["rss_mb"]) for res in results for r in res["rows"] if r["name"] == "surgeon verify=off" and r["rc"] == 0
+        (res["size_mb"], r["rss_mb"])
+        for res in results
+        for r in res["rows"]
+        if r["name"] == "surgeon verify=off" and r["rc"] == 0
     ]
     if len(known) < 2:
         return
@@ -378,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.method:
         METHODS[args.method](Path(args.paths[0]), Path(args.paths[1]))
         return 0
-    sizes = [(args.layers, args.dim)] if args.dim else [(args.layers, dims_for(s, args.layers)) for s in (args.size_mb or [50])]
+    sizes = (
+        [(args.layers, args.dim)]
+        if args.dim
+        else [(args.layers, dims_for(s, args.layers)) for s in (args.size_mb or [50])]
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-large-"))
     results: list[dict[str, Any]] = []
     try:

@@ -153,7 +153,12 @@ def _bounds(model: ModelIR, node: gs.Node, rank: int) -> Bounds | None:
     if read[0] is None or read[1] is None:
         return None
     n = len(read[1])
-    values = [read[0], read[1], read[2] if read[2] is not None else list(range(n)), read[3] if read[3] is not None else [1] * n]
+    values = [
+        read[0],
+        read[1],
+        read[2] if read[2] is not None else list(range(n)),
+        read[3] if read[3] is not None else [1] * n,
+    ]
     starts, ends, axes, steps = ([int(e) for e in v] for v in values)
     if not len(starts) == len(ends) == len(axes) == len(steps) or not all(-rank <= e < rank for e in axes):
         return None
@@ -177,7 +182,9 @@ def _open(model: ModelIR, node: gs.Node, new: Bounds) -> str:
         old = [int(e) for e in value.reshape(-1)] if value is not None else []
         ends = [min(e, INT32_MAX) for e in new.ends] if dtype == np.int32 else new.ends
         former = node.inputs[2]
-        node.inputs[2] = gs.Constant(unique_name(model.graph, f"{node.name or 'Slice'}_ends"), np.array(ends, dtype=dtype))
+        node.inputs[2] = gs.Constant(
+            unique_name(model.graph, f"{node.name or 'Slice'}_ends"), np.array(ends, dtype=dtype)
+        )
         drop_dead(model.graph, former)
     opened = [ax for ax, e, n in zip(new.axes, old, new.ends) if e != n]
     return f"Slice '{node.name}': ends {_shown(old)} -> {_shown(new.ends)} (the traced size of axis {', '.join(map(str, opened))}, now open)"

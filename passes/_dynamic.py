@@ -60,13 +60,19 @@ def _set_const(model: ModelIR, node: gs.Node, slot: int, values: list[int], what
     from surgeon.passkit.shapes import drop_orphan_constant
 
     old = node.inputs[slot]
-    node.inputs[slot] = gs.Constant(unique_name(model.graph, f"{node.name or node.op}_{what}"), np.array(values, dtype=np.int64))
+    node.inputs[slot] = gs.Constant(
+        unique_name(model.graph, f"{node.name or node.op}_{what}"), np.array(values, dtype=np.int64)
+    )
     drop_orphan_constant(model.graph, old)
 
 
 def rule(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
     """The 0/-1/open form rewrite of one Reshape, Expand or Slice (its note), or None."""
-    return {"Reshape": _reshape, "Expand": _expand, "Slice": _slice}[node.op](model, node, at_a, at_b) if node.op in RULES else None
+    return (
+        {"Reshape": _reshape, "Expand": _expand, "Slice": _slice}[node.op](model, node, at_a, at_b)
+        if node.op in RULES
+        else None
+    )
 
 
 def _reshape(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
@@ -110,7 +116,9 @@ def _reshape(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | Non
     return f"Reshape '{node.name}': shape {s} -> {new}"
 
 
-def _reshape_from_shape(model: ModelIR, node: gs.Node, s: list[int], new: list[int], in_a: tuple, in_b: tuple, out_a: list[int]) -> str | None:
+def _reshape_from_shape(
+    model: ModelIR, node: gs.Node, s: list[int], new: list[int], in_a: tuple, in_b: tuple, out_a: list[int]
+) -> str | None:
     """When several output axes carry dynamic sizes (so one -1 is not enough): each output axis
     made of dynamic input axes only becomes their product, read with Shape from the data input."""
     from surgeon.passkit.shapes import ShapeBuilder, aligned_groups, drop_dead
@@ -158,7 +166,11 @@ def _slice(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> str | None:
         return None
     ends, in_a, in_b = sides
     starts = constant_values(model, node.inputs[1])
-    axes = constant_values(model, node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else list(range(len(ends)))
+    axes = (
+        constant_values(model, node.inputs[3])
+        if len(node.inputs) > 3 and node.inputs[3].name
+        else list(range(len(ends)))
+    )
     steps = constant_values(model, node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else [1] * len(ends)
     if starts is None or axes is None or steps is None:
         return None
@@ -179,7 +191,9 @@ BROADCAST = frozenset(
     "Add Sub Mul Div Pow Mod Max Min Sum Mean Where Equal Greater Less GreaterOrEqual LessOrEqual "
     "And Or Xor BitShift BitwiseAnd BitwiseOr BitwiseXor PRelu".split()
 )
-UNARY = frozenset("Identity Cast Neg Abs Relu Sigmoid Tanh Exp Log Sqrt Reciprocal Floor Ceil Round Sign Not Erf".split())
+UNARY = frozenset(
+    "Identity Cast Neg Abs Relu Sigmoid Tanh Exp Log Sqrt Reciprocal Floor Ceil Round Sign Not Erf".split()
+)
 SOURCES = {"Expand": (1, "shape"), "ConstantOfShape": (0, "shape"), "Tile": (1, "repeats")}
 
 
@@ -281,7 +295,11 @@ class Follow:
     def follow(self, t: gs.Tensor, axis: int, sym: str, consumer: gs.Node | None, slot: int, broadcast: bool) -> str:
         from surgeon.passkit.shapes import constant_values
 
-        where = f"{consumer.op} '{consumer.name}' input {slot} ('{t.name}')" if consumer is not None else f"output '{t.name}'"
+        where = (
+            f"{consumer.op} '{consumer.name}' input {slot} ('{t.name}')"
+            if consumer is not None
+            else f"output '{t.name}'"
+        )
         value = constant_values(self.model, t)
         if value is not None and consumer is not None:
             return self._constant(t, value, axis, sym, consumer, slot, broadcast)
@@ -296,7 +314,9 @@ class Follow:
             f"which cannot be made to follow '{sym}' safely"
         )
 
-    def _constant(self, t: gs.Tensor, value: np.ndarray, axis: int, sym: str, consumer: gs.Node, slot: int, broadcast: bool) -> str:
+    def _constant(
+        self, t: gs.Tensor, value: np.ndarray, axis: int, sym: str, consumer: gs.Node, slot: int, broadcast: bool
+    ) -> str:
         import numpy as np
         import onnx_graphsurgeon as gs
 
@@ -315,9 +335,13 @@ class Follow:
             consumer.inputs[slot] = base
             note = f"{consumer.op} '{consumer.name}': constant '{t.name}' {list(value.shape)} -> its first slice {list(first.shape)}, broadcast along '{sym}'"
         else:
-            shape = self.build.vector([self._piece(sym) if i == axis else int(d) for i, d in enumerate(value.shape)], consumer)
+            shape = self.build.vector(
+                [self._piece(sym) if i == axis else int(d) for i, d in enumerate(value.shape)], consumer
+            )
             out = gs.Variable(self.build.name(f"{t.name}_{sym}"), dtype=value.dtype)
-            self.build.insert(consumer, gs.Node("Expand", self.build.name(f"{t.name}_expand"), inputs=[base, shape], outputs=[out]))
+            self.build.insert(
+                consumer, gs.Node("Expand", self.build.name(f"{t.name}_expand"), inputs=[base, shape], outputs=[out])
+            )
             consumer.inputs[slot] = out
             self.at_a[out.name] = (None, tuple(value.shape))  # its shape at the traced sizes, for later rounds
             note = f"{consumer.op} '{consumer.name}': constant '{t.name}' {list(value.shape)} -> Expand of its first slice to {shown}"
@@ -334,7 +358,9 @@ class Follow:
         values = fold_values(self.model, node.inputs[slot])
         out_a, x_a = self._static(node.outputs[0]), self._static(node.inputs[0])
         traced = self.sizes.traced[sym]
-        refuse = f"{where} stays {traced} along axis {axis} where '{sym}' is dynamic; it comes from {node.op} '{node.name}'"
+        refuse = (
+            f"{where} stays {traced} along axis {axis} where '{sym}' is dynamic; it comes from {node.op} '{node.name}'"
+        )
         if values is None or out_a is None or (node.op != "ConstantOfShape" and x_a is None):
             raise PassError(f"{refuse}, whose {what} or input shape is not constant: cannot make it dynamic safely")
         vals = [int(v) for v in values.reshape(-1)]
@@ -343,10 +369,20 @@ class Follow:
         if node.op == "Tile":
             d = x_a[axis]  # type: ignore[index]
             if d < 1 or vals[axis] * d != traced:
-                raise PassError(f"{refuse}, whose input has size {d} there and repeats {vals[axis]}: cannot make it dynamic safely")
+                raise PassError(
+                    f"{refuse}, whose input has size {d} there and repeats {vals[axis]}: cannot make it dynamic safely"
+                )
             if d != 1:
                 q = gs.Variable(self.build.name(f"{node.name}_repeats_{sym}"), dtype=np.int64)
-                self.build.insert(node, gs.Node("Div", q.name, inputs=[piece, gs.Constant(self.build.name(f"{q.name}_d"), np.array([d], np.int64))], outputs=[q]))
+                self.build.insert(
+                    node,
+                    gs.Node(
+                        "Div",
+                        q.name,
+                        inputs=[piece, gs.Constant(self.build.name(f"{q.name}_d"), np.array([d], np.int64))],
+                        outputs=[q],
+                    ),
+                )
                 piece = q
         elif node.op == "Expand" and (xi := axis - len(out_a) + len(x_a)) >= 0 and x_a[xi] != 1:  # type: ignore[arg-type,index]
             return self.follow(node.inputs[0], xi, sym, node, 0, True)  # the size comes from the expanded input

@@ -30,8 +30,13 @@ class AddOutputs(Pass):
 
     class Params(PassParams):
         tensors: list[str] = Field(default_factory=list, description="names of tensors to expose, in this order")
-        op_types: list[str] = Field(default_factory=list, description="expose every output of the nodes of these op types (e.g. Conv, Relu), in graph order")
-        pattern: str | None = Field(None, description="expose every computed tensor whose whole name matches this regular expression")
+        op_types: list[str] = Field(
+            default_factory=list,
+            description="expose every output of the nodes of these op types (e.g. Conv, Relu), in graph order",
+        )
+        pattern: str | None = Field(
+            None, description="expose every computed tensor whose whole name matches this regular expression"
+        )
 
         @model_validator(mode="after")
         def _needs_a_selection(self) -> AddOutputs.Params:
@@ -48,19 +53,30 @@ class AddOutputs(Pass):
         for name in self.params.tensors:
             t = require_tensor(g, name, ("tensors", name))
             if isinstance(t, gs.Constant):
-                raise PassPreconditionError(f"'{name}' is a constant (initializer), not a computed tensor; it cannot be an output", field=("tensors", name))
+                raise PassPreconditionError(
+                    f"'{name}' is a constant (initializer), not a computed tensor; it cannot be an output",
+                    field=("tensors", name),
+                )
         present = sorted({n.op for n in g.nodes})
         for op in self.params.op_types:
             if op not in present:
-                raise PassPreconditionError(f"no node of op type '{op}' in the graph; op types present: {short_listing(present)}", field=("op_types", op))
+                raise PassPreconditionError(
+                    f"no node of op type '{op}' in the graph; op types present: {short_listing(present)}",
+                    field=("op_types", op),
+                )
         if self.params.pattern is not None:
             try:
                 rx = re.compile(self.params.pattern)
             except re.error as exc:
-                raise PassPreconditionError(f"invalid pattern '{self.params.pattern}': {exc}", field=("pattern",)) from None
+                raise PassPreconditionError(
+                    f"invalid pattern '{self.params.pattern}': {exc}", field=("pattern",)
+                ) from None
             if not any(rx.fullmatch(t.name) for t in _computed(g)):
                 computed = [t.name for t in _computed(g)]
-                raise PassPreconditionError(f"pattern '{self.params.pattern}' matches no computed tensor; they are: {short_listing(computed)}", field=("pattern",))
+                raise PassPreconditionError(
+                    f"pattern '{self.params.pattern}' matches no computed tensor; they are: {short_listing(computed)}",
+                    field=("pattern",),
+                )
 
     def _chosen(self, g: gs.Graph) -> list[str]:
         chosen = list(self.params.tensors)

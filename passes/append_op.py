@@ -65,13 +65,22 @@ class AppendOp(Pass):
         name: str | None = Field(None, description="name of the result (default: the output keeps its name)")
         min: float | None = Field(None, description="Clip: lower bound")
         max: float | None = Field(None, description="Clip: upper bound")
-        axis: int | None = Field(None, description="Softmax, ArgMax, TopK: the axis (default as in ONNX: -1 for Softmax and TopK, 0 for ArgMax)")
+        axis: int | None = Field(
+            None,
+            description="Softmax, ArgMax, TopK: the axis (default as in ONNX: -1 for Softmax and TopK, 0 for ArgMax)",
+        )
         keepdims: bool | None = Field(None, description="ArgMax: keep the reduced axis with size 1 (default true)")
-        select_last_index: bool | None = Field(None, description="ArgMax: on ties, take the last index (default false; opset 12+)")
+        select_last_index: bool | None = Field(
+            None, description="ArgMax: on ties, take the last index (default false; opset 12+)"
+        )
         k: int | None = Field(None, ge=1, description="TopK: how many elements")
         largest: bool | None = Field(None, description="TopK: the largest (default true) or the smallest elements")
-        indices_name: str | None = Field(None, description="TopK: name of the indices output (default '<name>_indices')")
-        to: Literal[DTYPES] | None = Field(None, description="Cast: the element type to cast to (float32, float16, int64, uint8, bool...)")  # type: ignore[valid-type]
+        indices_name: str | None = Field(
+            None, description="TopK: name of the indices output (default '<name>_indices')"
+        )
+        to: Literal[DTYPES] | None = Field(
+            None, description="Cast: the element type to cast to (float32, float16, int64, uint8, bool...)"
+        )  # type: ignore[valid-type]
         perm: list[int] | None = Field(None, description="Transpose: the permutation (default: axes reversed)")
 
         @model_validator(mode="after")
@@ -79,7 +88,9 @@ class AppendOp(Pass):
             takes = TAKES[self.op]
             for key in OPTIONAL:
                 if getattr(self, key) is not None and key not in takes:
-                    raise ValueError(f"'{key}' does not apply to {self.op}; {self.op} takes: {', '.join(takes) or 'nothing'}")
+                    raise ValueError(
+                        f"'{key}' does not apply to {self.op}; {self.op} takes: {', '.join(takes) or 'nothing'}"
+                    )
             if self.op == "Clip" and self.min is None and self.max is None:
                 raise ValueError("Clip needs min, max or both")
             if self.min is not None and self.max is not None and self.min > self.max:
@@ -96,11 +107,18 @@ class AppendOp(Pass):
         p, g = self.params, model.graph
         out = require_output(g, p.output, ("output",))
         if model.opset < 11:
-            raise PassPreconditionError(f"append-op needs opset 11 or newer; the model uses opset {model.opset}", field=("op",))
+            raise PassPreconditionError(
+                f"append-op needs opset 11 or newer; the model uses opset {model.opset}", field=("op",)
+            )
         if p.select_last_index and model.opset < 12:
-            raise PassPreconditionError(f"ArgMax select_last_index needs opset 12 or newer; the model uses opset {model.opset}", field=("select_last_index",))
+            raise PassPreconditionError(
+                f"ArgMax select_last_index needs opset 12 or newer; the model uses opset {model.opset}",
+                field=("select_last_index",),
+            )
         if p.name is None and out in g.inputs:
-            raise PassPreconditionError(f"'{p.output}' is also a graph input; give name: for the result", field=("output",))
+            raise PassPreconditionError(
+                f"'{p.output}' is also a graph input; give name: for the result", field=("output",)
+            )
         dtype, shape = typed(model, [p.output], "append-op")[p.output]
         self._check_dtype(dtype)
         rank = None if shape is None else len(shape)
@@ -108,9 +126,15 @@ class AppendOp(Pass):
             axis = check_axis(self._axis(model.opset), rank, p.output, ("axis",))
             size = None if shape is None else shape[axis]
             if p.k is not None and isinstance(size, int) and p.k > size:
-                raise PassPreconditionError(f"TopK k={p.k} but axis {axis} of '{p.output}' ({describe(dtype, shape)}) has size {size}", field=("k",))
+                raise PassPreconditionError(
+                    f"TopK k={p.k} but axis {axis} of '{p.output}' ({describe(dtype, shape)}) has size {size}",
+                    field=("k",),
+                )
         if p.perm is not None and rank is not None and sorted(p.perm) != list(range(rank)):
-            raise PassPreconditionError(f"perm {p.perm} is not a permutation of the {rank} axes of '{p.output}' ({describe(dtype, shape)})", field=("perm",))
+            raise PassPreconditionError(
+                f"perm {p.perm} is not a permutation of the {rank} axes of '{p.output}' ({describe(dtype, shape)})",
+                field=("perm",),
+            )
         existing = all_tensor_names(g)
         for key in ("name", "indices_name"):
             value = getattr(p, key)
@@ -126,7 +150,9 @@ class AppendOp(Pass):
         for key in ("min", "max"):
             value = getattr(p, key)
             if dtype.kind in "iu" and value is not None and value != int(value):
-                raise PassPreconditionError(f"'{p.output}' is {dtype}: Clip {key} must be a whole number, got {value}", field=(key,))
+                raise PassPreconditionError(
+                    f"'{p.output}' is {dtype}: Clip {key} must be a whole number, got {value}", field=(key,)
+                )
 
     def _axis(self, opset: int) -> int:
         p = self.params
@@ -141,7 +167,13 @@ class AppendOp(Pass):
         if p.op == "Cast":
             return str(dtype) == p.to
         perm = p.perm
-        return p.op == "Transpose" and perm is not None and perm == sorted(perm) and shape is not None and len(shape) == len(perm)
+        return (
+            p.op == "Transpose"
+            and perm is not None
+            and perm == sorted(perm)
+            and shape is not None
+            and len(shape) == len(perm)
+        )
 
     def run(self, model: ModelIR) -> PassResult:
         import onnx_graphsurgeon as gs
@@ -149,7 +181,9 @@ class AppendOp(Pass):
         p, g = self.params, model.graph
         dtype, shape = typed(model, [p.output], "append-op")[p.output]
         if self._identity(dtype, shape):
-            return PassResult(False, notes=[f"{p.op} would not change '{p.output}' ({describe(dtype, shape)}); nothing appended"])
+            return PassResult(
+                False, notes=[f"{p.op} would not change '{p.output}' ({describe(dtype, shape)}); nothing appended"]
+            )
         tensor = next(t for t in g.outputs if t.name == p.output)
         tensor.dtype, tensor.shape = dtype, shape
         name = p.name or p.output
@@ -160,9 +194,19 @@ class AppendOp(Pass):
         result_shape = _result_shape(p.op, shape, attrs, p.k)
         results = [gs.Variable(name, result_dtype, result_shape)]
         if p.op == "TopK":
-            results.append(gs.Variable(p.indices_name or unique_name(g, f"{name}_indices"), _np("int64"), results[0].shape))
+            results.append(
+                gs.Variable(p.indices_name or unique_name(g, f"{name}_indices"), _np("int64"), results[0].shape)
+            )
         node_attrs = {k: list(v) if isinstance(v, list) else v for k, v in attrs.items()}  # the reference keeps its own
-        g.nodes.append(gs.Node(p.op, unique_node_name(g, f"{p.op}_{name}"), node_attrs, [tensor, *self._extra_inputs(g, dtype)], results))
+        g.nodes.append(
+            gs.Node(
+                p.op,
+                unique_node_name(g, f"{p.op}_{name}"),
+                node_attrs,
+                [tensor, *self._extra_inputs(g, dtype)],
+                results,
+            )
+        )
         g.outputs = [x for t in g.outputs for x in (results if t is tensor else [t])]
         contract = IOContract(removed_outputs={p.output} if p.name is not None else set())
         fn = _reference(p.op, attrs, p, model.opset)
@@ -176,8 +220,14 @@ class AppendOp(Pass):
                 contract.changed_dims.add(name)
         shown = ", ".join(f"{k}={v}" for k, v in attrs.items() if k != "to")
         what = f"{p.op}{f' to {p.to}' if p.to else ''}{f' ({shown})' if shown else ''}"
-        moved = f"the tensor before it is now '{tensor.name}'" if p.name is None else f"'{p.output}' is no longer an output"
-        notes = [f"{what} appended at {p.output} ({describe(dtype, shape)}) -> " + ", ".join(f"{r.name} ({describe(r.dtype, r.shape)})" for r in results) + f"; {moved}"]
+        moved = (
+            f"the tensor before it is now '{tensor.name}'" if p.name is None else f"'{p.output}' is no longer an output"
+        )
+        notes = [
+            f"{what} appended at {p.output} ({describe(dtype, shape)}) -> "
+            + ", ".join(f"{r.name} ({describe(r.dtype, r.shape)})" for r in results)
+            + f"; {moved}"
+        ]
         return PassResult(True, contract, notes)
 
     def _attrs(self, opset: int, dtype: np.dtype) -> dict[str, Any]:
@@ -208,7 +258,11 @@ class AppendOp(Pass):
             return []
         bounds: list[gs.Tensor] = []
         for key, value in (("min", p.min), ("max", p.max)):
-            bounds.append(gs.Variable.empty() if value is None else gs.Constant(unique_name(g, f"{p.output}_clip_{key}"), np.array(value, dtype=dtype)))
+            bounds.append(
+                gs.Variable.empty()
+                if value is None
+                else gs.Constant(unique_name(g, f"{p.output}_clip_{key}"), np.array(value, dtype=dtype))
+            )
         return bounds if p.max is not None else bounds[:1]
 
 
@@ -258,14 +312,22 @@ def _reference(op: str, attrs: dict[str, Any], p: AppendOp.Params, opset: int) -
     def topk(x: np.ndarray) -> list[np.ndarray]:
         axis, n = attrs["axis"] % x.ndim, x.shape[attrs["axis"]]
         if attrs["largest"]:  # descending; ties: lower index first (stable sort of the flipped array, reversed)
-            order = (n - 1 - np.argsort(np.flip(x, axis), axis=axis, kind="stable")).take(range(n - 1, -1, -1), axis=axis)
+            order = (n - 1 - np.argsort(np.flip(x, axis), axis=axis, kind="stable")).take(
+                range(n - 1, -1, -1), axis=axis
+            )
         else:
             order = np.argsort(x, axis=axis, kind="stable")
         idx = order.take(range(p.k or 0), axis=axis)
         return [np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)]
 
     funcs: dict[str, Reference] = {
-        "Clip": lambda x: [np.clip(x, x.dtype.type(p.min) if p.min is not None else None, x.dtype.type(p.max) if p.max is not None else None)],
+        "Clip": lambda x: [
+            np.clip(
+                x,
+                x.dtype.type(p.min) if p.min is not None else None,
+                x.dtype.type(p.max) if p.max is not None else None,
+            )
+        ],
         "Sigmoid": lambda x: [(1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(x.dtype)],
         "Cast": lambda x: [x.astype(_np(str(p.to)))],
         "Transpose": lambda x: [np.transpose(x, attrs.get("perm"))],

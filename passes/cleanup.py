@@ -24,7 +24,9 @@ class Cleanup(Pass):
     """
 
     class Params(PassParams):
-        remove_unused_inputs: bool = Field(False, description="also remove graph inputs that no node reads (changes the interface)")
+        remove_unused_inputs: bool = Field(
+            False, description="also remove graph inputs that no node reads (changes the interface)"
+        )
         toposort: bool = Field(True, description="sort nodes topologically")
         remove_initializer_inputs: bool = Field(
             False,
@@ -58,7 +60,9 @@ class Cleanup(Pass):
         contract = IOContract(removed_inputs=set(removed))
         notes: list[str] = []
         if orphans:
-            notes.append(f"removed {len(orphans)} unused initializer(s): {', '.join(orphans[:10])}{' ...' if len(orphans) > 10 else ''}")
+            notes.append(
+                f"removed {len(orphans)} unused initializer(s): {', '.join(orphans[:10])}{' ...' if len(orphans) > 10 else ''}"
+            )
         if len(g.nodes) != n_nodes:
             notes.append(f"removed {n_nodes - len(g.nodes)} dead node(s)")
         if removed:

@@ -43,7 +43,10 @@ class ConvertOpset(Pass):
 
         latest = onnx.defs.onnx_opset_version()
         if self.params.opset > latest:
-            raise PassPreconditionError(f"opset {self.params.opset} is newer than this onnx knows (opsets {MIN_OPSET}..{latest})", field=("opset",))
+            raise PassPreconditionError(
+                f"opset {self.params.opset} is newer than this onnx knows (opsets {MIN_OPSET}..{latest})",
+                field=("opset",),
+            )
 
     def run(self, model: ModelIR) -> PassResult:
         from onnx import helper, version_converter
@@ -60,11 +63,15 @@ class ConvertOpset(Pass):
             lines = str(exc).strip().splitlines()
             detail = lines[-1] if lines else type(exc).__name__
             if bad:
-                raise PassError(f"cannot convert opset {source} -> {target}; node(s) the converter cannot handle: {', '.join(bad)} ({detail})") from None
+                raise PassError(
+                    f"cannot convert opset {source} -> {target}; node(s) the converter cannot handle: {', '.join(bad)} ({detail})"
+                ) from None
             raise PassError(f"cannot convert opset {source} -> {target}: {detail}") from None
         missing = _without_schema(converted.graph, target)
         if missing:
-            raise PassError(f"after converting to opset {target}, node(s) with no schema at that opset: {', '.join(missing)}")
+            raise PassError(
+                f"after converting to opset {target}, node(s) with no schema at that opset: {', '.join(missing)}"
+            )
         need = helper.find_min_ir_version_for([helper.make_opsetid("", target)], ignore_unknown=True)
         if model.shell.ir_version < need:
             model.shell.ir_version = need

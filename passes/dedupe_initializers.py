@@ -72,7 +72,9 @@ def _constants(g: gs.Graph) -> list[gs.Constant]:
     return [t for node in g.nodes for t in node.inputs if isinstance(t, gs.Constant)]
 
 
-def _canonical(model: ModelIR, g: gs.Graph, min_bytes: int, keep: set[str]) -> dict[int, tuple[gs.Constant, gs.Constant]]:
+def _canonical(
+    model: ModelIR, g: gs.Graph, min_bytes: int, keep: set[str]
+) -> dict[int, tuple[gs.Constant, gs.Constant]]:
     """Duplicate constant (by id) -> (it, the first constant of its group in node order);
     constants named in ``keep`` are never merged away."""
     groups: dict[tuple[str, tuple[int, ...], str], gs.Constant] = {}

@@ -53,7 +53,10 @@ class Extract(Pass):
             for name in getattr(self.params, kind):
                 t = require_tensor(g, name, (kind, name))
                 if isinstance(t, gs.Constant):
-                    raise PassPreconditionError(f"'{name}' is a constant (initializer); {kind} must be computed tensors or graph inputs", field=(kind, name))
+                    raise PassPreconditionError(
+                        f"'{name}' is a constant (initializer); {kind} must be computed tensors or graph inputs",
+                        field=(kind, name),
+                    )
         missing = _unreached(g, self.params.outputs, set(self.params.inputs))
         if missing:
             name, out = next(iter(missing.items()))

@@ -49,7 +49,9 @@ class FixDims(Pass):
             else:
                 name, _, axis_text = key.rpartition(":")
                 if name not in by_name or not axis_text.lstrip("-").isdigit():
-                    shapes = ", ".join(f"{t.name}{dims_text(tuple(t.shape) if t.shape is not None else None)}" for t in g.inputs)
+                    shapes = ", ".join(
+                        f"{t.name}{dims_text(tuple(t.shape) if t.shape is not None else None)}" for t in g.inputs
+                    )
                     raise PassPreconditionError(
                         f"'{key}' is neither a symbolic dim of an input nor 'input:axis'; symbols: {', '.join(symbols) or '(none)'}; inputs: {shapes}",
                         field=("dims", key),
@@ -58,17 +60,24 @@ class FixDims(Pass):
                 rank = len(t.shape or [])
                 axis = int(axis_text)
                 if not -rank <= axis < rank:
-                    raise PassPreconditionError(f"input '{name}' has rank {rank}; axis {axis} does not exist", field=("dims", key))
+                    raise PassPreconditionError(
+                        f"input '{name}' has rank {rank}; axis {axis} does not exist", field=("dims", key)
+                    )
                 axis %= rank
                 d = t.shape[axis]
                 if isinstance(d, int) and d > 0:  # -1, 0: some exporters mark a dynamic axis so
                     if d != size:
-                        raise PassPreconditionError(f"input '{name}' axis {axis} is already fixed to {d}, not {size}", field=("dims", key))
+                        raise PassPreconditionError(
+                            f"input '{name}' axis {axis} is already fixed to {d}, not {size}", field=("dims", key)
+                        )
                     continue
                 axes = symbols.get(d, [(name, axis)]) if d else [(name, axis)]
             for ax in axes:
                 if ax in plan and plan[ax] != size:
-                    raise PassPreconditionError(f"'{key}' sets {ax[0]}:{ax[1]} to {size} but '{where[ax]}' sets it to {plan[ax]}", field=("dims", key))
+                    raise PassPreconditionError(
+                        f"'{key}' sets {ax[0]}:{ax[1]} to {size} but '{where[ax]}' sets it to {plan[ax]}",
+                        field=("dims", key),
+                    )
                 plan[ax], where[ax] = size, key
         return plan
 
@@ -101,7 +110,10 @@ class FixDims(Pass):
         pins = {}
         for o in g.outputs:
             if o.shape is not None:
-                pins[o.name] = tuple(fixed.get(d, d) if isinstance(d, str) else (None if isinstance(d, int) and d <= 0 else d) for d in o.shape)
+                pins[o.name] = tuple(
+                    fixed.get(d, d) if isinstance(d, str) else (None if isinstance(d, int) and d <= 0 else d)
+                    for d in o.shape
+                )
         refresh_shapes(model, pins)
         contract = IOContract()
         # sizes only become known: a dim that was static before must stay what it was

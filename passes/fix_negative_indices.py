@@ -110,7 +110,9 @@ def _const(model: ModelIR, t: gs.Tensor) -> np.ndarray | None:
     return None if c is None else np.asarray(model.values(c)).ravel()
 
 
-def _rewrite(model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | None], broadcast: bool = False) -> list[tuple[gs.Constant, str]]:
+def _rewrite(
+    model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | None], broadcast: bool = False
+) -> list[tuple[gs.Constant, str]]:
     """Add the axis size to negative entries of constant input ``slot`` (valid negatives only).
     Returns the constant rewritten (replaced or given new values) and a line for the report."""
     import numpy as np
@@ -124,7 +126,9 @@ def _rewrite(model: ModelIR, node: gs.Node, slot: int, sizes: list[int | str | N
         return []
     values = np.asarray(model.values(c))
     flat = values.reshape(-1)
-    size_arr = np.array([s if isinstance(s, int) else -1 for s in (sizes * flat.size if broadcast else sizes)], dtype=np.int64)
+    size_arr = np.array(
+        [s if isinstance(s, int) else -1 for s in (sizes * flat.size if broadcast else sizes)], dtype=np.int64
+    )
     if size_arr.size != flat.size:
         return []
     fixable = (flat < 0) & (size_arr > 0) & (flat + size_arr >= 0)

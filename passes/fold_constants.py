@@ -33,10 +33,19 @@ class FoldConstants(Pass):
     """
 
     class Params(PassParams):
-        fold_shapes: bool = Field(True, description="also fold Shape (and shape arithmetic) of tensors whose shape is static")
-        max_tensor_bytes: int | None = Field(16 << 20, ge=0, description="do not fold into tensors larger than this many bytes (null: no limit)")
-        partitioning: Literal["none", "basic", "recursive"] = Field("none", description="split the constant subgraph so that one op onnxruntime cannot run does not stop the rest from folding")
-        subgraphs: bool = Field(True, description="also fold inside If/Loop/Scan bodies (and flatten If with a constant condition)")
+        fold_shapes: bool = Field(
+            True, description="also fold Shape (and shape arithmetic) of tensors whose shape is static"
+        )
+        max_tensor_bytes: int | None = Field(
+            16 << 20, ge=0, description="do not fold into tensors larger than this many bytes (null: no limit)"
+        )
+        partitioning: Literal["none", "basic", "recursive"] = Field(
+            "none",
+            description="split the constant subgraph so that one op onnxruntime cannot run does not stop the rest from folding",
+        )
+        subgraphs: bool = Field(
+            True, description="also fold inside If/Loop/Scan bodies (and flatten If with a constant condition)"
+        )
 
     params: Params
 
@@ -49,5 +58,9 @@ class FoldConstants(Pass):
         if signature(g) == before:
             return PassResult(False, IOContract())
         folded = ops_before - Counter(n.op for n in g.nodes)
-        notes = [f"folded {sum(folded.values())} node(s): " + ", ".join(f"{k} x{v}" for k, v in sorted(folded.items()))] if folded else []
+        notes = (
+            [f"folded {sum(folded.values())} node(s): " + ", ".join(f"{k} x{v}" for k, v in sorted(folded.items()))]
+            if folded
+            else []
+        )
         return PassResult(True, notes=notes or ["folded constant subgraphs"])

@@ -41,8 +41,13 @@ class MarkDynamic(Pass):
     class Params(PassParams):
         inputs: dict[str, dict[int, str]] = Field(default_factory=dict, description="input name -> {axis: symbol}")
         outputs: dict[str, dict[int, str]] = Field(default_factory=dict, description="output name -> {axis: symbol}")
-        batch: str | None = Field(None, min_length=1, description="shorthand: axis 0 of every input and output is this symbol")
-        batch_symbols: list[str] | None = Field(None, description="symbols probed as batch axes (default: 'batch' and any symbol whose name contains 'batch')")
+        batch: str | None = Field(
+            None, min_length=1, description="shorthand: axis 0 of every input and output is this symbol"
+        )
+        batch_symbols: list[str] | None = Field(
+            None,
+            description="symbols probed as batch axes (default: 'batch' and any symbol whose name contains 'batch')",
+        )
 
     params: Params
 
@@ -68,13 +73,21 @@ class MarkDynamic(Pass):
             for name, axes in plan.items():
                 shape = by_name[name].shape
                 if shape is None:
-                    raise PassPreconditionError(f"{kind[:-1]} '{name}' has no known rank; cannot name its axes", field=(kind, name))
+                    raise PassPreconditionError(
+                        f"{kind[:-1]} '{name}' has no known rank; cannot name its axes", field=(kind, name)
+                    )
                 out[name] = {}
                 for axis, sym in axes.items():
                     if not -len(shape) <= axis < len(shape):
-                        raise PassPreconditionError(f"{kind[:-1]} '{name}' has rank {len(shape)} {list(shape)}; axis {axis} does not exist", field=(kind, name))
+                        raise PassPreconditionError(
+                            f"{kind[:-1]} '{name}' has rank {len(shape)} {list(shape)}; axis {axis} does not exist",
+                            field=(kind, name),
+                        )
                     if not sym or sym.strip().isdigit():
-                        raise PassPreconditionError(f"{kind[:-1]} '{name}' axis {axis}: symbol '{sym}' must be a name, not a number (fix-dims fixes sizes)", field=(kind, name))
+                        raise PassPreconditionError(
+                            f"{kind[:-1]} '{name}' axis {axis}: symbol '{sym}' must be a name, not a number (fix-dims fixes sizes)",
+                            field=(kind, name),
+                        )
                     out[name][axis % len(shape)] = sym
             plans.append(out)
         return plans[0], plans[1], self._traced(g, plans[0])
@@ -90,7 +103,10 @@ class MarkDynamic(Pass):
                 if not isinstance(d, int):
                     continue
                 if sym in traced and traced[sym] != d:
-                    raise PassPreconditionError(f"symbol '{sym}' means equal sizes, but {where[sym]} is {traced[sym]} and {name}:{axis} is {d}", field=("inputs", name))
+                    raise PassPreconditionError(
+                        f"symbol '{sym}' means equal sizes, but {where[sym]} is {traced[sym]} and {name}:{axis} is {d}",
+                        field=("inputs", name),
+                    )
                 traced[sym], where[sym] = d, f"{name}:{axis}"
         return traced
 
@@ -128,7 +144,10 @@ class MarkDynamic(Pass):
         if not changed and wiring(g) == wired:
             return PassResult(False, IOContract())
         notes = [f"{n}: {before[n]} -> {s}" for n, s in changed.items()] + notes
-        batch = set(self.params.batch_symbols or [s for s in traced if "batch" in s.lower()] + ([self.params.batch] if self.params.batch else []))
+        batch = set(
+            self.params.batch_symbols
+            or [s for s in traced if "batch" in s.lower()] + ([self.params.batch] if self.params.batch else [])
+        )
         probes: list = []
         for sym in sorted({s for axes in ins.values() for s in axes.values()}):
             if sym in batch:
@@ -140,7 +159,9 @@ class MarkDynamic(Pass):
         return PassResult(True, contract, notes=notes)
 
     @staticmethod
-    def _check_outputs(model: ModelIR, outs: Axes, traced: dict[str, int], other: dict[str, int], dims_b: dict[str, list]) -> dict:
+    def _check_outputs(
+        model: ModelIR, outs: Axes, traced: dict[str, int], other: dict[str, int], dims_b: dict[str, list]
+    ) -> dict:
         """At another size, a declared output axis must not stay at its traced size. Returns the
         shapes inferred at the other sizes."""
         from surgeon.passkit.shapes import infer

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
     from surgeon.ir.adapter import ModelIR
 
-TAKES: dict[str, tuple[str, ...]] = {"Cast": ("dtype",), "Normalize": ("mean", "std", "scale", "axis"), "Transpose": ("perm",)}
+TAKES: dict[str, tuple[str, ...]] = {
+    "Cast": ("dtype",),
+    "Normalize": ("mean", "std", "scale", "axis"),
+    "Transpose": ("perm",),
+}
 OPTIONAL = ("dtype", "mean", "std", "scale", "axis", "perm")
 Derive = Callable[[Mapping[str, "np.ndarray"]], "np.ndarray"]
 
@@ -41,12 +45,22 @@ class PrependOp(Pass):
         input: str = Field(description="the graph input to pre-process")
         op: Literal["Cast", "Normalize", "Transpose"] = Field(description="Cast, Normalize or Transpose")
         name: str | None = Field(None, description="name of the new input (default: the input keeps its name)")
-        dtype: Literal[DTYPES] | None = Field(None, description="Cast: element type of the new input (e.g. uint8); it is cast to the input's type")  # type: ignore[valid-type]
-        mean: list[float] | None = Field(None, description="Normalize: per-channel (or one) mean, subtracted after scale")
-        std: list[float] | None = Field(None, description="Normalize: per-channel (or one) standard deviation, divided by last")
-        scale: float | None = Field(None, description="Normalize: factor applied first (e.g. 0.00392156862745098 for 1/255)")
+        dtype: Literal[DTYPES] | None = Field(
+            None, description="Cast: element type of the new input (e.g. uint8); it is cast to the input's type"
+        )  # type: ignore[valid-type]
+        mean: list[float] | None = Field(
+            None, description="Normalize: per-channel (or one) mean, subtracted after scale"
+        )
+        std: list[float] | None = Field(
+            None, description="Normalize: per-channel (or one) standard deviation, divided by last"
+        )
+        scale: float | None = Field(
+            None, description="Normalize: factor applied first (e.g. 0.00392156862745098 for 1/255)"
+        )
         axis: int | None = Field(None, description="Normalize: the channel axis of the input (default 1, as in NCHW)")
-        perm: list[int] | None = Field(None, description="Transpose: permutation from the new input to the old one ([0, 3, 1, 2]: NHWC -> NCHW)")
+        perm: list[int] | None = Field(
+            None, description="Transpose: permutation from the new input to the old one ([0, 3, 1, 2]: NHWC -> NCHW)"
+        )
 
         @model_validator(mode="after")
         def _fits_op(self) -> PrependOp.Params:
@@ -72,22 +86,32 @@ class PrependOp(Pass):
         p, g = self.params, model.graph
         tensor = require_input(g, p.input, ("input",))
         if tensor in g.outputs:
-            raise PassPreconditionError(f"'{p.input}' is also a graph output; pre-processing it would change that output", field=("input",))
+            raise PassPreconditionError(
+                f"'{p.input}' is also a graph output; pre-processing it would change that output", field=("input",)
+            )
         dtype, shape = typed(model, [p.input], "prepend-op")[p.input]
         rank = None if shape is None else len(shape)
         if p.op == "Normalize":
             if dtype.kind != "f":
-                raise PassPreconditionError(f"Normalize needs a floating-point input; '{p.input}' is {dtype} (Cast it first)", field=("op",))
+                raise PassPreconditionError(
+                    f"Normalize needs a floating-point input; '{p.input}' is {dtype} (Cast it first)", field=("op",)
+                )
             axis = check_axis(p.axis if p.axis is not None else 1, rank, p.input, ("axis",))
             size = shape[axis] if shape is not None else None
             for key in ("mean", "std"):
                 values = getattr(p, key) or []
                 if len(values) > 1 and isinstance(size, int) and len(values) != size:
-                    raise PassPreconditionError(f"{key} has {len(values)} values but axis {axis} of '{p.input}' ({describe(dtype, shape)}) has {size} channels", field=(key,))
+                    raise PassPreconditionError(
+                        f"{key} has {len(values)} values but axis {axis} of '{p.input}' ({describe(dtype, shape)}) has {size} channels",
+                        field=(key,),
+                    )
         if p.op == "Cast" and dtype.kind not in "fiub":
             raise PassPreconditionError(f"cannot cast to '{p.input}', which is {dtype}", field=("op",))
         if p.perm is not None and rank is not None and sorted(p.perm) != list(range(rank)):
-            raise PassPreconditionError(f"perm {p.perm} is not a permutation of the {rank} axes of '{p.input}' ({describe(dtype, shape)})", field=("perm",))
+            raise PassPreconditionError(
+                f"perm {p.perm} is not a permutation of the {rank} axes of '{p.input}' ({describe(dtype, shape)})",
+                field=("perm",),
+            )
         if p.name is not None and p.name in all_tensor_names(g):
             raise PassPreconditionError(f"a tensor named '{p.name}' already exists in the graph", field=("name",))
 
@@ -107,7 +131,9 @@ class PrependOp(Pass):
         p, g = self.params, model.graph
         dtype, shape = typed(model, [p.input], "prepend-op")[p.input]
         if self._identity(dtype):
-            return PassResult(False, notes=[f"{p.op} would not change '{p.input}' ({describe(dtype, shape)}); nothing prepended"])
+            return PassResult(
+                False, notes=[f"{p.op} would not change '{p.input}' ({describe(dtype, shape)}); nothing prepended"]
+            )
         old = next(t for t in g.inputs if t.name == p.input)
         old.dtype, old.shape = dtype, shape
         suffix = {"Cast": str(dtype), "Normalize": "normalized", "Transpose": "transposed"}[p.op]
@@ -124,7 +150,9 @@ class PrependOp(Pass):
         if new_shape != shape:
             contract.changed_dims.add(new.name)
         chain = " -> ".join(n.op for n in nodes)
-        notes = [f"input {new.name} ({describe(new_dtype, new_shape)}) -> {chain} -> {old.name} ({describe(dtype, shape)}), what '{p.input}' was"]
+        notes = [
+            f"input {new.name} ({describe(new_dtype, new_shape)}) -> {chain} -> {old.name} ({describe(dtype, shape)}), what '{p.input}' was"
+        ]
         return PassResult(True, contract, notes)
 
     def _build(self, g: gs.Graph, new: gs.Variable, old: gs.Variable, dtype: np.dtype) -> tuple[list[gs.Node], Derive]:
@@ -133,7 +161,13 @@ class PrependOp(Pass):
 
         p, name = self.params, new.name
         if p.op == "Cast":
-            node = gs.Node("Cast", unique_node_name(g, f"Cast_{name}"), {"to": int(helper.np_dtype_to_tensor_dtype(dtype))}, [new], [old])
+            node = gs.Node(
+                "Cast",
+                unique_node_name(g, f"Cast_{name}"),
+                {"to": int(helper.np_dtype_to_tensor_dtype(dtype))},
+                [new],
+                [old],
+            )
             return [node], lambda feed: feed[name].astype(dtype)
         if p.op == "Transpose":
             perm = tuple(p.perm or [])  # the node gets its own list: the reference must not follow later edits
@@ -141,7 +175,9 @@ class PrependOp(Pass):
             return [node], lambda feed: feed[name].transpose(perm)
         return self._normalize(g, new, old, dtype)
 
-    def _normalize(self, g: gs.Graph, new: gs.Variable, old: gs.Variable, dtype: np.dtype) -> tuple[list[gs.Node], Derive]:
+    def _normalize(
+        self, g: gs.Graph, new: gs.Variable, old: gs.Variable, dtype: np.dtype
+    ) -> tuple[list[gs.Node], Derive]:
         import numpy as np
         import onnx_graphsurgeon as gs
 
@@ -201,6 +237,8 @@ def _per_channel(values: list[float], axis: int, rank: int | None, dtype: np.dty
     if arr.size == 1:
         return arr.reshape(())
     if rank is None:
-        raise PassPreconditionError("per-channel mean/std need the input's rank; the input has no shape", field=("mean",))
+        raise PassPreconditionError(
+            "per-channel mean/std need the input's rank; the input has no shape", field=("mean",)
+        )
     trailing = rank - 1 - (axis % rank)
     return arr.reshape((arr.size,) + (1,) * trailing)

@@ -27,8 +27,13 @@ class PromoteInitializer(Pass):
     """
 
     class Params(PassParams):
-        names: list[str] = Field(min_length=1, description="initializers or Constant node outputs (main graph) to turn into inputs")
-        keep_default: bool = Field(False, description="keep the value as the input's default (an initializer of the same name) instead of requiring it")
+        names: list[str] = Field(
+            min_length=1, description="initializers or Constant node outputs (main graph) to turn into inputs"
+        )
+        keep_default: bool = Field(
+            False,
+            description="keep the value as the input's default (an initializer of the same name) instead of requiring it",
+        )
 
     params: Params
 
@@ -46,16 +51,31 @@ class PromoteInitializer(Pass):
         for i, name in enumerate(self.params.names):
             t = tensors.get(name)
             if t is None:
-                where = " (it is inside a subgraph; only main-graph constants can become inputs)" if name in all_tensor_names(g) else ""
-                shown = ", ".join(candidates[:20]) + (f" ... ({len(candidates)} in all)" if len(candidates) > 20 else "")
-                raise PassPreconditionError(f"no initializer or Constant output named '{name}'{where}{suggest(name, candidates)}; they are: {shown or '(none)'}", field=("names", i))
+                where = (
+                    " (it is inside a subgraph; only main-graph constants can become inputs)"
+                    if name in all_tensor_names(g)
+                    else ""
+                )
+                shown = ", ".join(candidates[:20]) + (
+                    f" ... ({len(candidates)} in all)" if len(candidates) > 20 else ""
+                )
+                raise PassPreconditionError(
+                    f"no initializer or Constant output named '{name}'{where}{suggest(name, candidates)}; they are: {shown or '(none)'}",
+                    field=("names", i),
+                )
             if isinstance(t, gs.Variable) and t in g.inputs:
                 raise PassPreconditionError(f"'{name}' is already a graph input", field=("names", i))
             if not isinstance(t, gs.Constant):
                 if not _from_constant_node(t):
-                    raise PassPreconditionError(f"'{name}' is computed by a {t.inputs[0].op if t.inputs else 'no'} node, not a constant", field=("names", i))
+                    raise PassPreconditionError(
+                        f"'{name}' is computed by a {t.inputs[0].op if t.inputs else 'no'} node, not a constant",
+                        field=("names", i),
+                    )
                 if constant_values(model, t) is None:
-                    raise PassPreconditionError(f"Constant node '{t.inputs[0].name}' has no dense value (sparse or string list); cannot make it an input", field=("names", i))
+                    raise PassPreconditionError(
+                        f"Constant node '{t.inputs[0].name}' has no dense value (sparse or string list); cannot make it an input",
+                        field=("names", i),
+                    )
             out.append((name, t))
         return out
 

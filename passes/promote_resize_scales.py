@@ -54,16 +54,30 @@ class PromoteResizeScales(Pass):
     """
 
     class Params(PassParams):
-        nodes: list[str] | str | None = Field(None, description="Resize/Upsample nodes: a list of names, or one regex matched against whole names (default: all with constant scales)")
-        input: str | None = Field(None, description="name of the new input (default: 'factor' for form factor, else 'scales' or 'sizes')")
-        form: Literal["scales", "factor"] = Field("scales", description="scales: the full vector the node takes; factor: one float (or one per spatial axis) expanded into [1, 1, f, f]")
-        per_axis: bool = Field(False, description="form factor: one factor per spatial axis instead of one shared float")
-        per_node: bool = Field(False, description="one input per node (named <input>_<i>) instead of one input shared by all nodes")
+        nodes: list[str] | str | None = Field(
+            None,
+            description="Resize/Upsample nodes: a list of names, or one regex matched against whole names (default: all with constant scales)",
+        )
+        input: str | None = Field(
+            None, description="name of the new input (default: 'factor' for form factor, else 'scales' or 'sizes')"
+        )
+        form: Literal["scales", "factor"] = Field(
+            "scales",
+            description="scales: the full vector the node takes; factor: one float (or one per spatial axis) expanded into [1, 1, f, f]",
+        )
+        per_axis: bool = Field(
+            False, description="form factor: one factor per spatial axis instead of one shared float"
+        )
+        per_node: bool = Field(
+            False, description="one input per node (named <input>_<i>) instead of one input shared by all nodes"
+        )
         crops: Literal["rewrite", "keep"] = Field(
             "rewrite",
             description="Slices after the nodes that crop a scaled axis: rewrite opens ends equal to the traced size and refuses any other crop; keep leaves them as exported",
         )
-        probe_factor: float = Field(2.0, gt=0, description="the other factor the verifier tries (the current one + 1 when they are equal)")
+        probe_factor: float = Field(
+            2.0, gt=0, description="the other factor the verifier tries (the current one + 1 when they are equal)"
+        )
 
     params: Params
 
@@ -81,13 +95,19 @@ class PromoteResizeScales(Pass):
                 raise PassPreconditionError(f"invalid nodes pattern '{sel}': {exc}", field=("nodes",)) from None
             picked = [n for n in nodes if rx.fullmatch(n.name)]
             if not picked:
-                raise PassPreconditionError(f"nodes pattern '{sel}' matches no Resize/Upsample node; they are: {listing(existing)}", field=("nodes",))
+                raise PassPreconditionError(
+                    f"nodes pattern '{sel}' matches no Resize/Upsample node; they are: {listing(existing)}",
+                    field=("nodes",),
+                )
             return picked
         from surgeon.errors import suggest
 
         for i, name in enumerate(sel):
             if name not in existing:
-                raise PassPreconditionError(f"no Resize/Upsample node named '{name}'{suggest(name, existing)}; they are: {listing(existing)}", field=("nodes", i))
+                raise PassPreconditionError(
+                    f"no Resize/Upsample node named '{name}'{suggest(name, existing)}; they are: {listing(existing)}",
+                    field=("nodes", i),
+                )
         return [n for n in nodes if n.name in sel]
 
     def _site(self, model: ModelIR, node: gs.Node, explicit: bool) -> Site | None:
@@ -107,8 +127,12 @@ class PromoteResizeScales(Pass):
         value = constant_values(model, tensor) if tensor is not None and tensor.name else None
         if value is None or value.size == 0:
             if explicit:
-                where = "a graph input" if tensor is not None and tensor in model.graph.inputs else "computed in the graph"
-                raise PassPreconditionError(f"node '{node.name}': its {kind} are {where}, not a constant; nothing to promote", field=("nodes",))
+                where = (
+                    "a graph input" if tensor is not None and tensor in model.graph.inputs else "computed in the graph"
+                )
+                raise PassPreconditionError(
+                    f"node '{node.name}': its {kind} are {where}, not a constant; nothing to promote", field=("nodes",)
+                )
             return None
         lead = 2
         axes = node.attrs.get("axes")
@@ -130,16 +154,24 @@ class PromoteResizeScales(Pass):
 
         name, v = site.node.name, site.value
         if site.kind == "sizes":
-            raise PassPreconditionError(f"node '{name}' is driven by sizes {v.tolist()}, not scales; use form: scales (it promotes the sizes, int64)", field=("form",))
+            raise PassPreconditionError(
+                f"node '{name}' is driven by sizes {v.tolist()}, not scales; use form: scales (it promotes the sizes, int64)",
+                field=("form",),
+            )
         if not np.all(v[: site.lead] == 1):
-            raise PassPreconditionError(f"node '{name}' scales {v.tolist()} change a non-spatial axis; use form: scales", field=("form",))
+            raise PassPreconditionError(
+                f"node '{name}' scales {v.tolist()} change a non-spatial axis; use form: scales", field=("form",)
+            )
         spatial = v[site.lead :].astype(np.float32)
         if spatial.size == 0:
             raise PassPreconditionError(f"node '{name}' has no spatial axis to scale", field=("form",))
         if self.params.per_axis:
             return spatial
         if not np.all(spatial == spatial[0]):
-            raise PassPreconditionError(f"node '{name}' scales its spatial axes differently ({spatial.tolist()}); set per_axis: true", field=("per_axis",))
+            raise PassPreconditionError(
+                f"node '{name}' scales its spatial axes differently ({spatial.tolist()}); set per_axis: true",
+                field=("per_axis",),
+            )
         return np.asarray(spatial[0], dtype=np.float32)
 
     # -- params vs model -----------------------------------------------------------------------
@@ -157,7 +189,12 @@ class PromoteResizeScales(Pass):
             plan = [(f"{base}_{i}", v, [s]) for i, (v, s) in enumerate(zip(values, sites))]
         else:
             for s, v in zip(sites, values):
-                same = s.kind == sites[0].kind and v.shape == values[0].shape and v.dtype == values[0].dtype and np.array_equal(v, values[0])
+                same = (
+                    s.kind == sites[0].kind
+                    and v.shape == values[0].shape
+                    and v.dtype == values[0].dtype
+                    and np.array_equal(v, values[0])
+                )
                 if not same:
                     first = sites[0]
                     raise PassPreconditionError(
@@ -169,7 +206,10 @@ class PromoteResizeScales(Pass):
         taken = all_tensor_names(model.graph)
         for name, _, _ in plan:
             if name in taken:
-                raise PassPreconditionError(f"cannot add input '{name}': a tensor of that name already exists; choose another 'input'", field=("input",))
+                raise PassPreconditionError(
+                    f"cannot add input '{name}': a tensor of that name already exists; choose another 'input'",
+                    field=("input",),
+                )
         return plan
 
     def requires(self, model: ModelIR) -> None:
@@ -201,7 +241,9 @@ class PromoteResizeScales(Pass):
             contract.new_inputs[name] = value
         contract.probes.append(self._probe(plan))
         # a full vector as input may scale every axis; a factor only the spatial ones
-        contract.declare_changes(io_before, io_types(model.graph), axes=scaled if self.params.form == "factor" else None)
+        contract.declare_changes(
+            io_before, io_types(model.graph), axes=scaled if self.params.form == "factor" else None
+        )
         return PassResult(True, contract, notes)
 
     def _probe(self, plan: list[tuple[str, np.ndarray, list[Site]]]) -> ScaleProbe:
@@ -214,9 +256,19 @@ class PromoteResizeScales(Pass):
             feed[name] = _probe_value(value, sites[0], p.probe_factor, p.form)
             for s in sites:
                 full = s.value.copy()
-                full[s.lead :] = np.broadcast_to(feed[name], full[s.lead :].shape) if p.form == "factor" else feed[name][s.lead :]
+                full[s.lead :] = (
+                    np.broadcast_to(feed[name], full[s.lead :].shape) if p.form == "factor" else feed[name][s.lead :]
+                )
                 vectors[s.node.name] = (s.slot, full)
-                ratios.append(Ratio(str(s.node.name), s.kind, s.lead, s.value.astype(np.float64).tolist(), full.astype(np.float64).tolist()))
+                ratios.append(
+                    Ratio(
+                        str(s.node.name),
+                        s.kind,
+                        s.lead,
+                        s.value.astype(np.float64).tolist(),
+                        full.astype(np.float64).tolist(),
+                    )
+                )
         return ScaleProbe(feed, vectors, ratios)
 
 
@@ -233,7 +285,9 @@ def _inferred(model: ModelIR) -> dict | None:
         return None
 
 
-def _scaled_axes(model: ModelIR, at_a: dict | None, at_b: dict | None) -> tuple[dict[str, tuple[Any, tuple[Any, ...]]], dict[str, set[int]]]:
+def _scaled_axes(
+    model: ModelIR, at_a: dict | None, at_b: dict | None
+) -> tuple[dict[str, tuple[Any, tuple[Any, ...]]], dict[str, set[int]]]:
     """Shapes inferred at the traced factor, and per graph output the axes whose size follows
     the factor (inferred at the traced factor, ``at_a``, and a larger one, ``at_b``): the only
     dims the pass may change. Where inference failed, every axis of every output (the probe
@@ -247,7 +301,15 @@ def _scaled_axes(model: ModelIR, at_a: dict | None, at_b: dict | None) -> tuple[
     return traced, changing_axes(outputs, at_a, at_b)
 
 
-def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], form: str, traced: dict[str, tuple[Any, tuple[Any, ...]]], pins: dict[str, tuple[Any, ...]]) -> list[str]:
+def _promote(
+    model: ModelIR,
+    name: str,
+    value: np.ndarray,
+    sites: list[Site],
+    form: str,
+    traced: dict[str, tuple[Any, tuple[Any, ...]]],
+    pins: dict[str, tuple[Any, ...]],
+) -> list[str]:
     import onnx_graphsurgeon as gs
     from onnx import helper
 
@@ -271,7 +333,9 @@ def _promote(model: ModelIR, name: str, value: np.ndarray, sites: list[Site], fo
             y.dtype = y.dtype or x.dtype or (helper.tensor_dtype_to_np_dtype(elem) if elem else None)
             if x_shape is not None and y.name and y.dtype is not None:
                 # the factor only scales spatial axes: batch and channels keep their size
-                pins[y.name] = tuple(x_shape[: site.lead]) + tuple(f"{y.name}_{a}" for a in range(site.lead, len(site.value)))
+                pins[y.name] = tuple(x_shape[: site.lead]) + tuple(
+                    f"{y.name}_{a}" for a in range(site.lead, len(site.value))
+                )
         node.inputs[site.slot] = vector
         drop_orphan_constant(g, old)
     if vectors:
@@ -293,10 +357,24 @@ def _expand_factor(model: ModelIR, factor: gs.Variable, lead: int, n_spatial: in
     if not factor.shape:  # scalar: broadcast to one per spatial axis
         spatial = gs.Variable(unique_name(model.graph, f"{factor.name}_spatial"), dtype=factor.dtype, shape=[n_spatial])
         count = gs.Constant(unique_name(model.graph, f"{factor.name}_count"), np.array([n_spatial], dtype=np.int64))
-        g.nodes.append(gs.Node("Expand", unique_name(model.graph, f"{factor.name}_Expand"), inputs=[factor, count], outputs=[spatial]))
+        g.nodes.append(
+            gs.Node(
+                "Expand", unique_name(model.graph, f"{factor.name}_Expand"), inputs=[factor, count], outputs=[spatial]
+            )
+        )
     ones = gs.Constant(unique_name(model.graph, f"{factor.name}_ones"), np.ones(lead, dtype=factor.dtype))
-    vector = gs.Variable(unique_name(model.graph, f"{factor.name}_scales"), dtype=factor.dtype, shape=[lead + n_spatial])
-    g.nodes.append(gs.Node("Concat", unique_name(model.graph, f"{factor.name}_Concat"), attrs={"axis": 0}, inputs=[ones, spatial], outputs=[vector]))
+    vector = gs.Variable(
+        unique_name(model.graph, f"{factor.name}_scales"), dtype=factor.dtype, shape=[lead + n_spatial]
+    )
+    g.nodes.append(
+        gs.Node(
+            "Concat",
+            unique_name(model.graph, f"{factor.name}_Concat"),
+            attrs={"axis": 0},
+            inputs=[ones, spatial],
+            outputs=[vector],
+        )
+    )
     return vector
 
 
@@ -311,7 +389,9 @@ def _legacy_upsample_to_9(model: ModelIR) -> str:
     try:
         proto = onnx.version_converter.convert_version(model.to_proto(), 9)
     except Exception as exc:
-        raise PassError(f"Upsample-{before} keeps scales in an attribute and the model cannot be converted to opset 9: {str(exc).splitlines()[0]}") from None
+        raise PassError(
+            f"Upsample-{before} keeps scales in an attribute and the model cannot be converted to opset 9: {str(exc).splitlines()[0]}"
+        ) from None
     model.graph = gs.import_onnx(proto)
     model.graph.opset = 9
     return f"converted the model from opset {before} to 9 (Upsample-9 takes scales as an input)"
@@ -361,7 +441,12 @@ class ScaleProbe:
     inputs) times probed/traced, worked out without the edited graph, so a crop that hard-codes
     the traced size (a Slice) fails. Output shapes must also match ONNX shape inference."""
 
-    def __init__(self, values: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]], ratios: list[Ratio] | None = None) -> None:
+    def __init__(
+        self,
+        values: dict[str, np.ndarray],
+        vectors: dict[str, tuple[int, np.ndarray]],
+        ratios: list[Ratio] | None = None,
+    ) -> None:
         self.values = values
         self.vectors = vectors
         self.ratios = ratios or []
@@ -390,13 +475,26 @@ class ScaleProbe:
             problems = []
             if want is not None and want != got:
                 crop = _crops(env, tuple(traced[name].shape))
-                problems.append(f"expected {want} (size at the traced factor {tuple(traced[name].shape)} times the factor){crop}")
+                problems.append(
+                    f"expected {want} (size at the traced factor {tuple(traced[name].shape)} times the factor){crop}"
+                )
             if name in inferred and tuple(inferred[name]) != got:
                 problems.append(f"shape inference says {tuple(inferred[name])}")
             note = f"shape {got}" + (": " + "; ".join(problems) if problems else "")
-            checks.append(OutputCheck(f"probe {self.name}: {name}", not problems, "FAIL" if problems else "ok", shape=got, note=note))
+            checks.append(
+                OutputCheck(
+                    f"probe {self.name}: {name}", not problems, "FAIL" if problems else "ok", shape=got, note=note
+                )
+            )
         if not scaled_any:
-            checks.append(OutputCheck(f"probe {self.name}", True, "proved nothing", note="no output's size follows the factor: only that the model runs at another factor"))
+            checks.append(
+                OutputCheck(
+                    f"probe {self.name}",
+                    True,
+                    "proved nothing",
+                    note="no output's size follows the factor: only that the model runs at another factor",
+                )
+            )
         return checks
 
 
@@ -458,7 +556,9 @@ def _crops(env: ProbeEnv, traced: tuple[int, ...]) -> str:
     return f"; cropped to the traced size by {', '.join(found)}" if found else ""
 
 
-def _expected_shapes(env: ProbeEnv, feed: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]]) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(
+    env: ProbeEnv, feed: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]]
+) -> dict[str, tuple[int, ...]]:
     """Output shapes by ONNX shape inference at the feed's shapes, each probed node reading its
     probe scales (or sizes) from a constant."""
     import onnx

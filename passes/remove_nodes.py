@@ -41,7 +41,9 @@ class RemoveNodes(Pass):
     """
 
     class Params(PassParams):
-        ops: list[Bypassable] = Field(default_factory=_default_ops, description="op types whose no-op nodes are removed")
+        ops: list[Bypassable] = Field(
+            default_factory=_default_ops, description="op types whose no-op nodes are removed"
+        )
         names: list[str] = Field(default_factory=list, description="nodes to remove by name (each must be a no-op)")
 
     params: Params
@@ -53,7 +55,9 @@ class RemoveNodes(Pass):
         for name in self.params.names:
             why = _not_noop(model, nodes[name], types)
             if why:
-                raise PassPreconditionError(f"node '{name}' ({nodes[name].op}) cannot be removed: {why}", field=("names", name))
+                raise PassPreconditionError(
+                    f"node '{name}' ({nodes[name].op}) cannot be removed: {why}", field=("names", name)
+                )
 
     def run(self, model: ModelIR) -> PassResult:
         wanted = set(self.params.names)
@@ -68,7 +72,9 @@ class RemoveNodes(Pass):
                 if _bypass(model.graph, g, node):
                     notes.append(f"removed {label} ({io})")
                 else:
-                    notes.append(f"kept {label}: it connects a graph input or constant straight to graph output '{node.outputs[0].name}'")
+                    notes.append(
+                        f"kept {label}: it connects a graph input or constant straight to graph output '{node.outputs[0].name}'"
+                    )
         changed = any(n.startswith("removed") for n in notes)
         return PassResult(changed, notes=notes)
 
@@ -87,7 +93,9 @@ def _not_noop(model: ModelIR, node: gs.Node, types: TypeMap) -> str:
     if any(o.outputs or o.name in graph_outputs for o in outs[1:]):
         return "its second output is used"
     x = ins[0]
-    dtype, shape = (x.dtype, x.shape) if x.dtype is not None and x.shape is not None else types.get(x.name, (x.dtype, x.shape))
+    dtype, shape = (
+        (x.dtype, x.shape) if x.dtype is not None and x.shape is not None else types.get(x.name, (x.dtype, x.shape))
+    )
     if node.op == "Dropout" and len(node.inputs) > 2 and not node.inputs[2].is_empty():
         mode = node.inputs[2]
         if not isinstance(mode, gs.Constant) or bool(model.values(mode).any()):
@@ -116,7 +124,12 @@ def _bypass(root: gs.Graph, g: gs.Graph, node: gs.Node) -> bool:
     if is_output:
         import onnx_graphsurgeon as gs
 
-        if isinstance(x, gs.Constant) or not x.inputs or any(t is x for t in g.inputs) or any(t is x for t in g.outputs):
+        if (
+            isinstance(x, gs.Constant)
+            or not x.inputs
+            or any(t is x for t in g.inputs)
+            or any(t is x for t in g.outputs)
+        ):
             return False
         producer = x.inputs[0]
         node.inputs.clear()

@@ -25,7 +25,10 @@ class RemoveOutputs(Pass):
 
     class Params(PassParams):
         outputs: list[str] = Field(min_length=1, description="names of the graph outputs to remove")
-        missing_ok: bool = Field(False, description="skip names that are not graph outputs (so the step can be re-applied) instead of failing")
+        missing_ok: bool = Field(
+            False,
+            description="skip names that are not graph outputs (so the step can be re-applied) instead of failing",
+        )
         prune: bool = Field(True, description="remove nodes and initializers no output depends on any more")
 
     params: Params
@@ -55,7 +58,9 @@ class RemoveOutputs(Pass):
             n_consts = _n_constants(g)
             g.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
             if len(g.nodes) != n_nodes or _n_constants(g) != n_consts:
-                notes.append(f"pruned {n_nodes - len(g.nodes)} node(s) and {n_consts - _n_constants(g)} initializer(s) no output needs")
+                notes.append(
+                    f"pruned {n_nodes - len(g.nodes)} node(s) and {n_consts - _n_constants(g)} initializer(s) no output needs"
+                )
         return PassResult(True, IOContract(removed_outputs=set(removed)), notes=notes)
 
 

@@ -35,7 +35,9 @@ class RenameIO(Pass):
     class Params(PassParams):
         inputs: dict[str, str] = Field(default_factory=dict, description="old input name -> new name")
         outputs: dict[str, str] = Field(default_factory=dict, description="old output name -> new name")
-        regex: list[RegexRename] = Field(default_factory=list, description="pattern renames, applied after the explicit ones")
+        regex: list[RegexRename] = Field(
+            default_factory=list, description="pattern renames, applied after the explicit ones"
+        )
 
     params: Params
 
@@ -65,7 +67,10 @@ class RenameIO(Pass):
         io_same = set(names(g.inputs)) & set(names(g.outputs))
         for name in io_same:
             if name in ins and name in outs and ins[name] != outs[name]:
-                raise PassPreconditionError(f"'{name}' is both an input and an output; it cannot get two names ({ins[name]}, {outs[name]})", field=("inputs", name))
+                raise PassPreconditionError(
+                    f"'{name}' is both an input and an output; it cannot get two names ({ins[name]}, {outs[name]})",
+                    field=("inputs", name),
+                )
             if name in ins or name in outs:
                 ins[name] = outs[name] = ins.get(name) or outs[name]
         ins = {k: v for k, v in ins.items() if k != v}
@@ -80,10 +85,15 @@ class RenameIO(Pass):
             if not new:
                 raise PassPreconditionError(f"new name for '{old}' is empty", field=("inputs", old))
             if new in targets and targets[new] != old:
-                raise PassPreconditionError(f"'{targets[new]}' and '{old}' would both be named '{new}'", field=("inputs", old))
+                raise PassPreconditionError(
+                    f"'{targets[new]}' and '{old}' would both be named '{new}'", field=("inputs", old)
+                )
             targets[new] = old
             if new in existing and new not in plan:
-                raise PassPreconditionError(f"cannot rename '{old}' to '{new}': a tensor named '{new}' already exists in the graph", field=("inputs", old))
+                raise PassPreconditionError(
+                    f"cannot rename '{old}' to '{new}': a tensor named '{new}' already exists in the graph",
+                    field=("inputs", old),
+                )
 
     def run(self, model: ModelIR) -> PassResult:
         ins, outs = self.planned(model, self._plan)
@@ -92,5 +102,7 @@ class RenameIO(Pass):
         for old, tensor in originals.items():
             tensor.name = ins.get(old) or outs[old]
         contract = IOContract(renamed_inputs=ins, renamed_outputs=outs)
-        notes = [f"input {a} -> {b}" for a, b in ins.items()] + [f"output {a} -> {b}" for a, b in outs.items() if a not in ins]
+        notes = [f"input {a} -> {b}" for a, b in ins.items()] + [
+            f"output {a} -> {b}" for a, b in outs.items() if a not in ins
+        ]
         return PassResult(bool(originals), contract, notes)

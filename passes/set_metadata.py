@@ -34,7 +34,9 @@ class SetMetadata(Pass):
         model_version: int | None = Field(None, ge=0, description="model_version (an integer)")
         domain: str | None = Field(None, description="model domain, reverse-DNS style (com.example.models)")
         doc_string: str | None = Field(None, description="model doc string")
-        metadata_props: dict[str, str] = Field(default_factory=dict, description="metadata_props entries to add or overwrite")
+        metadata_props: dict[str, str] = Field(
+            default_factory=dict, description="metadata_props entries to add or overwrite"
+        )
         remove_props: list[str] = Field(default_factory=list, description="metadata_props keys to delete")
 
     params: Params
@@ -43,11 +45,16 @@ class SetMetadata(Pass):
         for key in list(self.params.metadata_props) + self.params.remove_props:
             if key.startswith(RESERVED):
                 field = "metadata_props" if key in self.params.metadata_props else "remove_props"
-                raise PassPreconditionError(f"metadata key '{key}' is reserved for surgeon's provenance", field=(field, key))
+                raise PassPreconditionError(
+                    f"metadata key '{key}' is reserved for surgeon's provenance", field=(field, key)
+                )
         existing = [p.key for p in model.shell.metadata_props]
         for key in self.params.remove_props:
             if key not in existing:
-                raise PassPreconditionError(f"no metadata_props key '{key}' to remove; the model has: {', '.join(existing) or '(none)'}", field=("remove_props", key))
+                raise PassPreconditionError(
+                    f"no metadata_props key '{key}' to remove; the model has: {', '.join(existing) or '(none)'}",
+                    field=("remove_props", key),
+                )
 
     def run(self, model: ModelIR) -> PassResult:
         shell = model.shell

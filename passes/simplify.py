@@ -31,7 +31,10 @@ PROTOBUF_LIMIT = 2**31 - 10000
 def graph_key(graph: onnx.GraphProto) -> tuple[Any, ...]:
     """What a proto-level rewrite can change: nodes (op, wiring, attributes; not node names),
     initializers (name, type, shape) and the graph's I/O."""
-    nodes = tuple((n.domain, n.op_type, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute)) for n in graph.node)
+    nodes = tuple(
+        (n.domain, n.op_type, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute))
+        for n in graph.node
+    )
     inits = tuple(sorted((t.name, t.data_type, tuple(t.dims)) for t in graph.initializer))
     io_ = tuple(v.SerializeToString() for v in list(graph.input) + list(graph.output))
     return nodes, inits, io_
@@ -61,11 +64,20 @@ class Simplify(Pass):
 
     class Params(PassParams):
         optimize: bool = Field(True, description="run onnx-optimizer's fusion and elimination passes")
-        skip_optimizers: list[str] = Field(default_factory=list, description="onnx-optimizer passes not to run, by name (e.g. fuse_bn_into_conv)")
+        skip_optimizers: list[str] = Field(
+            default_factory=list, description="onnx-optimizer passes not to run, by name (e.g. fuse_bn_into_conv)"
+        )
         constant_folding: bool = Field(True, description="fold nodes whose inputs are all constant")
         shape_inference: bool = Field(True, description="run shape inference (turn off if it crashes on the model)")
-        input_shapes: dict[str, list[int]] = Field(default_factory=dict, description="input name -> static shape; makes those dims static (verify.dims must match)")
-        max_tensor_size: str = Field("1.5GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB)?$", description="folded tensors larger than this stay unfolded (e.g. '64MB')")
+        input_shapes: dict[str, list[int]] = Field(
+            default_factory=dict,
+            description="input name -> static shape; makes those dims static (verify.dims must match)",
+        )
+        max_tensor_size: str = Field(
+            "1.5GB",
+            pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB)?$",
+            description="folded tensors larger than this stay unfolded (e.g. '64MB')",
+        )
         include_subgraphs: bool = Field(False, description="also simplify If/Loop/Scan bodies")
 
     params: Params
@@ -76,9 +88,14 @@ class Simplify(Pass):
         for name, shape in self.params.input_shapes.items():
             t = next(t for t in g.inputs if t.name == name)
             if t.shape is not None and len(t.shape) != len(shape):
-                raise PassPreconditionError(f"input_shapes['{name}'] has {len(shape)} dims but the input has rank {len(t.shape)} ({list(t.shape)})", field=("input_shapes", name))
+                raise PassPreconditionError(
+                    f"input_shapes['{name}'] has {len(shape)} dims but the input has rank {len(t.shape)} ({list(t.shape)})",
+                    field=("input_shapes", name),
+                )
             if any(d <= 0 for d in shape):
-                raise PassPreconditionError(f"input_shapes['{name}'] = {shape}: every dim must be positive", field=("input_shapes", name))
+                raise PassPreconditionError(
+                    f"input_shapes['{name}'] = {shape}: every dim must be positive", field=("input_shapes", name)
+                )
 
     def run(self, model: ModelIR) -> PassResult:
         from surgeon.ir.external import is_external, iter_model_tensors

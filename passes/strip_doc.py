@@ -28,7 +28,9 @@ class StripDoc(Pass):
     """
 
     class Params(PassParams):
-        metadata: bool = Field(False, description="also remove metadata_props of nodes, graph inputs/outputs/values and graphs")
+        metadata: bool = Field(
+            False, description="also remove metadata_props of nodes, graph inputs/outputs/values and graphs"
+        )
 
     params: Params
 
@@ -45,10 +47,17 @@ class StripDoc(Pass):
         for g in iter_graphs(model.graph):
             g.doc_string = ""
         for key, (node, meta) in list(model.node_meta.items()):
-            stripped = ("", [] if self.params.metadata else meta[1], *meta[2:])  # doc, props, what else the core carries
+            stripped = (
+                "",
+                [] if self.params.metadata else meta[1],
+                *meta[2:],
+            )  # doc, props, what else the core carries
             model.node_meta[key] = (node, stripped)  # type: ignore[assignment]
         model.source_docs = False
         if self.params.metadata:
             model.source_metadata = False
         changed = model.to_proto().SerializeToString() != before
-        return PassResult(changed, notes=["doc strings removed" + (" and metadata_props" if self.params.metadata else "")] if changed else [])
+        return PassResult(
+            changed,
+            notes=["doc strings removed" + (" and metadata_props" if self.params.metadata else "")] if changed else [],
+        )

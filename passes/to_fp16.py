@@ -23,9 +23,27 @@ FP16_MAX = 65504.0
 FLOAT, FLOAT16 = 1, 10
 HAZARD_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 """Inputs that stay float32 whatever their schema allows (onnxruntime kernels want float32)."""
-SEQUENCE_OPS = {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase", "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap"}
+SEQUENCE_OPS = {
+    "SequenceEmpty",
+    "SequenceConstruct",
+    "SequenceInsert",
+    "SequenceAt",
+    "SequenceErase",
+    "SequenceLength",
+    "SplitToSequence",
+    "ConcatFromSequence",
+    "SequenceMap",
+}
 """Sequences stay float32 (their element type is not tracked): these ops run as if blocked."""
-DTYPE_ATTR_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike", "Bernoulli", "Multinomial"}
+DTYPE_ATTR_OPS = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "EyeLike",
+    "Bernoulli",
+    "Multinomial",
+}
 """Generators whose ``dtype`` attribute sets the output type: left float32 (no float16 kernels)."""
 
 
@@ -124,7 +142,12 @@ class _Converter:
         return out
 
     def blocked(self, node: gs.Node) -> bool:
-        return node.op in self.p.block_ops or node.op in SEQUENCE_OPS or bool(node.name) and node.name in self.p.block_nodes
+        return (
+            node.op in self.p.block_ops
+            or node.op in SEQUENCE_OPS
+            or bool(node.name)
+            and node.name in self.p.block_nodes
+        )
 
     def run(self) -> None:
         for g in list(iter_graphs(self.model.graph)):
@@ -188,8 +211,12 @@ class _Converter:
             # a float attribute can only hold float32: the value becomes a float16 tensor
             import numpy as np
 
-            floats = node.attrs.pop("value_float") if "value_float" in node.attrs else list(node.attrs.pop("value_floats"))
-            node.attrs["value"] = self._fp16_const(gs.Constant(f"{node.outputs[0].name}_value", np.asarray(floats, np.float32)))
+            floats = (
+                node.attrs.pop("value_float") if "value_float" in node.attrs else list(node.attrs.pop("value_floats"))
+            )
+            node.attrs["value"] = self._fp16_const(
+                gs.Constant(f"{node.outputs[0].name}_value", np.asarray(floats, np.float32))
+            )
         elif node.op == "CastLike":  # the output takes the target's type, which may just have become float16
             target = node.inputs[1] if len(node.inputs) > 1 else None
             if target is not None and target.dtype == self.f16 and node.outputs[0].dtype == self.f32:
@@ -229,7 +256,15 @@ class _Converter:
         if key not in self._cast_cache:
             suffix = "fp32" if want == self.f32 else "fp16"
             out = gs.Variable(f"{t.name}_{suffix}", dtype=want, shape=t.shape)
-            g.nodes.append(gs.Node("Cast", name=f"{t.name}_to_{suffix}", attrs={"to": FLOAT if want == self.f32 else FLOAT16}, inputs=[t], outputs=[out]))
+            g.nodes.append(
+                gs.Node(
+                    "Cast",
+                    name=f"{t.name}_to_{suffix}",
+                    attrs={"to": FLOAT if want == self.f32 else FLOAT16},
+                    inputs=[t],
+                    outputs=[out],
+                )
+            )
             self._cast_cache[key] = out
             self.casts += 1
         return self._cast_cache[key]

@@ -24,7 +24,9 @@ def load(source: Any) -> Model:
     return _load(source)
 
 
-def apply(recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False) -> PipelineResult:
+def apply(
+    recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False
+) -> PipelineResult:
     """Apply a recipe (path, YAML text, mapping or Recipe) to ``model`` (default: the recipe's
     ``model``); writes ``output`` (default: the recipe's) when one is known."""
     from surgeon.recipe import apply_recipe

@@ -92,7 +92,15 @@ def apply_one(job: ApplyJob) -> dict[str, Any]:
     from surgeon.recipe import load_recipe
 
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"input": job.model, "output": None, "planned_output": job.output, "ok": False, "failure_class": None, "message": "", "surgeon_version": __version__}
+    report: dict[str, Any] = {
+        "input": job.model,
+        "output": None,
+        "planned_output": job.output,
+        "ok": False,
+        "failure_class": None,
+        "message": "",
+        "surgeon_version": __version__,
+    }
     try:
         recipe = load_recipe(job.recipe)
         report["recipe"] = job.recipe
@@ -102,7 +110,9 @@ def apply_one(job: ApplyJob) -> dict[str, Any]:
         if job.dry_run:
             result = recipe.pipeline.run(job.model, base_dir=recipe.base_dir)
         else:
-            result = recipe.pipeline.apply(job.model, job.output, force=job.force, recipe_text=recipe.text, base_dir=recipe.base_dir)
+            result = recipe.pipeline.apply(
+                job.model, job.output, force=job.force, recipe_text=recipe.text, base_dir=recipe.base_dir
+            )
         report |= result.as_dict()
         report["device"], report["device_line"] = device_info(result.device), result.device
         report["output"] = None if job.dry_run or not (result.ok or job.force) else job.output
@@ -134,10 +144,20 @@ def doctor_one(path: str, runtime_checks: bool = True) -> dict[str, Any]:
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return {"model": path, "findings": [], "failure_class": failure_class(exc), "message": str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}
+        return {
+            "model": path,
+            "findings": [],
+            "failure_class": failure_class(exc),
+            "message": str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+        }
 
 
-def run_parallel(fn: Callable[[Any], dict[str, Any]], jobs: Sequence[Any], workers: int, on_done: Callable[[int, dict[str, Any]], None]) -> list[dict[str, Any]]:
+def run_parallel(
+    fn: Callable[[Any], dict[str, Any]],
+    jobs: Sequence[Any],
+    workers: int,
+    on_done: Callable[[int, dict[str, Any]], None],
+) -> list[dict[str, Any]]:
     """``fn`` over ``jobs`` in ``workers`` processes (forkserver where there is one, else spawn:
     never fork a process that may hold onnxruntime threads). Results in job order; a worker
     that dies is that job's 'bug' report."""
@@ -153,14 +173,21 @@ def run_parallel(fn: Callable[[Any], dict[str, Any]], jobs: Sequence[Any], worke
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     n = min(workers, len(jobs))
     threads = max(1, default_workers() // n)  # the cores shared out: no worker's onnxruntime takes them all
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context(method), initializer=_worker_init, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=n, mp_context=mp.get_context(method), initializer=_worker_init, initargs=(threads,)
+    ) as pool:
         futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
             i = futures[fut]
             try:
                 results[i] = fut.result()
             except Exception as exc:  # the worker process died (killed, out of memory)
-                results[i] = {"input": str(getattr(jobs[i], "model", jobs[i])), "ok": False, "failure_class": "bug", "message": f"worker process failed: {type(exc).__name__}: {exc}"}
+                results[i] = {
+                    "input": str(getattr(jobs[i], "model", jobs[i])),
+                    "ok": False,
+                    "failure_class": "bug",
+                    "message": f"worker process failed: {type(exc).__name__}: {exc}",
+                }
             on_done(i, results[i])  # type: ignore[arg-type]
     return [r for r in results if r is not None]
 

@@ -51,4 +51,4 @@ _DECLARED = re.compile(
 def _declared_passes(source: str) -> list[tuple[str, str]]:
     """``(name, first docstring line)`` of every ``@register_pass("name")`` class in ``source``: a
     line scan, cheaper than parsing (tests check it agrees with the imported classes)."""
-    return [(name, doc.strip().rstrip('"\'').strip()) for name, doc in _DECLARED.findall(source)]
+    return [(name, doc.strip().rstrip("\"'").strip()) for name, doc in _DECLARED.findall(source)]

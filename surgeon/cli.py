@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-
-
 def _console(stderr: bool = False) -> Console:
     from surgeon.cli_front import make_console
 
@@ -50,7 +48,13 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("verification")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="onnxruntime device (overrides the recipe)")
     g.add_argument("--no-verify", action="store_true", help="skip verification (verify.mode: off)")
-    g.add_argument("--dims", action="append", default=[], metavar="SYM=N", help="size of a symbolic dim for verification (repeatable)")
+    g.add_argument(
+        "--dims",
+        action="append",
+        default=[],
+        metavar="SYM=N",
+        help="size of a symbolic dim for verification (repeatable)",
+    )
     g.add_argument("--rtol", type=float, help="relative tolerance")
     g.add_argument("--atol", type=float, help="absolute tolerance")
 
@@ -59,17 +63,27 @@ def _out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write the output even when verification fails (still exits 1)")
     p.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
     p.add_argument("--report", type=Path, metavar="JSON", help="write the summary as JSON")
-    p.add_argument("--dry-run", action="store_true", help="run and verify every pass, write nothing (the --report still)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="run and verify every pass, write nothing (the --report still)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surgeon", description="Verified graph surgery for exported ONNX models.", epilog=EPILOG)
+    parser = argparse.ArgumentParser(
+        prog="surgeon", description="Verified graph surgery for exported ONNX models.", epilog=EPILOG
+    )
     parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every rewrite and every output compared")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print errors only")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print every rewrite and every output compared")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print every rewrite and every output compared",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add = functools.partial(sub.add_parser, parents=[common])
 
@@ -77,8 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     p.add_argument("-i", "--input", type=Path, help="input model (overrides the recipe's 'model')")
     p.add_argument("-o", "--output", type=Path, help="output model (overrides the recipe's 'output')")
-    p.add_argument("--out-dir", type=Path, metavar="DIR", help="many models (-i 'models/*.onnx'): write each output, and its .report.json, here")
-    p.add_argument("-j", "--jobs", type=int, metavar="N", help="many models: parallel processes (default: the core count)")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        metavar="DIR",
+        help="many models (-i 'models/*.onnx'): write each output, and its .report.json, here",
+    )
+    p.add_argument(
+        "-j", "--jobs", type=int, metavar="N", help="many models: parallel processes (default: the core count)"
+    )
     _out_args(p)
     _verify_args(p)
 
@@ -86,14 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pass_name", metavar="PASS")
     p.add_argument("model", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a param (YAML value; dotted keys for mappings)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a param (YAML value; dotted keys for mappings)"
+    )
     _out_args(p)
     _verify_args(p)
 
     p = add("inspect", help="I/O, opsets, ops, weights, external data and Resize nodes of a model")
     p.add_argument("model", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--tensors", action="store_true", help="list every tensor: name, op, dtype, shape (intermediate ones included)")
+    p.add_argument(
+        "--tensors", action="store_true", help="list every tensor: name, op, dtype, shape (intermediate ones included)"
+    )
     p.add_argument("--filter", metavar="REGEX", help="with --tensors: only names this regex matches (searched)")
 
     p = add("passes", help="list the available passes")
@@ -110,9 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", help="compare two models on the same inputs", epilog=EPILOG)
     p.add_argument("reference", type=Path)
     p.add_argument("candidate", type=Path)
-    p.add_argument("--map", action="append", default=[], metavar="OLD=NEW", help="an input or output renamed in the candidate")
+    p.add_argument(
+        "--map", action="append", default=[], metavar="OLD=NEW", help="an input or output renamed in the candidate"
+    )
     p.add_argument("--report", type=Path, metavar="JSON", help="write the comparison as JSON")
-    p.add_argument("--localize", action="store_true", help="name the first node whose output differs (tensors both models have, compared in topological order)")
+    p.add_argument(
+        "--localize",
+        action="store_true",
+        help="name the first node whose output differs (tensors both models have, compared in topological order)",
+    )
     _verify_args(p)
     from surgeon.cli_front import doctor_parser, export_parser
 
@@ -152,7 +183,15 @@ def cmd_passes(args: argparse.Namespace) -> int:
         summaries = {name: e.summary for name, e in entries.items()}
 
     if args.json:
-        print(json.dumps([{"name": name, "summary": summary, "module": entries[name].module if name in entries else None} for name, summary in summaries.items()], indent=2))
+        print(
+            json.dumps(
+                [
+                    {"name": name, "summary": summary, "module": entries[name].module if name in entries else None}
+                    for name, summary in summaries.items()
+                ],
+                indent=2,
+            )
+        )
         return EXIT_OK
     table = Table(title="passes", title_justify="left")
     table.add_column("name")
@@ -208,7 +247,9 @@ def _lazy(name: str) -> Any:
     return run
 
 
-cmd_apply, cmd_run, cmd_validate, cmd_verify = (_lazy(n) for n in ("cmd_apply", "cmd_run", "cmd_validate", "cmd_verify"))
+cmd_apply, cmd_run, cmd_validate, cmd_verify = (
+    _lazy(n) for n in ("cmd_apply", "cmd_run", "cmd_validate", "cmd_verify")
+)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -260,7 +301,11 @@ def _report_error(exc: Exception, verbose: bool) -> int:
     err = _console(stderr=True)
     if isinstance(exc, SurgeonError):
         for line in str(exc).splitlines() or [type(exc).__name__]:
-            err.print(f"error: {line}" if not line.startswith(("error", "verification")) else line, markup=False, highlight=False)
+            err.print(
+                f"error: {line}" if not line.startswith(("error", "verification")) else line,
+                markup=False,
+                highlight=False,
+            )
         return exc.exit_code
     if isinstance(exc, BrokenPipeError):  # output piped into head & co.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -84,14 +84,20 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
         result.export = exported.as_dict()
     if not args.quiet:
         summary_table(console, result)
-        op_table(console, result.ops_before, result.ops_after, changed_only=not args.verbose and len(result.ops_before) > 12)
+        op_table(
+            console, result.ops_before, result.ops_after, changed_only=not args.verbose and len(result.ops_before) > 12
+        )
     if args.report:
         from surgeon.batch import device_info
         from surgeon.ir.files import write_atomic
 
         data = result.as_dict() | {"output": str(out) if out else None, "surgeon_version": __version__}
         data |= {"input": getattr(args, "_input", None), "recipe_sha256": getattr(args, "_recipe_sha256", None)}
-        data |= {"device": device_info(result.device), "device_line": result.device, "failure_class": None if result.ok else "verification"}
+        data |= {
+            "device": device_info(result.device),
+            "device_line": result.device,
+            "failure_class": None if result.ok else "verification",
+        }
         if exported is not None:
             data["input"] = f"source: {getattr(args, '_source', '')} ({exported.exporter})"
         write_atomic(args.report, (json.dumps(data, indent=2, default=str) + "\n").encode())
@@ -99,14 +105,24 @@ def _finish(result: PipelineResult, args: argparse.Namespace, out: Path | None, 
         err = make_console(stderr=True)
         for line in result.failures():
             err.print(f"verification failed: {line}", markup=False)
-        err.print("nothing written" if out is None or not args.force else f"written anyway (--force): {out}", markup=False)
+        err.print(
+            "nothing written" if out is None or not args.force else f"written anyway (--force): {out}", markup=False
+        )
         return EXIT_VERIFY_FAILED
     if out is not None and not args.quiet:
         console.print(f"wrote {out}", markup=False)
     return EXIT_OK
 
 
-def _apply_pipeline(pipeline: Any, model: Path, out: Path | None, args: argparse.Namespace, recipe_text: str | None, base_dir: Path | None, recipe: Path | None = None) -> int:
+def _apply_pipeline(
+    pipeline: Any,
+    model: Path,
+    out: Path | None,
+    args: argparse.Namespace,
+    recipe_text: str | None,
+    base_dir: Path | None,
+    recipe: Path | None = None,
+) -> int:
     from surgeon.batch import sha256_text
     from surgeon.errors import VerificationError
     from surgeon.ir.targets import check_extra_output
@@ -131,7 +147,16 @@ def _apply_pipeline(pipeline: Any, model: Path, out: Path | None, args: argparse
         return code
     try:
         protect = [recipe] if recipe else []
-        result = pipeline.apply(model, out, force=args.force, in_place=args.in_place, on_step=on_step, recipe_text=recipe_text, base_dir=base_dir, protect=protect)
+        result = pipeline.apply(
+            model,
+            out,
+            force=args.force,
+            in_place=args.in_place,
+            on_step=on_step,
+            recipe_text=recipe_text,
+            base_dir=base_dir,
+            protect=protect,
+        )
     except VerificationError as exc:
         if exc.result is None:
             raise
@@ -176,7 +201,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.report:  # the report says what failed, and whose it is
             from surgeon.batch import device_info, failure_class, sha256_text, write_report
 
-            write_report(args.report, {"ok": False, "input": str(model), "output": None, "recipe_sha256": sha256_text(recipe.text), "device": device_info(""), "failure_class": failure_class(exc), "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__, "surgeon_version": __version__})
+            write_report(
+                args.report,
+                {
+                    "ok": False,
+                    "input": str(model),
+                    "output": None,
+                    "recipe_sha256": sha256_text(recipe.text),
+                    "device": device_info(""),
+                    "failure_class": failure_class(exc),
+                    "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    "surgeon_version": __version__,
+                },
+            )
         raise
 
 
@@ -219,7 +256,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise RecipeError(problems)
         sizes = _planned_sizes(model, recipe.pipeline)
     if not args.quiet:
-        what = f" against {model_path}" if model_path else (f", model exported from {recipe.source.factory} at apply" if recipe.source else "")
+        what = (
+            f" against {model_path}"
+            if model_path
+            else (f", model exported from {recipe.source.factory} at apply" if recipe.source else "")
+        )
         console = make_console()
         console.print(f"{args.recipe}: ok ({len(recipe.pipeline.steps)} passes){what}", markup=False)
         for line in sizes:
@@ -242,7 +283,9 @@ def _planned_sizes(model: Any, pipeline: Any) -> list[str]:
     defaulted = sizes.defaulted()
     if defaulted:
         keys = ", ".join(f"'{k}': N" if ":" in k else f"{k}: N" for k in defaulted)
-        lines.append(f"verification will default {', '.join(defaulted)} to {cfg.default_dim} (verify.default_dim); set verify.dims: {{{keys}}} to choose")
+        lines.append(
+            f"verification will default {', '.join(defaulted)} to {cfg.default_dim} (verify.default_dim); set verify.dims: {{{keys}}} to choose"
+        )
     return lines
 
 
@@ -286,7 +329,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.report:
         from surgeon.ir.files import write_atomic
 
-        data = {"ok": check.ok, "device": verifier.device_line, "sizes": check.sizes, "values": verifier.values, "outputs": [o.as_dict() for o in check.outputs]}
+        data = {
+            "ok": check.ok,
+            "device": verifier.device_line,
+            "sizes": check.sizes,
+            "values": verifier.values,
+            "outputs": [o.as_dict() for o in check.outputs],
+        }
         if divergence is not None:
             data["divergence"] = divergence.as_dict()
         write_atomic(args.report, (json.dumps(data, indent=2) + "\n").encode())

@@ -33,7 +33,16 @@ def _progress(total: int, what: str, quiet: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err = Console(stderr=True, highlight=False)
-    return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"), console=err, disable=quiet, transient=False)
+    return Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        disable=quiet,
+        transient=False,
+    )
 
 
 def _outputs(models: list[Path], out_dir: Path, in_place: bool) -> list[Path]:
@@ -73,7 +82,11 @@ def apply_many(args: argparse.Namespace, verify: dict[str, Any], console: Consol
         task = bar.add_task("", total=len(jobs))
 
         def done(i: int, rep: dict[str, Any]) -> None:
-            bar.update(task, advance=1, description=f"{Path(rep['input']).name}: {'ok' if rep.get('ok') else rep.get('failure_class')}")
+            bar.update(
+                task,
+                advance=1,
+                description=f"{Path(rep['input']).name}: {'ok' if rep.get('ok') else rep.get('failure_class')}",
+            )
 
         reports = run_parallel(apply_one, jobs, workers, done)
     for rep, o in zip(reports, outs):
@@ -94,9 +107,16 @@ def apply_many(args: argparse.Namespace, verify: dict[str, Any], console: Consol
     if not args.quiet:
         console.print(table)
     if args.report:
-        summary = {"recipe": str(args.recipe), "recipe_sha256": sha256_text(recipe.text), "ok": all(r.get("ok") for r in reports), "models": reports}
+        summary = {
+            "recipe": str(args.recipe),
+            "recipe_sha256": sha256_text(recipe.text),
+            "ok": all(r.get("ok") for r in reports),
+            "models": reports,
+        }
         write_report(args.report, summary)
-    codes = [CLASS_EXIT[r["failure_class"]] for r in reports if not r.get("ok") and r.get("failure_class") in CLASS_EXIT]
+    codes = [
+        CLASS_EXIT[r["failure_class"]] for r in reports if not r.get("ok") and r.get("failure_class") in CLASS_EXIT
+    ]
     return max(codes, default=EXIT_OK)
 
 

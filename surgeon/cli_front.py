@@ -25,26 +25,54 @@ def make_console(stderr: bool = False) -> Console:
 
 def export_parser(add: Any) -> None:
     p = add("export", help="torch.onnx.export a module a factory returns, verified against torch", epilog=EPILOG)
-    p.add_argument("factory", metavar="MODULE:FACTORY", help="e.g. mypkg.models:build (a callable taking no arguments, returning an nn.Module)")
+    p.add_argument(
+        "factory",
+        metavar="MODULE:FACTORY",
+        help="e.g. mypkg.models:build (a callable taking no arguments, returning an nn.Module)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--input", action="append", default=[], metavar="NAME:DIMS[:DTYPE]", help="an input, in forward's order: image:1x3x224x224:float32 (repeatable)")
-    p.add_argument("--output-name", action="append", default=[], metavar="NAME", help="output names, in order (repeatable)")
-    p.add_argument("--dynamic", action="append", default=[], metavar="NAME:AXIS:SYMBOL", help="a dynamic axis: image:0:batch (repeatable)")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME:DIMS[:DTYPE]",
+        help="an input, in forward's order: image:1x3x224x224:float32 (repeatable)",
+    )
+    p.add_argument(
+        "--output-name", action="append", default=[], metavar="NAME", help="output names, in order (repeatable)"
+    )
+    p.add_argument(
+        "--dynamic",
+        action="append",
+        default=[],
+        metavar="NAME:AXIS:SYMBOL",
+        help="a dynamic axis: image:0:batch (repeatable)",
+    )
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     p.add_argument("--opset", type=int)
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--force", action="store_true", help="write the model even when its outputs differ from torch's (still exits 1)")
+    p.add_argument(
+        "--force", action="store_true", help="write the model even when its outputs differ from torch's (still exits 1)"
+    )
 
 
 def doctor_parser(add: Any) -> None:
-    p = add("doctor", help="what will bite a model at deployment, and a recipe that fixes it", epilog=EPILOG + ", 5 findings remain")
+    p = add(
+        "doctor",
+        help="what will bite a model at deployment, and a recipe that fixes it",
+        epilog=EPILOG + ", 5 findings remain",
+    )
     p.add_argument("models", type=Path, nargs="+", metavar="MODEL")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--emit-recipe", type=Path, metavar="YAML", help="write a recipe that fixes every fixable finding")
     p.add_argument("--force", action="store_true", help="overwrite an existing --emit-recipe file")
-    p.add_argument("--no-runtime", action="store_true", help="skip the onnxruntime checks (kernels, IR and opset limits)")
-    p.add_argument("-j", "--jobs", type=int, metavar="N", help="several models: parallel processes (default: the core count)")
+    p.add_argument(
+        "--no-runtime", action="store_true", help="skip the onnxruntime checks (kernels, IR and opset limits)"
+    )
+    p.add_argument(
+        "-j", "--jobs", type=int, metavar="N", help="several models: parallel processes (default: the core count)"
+    )
 
 
 def inspect_tensors(args: argparse.Namespace) -> int:
@@ -63,7 +91,9 @@ def inspect_tensors(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in rows:
         name = escape(r["name"]) + (" (output)" if r["graph_output"] else "")
-        table.add_row(name, escape(r["op"]), escape(r["node"]), r["dtype"], escape("[" + ", ".join(map(str, r["shape"])) + "]"))
+        table.add_row(
+            name, escape(r["op"]), escape(r["node"]), r["dtype"], escape("[" + ", ".join(map(str, r["shape"])) + "]")
+        )
     make_console().print(table)
     return EXIT_OK
 
@@ -86,7 +116,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         elif not args.quiet:
             for r in reports:
                 show_diagnosis(make_console(), r, args.verbose)
-        return max((r.get("exit_code", EXIT_USAGE if r.get("failure_class") == "usage" else 3) for r in reports), default=EXIT_OK)
+        return max(
+            (r.get("exit_code", EXIT_USAGE if r.get("failure_class") == "usage" else 3) for r in reports),
+            default=EXIT_OK,
+        )
     diags = [diagnose(load(m), runtime_checks=not args.no_runtime) for m in args.models]
     if args.json:
         print(json.dumps(diags[0].as_dict(), indent=2, default=str))
@@ -97,7 +130,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         _write_text(args.emit_recipe, recipe_text(diags[0], args.emit_recipe, args.models[0]))
         if not args.quiet and not args.json:
-            make_console().print(f"wrote {args.emit_recipe} (check it: surgeon validate {args.emit_recipe})", markup=False)
+            make_console().print(
+                f"wrote {args.emit_recipe} (check it: surgeon validate {args.emit_recipe})", markup=False
+            )
     return max(d.exit_code for d in diags)
 
 
@@ -128,7 +163,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: exists; not overwritten (--force overwrites it)")
     specs = [parse_input(t) for t in args.input]
     module = load_factory(args.factory)
-    result = export(module, specs, args.output, exporter=args.exporter, opset=args.opset, output_names=args.output_name, dynamic=args.dynamic, rtol=args.rtol, atol=args.atol, force=args.force)
+    result = export(
+        module,
+        specs,
+        args.output,
+        exporter=args.exporter,
+        opset=args.opset,
+        output_names=args.output_name,
+        dynamic=args.dynamic,
+        rtol=args.rtol,
+        atol=args.atol,
+        force=args.force,
+    )
     console = make_console()
     if not args.quiet:
         if result.warnings:
@@ -141,10 +187,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         for o in result.outputs:
             verdict = "[green]ok[/green]" if o["ok"] else "[bold red]FAIL[/bold red]"
             tail = f"  ({escape(o['note'])})" if o["note"] else ""
-            console.print(f"{escape(o['name'])}: shape {o['shape']}  max abs {fmt_err(o['max_abs'])}  max rel {fmt_err(o['max_rel'])}  {verdict}{tail}", highlight=False)
-        console.print(f"export ({args.exporter}) verified against torch on onnxruntime CPU: {'ok' if result.ok else 'FAIL'}", markup=False)
+            console.print(
+                f"{escape(o['name'])}: shape {o['shape']}  max abs {fmt_err(o['max_abs'])}  max rel {fmt_err(o['max_rel'])}  {verdict}{tail}",
+                highlight=False,
+            )
+        console.print(
+            f"export ({args.exporter}) verified against torch on onnxruntime CPU: {'ok' if result.ok else 'FAIL'}",
+            markup=False,
+        )
     if not result.ok:
-        make_console(stderr=True).print("outputs differ from torch's; " + ("written anyway (--force)" if args.force else "nothing written"), markup=False)
+        make_console(stderr=True).print(
+            "outputs differ from torch's; " + ("written anyway (--force)" if args.force else "nothing written"),
+            markup=False,
+        )
         return EXIT_VERIFY_FAILED
     if not args.quiet:
         console.print(f"wrote {args.output} (next: surgeon doctor {args.output})", markup=False)

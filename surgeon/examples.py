@@ -29,11 +29,24 @@ def tiny_cnn(seed: int = 0) -> onnx.ModelProto:
         return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2, name)
 
     nodes = [
-        helper.make_node("Conv", ["input.1", "conv1.weight", "conv1.bias"], ["/conv1/Conv_output_0"], name="/conv1/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv",
+            ["input.1", "conv1.weight", "conv1.bias"],
+            ["/conv1/Conv_output_0"],
+            name="/conv1/Conv",
+            pads=[1, 1, 1, 1],
+        ),
         helper.make_node("Relu", ["/conv1/Conv_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu"),
-        helper.make_node("GlobalAveragePool", ["/relu/Relu_output_0"], ["/pool/GlobalAveragePool_output_0"], name="/pool/GlobalAveragePool"),
+        helper.make_node(
+            "GlobalAveragePool",
+            ["/relu/Relu_output_0"],
+            ["/pool/GlobalAveragePool_output_0"],
+            name="/pool/GlobalAveragePool",
+        ),
         helper.make_node("Flatten", ["/pool/GlobalAveragePool_output_0"], ["onnx::Gemm_7"], name="/Flatten", axis=1),
-        helper.make_node("Gemm", ["onnx::Gemm_7", "fc.weight", "fc.bias"], ["/fc/Gemm_output_0"], name="/fc/Gemm", transB=1),
+        helper.make_node(
+            "Gemm", ["onnx::Gemm_7", "fc.weight", "fc.bias"], ["/fc/Gemm_output_0"], name="/fc/Gemm", transB=1
+        ),
         helper.make_node("Sigmoid", ["/relu/Relu_output_0"], ["/unused/Sigmoid_output_0"], name="/unused/Sigmoid"),
     ]
     graph = helper.make_graph(
@@ -41,9 +54,21 @@ def tiny_cnn(seed: int = 0) -> onnx.ModelProto:
         "main_graph",
         [helper.make_tensor_value_info("input.1", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("/fc/Gemm_output_0", onnx.TensorProto.FLOAT, [1, 10])],
-        [init("conv1.weight", 8, 3, 3, 3), init("conv1.bias", 8), init("fc.weight", 10, 8), init("fc.bias", 10), init("unused.weight", 64, 64)],
+        [
+            init("conv1.weight", 8, 3, 3, 3),
+            init("conv1.bias", 8),
+            init("fc.weight", 10, 8),
+            init("fc.bias", 10),
+            init("unused.weight", 64, 64),
+        ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, producer_name="pytorch", producer_version="2.13.0")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+        producer_name="pytorch",
+        producer_version="2.13.0",
+    )
     model.metadata_props.add(key="example", value="tiny-cnn")
     return model
 
@@ -75,7 +100,9 @@ def tiny_classifier(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 10])],
         [init("conv.weight", 8, 3, 3, 3), init("conv.bias", 8), init("fc.weight", 10, 8), init("fc.bias", 10)],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10, producer_name="surgeon-examples")
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10, producer_name="surgeon-examples"
+    )
 
 
 def optimize_example(seed: int = 0) -> onnx.ModelProto:
@@ -106,11 +133,23 @@ def optimize_example(seed: int = 0) -> onnx.ModelProto:
         init("offset.a", offset),
         init("offset.b", offset.copy()),
     ]
-    doc = "File \"model.py\", line 12, in forward"
+    doc = 'File "model.py", line 12, in forward'
     nodes = [
         helper.make_node("Identity", ["image"], ["image.copy"], name="/Identity", doc_string=doc),
-        helper.make_node("Conv", ["image.copy", "conv.weight", "conv.bias"], ["conv"], name="/conv/Conv", pads=[1, 1, 1, 1], doc_string=doc),
-        helper.make_node("BatchNormalization", ["conv", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["bn"], name="/bn/BatchNormalization"),
+        helper.make_node(
+            "Conv",
+            ["image.copy", "conv.weight", "conv.bias"],
+            ["conv"],
+            name="/conv/Conv",
+            pads=[1, 1, 1, 1],
+            doc_string=doc,
+        ),
+        helper.make_node(
+            "BatchNormalization",
+            ["conv", "bn.scale", "bn.bias", "bn.mean", "bn.var"],
+            ["bn"],
+            name="/bn/BatchNormalization",
+        ),
         helper.make_node("Relu", ["bn"], ["relu"], name="/relu/Relu"),
         helper.make_node("Dropout", ["relu"], ["drop"], name="/dropout/Dropout"),
         helper.make_node("GlobalAveragePool", ["drop"], ["pool"], name="/pool/GlobalAveragePool"),
@@ -130,10 +169,19 @@ def optimize_example(seed: int = 0) -> onnx.ModelProto:
         inits,
         doc_string="exported graph",
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7, producer_name="pytorch", producer_version="1.13.1", doc_string="exported by a script")
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 13)],
+        ir_version=7,
+        producer_name="pytorch",
+        producer_version="1.13.1",
+        doc_string="exported by a script",
+    )
 
 
-def classifier_example(seed: int = 0, batch: int = 1, spatial: tuple[Any, Any] = ("height", "width")) -> onnx.ModelProto:
+def classifier_example(
+    seed: int = 0, batch: int = 1, spatial: tuple[Any, Any] = ("height", "width")
+) -> onnx.ModelProto:
     """Conv -> Relu -> GlobalAveragePool -> Reshape [1, 8] (batch traced as 1) -> Gemm: the classic
     ``x.view(1, -1)`` before a classifier. Spatial dims symbolic by default (``classifier.onnx``)."""
     import numpy as np
@@ -156,11 +204,19 @@ def classifier_example(seed: int = 0, batch: int = 1, spatial: tuple[Any, Any] =
         helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm", transB=1),
     ]
     h, w = spatial
+
     def vi(name: str, shape: list[Any]) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
 
-    value_info = [vi("conv", [batch, 8, h, w]), vi("relu", [batch, 8, h, w]), vi("pool", [batch, 8, 1, 1]), vi("flat", [batch, 8])]
-    graph = helper.make_graph(nodes, "main_graph", [vi("image", [batch, 3, h, w])], [vi("logits", [batch, 5])], inits, value_info=value_info)
+    value_info = [
+        vi("conv", [batch, 8, h, w]),
+        vi("relu", [batch, 8, h, w]),
+        vi("pool", [batch, 8, 1, 1]),
+        vi("flat", [batch, 8]),
+    ]
+    graph = helper.make_graph(
+        nodes, "main_graph", [vi("image", [batch, 3, h, w])], [vi("logits", [batch, 5])], inits, value_info=value_info
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -186,7 +242,9 @@ def srcnn_torch(channels: int = 3, scale: float = 3.0, seed: int = 0) -> Any:
     return SRCNN().eval()
 
 
-def export(module: Any, shape: tuple[int, ...], dynamo: bool, input_name: str = "image", output_name: str = "out") -> onnx.ModelProto:
+def export(
+    module: Any, shape: tuple[int, ...], dynamo: bool, input_name: str = "image", output_name: str = "out"
+) -> onnx.ModelProto:
     """Export with TorchScript (``dynamo=False``, opset 17) or dynamo; returns the ModelProto."""
     import io
     import warnings
@@ -199,9 +257,13 @@ def export(module: Any, shape: tuple[int, ...], dynamo: bool, input_name: str = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            prog = torch.onnx.export(module, (x,), dynamo=True, verbose=False, input_names=[input_name], output_names=[output_name])
+            prog = torch.onnx.export(
+                module, (x,), dynamo=True, verbose=False, input_names=[input_name], output_names=[output_name]
+            )
             return prog.model_proto  # type: ignore[union-attr]
-        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, input_names=[input_name], output_names=[output_name])  # type: ignore[arg-type]
+        torch.onnx.export(
+            module, (x,), f, dynamo=False, opset_version=17, input_names=[input_name], output_names=[output_name]
+        )  # type: ignore[arg-type]
     return onnx.load_from_string(f.getvalue())
 
 

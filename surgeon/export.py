@@ -68,7 +68,13 @@ class ExportResult:
         return f"export ({self.exporter}) verified against torch on onnxruntime CPU: {'ok' if self.ok else 'FAIL'} ({len(self.outputs)} outputs{worst})"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"exporter": self.exporter, "ok": self.ok, "outputs": self.outputs, "warnings": [{"line": w, "count": n} for w, n in self.warnings], "notes": self.notes}
+        return {
+            "exporter": self.exporter,
+            "ok": self.ok,
+            "outputs": self.outputs,
+            "warnings": [{"line": w, "count": n} for w, n in self.warnings],
+            "notes": self.notes,
+        }
 
 
 def parse_input(text: str) -> InputSpec:
@@ -91,9 +97,15 @@ class SourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    factory: str = Field(description="MODULE:FACTORY, a callable taking no arguments that returns the nn.Module (the recipe's folder is importable)")
-    inputs: list[str] = Field(min_length=1, description="the inputs, in forward's order: NAME:DIMS[:DTYPE], e.g. image:1x3x224x224:float32")
-    exporter: Literal["dynamo", "torchscript"] = Field("dynamo", description="torch.onnx.export's exporter (torchscript: dynamo=False)")
+    factory: str = Field(
+        description="MODULE:FACTORY, a callable taking no arguments that returns the nn.Module (the recipe's folder is importable)"
+    )
+    inputs: list[str] = Field(
+        min_length=1, description="the inputs, in forward's order: NAME:DIMS[:DTYPE], e.g. image:1x3x224x224:float32"
+    )
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="torch.onnx.export's exporter (torchscript: dynamo=False)"
+    )
     opset: int | None = Field(None, ge=7, description="opset_version (default: the exporter's)")
     output_names: list[str] = Field(default_factory=list, description="output names, in order")
     dynamic: list[str] = Field(default_factory=list, description="dynamic axes NAME:AXIS:SYMBOL, e.g. image:0:batch")
@@ -211,13 +223,20 @@ def _plain(text: str) -> str:
 def _summarise(caught: list[warnings.WarningMessage], chatter: str, native: str = "") -> list[tuple[str, int]]:
     """Warnings, the warning lines of the exporter's chatter and every line torch's C++ code
     printed (its log lines only when they warn), each distinct line once with its count."""
-    lines = Counter(f"{w.category.__name__}: {str(w.message).strip().splitlines()[0] if str(w.message).strip() else ''}" for w in caught)
+    lines = Counter(
+        f"{w.category.__name__}: {str(w.message).strip().splitlines()[0] if str(w.message).strip() else ''}"
+        for w in caught
+    )
     for source, line in [("", t) for t in chatter.splitlines()] + [("native", t) for t in native.splitlines()]:
         logged = _LOG_PREFIX.match(line.strip())
         line = _LOG_PREFIX.sub("", line.strip())
         if not line:
             continue
-        if (source and not logged) or line.startswith(("Warning", "UserWarning", "TracerWarning")) or "warn" in line.lower()[:40]:
+        if (
+            (source and not logged)
+            or line.startswith(("Warning", "UserWarning", "TracerWarning"))
+            or "warn" in line.lower()[:40]
+        ):
             lines[line[:200]] += 1
     return lines.most_common()
 
@@ -234,7 +253,19 @@ def _flatten(value: Any) -> list[Any]:
     return []
 
 
-def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str = "dynamo", opset: int | None = None, output_names: list[str] | None = None, dynamic: list[str] | None = None, rtol: float = 1e-4, atol: float = 1e-5, force: bool = False) -> ExportResult:
+def export(
+    module: Any,
+    specs: list[InputSpec],
+    output: Path,
+    *,
+    exporter: str = "dynamo",
+    opset: int | None = None,
+    output_names: list[str] | None = None,
+    dynamic: list[str] | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    force: bool = False,
+) -> ExportResult:
     """Export ``module`` to ``output`` and compare torch's outputs with onnxruntime's: on the
     inputs it was traced with, then on fresh ones (other values, each dynamic axis at another
     size), which catches values the trace froze (``.item()``, numpy, Python numbers, data-dependent
@@ -260,13 +291,21 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
     with tempfile.TemporaryDirectory(prefix=".surgeon-export-", dir=output.parent) as tmp:
         tmp_path = Path(tmp) / output.name
         chatter = io.StringIO()
-        with warnings.catch_warnings(record=True) as caught, captured_fds(1, 2) as native, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad():
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            captured_fds(1, 2) as native,
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+            torch.no_grad(),
+        ):
             warnings.simplefilter("always")
             try:
                 with _quiet_torch_logs():
                     torch.onnx.export(module, tuple(inputs), str(tmp_path), **kwargs)
             except Exception as exc:
-                raise ModelError(f"torch.onnx.export ({exporter}) failed: {type(exc).__name__}: {_plain(short_error(exc))}") from None
+                raise ModelError(
+                    f"torch.onnx.export ({exporter}) failed: {type(exc).__name__}: {_plain(short_error(exc))}"
+                ) from None
         result.warnings = _summarise(list(caught), chatter.getvalue(), native.getvalue())
         result.notes += _fit_ir_version(tmp_path)
         draws = [("traced inputs", inputs, expected)]
@@ -276,7 +315,9 @@ def export(module: Any, specs: list[InputSpec], output: Path, *, exporter: str =
         try:
             draws.append((what, fresh, _run_torch(module, fresh)))
         except Exception as exc:  # the module's own domain: say so, compare what can be compared
-            result.notes.append(f"torch fails on {what} ({type(exc).__name__}: {short_error(exc)}): compared on the traced inputs only")
+            result.notes.append(
+                f"torch fails on {what} ({type(exc).__name__}: {short_error(exc)}): compared on the traced inputs only"
+            )
         from surgeon.ir.model import load
 
         model = load(tmp_path)  # read once: compared, then saved
@@ -330,7 +371,9 @@ def _fit_ir_version(path: Path) -> list[str]:
     return []
 
 
-def _compare(model: Model, specs: list[InputSpec], draws: list[tuple[str, list[Any], list[Any]]], rtol: float, atol: float) -> tuple[list[dict[str, Any]], set[str]]:
+def _compare(
+    model: Model, specs: list[InputSpec], draws: list[tuple[str, list[Any], list[Any]]], rtol: float, atol: float
+) -> tuple[list[dict[str, Any]], set[str]]:
     """One row per output, its worst draw; and the names of the model's inputs."""
     from surgeon.verify.runtime import Runtime, run_model
 
@@ -350,23 +393,43 @@ def _compare(model: Model, specs: list[InputSpec], draws: list[tuple[str, list[A
                 results.append(exc)
     for (what, _, expected), actual in zip(draws, results):
         if isinstance(actual, Exception):
-            row: dict[str, Any] = {"name": "(model)", "shape": [], "max_abs": None, "max_rel": None, "ok": False, "note": f"onnxruntime fails on the {what}: {short_error(actual)}"}
+            row: dict[str, Any] = {
+                "name": "(model)",
+                "shape": [],
+                "max_abs": None,
+                "max_rel": None,
+                "ok": False,
+                "note": f"onnxruntime fails on the {what}: {short_error(actual)}",
+            }
             rows.setdefault("(model)", row)
             continue
         for name, exp in zip(out_names, expected):
             row = _row(name, actual[name], exp, rtol, atol)
             earlier = rows.get(name)
             if not row["ok"] and earlier is not None:  # a fresh draw
-                frozen = "; agrees on the traced inputs: the export froze values computed from the inputs (.item(), numpy, Python numbers, a data-dependent branch)" if earlier["ok"] else ""
+                frozen = (
+                    "; agrees on the traced inputs: the export froze values computed from the inputs (.item(), numpy, Python numbers, a data-dependent branch)"
+                    if earlier["ok"]
+                    else ""
+                )
                 row["note"] = f"on the {what}" + (f": {row['note']}" if row["note"] else "") + frozen
             if earlier is None or (earlier["ok"] and not row["ok"]):
                 rows[name] = row
         if len(expected) != len(out_names):
-            rows["(outputs)"] = {"name": "(outputs)", "shape": [], "max_abs": None, "max_rel": None, "ok": False, "note": f"torch returns {len(expected)} tensors, the model has {len(out_names)} outputs"}
+            rows["(outputs)"] = {
+                "name": "(outputs)",
+                "shape": [],
+                "max_abs": None,
+                "max_rel": None,
+                "ok": False,
+                "note": f"torch returns {len(expected)} tensors, the model has {len(out_names)} outputs",
+            }
     return list(rows.values()), present
 
 
-def _dropped(module: Any, specs: list[InputSpec], inputs: list[Any], expected: list[Any], i: int, rtol: float, atol: float) -> tuple[dict[str, Any] | None, str]:
+def _dropped(
+    module: Any, specs: list[InputSpec], inputs: list[Any], expected: list[Any], i: int, rtol: float, atol: float
+) -> tuple[dict[str, Any] | None, str]:
     """An input the exported model lacks: a failed row when torch's outputs depend on it (the
     exporter froze it), a note when they do not (unused) or when no other value of it runs."""
     import numpy as np
@@ -382,10 +445,20 @@ def _dropped(module: Any, specs: list[InputSpec], inputs: list[Any], expected: l
         except Exception:
             continue
         ran += 1
-        if len(got) == len(expected) and all(g.shape == e.shape and np.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True) for g, e in zip(got, expected)):
+        if len(got) == len(expected) and all(
+            g.shape == e.shape and np.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
+            for g, e in zip(got, expected)
+        ):
             continue
         why = "the exporter traced it into constants (.item(), numpy or a Python number computed from it); use it as a tensor, or export with --force and let 'surgeon doctor' propose a fix (a frozen Resize factor: promote-resize-scales)"
-        return {"name": f"(input {name})", "shape": list(specs[i].shape), "max_abs": None, "max_rel": None, "ok": False, "note": f"{lost}, but torch's outputs change with it: {why}"}, ""
+        return {
+            "name": f"(input {name})",
+            "shape": list(specs[i].shape),
+            "max_abs": None,
+            "max_rel": None,
+            "ok": False,
+            "note": f"{lost}, but torch's outputs change with it: {why}",
+        }, ""
     if ran:
         return None, f"{lost}: torch's outputs do not depend on its values (unused, or only its shape is)"
     return None, f"{lost}; torch runs on no other value of it, so whether the outputs depend on it is unknown"
@@ -407,7 +480,14 @@ def _row(name: str, got: Any, exp: Any, rtol: float, atol: float) -> dict[str, A
     got = got.astype(np.float64) if got.dtype != bool else got
     ref = np.asarray(exp, dtype=got.dtype)
     if got.shape != ref.shape:
-        return {"name": name, "shape": list(got.shape), "max_abs": None, "max_rel": None, "ok": False, "note": f"shape {list(got.shape)}, torch gives {list(ref.shape)}"}
+        return {
+            "name": name,
+            "shape": list(got.shape),
+            "max_abs": None,
+            "max_rel": None,
+            "ok": False,
+            "note": f"shape {list(got.shape)}, torch gives {list(ref.shape)}",
+        }
     diff = np.abs(got - ref) if got.dtype != bool else (got != ref).astype(np.float64)
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = float((diff / np.maximum(np.abs(ref), 1e-12)).max()) if diff.size and got.dtype != bool else max_abs
@@ -416,7 +496,9 @@ def _row(name: str, got: Any, exp: Any, rtol: float, atol: float) -> dict[str, A
 
 
 @contextlib.contextmanager
-def exported_source(source: SourceConfig, base_dir: Path, near: Path | None = None) -> Iterator[tuple[Path, ExportResult]]:
+def exported_source(
+    source: SourceConfig, base_dir: Path, near: Path | None = None
+) -> Iterator[tuple[Path, ExportResult]]:
     """A recipe's ``source:`` exported into a private folder (next to ``near``, the output, so
     nothing crosses file systems) for the pipeline to read; removed afterwards. Raises
     :class:`VerificationError` when torch and onnxruntime disagree."""
@@ -424,7 +506,17 @@ def exported_source(source: SourceConfig, base_dir: Path, near: Path | None = No
     module = load_factory(source.factory, base_dir)
     with tempfile.TemporaryDirectory(prefix=".surgeon-source-", dir=folder) as tmp:
         path = Path(tmp) / "source.onnx"
-        result = export(module, source.specs(), path, exporter=source.exporter, opset=source.opset, output_names=source.output_names, dynamic=source.dynamic, rtol=source.rtol, atol=source.atol)
+        result = export(
+            module,
+            source.specs(),
+            path,
+            exporter=source.exporter,
+            opset=source.opset,
+            output_names=source.output_names,
+            dynamic=source.dynamic,
+            rtol=source.rtol,
+            atol=source.atol,
+        )
         if not result.ok:
             raise VerificationError("\n".join(f"verification failed: source: {line}" for line in result.failures()))
         yield path, result

@@ -66,7 +66,9 @@ class Pipeline:
         save: SavePolicy | Mapping[str, Any] | None = None,
         provenance: bool = True,
     ) -> None:
-        self.steps = [p if isinstance(p, Step) else Step(p, where=f"passes[{i}] ({p.name})") for i, p in enumerate(passes)]
+        self.steps = [
+            p if isinstance(p, Step) else Step(p, where=f"passes[{i}] ({p.name})") for i, p in enumerate(passes)
+        ]
         self.verify = verify if isinstance(verify, VerifyConfig) else VerifyConfig.model_validate(verify or {})
         self.save = save if isinstance(save, SavePolicy) else SavePolicy.model_validate(save or {})
         self.provenance = provenance
@@ -112,7 +114,9 @@ class Pipeline:
                 problems.append(str(exc))
         return problems
 
-    def run(self, model: Any, on_step: Callable[[StepReport], None] | None = None, base_dir: Path | None = None) -> PipelineResult:
+    def run(
+        self, model: Any, on_step: Callable[[StepReport], None] | None = None, base_dir: Path | None = None
+    ) -> PipelineResult:
         """Apply the passes to ``model`` (path, bytes, ModelProto or Model) and verify them.
         A pass's error keeps its class (and so its exit code), with the step named in its text."""
         source = load(model)
@@ -156,9 +160,23 @@ class Pipeline:
             own, explicit = _step_tolerance(step, result.contract, cfg, self.tolerance_override)
             allowed.append(own)
             tol = own if explicit else _loosest(allowed)
-            report = StepReport(i, step.pass_.name, step.label, result.modified, before, count_nodes(ir.graph), seconds, notes=list(result.notes))
+            report = StepReport(
+                i,
+                step.pass_.name,
+                step.label,
+                result.modified,
+                before,
+                count_nodes(ir.graph),
+                seconds,
+                notes=list(result.notes),
+            )
             candidate = None
-            if verifier is not None and cfg.mode == "each" and result.modified and not (step.verify and step.verify.skip):
+            if (
+                verifier is not None
+                and cfg.mode == "each"
+                and result.modified
+                and not (step.verify and step.verify.skip)
+            ):
                 candidate = ir.to_model()
                 with _blamed_on(step):
                     report.check = verifier.check(candidate, contracts, tol)
@@ -173,7 +191,9 @@ class Pipeline:
             if on_step is not None:
                 on_step(report)
         final = candidate or ir.to_model()
-        res = PipelineResult(final, reports, changed_tensors=_changed_tensors(ir), ops_before=count_ops(source.proto.graph))
+        res = PipelineResult(
+            final, reports, changed_tensors=_changed_tensors(ir), ops_before=count_ops(source.proto.graph)
+        )
         if verifier is not None:
             if unverified:
                 with _blamed_on(last_modified):
@@ -213,12 +233,21 @@ class Pipeline:
         result = self.run(source, on_step=on_step, base_dir=base_dir)
         if not result.ok and not force:
             raise VerificationError(
-                "verification failed; nothing written (--force writes it anyway):\n" + "\n".join(result.failures()), result
+                "verification failed; nothing written (--force writes it anyway):\n" + "\n".join(result.failures()),
+                result,
             )
         if self.provenance:
             add_provenance(result.model, source, recipe_text or _dump_recipe(self.to_recipe()))
         writes_source = source.path is not None and out.exists() and os.path.samefile(source.path, out)
-        save(result.model, out, self.save, result.changed_tensors, protect=guarded, in_place=writes_source, check=_checker(source, result, self.steps, out, force))
+        save(
+            result.model,
+            out,
+            self.save,
+            result.changed_tensors,
+            protect=guarded,
+            in_place=writes_source,
+            check=_checker(source, result, self.steps, out, force),
+        )
         return result
 
     @staticmethod
@@ -231,7 +260,9 @@ class Pipeline:
         return guarded
 
 
-def _checker(source: Model, result: PipelineResult, steps: Sequence[Step], out: Path, force: bool) -> Callable[[Path], None]:
+def _checker(
+    source: Model, result: PipelineResult, steps: Sequence[Step], out: Path, force: bool
+) -> Callable[[Path], None]:
     """The post-save check: the saved model passes ``onnx.checker`` (full check) whenever the source
     does. The source is checked only when the output fails (a failure the source shares is not
     the pipeline's doing). The outcome goes to ``result.checker``; a failure is the fault of the
@@ -275,7 +306,9 @@ def _blamed_on(step: Step | None) -> Iterator[None]:
         ) from None
 
 
-def _step_tolerance(step: Step, contract: IOContract, cfg: VerifyConfig, override: Mapping[str, float]) -> tuple[Tolerance, bool]:
+def _step_tolerance(
+    step: Step, contract: IOContract, cfg: VerifyConfig, override: Mapping[str, float]
+) -> tuple[Tolerance, bool]:
     """A step's own tolerance, and whether the user set it: per field, the command line's, else the
     step's ``verify:``, else the pass's default, else the pipeline's."""
     base = contract.tolerance or step.pass_.tolerance or Tolerance(cfg.rtol, cfg.atol)
@@ -334,4 +367,3 @@ def add_provenance(model: Model, source: Model, recipe_text: str) -> None:
     del props[:]
     for key, value in keep + list(entries.items()):
         props.add(key=key, value=value)
-

@@ -31,11 +31,15 @@ class RecipeHeader(BaseModel):
 
     version: Literal[1] = Field(description="recipe format version (1)")
     model: str | None = Field(None, description="input model, relative to the recipe file (-i overrides)")
-    source: SourceConfig | None = Field(None, description="instead of 'model': export it from torch first, verified against torch (-i overrides)")
+    source: SourceConfig | None = Field(
+        None, description="instead of 'model': export it from torch first, verified against torch (-i overrides)"
+    )
     output: str | None = Field(None, description="output model, relative to the recipe file (-o overrides)")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="verification settings")  # type: ignore[arg-type]
     save: SavePolicy = Field(default_factory=SavePolicy, description="how the output is written")  # type: ignore[arg-type]
-    provenance: bool = Field(True, description="record recipe, surgeon version and source sha256 in the output's metadata_props")
+    provenance: bool = Field(
+        True, description="record recipe, surgeon version and source sha256 in the output's metadata_props"
+    )
     passes: list[Any] = Field(description="the passes, in order: each a mapping {pass-name: params}")
 
 
@@ -65,8 +69,6 @@ def _compose(text: str, name: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
 
 
 # --- validation --------------------------------------------------------------------------------
-
-
 
 
 class _Problems:
@@ -123,7 +125,9 @@ def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     return model
 
 
-def parse_recipe_data(data: Any, name: str, positions: dict[Loc, tuple[int, int]] | None = None, path: Path | None = None, text: str = "") -> Recipe:
+def parse_recipe_data(
+    data: Any, name: str, positions: dict[Loc, tuple[int, int]] | None = None, path: Path | None = None, text: str = ""
+) -> Recipe:
     positions = positions or {}
     problems = _Problems(name, positions)
     if not isinstance(data, Mapping):
@@ -142,7 +146,9 @@ def parse_recipe_data(data: Any, name: str, positions: dict[Loc, tuple[int, int]
             if step is not None:
                 steps.append(step)
     if header is not None and header.model is not None and header.source is not None:
-        problems.add(("source",), "source", "a recipe takes its model from 'model' or from 'source', not both", key=True)
+        problems.add(
+            ("source",), "source", "a recipe takes its model from 'model' or from 'source', not both", key=True
+        )
     if problems.lines:
         raise RecipeError(problems.lines)
     assert header is not None
@@ -166,12 +172,21 @@ def _parse_step(raw: Any, i: int, passes: list[str], problems: _Problems) -> Ste
         return None
     names = [k for k in raw if k not in STEP_KEYWORDS]
     if len(names) != 1:
-        problems.add(loc, f"passes[{i}]", f"a step names exactly one pass, found {len(names)}: {', '.join(map(str, names)) or 'none'}")
+        problems.add(
+            loc,
+            f"passes[{i}]",
+            f"a step names exactly one pass, found {len(names)}: {', '.join(map(str, names)) or 'none'}",
+        )
         return None
     pname = str(names[0])
     place = f"passes[{i}] ({pname})"
     if pname not in passes:
-        problems.add((*loc, pname), f"passes[{i}]", f"unknown pass '{pname}'{suggest(pname, passes)} (see 'surgeon passes')", key=True)
+        problems.add(
+            (*loc, pname),
+            f"passes[{i}]",
+            f"unknown pass '{pname}'{suggest(pname, passes)} (see 'surgeon passes')",
+            key=True,
+        )
         return None
     cls = get_pass(pname)  # imports only this pass's module
     params = raw[pname]
@@ -233,7 +248,10 @@ def recipe_schema() -> dict[str, Any]:
     from pydantic.json_schema import models_json_schema
 
     passes = registry()
-    models: list[tuple[type[BaseModel], Literal["validation"]]] = [(RecipeHeader, "validation"), (StepVerify, "validation")]
+    models: list[tuple[type[BaseModel], Literal["validation"]]] = [
+        (RecipeHeader, "validation"),
+        (StepVerify, "validation"),
+    ]
     models += [(cls.Params, "validation") for cls in passes.values()]
     refs, schema = models_json_schema(models, ref_template="#/$defs/{model}")
     defs = schema.get("$defs", {})
@@ -261,14 +279,18 @@ def recipe_schema() -> dict[str, Any]:
     return top
 
 
-def apply_recipe(recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False) -> PipelineResult:
+def apply_recipe(
+    recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False
+) -> PipelineResult:
     """``surgeon.apply``: a recipe (path, YAML text, mapping or Recipe) applied to ``model``
     (default: the recipe's ``model``); writes ``output`` (default: the recipe's) when one is known."""
     if isinstance(recipe, Recipe):
         r = recipe
     elif isinstance(recipe, dict):
         r = parse_recipe_data(recipe, "<recipe>")
-    elif isinstance(recipe, Path) or (isinstance(recipe, str) and "\n" not in recipe and recipe.endswith((".yaml", ".yml"))):
+    elif isinstance(recipe, Path) or (
+        isinstance(recipe, str) and "\n" not in recipe and recipe.endswith((".yaml", ".yml"))
+    ):
         r = load_recipe(recipe)
     else:
         r = parse_recipe_text(str(recipe))
@@ -285,7 +307,9 @@ def apply_recipe(recipe: Any, model: Any = None, output: Any = None, *, force: b
     if out is None:
         return r.pipeline.run(src, base_dir=r.base_dir)
     protect = [r.path] if r.path else []
-    return r.pipeline.apply(src, out, force=force, in_place=in_place, recipe_text=r.text or None, base_dir=r.base_dir, protect=protect)
+    return r.pipeline.apply(
+        src, out, force=force, in_place=in_place, recipe_text=r.text or None, base_dir=r.base_dir, protect=protect
+    )
 
 
 def check_recipe_paths(r: Recipe, model_from_recipe: bool, output_from_recipe: bool) -> None:
@@ -305,4 +329,6 @@ def check_recipe_paths(r: Recipe, model_from_recipe: bool, output_from_recipe: b
         if r.model.is_dir():
             raise UsageError(f"{where(('model',))}: model: {written(r.model)}: is a folder, not an ONNX model file")
     if output_from_recipe and r.output is not None and not r.output.parent.is_dir():
-        raise UsageError(f"{where(('output',))}: output: {written(r.output)}: output folder '{written(r.output.parent)}' does not exist")
+        raise UsageError(
+            f"{where(('output',))}: output: {written(r.output)}: output folder '{written(r.output.parent)}' does not exist"
+        )

@@ -63,7 +63,15 @@ def summary_table(console: Console, result: PipelineResult) -> None:
     if result.export is not None:  # the recipe's source: torch against onnxruntime, before the passes
         errs = [o["max_abs"] for o in result.export["outputs"] if o["max_abs"] is not None]
         style = "green" if result.export["ok"] else "bold red"
-        table.add_row("0", _e(f"export ({result.export['exporter']})"), "", "", "", fmt_err(max(errs)) if errs else "-", f"[{style}]{'ok' if result.export['ok'] else 'FAIL'}[/{style}]")
+        table.add_row(
+            "0",
+            _e(f"export ({result.export['exporter']})"),
+            "",
+            "",
+            "",
+            fmt_err(max(errs)) if errs else "-",
+            f"[{style}]{'ok' if result.export['ok'] else 'FAIL'}[/{style}]",
+        )
     for s in result.steps:
         style = {"ok": "green", "FAIL": "bold red"}.get(s.verdict, "dim")
         table.add_row(
@@ -77,7 +85,15 @@ def summary_table(console: Console, result: PipelineResult) -> None:
         )
     if result.final_check is not None:
         style = "green" if result.final_check.ok else "bold red"
-        table.add_row("", "end of pipeline", "", "", "", fmt_err(result.final_check.max_abs), f"[{style}]{'ok' if result.final_check.ok else 'FAIL'}[/{style}]")
+        table.add_row(
+            "",
+            "end of pipeline",
+            "",
+            "",
+            "",
+            fmt_err(result.final_check.max_abs),
+            f"[{style}]{'ok' if result.final_check.ok else 'FAIL'}[/{style}]",
+        )
     console.print(table)
     if result.final_check is not None:
         show_outputs(console, result.final_check, indent="  ")
@@ -100,7 +116,10 @@ def show_sizes(console: Console, sizes: list[str], values: list[str] | None = No
 def show_inspect(console: Console, info: dict[str, Any]) -> None:
     from rich.table import Table
 
-    console.print(f"[bold]{info['file']}[/bold]  ir_version {info['ir_version']}  producer {info['producer'] or '-'}", highlight=False)
+    console.print(
+        f"[bold]{info['file']}[/bold]  ir_version {info['ir_version']}  producer {info['producer'] or '-'}",
+        highlight=False,
+    )
     console.print("opsets: " + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()), highlight=False)
     for kind in ("inputs", "outputs"):
         table = Table(title=kind, title_justify="left")
@@ -112,7 +131,10 @@ def show_inspect(console: Console, info: dict[str, Any]) -> None:
         console.print(table)
     console.print(f"nodes: {info['nodes']}  " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()), highlight=False)
     ini = info["initializers"]
-    console.print(f"weights: {ini['count']} tensors, {ini['inline_bytes']:,} bytes inline, {ini['external_bytes']:,} bytes external", highlight=False)
+    console.print(
+        f"weights: {ini['count']} tensors, {ini['inline_bytes']:,} bytes inline, {ini['external_bytes']:,} bytes external",
+        highlight=False,
+    )
     if info["external_data_files"]:
         console.print("external data files: " + ", ".join(info["external_data_files"]), highlight=False)
     if info["functions"]:
@@ -126,7 +148,9 @@ def show_inspect(console: Console, info: dict[str, Any]) -> None:
                 if src.get("value") is not None:
                     desc += f" = {src['value']}"
                 parts.append(f"{role}: {desc}")
-        console.print(f"{r['op']} '{r['node']}': " + "; ".join(parts) + f"  {r['attributes']}", highlight=False, markup=False)
+        console.print(
+            f"{r['op']} '{r['node']}': " + "; ".join(parts) + f"  {r['attributes']}", highlight=False, markup=False
+        )
 
 
 def op_table(console: Console, before: dict[str, int], after: dict[str, int], changed_only: bool = False) -> None:
@@ -144,5 +168,11 @@ def op_table(console: Console, before: dict[str, int], after: dict[str, int], ch
         style = "" if a != b else "dim"
         change = f"{a - b:+d}" if a != b else ""
         table.add_row(_e(op), str(b), str(a), change, style=style)
-    table.add_row("total", str(sum(before.values())), str(sum(after.values())), f"{sum(after.values()) - sum(before.values()):+d}", style="bold")
+    table.add_row(
+        "total",
+        str(sum(before.values())),
+        str(sum(after.values())),
+        f"{sum(after.values()) - sum(before.values()):+d}",
+        style="bold",
+    )
     console.print(table)

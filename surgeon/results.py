@@ -99,7 +99,9 @@ class PipelineResult:
             "steps": [s.as_dict() for s in self.steps],
             "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
             "onnx_checker": self.checker or None,
-            "final_divergence": self.final_check.divergence.as_dict() if self.final_check and self.final_check.divergence else None,
+            "final_divergence": self.final_check.divergence.as_dict()
+            if self.final_check and self.final_check.divergence
+            else None,
             "ops": {"before": self.ops_before, "after": self.ops_after},
             "export": self.export,
         }
@@ -129,5 +131,9 @@ def count_ops(graph: Any) -> dict[str, int]:
 
     from surgeon.ir.walk import iter_proto_graphs
 
-    counts = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for g in iter_proto_graphs(graph) for n in g.node)
+    counts = Counter(
+        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+        for g in iter_proto_graphs(graph)
+        for n in g.node
+    )
     return dict(counts.most_common())

@@ -30,8 +30,10 @@ def _wants_str(ann: Any) -> bool:
     if ann is str:
         return True
     args = typing.get_args(ann)
-    return typing.get_origin(ann) in (typing.Union, types.UnionType) and str in args and not any(
-        a in (int, float, bool) for a in args
+    return (
+        typing.get_origin(ann) in (typing.Union, types.UnionType)
+        and str in args
+        and not any(a in (int, float, bool) for a in args)
     )
 
 
@@ -65,10 +67,16 @@ def parse_set(params_cls: Any, pass_name: str, items: Sequence[str]) -> dict[str
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--set '{item}': expected KEY=VALUE; params of {pass_name} are: {listing(fields)}")
-        name = key if key in fields else next((f for f in sorted(fields, key=len, reverse=True) if key.startswith(f + ".")), None)
+        name = (
+            key
+            if key in fields
+            else next((f for f in sorted(fields, key=len, reverse=True) if key.startswith(f + ".")), None)
+        )
         if name is None:
             head = key.split(".")[0]
-            raise UsageError(f"--set '{item}': {pass_name} has no param '{head}'{suggest(head, list(fields))}; params are: {listing(fields)}")
+            raise UsageError(
+                f"--set '{item}': {pass_name} has no param '{head}'{suggest(head, list(fields))}; params are: {listing(fields)}"
+            )
         try:  # YAML 1.2, as recipes: 'off' is a string, 010 is 10
             parsed = compose(raw, "--set")[0] if raw else ""
         except RecipeError as exc:
@@ -81,7 +89,9 @@ def parse_set(params_cls: Any, pass_name: str, items: Sequence[str]) -> dict[str
         sub = key[len(name) + 1 :]
         vt = _value_type(ann)
         if vt is None:
-            raise UsageError(f"--set '{item}': param '{name}' of {pass_name} is not a mapping; write --set {name}=VALUE")
+            raise UsageError(
+                f"--set '{item}': param '{name}' of {pass_name} is not a mapping; write --set {name}=VALUE"
+            )
         node = out.setdefault(name, {})
         if not isinstance(node, dict):
             raise UsageError(f"--set '{item}': param '{name}' was already set to a value")

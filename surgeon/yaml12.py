@@ -54,7 +54,9 @@ _CORE = "tag:yaml.org,2002:"
 _NULL = re.compile(r"(?:null|Null|NULL|~|)\Z")
 _BOOL = re.compile(r"(?:true|True|TRUE|false|False|FALSE)\Z")
 _INT = re.compile(r"(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)\Z")
-_FLOAT = re.compile(r"(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z")
+_FLOAT = re.compile(
+    r"(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z"
+)
 _RESOLVERS: list[tuple[str, re.Pattern[str], list[str]]] = [  # in order: the first match wins
     (_CORE + "null", _NULL, ["n", "N", "~", ""]),
     (_CORE + "bool", _BOOL, list("tTfF")),
@@ -125,7 +127,9 @@ class _Loader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             node = super().compose_node(parent, index)
             if id(node) not in self.anchored:
-                raise RecipeError(f"{_where(self.name, event.start_mark)}: alias *{event.anchor} is used inside the node it names (a recursive alias)")
+                raise RecipeError(
+                    f"{_where(self.name, event.start_mark)}: alias *{event.anchor} is used inside the node it names (a recursive alias)"
+                )
             size, depth = self.anchored[id(node)]
             self.grow(event, size, len(self.open) + depth)
         else:
@@ -146,9 +150,13 @@ class _Loader(yaml.SafeLoader):
     def grow(self, event: Any, size: int, depth: int) -> None:
         self.total += size
         if depth > MAX_DEPTH:
-            raise RecipeError(f"{_where(self.name, event.start_mark)}: YAML nests deeper than {MAX_DEPTH} levels (aliases expanded), the limit for recipes")
+            raise RecipeError(
+                f"{_where(self.name, event.start_mark)}: YAML nests deeper than {MAX_DEPTH} levels (aliases expanded), the limit for recipes"
+            )
         if self.total > MAX_NODES:
-            raise RecipeError(f"{_where(self.name, event.start_mark)}: YAML document has more than {MAX_NODES} nodes (aliases expanded), the limit for recipes")
+            raise RecipeError(
+                f"{_where(self.name, event.start_mark)}: YAML document has more than {MAX_NODES} nodes (aliases expanded), the limit for recipes"
+            )
 
 
 for _tag, _pattern, _first in _RESOLVERS:
@@ -183,10 +191,15 @@ class _Walk:
             return True
         tag = _short_tag(node.tag)
         if any(node.tag in tags for tags in _KIND_TAGS.values()):
-            kind = {yaml.ScalarNode: "a scalar", yaml.SequenceNode: "a sequence", yaml.MappingNode: "a mapping"}[type(node)]
+            kind = {yaml.ScalarNode: "a scalar", yaml.SequenceNode: "a sequence", yaml.MappingNode: "a mapping"}[
+                type(node)
+            ]
             self.problem(node, f"YAML tag '{tag}' cannot tag {kind}")
         else:
-            self.problem(node, f"YAML tag '{tag}' is not allowed in recipes; allowed: !!str, !!int, !!float, !!bool, !!null, !!seq, !!map")
+            self.problem(
+                node,
+                f"YAML tag '{tag}' is not allowed in recipes; allowed: !!str, !!int, !!float, !!bool, !!null, !!seq, !!map",
+            )
         return False
 
     def scalar(self, node: Any) -> Any:
@@ -244,7 +257,9 @@ def _compose_node(text: str, name: str) -> Any:
         return loader.get_single_node()
     except yaml.reader.ReaderError as exc:
         char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        raise RecipeError(f"{_where_index(name, text, exc.position)}: YAML syntax error: unacceptable character #x{char:04x}: {exc.reason}") from None
+        raise RecipeError(
+            f"{_where_index(name, text, exc.position)}: YAML syntax error: unacceptable character #x{char:04x}: {exc.reason}"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = _where(name, mark) if mark else f"{name}:1:1"

@@ -16,7 +16,9 @@ def exported_like_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "fc.weight")
     unused = numpy_helper.from_array(np.ones(3, np.float32), "unused")
-    mm = helper.make_node("MatMul", ["onnx::MatMul_0", "fc.weight"], ["/fc/MatMul_output_0"], name="/fc/MatMul", doc_string="matmul doc")
+    mm = helper.make_node(
+        "MatMul", ["onnx::MatMul_0", "fc.weight"], ["/fc/MatMul_output_0"], name="/fc/MatMul", doc_string="matmul doc"
+    )
     mm.metadata_props.add(key="origin", value="fc")
     relu = helper.make_node("Relu", ["/fc/MatMul_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu")
     dead = helper.make_node("Neg", ["onnx::MatMul_0"], ["dead_out"], name="/dead/Neg")
@@ -28,7 +30,14 @@ def exported_like_model() -> onnx.ModelProto:
         [w, unused],
         value_info=[helper.make_tensor_value_info("/fc/MatMul_output_0", onnx.TensorProto.FLOAT, ["batch", 3])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9, producer_name="pytorch", producer_version="2.13.0", doc_string="model doc")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=9,
+        producer_name="pytorch",
+        producer_version="2.13.0",
+        doc_string="model doc",
+    )
     model.model_version = 7
     model.metadata_props.add(key="author", value="someone")
     return model

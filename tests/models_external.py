@@ -37,7 +37,9 @@ def save_external(model: onnx.ModelProto, path: Path, location: str | None = Non
     location = location or f"{path.name}.data"
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    onnx.save(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0)
+    onnx.save(
+        copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
     return path.parent / location
 
 
@@ -110,7 +112,11 @@ def rich_model() -> onnx.ModelProto:
     model = helper.make_model(
         graph,
         ir_version=10,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local.fn", 1), helper.make_opsetid("ai.onnx.ml", 3)],
+        opset_imports=[
+            helper.make_opsetid("", 17),
+            helper.make_opsetid("local.fn", 1),
+            helper.make_opsetid("ai.onnx.ml", 3),
+        ],
         functions=[fn],
         producer_name="test-producer",
         producer_version="9.8.7",

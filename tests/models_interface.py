@@ -18,7 +18,9 @@ from surgeon.examples import classifier_example, export, srcnn_example, srcnn_to
 FLOAT = TensorProto.FLOAT
 
 
-def _model(nodes: list, inputs: list, outputs: list, inits: list | None = None, opset: int = 17, value_info: list | None = None) -> onnx.ModelProto:
+def _model(
+    nodes: list, inputs: list, outputs: list, inits: list | None = None, opset: int = 17, value_info: list | None = None
+) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "main_graph", inputs, outputs, inits or [], value_info=value_info or [])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
@@ -34,7 +36,9 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
 # -- Resize / Upsample --------------------------------------------------------------------------
 
 
-def resize_constant_nodes(opset: int = 11, scales: tuple[float, ...] = (1, 1, 3, 3), mode: str = "nearest") -> onnx.ModelProto:
+def resize_constant_nodes(
+    opset: int = 11, scales: tuple[float, ...] = (1, 1, 3, 3), mode: str = "nearest"
+) -> onnx.ModelProto:
     """x[1,2,4,4] -> Resize(roi, scales from Constant nodes, as TorchScript exports at opset 11) -> Relu."""
     nodes = [
         _const("roi", np.array([], dtype=np.float32)),
@@ -136,7 +140,13 @@ def filled_add(batch: int = 2) -> onnx.ModelProto:
     """``torch.full((x.shape[0], 4), 0.5) + x`` traced: ConstantOfShape(constant [B, 4]) -> Add."""
     nodes = [
         _const("fill_shape", np.array([batch, 4], np.int64)),
-        helper.make_node("ConstantOfShape", ["fill_shape"], ["fill"], name="fill", value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node(
+            "ConstantOfShape",
+            ["fill_shape"],
+            ["fill"],
+            name="fill",
+            value=numpy_helper.from_array(np.array([0.5], np.float32)),
+        ),
         helper.make_node("Add", ["fill", "x"], ["y"], name="add"),
     ]
     return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4])])
@@ -148,18 +158,32 @@ def tile_mul(batch: int = 2, rows: int = 1) -> onnx.ModelProto:
         numpy_helper.from_array(np.arange(4 * rows, dtype=np.float32).reshape(rows, 4) + 1, "p"),
         numpy_helper.from_array(np.array([batch // rows, 1], np.int64), "repeats"),
     ]
-    nodes = [helper.make_node("Tile", ["p", "repeats"], ["t"], name="tile"), helper.make_node("Mul", ["t", "x"], ["y"], name="mul")]
+    nodes = [
+        helper.make_node("Tile", ["p", "repeats"], ["t"], name="tile"),
+        helper.make_node("Mul", ["t", "x"], ["y"], name="mul"),
+    ]
     return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4])], inits)
 
 
 def constant_of_shape_output(batch: int = 2) -> onnx.ModelProto:
     """Outputs y = 2x and mask = ConstantOfShape(constant [B, 3]) (an output that reads no input)."""
-    inits = [numpy_helper.from_array(np.array([batch, 3], np.int64), "mask_shape"), numpy_helper.from_array(np.array(2, np.float32), "two")]
+    inits = [
+        numpy_helper.from_array(np.array([batch, 3], np.int64), "mask_shape"),
+        numpy_helper.from_array(np.array(2, np.float32), "two"),
+    ]
     nodes = [
         helper.make_node("Mul", ["x", "two"], ["y"], name="mul"),
-        helper.make_node("ConstantOfShape", ["mask_shape"], ["mask"], name="mask", value=numpy_helper.from_array(np.array([1], np.int64))),
+        helper.make_node(
+            "ConstantOfShape",
+            ["mask_shape"],
+            ["mask"],
+            name="mask",
+            value=numpy_helper.from_array(np.array([1], np.int64)),
+        ),
     ]
-    return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4]), _vi("mask", [batch, 3], TensorProto.INT64)], inits)
+    return _model(
+        nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4]), _vi("mask", [batch, 3], TensorProto.INT64)], inits
+    )
 
 
 def expand_constant_rows(batch: int = 2) -> onnx.ModelProto:
@@ -168,7 +192,10 @@ def expand_constant_rows(batch: int = 2) -> onnx.ModelProto:
         numpy_helper.from_array(np.tile(np.arange(4, dtype=np.float32), (batch, 1)), "rows"),
         numpy_helper.from_array(np.array([batch, 4], np.int64), "rows_shape"),
     ]
-    nodes = [helper.make_node("Expand", ["rows", "rows_shape"], ["e"], name="expand"), helper.make_node("Concat", ["e", "x"], ["y"], name="concat", axis=1)]
+    nodes = [
+        helper.make_node("Expand", ["rows", "rows_shape"], ["e"], name="expand"),
+        helper.make_node("Concat", ["e", "x"], ["y"], name="concat", axis=1),
+    ]
     return _model(nodes, [_vi("x", [batch, 3])], [_vi("y", [batch, 7])], inits)
 
 
@@ -189,21 +216,33 @@ def concat_data(batch: int = 2) -> onnx.ModelProto:
 def transposed_add(batch: int = 2) -> onnx.ModelProto:
     """Add(Transpose(constant [4, B]), x[B, 4]): the batch-sized constant comes from a Transpose."""
     c = numpy_helper.from_array(np.ones((4, batch), np.float32), "c")
-    nodes = [helper.make_node("Transpose", ["c"], ["ct"], name="transpose", perm=[1, 0]), helper.make_node("Add", ["ct", "x"], ["y"], name="add")]
+    nodes = [
+        helper.make_node("Transpose", ["c"], ["ct"], name="transpose", perm=[1, 0]),
+        helper.make_node("Add", ["ct", "x"], ["y"], name="add"),
+    ]
     return _model(nodes, [_vi("x", [batch, 4])], [_vi("y", [batch, 4])], [c])
 
 
 def flat_add(batch: int = 2) -> onnx.ModelProto:
     """Reshape(x[B,3], [3B]) + constant [3B]: the constant's size is B*3, which no symbol alone is."""
-    inits = [numpy_helper.from_array(np.array([3 * batch], np.int64), "flat_shape"), numpy_helper.from_array(np.arange(3 * batch, dtype=np.float32), "c")]
-    nodes = [helper.make_node("Reshape", ["x", "flat_shape"], ["flat"], name="flatten"), helper.make_node("Add", ["flat", "c"], ["y"], name="add")]
+    inits = [
+        numpy_helper.from_array(np.array([3 * batch], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.arange(3 * batch, dtype=np.float32), "c"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("Add", ["flat", "c"], ["y"], name="add"),
+    ]
     return _model(nodes, [_vi("x", [batch, 3])], [_vi("y", [3 * batch])], inits)
 
 
 def symbolic_mlp() -> onnx.ModelProto:
     """x[batch, 4] @ W -> Relu, with a stale value_info and symbolic output."""
     w = numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"), helper.make_node("Relu", ["mm"], ["y"], name="relu")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"),
+        helper.make_node("Relu", ["mm"], ["y"], name="relu"),
+    ]
     return _model(nodes, [_vi("x", ["batch", 4])], [_vi("y", ["batch", 3])], [w], value_info=[_vi("mm", ["batch", 3])])
 
 
@@ -234,10 +273,14 @@ def assert_shapes_hold(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]
             assert len(dims) == value.ndim, f"{name}: declared rank {len(dims)}, actual {value.shape}"
             for axis, d in enumerate(dims):
                 if d.HasField("dim_value"):
-                    assert d.dim_value == value.shape[axis], f"{name} axis {axis}: declared {d.dim_value}, actual {value.shape}"
+                    assert d.dim_value == value.shape[axis], (
+                        f"{name} axis {axis}: declared {d.dim_value}, actual {value.shape}"
+                    )
                 elif d.dim_param:
                     seen = symbols.setdefault(d.dim_param, value.shape[axis])
-                    assert seen == value.shape[axis], f"{name} axis {axis}: '{d.dim_param}' is {value.shape[axis]} here, {seen} elsewhere"
+                    assert seen == value.shape[axis], (
+                        f"{name} axis {axis}: '{d.dim_param}' is {value.shape[axis]} here, {seen} elsewhere"
+                    )
 
 
 # -- torch --------------------------------------------------------------------------------------

@@ -29,9 +29,23 @@ def export_mlp(folder: Path, dynamo: bool) -> Path:
     x = torch.randn(2, 4)
     batch = {"x": {0: "batch"}, "y": {0: "batch"}}
     kwargs = {"dynamic_shapes": ({0: torch.export.Dim("batch")},)} if dynamo else {"dynamic_axes": batch}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
-        torch.onnx.export(tiny_mlp(), (x,), str(path), dynamo=dynamo, opset_version=17, input_names=["x"], output_names=["y"], verbose=False, **kwargs)
+        torch.onnx.export(
+            tiny_mlp(),
+            (x,),
+            str(path),
+            dynamo=dynamo,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            verbose=False,
+            **kwargs,
+        )
     _downgrade_ir(path)
     return path
 

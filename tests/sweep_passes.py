@@ -115,7 +115,10 @@ def params_for(name: str, m: onnx.ModelProto, feed: dict[str, np.ndarray] | None
         "promote-resize-scales": lambda: {} if any(n.op_type in ("Resize", "Upsample") for n in g.node) else None,
         "remove-nodes": dict,
         "remove-outputs": lambda: {"outputs": [outs[-1].name]} if len(outs) >= 2 else None,
-        "rename-io": lambda: ({"inputs": {ins[0].name: "sweep_in"}} if ins else {}) | ({"outputs": {outs[0].name: "sweep_out"}} if outs else {}),
+        "rename-io": lambda: (
+            ({"inputs": {ins[0].name: "sweep_in"}} if ins else {})
+            | ({"outputs": {outs[0].name: "sweep_out"}} if outs else {})
+        ),
         "set-metadata": lambda: {"producer_name": "sweep", "model_version": 7, "metadata_props": {"swept": "yes"}},
         "simplify": dict,
         "strip-doc": dict,
@@ -132,7 +135,10 @@ PASSES = sorted(
 )  # fmt: skip
 
 REFUSALS = [
-    (r"onnx\.version_converter|cannot convert|no (adapter|converter)|version conver", "the version converter cannot convert an op"),
+    (
+        r"onnx\.version_converter|cannot convert|no (adapter|converter)|version conver",
+        "the version converter cannot convert an op",
+    ),
     (r"shape inference failed", "ONNX shape inference fails on the model"),
     (r"cannot tell the element type|unknown rank|has no shape|shape is unknown", "a tensor's type or shape is unknown"),
     (r"onnxsim failed", "onnxsim fails"),
@@ -168,7 +174,7 @@ class Tally:
         lines = ["| pass | covered | refused | n/a | refusal classes |", "|---|---:|---:|---:|---|"]
         for name in sorted(self.counts):
             c = self.counts[name]
-            refused = {k[len("refused: "):]: v for k, v in c.items() if k.startswith("refused: ")}
+            refused = {k[len("refused: ") :]: v for k, v in c.items() if k.startswith("refused: ")}
             classes = "; ".join(f"{k} ({v})" for k, v in sorted(refused.items(), key=lambda kv: -kv[1])) or "-"
             lines.append(f"| `{name}` | {c['covered']} | {sum(refused.values())} | {c['n/a']} | {classes} |")
         return "\n".join(lines)
@@ -208,7 +214,11 @@ def _random_data_invalid(src: Path) -> bool:
     proto = load(src).proto
     for seed in range(3):
         try:
-            feed = make_feed(graph_inputs(proto), VerifyConfig(seed=seed), {s: 3 for s in (_fix_dims(proto.graph) or {"dims": {}})["dims"]})
+            feed = make_feed(
+                graph_inputs(proto),
+                VerifyConfig(seed=seed),
+                {s: 3 for s in (_fix_dims(proto.graph) or {"dims": {}})["dims"]},
+            )
             so = ort.SessionOptions()
             so.log_severity_level = 4
             ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]).run(None, feed)
@@ -250,7 +260,9 @@ def sweep_case(case: Case, tmp: Path, tally: Tally, passes: list[str] = PASSES) 
             continue
         where = f"{case.name} {name} {params}"
         try:
-            result = Pipeline([get_pass(name)(params)], verify=_verify(model, feed, npz, params if name == "fix-dims" else None)).run(src)
+            result = Pipeline(
+                [get_pass(name)(params)], verify=_verify(model, feed, npz, params if name == "fix-dims" else None)
+            ).run(src)
             failure = "; ".join(result.failures())
         except VerificationError as exc:  # the result does not load or run: a bug
             failure = str(exc).splitlines()[0]

@@ -36,14 +36,29 @@ def models(tmp_path: Path) -> Path:
         onnx.save(_mlp(seed=i), str(folder / f"m{i}.onnx"))
     onnx.save(_mlp("x"), str(folder / "other_names.onnx"))  # the recipe's input name is missing
     (folder / "broken.onnx").write_bytes(b"not a model")
-    (tmp_path / "recipe.yaml").write_text("version: 1\npasses:\n  - rename-io: {inputs: {input.1: image}}\n  - mark-dynamic: {batch: batch}\n")
+    (tmp_path / "recipe.yaml").write_text(
+        "version: 1\npasses:\n  - rename-io: {inputs: {input.1: image}}\n  - mark-dynamic: {batch: batch}\n"
+    )
     (tmp_path / "fixed").mkdir()
     return tmp_path
 
 
 def test_apply_many_in_processes(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = {p.name: p.read_bytes() for p in (models / "models").iterdir()}
-    code = main(["apply", str(models / "recipe.yaml"), "-i", str(models / "models" / "*.onnx"), "--out-dir", str(models / "fixed"), "-j", "2", "--report", str(models / "summary.json")])
+    code = main(
+        [
+            "apply",
+            str(models / "recipe.yaml"),
+            "-i",
+            str(models / "models" / "*.onnx"),
+            "--out-dir",
+            str(models / "fixed"),
+            "-j",
+            "2",
+            "--report",
+            str(models / "summary.json"),
+        ]
+    )
     assert code == 3  # the worst per-model failure: a corrupt file (model); a missing name is usage (2)
     out = models / "fixed"
     written = sorted(p.name for p in out.glob("*.onnx"))
@@ -51,14 +66,21 @@ def test_apply_many_in_processes(models: Path, capsys: pytest.CaptureFixture[str
     reports = {p.name.removesuffix(".report.json"): json.loads(p.read_text()) for p in out.glob("*.report.json")}
     assert set(reports) == {"m0", "m1", "m2", "other_names", "broken"}
     assert reports["broken"]["failure_class"] == "model" and "not a valid ONNX model" in reports["broken"]["message"]
-    assert reports["other_names"]["failure_class"] == "usage" and "unknown input 'input.1'" in reports["other_names"]["message"]
+    assert (
+        reports["other_names"]["failure_class"] == "usage"
+        and "unknown input 'input.1'" in reports["other_names"]["message"]
+    )
     good = reports["m1"]
     assert good["ok"] and good["failure_class"] is None and good["output"] == str(out / "m1.onnx")
     assert good["input"] == str(models / "models" / "m1.onnx") and len(good["recipe_sha256"]) == 64
-    assert good["device"]["provider"] in ("CPU", "CUDA") and good["device"]["execution_provider"].endswith("ExecutionProvider")
+    assert good["device"]["provider"] in ("CPU", "CUDA") and good["device"]["execution_provider"].endswith(
+        "ExecutionProvider"
+    )
     assert [s["verdict"] for s in good["steps"]] == ["ok", "ok"]
     fixed = onnx.load(str(out / "m1.onnx"))
-    assert fixed.graph.input[0].name == "image" and fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert (
+        fixed.graph.input[0].name == "image" and fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    )
     summary = json.loads((models / "summary.json").read_text())
     assert not summary["ok"] and len(summary["models"]) == 5
     assert {p.name: p.read_bytes() for p in (models / "models").iterdir()} == src  # inputs untouched
@@ -71,14 +93,33 @@ def test_apply_many_usage_errors(models: Path) -> None:
     assert main(["apply", recipe, "-i", pattern]) == 2  # several models need --out-dir
     assert main(["apply", recipe, "-i", pattern, "--out-dir", str(models / "nope")]) == 2
     assert main(["apply", recipe, "-i", str(models / "none" / "*.onnx"), "--out-dir", str(models / "fixed")]) == 2
-    assert main(["apply", recipe, "-i", pattern, "--out-dir", str(models / "models")]) == 2  # would overwrite the inputs
+    assert (
+        main(["apply", recipe, "-i", pattern, "--out-dir", str(models / "models")]) == 2
+    )  # would overwrite the inputs
     assert not list((models / "fixed").iterdir())
 
 
 def test_dry_run_many_writes_only_reports(models: Path) -> None:
-    code = main(["apply", str(models / "recipe.yaml"), "-i", str(models / "models" / "m*.onnx"), "--out-dir", str(models / "fixed"), "-j", "1", "--dry-run", "-q"])
+    code = main(
+        [
+            "apply",
+            str(models / "recipe.yaml"),
+            "-i",
+            str(models / "models" / "m*.onnx"),
+            "--out-dir",
+            str(models / "fixed"),
+            "-j",
+            "1",
+            "--dry-run",
+            "-q",
+        ]
+    )
     assert code == 0
-    assert sorted(p.name for p in (models / "fixed").iterdir()) == ["m0.report.json", "m1.report.json", "m2.report.json"]
+    assert sorted(p.name for p in (models / "fixed").iterdir()) == [
+        "m0.report.json",
+        "m1.report.json",
+        "m2.report.json",
+    ]
     assert all(json.loads(p.read_text())["output"] is None for p in (models / "fixed").iterdir())
 
 
@@ -94,22 +135,62 @@ def test_doctor_many(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_single_apply_report_has_the_same_fields(models: Path) -> None:
     report = models / "r.json"
     m = models / "models" / "m0.onnx"
-    assert main(["apply", str(models / "recipe.yaml"), "-i", str(m), "-o", str(models / "o.onnx"), "-q", "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "apply",
+                str(models / "recipe.yaml"),
+                "-i",
+                str(m),
+                "-o",
+                str(models / "o.onnx"),
+                "-q",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     data = json.loads(report.read_text())
     assert data["input"] == str(m) and data["output"] == str(models / "o.onnx") and data["failure_class"] is None
     assert len(data["recipe_sha256"]) == 64 and "provider" in data["device"]
-    assert main(["apply", str(models / "recipe.yaml"), "-i", str(models / "models" / "other_names.onnx"), "-o", str(models / "o2.onnx"), "-q", "--report", str(report)]) == 2
+    assert (
+        main(
+            [
+                "apply",
+                str(models / "recipe.yaml"),
+                "-i",
+                str(models / "models" / "other_names.onnx"),
+                "-o",
+                str(models / "o2.onnx"),
+                "-q",
+                "--report",
+                str(report),
+            ]
+        )
+        == 2
+    )
     data = json.loads(report.read_text())
     assert data["failure_class"] == "usage" and data["output"] is None and not (models / "o2.onnx").exists()
 
 
 def test_failure_classes_and_device() -> None:
-    assert failure_class(UsageError("x")) == failure_class(RecipeError("x")) == failure_class(PassPreconditionError("x")) == "usage"
+    assert (
+        failure_class(UsageError("x"))
+        == failure_class(RecipeError("x"))
+        == failure_class(PassPreconditionError("x"))
+        == "usage"
+    )
     assert failure_class(ModelError("x")) == failure_class(PassError("x")) == "model"
     assert failure_class(VerificationError("x")) == "verification"
     assert failure_class(KeyError("x")) == "bug"
     d = device_info("CPU (CUDAExecutionProvider is listed but did not load: libcublasLt.so.13: cannot open)")
-    assert d == {"provider": "CPU", "execution_provider": "CPUExecutionProvider", "reason": "CUDAExecutionProvider is listed but did not load: libcublasLt.so.13: cannot open", "cuda_error": "CUDAExecutionProvider is listed but did not load: libcublasLt.so.13: cannot open"}
+    assert d == {
+        "provider": "CPU",
+        "execution_provider": "CPUExecutionProvider",
+        "reason": "CUDAExecutionProvider is listed but did not load: libcublasLt.so.13: cannot open",
+        "cuda_error": "CUDAExecutionProvider is listed but did not load: libcublasLt.so.13: cannot open",
+    }
     assert device_info("CPU (device: cpu)")["cuda_error"] is None
     with pytest.raises(UsageError, match="matches no file"):
         expand_inputs(["/nonexistent-surgeon/*.onnx"])

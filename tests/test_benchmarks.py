@@ -14,7 +14,18 @@ def test_bench_large_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     work = tmp_path / "work"
     res = subprocess.run(
-        [sys.executable, str(BENCH / "bench_large.py"), "--size-mb", "2", "--layers", "4", "--work", str(work), "--json", str(out)],
+        [
+            sys.executable,
+            str(BENCH / "bench_large.py"),
+            "--size-mb",
+            "2",
+            "--layers",
+            "4",
+            "--work",
+            str(work),
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -51,5 +62,11 @@ def test_bench_startup_runs(tmp_path: Path) -> None:
     )
     assert res.returncode in (0, 1), res.stderr  # 1: a start-up target missed (timing is not asserted here)
     medians = json.loads(out.read_text())
-    assert set(medians) == {"python -c pass", "surgeon --help", "surgeon --version", "surgeon passes", "surgeon explain rename-io"}
+    assert set(medians) == {
+        "python -c pass",
+        "surgeon --help",
+        "surgeon --version",
+        "surgeon passes",
+        "surgeon explain rename-io",
+    }
     assert all(v > 0 for v in medians.values())

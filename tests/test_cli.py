@@ -51,7 +51,21 @@ def test_apply_writes_verified_model_and_report(model_path: Path, capsys: pytest
 
 def test_run_single_pass_with_set(model_path: Path) -> None:
     out = model_path.parent / "one.onnx"
-    code = main(["run", "rename-io", str(model_path), "-o", str(out), "--set", "inputs.onnx::MatMul_0=image", "--dims", "batch=3", "--device", "cpu"])
+    code = main(
+        [
+            "run",
+            "rename-io",
+            str(model_path),
+            "-o",
+            str(out),
+            "--set",
+            "inputs.onnx::MatMul_0=image",
+            "--dims",
+            "batch=3",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     assert [i.name for i in onnx.load(str(out)).graph.input] == ["image"]
 
@@ -66,7 +80,9 @@ def test_refuses_to_overwrite_input_without_in_place(model_path: Path, capsys: p
     assert len(onnx.load(str(model_path)).graph.node) == 2
 
 
-def test_verification_failure_writes_nothing_and_force_writes(model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verification_failure_writes_nothing_and_force_writes(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from surgeon.passes import cleanup
 
     real_run = cleanup.Cleanup.run
@@ -102,14 +118,20 @@ def test_verification_failure_writes_nothing_and_force_writes(model_path: Path, 
         (["run", "cleanup", "{model}", "-o", "{out}", "--set", "toposort=maybe"], 2, "toposort"),
         (["run", "cleanup", "{model}", "-o", "{out}", "--dims", "batch=two"], 2, "--dims: sizes must be integers"),
         (["run", "cleanup", "{model}", "-o", "{out}", "--dims", "batch=0"], 2, "dims"),
-        (["run", "cleanup", "{model}", "-o", "{out}", "--dims", "batch=2", "--device", "cuda"], 2, "CUDA is unavailable"),
+        (
+            ["run", "cleanup", "{model}", "-o", "{out}", "--dims", "batch=2", "--device", "cuda"],
+            2,
+            "CUDA is unavailable",
+        ),
         (["apply", "{badyaml}"], 2, "YAML syntax error"),
         (["validate", "{badyaml}"], 2, "YAML syntax error"),
         (["inspect", "{notonnx}"], 3, "not a valid ONNX model"),
         (["explain", "nope"], 2, "unknown pass 'nope'"),
     ],
 )
-def test_bad_input_one_line_no_traceback_nothing_written(model_path: Path, capsys: pytest.CaptureFixture[str], argv_tail: list[str], code: int, message: str) -> None:
+def test_bad_input_one_line_no_traceback_nothing_written(
+    model_path: Path, capsys: pytest.CaptureFixture[str], argv_tail: list[str], code: int, message: str
+) -> None:
     folder = model_path.parent
     (folder / "not.onnx").write_text("hello, this is not a model\n")
     (folder / "trunc.onnx").write_bytes(model_path.read_bytes()[:-40])
@@ -137,9 +159,20 @@ def test_inspect_reports_io_ops_and_resize_sources(tmp_path: Path, capsys: pytes
     import numpy as np
     from onnx import helper, numpy_helper
 
-    scales = helper.make_node("Constant", [], ["scales"], name="const_scales", value=numpy_helper.from_array(np.array([1, 1, 3, 3], np.float32)))
+    scales = helper.make_node(
+        "Constant",
+        [],
+        ["scales"],
+        name="const_scales",
+        value=numpy_helper.from_array(np.array([1, 1, 3, 3], np.float32)),
+    )
     resize = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", mode="cubic")
-    graph = helper.make_graph([scales, resize], "g", [helper.make_tensor_value_info("x", 1, ["n", 1, 4, 4])], [helper.make_tensor_value_info("y", 1, ["n", 1, 12, 12])])
+    graph = helper.make_graph(
+        [scales, resize],
+        "g",
+        [helper.make_tensor_value_info("x", 1, ["n", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", 1, ["n", 1, 12, 12])],
+    )
     path = tmp_path / "r.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
     assert main(["inspect", str(path), "--json"]) == 0
@@ -147,7 +180,12 @@ def test_inspect_reports_io_ops_and_resize_sources(tmp_path: Path, capsys: pytes
     assert info["inputs"] == [{"name": "x", "dtype": "float", "shape": ["n", 1, 4, 4]}]
     assert info["ops"] == {"Constant": 1, "Resize": 1}
     (r,) = info["resize_nodes"]
-    assert r["scales"] == {"from": "Constant node", "node": "const_scales", "tensor": "scales", "value": [1.0, 1.0, 3.0, 3.0]}
+    assert r["scales"] == {
+        "from": "Constant node",
+        "node": "const_scales",
+        "tensor": "scales",
+        "value": [1.0, 1.0, 3.0, 3.0],
+    }
     assert r["roi"] == {"from": "absent"}
     assert main(["inspect", str(path)]) == 0
     assert "Resize 'up': roi: absent; scales: Constant node 'scales' = [1.0, 1.0, 3.0, 3.0]" in capsys.readouterr().out
@@ -169,7 +207,23 @@ def test_passes_explain_schema_validate(model_path: Path, capsys: pytest.Capture
 
 def test_verify_two_models_with_mapping(model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = model_path.parent / "renamed.onnx"
-    assert main(["run", "rename-io", str(model_path), "-o", str(out), "--set", "outputs./relu/Relu_output_0=y", "--dims", "batch=2", "-q"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "rename-io",
+                str(model_path),
+                "-o",
+                str(out),
+                "--set",
+                "outputs./relu/Relu_output_0=y",
+                "--dims",
+                "batch=2",
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["verify", str(model_path), str(out), "--dims", "batch=2"]) == 1  # output 'y' is not mapped
     capsys.readouterr()
@@ -192,7 +246,9 @@ def test_version_and_help_without_heavy_imports() -> None:
 
 def test_real_subprocess_apply(model_path: Path) -> None:
     recipe = write_recipe(model_path.parent, RECIPE)
-    proc = subprocess.run([sys.executable, "-m", "surgeon.cli", "apply", str(recipe), "-q"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "surgeon.cli", "apply", str(recipe), "-q"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     assert (model_path.parent / "out.onnx").exists()
@@ -205,10 +261,20 @@ def test_no_color_is_honoured(model_path: Path) -> None:
 
     recipe = write_recipe(model_path.parent, RECIPE)
     env = {**os.environ, "FORCE_COLOR": "1", "TERM": "xterm-256color"}
-    colored = subprocess.run([sys.executable, "-m", "surgeon.cli", "apply", str(recipe), "--in-place"], capture_output=True, text=True, env=env)
+    colored = subprocess.run(
+        [sys.executable, "-m", "surgeon.cli", "apply", str(recipe), "--in-place"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     green = "\x1b[32m"  # the "ok" verdict
     assert colored.returncode == 0 and green in colored.stdout
     env["NO_COLOR"] = "1"
-    plain = subprocess.run([sys.executable, "-m", "surgeon.cli", "apply", str(recipe), "--in-place"], capture_output=True, text=True, env=env)
+    plain = subprocess.run(
+        [sys.executable, "-m", "surgeon.cli", "apply", str(recipe), "--in-place"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert plain.returncode == 0 and "surgeon summary" in plain.stdout
     assert not re.search(r"\x1b\[[0-9;]*(3[0-9]|9[0-7]|38;)", plain.stdout), "colour codes despite NO_COLOR"

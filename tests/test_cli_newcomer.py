@@ -26,7 +26,13 @@ def example_model(batch: int | str = 1) -> onnx.ModelProto:
     nodes = [
         helper.make_node("Identity", ["input.1"], ["/id/Identity_output_0"], name="/id/Identity"),
         helper.make_node("Add", ["/id/Identity_output_0", "bias"], ["/add/Add_output_0"], name="/add/Add"),
-        helper.make_node("Resize", ["/add/Add_output_0", "", "/up/scales"], ["/up/Resize_output_0"], name="/up/Resize", mode="nearest"),
+        helper.make_node(
+            "Resize",
+            ["/add/Add_output_0", "", "/up/scales"],
+            ["/up/Resize_output_0"],
+            name="/up/Resize",
+            mode="nearest",
+        ),
         helper.make_node("Relu", ["/up/Resize_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu"),
         helper.make_node("Identity", ["/relu/Relu_output_0"], ["output"], name="/out/Identity"),
         helper.make_node("Identity", ["/add/Add_output_0"], ["aux"], name="/aux/Identity"),
@@ -35,7 +41,10 @@ def example_model(batch: int | str = 1) -> onnx.ModelProto:
         nodes,
         "main_graph",
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [batch, 3, 8, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, 16, 16]), helper.make_tensor_value_info("aux", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, 16, 16]),
+            helper.make_tensor_value_info("aux", TensorProto.FLOAT, [batch, 3, 8, 8]),
+        ],
         [bias, scales],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
@@ -57,7 +66,15 @@ def test_type_text_is_readable() -> None:
     assert type_text(Literal["auto", "cpu"]) == "'auto' | 'cpu'"
     assert type_text(int | None) == "int | None"
     types = {p["name"]: p["type"] for p in describe(get_pass("promote-resize-scales"))["params"]}
-    assert types == {"nodes": "list[str] | str | None", "input": "str | None", "form": "'scales' | 'factor'", "per_axis": "bool", "per_node": "bool", "crops": "'rewrite' | 'keep'", "probe_factor": "float"}
+    assert types == {
+        "nodes": "list[str] | str | None",
+        "input": "str | None",
+        "form": "'scales' | 'factor'",
+        "per_axis": "bool",
+        "per_node": "bool",
+        "crops": "'rewrite' | 'keep'",
+        "probe_factor": "float",
+    }
     for name in catalog():
         for p in describe(get_pass(name))["params"]:
             assert "<class" not in p["type"] and "typing." not in p["type"], (name, p)
@@ -81,10 +98,14 @@ def test_every_builtin_pass_has_an_example() -> None:
 
 
 def test_python_m_surgeon_and_json_for_tools() -> None:
-    out = subprocess.run([sys.executable, "-m", "surgeon", "passes", "--json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "surgeon", "passes", "--json"], capture_output=True, text=True, check=True
+    ).stdout
     names = [p["name"] for p in json.loads(out)]
     assert names == sorted(catalog())
-    out = subprocess.run([sys.executable, "-m", "surgeon", "explain", "rename-io", "--json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "surgeon", "explain", "rename-io", "--json"], capture_output=True, text=True, check=True
+    ).stdout
     info = json.loads(out)
     assert info["example"] == {"rename-io": EXAMPLES["rename-io"]}
     assert {p["name"]: p["type"] for p in info["params"]}["inputs"] == "dict[str, str]"
@@ -106,17 +127,69 @@ def _io_names(path: Path) -> tuple[list[str], list[str]]:
 
 def test_set_keeps_torchscript_names_whole(ts_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "a.onnx"
-    assert main(["run", "rename-io", str(ts_model), "-o", str(out), "-q", "--set", "inputs.input.1=image", "--set", "outputs.aux=32"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "rename-io",
+                str(ts_model),
+                "-o",
+                str(out),
+                "-q",
+                "--set",
+                "inputs.input.1=image",
+                "--set",
+                "outputs.aux=32",
+            ]
+        )
+        == 0
+    )
     assert _io_names(out) == (["image"], ["output", "32"])
     out2 = tmp_path / "b.onnx"
-    assert main(["run", "rename-io", str(ts_model), "-o", str(out2), "-q", "--set", "inputs={input.1: image}", "--set", "outputs={aux: 7}"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "rename-io",
+                str(ts_model),
+                "-o",
+                str(out2),
+                "-q",
+                "--set",
+                "inputs={input.1: image}",
+                "--set",
+                "outputs={aux: 7}",
+            ]
+        )
+        == 0
+    )
     assert _io_names(out2) == (["image"], ["output", "7"])
     out3 = tmp_path / "c.onnx"
-    assert main(["run", "mark-dynamic", str(ts_model), "-o", str(out3), "-q", "--set", "inputs.input.1.0=batch", "--set", "outputs.output.0=batch", "--set", "outputs.aux.0=batch"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "mark-dynamic",
+                str(ts_model),
+                "-o",
+                str(out3),
+                "-q",
+                "--set",
+                "inputs.input.1.0=batch",
+                "--set",
+                "outputs.output.0=batch",
+                "--set",
+                "outputs.aux.0=batch",
+            ]
+        )
+        == 0
+    )
     assert onnx.load(str(out3)).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
-def test_set_errors_name_the_param_and_hint_at_quoting(ts_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_set_errors_name_the_param_and_hint_at_quoting(
+    ts_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "x.onnx"
     assert main(["run", "rename-io", str(ts_model), "-o", str(out), "--set", "inptus.input.1=image"]) == 2
     err = capsys.readouterr().err
@@ -140,7 +213,14 @@ def test_one_exit_code_for_a_missing_tensor(ts_model: Path, tmp_path: Path) -> N
 def test_inspect_tensors_lists_intermediates(ts_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(ts_model), "--tensors", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["/up/Resize_output_0"] == {"name": "/up/Resize_output_0", "op": "Resize", "node": "/up/Resize", "dtype": "float", "shape": [1, 3, 16, 16], "graph_output": False}
+    assert rows["/up/Resize_output_0"] == {
+        "name": "/up/Resize_output_0",
+        "op": "Resize",
+        "node": "/up/Resize",
+        "dtype": "float",
+        "shape": [1, 3, 16, 16],
+        "graph_output": False,
+    }
     assert rows["input.1"]["op"] == "(input)" and rows["output"]["graph_output"]
     assert "bias" not in rows  # initializers are weights, not tensors a node makes
     assert main(["inspect", str(ts_model), "--tensors", "--filter", "^/relu", "--json"]) == 0
@@ -148,9 +228,13 @@ def test_inspect_tensors_lists_intermediates(ts_model: Path, capsys: pytest.Capt
     assert main(["inspect", str(ts_model), "--tensors", "--filter", "("]) == 2
 
 
-def test_apply_shows_op_counts_and_dry_run_writes_nothing(ts_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_apply_shows_op_counts_and_dry_run_writes_nothing(
+    ts_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("version: 1\nmodel: model.onnx\noutput: out.onnx\npasses:\n  - remove-nodes: {ops: [Identity]}\n  - promote-resize-scales: {input: factor, form: factor}\n")
+    recipe.write_text(
+        "version: 1\nmodel: model.onnx\noutput: out.onnx\npasses:\n  - remove-nodes: {ops: [Identity]}\n  - promote-resize-scales: {input: factor, form: factor}\n"
+    )
     report = tmp_path / "report.json"
     before = sorted(tmp_path.iterdir())
     assert main(["apply", str(recipe), "--dry-run", "--report", str(report)]) == 0

@@ -29,7 +29,11 @@ def _modules() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     class Upscale(nn.Module):  # SRCNN-like: nn.Upsample with a factor, no skip
         def __init__(self) -> None:
             super().__init__()
-            self.a, self.up, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Upsample(scale_factor=2), nn.Conv2d(4, 1, 3, padding=1)
+            self.a, self.up, self.b = (
+                nn.Conv2d(1, 4, 3, padding=1),
+                nn.Upsample(scale_factor=2),
+                nn.Conv2d(4, 1, 3, padding=1),
+            )
 
         def forward(self, x: Any) -> Any:
             return self.b(self.up(torch.relu(self.a(x))))
@@ -53,7 +57,11 @@ def _modules() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     class UNet(nn.Module):  # upsample + skip concat: the factor is tied to the architecture
         def __init__(self) -> None:
             super().__init__()
-            self.enc, self.down, self.dec = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Conv2d(8, 2, 3, padding=1)
+            self.enc, self.down, self.dec = (
+                nn.Conv2d(3, 4, 3, padding=1),
+                nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                nn.Conv2d(8, 2, 3, padding=1),
+            )
 
         def forward(self, x: Any) -> Any:
             skip = torch.relu(self.enc(x))
@@ -121,9 +129,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
             path = folder / f"{name}_{exporter}.onnx"
             args = tuple(torch.randn(*a) if isinstance(a, tuple) else a for a in shapes)
             try:
-                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                with (
+                    warnings.catch_warnings(),
+                    contextlib.redirect_stdout(io.StringIO()),
+                    contextlib.redirect_stderr(io.StringIO()),
+                ):
                     warnings.simplefilter("ignore")
-                    torch.onnx.export(cls().eval(), args, str(path), dynamo=exporter == "dynamo", opset_version=17 if exporter == "torchscript" else 18)
+                    torch.onnx.export(
+                        cls().eval(),
+                        args,
+                        str(path),
+                        dynamo=exporter == "dynamo",
+                        opset_version=17 if exporter == "torchscript" else 18,
+                    )
             except Exception as exc:  # a trap the exporter refuses outright
                 out[(name, exporter)] = exc
                 continue
@@ -136,7 +154,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_traps_found_and_fixed(exported: dict[tuple[str, str], Path | Exception], name: str, exporter: str, tmp_path: Path) -> None:
+def test_traps_found_and_fixed(
+    exported: dict[tuple[str, str], Path | Exception], name: str, exporter: str, tmp_path: Path
+) -> None:
     made = exported[(name, exporter)]
     if name == "item" and exporter == "dynamo":  # torch.export refuses .item() feeding a size
         assert isinstance(made, Exception) and "export" in type(made).__name__.lower(), made
@@ -178,7 +198,15 @@ def test_traps_found_and_fixed(exported: dict[tuple[str, str], Path | Exception]
         assert "factor" in [i.name for i in proto.graph.input]
 
 
-def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any] | None = None, opset: int = 17, ir: int = 10, **kw: Any) -> onnx.ModelProto:
+def _model(
+    nodes: list[Any],
+    inputs: list[Any],
+    outputs: list[Any],
+    inits: list[Any] | None = None,
+    opset: int = 17,
+    ir: int = 10,
+    **kw: Any,
+) -> onnx.ModelProto:
     g = helper.make_graph(nodes, "g", inputs, outputs, inits or [], **kw)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
 
@@ -192,7 +220,11 @@ def _codes(proto: onnx.ModelProto) -> dict[str, Any]:
 
 
 def test_runtime_limits_and_kernels_found_by_sessions() -> None:
-    add = _model([helper.make_node("Add", ["a", "b"], ["c"], name="bf16_add")], [_vi("a", [2], TensorProto.BFLOAT16), _vi("b", [2], TensorProto.BFLOAT16)], [_vi("c", [2], TensorProto.BFLOAT16)])
+    add = _model(
+        [helper.make_node("Add", ["a", "b"], ["c"], name="bf16_add")],
+        [_vi("a", [2], TensorProto.BFLOAT16), _vi("b", [2], TensorProto.BFLOAT16)],
+        [_vi("c", [2], TensorProto.BFLOAT16)],
+    )
     f = _codes(add)["no-cpu-kernel"]
     assert f.severity == "error" and f.nodes == ["bf16_add"] and "Add" in f.message
     relu = [helper.make_node("Relu", ["x"], ["y"])]
@@ -210,7 +242,9 @@ def test_leftovers_numeric_and_value_info() -> None:
     w = numpy_helper.from_array(np.array([1e5, 1.0], np.float32), "w")
     idx = numpy_helper.from_array(np.arange(2048, dtype=np.int64), "table")
     nodes = [helper.make_node("Add", ["x", "w"], ["y"]), helper.make_node("Neg", ["x"], ["dead"], name="dead_neg")]
-    m = _model(nodes, [_vi("x", ["n", 2]), _vi("w", [2])], [_vi("y", ["n", 2])], [w, idx], value_info=[_vi("y_wrong", [3])])
+    m = _model(
+        nodes, [_vi("x", ["n", 2]), _vi("w", [2])], [_vi("y", ["n", 2])], [w, idx], value_info=[_vi("y_wrong", [3])]
+    )
     m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5  # contradicts the inferred [n, 2]
     found = _codes(m)
     assert found["initializers-as-inputs"].tensors == ["w"]
@@ -219,7 +253,12 @@ def test_leftovers_numeric_and_value_info() -> None:
     assert found["fp16-range"].tensors == ["w"]
     assert "stale-value-info" in found and found["stale-value-info"].tensors == ["y"]
     assert "int64-weights" not in found  # 'table' is unused: counted once, as unused
-    gather = _model([helper.make_node("Gather", ["table", "i"], ["g"])], [_vi("i", [3], TensorProto.INT64)], [_vi("g", [3], TensorProto.INT64)], [idx])
+    gather = _model(
+        [helper.make_node("Gather", ["table", "i"], ["g"])],
+        [_vi("i", [3], TensorProto.INT64)],
+        [_vi("g", [3], TensorProto.INT64)],
+        [idx],
+    )
     assert _codes(gather)["int64-weights"].tensors == ["table"]
 
 
@@ -229,7 +268,10 @@ def test_near_2gb_emits_external_save(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(io_checks, "NEAR_2GB", 100)
     w = numpy_helper.from_array(np.ones((512,), np.float32), "w")
     src = tmp_path / "m.onnx"
-    onnx.save(_model([helper.make_node("Add", ["x", "w"], ["y"])], [_vi("x", ["n", 512])], [_vi("y", ["n", 512])], [w]), str(src))
+    onnx.save(
+        _model([helper.make_node("Add", ["x", "w"], ["y"])], [_vi("x", ["n", 512])], [_vi("y", ["n", 512])], [w]),
+        str(src),
+    )
     diag = diagnose(load(src))
     assert diag.findings[0].code == "near-2gb"
     path = tmp_path / "fix.yaml"
@@ -246,9 +288,17 @@ def test_cli_exit_codes_json_and_no_stray_files(tmp_path: Path, capsys: pytest.C
     from surgeon.cli import main
 
     clean = tmp_path / "clean.onnx"
-    onnx.save(_model([helper.make_node("Relu", ["image"], ["score"])], [_vi("image", ["batch", 3])], [_vi("score", ["batch", 3])]), str(clean))
+    onnx.save(
+        _model(
+            [helper.make_node("Relu", ["image"], ["score"])], [_vi("image", ["batch", 3])], [_vi("score", ["batch", 3])]
+        ),
+        str(clean),
+    )
     dirty = tmp_path / "dirty.onnx"
-    onnx.save(_model([helper.make_node("Relu", ["input.1"], ["12"])], [_vi("input.1", [1, 3])], [_vi("12", [1, 3])]), str(dirty))
+    onnx.save(
+        _model([helper.make_node("Relu", ["input.1"], ["12"])], [_vi("input.1", [1, 3])], [_vi("12", [1, 3])]),
+        str(dirty),
+    )
     before = sorted(tmp_path.iterdir())
     assert main(["doctor", str(clean)]) == 0
     assert main(["doctor", str(dirty), str(clean)]) == EXIT_FINDINGS
@@ -262,7 +312,9 @@ def test_cli_exit_codes_json_and_no_stray_files(tmp_path: Path, capsys: pytest.C
     first = fix.read_text()
     fix.write_text("mine")
     assert main(["doctor", str(dirty), "--emit-recipe", str(fix)]) == 2 and fix.read_text() == "mine"
-    assert main(["doctor", str(dirty), "--emit-recipe", str(fix), "--force"]) == EXIT_FINDINGS and fix.read_text() == first
+    assert (
+        main(["doctor", str(dirty), "--emit-recipe", str(fix), "--force"]) == EXIT_FINDINGS and fix.read_text() == first
+    )
     assert main(["doctor", str(dirty), str(clean), "--emit-recipe", str(tmp_path / "two.yaml")]) == 2
     assert main(["validate", str(fix)]) == 0
     assert main(["apply", str(fix), "-q"]) == 0
@@ -294,7 +346,9 @@ def test_backend_models_do_not_crash() -> None:
 NODE_SAMPLE = 300
 
 
-@pytest.mark.parametrize("sample", [pytest.param(NODE_SAMPLE, id="sample"), pytest.param(None, id="all", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "sample", [pytest.param(NODE_SAMPLE, id="sample"), pytest.param(None, id="all", marks=pytest.mark.slow)]
+)
 def test_node_test_models_do_not_crash(sample: int | None) -> None:
     """The onnx package's node tests, regenerated from its case generators (every op, many
     opsets, If/Loop/Scan bodies, sequences, optional types): no crash, findings counted; the
@@ -303,7 +357,9 @@ def test_node_test_models_do_not_crash(sample: int | None) -> None:
     counts = _diagnose_all([(c.name, c.model) for c in cases])
     print(f"\ndoctor over {len(cases)} node test models: {dict(sorted(counts.items()))}")
     assert len(cases) >= (NODE_SAMPLE * 9) // 10 if sample else len(cases) > 1000
-    assert counts.get("static-batch", 0) >= 1 and counts.get("opset-too-new", 0) + counts.get("no-cpu-kernel", 0) >= 1, counts
+    assert (
+        counts.get("static-batch", 0) >= 1 and counts.get("opset-too-new", 0) + counts.get("no-cpu-kernel", 0) >= 1
+    ), counts
 
 
 @pytest.mark.parametrize("ir", [3, 8])
@@ -311,7 +367,14 @@ def test_initializers_as_inputs_fixed_by_cleanup(tmp_path: Path, ir: int) -> Non
     """Old exporters list weights as graph inputs (IR 3 must): the emitted cleanup step stops
     listing them (raising IR 3 to 4), verified, and doctor finds nothing left."""
     w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(2, 2), "w")
-    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", ["n", 2]), _vi("w", [2, 2])], [_vi("y", ["n", 2])], [w], opset=8, ir=ir)
+    m = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [_vi("x", ["n", 2]), _vi("w", [2, 2])],
+        [_vi("y", ["n", 2])],
+        [w],
+        opset=8,
+        ir=ir,
+    )
     src = tmp_path / "old.onnx"
     onnx.save(m, str(src))
     diag = diagnose(load(src))
@@ -376,7 +439,10 @@ def test_a_branch_on_the_batch_is_named_and_the_probe_decides(tmp_path: Path) ->
     )
     diag = diagnose(load(proto))
     batch = next(f for f in diag.findings if f.code == "static-batch")
-    assert "If 'If(y)' branch(es) on a value computed from an input's shape" in batch.message and batch.fix == "mark-dynamic"
+    assert (
+        "If 'If(y)' branch(es) on a value computed from an input's shape" in batch.message
+        and batch.fix == "mark-dynamic"
+    )
     src = tmp_path / "m.onnx"
     onnx.save(proto, str(src))
     recipe_path = tmp_path / "fix.yaml"

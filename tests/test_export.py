@@ -12,7 +12,7 @@ import pytest
 from surgeon.cli import main
 from surgeon.export import parse_dynamic, parse_input
 
-FACTORIES = '''
+FACTORIES = """
 import torch
 
 class Net(torch.nn.Module):
@@ -81,7 +81,7 @@ def not_a_module():
 
 def broken():
     raise RuntimeError("weights file missing")
-'''
+"""
 
 
 @pytest.fixture
@@ -95,7 +95,24 @@ def factories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_export_torchscript_verified_then_doctor_clean(factories: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = factories / "net.onnx"
-    argv = ["export", "my_factories:build", "-o", str(out), "--input", "x:2x4:float32", "--exporter", "torchscript", "--opset", "17", "--output-name", "scores", "--dynamic", "x:0:batch", "--dynamic", "scores:0:batch"]
+    argv = [
+        "export",
+        "my_factories:build",
+        "-o",
+        str(out),
+        "--input",
+        "x:2x4:float32",
+        "--exporter",
+        "torchscript",
+        "--opset",
+        "17",
+        "--output-name",
+        "scores",
+        "--dynamic",
+        "x:0:batch",
+        "--dynamic",
+        "scores:0:batch",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "scores: shape [2, 3]" in text and "ok" in text
@@ -103,7 +120,9 @@ def test_export_torchscript_verified_then_doctor_clean(factories: Path, capsys: 
     m = onnx.load(str(out))
     assert [i.name for i in m.graph.input] == ["x"] and [o.name for o in m.graph.output] == ["scores"]
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    assert sorted(p.name for p in factories.iterdir() if not p.name.startswith(("my_factories", "__pycache__"))) == ["net.onnx"]
+    assert sorted(p.name for p in factories.iterdir() if not p.name.startswith(("my_factories", "__pycache__"))) == [
+        "net.onnx"
+    ]
     assert main(["doctor", str(out), "-q"]) == 0  # named I/O, a dynamic batch: nothing to fix
     assert main(argv) == 2  # an existing output is not overwritten without --force
 
@@ -126,7 +145,9 @@ def test_export_mismatch_writes_nothing(factories: Path, capsys: pytest.CaptureF
         ("no-colon", "expected MODULE:FACTORY"),
     ],
 )
-def test_factory_errors_are_one_line_exit_2(factories: Path, capsys: pytest.CaptureFixture[str], spec: str, message: str) -> None:
+def test_factory_errors_are_one_line_exit_2(
+    factories: Path, capsys: pytest.CaptureFixture[str], spec: str, message: str
+) -> None:
     assert main(["export", spec, "-o", str(factories / "x.onnx"), "--input", "x:1x4"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
@@ -147,7 +168,9 @@ def test_parse_inputs_and_dynamic_axes() -> None:
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
-def test_values_the_trace_froze_fail_on_fresh_inputs(factories: Path, capsys: pytest.CaptureFixture[str], exporter: str) -> None:
+def test_values_the_trace_froze_fail_on_fresh_inputs(
+    factories: Path, capsys: pytest.CaptureFixture[str], exporter: str
+) -> None:
     """A data-dependent branch agrees on the traced inputs; fresh ones show TorchScript froze it
     (dynamo refuses the branch outright: one line, exit 3)."""
     out = factories / "branch.onnx"
@@ -160,15 +183,55 @@ def test_values_the_trace_froze_fail_on_fresh_inputs(factories: Path, capsys: py
     assert not out.exists()
 
 
-def test_an_input_traced_into_a_constant_fails_an_unused_one_is_a_note(factories: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_input_traced_into_a_constant_fails_an_unused_one_is_a_note(
+    factories: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = factories / "item.onnx"
-    assert main(["export", "my_factories:item_factor", "-o", str(out), "--input", "x:1x1x4x4", "--input", "factor:1", "--exporter", "torchscript"]) == 1
+    assert (
+        main(
+            [
+                "export",
+                "my_factories:item_factor",
+                "-o",
+                str(out),
+                "--input",
+                "x:1x1x4x4",
+                "--input",
+                "factor:1",
+                "--exporter",
+                "torchscript",
+            ]
+        )
+        == 1
+    )
     text = capsys.readouterr().out
-    assert "(input factor)" in text and "input 'factor' is not in the exported model, but torch's outputs change with it" in text
+    assert (
+        "(input factor)" in text
+        and "input 'factor' is not in the exported model, but torch's outputs change with it" in text
+    )
     assert not out.exists()
     out = factories / "shape.onnx"
-    assert main(["export", "my_factories:shape_only", "-o", str(out), "--input", "x:2x3", "--input", "like:2x3", "--exporter", "torchscript"]) == 0
-    assert "input 'like' is not in the exported model: torch's outputs do not depend on its values" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "export",
+                "my_factories:shape_only",
+                "-o",
+                str(out),
+                "--input",
+                "x:2x3",
+                "--input",
+                "like:2x3",
+                "--exporter",
+                "torchscript",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "input 'like' is not in the exported model: torch's outputs do not depend on its values"
+        in capsys.readouterr().out
+    )
     assert [i.name for i in onnx.load(str(out)).graph.input] == ["x"]
 
 
@@ -177,7 +240,10 @@ def test_torch_native_warnings_are_collected_not_leaked(factories: Path, capfd: 
     is shown once in the summary, and the wrong model (a constant [2, 14], torch gives [2, 12])
     fails against torch. The dynamo exporter gets it right."""
     out = factories / "inplace.onnx"
-    assert main(["export", "my_factories:in_place", "-o", str(out), "--input", "s:2x5x3", "--exporter", "torchscript"]) == 1
+    assert (
+        main(["export", "my_factories:in_place", "-o", str(out), "--input", "s:2x5x3", "--exporter", "torchscript"])
+        == 1
+    )
     captured = capfd.readouterr()
     assert captured.out.count("In-place op on output of tensor.shape") == 1 and "In-place" not in captured.err
     assert "shape [2, 14], torch gives [2, 12]" in captured.out and not out.exists()
@@ -208,7 +274,10 @@ def test_recipe_source_is_the_first_verified_step(factories: Path, capsys: pytes
     report = factories / "report.json"
     assert main(["apply", str(recipe), "--report", str(report)]) == 0
     text = capsys.readouterr().out
-    assert "source my_factories:build: export (torchscript) verified against torch" in text and "export (torchscript)" in text.split("surgeon summary")[1]
+    assert (
+        "source my_factories:build: export (torchscript) verified against torch" in text
+        and "export (torchscript)" in text.split("surgeon summary")[1]
+    )
     data = json.loads(report.read_text())
     assert data["ok"] and data["export"]["ok"] and data["export"]["outputs"][0]["name"] == "scores"
     assert data["input"] == "source: my_factories:build (torchscript)"
@@ -223,20 +292,33 @@ def test_recipe_source_is_the_first_verified_step(factories: Path, capsys: pytes
     assert result.ok and result.export is not None and result.export["exporter"] == "torchscript"
 
     # -i overrides the source: no export, the given model is read
-    assert main(["apply", str(recipe), "-i", str(factories / "fixed.onnx"), "-o", str(factories / "again.onnx"), "-q"]) == 0
+    assert (
+        main(["apply", str(recipe), "-i", str(factories / "fixed.onnx"), "-o", str(factories / "again.onnx"), "-q"])
+        == 0
+    )
 
 
 def test_recipe_source_mismatch_and_errors(factories: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = factories / "noisy.yaml"
-    recipe.write_text(RECIPE.replace("my_factories:build", "my_factories:noisy").replace("x:2x4", "x:8x8").replace("  output_names: [scores]\n", "").replace("outputs: {scores: {0: batch}}", ""))
+    recipe.write_text(
+        RECIPE.replace("my_factories:build", "my_factories:noisy")
+        .replace("x:2x4", "x:8x8")
+        .replace("  output_names: [scores]\n", "")
+        .replace("outputs: {scores: {0: batch}}", "")
+    )
     assert main(["apply", str(recipe)]) == 1
     assert "verification failed: source: export (torchscript) differs from torch" in capsys.readouterr().err
-    assert not (factories / "fixed.onnx").exists() and not [p for p in factories.iterdir() if p.name.startswith(".surgeon")]
+    assert not (factories / "fixed.onnx").exists() and not [
+        p for p in factories.iterdir() if p.name.startswith(".surgeon")
+    ]
 
     both = factories / "both.yaml"
     both.write_text(RECIPE.replace("output: fixed.onnx", "model: m.onnx\noutput: fixed.onnx"))
     assert main(["validate", str(both)]) == 2
-    assert "both.yaml:2:1: source: a recipe takes its model from 'model' or from 'source', not both" in capsys.readouterr().err
+    assert (
+        "both.yaml:2:1: source: a recipe takes its model from 'model' or from 'source', not both"
+        in capsys.readouterr().err
+    )
     bad = factories / "bad.yaml"
     bad.write_text(RECIPE.replace("x:2x4", "x:2xa"))
     assert main(["validate", str(bad)]) == 2

@@ -53,7 +53,15 @@ def test_locations_inside_the_folder(tmp_path: Path, location: str) -> None:
 
 @pytest.mark.parametrize(
     "location",
-    ["../w.bin", "sub/../../w.bin", "/etc/passwd", "C:\\weights\\w.bin", "\\\\server\\share\\w.bin", "..\\w.bin", "c:w.bin"],
+    [
+        "../w.bin",
+        "sub/../../w.bin",
+        "/etc/passwd",
+        "C:\\weights\\w.bin",
+        "\\\\server\\share\\w.bin",
+        "..\\w.bin",
+        "c:w.bin",
+    ],
 )
 def test_locations_outside_the_folder_are_refused(tmp_path: Path, location: str) -> None:
     with pytest.raises(ModelError, match="points outside the model's folder; refusing to follow it"):
@@ -77,7 +85,9 @@ def test_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["parent", "absolute"])
-def test_model_pointing_outside_is_rejected_and_not_followed(tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_pointing_outside_is_rejected_and_not_followed(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
     path, data = external_chain(folder, layers=2, dim=8)
@@ -113,7 +123,9 @@ def test_missing_data_file(tmp_path: Path) -> None:
 def test_truncated_data_file(tmp_path: Path) -> None:
     path, data = external_chain(tmp_path, layers=2, dim=8)
     data.write_bytes(data.read_bytes()[:-10])
-    with pytest.raises(ModelError, match=r"tensor 'w1': external data range 256\.\.512 is past the end .* the file is truncated"):
+    with pytest.raises(
+        ModelError, match=r"tensor 'w1': external data range 256\.\.512 is past the end .* the file is truncated"
+    ):
         load(path)
 
 
@@ -155,7 +167,9 @@ def test_iter_model_tensors_finds_attributes_and_subgraphs() -> None:
         [numpy_helper.from_array(np.ones(1, np.float32), "init")],
     )
     sparse = helper.make_sparse_tensor(
-        numpy_helper.from_array(np.ones(1, np.float32), "sp"), numpy_helper.from_array(np.zeros(1, np.int64), "sp_i"), [3]
+        numpy_helper.from_array(np.ones(1, np.float32), "sp"),
+        numpy_helper.from_array(np.zeros(1, np.int64), "sp_i"),
+        [3],
     )
     g.sparse_initializer.append(sparse)
     names = [t.name for t in iter_model_tensors(helper.make_model(g, ir_version=10))]
@@ -211,7 +225,9 @@ def test_copy_range_falls_back_when_the_kernel_refuses(tmp_path: Path, monkeypat
 # --- the verifier on an external-data model -------------------------------------------------------
 
 
-def test_pipeline_verifies_external_model_in_place_of_its_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_verifies_external_model_in_place_of_its_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
     path, data = external_chain(folder, layers=3, dim=16)
@@ -222,7 +238,9 @@ def test_pipeline_verifies_external_model_in_place_of_its_weights(tmp_path: Path
     sessions: list[str] = []
     real_session = surgeon.verify.runtime.Runtime.session
 
-    def spy(self: surgeon.verify.runtime.Runtime, p: Path, folder_: Path | None = None, data_: bytes | None = None) -> object:
+    def spy(
+        self: surgeon.verify.runtime.Runtime, p: Path, folder_: Path | None = None, data_: bytes | None = None
+    ) -> object:
         seen.append(sorted(x.name for x in folder.iterdir()))
         sessions.append(str(p))
         assert data_ is None, "sessions are built from files on disk"
@@ -280,7 +298,9 @@ def test_read_only_folder_falls_back_to_bytes(tmp_path: Path, monkeypatch: pytes
     handed: list[tuple[Path | None, bool]] = []
     real_session = surgeon.verify.runtime.Runtime.session
 
-    def spy(self: surgeon.verify.runtime.Runtime, p: Path, folder: Path | None = None, data: bytes | None = None) -> object:
+    def spy(
+        self: surgeon.verify.runtime.Runtime, p: Path, folder: Path | None = None, data: bytes | None = None
+    ) -> object:
         handed.append((folder, data is not None))
         return real_session(self, p, folder, data)
 
@@ -300,7 +320,9 @@ def test_reference_runs_once_per_pipeline(tmp_path: Path, monkeypatch: pytest.Mo
     runs: list[str] = []
     real = surgeon.verify.verifier.run_model
 
-    def spy(runtime: surgeon.verify.runtime.Runtime, model: surgeon.ir.model.Model, feeds: list[dict[str, np.ndarray]]) -> object:
+    def spy(
+        runtime: surgeon.verify.runtime.Runtime, model: surgeon.ir.model.Model, feeds: list[dict[str, np.ndarray]]
+    ) -> object:
         runs.append("source" if model.path == path else "candidate")
         return real(runtime, model, feeds)
 

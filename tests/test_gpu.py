@@ -30,12 +30,16 @@ def cuda(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_auto_uses_cuda_and_says_so(cuda: None) -> None:
-    res = Pipeline([RenameIO(inputs={"onnx::MatMul_0": "x"})], verify={"dims": {"batch": 2}, "device": "auto"}).run(exported_like_model())
+    res = Pipeline([RenameIO(inputs={"onnx::MatMul_0": "x"})], verify={"dims": {"batch": 2}, "device": "auto"}).run(
+        exported_like_model()
+    )
     assert res.ok and res.device.startswith("CUDA")
 
 
 @pytest.mark.gpu
 def test_device_cuda_verifies(cuda: None) -> None:
-    res = Pipeline([RenameIO(inputs={"onnx::MatMul_0": "x"})], verify={"dims": {"batch": 2}, "device": "cuda"}).run(exported_like_model())
+    res = Pipeline([RenameIO(inputs={"onnx::MatMul_0": "x"})], verify={"dims": {"batch": 2}, "device": "cuda"}).run(
+        exported_like_model()
+    )
     assert res.ok and res.device.startswith("CUDA")
     assert res.steps[0].check is not None and res.steps[0].check.outputs[0].ok

@@ -52,7 +52,9 @@ def test_a_pass_that_swaps_outputs_or_changes_dims_undeclared_fails() -> None:
     res = Pipeline([Swap(inputs={"x": "inp"})], verify={"device": "cpu"}).run(_two())
     assert not res.ok and any("interface: outputs" in f and "order" in f for f in res.failures()), res.failures()
     res = Pipeline([Loosen(inputs={"x": "inp"})], verify={"device": "cpu"}).run(_two())
-    assert not res.ok and any("output 'a'" in f and "axis 0 is 'n', was 2 (static -> symbolic)" in f for f in res.failures()), res.failures()
+    assert not res.ok and any(
+        "output 'a'" in f and "axis 0 is 'n', was 2 (static -> symbolic)" in f for f in res.failures()
+    ), res.failures()
     res = Pipeline([MarkDynamic(batch="n")], verify={"device": "cpu"}).run(_two())
     assert res.ok, res.failures()  # declared: changed_dims
 
@@ -71,7 +73,9 @@ def test_a_pass_that_swaps_outputs_or_changes_dims_undeclared_fails() -> None:
             ir.graph.outputs[1].shape = [2, 4]
             return res
 
-    dynamic = parser.parse_model(TWO_OUT.replace("float[2,3] x", "float[N,3] x").format(outs="float[N,3] a, float[N,3] b"))
+    dynamic = parser.parse_model(
+        TWO_OUT.replace("float[2,3] x", "float[N,3] x").format(outs="float[N,3] a, float[N,3] b")
+    )
     res = Pipeline([FixDims(dims={"N": 2})], verify={"device": "cpu"}).run(dynamic)
     assert res.ok, res.failures()  # N -> 2 on the input and both outputs: declared
     res = Pipeline([FixAndShrink(dims={"N": 2})], verify={"device": "cpu"}).run(dynamic)
@@ -85,13 +89,18 @@ def test_check_interface_dtypes_renames_and_declarations() -> None:
     assert [o.name for o in bad] == ["interface: output 'a'"] and "dtype float64 != float32 before" in bad[0].note
     assert check_interface(before, after, [IOContract(changed_types={"a"})]) == []
     renamed = _two("float[2,3] b, float[2,3] z")
-    assert check_interface(before, renamed, [IOContract(renamed_outputs={"a": "z"})])[0].note.startswith("order ['b', 'z']")
+    assert check_interface(before, renamed, [IOContract(renamed_outputs={"a": "z"})])[0].note.startswith(
+        "order ['b', 'z']"
+    )
     assert check_interface(before, renamed, [IOContract(renamed_outputs={"a": "z"}, reordered=True)]) == []
     loose = _two("float[n,m] a, float[2,3] b")  # changed_axes frees those axes only
     assert check_interface(before, loose, [IOContract(changed_axes={"a": {0, 1}})]) == []
     only_one = check_interface(before, loose, [IOContract(changed_axes={"a": {0}})])
     assert [o.name for o in only_one] == ["interface: output 'a'"] and "axis 1 is 'm', was 3" in only_one[0].note
-    assert "rank" in check_interface(before, _two("float[2] a, float[2,3] b"), [IOContract(changed_axes={"a": {0, 1}})])[0].note
+    assert (
+        "rank"
+        in check_interface(before, _two("float[2] a, float[2,3] b"), [IOContract(changed_axes={"a": {0, 1}})])[0].note
+    )
     unknown = _two("float[?,3] a, float[2,3] b")  # placeholder dims are unknown: not an interface promise
     assert check_interface(unknown, before, [IOContract()]) == []
 
@@ -118,7 +127,22 @@ def test_verify_honours_dims(tmp_path: Path) -> None:
     model = parser.parse_model(RESHAPE.format(b="batch", shape=-1))
     onnx.save(model, str(tmp_path / "m.onnx"))
     report = tmp_path / "r.json"
-    assert main(["verify", str(tmp_path / "m.onnx"), str(tmp_path / "m.onnx"), "--device", "cpu", "--dims", "batch=5", "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                str(tmp_path / "m.onnx"),
+                str(tmp_path / "m.onnx"),
+                "--device",
+                "cpu",
+                "--dims",
+                "batch=5",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     data = json.loads(report.read_text())
     assert data["sizes"] == ["batch=5 (verify.dims)"] and data["outputs"][0]["shape"] == [5, 3]
 
@@ -134,7 +158,9 @@ def test_resize_probe_fails_when_a_slice_crops_back_to_the_traced_size() -> None
 
     cropped = parser.parse_model(CROP.format(ends="8, 8"))
     cropped.graph.node[1].name = "/Slice"
-    res = Pipeline([PromoteResizeScales(input="factor", form="factor", crops="keep")], verify={"device": "cpu"}).run(cropped)
+    res = Pipeline([PromoteResizeScales(input="factor", form="factor", crops="keep")], verify={"device": "cpu"}).run(
+        cropped
+    )
     assert not res.ok  # before: ok (shape inference of the edited graph crops too)
     fail = next(f for f in res.failures() if "probe" in f)
     assert "expected (1, 1, 12, 12)" in fail and "Slice '/Slice' (ends [8, 8])" in fail, fail
@@ -154,7 +180,9 @@ def test_a_probe_with_nothing_to_compare_says_so() -> None:
     )
     res = Pipeline([MarkDynamic(inputs={"x": {0: "batch"}})], verify={"device": "cpu"}).run(model)
     probes = [o for o in res.steps[0].check.outputs if o.name.startswith("probe")]
-    assert [o.verdict for o in probes] == ["proved nothing"] and "no output axis is 'batch'" in probes[0].note  # before: no line at all
+    assert [o.verdict for o in probes] == ["proved nothing"] and "no output axis is 'batch'" in probes[
+        0
+    ].note  # before: no line at all
 
 
 # --- a value rule (expectation, feed transform, derived feed) frees neither dtype nor dims ----------
@@ -234,7 +262,10 @@ class _ReshapeInput(Pass):
 )
 def test_an_undeclared_dims_change_fails_even_with_a_value_rule(step: type[Pass], port: str, what: str) -> None:
     res = Pipeline([step(change="dims")], verify={"device": "cpu"}).run(_two())
-    assert [c.verdict for c in res.steps[0].check.outputs if not c.name.startswith("interface")] == ["ok", "ok"]  # values agree
+    assert [c.verdict for c in res.steps[0].check.outputs if not c.name.startswith("interface")] == [
+        "ok",
+        "ok",
+    ]  # values agree
     assert not res.ok and [f for f in res.failures() if port in f and what in f], res.failures()  # before: ok
     res = Pipeline([step(change="dims", declare=True)], verify={"device": "cpu"}).run(_two())
     assert res.ok, res.failures()
@@ -243,7 +274,9 @@ def test_an_undeclared_dims_change_fails_even_with_a_value_rule(step: type[Pass]
 @pytest.mark.parametrize(("step", "port"), [(_ReshapeOutput, "output 'a'"), (_ReshapeInput, "input 'x'")])
 def test_an_undeclared_dtype_change_fails_even_with_a_value_rule(step: type[Pass], port: str) -> None:
     res = Pipeline([step(change="dtype")], verify={"device": "cpu"}).run(_two())
-    assert not res.ok and [f for f in res.failures() if port in f and "dtype float64 != float32 before" in f], res.failures()  # before: ok
+    assert not res.ok and [f for f in res.failures() if port in f and "dtype float64 != float32 before" in f], (
+        res.failures()
+    )  # before: ok
     res = Pipeline([step(change="dtype", declare=True)], verify={"device": "cpu"}).run(_two())
     assert res.ok, res.failures()
 
@@ -253,9 +286,15 @@ def test_check_interface_value_rules_free_nothing() -> None:
     after = _two("double[3,2] a, float[2,3] b")
     keep = lambda outs, feed: outs["a"]  # noqa: E731
     notes = [o.note for o in check_interface(before, after, [IOContract(expectations={"a": keep})])]
-    assert len(notes) == 2 and notes[0].startswith("dtype float64 != float32") and notes[1].startswith("axis 0 is 3, was 2")
+    assert (
+        len(notes) == 2
+        and notes[0].startswith("dtype float64 != float32")
+        and notes[1].startswith("axis 0 is 3, was 2")
+    )
     only_types = IOContract(expectations={"a": keep}, changed_types={"a"})
-    assert [o.note.split(";")[0] for o in check_interface(before, after, [only_types])] == ["axis 0 is 3, was 2 (static -> static)"]
+    assert [o.note.split(";")[0] for o in check_interface(before, after, [only_types])] == [
+        "axis 0 is 3, was 2 (static -> static)"
+    ]
     assert check_interface(before, after, [IOContract(changed_types={"a"}, changed_dims={"a"})]) == []
     x_in = parser.parse_model(TWO_OUT.format(outs="float[2,3] a, float[2,3] b").replace("float[2,3] x", "uint8[2,3] x"))
     derived = IOContract(derived_inputs={"x": lambda feed: feed["x"]})

@@ -40,7 +40,9 @@ def _imports() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 targets = [f"{base}.{a.name}" for a in node.names] + [base]
             for target in targets:
                 while target and target not in modules:
@@ -136,7 +138,10 @@ def test_apply_imports_only_the_passes_its_recipe_names(tmp_path: Path) -> None:
         "assert rc == 0, rc"
     )
     loaded = _modules_after(code)
-    assert {m for m in loaded if m.startswith("surgeon.passes.")} == {"surgeon.passes.rename_io", "surgeon.passes.cleanup"}
+    assert {m for m in loaded if m.startswith("surgeon.passes.")} == {
+        "surgeon.passes.rename_io",
+        "surgeon.passes.cleanup",
+    }
     assert "onnxruntime" not in loaded  # verification off: no session is built
     assert out.is_file()
 

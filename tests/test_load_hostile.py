@@ -74,7 +74,9 @@ def _never_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx, "load", refuse)
 
 
-def test_fifo_is_refused_without_opening_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fifo_is_refused_without_opening_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)
     _never_parse(monkeypatch)
@@ -93,14 +95,21 @@ def test_fifo_is_refused_without_opening_it(tmp_path: Path, monkeypatch: pytest.
         with open(fifo, "wb"):
             pass
         pytest.fail("load() opened the FIFO and blocked")
-    assert len(result) == 1 and isinstance(result[0], UsageError) and "is a FIFO" in str(result[0]) and str(fifo) in str(result[0])
+    assert (
+        len(result) == 1
+        and isinstance(result[0], UsageError)
+        and "is a FIFO" in str(result[0])
+        and str(fifo) in str(result[0])
+    )
     code, err, _ = _cli(["run", "cleanup", str(fifo), "-o", str(tmp_path / "out.onnx"), "--no-verify"], capsys)
     assert code == EXIT_USAGE and len(err) == 1 and "FIFO" in err[0]
     assert not (tmp_path / "out.onnx").exists()
 
 
 @pytest.mark.parametrize("kind", ["device", "folder", "socket"])
-def test_non_regular_files_are_usage_errors(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_regular_files_are_usage_errors(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _never_parse(monkeypatch)
     if kind == "device":
         path = Path("/dev/zero")
@@ -124,7 +133,9 @@ def test_non_regular_files_are_usage_errors(tmp_path: Path, kind: str, monkeypat
         sock.close()
 
 
-def test_oversize_file_is_refused_before_any_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_oversize_file_is_refused_before_any_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "huge.onnx"
     with open(path, "wb") as f:  # sparse: no disk used
         f.write(_relu().SerializeToString())
@@ -173,7 +184,9 @@ def _set_entry(path: Path, key: str, value: str) -> None:
         ("location", "model.onnx.data\0x", "contains a NUL byte"),
     ],
 )
-def test_bad_external_entries_are_model_errors(tmp_path: Path, key: str, value: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_external_entries_are_model_errors(
+    tmp_path: Path, key: str, value: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _ = external_chain(tmp_path, layers=2, dim=8)
     _set_entry(path, key, value)
     with pytest.raises(ModelError, match=rf"tensor 'w1': external data .*{why}"):
@@ -205,11 +218,16 @@ HOSTILE_DIMS: list[list[int | str | None]] = [[-1, 3], [0, -7], ["?", "?"], ["n"
 
 
 def _dims_of(vi: onnx.ValueInfoProto) -> list[tuple[str, object]]:
-    return [(d.WhichOneof("value") or "", getattr(d, d.WhichOneof("value") or "dim_value")) for d in vi.type.tensor_type.shape.dim]
+    return [
+        (d.WhichOneof("value") or "", getattr(d, d.WhichOneof("value") or "dim_value"))
+        for d in vi.type.tensor_type.shape.dim
+    ]
 
 
 @pytest.mark.parametrize("dims", HOSTILE_DIMS, ids=str)
-def test_hostile_dims_load_inspect_round_trip_and_cleanup(tmp_path: Path, dims: list[int | str | None], capsys: pytest.CaptureFixture[str]) -> None:
+def test_hostile_dims_load_inspect_round_trip_and_cleanup(
+    tmp_path: Path, dims: list[int | str | None], capsys: pytest.CaptureFixture[str]
+) -> None:
     src = _relu(dims=dims)
     path = _save(src, tmp_path / "m.onnx")
     ir = ModelIR.from_model(load(path))
@@ -247,7 +265,9 @@ def test_ir_version_too_new_is_a_model_error(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_opset_too_new_is_a_model_error_with_the_conversion_that_fixes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_opset_too_new_is_a_model_error_with_the_conversion_that_fixes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import re
 
     newest = onnx.defs.onnx_opset_version()
@@ -256,12 +276,17 @@ def test_opset_too_new_is_a_model_error_with_the_conversion_that_fixes_it(tmp_pa
     if code == EXIT_OK:
         pytest.skip(f"this onnxruntime loads opset {newest}")
     assert code == EXIT_MODEL and len(err) == 1, err
-    m = re.search(r"opset (\d+) of ai\.onnx is newer than this onnxruntime \S+ supports \(up to (\d+)\); convert it: (surgeon run convert-opset .*?--no-verify)", err[0])
+    m = re.search(
+        r"opset (\d+) of ai\.onnx is newer than this onnxruntime \S+ supports \(up to (\d+)\); convert it: (surgeon run convert-opset .*?--no-verify)",
+        err[0],
+    )
     assert m and int(m.group(1)) == newest, err[0]
     # the advice is true: the conversion it names makes a model onnxruntime runs
     top = m.group(2)
     fixed = tmp_path / "fixed.onnx"
-    assert main(["run", "convert-opset", str(path), "-o", str(fixed), "--set", f"opset={top}", "--no-verify"]) == EXIT_OK
+    assert (
+        main(["run", "convert-opset", str(path), "-o", str(fixed), "--set", f"opset={top}", "--no-verify"]) == EXIT_OK
+    )
     assert main(["run", "cleanup", str(fixed), "-o", str(tmp_path / "out.onnx"), "--device", "cpu"]) == EXIT_OK
 
 
@@ -288,7 +313,9 @@ class _DropOutputShape(Pass):
 def test_edited_model_onnxruntime_refuses_fails_verification_naming_the_step(tmp_path: Path) -> None:
     path = _save(_relu(), tmp_path / "m.onnx")
     steps = [RenameIO(inputs={"x": "inp"}), _BreakOp()]
-    with pytest.raises(VerificationError, match=r"passes\[1\] \(break-op\): onnxruntime cannot load the edited model .*NoSuchOp") as info:
+    with pytest.raises(
+        VerificationError, match=r"passes\[1\] \(break-op\): onnxruntime cannot load the edited model .*NoSuchOp"
+    ) as info:
         Pipeline(steps, verify={"device": "cpu"}).apply(path, tmp_path / "out.onnx")
     assert not isinstance(info.value, ModelError) and info.value.exit_code == 1
     with pytest.raises(VerificationError, match=r"passes\[1\] \(break-op\): onnxruntime cannot load"):
@@ -322,10 +349,15 @@ def test_output_listed_again_in_value_info_keeps_its_declared_shape(tmp_path: Pa
     onnx.checker.check_model(str(out), full_check=True)
 
 
-def test_saved_model_failing_the_checker_is_not_written_and_names_the_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_saved_model_failing_the_checker_is_not_written_and_names_the_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _save(_relu(), tmp_path / "m.onnx")
     steps = [RenameIO(outputs={"y": "out"}), _DropOutputShape(), Cleanup()]
-    with pytest.raises(VerificationError, match=r"fails onnx\.checker.*\(Field 'shape' of 'type' is required.*\); the source passes it; last step that modified the model: passes\[1\] \(drop-output-shape\); nothing written"):
+    with pytest.raises(
+        VerificationError,
+        match=r"fails onnx\.checker.*\(Field 'shape' of 'type' is required.*\); the source passes it; last step that modified the model: passes\[1\] \(drop-output-shape\); nothing written",
+    ):
         Pipeline(steps, verify={"device": "cpu"}).apply(path, tmp_path / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left either
     # --force writes it anyway and says so in the result
@@ -341,7 +373,9 @@ def test_checker_failure_the_source_shares_is_not_blamed_on_a_step(tmp_path: Pat
     assert result.checker == "fails, as the source does" and (tmp_path / "out.onnx").is_file()
 
 
-def test_checker_runs_on_external_data_outputs_without_reading_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checker_runs_on_external_data_outputs_without_reading_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = external_chain(tmp_path, layers=2, dim=8)
     calls: list[str] = []
     real = onnx.checker.check_model
@@ -369,14 +403,18 @@ def test_checker_is_skipped_above_the_size_limit_and_says_so(tmp_path: Path, mon
     assert result.checker == "skipped: model file over 0 MiB"
 
 
-def test_verify_command_with_a_reference_onnxruntime_refuses_is_a_model_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_command_with_a_reference_onnxruntime_refuses_is_a_model_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     newest = onnx.defs.onnx_opset_version()
     ref = _save(_relu(opset=newest), tmp_path / "ref.onnx")
     cand = _save(_relu(), tmp_path / "cand.onnx")
     code, err, _ = _cli(["verify", str(ref), str(cand), "--device", "cpu"], capsys)
     if code == EXIT_OK:
         pytest.skip(f"this onnxruntime loads opset {newest}")
-    assert code == EXIT_MODEL and len(err) == 1 and str(ref) in err[0] and f"opset {newest} of ai.onnx is newer" in err[0]
+    assert (
+        code == EXIT_MODEL and len(err) == 1 and str(ref) in err[0] and f"opset {newest} of ai.onnx is newer" in err[0]
+    )
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder"])
@@ -423,7 +461,9 @@ def test_the_every_pass_table_names_every_pass() -> None:
 
 @pytest.mark.parametrize("dims", HOSTILE_DIMS, ids=str)
 @pytest.mark.parametrize("name", sorted(EVERY_PASS_PARAMS))
-def test_every_pass_accepts_hostile_dims(tmp_path: Path, name: str, dims: list[int | str | None], capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_pass_accepts_hostile_dims(
+    tmp_path: Path, name: str, dims: list[int | str | None], capsys: pytest.CaptureFixture[str]
+) -> None:
     """A pass may refuse (one line, exit 2 or 3) but never crash on third-party dims."""
     src = _relu(dims=dims)
     src.graph.initializer.append(numpy_helper.from_array(np.ones(1, np.float32), "w"))
@@ -431,6 +471,8 @@ def test_every_pass_accepts_hostile_dims(tmp_path: Path, name: str, dims: list[i
     path = _save(src, tmp_path / "m.onnx")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"version": 1, "passes": [{name: EVERY_PASS_PARAMS[name]}]}))
-    code, err, _ = _cli(["apply", str(recipe), "-i", str(path), "-o", str(tmp_path / "out.onnx"), "--no-verify"], capsys)
+    code, err, _ = _cli(
+        ["apply", str(recipe), "-i", str(path), "-o", str(tmp_path / "out.onnx"), "--no-verify"], capsys
+    )
     assert code in (EXIT_OK, 2, 3), err
     assert len(err) <= 1 and not any("internal error" in line or "Traceback" in line for line in err), err

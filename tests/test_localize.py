@@ -32,7 +32,9 @@ def test_a_failed_step_names_the_first_node_that_diverges() -> None:
             ir.graph.nodes[1].op = "Add"  # Mul -> Add: the first wrong tensor is 'm'
             return res
 
-    res = Pipeline([RenameIO(outputs={"y": "out"}), Broken(inputs={"x": "inp"})], verify={"device": "cpu"}).run(_chain())
+    res = Pipeline([RenameIO(outputs={"y": "out"}), Broken(inputs={"x": "inp"})], verify={"device": "cpu"}).run(
+        _chain()
+    )
     assert res.steps[0].check.ok and not res.steps[1].check.ok
     d = res.steps[1].check.divergence
     assert d is not None and (d.tensor, d.node, d.op) == ("m", "/mul", "Add")

@@ -192,7 +192,11 @@ def test_identity_round_trip_is_exact(tmp_path: Path) -> None:
     Pipeline([RenameIO()], verify=VERIFY).apply(src, out)
     before, after = _fields(onnx.load(str(src))), _fields(onnx.load(str(out)))
     added = dict(after.pop("metadata"))
-    assert set(added) - dict(before.pop("metadata")).keys() == {"surgeon.version", "surgeon.recipe", "surgeon.source_sha256"}
+    assert set(added) - dict(before.pop("metadata")).keys() == {
+        "surgeon.version",
+        "surgeon.recipe",
+        "surgeon.source_sha256",
+    }
     assert after == before
     assert added["surgeon.source_sha256"] == load(src).sha256()
 
@@ -206,7 +210,9 @@ def test_round_trip_of_external_model_keeps_weights_external(tmp_path: Path) -> 
     got = load_full(out)
     for name, value in weights(load_full(path)).items():
         np.testing.assert_array_equal(weights(got)[name], value)
-    assert all(t.data_location == TensorProto.EXTERNAL for t in onnx.load(str(out), load_external_data=False).graph.initializer)
+    assert all(
+        t.data_location == TensorProto.EXTERNAL for t in onnx.load(str(out), load_external_data=False).graph.initializer
+    )
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -223,7 +229,12 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, type[SurgeonError], str]
         p.write_bytes(content)
         cases[name] = (p, err, text)
 
-    add("corrupt.onnx", bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8)), ModelError, "not a valid ONNX model")
+    add(
+        "corrupt.onnx",
+        bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8)),
+        ModelError,
+        "not a valid ONNX model",
+    )
     add("half.onnx", raw[: len(raw) // 2], ModelError, "not a valid ONNX model")
     add("cut.onnx", raw[:-3], ModelError, "not a valid ONNX model")
     add("text.onnx", b"hello, this is not a model\n", ModelError, "not a valid ONNX model")
@@ -256,11 +267,15 @@ def test_bad_bytes_give_one_clear_line() -> None:
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["corrupt.onnx", "half.onnx", "text.onnx", "empty.onnx", "missing.onnx", "folder.onnx"])
+@pytest.mark.parametrize(
+    "name", ["corrupt.onnx", "half.onnx", "text.onnx", "empty.onnx", "missing.onnx", "folder.onnx"]
+)
 def test_cli_bad_input_writes_nothing(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
     path, err, text = _bad_files(tmp_path)[name]
     before = snapshot(tmp_path)
-    code = cli_main(["run", "rename-io", str(path), "-o", str(tmp_path / "out.onnx"), "--set", "inputs.x=inp", "--device", "cpu"])
+    code = cli_main(
+        ["run", "rename-io", str(path), "-o", str(tmp_path / "out.onnx"), "--set", "inputs.x=inp", "--device", "cpu"]
+    )
     assert code == err.exit_code
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and text in lines[0] and lines[0].startswith("error: ")

@@ -76,10 +76,15 @@ def test_validate_leaves_the_model_it_is_given_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--rtol", "-1"), ("--atol", "-0.5")])
-def test_command_line_tolerances_are_validated_like_recipe_values(tmp_path: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_command_line_tolerances_are_validated_like_recipe_values(
+    tmp_path: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\npasses:\n  - cleanup: {}\n")
     out = tmp_path / "out.onnx"
-    assert main(["apply", str(recipe), "-i", str(_model(tmp_path)), "-o", str(out), "--dims", "N=2", flag, value]) == EXIT_USAGE
+    assert (
+        main(["apply", str(recipe), "-i", str(_model(tmp_path)), "-o", str(out), "--dims", "N=2", flag, value])
+        == EXIT_USAGE
+    )
     assert f"{flag} {float(value)!r}: input should be greater than or equal to 0" in capsys.readouterr().err
     assert not out.exists()

@@ -58,7 +58,10 @@ passes:
     name = str(path)
     assert f"{name}:2:18: verify.device: Input should be 'auto', 'cpu' or 'cuda' (got 'gpu')" in lines
     assert any(line.startswith(f"{name}:2:23: verify.dimz: unknown key 'dimz'; did you mean 'dims'?") for line in lines)
-    assert any(line.startswith(f"{name}:4:33: passes[0] (rename-io).outptus: unknown key 'outptus'; did you mean 'outputs'?") for line in lines)
+    assert any(
+        line.startswith(f"{name}:4:33: passes[0] (rename-io).outptus: unknown key 'outptus'; did you mean 'outputs'?")
+        for line in lines
+    )
     assert f"{name}:5:5: passes[1]: unknown pass 'clenaup'; did you mean 'cleanup'? (see 'surgeon passes')" in lines
     assert any(line.startswith(f"{name}:6:25: passes[2] (cleanup).toposort:") for line in lines)
     assert any(line.startswith(f"{name}:7:14: passes[2] (cleanup).verify.foo: unknown key 'foo'") for line in lines)

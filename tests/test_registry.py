@@ -74,7 +74,9 @@ def test_third_party_entry_point(tmp_path: Path) -> None:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[surgeon.passes]\nmy-noop = myplugin\n")
     code = "from surgeon.pass_api import registry; print('my-noop' in registry())"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(pkg), "PATH": ""})
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(pkg), "PATH": ""}
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
 

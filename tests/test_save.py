@@ -278,7 +278,9 @@ def test_share_weights_in_another_folder_copies(tmp_path: Path) -> None:
 def test_share_weights_in_place_rewrites_only_the_model_file(tmp_path: Path) -> None:
     path, data = external_chain(tmp_path, layers=2, dim=16)
     before = data.read_bytes()
-    res = Pipeline([RenameIO(inputs={"x": "inp"})], verify=VERIFY, save={"share_weights": True}).apply(path, path, in_place=True)
+    res = Pipeline([RenameIO(inputs={"x": "inp"})], verify=VERIFY, save={"share_weights": True}).apply(
+        path, path, in_place=True
+    )
     assert res.ok and data.read_bytes() == before
     assert [i.name for i in onnx.load(str(path), load_external_data=False).graph.input] == ["inp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, data.name]
@@ -302,14 +304,18 @@ def test_never_overwrites_the_source_weights_file(tmp_path: Path) -> None:
     save_external(proto, path, location="weights.bin")
     before = snapshot(tmp_path)
     with pytest.raises(UsageError, match="is the weights file of the source model") as info:
-        Pipeline([RenameIO(inputs={"x": "inp"})], verify=VERIFY, save={"location": "weights.bin"}).apply(path, tmp_path / "o.onnx")
+        Pipeline([RenameIO(inputs={"x": "inp"})], verify=VERIFY, save={"location": "weights.bin"}).apply(
+            path, tmp_path / "o.onnx"
+        )
     assert info.value.exit_code == EXIT_USAGE
     assert snapshot(tmp_path) == before
 
 
 def test_one_file_per_tensor_beside_a_source_that_uses_it(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
-    onnx.save(matmul_chain(2, 16), str(path), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    onnx.save(
+        matmul_chain(2, 16), str(path), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0
+    )
     before = snapshot(tmp_path)
     out = tmp_path / "o.onnx"
     save(load(path), out, SavePolicy(one_file_per_tensor=True))

@@ -74,7 +74,9 @@ def _outputs(path: Path, x: np.ndarray) -> np.ndarray:
         ("{}", ["-o", "{folder}/model.onnx.data"]),  # the output is the input's weights
     ],
 )
-def test_save_location_that_would_overwrite_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str, argv_tail: list[str]) -> None:
+def test_save_location_that_would_overwrite_a_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str, argv_tail: list[str]
+) -> None:
     _, recipe = _folder(tmp_path, policy)
     before = snapshot(tmp_path)
     assert main(["apply", str(recipe), *(a.format(folder=tmp_path) for a in argv_tail)]) == EXIT_USAGE
@@ -96,7 +98,14 @@ def test_location_of_the_previous_output_is_replaced_atomically(tmp_path: Path) 
     assert main(["apply", str(recipe), "-q"]) == 0  # and back: w.bin is free again
     assert {r["location"] for r in external_locations(out).values()} == {"w.bin"}
     assert not (tmp_path / second).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data", "notes.txt", "out.onnx", "recipe.yaml", "w.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.onnx",
+        "model.onnx.data",
+        "notes.txt",
+        "out.onnx",
+        "recipe.yaml",
+        "w.bin",
+    ]
     x = np.ones((2, 16), np.float32)
     np.testing.assert_allclose(_outputs(out, x), _outputs(tmp_path / "model.onnx", x), rtol=0, atol=0)
     # an output that shared the source's weights: re-written without sharing, the source's data stays
@@ -111,7 +120,9 @@ def test_location_of_the_previous_output_is_replaced_atomically(tmp_path: Path) 
     assert snapshot(tmp_path)["model.onnx.data"] == source_data
 
 
-def test_one_file_per_tensor_names_never_hit_an_existing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_file_per_tensor_names_never_hit_an_existing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     proto = matmul_chain(6, 16)
     names = ["model.onnx", "recipe.yaml", "notes.txt", "out.onnx", "A", "a"]
     for i, name in enumerate(names):
@@ -214,7 +225,9 @@ def test_sigkill_at_any_point_of_a_save_leaves_the_old_or_the_new_model(tmp_path
         save_external(new, template / "src" / "new.onnx")
         new_w = weights(new)
     old_w = weights(old)
-    proc = subprocess.run([sys.executable, "-c", CRASH, mode, str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, mode, str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
     expect_old = x @ old_w["w0"] @ old_w["w1"] @ old_w["w2"]
@@ -270,7 +283,9 @@ def test_sigterm_during_a_save_removes_temporary_files_and_exits_143(tmp_path: P
     before = snapshot(work)
     marker = tmp_path / "marker"
     argv = ["run", "cleanup", str(path), "-o", str(work / "out.onnx"), "--no-verify", "-q"]
-    proc = subprocess.Popen([sys.executable, "-c", SLOW, str(marker), *argv], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW, str(marker), *argv], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -326,7 +341,9 @@ def test_written_files_respect_the_umask(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["run", "verify"])
-def test_report_into_a_missing_folder_is_refused_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+def test_report_into_a_missing_folder_is_refused_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
     path, _ = _folder(tmp_path)
     before = snapshot(tmp_path)
     report = ["--report", str(tmp_path / "nope" / "r.json")]
@@ -339,7 +356,9 @@ def test_report_into_a_missing_folder_is_refused_before_writing(tmp_path: Path, 
     assert snapshot(tmp_path) == before
 
 
-def test_save_location_in_a_missing_subfolder_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_save_location_in_a_missing_subfolder_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, recipe = _folder(tmp_path, "{location: sub/w.bin}")
     before = snapshot(tmp_path)
     assert main(["apply", str(recipe)]) == EXIT_USAGE
@@ -353,29 +372,39 @@ def _enospc(*args: object) -> None:
 
 
 @pytest.mark.parametrize("target", ["copy_range", "fsync"])
-def test_disk_full_is_one_line_exit_3_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], target: str) -> None:
+def test_disk_full_is_one_line_exit_3_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], target: str
+) -> None:
     path, _ = _folder(tmp_path)
     out = tmp_path / "out.onnx"
     out.write_bytes(b"previous output")
     before = snapshot(tmp_path)
-    monkeypatch.setattr(surgeon.ir.save, "copy_range", _enospc) if target == "copy_range" else monkeypatch.setattr(os, "fsync", _enospc)
+    monkeypatch.setattr(surgeon.ir.save, "copy_range", _enospc) if target == "copy_range" else monkeypatch.setattr(
+        os, "fsync", _enospc
+    )
     assert main(["run", "cleanup", str(path), "-o", str(out), "--no-verify", "-q"]) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert re.fullmatch(rf"error: {re.escape(str(tmp_path))}/out\.onnx(\.data)?: No space left on device", line), line
     assert snapshot(tmp_path) == before
 
 
-def test_unwritable_output_folder_is_refused_up_front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_output_folder_is_refused_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _ = _folder(tmp_path)
     before = snapshot(tmp_path)
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path else real_access(p, mode, **kw))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path else real_access(p, mode, **kw)
+    )
     assert main(["run", "cleanup", str(path), "-o", str(tmp_path / "out.onnx"), "--no-verify"]) == EXIT_USAGE
     assert "is not writable" in _one_error_line(capsys.readouterr().err)
     assert snapshot(tmp_path) == before
 
 
-def test_permission_denied_when_creating_the_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_permission_denied_when_creating_the_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _ = _folder(tmp_path)
     before = snapshot(tmp_path)
 
@@ -388,7 +417,9 @@ def test_permission_denied_when_creating_the_temporary_file(tmp_path: Path, monk
     assert snapshot(tmp_path) == before
 
 
-def test_read_only_file_system_at_the_commit_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_read_only_file_system_at_the_commit_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The data file is renamed into place, then the model rename fails: the new data file (which no
     model refers to) goes, the previous output is untouched."""
     path, _ = _folder(tmp_path)
@@ -409,7 +440,9 @@ def test_read_only_file_system_at_the_commit_rolls_back(tmp_path: Path, monkeypa
     assert snapshot(tmp_path) == before
 
 
-def test_any_os_error_is_one_line_and_a_bug_is_exit_4(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_any_os_error_is_one_line_and_a_bug_is_exit_4(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import surgeon.ir.summary
 
     path = tmp_path / "m.onnx"
@@ -427,7 +460,10 @@ def test_any_os_error_is_one_line_and_a_bug_is_exit_4(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(surgeon.ir.summary, "inspect_model", bug)
     assert main(["inspect", str(path)]) == 4
-    assert _one_error_line(capsys.readouterr().err) == "error: internal error (RuntimeError: boom); run with -v for the traceback"
+    assert (
+        _one_error_line(capsys.readouterr().err)
+        == "error: internal error (RuntimeError: boom); run with -v for the traceback"
+    )
     assert main(["inspect", str(path), "-v"]) == 4
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: boom" in err
@@ -445,14 +481,19 @@ def test_recipe_paths_are_reported_at_their_place(tmp_path: Path, capsys: pytest
     assert _one_error_line(capsys.readouterr().err) == f"error: {recipe}:2:8: model: nothere.onnx: no such file"
     onnx.save(matmul_chain(1, 4), str(tmp_path / "nothere.onnx"))
     assert main(["apply", str(recipe)]) == EXIT_USAGE
-    assert _one_error_line(capsys.readouterr().err) == f"error: {recipe}:3:9: output: out/m.onnx: output folder 'out' does not exist"
+    assert (
+        _one_error_line(capsys.readouterr().err)
+        == f"error: {recipe}:3:9: output: out/m.onnx: output folder 'out' does not exist"
+    )
     with pytest.raises(UsageError, match=re.escape(f"{recipe}:3:9: output: out/m.onnx")):
         surgeon.apply(recipe)
     assert main(["apply", str(recipe), "-o", str(tmp_path / "x" / "m.onnx")]) == EXIT_USAGE  # -o: the path itself
     assert f"{tmp_path}/x/m.onnx: output folder" in _one_error_line(capsys.readouterr().err)
 
 
-def test_validate_reports_a_missing_model_at_its_place_in_the_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_reports_a_missing_model_at_its_place_in_the_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from surgeon.cli import main
 
     recipe = tmp_path / "recipe.yaml"

@@ -54,9 +54,16 @@ def _meta(model: onnx.ModelProto) -> tuple:
 def _same(a: object, b: object) -> bool:
     """Exact equality that also handles sequences, maps, strings and NaN."""
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        return isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return (
+            isinstance(a, (list, tuple))
+            and isinstance(b, (list, tuple))
+            and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b))
+        )
     if isinstance(a, dict) or isinstance(b, dict):
-        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return (
+            isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        )
     x, y = np.asarray(a), np.asarray(b)
     if x.shape != y.shape or x.dtype != y.dtype:
         return False
@@ -100,7 +107,9 @@ def sweep(cases: list[Case], tmp: Path) -> Counter:
                     problems.append(f"output {i} differs from the original model's")
                     continue
                 if isinstance(e, np.ndarray) and e.dtype.kind in "fc" and np.asarray(r).shape == e.shape:
-                    if not np.allclose(g, e, rtol=case.rtol, atol=case.atol, equal_nan=True) and np.allclose(np.asarray(r), e, rtol=case.rtol, atol=case.atol, equal_nan=True):
+                    if not np.allclose(g, e, rtol=case.rtol, atol=case.atol, equal_nan=True) and np.allclose(
+                        np.asarray(r), e, rtol=case.rtol, atol=case.atol, equal_nan=True
+                    ):
                         problems.append(f"output {i} off the stored expected value")
         if problems:
             failures.append(f"{case.name}: {'; '.join(problems)}")

@@ -47,7 +47,11 @@ def test_compare_calls_out_non_finite_and_empty() -> None:
 
 
 def test_feed_is_seeded_and_dims_resolved() -> None:
-    specs = [InputSpec("x", np.dtype(np.float32), ("batch", 3)), InputSpec("i", np.dtype(np.int64), (2,)), InputSpec("b", np.dtype(bool), ())]
+    specs = [
+        InputSpec("x", np.dtype(np.float32), ("batch", 3)),
+        InputSpec("i", np.dtype(np.int64), (2,)),
+        InputSpec("b", np.dtype(bool), ()),
+    ]
     cfg = VerifyConfig(dims={"batch": 4}, seed=3)
     f1, f2 = make_feed(specs, cfg), make_feed(specs, cfg)
     assert f1["x"].shape == (4, 3) and f1["x"].dtype == np.float32
@@ -87,7 +91,9 @@ def test_device_cuda_is_an_error_when_cuda_does_not_load(tmp_path: Path) -> None
 
 
 def test_contract_maps_renamed_and_new_inputs() -> None:
-    c = IOContract(renamed_inputs={"a": "x"}, new_inputs={"k": np.array(3.0)}, removed_outputs={"dead"}, renamed_outputs={"o": "y"})
+    c = IOContract(
+        renamed_inputs={"a": "x"}, new_inputs={"k": np.array(3.0)}, removed_outputs={"dead"}, renamed_outputs={"o": "y"}
+    )
     feed = c.map_feed({"a": np.ones(2), "b": np.zeros(1)})
     assert set(feed) == {"x", "b", "k"}
     assert set(c.unmap_feed(feed)) == {"a", "b"}
@@ -148,7 +154,10 @@ def test_step_tolerance_override_loosens_later_checks() -> None:
     from surgeon.pipeline import Step
     from surgeon.verify.config import StepVerify
 
-    steps = [Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.5)), Step(RenameIO(outputs={"/relu/Relu_output_0": "y"}))]
+    steps = [
+        Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.5)),
+        Step(RenameIO(outputs={"/relu/Relu_output_0": "y"})),
+    ]
     res = Pipeline(steps, verify={"dims": {"batch": 2}}).run(exported_like_model())
     assert res.steps[0].check.outputs[0].rtol == 0.5
     assert res.steps[1].check.outputs[0].rtol == 0.5
@@ -179,8 +188,13 @@ def test_step_tolerance_replaces_the_pipelines_tighter_or_looser() -> None:
     from surgeon.pipeline import Step
     from surgeon.verify.config import StepVerify
 
-    steps = [Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.0, atol=0.0)), Step(RenameIO(outputs={"/relu/Relu_output_0": "y"}))]
-    res = Pipeline(steps, verify={"dims": {"batch": 2}, "rtol": 0.1, "atol": 0.1, "device": "cpu"}).run(exported_like_model())
+    steps = [
+        Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.0, atol=0.0)),
+        Step(RenameIO(outputs={"/relu/Relu_output_0": "y"})),
+    ]
+    res = Pipeline(steps, verify={"dims": {"batch": 2}, "rtol": 0.1, "atol": 0.1, "device": "cpu"}).run(
+        exported_like_model()
+    )
     first = res.steps[0].check.outputs[0]
     assert (first.rtol, first.atol) == (0.0, 0.0)  # before: the pipeline's 0.1 won (a step could only loosen)
     later = res.steps[1].check.outputs[0]
@@ -208,14 +222,29 @@ def test_cli_tolerance_wins_over_pass_defaults_and_is_validated(model_path: Path
     from tests.conftest import write_recipe
 
     report, out = tmp_path / "r.json", tmp_path / "o.onnx"
-    argv = ["run", "to-fp16", str(model_path), "-o", str(out), "--dims", "batch=2", "--device", "cpu", "--report", str(report)]
+    argv = [
+        "run",
+        "to-fp16",
+        str(model_path),
+        "-o",
+        str(out),
+        "--dims",
+        "batch=2",
+        "--device",
+        "cpu",
+        "--report",
+        str(report),
+    ]
     assert main([*argv, "--rtol", "0.5", "--atol", "0.25"]) == 0
     check = json.loads(report.read_text())["steps"][0]["outputs"][0]
     assert (check["rtol"], check["atol"]) == (0.5, 0.25)
     assert main([*argv, "--rtol", "1e-7", "--atol", "1e-9"]) == 1
     check = json.loads(report.read_text())["steps"][0]["outputs"][0]
     assert (check["rtol"], check["atol"]) == (1e-7, 1e-9)  # before: to-fp16's 1e-2 overrode them
-    recipe = write_recipe(model_path.parent, f"version: 1\nmodel: {model_path.name}\noutput: o2.onnx\nverify: {{device: cpu}}\npasses:\n  - cleanup: {{}}\n")
+    recipe = write_recipe(
+        model_path.parent,
+        f"version: 1\nmodel: {model_path.name}\noutput: o2.onnx\nverify: {{device: cpu}}\npasses:\n  - cleanup: {{}}\n",
+    )
     assert main(["apply", str(recipe), "--rtol", "-1"]) == 2
     assert main([*argv, "--atol", "-1"]) == 2
     assert not (model_path.parent / "o2.onnx").exists()
@@ -228,9 +257,18 @@ def test_onnxruntime_log_lines_never_reach_the_terminal(tmp_path: Path, capfd: p
     from surgeon.cli import main
 
     src = tmp_path / "expand.onnx"
-    onnx.save(parser.parse_model('<ir_version: 10, opset_import: ["" : 17]>\ng (float[2,3] x, int64[2] s) => (float[?, ?] y) { y = Expand(x, s) }'), str(src))
+    onnx.save(
+        parser.parse_model(
+            '<ir_version: 10, opset_import: ["" : 17]>\ng (float[2,3] x, int64[2] s) => (float[?, ?] y) { y = Expand(x, s) }'
+        ),
+        str(src),
+    )
     capfd.readouterr()
     assert main(["run", "strip-doc", str(src), "-o", str(tmp_path / "out.onnx")]) == 3
     err = capfd.readouterr().err
     assert "onnxruntime:" not in err and "\x1b[1;31m" not in err, err
-    assert err.count("\n") == 1 and err.startswith("error: strip-doc: the source model fails on the generated inputs") and "Expand" in err
+    assert (
+        err.count("\n") == 1
+        and err.startswith("error: strip-doc: the source model fails on the generated inputs")
+        and "Expand" in err
+    )

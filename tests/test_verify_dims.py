@@ -31,8 +31,11 @@ def _conv(pads: int, dims: list[str | int] | None = None) -> onnx.ModelProto:
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[pads] * 4)
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims or ["batch", 3, "height", "width"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims or ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
@@ -47,14 +50,18 @@ def _resize() -> onnx.ModelProto:
 
 def test_a_symbol_a_pass_introduced_takes_its_traced_size_in_later_steps() -> None:
     # before: the probe of the step after mark-dynamic asked for verify.dims: {batch: N}
-    res = Pipeline([MarkDynamic(batch="batch"), PromoteResizeScales(input="factor", form="factor")], verify=CPU).run(_resize())
+    res = Pipeline([MarkDynamic(batch="batch"), PromoteResizeScales(input="factor", form="factor")], verify=CPU).run(
+        _resize()
+    )
     assert res.ok, res.failures()
     assert "batch=2 (traced)" in res.steps[1].check.sizes
     assert res.steps[1].as_dict()["sizes"] == ["batch=2 (traced)"]
 
 
 def test_a_feed_derived_backwards_after_mark_dynamic_uses_the_traced_size() -> None:
-    res = Pipeline([MarkDynamic(batch="batch"), PrependOp(input="x", op="Cast", dtype="float16")], verify=CPU).run(_resize())
+    res = Pipeline([MarkDynamic(batch="batch"), PrependOp(input="x", op="Cast", dtype="float16")], verify=CPU).run(
+        _resize()
+    )
     assert res.ok, res.failures()
 
 
@@ -74,7 +81,9 @@ def test_unknown_sizes_default_and_are_reported_with_why(capsys: pytest.CaptureF
     assert "sizes: batch=4 (default), height=4 (default), width=4 (default)" in console.export_text()
 
 
-def test_a_size_that_does_not_fit_names_every_size_and_the_key_in_one_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_size_that_does_not_fit_names_every_size_and_the_key_in_one_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ModelError) as err:
         Pipeline([RenameIO(inputs={"x": "image"})], verify=CPU).run(_conv(pads=0))
     text = str(err.value)
@@ -82,13 +91,19 @@ def test_a_size_that_does_not_fit_names_every_size_and_the_key_in_one_message(tm
     assert "batch=1 (default), height=1 (default), width=1 (default)" in text
     assert "set verify.dims: {batch: N, height: N, width: N}" in text
     onnx.save(_conv(pads=0), str(tmp_path / "m.onnx"))
-    recipe = write_recipe(tmp_path, "version: 1\nmodel: m.onnx\noutput: o.onnx\nverify: {device: cpu}\npasses:\n  - rename-io: {inputs: {x: image}}\n")
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\nmodel: m.onnx\noutput: o.onnx\nverify: {device: cpu}\npasses:\n  - rename-io: {inputs: {x: image}}\n",
+    )
     assert main(["apply", str(recipe)]) == 3
     assert "the source model fails on the generated inputs" in capsys.readouterr().err
     assert not (tmp_path / "o.onnx").exists()
     assert main(["validate", str(recipe)]) == 0
     out = capsys.readouterr().out
-    assert "verification will default batch, height, width to 1" in out and "set verify.dims: {batch: N, height: N, width: N}" in out
+    assert (
+        "verification will default batch, height, width to 1" in out
+        and "set verify.dims: {batch: N, height: N, width: N}" in out
+    )
 
 
 def test_placeholder_and_non_positive_dims_are_each_their_own_symbol() -> None:
@@ -98,8 +113,14 @@ def test_placeholder_and_non_positive_dims_are_each_their_own_symbol() -> None:
     z.type.tensor_type.shape.dim.add()  # neither value nor param
     w = numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Identity", ["z"], ["zz"])], "g", [x, z],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None), helper.make_tensor_value_info("zz", TensorProto.FLOAT, None)], [w],
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Identity", ["z"], ["zz"])],
+        "g",
+        [x, z],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("zz", TensorProto.FLOAT, None),
+        ],
+        [w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     assert [s.dims for s in graph_inputs(model)] == [("x:0", "x:1"), ("z:0", 3, "z:2")]
@@ -116,7 +137,9 @@ def test_sizes_come_from_verify_inputs(tmp_path: Path) -> None:
 
 
 def test_a_feed_that_would_need_gigabytes_is_refused_in_one_line() -> None:
-    with pytest.raises(UsageError, match=r"input 'x' at shape \[1000000, 3, 1000000, 1\] would need .* GiB of random data"):
+    with pytest.raises(
+        UsageError, match=r"input 'x' at shape \[1000000, 3, 1000000, 1\] would need .* GiB of random data"
+    ):
         Verifier(load(_conv(pads=1, dims=[1000000, 3, 1000000, 1])), VerifyConfig(device="cpu"))
 
 
@@ -134,9 +157,14 @@ def _bert_like() -> onnx.ModelProto:
         helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]),
         helper.make_node("Where", ["m3", "h", "neg"], ["y"], name="masked"),
     ]
-    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "token_type_ids", "attention")]
+    ids = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+        for n in ("input_ids", "token_type_ids", "attention")
+    ]
     axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
-    graph = helper.make_graph(nodes, "g", ids, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [emb, tt, neg, axes])
+    graph = helper.make_graph(
+        nodes, "g", ids, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [emb, tt, neg, axes]
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
@@ -170,9 +198,17 @@ def test_sizes_a_fix_dims_step_binds_are_the_sources_sizes(tmp_path: Path, capsy
 
     res = Pipeline([FixDims(dims={"height": 6, "width": 5})], verify=CPU).run(_conv(pads=0))
     assert res.ok, res.failures()  # before: the source's feed needed verify.dims
-    assert res.sizes == ["height=6 (fixed by passes[0] (fix-dims))", "width=5 (fixed by passes[0] (fix-dims))", "batch=1 (default)"]
+    assert res.sizes == [
+        "height=6 (fixed by passes[0] (fix-dims))",
+        "width=5 (fixed by passes[0] (fix-dims))",
+        "batch=1 (default)",
+    ]
     onnx.save(_conv(pads=0), str(tmp_path / "m.onnx"))
-    recipe = write_recipe(tmp_path, "version: 1\nmodel: m.onnx\noutput: o.onnx\npasses:\n  - fix-dims: {dims: {height: 6, width: 5}}\n")
+    recipe = write_recipe(
+        tmp_path, "version: 1\nmodel: m.onnx\noutput: o.onnx\npasses:\n  - fix-dims: {dims: {height: 6, width: 5}}\n"
+    )
     assert main(["validate", str(recipe)]) == 0
     out = capsys.readouterr().out
-    assert "height=6 (fixed by passes[0] (fix-dims))" in out and "will default batch to 1" in out and "{batch: N}" in out
+    assert (
+        "height=6 (fixed by passes[0] (fix-dims))" in out and "will default batch to 1" in out and "{batch: N}" in out
+    )

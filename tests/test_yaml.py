@@ -59,7 +59,30 @@ def test_scalars_follow_the_yaml_1_2_core_schema() -> None:
     assert data["ints"] == [0, 10, -7, 12, 15, 31, 255] and all(type(v) is int for v in data["ints"])
     assert data["floats"] == [1e-4, 0.5, 1000.0, -250.0, 1.0, math.inf, -math.inf, math.inf]
     assert all(type(v) is float for v in data["floats"])
-    assert data["strings"] == ["off", "on", "yes", "no", "y", "n", "Off", "YES", "1_000", "0b101", "1:20", "2001-12-14", "0o8", "0xg", "<<", "=", "nan", ".Nan", "0x", "1e", "true", "010"]
+    assert data["strings"] == [
+        "off",
+        "on",
+        "yes",
+        "no",
+        "y",
+        "n",
+        "Off",
+        "YES",
+        "1_000",
+        "0b101",
+        "1:20",
+        "2001-12-14",
+        "0o8",
+        "0xg",
+        "<<",
+        "=",
+        "nan",
+        ".Nan",
+        "0x",
+        "1e",
+        "true",
+        "010",
+    ]
     assert data["empty"] is None
     assert math.isnan(load("[.nan, .NaN, .NAN]")[1])
 
@@ -87,7 +110,9 @@ def test_readme_recipes_parse_and_validate() -> None:
     ["!!int abc", "!!float x", "!!bool yes", "!!null x", "!!int 1_000", "!!timestamp 2001-12-14", "!!python/tuple [1]", "!!python/object:os.system x",
      "!!binary aGk=", "!foo x", "!foo [x]", "!!set {a, b}", "!!omap [a: 1]", "!!merge x", "!!map [1]", "!!seq {a: 1}", "!!str [a]", "!<tag:example.com,2000:x> y"],
 )  # fmt: skip
-def test_a_bad_tag_is_one_located_line_and_exit_2(tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_tag_is_one_located_line_and_exit_2(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert len(refused(value)) == 1 and refused(f"a: {value}")[0].startswith("recipe.yaml:1:4: ")
     path = write_recipe(tmp_path, f"version: 1\npasses:\n  - cleanup: {{toposort: {value}}}\n")
     assert main(["validate", str(path)]) == 2
@@ -96,7 +121,9 @@ def test_a_bad_tag_is_one_located_line_and_exit_2(tmp_path: Path, value: str, ca
 
 
 def test_core_tags_construct() -> None:
-    data = load("[!!str 1, !!int 010, !!int 0x10, !!float 1, !!bool FALSE, !!null '', !!seq [1], !!map {a: 1}, ! 010, !<tag:yaml.org,2002:int> 7]")
+    data = load(
+        "[!!str 1, !!int 010, !!int 0x10, !!float 1, !!bool FALSE, !!null '', !!seq [1], !!map {a: 1}, ! 010, !<tag:yaml.org,2002:int> 7]"
+    )
     assert data == ["1", 10, 16, 1.0, False, None, [1], {"a": 1}, "010", 7]
     assert type(data[3]) is float
     assert "more than 4300 digits" in refused("!!int " + "1" * 5000)[0]
@@ -105,8 +132,12 @@ def test_core_tags_construct() -> None:
 # --- keys ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["{[cleanup]: {}}", "? {a: 1}\n: x", "passes:\n  - ? [a, b]\n    : x", "a: &a [1]\n*a : x"])
-def test_an_unhashable_key_is_one_located_line_and_exit_2(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "text", ["{[cleanup]: {}}", "? {a: 1}\n: x", "passes:\n  - ? [a, b]\n    : x", "a: &a [1]\n*a : x"]
+)
+def test_an_unhashable_key_is_one_located_line_and_exit_2(
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert "a mapping key must be a scalar" in refused(text)[0]
     path = write_recipe(tmp_path, text)
     assert main(["validate", str(path)]) == 2
@@ -136,7 +167,9 @@ def laughs(levels: int) -> str:
 def test_billion_laughs_is_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     start = time.perf_counter()
     problems = refused(laughs(10))
-    assert problems == [f"recipe.yaml:7:10: YAML document has more than {MAX_NODES} nodes (aliases expanded), the limit for recipes"]
+    assert problems == [
+        f"recipe.yaml:7:10: YAML document has more than {MAX_NODES} nodes (aliases expanded), the limit for recipes"
+    ]
     assert main(["validate", str(write_recipe(tmp_path, laughs(10)))]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert time.perf_counter() - start < 5
@@ -172,16 +205,23 @@ def test_depth_limit_is_exact_and_counts_alias_expansion() -> None:
 
 
 def test_recursive_alias_is_refused() -> None:
-    assert refused("a: &a [1, *a]\n") == ["recipe.yaml:1:11: alias *a is used inside the node it names (a recursive alias)"]
+    assert refused("a: &a [1, *a]\n") == [
+        "recipe.yaml:1:11: alias *a is used inside the node it names (a recursive alias)"
+    ]
     assert "recursive alias" in refused("&m {k: *m}\n")[0]
 
 
 def test_text_size_is_bounded() -> None:
-    assert refused("a: b\n" + " " * MAX_BYTES)[0] == f"recipe.yaml:1:1: recipe is {MAX_BYTES + 5} bytes, more than the 16 MiB limit"
+    assert (
+        refused("a: b\n" + " " * MAX_BYTES)[0]
+        == f"recipe.yaml:1:1: recipe is {MAX_BYTES + 5} bytes, more than the 16 MiB limit"
+    )
 
 
 def test_unreadable_characters_are_located() -> None:
-    assert refused("version: 1\npasses: [a\x00]\n") == ["recipe.yaml:2:11: YAML syntax error: unacceptable character #x0000: special characters are not allowed"]
+    assert refused("version: 1\npasses: [a\x00]\n") == [
+        "recipe.yaml:2:11: YAML syntax error: unacceptable character #x0000: special characters are not allowed"
+    ]
 
 
 # --- dumping ---------------------------------------------------------------------------------------
@@ -193,7 +233,10 @@ def test_what_surgeon_dumps_reads_back_the_same() -> None:
 
     tricky = ["08", "1e3", "0o17", "off", "010", "yes", "~", "", "1_000", "2001-12-14", "null", ".5", "+1"]
     p = Pipeline(
-        [RenameIO(inputs={s: f"in{i}" for i, s in enumerate(tricky)}), SetMetadata(producer_version="08", doc_string="1e3", metadata_props={"0o17": "off"})],
+        [
+            RenameIO(inputs={s: f"in{i}" for i, s in enumerate(tricky)}),
+            SetMetadata(producer_version="08", doc_string="1e3", metadata_props={"0o17": "off"}),
+        ],
         verify={"mode": "off", "dims": {"batch": 2}},
     )
     text = dump(p.to_recipe())
@@ -210,9 +253,38 @@ TOKENS = ["[", "]", "{", "}", ":", ": ", "-", "- ", "&a ", "*a", "&b", "*b", "!"
           "|", ">", "#", "'", '"', "\n", "\n  ", " ", ",", "%YAML 1.2\n", "---\n", "...\n", "<<", "\\", "\t", "\x00",
           "version", "passes", "cleanup", "verify", "mode", "off", "1", "010", "0x1F", ".inf", "null", "~", "true", "yes", "x"]  # fmt: skip
 yaml_ish = st.one_of(st.text(max_size=80), st.lists(st.sampled_from(TOKENS), max_size=40).map("".join))
-TRICKY = ["08", "1e3", "0o17", "off", "010", "yes", "1_000", "1:20", ".5", "+1", "~", "Null", "", "<<", "=", "2001-12-14", ".NaN"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.sampled_from(TRICKY), st.text(st.characters(codec="utf-8"), max_size=20))
-data = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=20)
+TRICKY = [
+    "08",
+    "1e3",
+    "0o17",
+    "off",
+    "010",
+    "yes",
+    "1_000",
+    "1:20",
+    ".5",
+    "+1",
+    "~",
+    "Null",
+    "",
+    "<<",
+    "=",
+    "2001-12-14",
+    ".NaN",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.sampled_from(TRICKY),
+    st.text(st.characters(codec="utf-8"), max_size=20),
+)
+data = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=20,
+)
 
 
 def only_surgeon_errors(text: str) -> None:
@@ -242,8 +314,12 @@ def test_random_dumped_data_raises_only_surgeon_errors_and_round_trips(value: An
 
 def test_the_loader_imports_no_heavy_dependencies() -> None:
     tree = ast.parse((ROOT / "surgeon" / "yaml12.py").read_text(encoding="utf-8"))
-    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert {m for m in modules if m and m.split(".")[0] not in ("__future__", "math", "re", "collections", "typing", "yaml")} == {"surgeon.errors"}
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert {
+        m for m in modules if m and m.split(".")[0] not in ("__future__", "math", "re", "collections", "typing", "yaml")
+    } == {"surgeon.errors"}
 
 
 def test_an_oversized_recipe_file_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -265,7 +341,15 @@ def test_set_values_are_yaml_1_2_too(tmp_path: Path) -> None:
     from surgeon.cli import main
 
     src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
-    onnx.save(parser.parse_model('<ir_version: 8, opset_import: ["" : 17]> g (float[1,4] x) => (float[1,4] y) { y = Relu(x) }'), src)
-    assert main(["run", "rename-io", str(src), "-o", str(out), "-q", "--set", "inputs={x: off}", "--set", "outputs.y=010"]) == 0
+    onnx.save(
+        parser.parse_model(
+            '<ir_version: 8, opset_import: ["" : 17]> g (float[1,4] x) => (float[1,4] y) { y = Relu(x) }'
+        ),
+        src,
+    )
+    assert (
+        main(["run", "rename-io", str(src), "-o", str(out), "-q", "--set", "inputs={x: off}", "--set", "outputs.y=010"])
+        == 0
+    )
     graph = onnx.load(out).graph
     assert [i.name for i in graph.input] == ["off"] and [o.name for o in graph.output] == ["010"]

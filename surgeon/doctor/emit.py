@@ -14,7 +14,9 @@ ORDER = ("convert-opset", "cleanup", "rename-io", "fix-negative-indices", "mark-
 tensors, indices fixed while the axis sizes are still static, the batch before the factor."""
 
 
-def recipe_data(diag: Diagnosis, model: str | None = None, output: str | None = None) -> tuple[dict[str, Any], dict[int, list[Finding]]]:
+def recipe_data(
+    diag: Diagnosis, model: str | None = None, output: str | None = None
+) -> tuple[dict[str, Any], dict[int, list[Finding]]]:
     """The recipe mapping and, per step index, the findings that step fixes."""
     steps: dict[str, tuple[dict[str, Any], list[Finding]]] = {}
     header: dict[str, Any] = {}
@@ -62,7 +64,10 @@ def recipe_text(diag: Diagnosis, recipe_path: Path, model_path: Path | None) -> 
         model = os.path.relpath(model_path.resolve(), base)
         output = os.path.relpath(model_path.resolve().with_name(model_path.stem + "-fixed.onnx"), base)
     data, fixes = recipe_data(diag, model, output)
-    lines = [f"# written by 'surgeon doctor' for {diag.model}", "# check it with 'surgeon validate', apply it with 'surgeon apply' (every pass verified)"]
+    lines = [
+        f"# written by 'surgeon doctor' for {diag.model}",
+        "# check it with 'surgeon validate', apply it with 'surgeon apply' (every pass verified)",
+    ]
     rest = [f for f in diag.findings if not f.fixable]
     if rest:
         lines.append("# not fixed by this recipe:")
@@ -70,7 +75,9 @@ def recipe_text(diag: Diagnosis, recipe_path: Path, model_path: Path | None) -> 
     passes = data.pop("passes")
     lines = [_one_line(x) for x in lines]
     for key, value in data.items():
-        lines.append(f"{key}: {yaml.safe_dump(value, default_flow_style=True, width=100000).strip().removesuffix('...').strip()}")
+        lines.append(
+            f"{key}: {yaml.safe_dump(value, default_flow_style=True, width=100000).strip().removesuffix('...').strip()}"
+        )
     lines.append("passes:" if passes else "passes: []")
     for i, step in enumerate(passes):
         for f in fixes[i]:

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 JOINS = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean"})
 """Ops that need their inputs' spatial sizes to agree: an upsampled map meeting a skip branch."""
-RESIZING = frozenset({"Resize", "Upsample", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape"})
+RESIZING = frozenset(
+    {"Resize", "Upsample", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape"}
+)
 FP16_MAX = 65504.0
 INT32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -96,7 +98,9 @@ def check_resize(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
                 nodes=labels,
                 fix="promote-resize-scales" if params is not None else None,
                 params=params,
-                advice="" if params is not None else "unnamed nodes next to tied ones: name them, then promote-resize-scales {nodes: [...]}",
+                advice=""
+                if params is not None
+                else "unnamed nodes next to tied ones: name them, then promote-resize-scales {nodes: [...]}",
             )
         )
     return out
@@ -162,12 +166,31 @@ def check_negative_indices(info: GraphInfo, facts: dict[str, Any]) -> list[Findi
             continue
         negatives, sizes = _axis_sizes(info, node)
         if negatives:
-            (fixable if all(isinstance(s, int) and s > 0 for s in sizes) else stuck).append(f"{label(node)} {negatives[:4]}")
+            (fixable if all(isinstance(s, int) and s > 0 for s in sizes) else stuck).append(
+                f"{label(node)} {negatives[:4]}"
+            )
     out = []
     if fixable:
-        out.append(Finding("negative-indices", "warning", f"constant negative indices (some runtimes and compilers reject them): {', '.join(fixable)}", nodes=[f.rsplit(' [', 1)[0] for f in fixable], fix="fix-negative-indices", params={}))
+        out.append(
+            Finding(
+                "negative-indices",
+                "warning",
+                f"constant negative indices (some runtimes and compilers reject them): {', '.join(fixable)}",
+                nodes=[f.rsplit(" [", 1)[0] for f in fixable],
+                fix="fix-negative-indices",
+                params={},
+            )
+        )
     if stuck:
-        out.append(Finding("negative-indices-dynamic", "info", f"constant negative indices on axes of unknown size: {', '.join(stuck)}", nodes=[f.rsplit(' [', 1)[0] for f in stuck], advice="fix-negative-indices needs a static axis size; fix the dims first (fix-dims)"))
+        out.append(
+            Finding(
+                "negative-indices-dynamic",
+                "info",
+                f"constant negative indices on axes of unknown size: {', '.join(stuck)}",
+                nodes=[f.rsplit(" [", 1)[0] for f in stuck],
+                advice="fix-negative-indices needs a static axis size; fix the dims first (fix-dims)",
+            )
+        )
     return out
 
 
@@ -226,9 +249,24 @@ def check_numeric(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
             wide.append(t.name)
     out = []
     if over:
-        out.append(Finding("fp16-range", "warning", f"float weights beyond fp16 range (±{FP16_MAX:g}) would become inf in fp16: {', '.join(over[:6])}", tensors=[o.split(" (")[0] for o in over], advice="keep them float32 when converting (to-fp16 with those nodes blocked) or rescale"))
+        out.append(
+            Finding(
+                "fp16-range",
+                "warning",
+                f"float weights beyond fp16 range (±{FP16_MAX:g}) would become inf in fp16: {', '.join(over[:6])}",
+                tensors=[o.split(" (")[0] for o in over],
+                advice="keep them float32 when converting (to-fp16 with those nodes blocked) or rescale",
+            )
+        )
     if wide:
-        out.append(Finding("int64-weights", "info", f"{len(wide)} int64 weight tensor(s), {int64_bytes:,} bytes: {', '.join(wide[:6])}; runtimes without int64 kernels (TensorRT) cast them to int32", tensors=wide))
+        out.append(
+            Finding(
+                "int64-weights",
+                "info",
+                f"{len(wide)} int64 weight tensor(s), {int64_bytes:,} bytes: {', '.join(wide[:6])}; runtimes without int64 kernels (TensorRT) cast them to int32",
+                tensors=wide,
+            )
+        )
     return out
 
 

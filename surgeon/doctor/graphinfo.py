@@ -87,7 +87,9 @@ class GraphInfo:
             inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
         except Exception:  # inference failing is not a finding of its own here
             return {}
-        return {vi.name: type_of(vi) for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
+        return {
+            vi.name: type_of(vi) for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
+        }
 
     def dims(self, name: str) -> Dims | None:
         entry = self.inferred.get(name)

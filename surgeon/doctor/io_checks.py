@@ -38,7 +38,11 @@ def check_names(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     renames: dict[str, dict[str, str]] = {"inputs": {}, "outputs": {}}
     for kind, vis in (("inputs", info.inputs), ("outputs", info.outputs)):
         base = kind[:-1]
-        auto = [vi.name for vi in vis if (AUTO_NAME.match(vi.name) or (kind == "outputs" and AUTO_OUTPUT.match(vi.name))) and vi.name != base]
+        auto = [
+            vi.name
+            for vi in vis
+            if (AUTO_NAME.match(vi.name) or (kind == "outputs" and AUTO_OUTPUT.match(vi.name))) and vi.name != base
+        ]
         for i, name in enumerate(auto):
             renames[kind][name] = _fresh(base if len(vis) == 1 else f"{base}_{i}", taken)
     facts["renames"] = renames
@@ -147,14 +151,34 @@ def _live_nodes(info: GraphInfo) -> set[int]:
 def check_dead_code(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     live = _live_nodes(info)
     dead = [label(n) for n in info.graph.node if id(n) not in live]
-    used = {i for n in info.graph.node if id(n) in live for i in (*n.input, *captured(n))} | {vi.name for vi in info.outputs}
+    used = {i for n in info.graph.node if id(n) in live for i in (*n.input, *captured(n))} | {
+        vi.name for vi in info.outputs
+    }
     input_names = {vi.name for vi in info.graph.input}
     unused = [t.name for t in info.graph.initializer if t.name not in used and t.name not in input_names]
     out = []
     if dead:
-        out.append(Finding("dead-nodes", "info", f"{len(dead)} node(s) no output depends on: {', '.join(dead[:8])}{' ...' if len(dead) > 8 else ''}", nodes=dead, fix="cleanup", params={}))
+        out.append(
+            Finding(
+                "dead-nodes",
+                "info",
+                f"{len(dead)} node(s) no output depends on: {', '.join(dead[:8])}{' ...' if len(dead) > 8 else ''}",
+                nodes=dead,
+                fix="cleanup",
+                params={},
+            )
+        )
     if unused:
-        out.append(Finding("unused-initializers", "info", f"{len(unused)} unused initializer(s): {', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}", tensors=unused, fix="cleanup", params={}))
+        out.append(
+            Finding(
+                "unused-initializers",
+                "info",
+                f"{len(unused)} unused initializer(s): {', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}",
+                tensors=unused,
+                fix="cleanup",
+                params={},
+            )
+        )
     return out
 
 
@@ -186,7 +210,11 @@ def check_constant_outputs(info: GraphInfo, facts: dict[str, Any]) -> list[Findi
     for vi in info.inputs:
         fed |= {vi.name} | info.reachable_from(vi.name)
     frozen = [vi.name for vi in info.outputs if vi.name not in fed]
-    unread = [vi.name for vi in info.inputs if not info.consumers.get(vi.name) and vi.name not in {o.name for o in info.outputs}]
+    unread = [
+        vi.name
+        for vi in info.inputs
+        if not info.consumers.get(vi.name) and vi.name not in {o.name for o in info.outputs}
+    ]
     out = []
     if frozen:
         out.append(
@@ -199,7 +227,14 @@ def check_constant_outputs(info: GraphInfo, facts: dict[str, Any]) -> list[Findi
             )
         )
     if unread:
-        out.append(Finding("unused-inputs", "info", f"input(s) {', '.join(repr(n) for n in unread[:8])} are read by no node (the exporter may have traced their values into constants)", tensors=unread))
+        out.append(
+            Finding(
+                "unused-inputs",
+                "info",
+                f"input(s) {', '.join(repr(n) for n in unread[:8])} are read by no node (the exporter may have traced their values into constants)",
+                tensors=unread,
+            )
+        )
     return out
 
 
@@ -235,7 +270,11 @@ def check_value_info(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     declared: list[onnx.ValueInfoProto] = list(info.graph.value_info) + list(info.outputs)
     for vi in declared:
         inferred = info.inferred.get(vi.name)
-        if inferred is not None and vi.type.HasField("tensor_type") and _contradicts(type_of(vi), inferred, has_shape(vi)):
+        if (
+            inferred is not None
+            and vi.type.HasField("tensor_type")
+            and _contradicts(type_of(vi), inferred, has_shape(vi))
+        ):
             bad.append(f"{vi.name} declared {json_safe_dims(type_of(vi)[1])}, inferred {json_safe_dims(inferred[1])}")
     if not bad:
         return []

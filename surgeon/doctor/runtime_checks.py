@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 TARGET_OPSET = 17
 """What an opset older than onnxruntime supports is converted to (capped at the newest it runs)."""
 _KERNEL = re.compile(r"Could not find an implementation for (\S+?)\((\d+)\) node with name '([^']*)'")
-_UNKNOWN = re.compile(r"No Op registered for (\S+) with domain_version of (\d+)|(\S+):(\S+)\(-?\d+\) is not a registered function/op")
+_UNKNOWN = re.compile(
+    r"No Op registered for (\S+) with domain_version of (\d+)|(\S+):(\S+)\(-?\d+\) is not a registered function/op"
+)
 
 
 def check_runtime(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
@@ -41,10 +43,26 @@ def check_runtime(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     opset = info.opset
     if opset and limits["max_opset"] and opset > limits["max_opset"]:
         blocked = True
-        out.append(Finding("opset-too-new", "error", f"opset {opset} is newer than onnxruntime {ort.__version__} supports (at most {limits['max_opset']})", fix="convert-opset", params={"opset": limits["max_opset"]}))
+        out.append(
+            Finding(
+                "opset-too-new",
+                "error",
+                f"opset {opset} is newer than onnxruntime {ort.__version__} supports (at most {limits['max_opset']})",
+                fix="convert-opset",
+                params={"opset": limits["max_opset"]},
+            )
+        )
     elif opset and opset < limits["min_opset"]:
         target = min(TARGET_OPSET, limits["max_opset"] or TARGET_OPSET)
-        out.append(Finding("opset-too-old", "warning", f"opset {opset} is older than onnxruntime supports (opset {limits['min_opset']} and above)", fix="convert-opset", params={"opset": target}))
+        out.append(
+            Finding(
+                "opset-too-old",
+                "warning",
+                f"opset {opset} is older than onnxruntime supports (opset {limits['min_opset']} and above)",
+                fix="convert-opset",
+                params={"opset": target},
+            )
+        )
     if not blocked:
         out += _kernel_findings(info)
     return out
@@ -60,11 +78,26 @@ def _kernel_findings(info: GraphInfo) -> list[Finding]:
     m = _KERNEL.search(text)
     if m:
         op, version, node = m.groups()
-        return [Finding("no-cpu-kernel", "error", f"onnxruntime's CPU provider has no kernel for {op} (opset {version}) at node '{node or _first_node(info.graph, op)}' (the first one found)", nodes=[node or _first_node(info.graph, op)], advice="replace the op, or convert to an opset where it has a kernel")]
+        return [
+            Finding(
+                "no-cpu-kernel",
+                "error",
+                f"onnxruntime's CPU provider has no kernel for {op} (opset {version}) at node '{node or _first_node(info.graph, op)}' (the first one found)",
+                nodes=[node or _first_node(info.graph, op)],
+                advice="replace the op, or convert to an opset where it has a kernel",
+            )
+        ]
     m = _UNKNOWN.search(text)
     if m:
         op = m.group(1) or f"{m.group(3)}:{m.group(4)}"
-        return [Finding("unknown-op", "error", f"onnxruntime does not know the op {op} (a custom op needs its library registered)", nodes=[_first_node(info.graph, op.split(':')[-1])])]
+        return [
+            Finding(
+                "unknown-op",
+                "error",
+                f"onnxruntime does not know the op {op} (a custom op needs its library registered)",
+                nodes=[_first_node(info.graph, op.split(":")[-1])],
+            )
+        ]
     first = next((line for line in text.strip().splitlines() if line.strip()), text)
     return [Finding("ort-load-error", "error", f"onnxruntime cannot load the model: {first[:300]}")]
 

@@ -19,7 +19,9 @@ def show_diagnosis(console: Console, diag: Diagnosis | dict[str, Any], verbose: 
     data = diag if isinstance(diag, dict) else diag.as_dict()
     model = str(data["model"])
     if data.get("failure_class"):
-        console.print(f"[bold red]{escape(model)}: doctor failed ({data['failure_class']}): {escape(data.get('message', ''))}[/bold red]")
+        console.print(
+            f"[bold red]{escape(model)}: doctor failed ({data['failure_class']}): {escape(data.get('message', ''))}[/bold red]"
+        )
         return
     if not data["findings"]:
         console.print(f"[green]{escape(model)}: nothing found[/green]")

@@ -168,7 +168,11 @@ class ModelIR:
         # defaults go back to their source slots; the graph's own inputs keep their order (a renamed
         # or added input is not in the source's order, and must not move behind the defaults)
         own = iter(current)
-        ordered = [n if n in defaults else next(own, None) for n in self.input_order if n in defaults or n not in self.default_inputs]
+        ordered = [
+            n if n in defaults else next(own, None)
+            for n in self.input_order
+            if n in defaults or n not in self.default_inputs
+        ]
         ordered = [n for n in ordered if n is not None] + list(own)
         ordered += [n for n in defaults if n not in ordered]
         copies = []
@@ -271,7 +275,9 @@ def _declare_as(vi: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:
     dims = list(tt.shape.dim)
     if not tt.HasField("shape"):
         return
-    if len(dims) != len(tensor.dims) or any(d.HasField("dim_value") and d.dim_value != n for d, n in zip(dims, tensor.dims)):
+    if len(dims) != len(tensor.dims) or any(
+        d.HasField("dim_value") and d.dim_value != n for d, n in zip(dims, tensor.dims)
+    ):
         del tt.shape.dim[:]
         for n in tensor.dims:
             tt.shape.dim.add().dim_value = n
@@ -305,8 +311,6 @@ def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
         else:
             setattr(shell, fd.name, value)
     return shell
-
-
 
 
 def _collect_node_meta(gproto: onnx.GraphProto, graph: gs.Graph, meta: dict[int, tuple[Any, _NodeMeta]]) -> None:

@@ -49,7 +49,9 @@ def external_ref(tensor: onnx.TensorProto, what: str | None = None) -> ExternalR
     what = what or f"tensor '{tensor.name}'"
     length = info.get("length")
     return ExternalRef(
-        info.get("location", ""), _external_int(info.get("offset"), "offset", what) or 0, _external_int(length, "length", what)
+        info.get("location", ""),
+        _external_int(info.get("offset"), "offset", what) or 0,
+        _external_int(length, "length", what),
     )
 
 
@@ -76,8 +78,6 @@ def set_external_ref(tensor: onnx.TensorProto, ref: ExternalRef) -> None:
             entry.key, entry.value = key, str(value)
 
 
-
-
 def safe_data_path(base_dir: Path, location: str, what: str) -> Path:
     """Resolve ``location`` inside ``base_dir``; refuse absolute paths and any ``..`` escape."""
     if not location:
@@ -87,8 +87,7 @@ def safe_data_path(base_dir: Path, location: str, what: str) -> Path:
     posix, win = PurePosixPath(location), PureWindowsPath(location)
     if posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts or ".." in win.parts:
         raise ModelError(
-            f"{what}: external data location '{location}' points outside the model's folder; "
-            "refusing to follow it"
+            f"{what}: external data location '{location}' points outside the model's folder; refusing to follow it"
         )
     path = (base_dir / location).resolve()
     root = base_dir.resolve()

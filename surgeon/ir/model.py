@@ -112,8 +112,6 @@ def _check_model_file(path: Path) -> None:
 def _check_is_model(model: Model) -> None:
     proto = model.proto
     if proto.ir_version <= 0 or not proto.HasField("graph"):
-        raise ModelError(
-            f"{model.name}: not an ONNX model (no ir_version or graph; is this the right file?)"
-        )
+        raise ModelError(f"{model.name}: not an ONNX model (no ir_version or graph; is this the right file?)")
     if not proto.graph.output:
         raise ModelError(f"{model.name}: the graph has no outputs")

@@ -14,8 +14,7 @@ class SavePolicy(BaseModel):
 
     external: Literal["auto", "always", "never"] = Field(
         "auto",
-        description="auto: external data when the source used it or the model would pass 2 GB; "
-        "always / never force it",
+        description="auto: external data when the source used it or the model would pass 2 GB; always / never force it",
     )
     threshold: int = Field(1024, ge=0, description="tensors of at least this many bytes go to the external data file")
     location: str | None = Field(

@@ -110,7 +110,9 @@ def save(
                     assert model.base_dir is not None
                     t.CopyFrom(inline_copy(t, model.base_dir))
             if proto.ByteSize() > PROTOBUF_LIMIT:
-                raise ModelError(f"{out}: the model is over 2 GB; save it with external data (save: {{external: auto}})")
+                raise ModelError(
+                    f"{out}: the model is over 2 GB; save it with external data (save: {{external: auto}})"
+                )
         f, tmp = stack.enter_context(atomic_file(out))
         f.write(proto.SerializeToString())
         pending.append((tmp, out))
@@ -168,16 +170,16 @@ def _write_external(
 ) -> list[tuple[Path, Path]]:
     import onnx
 
-    share = (
-        policy.share_weights
-        and model.base_dir is not None
-        and out.parent.resolve() == model.base_dir.resolve()
-    )
+    share = policy.share_weights and model.base_dir is not None and out.parent.resolve() == model.base_dir.resolve()
     sources: dict[str, BinaryIO] = {}
     pending: list[tuple[Path, Path]] = []
     main: tuple[BinaryIO, Path] | None = None
     location = ""
-    shared = {external_ref(t).location for t in iter_model_tensors(proto) if share and is_external(t) and t.name not in changed}
+    shared = {
+        external_ref(t).location
+        for t in iter_model_tensors(proto)
+        if share and is_external(t) and t.name not in changed
+    }
     names = TensorFileNames(out) if policy.one_file_per_tensor else None
     for tensor in iter_model_tensors(proto):
         src_ref = external_ref(tensor) if is_external(tensor) else None
@@ -195,7 +197,9 @@ def _write_external(
                 location = data_location(out, policy)
                 main = stack.enter_context(atomic_file(out.parent / location))
                 pending.append((main[1], out.parent / location))
-            align = policy.align if (src_ref and (src_ref.length or 0) >= 1 << 20) or tensor.ByteSize() >= 1 << 20 else 64
+            align = (
+                policy.align if (src_ref and (src_ref.length or 0) >= 1 << 20) or tensor.ByteSize() >= 1 << 20 else 64
+            )
             _append_tensor(tensor, main[0], location, model, sources, align, stack)
     return pending
 

@@ -43,7 +43,13 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output}
 
 
-def _source_of(name: str, graph: onnx.GraphProto, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto], inputs: set[str]) -> dict[str, Any]:
+def _source_of(
+    name: str,
+    graph: onnx.GraphProto,
+    producers: dict[str, onnx.NodeProto],
+    inits: dict[str, onnx.TensorProto],
+    inputs: set[str],
+) -> dict[str, Any]:
     from onnx import numpy_helper
 
     if not name:

@@ -94,7 +94,9 @@ def list_tensors(model: Model, pattern: str | None = None) -> list[dict[str, Any
         if not name or (rx is not None and not rx.search(name)):
             return
         dtype, shape = _entry(known[name]) if name in known else ("?", ["?"])
-        rows.append({"name": name, "op": op, "node": node, "dtype": dtype, "shape": shape, "graph_output": name in outputs})
+        rows.append(
+            {"name": name, "op": op, "node": node, "dtype": dtype, "shape": shape, "graph_output": name in outputs}
+        )
 
     for vi in proto.graph.input:
         if vi.name not in inits:

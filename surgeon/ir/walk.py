@@ -105,7 +105,9 @@ def all_tensor_names(graph: gs.Graph) -> set[str]:
 def wiring(graph: gs.Graph) -> tuple[object, ...]:
     """Which tensor objects every node of every graph reads and writes: a rewrite that adds, removes
     or rewires a node, or replaces a tensor, changes it (an in-place value change does not)."""
-    return tuple((id(n), tuple(map(id, n.inputs)), tuple(map(id, n.outputs))) for g in iter_graphs(graph) for n in g.nodes)
+    return tuple(
+        (id(n), tuple(map(id, n.inputs)), tuple(map(id, n.outputs))) for g in iter_graphs(graph) for n in g.nodes
+    )
 
 
 def signature(graph: gs.Graph) -> tuple[object, ...]:

@@ -17,11 +17,24 @@ if TYPE_CHECKING:
     from surgeon.ir.adapter import ModelIR
 
 Partitioning = Literal["none", "basic", "recursive"]
-SEQUENCE_MAKERS = {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence", "SequenceMap"}
+SEQUENCE_MAKERS = {
+    "SequenceEmpty",
+    "SequenceConstruct",
+    "SequenceInsert",
+    "SequenceErase",
+    "SplitToSequence",
+    "SequenceMap",
+}
 """Ops whose output is a sequence: onnx-graphsurgeon cannot hold a sequence as a constant."""
 
 
-def fold(model: ModelIR, fold_shapes: bool = True, max_tensor_bytes: int | None = 16 << 20, partitioning: Partitioning = "none", subgraphs: bool = True) -> None:
+def fold(
+    model: ModelIR,
+    fold_shapes: bool = True,
+    max_tensor_bytes: int | None = 16 << 20,
+    partitioning: Partitioning = "none",
+    subgraphs: bool = True,
+) -> None:
     """Fold every node whose inputs are all constant into a constant, then drop what no output
     needs. Raises :class:`PassError` naming what onnxruntime could not run."""
     import onnx_graphsurgeon as gs
@@ -101,7 +114,10 @@ def _split_shape_slices(graph: gs.Graph) -> list[tuple[gs.Graph, gs.Node, gs.Nod
             full = gs.Variable(f"{out.name}__full_shape", dtype=np.int64)
             node.outputs.clear()
             node.outputs.append(full)
-            bounds = [gs.Constant(f"{out.name}__{k}", np.array([attrs.get(k, d)], np.int64)) for k, d in (("start", 0), ("end", np.iinfo(np.int64).max))]
+            bounds = [
+                gs.Constant(f"{out.name}__{k}", np.array([attrs.get(k, d)], np.int64))
+                for k, d in (("start", 0), ("end", np.iinfo(np.int64).max))
+            ]
             sl = gs.Node("Slice", name=f"{node.name or out.name}__slice", inputs=[full, *bounds], outputs=[out])
             g.nodes.insert(g.nodes.index(node) + 1, sl)
             made.append((g, node, sl, attrs))

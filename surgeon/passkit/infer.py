@@ -23,7 +23,12 @@ _LIGHT = 1024
 values never decide a shape and copying them is what makes inference slow on big models)."""
 
 
-def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None, keep_outputs: bool, cuts: Mapping[str, Shape] | None = None) -> onnx.ModelProto:
+def _light_proto(
+    model: ModelIR,
+    input_dims: Mapping[str, Iterable[Dim]] | None,
+    keep_outputs: bool,
+    cuts: Mapping[str, Shape] | None = None,
+) -> onnx.ModelProto:
     import numpy as np
     from onnx import helper
 
@@ -58,7 +63,13 @@ def _light_proto(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None,
     return proto
 
 
-def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None, strict: bool = False, keep_outputs: bool = False, cuts: Mapping[str, Shape] | None = None) -> dict[str, tuple[Any, Shape]]:
+def infer(
+    model: ModelIR,
+    input_dims: Mapping[str, Iterable[Dim]] | None = None,
+    strict: bool = False,
+    keep_outputs: bool = False,
+    cuts: Mapping[str, Shape] | None = None,
+) -> dict[str, tuple[Any, Shape]]:
     """``{tensor name: (onnx elem type or None, shape)}`` from ONNX shape inference over the graph
     and its subgraphs (intermediate shapes ignored; output shapes too unless ``keep_outputs``),
     optionally with some input dims replaced (by input name)."""
@@ -74,8 +85,6 @@ def infer(model: ModelIR, input_dims: Mapping[str, Iterable[Dim]] | None = None,
         for vi in list(gproto.value_info) + list(gproto.output) + list(gproto.input):
             result[vi.name] = _type_of(vi)
     return result
-
-
 
 
 def _type_of(vi: onnx.ValueInfoProto) -> tuple[Any, Shape]:

@@ -20,7 +20,20 @@ if TYPE_CHECKING:
 
 MAX_LISTED = 40
 
-DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
+DTYPES = (
+    "float32",
+    "float16",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+)
 """Element types the passes accept as parameters (numpy names)."""
 
 
@@ -38,7 +51,10 @@ def require_tensor(graph: gs.Graph, name: str, field: tuple[str | int, ...], kin
         return tensors[name]
     existing = sorted(tensors)
     if name in all_tensor_names(graph):
-        raise PassPreconditionError(f"{kind} '{name}' is inside a subgraph (If/Loop/Scan body); only main-graph tensors can be used", field=field)
+        raise PassPreconditionError(
+            f"{kind} '{name}' is inside a subgraph (If/Loop/Scan body); only main-graph tensors can be used",
+            field=field,
+        )
     raise PassPreconditionError(
         f"no {kind} '{name}' in the graph{suggest(name, existing)}; tensors are: {short_listing(existing)}", field=field
     )
@@ -47,14 +63,18 @@ def require_tensor(graph: gs.Graph, name: str, field: tuple[str | int, ...], kin
 def require_output(graph: gs.Graph, name: str, field: tuple[str | int, ...]) -> gs.Tensor:
     outs = [t.name for t in graph.outputs]
     if name not in outs:
-        raise PassPreconditionError(f"unknown output '{name}'{suggest(name, outs)}; graph outputs are: {listing(outs)}", field=field)
+        raise PassPreconditionError(
+            f"unknown output '{name}'{suggest(name, outs)}; graph outputs are: {listing(outs)}", field=field
+        )
     return graph.outputs[outs.index(name)]
 
 
 def require_input(graph: gs.Graph, name: str, field: tuple[str | int, ...]) -> gs.Tensor:
     ins = [t.name for t in graph.inputs]
     if name not in ins:
-        raise PassPreconditionError(f"unknown input '{name}'{suggest(name, ins)}; graph inputs are: {listing(ins)}", field=field)
+        raise PassPreconditionError(
+            f"unknown input '{name}'{suggest(name, ins)}; graph inputs are: {listing(ins)}", field=field
+        )
     return graph.inputs[ins.index(name)]
 
 
@@ -115,7 +135,10 @@ def inferred_types(model: ModelIR, names: Sequence[str]) -> dict[str, tuple[np.d
             dtype, shape = out[name]
             ishape: Shape
             idtype, ishape = inferred.get(name, (None, None))
-            out[name] = (dtype if dtype is not None else idtype, shape if shape is not None else (list(ishape) if ishape is not None else None))
+            out[name] = (
+                dtype if dtype is not None else idtype,
+                shape if shape is not None else (list(ishape) if ishape is not None else None),
+            )
     return out
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from surgeon.ir.adapter import ModelIR
 
+
 def _input_names(model: ModelIR) -> set[str]:
     out: set[str] = set()
     for g in iter_graphs(model.graph):
@@ -24,7 +25,9 @@ def _input_names(model: ModelIR) -> set[str]:
     return out
 
 
-def refresh_shapes(model: ModelIR, pins: Mapping[str, Shape] | None = None, cuts: Mapping[str, Shape] | None = None) -> None:
+def refresh_shapes(
+    model: ModelIR, pins: Mapping[str, Shape] | None = None, cuts: Mapping[str, Shape] | None = None
+) -> None:
     """Forget every intermediate and output shape, then re-run shape inference and write what it
     finds back (dims it cannot compute become fresh symbols). ``pins``: shapes to impose first
     (graph outputs the user declared); inference may only refine them. ``cuts``: node outputs
@@ -94,7 +97,12 @@ def constant_values(model: ModelIR, tensor: gs.Tensor) -> np.ndarray | None:
     if const is None:
         node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
         if node is not None and node.op == "Constant":
-            for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
+            for key, dtype in (
+                ("value_float", np.float32),
+                ("value_floats", np.float32),
+                ("value_int", np.int64),
+                ("value_ints", np.int64),
+            ):
                 if key in node.attrs:
                     return np.asarray(node.attrs[key], dtype=dtype)
         return None
@@ -162,8 +170,6 @@ def drop_dead(g: gs.Graph, tensor: gs.Tensor) -> None:
         drop_dead(g, t)
 
 
-
-
 def input_symbols(graph: gs.Graph) -> dict[str, list[tuple[str, int]]]:
     """Every symbolic dim of the graph inputs: ``{symbol: [(input, axis), ...]}``."""
     out: dict[str, list[tuple[str, int]]] = {}
@@ -172,8 +178,6 @@ def input_symbols(graph: gs.Graph) -> dict[str, list[tuple[str, int]]]:
             if isinstance(d, str) and d:
                 out.setdefault(d, []).append((t.name, axis))
     return out
-
-
 
 
 def drop_orphan_constant(g: gs.Graph, tensor: gs.Tensor) -> None:
@@ -263,7 +267,10 @@ class ShapeBuilder:
         else:
             full = gs.Variable(self.name(f"{input_name}_shape"), dtype=np.int64, shape=[len(src.shape)])
             index = gs.Constant(self.name(f"{out.name}_index"), np.array([axis], np.int64))
-            nodes = [gs.Node("Shape", full.name, inputs=[src], outputs=[full]), gs.Node("Gather", out.name, {"axis": 0}, inputs=[full, index], outputs=[out])]
+            nodes = [
+                gs.Node("Shape", full.name, inputs=[src], outputs=[full]),
+                gs.Node("Gather", out.name, {"axis": 0}, inputs=[full, index], outputs=[out]),
+            ]
         g.nodes[0:0] = nodes  # reads a graph input only: valid first, whoever reads it later
         self.dims[(input_name, axis)] = out
         return out
@@ -275,14 +282,20 @@ class ShapeBuilder:
 
         dims = gs.Variable(self.name(f"{tensor.name}_dims{start}_{end}"), dtype=np.int64, shape=[end - start])
         if self.model.opset >= 15:
-            self.insert(before, gs.Node("Shape", dims.name, {"start": start, "end": end}, inputs=[tensor], outputs=[dims]))
+            self.insert(
+                before, gs.Node("Shape", dims.name, {"start": start, "end": end}, inputs=[tensor], outputs=[dims])
+            )
         else:
             key = (tensor.name, id(before))
             if key not in self.shapes:  # one Shape per tensor and reader
                 self.shapes[key] = gs.Variable(self.name(f"{tensor.name}_shape"), dtype=np.int64)
-                self.insert(before, gs.Node("Shape", self.shapes[key].name, inputs=[tensor], outputs=[self.shapes[key]]))
+                self.insert(
+                    before, gs.Node("Shape", self.shapes[key].name, inputs=[tensor], outputs=[self.shapes[key]])
+                )
             index = gs.Constant(self.name(f"{dims.name}_index"), np.arange(start, end, dtype=np.int64))
-            self.insert(before, gs.Node("Gather", dims.name, {"axis": 0}, inputs=[self.shapes[key], index], outputs=[dims]))
+            self.insert(
+                before, gs.Node("Gather", dims.name, {"axis": 0}, inputs=[self.shapes[key], index], outputs=[dims])
+            )
         if end - start == 1:
             return dims
         out = gs.Variable(self.name(f"{dims.name}_prod"), dtype=np.int64, shape=[1])
@@ -316,7 +329,9 @@ class ShapeBuilder:
         nodes.insert(nodes.index(before), node)
 
 
-def changing_axes(tensors: Iterable[gs.Variable], at_a: Mapping[str, Any], at_b: Mapping[str, Any]) -> dict[str, set[int]]:
+def changing_axes(
+    tensors: Iterable[gs.Variable], at_a: Mapping[str, Any], at_b: Mapping[str, Any]
+) -> dict[str, set[int]]:
     """Per tensor, the axes whose size differs between two inferences (:func:`infer` results at
     two sizes or factors); an axis unknown at either, or a tensor missing or of another rank
     there, counts as changing (every axis)."""
@@ -326,5 +341,9 @@ def changing_axes(tensors: Iterable[gs.Variable], at_a: Mapping[str, Any], at_b:
         if a is None or b is None or len(a) != len(b):
             out[t.name] = set(range(max(len(a or []), len(b or []), len(t.shape or []))))
         else:
-            out[t.name] = {k for k, (da, db) in enumerate(zip(a, b)) if not (isinstance(da, int) and isinstance(db, int) and da == db)}
+            out[t.name] = {
+                k
+                for k, (da, db) in enumerate(zip(a, b))
+                if not (isinstance(da, int) and isinstance(db, int) and da == db)
+            }
     return out

@@ -27,7 +27,6 @@ class OutputCheck:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-
 @dataclass(frozen=True)
 class Tolerance:
     """Numeric contract: ``|a - b| <= atol + rtol * |b|`` elementwise."""

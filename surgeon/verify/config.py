@@ -15,7 +15,9 @@ class VerifyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device: Device = Field("auto", description="auto: CUDA when it really loads, else CPU; cuda: CUDA or an error; cpu")
-    mode: Literal["each", "end", "off"] = Field("each", description="verify after each pass, once at the end, or not at all")
+    mode: Literal["each", "end", "off"] = Field(
+        "each", description="verify after each pass, once at the end, or not at all"
+    )
     rtol: float = Field(1e-4, ge=0, description="relative tolerance: |a-b| <= atol + rtol*|b|")
     atol: float = Field(1e-5, ge=0, description="absolute tolerance")
     seed: int = Field(0, description="seed of the random input data")
@@ -24,7 +26,9 @@ class VerifyConfig(BaseModel):
         description="sizes for symbolic dims, by symbol ('batch: 2') or by 'input:axis' ('image:0: 2')",
     )
     default_dim: int = Field(
-        1, ge=1, description="size of a symbolic dim nothing else gives a size (as Polygraphy does); the report lists every size chosen"
+        1,
+        ge=1,
+        description="size of a symbolic dim nothing else gives a size (as Polygraphy does); the report lists every size chosen",
     )
     inputs: str | None = Field(None, description=".npz file of input data (names as the source model's inputs)")
     ranges: dict[str, tuple[float, float]] = Field(
@@ -41,4 +45,3 @@ class StepVerify(BaseModel):
     rtol: float | None = Field(None, ge=0, description="relative tolerance for this step")
     atol: float | None = Field(None, ge=0, description="absolute tolerance for this step")
     skip: bool = Field(False, description="do not verify after this step (the next check still covers it)")
-

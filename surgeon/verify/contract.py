@@ -102,17 +102,13 @@ class IOContract:
     """Outputs (names after the step) whose expected value is computed from the outputs before it.
     An output that keeps its name keeps its dtype and static dims unless ``changed_types`` /
     ``changed_dims`` name it too."""
-    feed_transforms: dict[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]] = field(
-        default_factory=dict
-    )
+    feed_transforms: dict[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]] = field(default_factory=dict)
     """Inputs (names after the step) whose value is computed from the feed before it. Like
     ``expectations``, this frees neither dtype nor dims."""
     intermediates: Intermediates | None = None
     """Values of tensors inside the model before the step, given to ``feed_transforms`` (in their
     ``feed_before``) and ``expectations`` (in their ``outputs_before``) under their own names."""
-    derived_inputs: dict[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]] = field(
-        default_factory=dict
-    )
+    derived_inputs: dict[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]] = field(default_factory=dict)
     """Inputs of the model before the step (names before it) computed from the feed after it, for
     steps that change an input's domain (prepend-op: uint8 NHWC image -> float NCHW). Such a feed
     cannot be mapped forward: the verifier makes random data for the model after the step and
@@ -137,7 +133,12 @@ class IOContract:
     tolerance: Tolerance | None = None
     """The pass's own numeric contract; None means the pipeline's tolerance."""
 
-    def declare_changes(self, before: Mapping[str, tuple[Any, Any]], after: Mapping[str, tuple[Any, Any]], axes: Mapping[str, set[int]] | None = None) -> None:
+    def declare_changes(
+        self,
+        before: Mapping[str, tuple[Any, Any]],
+        after: Mapping[str, tuple[Any, Any]],
+        axes: Mapping[str, set[int]] | None = None,
+    ) -> None:
         """Declare every input/output whose ``(dtype, shape)`` differs between two snapshots
         (:func:`io_types`) as changed on purpose; with ``axes``, a port's dims only along the axes
         given for it (a change elsewhere stays undeclared, and fails the interface check)."""
@@ -157,7 +158,9 @@ class IOContract:
         values of ``intermediates`` in ``extra``)."""
         if self.derived_inputs:
             names = ", ".join(self.derived_inputs)
-            raise VerificationError(f"input(s) {names} changed domain: their feed is derived backwards, not mapped forward")
+            raise VerificationError(
+                f"input(s) {names} changed domain: their feed is derived backwards, not mapped forward"
+            )
         out: Feed = {}
         for name, value in feed.items():
             if name in self.removed_inputs:
@@ -182,7 +185,10 @@ class IOContract:
         return out
 
     def map_outputs(
-        self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray] | None = None
+        self,
+        outputs: Mapping[str, np.ndarray],
+        feed: Mapping[str, np.ndarray],
+        extra: Mapping[str, np.ndarray] | None = None,
     ) -> Feed:
         """Expected outputs of the model after the step, from the outputs of the model before it."""
         out: Feed = {}
@@ -196,7 +202,6 @@ class IOContract:
         return out
 
 
-
 def io_types(graph: Any) -> dict[str, tuple[Any, Any]]:
     """``{name: (dtype, shape)}`` of a graph's inputs and outputs (an onnx-graphsurgeon graph)."""
     return {t.name: (t.dtype, _shape(t.shape)) for t in [*graph.inputs, *graph.outputs]}
@@ -205,7 +210,10 @@ def io_types(graph: Any) -> dict[str, tuple[Any, Any]]:
 def unknown_axes(io: Mapping[str, tuple[Any, Any]]) -> dict[str, set[int]]:
     """Per port of an :func:`io_types` snapshot, the axes without a static size: where a pass
     that only makes sizes known (fix-dims, simplify with input_shapes) may change dims."""
-    return {name: {k for k, d in enumerate(shape or ()) if not (isinstance(d, int) and d > 0)} for name, (_, shape) in io.items()}
+    return {
+        name: {k for k, d in enumerate(shape or ()) if not (isinstance(d, int) and d > 0)}
+        for name, (_, shape) in io.items()
+    }
 
 
 def _shape(shape: Any) -> tuple[Any, ...] | None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from surgeon.verify.config import VerifyConfig
     from surgeon.verify.specs import InputSpec
 
+
 @dataclass(frozen=True)
 class Chosen:
     size: int

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
     from surgeon.verify.specs import InputSpec
 
-PASS_ALONG = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose", "Slice", "Concat", "Tile"})
+PASS_ALONG = frozenset(
+    {"Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose", "Slice", "Concat", "Tile"}
+)
 """Ops whose output holds the input's values (rearranged): an index stays an index."""
 
 
@@ -36,7 +38,9 @@ def integer_domains(proto: onnx.ModelProto, specs: Sequence[InputSpec]) -> dict[
     return out
 
 
-def _walk(name: str, consumers: dict[str, list[tuple[onnx.NodeProto, int]]], rows: dict[str, list[int]]) -> tuple[tuple[float, float], str] | None:
+def _walk(
+    name: str, consumers: dict[str, list[tuple[onnx.NodeProto, int]]], rows: dict[str, list[int]]
+) -> tuple[tuple[float, float], str] | None:
     tables: list[tuple[int, str]] = []
     mask = ""
     todo, seen, cast = [(name, False)], set(), set()

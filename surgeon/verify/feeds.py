@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from surgeon.verify.config import VerifyConfig
 
 
-
-
 def resolve_shape(spec: InputSpec, dims: Mapping[str, int], where: str = "verify.dims") -> tuple[int, ...]:
     shape = []
     for axis, d in enumerate(spec.dims):
@@ -37,7 +35,9 @@ def resolve_shape(spec: InputSpec, dims: Mapping[str, int], where: str = "verify
     return tuple(shape)
 
 
-def random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, rng_range: tuple[float, float] | None = None) -> np.ndarray:
+def random_array(
+    spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, rng_range: tuple[float, float] | None = None
+) -> np.ndarray:
     import numpy as np
 
     kind = spec.dtype.kind

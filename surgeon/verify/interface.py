@@ -79,7 +79,9 @@ def _follow(name: str, contracts: Sequence[IOContract], kind: str) -> _Track | N
     return t
 
 
-def check_interface(before: onnx.ModelProto, after: onnx.ModelProto, contracts: Sequence[IOContract]) -> list[OutputCheck]:
+def check_interface(
+    before: onnx.ModelProto, after: onnx.ModelProto, contracts: Sequence[IOContract]
+) -> list[OutputCheck]:
     """One failed check per undeclared change of order, dtype or dims; nothing when all holds."""
     problems: list[OutputCheck] = []
     reordered = any(c.reordered for c in contracts)
@@ -102,7 +104,9 @@ def check_interface(before: onnx.ModelProto, after: onnx.ModelProto, contracts: 
         order = [new for _, new in sorted(kept, key=lambda k: now[k[1]][0])]
         want = [new for _, new in kept]
         if not reordered and order != want:
-            problems.append(_fail(f"{kind}s", f"order {order} != {want} before (a runtime binding by position gets them swapped)"))
+            problems.append(
+                _fail(f"{kind}s", f"order {order} != {want} before (a runtime binding by position gets them swapped)")
+            )
     return problems
 
 

@@ -47,7 +47,9 @@ class Divergence:
         if self.tensor:
             ins = ", ".join(f"'{k}' {v:.3g}" for k, v in self.inputs.items()) or "none compared"
             what = f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}" + (f" ({self.note})" if self.note else "")
-            parts.append(f"first divergence at node '{self.node}' ({self.op}) output '{self.tensor}' shape {self.shape}: {what}; its inputs' error: {ins}")
+            parts.append(
+                f"first divergence at node '{self.node}' ({self.op}) output '{self.tensor}' shape {self.shape}: {what}; its inputs' error: {ins}"
+            )
         else:
             parts.append(f"no tensor of both models differs beyond tolerance ({self.compared} compared)")
         if self.non_finite:
@@ -71,7 +73,13 @@ def _exposed(model: Model, names: list[str]) -> Model:
     for name in names:
         if name not in have:
             proto.graph.output.add().name = name
-    return _Model(proto, path=None, base_dir=model.base_dir, data_files=list(model.data_files), source_external=model.source_external)
+    return _Model(
+        proto,
+        path=None,
+        base_dir=model.base_dir,
+        data_files=list(model.data_files),
+        source_external=model.source_external,
+    )
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:
@@ -103,11 +111,18 @@ def localize(
         ref = run_model(runtime, _exposed(before, names), [feed_before])[0]
         got = run_model(runtime, _exposed(after, names), [feed_after])[0]
         for name, node in chunk:
-            if name not in ref or name not in got or not isinstance(ref[name], np.ndarray) or not isinstance(got[name], np.ndarray):
+            if (
+                name not in ref
+                or name not in got
+                or not isinstance(ref[name], np.ndarray)
+                or not isinstance(got[name], np.ndarray)
+            ):
                 continue  # sequences and maps are compared as the outputs they feed
             a, b = ref[name], got[name]
             if not out.non_finite and b.dtype.kind == "f" and not np.isfinite(b).all():
-                out.non_finite = f"node '{node.name}' ({node.op_type}) output '{name}'" + ("" if np.isfinite(a).all() else " (the first model has NaN/Inf there too)")
+                out.non_finite = f"node '{node.name}' ({node.op_type}) output '{name}'" + (
+                    "" if np.isfinite(a).all() else " (the first model has NaN/Inf there too)"
+                )
             if a.dtype != b.dtype:
                 a, b = _as_float(a), _as_float(b)
             check = compare(name, a, b, tol)
@@ -123,7 +138,9 @@ def localize(
     return out
 
 
-def _batches(items: list[tuple[str, Any]], sizes: Mapping[str, int], most: int, budget: int) -> list[list[tuple[str, Any]]]:
+def _batches(
+    items: list[tuple[str, Any]], sizes: Mapping[str, int], most: int, budget: int
+) -> list[list[tuple[str, Any]]]:
     """Consecutive runs of tensors, each at most ``most`` long and ``budget`` bytes (estimated)."""
     out: list[list[tuple[str, Any]]] = [[]]
     used = 0
@@ -179,7 +196,9 @@ def _weight_bytes(proto: onnx.ModelProto) -> int:
     total = 0
     for t in proto.graph.initializer:
         try:
-            total += int(np.prod(list(t.dims), dtype=np.float64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            total += (
+                int(np.prod(list(t.dims), dtype=np.float64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            )
         except (KeyError, ValueError, TypeError):
             continue
     return total

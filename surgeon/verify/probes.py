@@ -65,7 +65,14 @@ class BatchProbe(_SymbolProbe):
             if out_axis is None or name not in actual:
                 continue
             expected = np.concatenate([o[name] for o in singles], axis=out_axis)
-            checks.append(compare(f"probe {self.symbol}={base * n}: {name} vs {n} runs of {self.symbol}={base}", expected, actual[name], env.tol))
+            checks.append(
+                compare(
+                    f"probe {self.symbol}={base * n}: {name} vs {n} runs of {self.symbol}={base}",
+                    expected,
+                    actual[name],
+                    env.tol,
+                )
+            )
         return checks or [_nothing(self.name, self.symbol)]
 
 
@@ -86,8 +93,20 @@ class SizeProbe(_SymbolProbe):
         actual = env.run_after([env.make_feed(dims)])[0]
         checks = []
         for name, value in actual.items():
-            bad = [f"axis {a} is {value.shape[a]}, '{s}' is {dims[s]}" for a, s in self.outs.get(name, {}).items() if s in dims and a < value.ndim and value.shape[a] != dims[s]]
-            checks.append(OutputCheck(f"probe {self.symbol}={size}: {name}", not bad, "FAIL" if bad else "ok (ran)", shape=tuple(value.shape), note="; ".join(bad)))
+            bad = [
+                f"axis {a} is {value.shape[a]}, '{s}' is {dims[s]}"
+                for a, s in self.outs.get(name, {}).items()
+                if s in dims and a < value.ndim and value.shape[a] != dims[s]
+            ]
+            checks.append(
+                OutputCheck(
+                    f"probe {self.symbol}={size}: {name}",
+                    not bad,
+                    "FAIL" if bad else "ok (ran)",
+                    shape=tuple(value.shape),
+                    note="; ".join(bad),
+                )
+            )
         if not any(self.symbol in axes.values() for axes in self.outs.values()):
             checks.append(_nothing(self.name, self.symbol))
         return checks

@@ -87,7 +87,9 @@ class Runtime:
     def _ort(self) -> Any:
         return quiet_ort()
 
-    def session(self, path: Path, external_folder: Path | None = None, data: bytes | None = None) -> ort.InferenceSession:
+    def session(
+        self, path: Path, external_folder: Path | None = None, data: bytes | None = None
+    ) -> ort.InferenceSession:
         ort = self._ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -125,7 +127,9 @@ class Runtime:
                 ort.set_default_logger_severity(3)
                 with captured_fds(2) as captured:
                     try:
-                        sess = ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                        sess = ort.InferenceSession(
+                            src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+                        )
                     finally:
                         so.log_severity_level = 4
                         ort.set_default_logger_severity(4)
@@ -140,7 +144,9 @@ class Runtime:
             raise UsageError(f"verify.device is cuda but CUDA is unavailable: {why}")
         self.used, self.reason = "CPU", why
         # onnxruntime fell back to the CPU by itself: that session is a CPU session with our options
-        return ["CPUExecutionProvider"], sess if sess is not None and sess.get_providers() == ["CPUExecutionProvider"] else None
+        return ["CPUExecutionProvider"], sess if sess is not None and sess.get_providers() == [
+            "CPUExecutionProvider"
+        ] else None
 
 
 def quiet_ort() -> Any:
@@ -238,7 +244,9 @@ def run_model(runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.nd
         for feed in feeds:
             missing = wanted - set(feed)
             if missing:
-                raise VerificationError(f"the model has input(s) the contract does not feed: {', '.join(sorted(missing))}")
+                raise VerificationError(
+                    f"the model has input(s) the contract does not feed: {', '.join(sorted(missing))}"
+                )
             try:
                 outs = sess.run(names, {k: v for k, v in feed.items() if k in wanted}, quiet)
             except Exception as exc:
@@ -274,7 +282,9 @@ def _probe_model(opset: int, ir_version: int) -> bytes:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version).SerializeToString()
+    return helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version
+    ).SerializeToString()
 
 
 def session_error(src: Any, folder: str | None = None) -> str:

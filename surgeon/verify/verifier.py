@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from surgeon.verify.config import VerifyConfig
 
 
-
 # --- the verifier ------------------------------------------------------------------------------
 
 
@@ -34,7 +33,13 @@ class Verifier:
     """Holds the source model's feed and reference outputs (computed once) and checks candidates
     through the list of contracts between the source and them."""
 
-    def __init__(self, source: Model, config: VerifyConfig, base_dir: Path | None = None, hints: Mapping[str, tuple[int, str]] | None = None) -> None:
+    def __init__(
+        self,
+        source: Model,
+        config: VerifyConfig,
+        base_dir: Path | None = None,
+        hints: Mapping[str, tuple[int, str]] | None = None,
+    ) -> None:
         """``hints``: sizes steps of the pipeline will fix, by symbol or ``input:axis`` (``fix-dims``),
         used for the source's symbols after ``verify.dims``."""
         self._snapshot: tempfile.TemporaryDirectory[str] | None = None
@@ -62,9 +67,15 @@ class Verifier:
         else:
             self.sizes = choose_sizes(self.specs, config, hints=hints)
             domains = integer_domains(source.proto, self.specs)
-            self.values = [f"{k} in [{int(lo)}, {int(hi)}) ({why})" for k, ((lo, hi), why) in domains.items() if k not in config.ranges]
+            self.values = [
+                f"{k} in [{int(lo)}, {int(hi)}) ({why})"
+                for k, ((lo, hi), why) in domains.items()
+                if k not in config.ranges
+            ]
             try:
-                self.feed = make_feed(self.specs, config, self.sizes.dims(), domains={k: r for k, (r, _) in domains.items()})
+                self.feed = make_feed(
+                    self.specs, config, self.sizes.dims(), domains={k: r for k, (r, _) in domains.items()}
+                )
             except UsageError as exc:
                 raise UsageError(f"{source.name}: {exc}") from None
         self._reference: dict[str, np.ndarray] | None = None
@@ -86,18 +97,36 @@ class Verifier:
             except VerificationError as exc:
                 what = "verify.inputs" if self.config.inputs else "the generated inputs"
                 sizes = self.sizes.describe() if not self.config.inputs else ""
-                keys = "check verify.inputs" if self.config.inputs else ("or set verify.ranges / verify.inputs" if self.sizes.hint() else "set verify.ranges or verify.inputs")
-                raise ModelError(f"the source model fails on {what}: {exc}" + (f"; {sizes}" if sizes else "") + f"; {keys}") from None
+                keys = (
+                    "check verify.inputs"
+                    if self.config.inputs
+                    else (
+                        "or set verify.ranges / verify.inputs"
+                        if self.sizes.hint()
+                        else "set verify.ranges or verify.inputs"
+                    )
+                )
+                raise ModelError(
+                    f"the source model fails on {what}: {exc}" + (f"; {sizes}" if sizes else "") + f"; {keys}"
+                ) from None
         return self._reference
 
-    def sizes_for(self, specs: Sequence[InputSpec], contracts: Sequence[IOContract], feed: Mapping[str, np.ndarray] | None = None, exact: bool = False) -> Sizes:
+    def sizes_for(
+        self,
+        specs: Sequence[InputSpec],
+        contracts: Sequence[IOContract],
+        feed: Mapping[str, np.ndarray] | None = None,
+        exact: bool = False,
+    ) -> Sizes:
         """Sizes for inputs after ``contracts``: verify.dims, what ``feed`` (their data at the traced
         sizes) has, sizes passes traced, the source's sizes for shared symbols, then the default.
         ``exact``: ``feed`` is the data the model gets, so its sizes win over verify.dims."""
         traced: dict[str, int] = {}
         for c in contracts:
             traced.update(c.traced_dims)
-        return choose_sizes(specs, self.config, feed, "traced", inherited=self.sizes, traced=traced, observed_first=exact)
+        return choose_sizes(
+            specs, self.config, feed, "traced", inherited=self.sizes, traced=traced, observed_first=exact
+        )
 
     def domains_for(self, candidate: Model, later: Sequence[IOContract]) -> dict[str, tuple[float, float]]:
         specs = graph_inputs(candidate.proto)
@@ -114,7 +143,9 @@ class Verifier:
         out = run_model(self.runtime, inter.model, [feed])[0]
         return {name: out[name] for name in inter.names}
 
-    def replay(self, contracts: Sequence[IOContract], chains: Sequence[Sequence[Mapping[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+    def replay(
+        self, contracts: Sequence[IOContract], chains: Sequence[Sequence[Mapping[str, np.ndarray]]]
+    ) -> list[dict[str, np.ndarray]]:
         """Run the source on each chain's first feed (chains from :meth:`backward`) and map its outputs
         through ``contracts``; feeds are mapped forward except across steps that derive theirs backwards."""
         results = []
@@ -137,7 +168,9 @@ class Verifier:
             chain[0].setdefault(spec.name, self.feed[spec.name])
         return chain
 
-    def _start(self, candidate: Model, contracts: Sequence[IOContract]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    def _start(
+        self, candidate: Model, contracts: Sequence[IOContract]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
         """Feed and expected outputs to map forward from, and the first contract to map them through:
         the source's, or those right after the last step that derives its feed backwards (its random
         data is made for the model after it and the reference is the source run on the derived feed)."""
@@ -183,7 +216,15 @@ class Verifier:
                 for later in contracts[contracts.index(c) + 1 :]:
                     mapped = later.renamed_outputs.get(mapped, mapped)
                 if mapped in actual and mapped not in expected:
-                    result.outputs.append(OutputCheck(mapped, True, "ok (new)", shape=tuple(np.shape(actual[mapped])), note="added output: ran, nothing to compare"))
+                    result.outputs.append(
+                        OutputCheck(
+                            mapped,
+                            True,
+                            "ok (new)",
+                            shape=tuple(np.shape(actual[mapped])),
+                            note="added output: ran, nothing to compare",
+                        )
+                    )
         return result
 
     def localize(self, before: Model, k: int, candidate: Model, tol: Tolerance) -> Divergence | None:
@@ -211,7 +252,9 @@ class ProbeEnv:
     """What a probe may do: make inputs at new sizes for the model right after its step, run
     that model (through the candidate), and run the model before the step (through the source)."""
 
-    def __init__(self, verifier: Verifier, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance) -> None:
+    def __init__(
+        self, verifier: Verifier, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance
+    ) -> None:
         self.verifier = verifier
         self.candidate = candidate
         self.contracts = contracts

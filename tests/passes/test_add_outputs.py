@@ -53,7 +53,10 @@ def test_op_types_and_pattern_pick_tensors_in_graph_order() -> None:
     assert [o.name for o in res.model.proto.graph.output] == ["logits", "conv_out", "relu_out"]
     res = _run(tiny_classifier(), pattern=r"(pooled|feat.*)")
     assert res.ok
-    assert [_io(o) for o in res.model.proto.graph.output][1:] == [("pooled", 1, ["batch", 8, 1, 1]), ("features", 1, ["batch", 8])]
+    assert [_io(o) for o in res.model.proto.graph.output][1:] == [
+        ("pooled", 1, ["batch", 8, 1, 1]),
+        ("features", 1, ["batch", 8]),
+    ]
 
 
 def test_tensors_already_outputs_leave_the_model_unmodified() -> None:
@@ -74,12 +77,18 @@ def test_bad_params() -> None:
 
 def test_missing_names_list_what_exists() -> None:
     ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
-    with pytest.raises(PassPreconditionError, match=r"no tensor 'hh' in the graph; did you mean 'h'\?; tensors are: h, s, w, x, y, z") as err:
+    with pytest.raises(
+        PassPreconditionError, match=r"no tensor 'hh' in the graph; did you mean 'h'\?; tensors are: h, s, w, x, y, z"
+    ) as err:
         AddOutputs(tensors=["hh"]).requires(ir)
     assert err.value.field == ("tensors", "hh")
-    with pytest.raises(PassPreconditionError, match="no node of op type 'Conv'.*op types present: Constant, Mul, Relu, Shape, Sigmoid"):
+    with pytest.raises(
+        PassPreconditionError, match="no node of op type 'Conv'.*op types present: Constant, Mul, Relu, Shape, Sigmoid"
+    ):
         AddOutputs(op_types=["Conv"]).requires(ir)
-    with pytest.raises(PassPreconditionError, match="pattern 'q.*' matches no computed tensor; they are: h, w, z, s, y"):
+    with pytest.raises(
+        PassPreconditionError, match="pattern 'q.*' matches no computed tensor; they are: h, w, z, s, y"
+    ):
         AddOutputs(pattern="q.*").requires(ir)
     with pytest.raises(PassPreconditionError, match="invalid pattern"):
         AddOutputs(pattern="(").requires(ir)
@@ -130,8 +139,12 @@ def test_torch_export_layers_match_torch(tmp_path: Path, dynamo: bool) -> None:
 def test_unknown_dtype_is_a_clear_error() -> None:
     node = helper.make_node("Frob", ["x"], ["f"], domain="custom")
     relu = helper.make_node("Relu", ["x"], ["y"])
-    graph = helper.make_graph([node, relu], "g", [helper.make_tensor_value_info("x", 1, [2])], [helper.make_tensor_value_info("y", 1, [2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)], ir_version=10)
+    graph = helper.make_graph(
+        [node, relu], "g", [helper.make_tensor_value_info("x", 1, [2])], [helper.make_tensor_value_info("y", 1, [2])]
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)], ir_version=10
+    )
     ir = ModelIR.from_model(load(model))
     from surgeon.errors import PassError
 

@@ -46,7 +46,10 @@ CASES = [
     ({"op": "ArgMax", "axis": 1, "keepdims": False}, [("y", I64, ["N"])]),
     ({"op": "ArgMax", "axis": -1, "select_last_index": True}, [("y", I64, ["N", 1])]),
     ({"op": "TopK", "k": 3}, [("y", F, ["N", 3]), ("y_indices", I64, ["N", 3])]),
-    ({"op": "TopK", "k": 2, "largest": False, "axis": 0, "indices_name": "rows"}, [("y", F, [2, 5]), ("rows", I64, [2, 5])]),
+    (
+        {"op": "TopK", "k": 2, "largest": False, "axis": 0, "indices_name": "rows"},
+        [("y", F, [2, 5]), ("rows", I64, [2, 5])],
+    ),
     ({"op": "Cast", "to": "float16"}, [("y", F16, ["N", 5])]),
     ({"op": "Cast", "to": "int32"}, [("y", I32, ["N", 5])]),
     ({"op": "Transpose"}, [("y", F, [5, "N"])]),
@@ -78,7 +81,12 @@ def test_integer_output_and_a_new_name() -> None:
 
 
 def test_chained_ops_keep_the_name() -> None:
-    res = _run(parser.parse_model(TEXT), AppendOp(output="y", op="Softmax"), AppendOp(output="y", op="TopK", k=2), AppendOp(output="y_indices", op="Cast", to="int32"))
+    res = _run(
+        parser.parse_model(TEXT),
+        AppendOp(output="y", op="Softmax"),
+        AppendOp(output="y", op="TopK", k=2),
+        AppendOp(output="y_indices", op="Cast", to="int32"),
+    )
     assert res.ok, res.failures()
     g = res.model.proto.graph
     assert [n.op_type for n in g.node] == ["Mul", "Cast", "Softmax", "TopK", "Cast"]
@@ -100,7 +108,11 @@ def test_identity_ops_leave_the_model_unmodified() -> None:
         res = _run(parser.parse_model(TEXT), AppendOp(output="y", **params))
         assert res.steps[0].modified is False and res.steps[0].check is None
         assert [n.op_type for n in res.model.proto.graph.node] == ["Mul", "Cast"]
-    res = _run(parser.parse_model(TEXT), AppendOp(output="ids", op="Cast", to="int32"), AppendOp(output="ids", op="Cast", to="int32"))
+    res = _run(
+        parser.parse_model(TEXT),
+        AppendOp(output="ids", op="Cast", to="int32"),
+        AppendOp(output="ids", op="Cast", to="int32"),
+    )
     assert [s.modified for s in res.steps] == [True, False]
 
 
@@ -134,7 +146,9 @@ DECLARED = [
 ]
 
 
-@pytest.mark.parametrize(("params", "types", "dims"), DECLARED, ids=[f"{c[0]['op']}-{i}" for i, c in enumerate(DECLARED)])
+@pytest.mark.parametrize(
+    ("params", "types", "dims"), DECLARED, ids=[f"{c[0]['op']}-{i}" for i, c in enumerate(DECLARED)]
+)
 def test_declares_what_the_op_changes_and_only_that(params: dict, types: set, dims: set) -> None:
     step = AppendOp(output="y", **params)
     contract = step.run(ModelIR.from_model(load(parser.parse_model(STATIC)))).contract
@@ -156,7 +170,9 @@ class _Loosened(AppendOp):
 def test_an_expected_output_may_not_change_dims_it_does_not_declare(params: dict) -> None:
     res = _run(parser.parse_model(STATIC), _Loosened(output="y", **params))
     assert not res.ok  # before: ok (an output with an expectation was free in dtype and dims)
-    assert [f for f in res.failures() if "interface: output 'y'" in f and "axis 0 is 'n', was 4 (static -> symbolic)" in f], res.failures()
+    assert [
+        f for f in res.failures() if "interface: output 'y'" in f and "axis 0 is 'n', was 4 (static -> symbolic)" in f
+    ], res.failures()
 
 
 def test_bad_params() -> None:
@@ -183,7 +199,10 @@ def test_bad_params() -> None:
         ({"output": "ids", "op": "Softmax"}, "Softmax needs a floating-point output; 'ids' is int64"),
         ({"output": "ids", "op": "Clip", "max": 2.5}, "'ids' is int64: Clip max must be a whole number, got 2.5"),
         ({"output": "y", "op": "Softmax", "axis": 2}, "axis 2 is out of range for 'y', which has 2 axes"),
-        ({"output": "y", "op": "TopK", "k": 6, "axis": 1}, r"TopK k=6 but axis 1 of 'y' \(float32 \[N, 5\]\) has size 5"),
+        (
+            {"output": "y", "op": "TopK", "k": 6, "axis": 1},
+            r"TopK k=6 but axis 1 of 'y' \(float32 \[N, 5\]\) has size 5",
+        ),
         ({"output": "y", "op": "Transpose", "perm": [0, 2]}, "perm \\[0, 2\\] is not a permutation of the 2 axes"),
         ({"output": "y", "op": "Sigmoid", "name": "ids"}, "a tensor named 'ids' already exists"),
     ],
@@ -209,7 +228,11 @@ def test_torch_export_clip_and_softmax_match_torch(tmp_path: Path, dynamo: bool)
     import torch
 
     path = export_mlp(tmp_path, dynamo)
-    steps = [AppendOp(output="y", op="Clip", min=-0.25, max=0.25), AppendOp(output="y", op="Softmax", name="probs"), AppendOp(output="probs", op="ArgMax", axis=1, keepdims=False, name="label")]
+    steps = [
+        AppendOp(output="y", op="Clip", min=-0.25, max=0.25),
+        AppendOp(output="y", op="Softmax", name="probs"),
+        AppendOp(output="probs", op="ArgMax", axis=1, keepdims=False, name="label"),
+    ]
     out = tmp_path / "out" / "post.onnx"
     out.parent.mkdir()
     res = Pipeline(steps, verify={"dims": {"batch": 2}, "device": "cpu"}).apply(path, out)

@@ -72,9 +72,13 @@ def test_torch_export_upgrade():
 
     import torch
 
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Softmax(-1)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Softmax(-1)
+    ).eval()
     buf = io.BytesIO()
-    torch.onnx.export(net, (torch.randn(1, 3, 6, 6),), buf, dynamo=False, opset_version=11, input_names=["x"], output_names=["y"])
+    torch.onnx.export(
+        net, (torch.randn(1, 3, 6, 6),), buf, dynamo=False, opset_version=11, input_names=["x"], output_names=["y"]
+    )
     m = onnx.load_from_string(buf.getvalue())
     m.ir_version = 7
     res = _run(m, opset=18)

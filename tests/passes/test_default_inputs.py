@@ -20,16 +20,24 @@ def _default_input_model(ir_version: int) -> onnx.ModelProto:
     w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3) / 10, "w")
     b = numpy_helper.from_array(np.ones(3, np.float32), "b")
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3])]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+        helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3]),
+    ]
     if ir_version < 4:
         inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [3]))
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w, b])
+    graph = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w, b]
+    )
     opset = 9 if ir_version < 4 else 17
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
 
 
 def _declared(proto: onnx.ModelProto) -> dict[str, tuple[int, list[int]]]:
-    return {v.name: (v.type.tensor_type.elem_type, [d.dim_value for d in v.type.tensor_type.shape.dim]) for v in proto.graph.input}
+    return {
+        v.name: (v.type.tensor_type.elem_type, [d.dim_value for d in v.type.tensor_type.shape.dim])
+        for v in proto.graph.input
+    }
 
 
 @pytest.mark.parametrize("ir_version", [3, 10])

@@ -105,7 +105,9 @@ def test_same_interface_on_a_minimal_graph_is_unmodified() -> None:
 
 
 def test_after_add_outputs_in_one_pipeline() -> None:
-    res = _run(tiny_classifier(), AddOutputs(op_types=["Relu"]), Extract(inputs=["relu_out"], outputs=["features", "logits"]))
+    res = _run(
+        tiny_classifier(), AddOutputs(op_types=["Relu"]), Extract(inputs=["relu_out"], outputs=["features", "logits"])
+    )
     assert res.ok and all(s.check and s.check.ok for s in res.steps)
     g = res.model.proto.graph
     assert [_io(i) for i in g.input] == [("relu_out", 1, ["batch", 8, 8, 8])]
@@ -114,14 +116,19 @@ def test_after_add_outputs_in_one_pipeline() -> None:
 
 def test_missing_dependency_names_what_to_add() -> None:
     ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
-    with pytest.raises(PassPreconditionError, match=r"output 'y2' depends on x2, which is not among the inputs \(h\); add it to inputs") as err:
+    with pytest.raises(
+        PassPreconditionError, match=r"output 'y2' depends on x2, which is not among the inputs \(h\); add it to inputs"
+    ) as err:
         Extract(inputs=["h"], outputs=["y", "y2"]).requires(ir)
     assert err.value.field == ("outputs", "y2")
 
 
 def test_unknown_and_constant_tensors() -> None:
     ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
-    with pytest.raises(PassPreconditionError, match=r"no tensor 'hh' in the graph; did you mean 'h'\?; tensors are: h, w, x, x2, y, y2, z"):
+    with pytest.raises(
+        PassPreconditionError,
+        match=r"no tensor 'hh' in the graph; did you mean 'h'\?; tensors are: h, w, x, x2, y, y2, z",
+    ):
         Extract(inputs=["hh"], outputs=["y"]).requires(ir)
     model = parser.parse_model(
         """<ir_version: 10, opset_import: ["" : 17]>
@@ -143,7 +150,14 @@ def test_bad_params() -> None:
 def _external_model(folder: Path) -> Path:
     model = tiny_classifier()
     path = folder / "model.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     return path
 
 
@@ -155,7 +169,12 @@ def test_external_weights_are_not_read_and_stay_external(tmp_path: Path, monkeyp
 
     ir = ModelIR.from_model(load(path))
     with monkeypatch.context() as m:
-        for target in ("surgeon.ir.external.tensor_values", "surgeon.ir.adapter.tensor_values", "surgeon.ir.external.read_external_bytes", "onnx.numpy_helper.to_array"):
+        for target in (
+            "surgeon.ir.external.tensor_values",
+            "surgeon.ir.adapter.tensor_values",
+            "surgeon.ir.external.read_external_bytes",
+            "onnx.numpy_helper.to_array",
+        ):
             m.setattr(target, refuse)
         m.setattr(gs.ir.tensor.LazyValues, "load", refuse)
         step = Extract(inputs=["relu_out"], outputs=["logits"])
@@ -166,7 +185,9 @@ def test_external_weights_are_not_read_and_stay_external(tmp_path: Path, monkeyp
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     out = tmp_path / "out" / "head.onnx"
     out.parent.mkdir()
-    res = Pipeline([Extract(inputs=["relu_out"], outputs=["logits"])], verify={"dims": {"batch": 2}, "device": "cpu"}).apply(path, out)
+    res = Pipeline(
+        [Extract(inputs=["relu_out"], outputs=["logits"])], verify={"dims": {"batch": 2}, "device": "cpu"}
+    ).apply(path, out)
     assert res.ok
     saved = onnx.load(str(out), load_external_data=False)
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in saved.graph.initializer)

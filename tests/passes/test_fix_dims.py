@@ -18,7 +18,9 @@ def _dims(vi: onnx.ValueInfoProto) -> list[Any]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
 
 
-def _run(model: onnx.ModelProto, dims: dict[str, int], verify_dims: dict[str, int] | None = None) -> tuple[Any, onnx.ModelProto]:
+def _run(
+    model: onnx.ModelProto, dims: dict[str, int], verify_dims: dict[str, int] | None = None
+) -> tuple[Any, onnx.ModelProto]:
     res = Pipeline([FixDims(dims=dims)], verify={"device": "cpu", "dims": verify_dims or {}}).run(model)
     onnx.checker.check_model(res.model.proto, full_check=True)
     return res, res.model.proto

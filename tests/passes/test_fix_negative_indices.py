@@ -11,7 +11,9 @@ from surgeon import Pipeline
 from surgeon.passes.fix_negative_indices import FixNegativeIndices
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
-MODEL = HEADER + """
+MODEL = (
+    HEADER
+    + """
 g (float[batch, 5] x) => (float[batch, 2] y, float[batch, 2] z, float[batch, 2] w, float[2] v)
 <int64[2] idx = {-1, 0}, int64[1] st = {-3}, int64[1] en = {-1}, int64[1] ax = {-1}, int64[2] rows = {-1, 0}>
 {
@@ -21,10 +23,13 @@ g (float[batch, 5] x) => (float[batch, 2] y, float[batch, 2] z, float[batch, 2] 
   [rows] r = Gather<axis=0>(x, rows)
   v = ReduceSum<keepdims=0>(r, ax)
 }"""
+)
 
 
 def _run(text, **params):
-    return Pipeline([FixNegativeIndices(**params)], verify={"dims": {"batch": 3}}).run(onnx.parser.parse_model(text) if isinstance(text, str) else text)
+    return Pipeline([FixNegativeIndices(**params)], verify={"dims": {"batch": 3}}).run(
+        onnx.parser.parse_model(text) if isinstance(text, str) else text
+    )
 
 
 def _inits(res):
@@ -55,9 +60,12 @@ def test_ops_filter_and_untouched_models():
 
 
 def test_out_of_range_slice_bounds_stay():
-    text = HEADER + """
+    text = (
+        HEADER
+        + """
 g (float[4] x) => (float[4] y) <int64[1] st = {-1}, int64[1] en = {-9223372036854775807}, int64[1] ax = {0}, int64[1] step = {-1}>
 { y = Slice(x, st, en, ax, step) }"""
+    )
     res = _run(text)
     assert res.ok, res.failures()
     assert _inits(res)["st"] == [3] and _inits(res)["en"] == [-9223372036854775807]

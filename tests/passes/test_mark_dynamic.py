@@ -37,7 +37,12 @@ def test_batch_reshape_rewritten_and_probed() -> None:
     assert res.ok and res.steps[0].modified
     g = proto.graph
     assert _dims(g.input[0]) == ["batch", 3, 4, 4] and _dims(g.output[0]) == ["batch", 5]
-    assert {v.name: _dims(v) for v in g.value_info} == {"conv": ["batch", 8, 4, 4], "relu": ["batch", 8, 4, 4], "pool": ["batch", 8, 1, 1], "flat": ["batch", 8]}
+    assert {v.name: _dims(v) for v in g.value_info} == {
+        "conv": ["batch", 8, 4, 4],
+        "relu": ["batch", 8, 4, 4],
+        "pool": ["batch", 8, 1, 1],
+        "flat": ["batch", 8],
+    }
     reshape = next(n for n in g.node if n.op_type == "Reshape")
     shape = next(t for t in g.initializer if t.name == reshape.input[1])
     assert onnx.numpy_helper.to_array(shape).tolist() == [0, 8]
@@ -49,11 +54,20 @@ def test_batch_reshape_rewritten_and_probed() -> None:
 
 
 def test_spatial_axes_and_output_symbols() -> None:
-    res, proto = _run(mi.classifier_example(spatial=(4, 4)), inputs={"image": {0: "N", 2: "h", -1: "w"}}, outputs={"logits": {0: "N"}}, batch_symbols=["N"])
+    res, proto = _run(
+        mi.classifier_example(spatial=(4, 4)),
+        inputs={"image": {0: "N", 2: "h", -1: "w"}},
+        outputs={"logits": {0: "N"}},
+        batch_symbols=["N"],
+    )
     assert res.ok
     assert _dims(proto.graph.input[0]) == ["N", 3, "h", "w"] and _dims(proto.graph.output[0]) == ["N", 5]
     names = sorted(p.name for p in _probes(res))
-    assert names[0].startswith("probe N=3") and any(n.startswith("probe h=8") for n in names) and any(n.startswith("probe w=8") for n in names)
+    assert (
+        names[0].startswith("probe N=3")
+        and any(n.startswith("probe h=8") for n in names)
+        and any(n.startswith("probe w=8") for n in names)
+    )
     assert all(p.ok for p in _probes(res))
     mi.assert_shapes_hold(proto, [{"image": np.ones((2, 3, 5, 7), np.float32)}])
 
@@ -83,15 +97,51 @@ def _batch_ok(res: Any, proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray
 @pytest.mark.parametrize(
     ("build", "note", "ops"),
     [
-        (lambda: mi.cls_token(2), "Expand 'expand': shape [2, 1, 4] -> ['batch', 1, 4] ('batch' from Shape(x)[0])", ["Shape", "Concat", "Expand", "Concat"]),
-        (lambda: mi.cls_token(2, opset=13), "Expand 'expand': shape [2, 1, 4] -> ['batch', 1, 4] ('batch' from Shape(x)[0])", ["Shape", "Gather", "Concat", "Expand", "Concat"]),
-        (lambda: mi.filled_add(2), "ConstantOfShape 'fill': shape [2, 4] -> ['batch', 4] ('batch' from Shape(x)[0])", ["Shape", "Concat", "ConstantOfShape", "Add"]),
-        (lambda: mi.tile_mul(2), "Tile 'tile': repeats [2, 1] -> ['batch', 1] ('batch' from Shape(x)[0])", ["Shape", "Concat", "Tile", "Mul"]),
-        (lambda: mi.tile_mul(4, rows=2), "Tile 'tile': repeats [2, 1] -> ['batch/2', 1] ('batch' from Shape(x)[0])", ["Shape", "Div", "Concat", "Tile", "Mul"]),
-        (mi.concat_constant, "Concat 'concat': constant 'c' [1, 4] -> Expand of its first slice to ['batch', 4]", ["Shape", "Concat", "Expand", "Concat"]),
-        (mi.expand_constant_rows, "Expand 'expand': shape [2, 4] -> ['batch', 4] ('batch' from Shape(x)[0])", ["Shape", "Concat", "Expand", "Concat"]),
+        (
+            lambda: mi.cls_token(2),
+            "Expand 'expand': shape [2, 1, 4] -> ['batch', 1, 4] ('batch' from Shape(x)[0])",
+            ["Shape", "Concat", "Expand", "Concat"],
+        ),
+        (
+            lambda: mi.cls_token(2, opset=13),
+            "Expand 'expand': shape [2, 1, 4] -> ['batch', 1, 4] ('batch' from Shape(x)[0])",
+            ["Shape", "Gather", "Concat", "Expand", "Concat"],
+        ),
+        (
+            lambda: mi.filled_add(2),
+            "ConstantOfShape 'fill': shape [2, 4] -> ['batch', 4] ('batch' from Shape(x)[0])",
+            ["Shape", "Concat", "ConstantOfShape", "Add"],
+        ),
+        (
+            lambda: mi.tile_mul(2),
+            "Tile 'tile': repeats [2, 1] -> ['batch', 1] ('batch' from Shape(x)[0])",
+            ["Shape", "Concat", "Tile", "Mul"],
+        ),
+        (
+            lambda: mi.tile_mul(4, rows=2),
+            "Tile 'tile': repeats [2, 1] -> ['batch/2', 1] ('batch' from Shape(x)[0])",
+            ["Shape", "Div", "Concat", "Tile", "Mul"],
+        ),
+        (
+            mi.concat_constant,
+            "Concat 'concat': constant 'c' [1, 4] -> Expand of its first slice to ['batch', 4]",
+            ["Shape", "Concat", "Expand", "Concat"],
+        ),
+        (
+            mi.expand_constant_rows,
+            "Expand 'expand': shape [2, 4] -> ['batch', 4] ('batch' from Shape(x)[0])",
+            ["Shape", "Concat", "Expand", "Concat"],
+        ),
     ],
-    ids=["expand", "expand-opset13", "constant-of-shape", "tile", "tile-of-2-rows", "concat-constant", "expand-constant-rows"],
+    ids=[
+        "expand",
+        "expand-opset13",
+        "constant-of-shape",
+        "tile",
+        "tile-of-2-rows",
+        "concat-constant",
+        "expand-constant-rows",
+    ],
 )
 def test_shape_derived_sizes(build: Any, note: str, ops: list[str]) -> None:
     model = build()
@@ -106,7 +156,13 @@ def test_shape_derived_sizes(build: Any, note: str, ops: list[str]) -> None:
     assert again.ok and not again.steps[0].modified
 
 
-@pytest.mark.parametrize(("opset", "ops"), [(17, ["Shape", "ReduceProd", "Shape", "Concat", "Reshape"]), (13, ["Shape", "Gather", "ReduceProd", "Gather", "Concat", "Reshape"])])
+@pytest.mark.parametrize(
+    ("opset", "ops"),
+    [
+        (17, ["Shape", "ReduceProd", "Shape", "Concat", "Reshape"]),
+        (13, ["Shape", "Gather", "ReduceProd", "Gather", "Concat", "Reshape"]),
+    ],
+)
 def test_reshape_sizes_from_shape(opset: int, ops: list[str]) -> None:
     res, proto = _run(mi.merge_axes(opset), batch="batch", inputs={"x": {1: "s", 3: "t"}})
     assert "Reshape 'merge': shape [2, 6, 5] -> [0, 'x[1]*x[2]', 'x[3]'] (sizes read with Shape)" in res.steps[0].notes
@@ -133,9 +189,21 @@ def test_declared_output_follows_the_batch() -> None:
 @pytest.mark.parametrize(
     ("build", "params", "message"),
     [
-        (mi.concat_data, {"batch": "batch"}, r"Concat 'concat' input 1: constant 'c' \[2, 4\] has the traced size 2 of 'batch' along axis 0, but its slices along that axis differ"),
-        (mi.transposed_add, {"batch": "batch"}, r"Add 'add' input 0 \('ct'\) stays 2 along axis 0 where 'batch' is dynamic; it comes from Transpose 'transpose'"),
-        (mi.flat_add, {"inputs": {"x": {0: "batch"}}}, r"Add 'add' input 1 \('c'\) has the static size 6 where another input's size changes \(6 -> 12\)"),
+        (
+            mi.concat_data,
+            {"batch": "batch"},
+            r"Concat 'concat' input 1: constant 'c' \[2, 4\] has the traced size 2 of 'batch' along axis 0, but its slices along that axis differ",
+        ),
+        (
+            mi.transposed_add,
+            {"batch": "batch"},
+            r"Add 'add' input 0 \('ct'\) stays 2 along axis 0 where 'batch' is dynamic; it comes from Transpose 'transpose'",
+        ),
+        (
+            mi.flat_add,
+            {"inputs": {"x": {0: "batch"}}},
+            r"Add 'add' input 1 \('c'\) has the static size 6 where another input's size changes \(6 -> 12\)",
+        ),
     ],
     ids=["constant-rows-differ", "unsupported-source", "no-symbol-explains"],
 )
@@ -148,9 +216,30 @@ def test_refuses_what_cannot_be_dynamic(build: Any, params: dict[str, Any], mess
 @pytest.mark.parametrize(
     ("module", "shape", "notes"),
     [
-        (mi.torch_cls_token, (2, 3, 4), {False: r"Expand '/Expand': shape \[2, 1, 1\] -> \['batch', 1, 1\]", True: r"Concat '\w+': constant '\w+' \[2, 1, 4\] -> Expand of its first slice to \['batch', 1, 4\]"}),
-        (mi.torch_zeros_add, (2, 4), {False: r"Add '/Add\w*': constant '[\w/]+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'", True: r"Add '\w+': constant '\w+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'"}),
-        (mi.torch_repeat, (2, 4), {False: r"Tile '/Tile': repeats \[2, 1\] -> \['batch', 1\]", True: r"Mul '\w+': constant '\w+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'"}),
+        (
+            mi.torch_cls_token,
+            (2, 3, 4),
+            {
+                False: r"Expand '/Expand': shape \[2, 1, 1\] -> \['batch', 1, 1\]",
+                True: r"Concat '\w+': constant '\w+' \[2, 1, 4\] -> Expand of its first slice to \['batch', 1, 4\]",
+            },
+        ),
+        (
+            mi.torch_zeros_add,
+            (2, 4),
+            {
+                False: r"Add '/Add\w*': constant '[\w/]+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'",
+                True: r"Add '\w+': constant '\w+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'",
+            },
+        ),
+        (
+            mi.torch_repeat,
+            (2, 4),
+            {
+                False: r"Tile '/Tile': repeats \[2, 1\] -> \['batch', 1\]",
+                True: r"Mul '\w+': constant '\w+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'",
+            },
+        ),
     ],
     ids=["cls-token", "zeros", "repeat"],
 )

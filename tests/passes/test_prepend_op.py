@@ -50,7 +50,10 @@ def test_uint8_nhwc_image_to_normalised_nchw(tmp_path: Path) -> None:
     assert res.ok, res.failures()
     assert all(s.modified and s.check and s.check.ok for s in res.steps)
     g = res.model.proto.graph
-    assert [_io(i) for i in g.input] == [("image", onnx.TensorProto.UINT8, ["N", 4, 5, 3]), ("ids", onnx.TensorProto.INT64, ["N"])]
+    assert [_io(i) for i in g.input] == [
+        ("image", onnx.TensorProto.UINT8, ["N", 4, 5, 3]),
+        ("ids", onnx.TensorProto.INT64, ["N"]),
+    ]
     assert [(n.op_type, list(n.input), list(n.output)) for n in g.node][:4] == [
         ("Cast", ["image"], ["image_float32"]),
         ("Sub", ["image_float32", "image_mean"], ["image_centered"]),
@@ -72,7 +75,10 @@ def test_uint8_nhwc_image_to_normalised_nchw(tmp_path: Path) -> None:
 
 
 def test_verify_at_the_end_and_with_scale_and_rename() -> None:
-    steps = [PrependOp(input="image", op="Normalize", scale=1 / 255, mean=[0.5], std=[0.25, 0.5, 1.0]), PrependOp(input="image", op="Cast", dtype="uint8", name="pixels")]
+    steps = [
+        PrependOp(input="image", op="Normalize", scale=1 / 255, mean=[0.5], std=[0.25, 0.5, 1.0]),
+        PrependOp(input="image", op="Cast", dtype="uint8", name="pixels"),
+    ]
     res = _run(parser.parse_model(TEXT), *steps, mode="end", ranges={"pixels": [0, 256], "image": [0, 1]})
     assert res.ok and res.final_check is not None and [c.verdict for c in res.final_check.outputs] == ["ok", "ok"]
     g = res.model.proto.graph
@@ -112,7 +118,9 @@ DECLARED = [
 ]
 
 
-@pytest.mark.parametrize(("params", "renamed", "types", "dims"), DECLARED, ids=[f"{c[0]['op']}-{i}" for i, c in enumerate(DECLARED)])
+@pytest.mark.parametrize(
+    ("params", "renamed", "types", "dims"), DECLARED, ids=[f"{c[0]['op']}-{i}" for i, c in enumerate(DECLARED)]
+)
 def test_declares_the_new_domain_of_the_input(params: dict, renamed: dict, types: set, dims: set) -> None:
     step = PrependOp(input="image", **params)
     contract = step.run(ModelIR.from_model(load(parser.parse_model(TEXT)))).contract
@@ -130,19 +138,35 @@ class _Loosened(PrependOp):
         return result
 
 
-@pytest.mark.parametrize(("params", "port"), [({"op": "Normalize", "scale": 0.5}, "image"), ({"op": "Cast", "dtype": "uint8", "name": "pixels"}, "pixels")])
+@pytest.mark.parametrize(
+    ("params", "port"),
+    [({"op": "Normalize", "scale": 0.5}, "image"), ({"op": "Cast", "dtype": "uint8", "name": "pixels"}, "pixels")],
+)
 def test_a_derived_input_may_not_change_dims_it_does_not_declare(params: dict, port: str) -> None:
-    res = _run(parser.parse_model(TEXT), _Loosened(input="image", **params), dims={"N": 2, "c": 3}, ranges={"image": [0, 256], "pixels": [0, 256]})
+    res = _run(
+        parser.parse_model(TEXT),
+        _Loosened(input="image", **params),
+        dims={"N": 2, "c": 3},
+        ranges={"image": [0, 256], "pixels": [0, 256]},
+    )
     assert not res.ok  # before: ok (a derived input was free in dtype and dims; a renamed one was not checked at all)
     what = "axis 1 is 'c', was 3 (static -> symbolic)"
     assert [f for f in res.failures() if f"interface: input '{port}'" in f and what in f], res.failures()
 
 
 def test_identity_ops_leave_the_model_unmodified() -> None:
-    for params in ({"op": "Cast", "dtype": "float32"}, {"op": "Transpose", "perm": [0, 1, 2, 3]}, {"op": "Normalize", "mean": [0.0], "std": [1, 1, 1]}):
+    for params in (
+        {"op": "Cast", "dtype": "float32"},
+        {"op": "Transpose", "perm": [0, 1, 2, 3]},
+        {"op": "Normalize", "mean": [0.0], "std": [1, 1, 1]},
+    ):
         res = _run(parser.parse_model(TEXT), PrependOp(input="image", **params))
         assert res.steps[0].modified is False and res.steps[0].check is None
-    res = _run(parser.parse_model(TEXT), PrependOp(input="ids", op="Cast", dtype="int32"), PrependOp(input="ids", op="Cast", dtype="int32"))
+    res = _run(
+        parser.parse_model(TEXT),
+        PrependOp(input="ids", op="Cast", dtype="int32"),
+        PrependOp(input="ids", op="Cast", dtype="int32"),
+    )
     assert res.ok and [s.modified for s in res.steps] == [True, False]
     assert _io(res.model.proto.graph.input[1]) == ("ids", onnx.TensorProto.INT32, ["N"])
 
@@ -167,9 +191,18 @@ def test_bad_params() -> None:
     [
         ({"input": "img", "op": "Cast", "dtype": "uint8"}, "unknown input 'img'.*graph inputs are: image, ids"),
         ({"input": "ids", "op": "Normalize", "mean": [1.0]}, "Normalize needs a floating-point input; 'ids' is int64"),
-        ({"input": "image", "op": "Normalize", "mean": [1.0, 2.0], "axis": 1}, r"mean has 2 values but axis 1 of 'image' \(float32 \[N, 3, 4, 5\]\) has 3 channels"),
-        ({"input": "image", "op": "Normalize", "std": [2.0], "axis": 4}, "axis 4 is out of range for 'image', which has 4 axes"),
-        ({"input": "image", "op": "Transpose", "perm": [0, 2, 1]}, "perm \\[0, 2, 1\\] is not a permutation of the 4 axes"),
+        (
+            {"input": "image", "op": "Normalize", "mean": [1.0, 2.0], "axis": 1},
+            r"mean has 2 values but axis 1 of 'image' \(float32 \[N, 3, 4, 5\]\) has 3 channels",
+        ),
+        (
+            {"input": "image", "op": "Normalize", "std": [2.0], "axis": 4},
+            "axis 4 is out of range for 'image', which has 4 axes",
+        ),
+        (
+            {"input": "image", "op": "Transpose", "perm": [0, 2, 1]},
+            "perm \\[0, 2, 1\\] is not a permutation of the 4 axes",
+        ),
         ({"input": "image", "op": "Cast", "dtype": "uint8", "name": "y"}, "a tensor named 'y' already exists"),
     ],
 )
@@ -186,7 +219,11 @@ def test_input_that_is_an_output_is_refused() -> None:
 
 
 def test_classifier_takes_uint8_nhwc() -> None:
-    steps = [PrependOp(input="image", op="Transpose", perm=[0, 3, 1, 2]), PrependOp(input="image", op="Normalize", scale=1 / 255, axis=3), PrependOp(input="image", op="Cast", dtype="uint8")]
+    steps = [
+        PrependOp(input="image", op="Transpose", perm=[0, 3, 1, 2]),
+        PrependOp(input="image", op="Normalize", scale=1 / 255, axis=3),
+        PrependOp(input="image", op="Cast", dtype="uint8"),
+    ]
     res = _run(tiny_classifier(), *steps)
     assert res.ok, res.failures()
     assert _io(res.model.proto.graph.input[0]) == ("image", onnx.TensorProto.UINT8, ["batch", 8, 8, 3])

@@ -65,7 +65,10 @@ def test_torch_export_bias(dynamo: bool) -> None:
 
 
 def test_nothing_to_do_when_already_a_default() -> None:
-    pipeline = Pipeline([PromoteInitializer(names=["bias"], keep_default=True), PromoteInitializer(names=["bias"], keep_default=True)], verify={"device": "cpu"})
+    pipeline = Pipeline(
+        [PromoteInitializer(names=["bias"], keep_default=True), PromoteInitializer(names=["bias"], keep_default=True)],
+        verify={"device": "cpu"},
+    )
     res = pipeline.run(mi.add_reshape())
     assert res.ok and [s.modified for s in res.steps] == [True, False]
 
@@ -75,7 +78,10 @@ def test_bad_params_and_preconditions() -> None:
         PromoteInitializer(names=[])
     with pytest.raises(ValidationError):
         PromoteInitializer(names=["bias"], default=True)
-    with pytest.raises(PassPreconditionError, match=r"no initializer or Constant output named 'bais'; did you mean 'bias'\?; they are: bias, shape"):
+    with pytest.raises(
+        PassPreconditionError,
+        match=r"no initializer or Constant output named 'bais'; did you mean 'bias'\?; they are: bias, shape",
+    ):
         _run(mi.add_reshape(), names=["bais"])
     with pytest.raises(PassPreconditionError, match="already a graph input"):
         _run(mi.add_reshape(), names=["x"])

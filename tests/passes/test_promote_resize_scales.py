@@ -94,7 +94,9 @@ def test_factor_form_without_value_info_keeps_batch_and_channels_and_declares_on
         }"""
     )
     del proto.graph.input[1]  # w: an initializer, not an input
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.linspace(-1, 1, 18, dtype=np.float32).reshape(2, 1, 3, 3), "w"))
+    proto.graph.initializer.append(
+        onnx.numpy_helper.from_array(np.linspace(-1, 1, 18, dtype=np.float32).reshape(2, 1, 3, 3), "w")
+    )
     res, out = _run(proto, input="factor", form="factor")
     assert res.ok, res.failures()
     assert _dims(out.graph.output[0])[:2] == [1, 2]
@@ -138,7 +140,9 @@ def test_sizes_promoted_as_int64() -> None:
     assert res.ok
     sizes = next(i for i in proto.graph.input if i.name == "sizes")
     assert sizes.type.tensor_type.elem_type == onnx.TensorProto.INT64 and _dims(sizes) == [4]
-    (y,) = _session(proto).run(None, {"x": np.zeros((1, 2, 4, 4), np.float32), "sizes": np.array([1, 2, 5, 7], np.int64)})
+    (y,) = _session(proto).run(
+        None, {"x": np.zeros((1, 2, 4, 4), np.float32), "sizes": np.array([1, 2, 5, 7], np.int64)}
+    )
     assert y.shape == (1, 2, 5, 7)
     with pytest.raises(PassPreconditionError, match="driven by sizes"):
         _run(mi.resize_sizes(), form="factor")
@@ -153,7 +157,9 @@ def test_sizes_at_the_probe_factor_are_probed_at_another() -> None:
     model.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 8
     res, _ = _run(model)
     probes = [o for o in res.steps[0].check.outputs if o.name.startswith("probe")]
-    assert res.ok and [(p.verdict, p.shape) for p in probes] == [("ok", (1, 2, 12, 12))], [(p.name, p.verdict, p.note) for p in probes]
+    assert res.ok and [(p.verdict, p.shape) for p in probes] == [("ok", (1, 2, 12, 12))], [
+        (p.name, p.verdict, p.note) for p in probes
+    ]
 
 
 @pytest.mark.parametrize("opset", [7, 9])
@@ -231,7 +237,9 @@ def test_srcnn_recipe_matches_torch_at_other_factors(dynamo: bool, tmp_path: Pat
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_rename_mark_dynamic_promote_recipe_needs_no_verify_dims(dynamo: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rename_mark_dynamic_promote_recipe_needs_no_verify_dims(
+    dynamo: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The SRCNN recipe a user writes after a plain export: rename-io, mark-dynamic of batch,
     height and width, promote-resize-scales; no verify block at all. Every step verifies at the
     traced sizes (said so), and the result matches torch at other sizes and factors."""
@@ -243,9 +251,15 @@ def test_rename_mark_dynamic_promote_recipe_needs_no_verify_dims(dynamo: bool, t
 
     module = mi.srcnn_torch(channels=1)
     src = tmp_path / "srcnn.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.rand(1, 1, 12, 12),), str(src), dynamo=dynamo, opset_version=18 if dynamo else 17)
+        torch.onnx.export(
+            module, (torch.rand(1, 1, 12, 12),), str(src), dynamo=dynamo, opset_version=18 if dynamo else 17
+        )
     proto = onnx.load(str(src))
     proto.ir_version = min(proto.ir_version, 10)
     onnx.save(proto, str(src))
@@ -266,5 +280,8 @@ passes:
     text = capsys.readouterr().out
     assert "batch=1 (traced), height=12 (traced), width=12 (traced)" in text
     fixed = onnx.load(str(tmp_path / "srcnn-fixed.onnx"))
-    assert [i.name for i in fixed.graph.input] == ["image", "factor"] and _dims(fixed.graph.output[0])[:2] == ["batch", 1]
+    assert [i.name for i in fixed.graph.input] == ["image", "factor"] and _dims(fixed.graph.output[0])[:2] == [
+        "batch",
+        1,
+    ]
     _matches_torch(fixed, module, torch.rand(2, 1, 10, 7), (2, 4))

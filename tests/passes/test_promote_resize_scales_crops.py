@@ -21,7 +21,9 @@ END = 2**63 - 1
 FLOAT = TensorProto.FLOAT
 
 
-def _model(nodes: list, inits: list, outputs: list | None = None, inputs: list | None = None, opset: int = 17) -> onnx.ModelProto:
+def _model(
+    nodes: list, inits: list, outputs: list | None = None, inputs: list | None = None, opset: int = 17
+) -> onnx.ModelProto:
     inputs = inputs or [helper.make_tensor_value_info("x", FLOAT, [1, 2, 8, 8])]
     outputs = outputs or [helper.make_tensor_value_info("y", FLOAT, [1, 2, 16, 16])]
     graph = helper.make_graph(nodes, "main_graph", inputs, outputs, inits)
@@ -43,10 +45,18 @@ def _conv_resize() -> tuple[list, list]:
 
 
 def _const(name: str, values: list[int], dtype: Any = np.int64) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], name=f"{name}_node", value=numpy_helper.from_array(np.array(values, dtype), name))
+    return helper.make_node(
+        "Constant", [], [name], name=f"{name}_node", value=numpy_helper.from_array(np.array(values, dtype), name)
+    )
 
 
-def crop_model(ends: tuple[int, ...] = (END, END, 16, 16), starts: tuple[int, ...] = (0, 0, 0, 0), axes: tuple[int, ...] | None = None, style: str = "initializer", dtype: Any = np.int64) -> onnx.ModelProto:
+def crop_model(
+    ends: tuple[int, ...] = (END, END, 16, 16),
+    starts: tuple[int, ...] = (0, 0, 0, 0),
+    axes: tuple[int, ...] | None = None,
+    style: str = "initializer",
+    dtype: Any = np.int64,
+) -> onnx.ModelProto:
     """Conv -> Resize -> Slice 'crop' (up, starts, ends[, axes]) -> y; the Slice's inputs are
     initializers, or Constant nodes as the TorchScript exporter writes them."""
     nodes, inits = _conv_resize()
@@ -77,7 +87,9 @@ def _probes(res: Any) -> list[Any]:
 
 def _ends(proto: onnx.ModelProto, node: str) -> list[int]:
     slice_ = next(n for n in proto.graph.node if n.name == node)
-    consts = {t.name: t for t in proto.graph.initializer} | {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"}
+    consts = {t.name: t for t in proto.graph.initializer} | {
+        n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"
+    }
     return numpy_helper.to_array(consts[slice_.input[2]]).tolist()
 
 
@@ -85,10 +97,15 @@ def _ends(proto: onnx.ModelProto, node: str) -> list[int]:
 def test_traced_size_crop_is_opened_and_the_probe_passes(style: str) -> None:
     res, proto = _run(crop_model(style=style))
     assert res.ok, res.failures()
-    assert res.steps[0].notes[0] == "Slice 'crop': ends [end, end, 16, 16] -> [end, end, end, end] (the traced size of axis 2, 3, now open)"
+    assert (
+        res.steps[0].notes[0]
+        == "Slice 'crop': ends [end, end, 16, 16] -> [end, end, end, end] (the traced size of axis 2, 3, now open)"
+    )
     assert _ends(proto, "crop") == [END] * 4
     assert [(p.verdict, p.shape) for p in _probes(res)] == [("ok", (1, 2, 24, 24))]
-    assert "ends" not in {n.output[0] for n in proto.graph.node if n.op_type == "Constant"} | {t.name for t in proto.graph.initializer}  # the old ends are gone
+    assert "ends" not in {n.output[0] for n in proto.graph.node if n.op_type == "Constant"} | {
+        t.name for t in proto.graph.initializer
+    }  # the old ends are gone
     assert _outputs(proto, 3.0)[0].shape == (1, 2, 24, 24)
     assert _outputs(proto, 2.0)[0].shape == (1, 2, 16, 16)
 
@@ -116,7 +133,10 @@ def test_crops_behind_crops_and_on_unscaled_axes() -> None:
     """TorchScript writes one Slice per axis; a second crop of the same axis only shows once the
     first is open; a crop of the channels (which the factor does not scale) stays."""
     nodes, inits = _conv_resize()
-    inits += [numpy_helper.from_array(np.array([v], np.int64), k) for k, v in {"zero": 0, "one": 1, "two": 2, "three": 3, "sixteen": 16}.items()]
+    inits += [
+        numpy_helper.from_array(np.array([v], np.int64), k)
+        for k, v in {"zero": 0, "one": 1, "two": 2, "three": 3, "sixteen": 16}.items()
+    ]
     nodes += [
         helper.make_node("Slice", ["up", "zero", "sixteen", "two"], ["h"], name="crop_h"),
         helper.make_node("Slice", ["h", "zero", "sixteen", "three"], ["hw"], name="crop_w"),
@@ -125,7 +145,11 @@ def test_crops_behind_crops_and_on_unscaled_axes() -> None:
     ]
     res, proto = _run(_model(nodes, inits, [helper.make_tensor_value_info("y", FLOAT, [1, 1, 16, 16])]))
     assert res.ok, res.failures()
-    assert [n.split(":")[0] for n in res.steps[0].notes[:3]] == ["Slice 'crop_h'", "Slice 'crop_w'", "Slice 'crop_again'"]
+    assert [n.split(":")[0] for n in res.steps[0].notes[:3]] == [
+        "Slice 'crop_h'",
+        "Slice 'crop_w'",
+        "Slice 'crop_again'",
+    ]
     assert next(n for n in proto.graph.node if n.name == "crop_channels").input[2] == "one"
     assert _outputs(proto, 3.0)[0].shape == (1, 1, 24, 24)
 
@@ -134,13 +158,22 @@ def test_shared_ends_constant_is_not_changed_for_its_other_reader() -> None:
     """One ends constant read by the crop after the Resize and by a Slice of another input (a
     real crop, 20 -> 16, the factor does not touch): that one keeps it."""
     nodes, inits = _conv_resize()
-    inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in {"starts": [0, 0], "ends": [16, 16], "axes": [2, 3]}.items()]
+    inits += [
+        numpy_helper.from_array(np.array(v, np.int64), k)
+        for k, v in {"starts": [0, 0], "ends": [16, 16], "axes": [2, 3]}.items()
+    ]
     nodes += [
         helper.make_node("Slice", ["up", "starts", "ends", "axes"], ["y"], name="crop"),
         helper.make_node("Slice", ["z", "starts", "ends", "axes"], ["zc"], name="crop_z"),
     ]
-    inputs = [helper.make_tensor_value_info("x", FLOAT, [1, 2, 8, 8]), helper.make_tensor_value_info("z", FLOAT, [1, 2, 20, 20])]
-    outputs = [helper.make_tensor_value_info("y", FLOAT, [1, 2, 16, 16]), helper.make_tensor_value_info("zc", FLOAT, [1, 2, 16, 16])]
+    inputs = [
+        helper.make_tensor_value_info("x", FLOAT, [1, 2, 8, 8]),
+        helper.make_tensor_value_info("z", FLOAT, [1, 2, 20, 20]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("y", FLOAT, [1, 2, 16, 16]),
+        helper.make_tensor_value_info("zc", FLOAT, [1, 2, 16, 16]),
+    ]
     res, proto = _run(_model(nodes, inits, outputs, inputs))
     assert res.ok, res.failures()
     assert _ends(proto, "crop") == [END, END] and _ends(proto, "crop_z") == [16, 16]
@@ -152,16 +185,30 @@ def test_shared_ends_constant_is_not_changed_for_its_other_reader() -> None:
 @pytest.mark.parametrize(
     ("ends", "starts", "message"),
     [
-        ((END, END, 15, 15), (0, 0, 0, 0), r"Slice 'crop' crops axis 2 to 15 \(the traced size is 16; starts \[0, 0, 0, 0\], ends \[end, end, 15, 15\]"),
-        ((END, END, 16, 16), (0, 0, 1, 1), r"Slice 'crop' crops axis 2 to 15 \(the traced size is 16; starts \[0, 0, 1, 1\]"),
-        ((END, END, 20, 20), (0, 0, 0, 0), r"Slice 'crop' keeps axis 2 whole at the traced size 16 but crops it to 20 where the factor makes it 24"),
+        (
+            (END, END, 15, 15),
+            (0, 0, 0, 0),
+            r"Slice 'crop' crops axis 2 to 15 \(the traced size is 16; starts \[0, 0, 0, 0\], ends \[end, end, 15, 15\]",
+        ),
+        (
+            (END, END, 16, 16),
+            (0, 0, 1, 1),
+            r"Slice 'crop' crops axis 2 to 15 \(the traced size is 16; starts \[0, 0, 1, 1\]",
+        ),
+        (
+            (END, END, 20, 20),
+            (0, 0, 0, 0),
+            r"Slice 'crop' keeps axis 2 whole at the traced size 16 but crops it to 20 where the factor makes it 24",
+        ),
     ],
     ids=["real-crop", "offset", "past-the-end"],
 )
 def test_other_crops_of_a_scaled_axis_are_refused(ends: tuple[int, ...], starts: tuple[int, ...], message: str) -> None:
     with pytest.raises(PassPreconditionError, match=message) as err:
         _run(crop_model(ends=ends, starts=starts))
-    assert "a crop tied to the traced size cannot follow a new factor" in str(err.value) and "set crops: keep" in str(err.value)
+    assert "a crop tied to the traced size cannot follow a new factor" in str(err.value) and "set crops: keep" in str(
+        err.value
+    )
     assert err.value.field == ("crops",)
 
 
@@ -169,7 +216,20 @@ def test_refusal_exits_2_naming_the_slice(tmp_path: Path, capsys: pytest.Capture
     from surgeon.cli import main
 
     onnx.save(crop_model(ends=(END, END, 15, 15)), str(tmp_path / "m.onnx"))
-    assert main(["run", "promote-resize-scales", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "promote-resize-scales",
+                str(tmp_path / "m.onnx"),
+                "-o",
+                str(tmp_path / "out.onnx"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Slice 'crop' crops axis 2 to 15 (the traced size is 16" in err and "Traceback" not in err, err
     assert not (tmp_path / "out.onnx").exists()
@@ -180,7 +240,10 @@ def test_crops_keep_leaves_the_slice_and_the_probe_explains() -> None:
     assert not res.ok
     assert _ends(proto, "crop") == [END, END, 16, 16]
     fail = next(f for f in res.failures() if "probe" in f)
-    assert "expected (1, 2, 24, 24)" in fail and "Slice 'crop' (ends [9223372036854775807, 9223372036854775807, 16, 16])" in fail, fail
+    assert (
+        "expected (1, 2, 24, 24)" in fail
+        and "Slice 'crop' (ends [9223372036854775807, 9223372036854775807, 16, 16])" in fail
+    ), fail
 
 
 def test_slice_1_attributes_after_upsample_9() -> None:

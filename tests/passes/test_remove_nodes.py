@@ -11,7 +11,9 @@ from surgeon.errors import PassPreconditionError
 from surgeon.passes.remove_nodes import RemoveNodes
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
-MODEL = HEADER + """
+MODEL = (
+    HEADER
+    + """
 g (float[2, 4] x) => (float[2, 4] y, float[2, 4] z) <int64[2] shp = {2, 4}, int64[2] other = {4, 2}>
 {
   [id1] a = Identity(x)
@@ -22,6 +24,7 @@ g (float[2, 4] x) => (float[2, 4] y, float[2, 4] z) <int64[2] shp = {2, 4}, int6
   [id2] y = Identity(e)
   [id3] z = Identity(x)
 }"""
+)
 
 
 def _run(model, **params):
@@ -64,7 +67,8 @@ def test_by_name_and_refusals():
     with pytest.raises(PassPreconditionError, match="node 'relu' \\(Relu\\) cannot be removed"):
         _run(MODEL, names=["relu"])
     training = MODEL.replace("Dropout(a)", "Dropout(a, ratio, train)").replace(
-        "<int64[2] shp", "<float ratio = {0.5}, bool train = {1}, int64[2] shp")
+        "<int64[2] shp", "<float ratio = {0.5}, bool train = {1}, int64[2] shp"
+    )
     with pytest.raises(PassPreconditionError, match="training_mode"):
         _run(training, names=["drop"])
 
@@ -92,9 +96,18 @@ def test_torch_export_dropout_identity():
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Identity(), torch.nn.ReLU()).eval()
     buf = io.BytesIO()
-    torch.onnx.export(net, (torch.randn(2, 4),), buf, dynamo=False, opset_version=17, do_constant_folding=False,
-                      keep_initializers_as_inputs=False, training=torch.onnx.TrainingMode.PRESERVE,
-                      input_names=["x"], output_names=["y"])
+    torch.onnx.export(
+        net,
+        (torch.randn(2, 4),),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        do_constant_folding=False,
+        keep_initializers_as_inputs=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+        input_names=["x"],
+        output_names=["y"],
+    )
     m = onnx.load_from_string(buf.getvalue())
     m.ir_version = 10
     res = _run(m)

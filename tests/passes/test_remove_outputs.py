@@ -35,7 +35,11 @@ def test_removes_outputs_and_prunes_what_only_they_needed() -> None:
     assert [n.op_type for n in g.node] == ["Relu", "Sigmoid"]
     assert not g.initializer
     assert [c.name for c in res.steps[0].check.outputs] == ["y"] and res.steps[0].check.outputs[0].max_abs == 0.0
-    assert res.steps[0].notes == ["removed output aux", "removed output h", "pruned 2 node(s) and 1 initializer(s) no output needs"]
+    assert res.steps[0].notes == [
+        "removed output aux",
+        "removed output h",
+        "pruned 2 node(s) and 1 initializer(s) no output needs",
+    ]
 
 
 def test_without_prune_nodes_stay() -> None:
@@ -46,26 +50,37 @@ def test_without_prune_nodes_stay() -> None:
 
 
 def test_undoes_add_outputs() -> None:
-    res = _run(parser.parse_model(TEXT), RemoveOutputs(outputs=["aux", "h"]), AddOutputs(tensors=["h"]), RemoveOutputs(outputs=["h"]))
+    res = _run(
+        parser.parse_model(TEXT),
+        RemoveOutputs(outputs=["aux", "h"]),
+        AddOutputs(tensors=["h"]),
+        RemoveOutputs(outputs=["h"]),
+    )
     assert res.ok and [o.name for o in res.model.proto.graph.output] == ["y"]
     assert [n.op_type for n in res.model.proto.graph.node] == ["Relu", "Sigmoid"]
 
 
 def test_missing_output_is_an_error_or_skipped_with_missing_ok() -> None:
     ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
-    with pytest.raises(PassPreconditionError, match=r"unknown output 'auxx'; did you mean 'aux'\?; graph outputs are: y, aux, h") as err:
+    with pytest.raises(
+        PassPreconditionError, match=r"unknown output 'auxx'; did you mean 'aux'\?; graph outputs are: y, aux, h"
+    ) as err:
         RemoveOutputs(outputs=["auxx"]).requires(ir)
     assert err.value.field == ("outputs", "auxx")
     res = _run(parser.parse_model(TEXT), RemoveOutputs(outputs=["t"], missing_ok=True))
     assert res.steps[0].modified is False and res.steps[0].check is None
     assert [o.name for o in res.model.proto.graph.output] == ["y", "aux", "h"]
-    twice = _run(parser.parse_model(TEXT), RemoveOutputs(outputs=["aux"]), RemoveOutputs(outputs=["aux"], missing_ok=True))
+    twice = _run(
+        parser.parse_model(TEXT), RemoveOutputs(outputs=["aux"]), RemoveOutputs(outputs=["aux"], missing_ok=True)
+    )
     assert [s.modified for s in twice.steps] == [True, False]
 
 
 def test_removing_every_output_is_refused() -> None:
     ir = ModelIR.from_model(load(parser.parse_model(TEXT)))
-    with pytest.raises(PassPreconditionError, match="would leave the model without outputs; graph outputs are: y, aux, h"):
+    with pytest.raises(
+        PassPreconditionError, match="would leave the model without outputs; graph outputs are: y, aux, h"
+    ):
         RemoveOutputs(outputs=["y", "aux", "h"]).requires(ir)
 
 

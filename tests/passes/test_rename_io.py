@@ -32,7 +32,10 @@ def test_renames_inputs_outputs_and_value_info() -> None:
 
 
 def test_regex_renames() -> None:
-    res = _run(exported_like_model(), regex=[{"pattern": r"onnx::MatMul_(\d+)", "replacement": r"input_\1", "apply_to": "inputs"}])
+    res = _run(
+        exported_like_model(),
+        regex=[{"pattern": r"onnx::MatMul_(\d+)", "replacement": r"input_\1", "apply_to": "inputs"}],
+    )
     assert [i.name for i in res.model.proto.graph.input] == ["input_0"]
     assert [o.name for o in res.model.proto.graph.output] == ["/relu/Relu_output_0"]
 
@@ -74,7 +77,10 @@ def test_tensor_both_input_and_output_gets_one_name() -> None:
     "params, message",
     [
         ({"inputs": {"inptu": "x"}}, "unknown input 'inptu'; graph inputs are: onnx::MatMul_0"),
-        ({"outputs": {"/relu/Relu_output": "y"}}, "unknown output '/relu/Relu_output'; did you mean '/relu/Relu_output_0'?"),
+        (
+            {"outputs": {"/relu/Relu_output": "y"}},
+            "unknown output '/relu/Relu_output'; did you mean '/relu/Relu_output_0'?",
+        ),
         ({"inputs": {"onnx::MatMul_0": "fc.weight"}}, "a tensor named 'fc.weight' already exists"),
         ({"inputs": {"onnx::MatMul_0": "z"}, "outputs": {"/relu/Relu_output_0": "z"}}, "would both be named 'z'"),
         ({"regex": [{"pattern": "(", "replacement": "x"}]}, "invalid pattern '('"),
@@ -108,7 +114,9 @@ def test_torch_exports_both_exporters(tmp_path) -> None:
         torch.onnx.export(Net().eval(), (torch.randn(2, 4),), str(path), dynamo=dynamo, opset_version=18, verbose=False)
         m = onnx.load(str(path))
         old_in, old_out = m.graph.input[0].name, m.graph.output[0].name
-        res = Pipeline([RenameIO(inputs={old_in: "features"}, outputs={old_out: "scores"})], verify={"device": "cpu"}).run(path)
+        res = Pipeline(
+            [RenameIO(inputs={old_in: "features"}, outputs={old_out: "scores"})], verify={"device": "cpu"}
+        ).run(path)
         assert res.ok and res.steps[0].check is not None
         assert [i.name for i in res.model.proto.graph.input] == ["features"]
         assert [o.name for o in res.model.proto.graph.output] == ["scores"]

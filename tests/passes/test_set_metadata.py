@@ -25,11 +25,25 @@ def _run(model, **params):
 
 
 def test_sets_fields_and_props():
-    res = _run(_model(), producer_name="acme", producer_version="2.1", model_version=3, domain="com.acme",
-               doc_string="detector", metadata_props={"license": "MIT", "keep": "3"}, remove_props=["old"])
+    res = _run(
+        _model(),
+        producer_name="acme",
+        producer_version="2.1",
+        model_version=3,
+        domain="com.acme",
+        doc_string="detector",
+        metadata_props={"license": "MIT", "keep": "3"},
+        remove_props=["old"],
+    )
     assert res.ok and res.steps[0].modified
     p = res.model.proto
-    assert (p.producer_name, p.producer_version, p.model_version, p.domain, p.doc_string) == ("acme", "2.1", 3, "com.acme", "detector")
+    assert (p.producer_name, p.producer_version, p.model_version, p.domain, p.doc_string) == (
+        "acme",
+        "2.1",
+        3,
+        "com.acme",
+        "detector",
+    )
     assert [(q.key, q.value) for q in p.metadata_props] == [("keep", "3"), ("license", "MIT")]
     assert "producer_name: 'pytorch' -> 'acme'" in res.steps[0].notes
 

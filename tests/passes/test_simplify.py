@@ -74,7 +74,9 @@ g (float[batch, 4] x, float[4] w) => (float[batch, 4] y) <float[4] w = {1.0, 2.0
 
 
 def test_input_shapes_fix_dims_and_validate():
-    res = Pipeline([Simplify(input_shapes={"x": [2, 4]})], verify={"dims": {"batch": 2}}).run(onnx.parser.parse_model(FOLDABLE))
+    res = Pipeline([Simplify(input_shapes={"x": [2, 4]})], verify={"dims": {"batch": 2}}).run(
+        onnx.parser.parse_model(FOLDABLE)
+    )
     assert res.ok
     dims = [d.dim_value for d in _graph(res).input[0].type.tensor_type.shape.dim]
     assert dims == [2, 4]
@@ -109,8 +111,13 @@ def _external_model(tmp_path):
         helper.make_node("Identity", ["h"], ["h2"]),
         helper.make_node("MatMul", ["h2", "W2x"], ["y"]),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["batch", 64])],
-                          [helper.make_tensor_value_info("y", 1, ["batch", 64])], [w, w2, two])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", 1, ["batch", 64])],
+        [helper.make_tensor_value_info("y", 1, ["batch", 64])],
+        [w, w2, two],
+    )
     m = helper.make_model(g, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "m.onnx"
     onnx.save(m, str(path), save_as_external_data=True, location="m.data", size_threshold=0)
@@ -145,8 +152,16 @@ def test_torch_conv_bn_export_fuses():
         net[1].running_mean.uniform_(-1, 1)
         net[1].running_var.uniform_(0.5, 2)
     buf = _io.BytesIO()
-    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), buf, dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["out"], dynamic_axes={"image": {0: "batch"}, "out": {0: "batch"}})
+    torch.onnx.export(
+        net,
+        (torch.randn(1, 3, 8, 8),),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["out"],
+        dynamic_axes={"image": {0: "batch"}, "out": {0: "batch"}},
+    )
     m = onnx.load_from_string(buf.getvalue())
     m.ir_version = 10
     res = _run(m)

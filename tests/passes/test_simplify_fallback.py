@@ -16,7 +16,9 @@ HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 # a constant-condition If whose else branch holds an If that reads a value of the enclosing
 # branch (xm) and of the main graph (two): onnxsim inlines the outer If and then fails its own
 # topological-order check
-OUTER_SCOPE_IF = HEADER + """
+OUTER_SCOPE_IF = (
+    HEADER
+    + """
 g (float[2, 3] x, bool k) => (float[2, 3] y)
 {
   one = Constant<value = int64 {1}>()
@@ -31,6 +33,7 @@ g (float[2, 3] x, bool k) => (float[2, 3] y)
                            else_branch = e2 () => (float[2, 3] q) { q = Div(two, xm) }>
              }>
 }"""
+)
 
 
 def _ops(graph: onnx.GraphProto) -> list[str]:
@@ -51,7 +54,9 @@ def test_onnxsim_failure_falls_back_to_folding_and_cleanup() -> None:
     assert _ops(g) == ["Sub", "If"]
     onnx.checker.check_model(res.model.proto, full_check=True)
     # the verifier ran the branch its random k took: run both
-    sessions = [ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]) for p in (m, res.model.proto)]
+    sessions = [
+        ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]) for p in (m, res.model.proto)
+    ]
     for k in (True, False):
         feed = {"x": np.arange(6, dtype=np.float32).reshape(2, 3) + 3, "k": np.array(k)}
         before, after = (s.run(None, feed)[0] for s in sessions)
@@ -64,13 +69,16 @@ def test_fallback_cannot_apply_input_shapes() -> None:
 
 
 def test_symbolic_output_dims_stay_symbolic_where_inference_finds_a_size() -> None:
-    m = onnx.parser.parse_model(HEADER + """
+    m = onnx.parser.parse_model(
+        HEADER
+        + """
 g (float[2, 3] x) => (float[N, 3] y)
 {
   c = Constant<value = float {1.0}>()
   d = Add(c, c)
   y = Mul(x, d)
-}""")
+}"""
+    )
     res = Pipeline([Simplify()], verify={"dims": {"N": 2}}).run(m)
     assert res.ok and res.steps[0].modified
     dims = res.model.proto.graph.output[0].type.tensor_type.shape.dim

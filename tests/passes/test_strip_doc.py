@@ -50,7 +50,9 @@ def test_metadata_option_clears_node_and_graph_props():
 
 
 def test_doc_free_model_untouched_and_idempotent():
-    m = onnx.parser.parse_model('<ir_version: 10, opset_import: ["" : 17]> g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }')
+    m = onnx.parser.parse_model(
+        '<ir_version: 10, opset_import: ["" : 17]> g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }'
+    )
     assert not _run(m).steps[0].modified
     assert not _run(_run(_model()).model.proto).steps[0].modified
 

@@ -17,13 +17,16 @@ from surgeon.passes.to_fp16 import ToFP16
 from surgeon.verify.compare import Tolerance
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
-MLP = HEADER + """
+MLP = (
+    HEADER
+    + """
 g (float[batch, 4] x) => (float[batch, 3] y) <float[4, 3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0}, float[3] b = {0.5, 1e6, -1e6}>
 {
   [mm] h = MatMul(x, w)
   [add] a = Add(h, b)
   [sm] y = Softmax<axis=-1>(a)
 }"""
+)
 
 
 def _run(model, tol=None, **params):
@@ -65,12 +68,15 @@ def test_without_keep_io_types_feeds_and_compares_float16():
     assert [n[0] for n in _nodes(res)] == ["MatMul", "Add", "Softmax"]
 
 
-STATIC = HEADER + """
+STATIC = (
+    HEADER
+    + """
 g (float[2, 4] x) => (float[2, 3] y) <float[4, 3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0}>
 {
   h = MatMul(x, w)
   y = Relu(h)
 }"""
+)
 
 
 def test_declares_the_dtype_of_the_io_it_converts_and_nothing_else():
@@ -113,16 +119,21 @@ def test_blocked_op_gets_casts_both_ways():
     ops = _nodes(res)
     assert ops[0] == ("MatMul", ["x", "w"], ["h"])  # float32 input straight in, weight untouched
     assert ("Cast", ["h"], ["h_fp16"]) in ops
-    assert numpy_helper.to_array(next(t for t in res.model.proto.graph.initializer if t.name == "w")).dtype == np.float32
+    assert (
+        numpy_helper.to_array(next(t for t in res.model.proto.graph.initializer if t.name == "w")).dtype == np.float32
+    )
 
 
 def test_resize_scales_and_roi_stay_float32():
-    text = HEADER + """
+    text = (
+        HEADER
+        + """
 g (float[1, 1, 2, 2] x) => (float[1, 1, 4, 4] y) <float[0] roi = {}, float[4] scales = {1.0, 1.0, 2.0, 2.0}, float[1] k = {2.0}>
 {
   a = Mul(x, k)
   y = Resize<mode="nearest">(a, roi, scales)
 }"""
+    )
     res = _run(text)
     assert res.ok, res.failures()
     inits = {t.name: t.data_type for t in res.model.proto.graph.initializer}
@@ -130,12 +141,15 @@ g (float[1, 1, 2, 2] x) => (float[1, 1, 4, 4] y) <float[0] roi = {}, float[4] sc
 
 
 def test_cast_to_float_and_tolerance_contract():
-    text = HEADER + """
+    text = (
+        HEADER
+        + """
 g (int64[batch, 4] x) => (float[batch, 4] y) <float[4] k = {0.5, 0.25, 2.0, 4.0}>
 {
   c = Cast<to=1>(x)
   y = Mul(c, k)
 }"""
+    )
     res = _run(text)
     assert res.ok, res.failures()
     cast = res.model.proto.graph.node[0]
@@ -188,10 +202,14 @@ def test_torch_export_conv_upsample(dynamo: bool) -> None:
 
     args = (torch.randn(1, 3, 4, 4),)
     if dynamo:
-        m = torch.onnx.export(Net().eval(), args, dynamo=True, opset_version=18, input_names=["x"], output_names=["y"], verbose=False).model_proto
+        m = torch.onnx.export(
+            Net().eval(), args, dynamo=True, opset_version=18, input_names=["x"], output_names=["y"], verbose=False
+        ).model_proto
     else:
         buf = io.BytesIO()
-        torch.onnx.export(Net().eval(), args, buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+        torch.onnx.export(
+            Net().eval(), args, buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"]
+        )
         m = onnx.load_from_string(buf.getvalue())
     m.ir_version = 10
     res = _run(m)
@@ -206,7 +224,9 @@ def test_torch_export_conv_upsample(dynamo: bool) -> None:
 def test_sequences_stay_float32_with_casts_where_they_meet_converted_tensors():
     """SequenceAt's output type follows the sequence, which to-fp16 does not convert: marking it
     float16 made onnxruntime refuse the model (found by the backend-model sweep)."""
-    text = HEADER + """
+    text = (
+        HEADER
+        + """
 g (float[2, 3] x, float[2, 3] z) => (float[2, 3] y)
 {
   r = Relu(x)
@@ -217,6 +237,7 @@ g (float[2, 3] x, float[2, 3] z) => (float[2, 3] y)
   e = SequenceAt(s, one)
   y = Mul(e, r)
 }"""
+    )
     res = Pipeline([ToFP16()]).run(onnx.parser.parse_model(text))
     assert res.ok, res.failures()
     nodes = _nodes(res)
