@@ -78,9 +78,9 @@ class AppendOp(Pass):
         indices_name: str | None = Field(
             None, description="TopK: name of the indices output (default '<name>_indices')"
         )
-        to: Literal[DTYPES] | None = Field(
+        to: Literal[DTYPES] | None = Field(  # type: ignore[valid-type]
             None, description="Cast: the element type to cast to (float32, float16, int64, uint8, bool...)"
-        )  # type: ignore[valid-type]
+        )
         perm: list[int] | None = Field(None, description="Transpose: the permutation (default: axes reversed)")
 
         @model_validator(mode="after")

@@ -45,9 +45,9 @@ class PrependOp(Pass):
         input: str = Field(description="the graph input to pre-process")
         op: Literal["Cast", "Normalize", "Transpose"] = Field(description="Cast, Normalize or Transpose")
         name: str | None = Field(None, description="name of the new input (default: the input keeps its name)")
-        dtype: Literal[DTYPES] | None = Field(
+        dtype: Literal[DTYPES] | None = Field(  # type: ignore[valid-type]
             None, description="Cast: element type of the new input (e.g. uint8); it is cast to the input's type"
-        )  # type: ignore[valid-type]
+        )
         mean: list[float] | None = Field(
             None, description="Normalize: per-channel (or one) mean, subtracted after scale"
         )

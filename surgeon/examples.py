@@ -261,9 +261,8 @@ def export(
                 module, (x,), dynamo=True, verbose=False, input_names=[input_name], output_names=[output_name]
             )
             return prog.model_proto  # type: ignore[union-attr]
-        torch.onnx.export(
-            module, (x,), f, dynamo=False, opset_version=17, input_names=[input_name], output_names=[output_name]
-        )  # type: ignore[arg-type]
+        names = {"input_names": [input_name], "output_names": [output_name]}
+        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, **names)  # type: ignore[arg-type]
     return onnx.load_from_string(f.getvalue())
 
 
