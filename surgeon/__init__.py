@@ -29,7 +29,7 @@ def apply(
 ) -> PipelineResult:
     """Apply a recipe (path, YAML text, mapping or Recipe) to ``model`` (default: the recipe's
     ``model``); writes ``output`` (default: the recipe's) when one is known."""
-    from surgeon.recipe import apply_recipe
+    from surgeon.app import apply_recipe
 
     return apply_recipe(recipe, model, output, force=force, in_place=in_place)
 

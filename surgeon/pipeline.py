@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surgeon._version import __version__
-from surgeon.errors import ModelError, SurgeonError, VerificationError
+from surgeon.errors import ModelError, SurgeonError, UsageError, VerificationError
 from surgeon.ir.adapter import ModelIR
 from surgeon.ir.check import FULL_CHECK_LIMIT, full_check, model_full_check, too_big_to_check
 from surgeon.ir.model import load
-from surgeon.ir.save import SavePolicy, check_output_path, save
-from surgeon.ir.targets import check_location, model_data_files, referenced_files
+from surgeon.ir.save import SavePolicy, save
+from surgeon.ir.targets import Target, check_location, guard_writes, model_data_files, referenced_files
 from surgeon.pass_api import Pass
 from surgeon.results import PipelineResult, StepReport, count_nodes, count_ops
 from surgeon.verify.compare import Tolerance
@@ -227,9 +227,7 @@ class Pipeline:
         either, unless ``output`` is the input and ``in_place`` is given."""
         source = load(model)
         out = Path(output)
-        guarded = self._guarded(source, out, in_place, protect)
-        check_output_path(out, [source.path] if source.path else [], in_place, guarded)
-        check_location(out, self.save, source, guarded, referenced_files(out))
+        guarded = self.check_targets(source, out, in_place=in_place, protect=protect)
         result = self.run(source, on_step=on_step, base_dir=base_dir)
         if not result.ok and not force:
             raise VerificationError(
@@ -250,14 +248,39 @@ class Pipeline:
         )
         return result
 
-    @staticmethod
-    def _guarded(source: Model, out: Path, in_place: bool, protect: Sequence[Path]) -> list[Path]:
-        """Files this run must never write or remove: ``protect``, and the input model and its
-        weights unless the output is the input (``--in-place``)."""
-        guarded = [Path(p) for p in protect]
-        if source.path is not None and not (in_place and out.exists() and os.path.samefile(source.path, out)):
-            guarded += [source.path, *model_data_files(source)]
+    def check_targets(
+        self,
+        source: Model | None,
+        out: Path | None,
+        *,
+        in_place: bool = False,
+        protect: Sequence[Path] = (),
+        extra: Sequence[Target] = (),
+    ) -> list[Path]:
+        """Check every file this run writes, before any work (``guard_writes``: UsageError, exit 2):
+        the output model (not the input unless ``in_place``), its data files (``save.location``),
+        and ``extra`` (``--report``), against what the run reads: ``protect`` (the recipe), and the
+        input model and its weights. Returns the files the save must never write or remove."""
+        src = source.path if source is not None else None
+        same = src is not None and out is not None and _same_file(src, out)
+        if same and not in_place:
+            raise UsageError(f"{out}: is the input model; refusing to overwrite it without --in-place")
+        if out is not None and out.is_dir():
+            raise UsageError(f"{out}: is a folder; give an output file name")
+        inputs = [src, *model_data_files(source)] if source is not None and src is not None else []
+        targets = ([Target(out, "", replaces=src if same else None)] if out is not None else []) + list(extra)
+        guard_writes(targets, [*protect, *inputs])
+        guarded = [Path(p) for p in protect] + ([] if same else inputs)
+        if out is not None and source is not None:
+            check_location(out, self.save, source, guarded, referenced_files(out))
         return guarded
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _checker(

@@ -12,11 +12,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from surgeon.errors import RecipeError, UsageError, suggest
-from surgeon.export import SourceConfig, exported_source
+from surgeon.export import SourceConfig
 from surgeon.ir.save import SavePolicy
 from surgeon.pass_api import get_pass, pass_names, registry
 from surgeon.pipeline import Pipeline, Step
-from surgeon.results import PipelineResult
 from surgeon.verify.config import StepVerify, VerifyConfig
 from surgeon.yaml12 import MAX_BYTES
 
@@ -277,39 +276,6 @@ def recipe_schema() -> dict[str, Any]:
     top["title"] = "surgeon recipe"
     top["$defs"] = defs
     return top
-
-
-def apply_recipe(
-    recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False
-) -> PipelineResult:
-    """``surgeon.apply``: a recipe (path, YAML text, mapping or Recipe) applied to ``model``
-    (default: the recipe's ``model``); writes ``output`` (default: the recipe's) when one is known."""
-    if isinstance(recipe, Recipe):
-        r = recipe
-    elif isinstance(recipe, dict):
-        r = parse_recipe_data(recipe, "<recipe>")
-    elif isinstance(recipe, Path) or (
-        isinstance(recipe, str) and "\n" not in recipe and recipe.endswith((".yaml", ".yml"))
-    ):
-        r = load_recipe(recipe)
-    else:
-        r = parse_recipe_text(str(recipe))
-    src = model if model is not None else r.model
-    out = output if output is not None else r.output
-    if src is None and r.source is not None:
-        with exported_source(r.source, r.base_dir, Path(out) if out is not None else None) as (path, exported):
-            result = apply_recipe(r, path, out, force=force, in_place=in_place)
-            result.export = exported.as_dict()
-            return result
-    if src is None:
-        raise UsageError("no model: give one or set 'model' (or 'source') in the recipe")
-    check_recipe_paths(r, model is None, output is None)
-    if out is None:
-        return r.pipeline.run(src, base_dir=r.base_dir)
-    protect = [r.path] if r.path else []
-    return r.pipeline.apply(
-        src, out, force=force, in_place=in_place, recipe_text=r.text or None, base_dir=r.base_dir, protect=protect
-    )
 
 
 def check_recipe_paths(r: Recipe, model_from_recipe: bool, output_from_recipe: bool) -> None:

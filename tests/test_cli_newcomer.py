@@ -15,12 +15,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from surgeon.cli import main
-from surgeon.explain import EXAMPLES, describe, type_text
+from surgeon.cli.explain import EXAMPLES, describe, type_text
 from surgeon.pass_api import catalog, get_pass
 
 
 def example_model(batch: int | str = 1) -> onnx.ModelProto:
-    """What surgeon.explain.EXAMPLE_MODEL describes."""
+    """What surgeon.cli.explain.EXAMPLE_MODEL describes."""
     bias = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.5, np.float32), "bias")
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "/up/scales")
     nodes = [
@@ -83,7 +83,7 @@ def test_type_text_is_readable() -> None:
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_every_example_validates(name: str, tmp_path: Path) -> None:
     """The step `surgeon explain` prints is a valid recipe step on the model it names."""
-    from surgeon.explain import example_yaml
+    from surgeon.cli.explain import example_yaml
 
     model = tmp_path / "model.onnx"
     onnx.save(example_model("batch" if name == "fix-dims" else 1), str(model))

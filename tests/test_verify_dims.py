@@ -74,7 +74,7 @@ def test_unknown_sizes_default_and_are_reported_with_why(capsys: pytest.CaptureF
     assert res.ok and res.sizes == ["batch=4 (default)", "height=4 (default)", "width=4 (default)"]
     from rich.console import Console
 
-    from surgeon.render import summary_table
+    from surgeon.cli.render import summary_table
 
     console = Console(record=True, width=200)
     summary_table(console, res)

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -100,7 +101,8 @@ def sync_folder(folder: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a small file (a report) atomically."""
+    """Write a small file (a report) atomically; never over a device, FIFO, socket or folder."""
+    check_target(path, str(path))
     remove_stale_temps(path.parent)
     with atomic_file(path) as (f, tmp):
         f.write(data)
@@ -161,3 +163,28 @@ def check_writable_folder(path: Path, what: str) -> None:
         raise UsageError(f"{what}: output folder '{folder}' is not writable (permission denied)")
     if path.is_dir():
         raise UsageError(f"{what}: is a folder; give a file name")
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_target(path: Path, what: str) -> None:
+    """One file surgeon will write: absent, a regular file, or a symlink (the write replaces the
+    link, never what it points to); a folder, device, FIFO or socket is refused; its folder exists
+    and is writable. ``what`` names it in messages (``--report r.json``, ``output m.onnx``)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot be written ({exc.strerror})") from None
+    if st is not None and not stat.S_ISLNK(st.st_mode) and not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise UsageError(f"{what}: is {kind}; surgeon writes only regular files, refusing to replace it")
+    check_writable_folder(path, what)

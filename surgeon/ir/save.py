@@ -21,12 +21,11 @@ from surgeon.ir.external import (
     safe_data_path,
     set_external_ref,
 )
-from surgeon.ir.files import atomic_file, check_writable_folder, remove_stale_temps, replace, sync_folder
+from surgeon.ir.files import atomic_file, check_target, remove_stale_temps, replace, sync_folder
 from surgeon.ir.policy import SavePolicy
 from surgeon.ir.targets import (
     TensorFileNames,
     check_location,
-    check_output_path,
     data_location,
     model_data_files,
     proto_files,
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 
     from surgeon.ir.model import Model
 
-__all__ = ["SavePolicy", "check_output_path", "save"]
+__all__ = ["SavePolicy", "save"]
 log = logging.getLogger(__name__)
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -86,7 +85,7 @@ def save(
 
     policy = policy or SavePolicy()
     out = Path(output)
-    check_writable_folder(out, str(out))
+    check_target(out, str(out))
     if in_place is None:
         in_place = model.path is not None and out.exists() and os.path.samefile(model.path, out)
     previous = referenced_files(out)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgeon.errors import ModelError, UsageError
 from surgeon.ir.external import external_ref, is_external, iter_model_tensors, safe_data_path
-from surgeon.ir.files import check_writable_folder, fresh_name
+from surgeon.ir.files import check_target, fresh_name
 
 if TYPE_CHECKING:
     import onnx
@@ -34,28 +35,47 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output_path(output: Path, inputs: Sequence[Path], in_place: bool, protect: Sequence[Path] = ()) -> None:
-    """The output model may be written: its folder exists and is writable, it is not a folder,
-    not the input (unless ``in_place``) and none of ``protect`` (recipe, the input's weights)."""
-    if not output.parent.is_dir():
-        raise UsageError(f"{output}: output folder '{output.parent}' does not exist")
-    if output.is_dir():
-        raise UsageError(f"{output}: is a folder; give an output file name")
-    check_writable_folder(output, str(output))
-    for src in inputs:
-        if src.exists() and output.exists() and os.path.samefile(src, output) and not in_place:
-            raise UsageError(f"{output}: is the input model; refusing to overwrite it without --in-place")
-    for p in protect:
-        if _same(p, output) and not any(_same(p, src) for src in inputs):
-            raise UsageError(f"{output}: is {p}, a file this run reads; refusing to overwrite it")
+def _where(path: Path) -> Path:
+    """Where a write to ``path`` lands: its folder resolved, its own name kept (a symlink there is
+    replaced by the write, never followed)."""
+    try:
+        return path.parent.resolve() / path.name
+    except OSError:
+        return Path(os.path.abspath(path))
 
 
-def check_extra_output(path: Path, what: str, others: Iterable[Path | None]) -> None:
-    """A further output (``--report``): folder exists and is writable, and it is none of ``others``."""
-    check_writable_folder(path, f"{what} {path}")
-    for other in others:
-        if other is not None and _same(path, other):
-            raise UsageError(f"{what} {path}: is {other}, a file of this run; refusing to overwrite it")
+@dataclass(frozen=True)
+class Target:
+    """A file a run will write, and how messages name it. ``replaces``: the input this target may
+    replace (the output model written in place, ``--in-place``)."""
+
+    path: Path
+    what: str
+    replaces: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.what} {self.path}" if self.what else str(self.path)
+
+
+def guard_writes(targets: Sequence[Target], reads: Sequence[Path | None] = ()) -> None:
+    """The one check of every file a run writes, made before any work starts (UsageError, exit 2):
+    each target passes :func:`check_target`; none is a file the run reads (``reads``: input
+    models, their weights, the recipe) unless it ``replaces`` that input, and no two targets are
+    the same file. An error about a target writes nothing: callers run this before any work."""
+    seen: dict[Path, Target] = {}
+    for t in targets:
+        check_target(t.path, t.label)
+        key = _where(t.path)
+        other = seen.get(key) or next((o for k, o in seen.items() if k.exists() and _same(k, key)), None)
+        if other is not None:
+            raise UsageError(f"{t.label}: is also {other.label}; two outputs of one run cannot be the same file")
+        seen[key] = t
+        for src in reads:
+            if src is None or (t.replaces is not None and _same(src, t.replaces)):
+                continue
+            if key == _where(src) or _same(t.path, src):
+                raise UsageError(f"{t.label}: is {src}, a file this run reads; refusing to overwrite it")
 
 
 def referenced_files(model_file: Path) -> set[Path]:
@@ -97,7 +117,7 @@ def check_location(out: Path, policy: SavePolicy, model: Model, protect: Sequenc
     if policy.one_file_per_tensor:
         return
     what = f"{out}: save.location '{loc}'"
-    check_writable_folder(path, what)
+    check_target(path, what)
     if _same(path, out):
         raise UsageError(f"{what}: is the output model itself")
     if path in previous:

@@ -1,7 +1,14 @@
-"""Terminal output: a progress line per pass, the summary table, and other listings (rich)."""
+"""The one renderer: every line surgeon shows on a terminal goes through this module (rich).
+
+Whatever came from a model, a recipe or a path is shown inert (:func:`inert`): control characters
+as escapes (``\\x1b``, ``\\n``, ``\\0``), so an error stays one line and no model can move the cursor,
+set the window title or clear the screen; rich markup in it is escaped (:func:`markup`), so a
+producer named ``[/]`` is text, not a markup error. ``--json`` and ``--report`` hold the original
+strings."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -11,10 +18,47 @@ if TYPE_CHECKING:
     from surgeon.verify.compare import StepCheck
 
 
-def _e(text: object) -> str:
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    ch = m.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def inert(text: object) -> str:
+    """``text`` as the terminal may show it: C0/C1 control characters, bidirectional overrides and
+    zero-width characters written as escapes (``\\x1b``, ``\\n``, ``\\0``, ``\\u202e``)."""
+    return _CONTROL.sub(_escaped, str(text))
+
+
+def markup(text: object) -> str:
+    """``text`` made inert and its rich markup escaped: safe inside a markup string."""
     from rich.markup import escape
 
-    return escape(str(text))
+    return escape(inert(text))
+
+
+_e = markup
+
+
+def make_console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def say(console: Console, text: object) -> None:
+    """One plain line (no markup), made inert."""
+    console.print(inert(text), markup=False, highlight=False)
+
+
+def error_line(text: object) -> None:
+    """One line on stderr, made inert: an error stays one line whatever names it holds."""
+    say(make_console(stderr=True), text)
 
 
 def fmt_err(value: float | None) -> str:

@@ -11,9 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from surgeon.batch import device_info, expand_inputs, failure_class
 from surgeon.cli import main
 from surgeon.errors import ModelError, PassError, PassPreconditionError, RecipeError, UsageError, VerificationError
+from surgeon.many import expand_inputs
+from surgeon.report import device_info, failure_class
 
 
 def _mlp(input_name: str = "input.1", seed: int = 0) -> onnx.ModelProto:
@@ -91,7 +92,8 @@ def test_apply_many_usage_errors(models: Path) -> None:
     recipe = str(models / "recipe.yaml")
     pattern = str(models / "models" / "m*.onnx")
     assert main(["apply", recipe, "-i", pattern]) == 2  # several models need --out-dir
-    assert main(["apply", recipe, "-i", pattern, "--out-dir", str(models / "nope")]) == 2
+    assert main(["apply", recipe, "-i", pattern, "--out-dir", str(models / "nope" / "deeper")]) == 2  # no parent
+    assert not (models / "nope").exists()
     assert main(["apply", recipe, "-i", str(models / "none" / "*.onnx"), "--out-dir", str(models / "fixed")]) == 2
     assert (
         main(["apply", recipe, "-i", pattern, "--out-dir", str(models / "models")]) == 2

@@ -1,0 +1,303 @@
+"""The one apply path. The Python API (``surgeon.apply``), ``surgeon apply`` of one model,
+``surgeon run`` and each worker of a many-models run all call :func:`apply`: the recipe's model and
+output resolved (``source:`` exported first), the command line's :class:`Overrides` applied (parsed
+and validated once, like recipe values), every file the run writes checked before any work, the
+pipeline run and saved, and one :class:`~surgeon.report.RunReport` built — and written to
+``--report`` only when that target passed the check."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from surgeon.errors import SurgeonError, UsageError, VerificationError
+from surgeon.report import RunReport, sha256_text, write_report
+
+if TYPE_CHECKING:
+    from surgeon.ir.model import Model
+    from surgeon.pipeline import Pipeline
+    from surgeon.recipe import Recipe
+    from surgeon.results import PipelineResult, StepReport
+    from surgeon.verify.config import VerifyConfig
+
+FLAGS = {"device": "--device", "mode": "--no-verify", "rtol": "--rtol", "atol": "--atol", "dims": "--dims"}
+
+
+def pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    """``KEY=VALUE`` items (``--dims``, ``--map``) as a mapping; a malformed one is a usage error."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} '{item}': expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line sets over a recipe's ``verify:`` (``--device``, ``--no-verify``,
+    ``--rtol``, ``--atol``, ``--dims``), validated once by :meth:`parse` as recipe values are. The
+    tolerances are the user's for every step: they win over step keywords and pass defaults."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(
+        cls,
+        device: str | None = None,
+        no_verify: bool = False,
+        rtol: float | None = None,
+        atol: float | None = None,
+        dims: Sequence[str] = (),
+    ) -> Overrides:
+        values: dict[str, Any] = {}
+        if device:
+            values["device"] = device
+        if no_verify:
+            values["mode"] = "off"
+        if rtol is not None:
+            values["rtol"] = rtol
+        if atol is not None:
+            values["atol"] = atol
+        sizes = pairs(dims, "--dims")
+        if sizes:
+            try:
+                values["dims"] = {k: int(v) for k, v in sizes.items()}
+            except ValueError:
+                raise UsageError("--dims: sizes must be integers (SYM=N)") from None
+        over = cls(values)
+        over.verify_config()  # every flag checked now, before any model or worker
+        return over
+
+    def verify_config(self, base: VerifyConfig | None = None) -> VerifyConfig:
+        """``base`` (default: the defaults) with these overrides, validated like a recipe's."""
+        from pydantic import ValidationError
+
+        from surgeon.verify.config import VerifyConfig
+
+        merged = {**(base.model_dump() if base is not None else {}), **self.values}
+        try:
+            return VerifyConfig.model_validate(merged)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = str(err["loc"][0]) if err["loc"] else ""
+            raise UsageError(f"{FLAGS.get(key, key)} {merged.get(key)!r}: {err['msg'].lower()}") from None
+
+    def tolerance(self) -> dict[str, float]:
+        return {k: float(self.values[k]) for k in ("rtol", "atol") if k in self.values}
+
+    def apply_to(self, pipeline: Pipeline) -> None:
+        if self.values:
+            pipeline.verify = self.verify_config(pipeline.verify)
+        pipeline.tolerance_override = self.tolerance()
+
+
+@dataclass
+class Request:
+    """One run: the model and output (None: the recipe's), what may be written, and the report."""
+
+    model: Path | None = None
+    output: Path | None = None
+    force: bool = False
+    in_place: bool = False
+    dry_run: bool = False
+    overrides: Overrides = field(default_factory=Overrides)
+    report: Path | None = None
+    on_step: Callable[[StepReport], None] | None = None
+    on_source: Callable[[str], None] | None = None
+    """Called with a line once a recipe's ``source:`` is exported."""
+    raise_errors: bool = False
+    """Raise a failure (the Python API) instead of recording it in the report (the command line)."""
+
+
+@dataclass
+class Outcome:
+    report: RunReport
+    result: PipelineResult | None
+    error: BaseException | None = None
+    """The failure, kept for the caller to show (the report already says it)."""
+
+    @property
+    def exit_code(self) -> int:
+        return self.report.exit_code
+
+
+def apply(recipe: Recipe, req: Request) -> Outcome:
+    """Apply ``recipe`` as ``req`` says. Failures are the report's (class and first line) and the
+    outcome's ``error``; only Ctrl-C/SIGTERM propagate (and, with ``raise_errors``, the failure)."""
+    t0 = time.perf_counter()
+    model = req.model if req.model is not None else recipe.model
+    source = recipe.source if req.model is None else None
+    out = None if req.dry_run else (req.output if req.output is not None else recipe.output)
+    rep = RunReport(
+        input=str(model) if model is not None else None,
+        planned_output=str(out) if out is not None else None,
+        recipe=str(recipe.path) if recipe.path else None,
+        recipe_sha256=sha256_text(recipe.text) if recipe.text else None,
+    )
+    checked = False  # every target passed the guard: the report may be written
+    error: BaseException | None = None
+    where = str(recipe.path) if recipe.path else "<recipe>"
+    try:
+        from surgeon.recipe import check_recipe_paths
+
+        check_recipe_paths(recipe, req.model is None, req.output is None)
+        if model is None and source is None:
+            raise UsageError(f"{where}: no model: set 'model' (or 'source') in the recipe or give -i")
+        if out is None and not req.dry_run:
+            raise UsageError(f"{where}: no output: set 'output' in the recipe or give -o (or --dry-run)")
+        req.overrides.apply_to(recipe.pipeline)
+        loaded, load_error = _guard(recipe, model, out, req)
+        checked = True
+        if load_error is not None:
+            raise load_error
+        with _source_model(recipe, loaded, out, req, rep) as src:
+            rep.result = _run(recipe, src, out, req)
+            rep.written = out is not None and (rep.result.ok or req.force)
+        if not rep.result.ok:
+            failures = rep.result.failures()
+            rep.failure_class = "verification"
+            rep.message = failures[0] if failures else "verification failed"
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        rep.fail(exc, traceback.format_exc(limit=8))
+        error = exc
+    rep.seconds = time.perf_counter() - t0
+    if rep.result is not None and rep.export is not None:
+        rep.result.export = rep.export
+    if req.report is not None and checked:
+        write_report(req.report, rep.as_dict())
+    if error is not None and req.raise_errors:
+        raise error
+    return Outcome(rep, rep.result, error)
+
+
+def _guard(
+    recipe: Recipe, model: Path | None, out: Path | None, req: Request
+) -> tuple[Model | None, SurgeonError | None]:
+    """Every file the run writes (output model, its data, ``--report``) checked together before
+    any work: exit 2 and nothing written when one may not be. Returns the source model (loaded
+    without its weights), or the error loading it met (raised once the report may be written)."""
+    from surgeon.ir.model import load
+    from surgeon.ir.targets import Target
+
+    source, error = None, None
+    if model is not None:
+        try:
+            source = load(model)
+        except SurgeonError as exc:
+            error = exc
+    extra = [Target(req.report, "--report")] if req.report is not None else []
+    protect = [recipe.path] if recipe.path else []
+    if source is None and model is not None:
+        protect.append(model)
+    recipe.pipeline.check_targets(source, out, in_place=req.in_place, protect=protect, extra=extra)
+    return source, error
+
+
+@contextmanager
+def _source_model(recipe: Recipe, model: Model | None, out: Path | None, req: Request, rep: RunReport) -> Iterator[Any]:
+    """The model the pipeline reads: ``model``, or the recipe's ``source:`` exported (the export,
+    verified against torch, is step 0 of the report)."""
+    source = recipe.source if req.model is None else None
+    if model is not None or source is None:
+        assert model is not None
+        yield model
+        return
+    from surgeon.export import exported_source
+
+    with exported_source(source, recipe.base_dir, out) as (path, exported):
+        rep.export = exported.as_dict()
+        rep.input = f"source: {source.factory} ({exported.exporter})"
+        if req.on_source is not None:
+            req.on_source(f"source {source.factory}: {exported.line()}")
+        yield path
+
+
+def _run(recipe: Recipe, model: Any, out: Path | None, req: Request) -> PipelineResult:
+    pipeline = recipe.pipeline
+    if out is None:
+        return pipeline.run(model, on_step=req.on_step, base_dir=recipe.base_dir)
+    protect = [recipe.path] if recipe.path else []
+    try:
+        return pipeline.apply(
+            model,
+            out,
+            force=req.force,
+            in_place=req.in_place,
+            on_step=req.on_step,
+            recipe_text=recipe.text or None,
+            base_dir=recipe.base_dir,
+            protect=protect,
+        )
+    except VerificationError as exc:
+        if exc.result is None or req.raise_errors:
+            raise
+        return exc.result  # type: ignore[return-value]
+
+
+def apply_recipe(
+    recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False
+) -> PipelineResult:
+    """``surgeon.apply``: a recipe (path, YAML text, mapping or Recipe) applied to ``model``
+    (default: the recipe's ``model``); writes ``output`` (default: the recipe's) when one is known.
+    Raises what failed (a failed verification with an output: VerificationError)."""
+    from surgeon.recipe import Recipe, load_recipe, parse_recipe_data, parse_recipe_text
+
+    if isinstance(recipe, Recipe):
+        r = recipe
+    elif isinstance(recipe, dict):
+        r = parse_recipe_data(recipe, "<recipe>")
+    elif isinstance(recipe, Path) or (
+        isinstance(recipe, str) and "\n" not in recipe and recipe.endswith((".yaml", ".yml"))
+    ):
+        r = load_recipe(recipe)
+    else:
+        r = parse_recipe_text(str(recipe))
+    req = Request(
+        model=Path(model) if isinstance(model, (str, Path)) else None,
+        output=Path(output) if output is not None else None,
+        force=force,
+        in_place=in_place,
+        raise_errors=True,
+    )
+    if model is not None and not isinstance(model, (str, Path)):  # bytes, a ModelProto or a Model
+        return _apply_in_memory(r, model, req)
+    if req.output is None and r.output is None:
+        req.dry_run = True
+    outcome = apply(r, req)
+    assert outcome.result is not None
+    return outcome.result
+
+
+def _apply_in_memory(r: Recipe, model: Any, req: Request) -> PipelineResult:
+    out = req.output or r.output
+    if out is None:
+        return r.pipeline.run(model, base_dir=r.base_dir)
+    protect = [r.path] if r.path else []
+    return r.pipeline.apply(
+        model,
+        out,
+        force=req.force,
+        in_place=req.in_place,
+        recipe_text=r.text or None,
+        base_dir=r.base_dir,
+        protect=protect,
+    )
+
+
+def failure_lines(outcome: Outcome) -> list[str]:
+    """What the terminal says of a failed verification: each failing check, then what was written."""
+    if outcome.result is None or outcome.result.ok:
+        return []
+    return [f"verification failed: {line}" for line in outcome.result.failures()]
+
+
+__all__ = ["Outcome", "Overrides", "Request", "SurgeonError", "apply", "apply_recipe", "pairs"]

@@ -1,0 +1,144 @@
+"""``surgeon validate`` (a recipe, and its names against a model; writes nothing) and ``surgeon
+verify`` (two models compared on the same inputs)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from surgeon.errors import EXIT_OK, EXIT_VERIFY_FAILED, ModelError
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from surgeon.cli.render import make_console, say
+    from surgeon.errors import RecipeError
+    from surgeon.ir.model import load
+    from surgeon.recipe import check_recipe_paths, load_recipe
+
+    recipe = load_recipe(args.recipe)
+    check_recipe_paths(recipe, args.input is None, True)
+    model_path = args.input or recipe.model
+    sizes: list[str] = []
+    if model_path is None and recipe.source is not None:  # the factory resolves; the export waits for apply
+        from surgeon.export import load_factory
+
+        load_factory(recipe.source.factory, recipe.base_dir, call=False)
+    if model_path is not None:
+        model = load(model_path)
+        problems = recipe.pipeline.check_requirements(model)
+        if problems:
+            raise RecipeError(problems)
+        sizes = _planned_sizes(model, recipe.pipeline)
+    if not args.quiet:
+        what = (
+            f" against {model_path}"
+            if model_path
+            else (f", model exported from {recipe.source.factory} at apply" if recipe.source else "")
+        )
+        console = make_console()
+        say(console, f"{args.recipe}: ok ({len(recipe.pipeline.steps)} passes){what}")
+        for line in sizes:
+            say(console, line)
+    return EXIT_OK
+
+
+def _planned_sizes(model: Any, pipeline: Any) -> list[str]:
+    """What verification will use for the source's symbolic dims: sizes it defaults are named
+    with the key that chooses them (nothing when verification is off or data is given)."""
+    from surgeon.pipeline import size_hints
+    from surgeon.verify.dims import choose_sizes
+    from surgeon.verify.specs import graph_inputs
+
+    cfg = pipeline.verify
+    if cfg.mode == "off" or cfg.inputs:
+        return []
+    sizes = choose_sizes(graph_inputs(model.proto), cfg, hints=size_hints(pipeline.steps))
+    lines = [f"verification sizes: {', '.join(sizes.lines())}"] if sizes.chosen else []
+    defaulted = sizes.defaulted()
+    if defaulted:
+        keys = ", ".join(f"'{k}': N" if ":" in k else f"{k}: N" for k in defaulted)
+        lines.append(
+            f"verification will default {', '.join(defaulted)} to {cfg.default_dim} (verify.default_dim); set verify.dims: {{{keys}}} to choose"
+        )
+    return lines
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from surgeon.app import pairs
+    from surgeon.cli.apply import overrides
+    from surgeon.cli.render import make_console, say, show_outputs, show_sizes
+    from surgeon.ir.model import load
+    from surgeon.ir.targets import Target, guard_writes
+    from surgeon.report import verify_report, write_report
+    from surgeon.verify.compare import Tolerance
+    from surgeon.verify.contract import IOContract
+    from surgeon.verify.runtime import SessionLoadError
+    from surgeon.verify.verifier import Verifier
+
+    cfg = overrides(args).verify_config()
+    mapping = pairs(args.map, "--map")
+    ref, cand = load(args.reference), load(args.candidate)
+    if args.report:  # checked before any run; the models and their weights are never written
+        from surgeon.ir.targets import model_data_files
+
+        reads = [args.reference, args.candidate, *model_data_files(ref), *model_data_files(cand)]
+        guard_writes([Target(args.report, "--report")], reads)
+    in_names = {vi.name for vi in ref.proto.graph.input}
+    contract = IOContract(
+        renamed_inputs={k: v for k, v in mapping.items() if k in in_names},
+        renamed_outputs={k: v for k, v in mapping.items() if k not in in_names},
+    )
+    _probe_dynamic_axes(ref, cand, contract)
+    verifier = Verifier(ref, cfg)
+    try:
+        verifier.reference()
+    except SessionLoadError as exc:  # the reference itself: a model problem, not a failed comparison
+        raise ModelError(f"{ref.name}: onnxruntime cannot load the model: {exc.reason}") from None
+    tol = Tolerance(cfg.rtol, cfg.atol)
+    check = verifier.check(cand, [contract], tol)
+    divergence = verifier.localize(ref, 0, cand, tol) if args.localize else None
+    check.outputs += verifier.probe(cand, [contract], 0, tol)
+    console = make_console()
+    if not args.quiet:
+        show_outputs(console, check)
+        show_sizes(console, check.sizes, verifier.values)
+        if divergence is not None:
+            say(console, divergence.line())
+        say(console, f"verified on {verifier.device_line}: {'ok' if check.ok else 'FAIL'}")
+    if args.report:
+        outputs = [o.as_dict() for o in check.outputs]
+        div = divergence.as_dict() if divergence is not None else None
+        write_report(
+            args.report, verify_report(check.ok, verifier.device_line, check.sizes, verifier.values, outputs, div)
+        )
+    return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
+
+
+def _probe_dynamic_axes(ref: Any, cand: Any, contract: Any) -> None:
+    """Axes the candidate made symbolic where the reference is static are probed as mark-dynamic
+    does (a batch symbol: N distinct samples against N single runs; others: a new size) and declared
+    as changed; the reference's size is their traced size."""
+    from surgeon.verify.interface import ports
+    from surgeon.verify.probes import BatchProbe, SizeProbe
+
+    axes: list[dict[str, dict[int, str]]] = [{}, {}]
+    traced: dict[str, int] = {}
+    for k, kind in enumerate(("input", "output")):
+        renamed = contract.renamed_inputs if kind == "input" else contract.renamed_outputs
+        new = {p.name: p for p in ports(cand.proto, kind)}
+        for old in ports(ref.proto, kind):
+            p = new.get(renamed.get(old.name, old.name))
+            if p is None or old.dims is None or p.dims is None or len(p.dims) != len(old.dims):
+                continue
+            for axis, (a, b) in enumerate(zip(old.dims, p.dims)):
+                if isinstance(a, int) and isinstance(b, str):
+                    axes[k].setdefault(p.name, {})[axis] = b
+                    contract.changed_axes.setdefault(p.name, set()).add(axis)
+                    if kind == "input":
+                        traced.setdefault(b, a)
+    ins, outs = axes
+    contract.traced_dims.update(traced)
+    for sym in sorted(traced):
+        at_zero = all(a == 0 for m in (ins, outs) for axes_ in m.values() for a, s in axes_.items() if s == sym)
+        probe = BatchProbe if "batch" in sym.lower() or at_zero else SizeProbe
+        contract.probes.append(probe(sym, ins, outs, traced))

@@ -1,0 +1,63 @@
+"""``surgeon export MODULE:FACTORY``: a plain ``torch.onnx.export``, verified against torch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from surgeon.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from surgeon.cli.render import fmt_err, make_console, markup
+    from surgeon.export import export, load_factory, parse_input
+    from surgeon.ir.targets import Target, guard_writes
+
+    if not args.input:
+        raise UsageError("export: give the inputs, in forward's order: --input image:1x3x224x224:float32")
+    guard_writes([Target(args.output, "-o")])
+    if os.path.lexists(args.output) and not args.force:
+        raise UsageError(f"{args.output}: exists; not overwritten (--force overwrites it)")
+    specs = [parse_input(t) for t in args.input]
+    module = load_factory(args.factory)
+    result = export(
+        module,
+        specs,
+        args.output,
+        exporter=args.exporter,
+        opset=args.opset,
+        output_names=args.output_name,
+        dynamic=args.dynamic,
+        rtol=args.rtol,
+        atol=args.atol,
+        force=args.force,
+    )
+    console = make_console()
+    if not args.quiet:
+        if result.warnings:
+            total = sum(n for _, n in result.warnings)
+            console.print(f"{total} warning(s) from the exporter, {len(result.warnings)} distinct:", markup=False)
+            for line, n in result.warnings[: 10 if not args.verbose else None]:
+                console.print(f"  {n}x {line}", markup=False)
+        for note in result.notes:
+            console.print(note, markup=False)
+        for o in result.outputs:
+            verdict = "[green]ok[/green]" if o["ok"] else "[bold red]FAIL[/bold red]"
+            tail = f"  ({markup(o['note'])})" if o["note"] else ""
+            console.print(
+                f"{markup(o['name'])}: shape {o['shape']}  max abs {fmt_err(o['max_abs'])}  max rel {fmt_err(o['max_rel'])}  {verdict}{tail}",
+                highlight=False,
+            )
+        console.print(
+            f"export ({args.exporter}) verified against torch on onnxruntime CPU: {'ok' if result.ok else 'FAIL'}",
+            markup=False,
+        )
+    if not result.ok:
+        make_console(stderr=True).print(
+            "outputs differ from torch's; " + ("written anyway (--force)" if args.force else "nothing written"),
+            markup=False,
+        )
+        return EXIT_VERIFY_FAILED
+    if not args.quiet:
+        console.print(f"wrote {args.output} (next: surgeon doctor {args.output})", markup=False)
+    return EXIT_OK

@@ -1,0 +1,155 @@
+"""Many models from the command line: ``surgeon apply recipe.yaml -i 'models/*.onnx' --out-dir
+fixed/ -j 4`` and ``surgeon doctor a.onnx b.onnx -j 4``: every file the run writes checked before
+any model is touched, a progress bar over models, one JSON report per model, a summary table, and
+the highest per-model exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from surgeon.errors import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from surgeon.app import Overrides
+
+
+def _progress(what: str, quiet: bool) -> Any:
+    """A progress bar over models, on stderr (stdout keeps the table, or the JSON)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from surgeon.cli.render import make_console
+
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(
+        *columns,
+        TextColumn("{task.description}", markup=False),
+        console=make_console(stderr=True),
+        disable=quiet,
+        transient=False,
+    )
+
+
+def report_path(output: Path) -> Path:
+    """Each model's report: ``<out-dir>/<name>.report.json`` beside its output."""
+    return output.with_name(output.stem + ".report.json")
+
+
+def plan_outputs(args: argparse.Namespace, models: list[Path], recipe_path: Path) -> list[Path]:
+    """Each model's output in ``--out-dir`` (created when missing; its parent must exist), with
+    every file the run writes — outputs, per-model reports, ``--report`` — checked together
+    against each other and against what the run reads (models, their weights, the recipe)
+    before any work: exit 2 and nothing written (nor the folder left behind) when one may not be."""
+    from surgeon.ir.targets import Target, guard_writes, referenced_files
+
+    out_dir: Path = args.out_dir
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir}: is not a folder")
+    outs = [out_dir / m.name for m in models]
+    seen: dict[Path, Path] = {}
+    for m, o in zip(models, outs):
+        if o in seen:
+            raise UsageError(f"{m} and {seen[o]} would both be written to {o}; give models with distinct file names")
+        seen[o] = m
+    created = not out_dir.exists()
+    if created:
+        if not out_dir.parent.is_dir():
+            raise UsageError(f"--out-dir {out_dir}: its parent folder '{out_dir.parent}' does not exist")
+        try:
+            out_dir.mkdir()
+        except OSError as exc:
+            raise UsageError(f"--out-dir {out_dir}: cannot create it ({exc.strerror})") from None
+    try:
+        targets: list[Target] = []
+        for m, o in zip(models, outs):
+            same = o.exists() and os.path.samefile(o, m)
+            if same and not args.in_place:
+                raise UsageError(f"{o}: is the input model; refusing to overwrite it without --in-place")
+            if not args.dry_run:
+                targets.append(Target(o, "output", replaces=m if same else None))
+            targets.append(Target(report_path(o), "report"))
+        if args.report is not None:
+            targets.append(Target(args.report, "--report"))
+        reads: list[Path] = [recipe_path]
+        for m in models:
+            reads += [m, *sorted(referenced_files(m))]
+        guard_writes(targets, reads)
+    except BaseException:
+        if created:
+            out_dir.rmdir()
+        raise
+    return outs
+
+
+def apply_many(args: argparse.Namespace, over: Overrides) -> int:
+    """One recipe over every model ``-i`` names, in ``-j`` processes, through the one apply path."""
+    from rich.table import Table
+
+    from surgeon.cli.render import make_console, markup
+    from surgeon.many import ApplyJob, apply_one, default_workers, expand_inputs, run_parallel
+    from surgeon.recipe import load_recipe
+    from surgeon.report import CLASS_EXIT, many_report, sha256_text, write_report
+
+    recipe = load_recipe(args.recipe)  # every recipe problem before any model is touched
+    if args.output is not None:
+        raise UsageError("-o names one output; with several models give --out-dir")
+    pattern = str(args.input) if args.input is not None else (str(recipe.model) if recipe.model else None)
+    if pattern is None:
+        raise UsageError(f"{args.recipe}: no model: set 'model' in the recipe or give -i")
+    models = expand_inputs([pattern])
+    if args.out_dir is None:
+        raise UsageError(f"-i '{pattern}' names {len(models)} models: give --out-dir")
+    outs = plan_outputs(args, models, args.recipe)
+    jobs = [
+        ApplyJob(str(args.recipe), str(m), str(o), over, args.force, args.dry_run, args.in_place)
+        for m, o in zip(models, outs)
+    ]
+    workers = args.jobs or default_workers()
+    with _progress("models", args.quiet) as bar:
+        task = bar.add_task("", total=len(jobs))
+
+        def done(i: int, rep: dict[str, Any]) -> None:
+            state = "ok" if rep.get("ok") else rep.get("failure_class")
+            bar.update(task, advance=1, description=f"{markup(Path(rep['input']).name)}: {state}")
+
+        reports = run_parallel(apply_one, jobs, workers, done)
+    for rep, o in zip(reports, outs):
+        write_report(report_path(o), rep)
+    failed = sum(not r.get("ok") for r in reports)
+    table = Table(title=f"{len(reports)} models, {failed} failed", title_justify="left")
+    for col in ("model", "result", "passes", "time", "output or why"):
+        table.add_column(col)
+    for r in reports:
+        ok = bool(r.get("ok"))
+        verdicts = [s.get("verdict") for s in r.get("steps", [])]
+        table.add_row(
+            markup(Path(r["input"]).name),
+            "[green]ok[/green]" if ok else f"[bold red]{r.get('failure_class')}[/bold red]",
+            f"{verdicts.count('ok')}/{len(verdicts)} verified" if verdicts else "-",
+            f"{r.get('seconds', 0):.1f}s",
+            markup(r.get("output") or ("dry run" if ok else r.get("message", ""))),
+        )
+    if not args.quiet:
+        make_console().print(table)
+    if args.report:
+        write_report(args.report, many_report(str(args.recipe), sha256_text(recipe.text), reports))
+    codes = [
+        CLASS_EXIT[r["failure_class"]] for r in reports if not r.get("ok") and r.get("failure_class") in CLASS_EXIT
+    ]
+    return max(codes, default=EXIT_OK)
+
+
+def doctor_many(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``surgeon doctor`` over several models in ``-j`` processes; reports in argument order."""
+    import functools
+
+    from surgeon.many import default_workers, doctor_one, expand_inputs, run_parallel
+
+    paths = [str(p) for p in expand_inputs([str(m) for m in args.models])]
+    workers = args.jobs or default_workers()
+    fn = functools.partial(doctor_one, runtime_checks=not args.no_runtime)
+    with _progress("models", args.quiet or args.json) as bar:
+        task = bar.add_task("", total=len(paths))
+        return run_parallel(fn, paths, workers, lambda i, rep: bar.update(task, advance=1))
