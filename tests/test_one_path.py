@@ -239,3 +239,24 @@ def test_out_dir_is_created_when_missing(run: Path) -> None:
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
         [f"m{i}.onnx" for i in range(3)] + [f"m{i}.report.json" for i in range(3)]
     )
+
+
+def test_out_dir_without_write_permission_exits_2_before_any_work(
+    run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Root writes anywhere, so the permission is taken away where surgeon asks for it."""
+    (run / "fixed").mkdir()
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:
+        if Path(str(path)).resolve() == (run / "fixed").resolve() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    pattern = str(run / "models" / "*.onnx")
+    code = main(["apply", str(run / "recipe.yaml"), "-i", pattern, "--out-dir", str(run / "fixed"), "-j", "1"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "not writable" in captured.err and "models, " not in captured.out  # no model ran
+    assert list((run / "fixed").iterdir()) == []
