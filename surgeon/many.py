@@ -89,53 +89,170 @@ def doctor_one(path: str, runtime_checks: bool = True) -> dict[str, Any]:
         }
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a many-models run: no model started after it, the running ones
+    were stopped (their temporary files removed, nothing committed), and ``results`` holds the
+    reports of the models that finished before it (None for the others)."""
+
+    def __init__(self, results: list[dict[str, Any] | None]) -> None:
+        super().__init__()
+        self.results = results
+
+
 def run_parallel(
     fn: Callable[[Any], dict[str, Any]],
     jobs: Sequence[Any],
     workers: int,
     on_done: Callable[[int, dict[str, Any]], None],
 ) -> list[dict[str, Any]]:
-    """``fn`` over ``jobs`` in ``workers`` processes (forkserver where there is one, else spawn:
-    never fork a process that may hold onnxruntime threads). Results in job order; a worker
-    that dies is that job's 'bug' report."""
+    """``fn`` over ``jobs``, at most ``workers`` at a time, each job in a process of its own
+    (forkserver where there is one, else spawn: never fork a process that may hold onnxruntime
+    threads). Results in job order; ``on_done`` is called as each finishes.
+
+    A worker that dies (killed, out of memory) costs only its own job: that job's 'bug' report
+    names the signal, the others go on. Ctrl-C or SIGTERM (KeyboardInterrupt here) starts no
+    further job, stops the running ones and raises :class:`Interrupted`. Each worker holds a
+    lifeline to this process: when this process dies (even by SIGKILL) its workers stop, and
+    commit nothing more."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     if workers <= 1 or len(jobs) == 1:
-        for i, job in enumerate(jobs):
-            results[i] = fn(job)
-            on_done(i, results[i])  # type: ignore[arg-type]
+        try:
+            for i, job in enumerate(jobs):
+                results[i] = fn(job)
+                on_done(i, results[i])  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            raise Interrupted(results) from None
         return [r for r in results if r is not None]
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["surgeon.many", "surgeon.recipe", "surgeon.pipeline"])
     n = min(workers, len(jobs))
     threads = max(1, default_workers() // n)  # the cores shared out: no worker's onnxruntime takes them all
-    with ProcessPoolExecutor(
-        max_workers=n, mp_context=mp.get_context(method), initializer=_worker_init, initargs=(threads,)
-    ) as pool:
-        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            try:
-                results[i] = fut.result()
-            except Exception as exc:  # the worker process died (killed, out of memory)
-                results[i] = _crashed(jobs[i], exc)
-            on_done(i, results[i])  # type: ignore[arg-type]
+    queue = list(enumerate(jobs))[::-1]
+    running: dict[Any, _Worker] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < n:
+                i, job = queue.pop()
+                w = _Worker.start(ctx, fn, i, job, threads)
+                running[w.conn] = w
+            for conn in wait(list(running)):
+                w = running.pop(conn)
+                results[w.index] = w.result(jobs[w.index])
+                on_done(w.index, results[w.index])  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        for w in running.values():
+            w.stop()
+        for w in running.values():
+            w.reap()
+        raise Interrupted(results) from None
     return [r for r in results if r is not None]
 
 
-def _crashed(job: Any, exc: BaseException) -> dict[str, Any]:
+@dataclass
+class _Worker:
+    """One job's process: ``conn`` brings its result; ``lifeline`` is held open by this process
+    alone, so the worker sees it close when this process ends, however it ends."""
+
+    index: int
+    process: Any
+    conn: Any
+    lifeline: Any
+
+    @classmethod
+    def start(cls, ctx: Any, fn: Callable[[Any], dict[str, Any]], index: int, job: Any, threads: int) -> _Worker:
+        recv, send = ctx.Pipe(duplex=False)
+        life_r, life_w = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker_main, args=(fn, job, send, life_r, threads), daemon=True)
+        proc.start()
+        send.close()
+        life_r.close()
+        return cls(index, proc, recv, life_w)
+
+    def result(self, job: Any) -> dict[str, Any]:
+        try:
+            data = self.conn.recv()
+        except (EOFError, OSError):
+            data = None
+        self.reap()
+        if isinstance(data, dict):
+            return data
+        code = self.process.exitcode
+        how = _signal_name(-code) if code is not None and code < 0 else f"exit code {code}"
+        return _crashed(job, f"the worker process died ({how}) before it reported")
+
+    def stop(self) -> None:
+        """Ask the worker to stop: no commit from now on, its temporary files removed."""
+        self.lifeline.close()
+        if self.process.is_alive():
+            self.process.terminate()
+
+    def reap(self) -> None:
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+        if not self.lifeline.closed:
+            self.lifeline.close()
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _worker_main(fn: Callable[[Any], dict[str, Any]], job: Any, conn: Any, lifeline: Any, threads: int) -> None:
+    """A worker: SIGTERM and SIGINT stop it as they stop surgeon (temporary files removed); a
+    closed lifeline (the parent stopped the run, or died) stops it too, and from then on it
+    commits nothing. Its report goes back through ``conn``."""
+    import signal
+    import threading
+
+    from surgeon.ir.files import stop_commits
+
+    os.environ.setdefault("SURGEON_ORT_THREADS", str(threads))
+
+    def on_term(signum: int, frame: object) -> None:
+        stop_commits()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    def watch() -> None:
+        try:
+            lifeline.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        stop_commits()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        result = fn(job)
+        conn.send(result)
+    except KeyboardInterrupt:
+        os._exit(143)
+    conn.close()
+
+
+def _crashed(job: Any, message: str) -> dict[str, Any]:
     """The report of a job whose worker process died (killed, out of memory): a bug, that job's only."""
-    message = f"worker process failed: {type(exc).__name__}: {exc}"
     if isinstance(job, ApplyJob):
         rep = RunReport(input=job.model, planned_output=job.output, recipe=job.recipe)
         rep.failure_class, rep.message = "bug", message
         return rep.as_dict()
     return {"model": str(job), "input": str(job), "ok": False, "failure_class": "bug", "message": message}
-
-
-def _worker_init(threads: int) -> None:
-    os.environ.setdefault("SURGEON_ORT_THREADS", str(threads))
 
 
 def default_workers() -> int:

@@ -125,8 +125,9 @@ class RunReport:
         return data
 
 
-def many_report(recipe: str, recipe_sha256: str, reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The summary of a many-models run: every model's report, in input order."""
+def many_report(recipe: str | None, recipe_sha256: str | None, reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The summary of a many-models run (or of merged shards): every model's report, in input
+    order; the recipe is None when the reports came from different recipes."""
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "many",

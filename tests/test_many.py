@@ -220,3 +220,57 @@ def test_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
         onnx.save(_mlp(), str(path))
         Runtime("cpu").session(path)
     assert seen == [3]
+
+
+def test_shards_split_the_models_deterministically(models: Path) -> None:
+    from surgeon.cli.many import shard
+
+    found = expand_inputs([str(models / "models" / "*.onnx")])
+    slices = [shard(list(reversed(found)), f"{k}/3") for k in (1, 2, 3)]  # listed in another order
+    assert slices == [shard(found, f"{k}/3") for k in (1, 2, 3)]  # the same slice for the same set
+    flat = [p for s in slices for p in s]
+    assert sorted(flat) == sorted(found) and len(flat) == len(set(flat))  # the whole set, no model twice
+    for bad in ("0/3", "4/3", "x", "1/0", "2"):
+        with pytest.raises(UsageError):
+            shard(found, bad)
+
+
+def test_shards_then_report_merge(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe, pattern = str(models / "recipe.yaml"), str(models / "models" / "m*.onnx")
+    for k in (1, 2):
+        args = ["apply", recipe, "-i", pattern, "--out-dir", str(models / f"shard{k}"), "--shard", f"{k}/2", "-j", "1"]
+        assert main([*args, "-q"]) == 0
+    names = [sorted(p.name for p in (models / f"shard{k}").glob("*.onnx")) for k in (1, 2)]
+    assert sorted(names[0] + names[1]) == ["m0.onnx", "m1.onnx", "m2.onnx"] and names[0] and names[1]
+    reports = [str(p) for k in (1, 2) for p in (models / f"shard{k}").glob("*.report.json")]
+    capsys.readouterr()
+    assert main(["report", "merge", *reports, "-o", str(models / "summary.json")]) == 0
+    summary = json.loads((models / "summary.json").read_text())
+    assert summary["kind"] == "many" and summary["ok"] and len(summary["models"]) == 3
+    assert summary["recipe"] == recipe
+    assert "3 models, 0 failed" in capsys.readouterr().out
+    # a failed model's report makes the merged exit code that of the failure; -o never overwrites an input
+    assert main(["apply", recipe, "-i", str(models / "models" / "*.onnx"), "--out-dir", str(models / "all")]) == 3
+    all_reports = [str(p) for p in (models / "all").glob("*.report.json")]
+    assert main(["report", "merge", *all_reports, "-q"]) == 3
+    before = Path(all_reports[0]).read_bytes()
+    assert main(["report", "merge", *all_reports, "-o", all_reports[0], "-q"]) == 2
+    assert Path(all_reports[0]).read_bytes() == before
+    assert main(["report", "merge", str(models / "recipe.yaml"), "-q"]) == 2  # not a report
+
+
+def test_the_table_says_why_a_model_failed(
+    models: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one table row on one line
+    (models / "strict.yaml").write_text("version: 1\npasses:\n  - to-fp16: {}\n    verify: {rtol: 0, atol: 0}\n")
+    code = main(
+        ["apply", str(models / "strict.yaml"), "-i", str(models / "models" / "m0.onnx"), "--out-dir", str(models / "o")]
+    )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "1 model, 1 failed" in out and "1 models" not in out
+    assert "1 pass: 1 modified, 0 verified, 1 failed" in out
+    report = json.loads((models / "o" / "m0.report.json").read_text())
+    assert report["message"].startswith("passes[0] (to-fp16): output 'y': max abs error")  # the first failing check
+    assert "rtol 0" in report["message"] and report["message"] in out  # on the row, whole

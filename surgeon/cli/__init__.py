@@ -43,6 +43,7 @@ COMMANDS = {
     "schema": "passes",
     "validate": "check",
     "verify": "check",
+    "report": "many",
 }
 """Each command and the module of ``surgeon.cli`` that runs it (``cmd_<command>``), imported when it runs."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,12 +86,10 @@ def plan_outputs(args: argparse.Namespace, models: list[Path], recipe_path: Path
 
 def apply_many(args: argparse.Namespace, over: Overrides) -> int:
     """One recipe over every model ``-i`` names, in ``-j`` processes, through the one apply path."""
-    from rich.table import Table
-
-    from surgeon.cli.render import make_console, markup
-    from surgeon.many import ApplyJob, apply_one, default_workers, expand_inputs, run_parallel
+    from surgeon.cli.render import inert, make_console
+    from surgeon.many import ApplyJob, Interrupted, apply_one, default_workers, expand_inputs, run_parallel
     from surgeon.recipe import load_recipe
-    from surgeon.report import CLASS_EXIT, many_report, sha256_text, write_report
+    from surgeon.report import many_report, sha256_text, write_report
 
     recipe = load_recipe(args.recipe)  # every recipe problem before any model is touched
     if args.output is not None:
@@ -98,7 +97,7 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
     pattern = str(args.input) if args.input is not None else (str(recipe.model) if recipe.model else None)
     if pattern is None:
         raise UsageError(f"{args.recipe}: no model: set 'model' in the recipe or give -i")
-    models = expand_inputs([pattern])
+    models = shard(expand_inputs([pattern]), args.shard)
     if args.out_dir is None:
         raise UsageError(f"-i '{pattern}' names {len(models)} models: give --out-dir")
     outs = plan_outputs(args, models, args.recipe)
@@ -111,34 +110,133 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
         task = bar.add_task("", total=len(jobs))
 
         def done(i: int, rep: dict[str, Any]) -> None:
+            write_report(report_path(outs[i]), rep)  # as each model finishes: nothing is written after a signal
             state = "ok" if rep.get("ok") else rep.get("failure_class")
-            bar.update(task, advance=1, description=f"{markup(Path(rep['input']).name)}: {state}")
+            bar.update(task, advance=1, description=f"{inert(Path(rep['input']).name)}: {state}")
 
-        reports = run_parallel(apply_one, jobs, workers, done)
-    for rep, o in zip(reports, outs):
-        write_report(report_path(o), rep)
-    failed = sum(not r.get("ok") for r in reports)
-    table = Table(title=f"{len(reports)} models, {failed} failed", title_justify="left")
-    for col in ("model", "result", "passes", "time", "output or why"):
-        table.add_column(col)
-    for r in reports:
-        ok = bool(r.get("ok"))
-        verdicts = [s.get("verdict") for s in r.get("steps", [])]
-        table.add_row(
-            markup(Path(r["input"]).name),
-            "[green]ok[/green]" if ok else f"[bold red]{r.get('failure_class')}[/bold red]",
-            f"{verdicts.count('ok')}/{len(verdicts)} verified" if verdicts else "-",
-            f"{r.get('seconds', 0):.1f}s",
-            markup(r.get("output") or ("dry run" if ok else r.get("message", ""))),
-        )
+        try:
+            reports = run_parallel(apply_one, jobs, workers, done)
+        except Interrupted as stop:
+            _interrupted(stop.results, models)
+            raise
     if not args.quiet:
-        make_console().print(table)
+        make_console().print(summary_table(reports))
     if args.report:
         write_report(args.report, many_report(str(args.recipe), sha256_text(recipe.text), reports))
+    return many_exit_code(reports)
+
+
+def shard(models: list[Path], spec: str | None) -> list[Path]:
+    """``--shard K/N``: the K-th (1-based) of N slices of the models, dealt round-robin from their
+    sorted paths — the same slice for the same set of files wherever the file system lists them —
+    so N machines (a CI matrix, a Slurm array, a Kubernetes indexed job) split a zoo, no model twice."""
+    if spec is None:
+        return models
+    k_text, sep, n_text = spec.partition("/")
+    try:
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        k = n = 0
+    if not sep or n < 1 or not 1 <= k <= n:
+        raise UsageError(f"--shard {spec}: expected K/N with 1 <= K <= N (e.g. --shard 2/4)")
+    return sorted(models, key=str)[k - 1 :: n]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``surgeon report merge fixed/*.report.json -o summary.json``: the per-model reports of one
+    or several runs (shards) joined into one summary, with the table and exit code of one run."""
+    import json
+
+    from surgeon.cli.render import make_console
+    from surgeon.ir.targets import Target, guard_writes
+    from surgeon.report import many_report, write_report
+
+    if args.output is not None:
+        guard_writes([Target(args.output, "-o")], list(args.reports))
+    reports: list[dict[str, Any]] = []
+    for path in args.reports:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: not a surgeon report ({exc})") from None
+        if not isinstance(data, dict) or data.get("kind", "apply") != "apply" or "input" not in data:
+            raise UsageError(f"{path}: not a per-model surgeon report (kind 'apply', with 'input')")
+        reports.append(data)
+    reports.sort(key=lambda r: str(r.get("input")))
+    recipes = {(r.get("recipe"), r.get("recipe_sha256")) for r in reports}
+    recipe, sha = next(iter(recipes)) if len(recipes) == 1 else (None, None)
+    if not args.quiet:
+        make_console().print(summary_table(reports))
+    if args.output is not None:
+        write_report(args.output, many_report(recipe, sha, reports))
+    return many_exit_code(reports)
+
+
+def many_exit_code(reports: Sequence[Mapping[str, Any]]) -> int:
+    """The highest exit code of the failed models (0 when all passed)."""
+    from surgeon.report import CLASS_EXIT
+
     codes = [
         CLASS_EXIT[r["failure_class"]] for r in reports if not r.get("ok") and r.get("failure_class") in CLASS_EXIT
     ]
     return max(codes, default=EXIT_OK)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _passes_cell(report: Mapping[str, Any]) -> str:
+    """What the passes did: how many changed the model, and how many of those were verified."""
+    steps = report.get("steps") or []
+    if not steps:
+        return "-"
+    modified = sum(1 for s in steps if s.get("modified"))
+    verified = sum(1 for s in steps if s.get("verdict") == "ok")
+    failed = sum(1 for s in steps if s.get("verdict") == "FAIL")
+    cell = f"{_plural(len(steps), 'pass')}: {modified} modified"
+    if verified or failed:
+        cell += f", {verified} verified" + (f", {failed} failed" if failed else "")
+    return cell
+
+
+def summary_table(reports: Sequence[Mapping[str, Any]]) -> Any:
+    """The many-models table: each model's result, what its passes did, its time, and its output
+    or the first thing that failed."""
+    from rich.table import Table
+
+    from surgeon.cli.render import markup
+
+    failed = sum(not r.get("ok") for r in reports)
+    table = Table(title=f"{_plural(len(reports), 'model')}, {failed} failed", title_justify="left")
+    for col in ("model", "result", "passes", "time", "output or why"):
+        table.add_column(col)
+    for r in reports:
+        ok = bool(r.get("ok"))
+        table.add_row(
+            markup(Path(str(r.get("input"))).name),
+            "[green]ok[/green]" if ok else f"[bold red]{r.get('failure_class')}[/bold red]",
+            _passes_cell(r),
+            f"{r.get('seconds', 0):.1f}s",
+            markup(r.get("output") or ("dry run" if ok else r.get("message", ""))),
+        )
+    return table
+
+
+def _interrupted(results: Sequence[Mapping[str, Any] | None], models: Sequence[Path]) -> None:
+    """What a signal left: the outputs committed before it, the models stopped or never started."""
+    from surgeon.cli.render import error_line
+
+    written = [r["output"] for r in results if r is not None and r.get("output")]
+    finished = sum(r is not None for r in results)
+    error_line(
+        f"interrupted: {_plural(len(written), 'output')} committed before the signal, "
+        f"{len(models) - finished} of {_plural(len(models), 'model')} not finished (nothing written for them)"
+    )
+    for out in written:
+        error_line(f"  committed: {out}")
 
 
 def doctor_many(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-j", "--jobs", type=int, metavar="N", help="many models: parallel processes (default: the core count)"
     )
+    p.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="many models: process only the K-th (1..N) of N deterministic slices of the models -i finds",
+    )
     output_flags(p)
     verification_flags(p)
 
@@ -118,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     verification_flags(p)
     _doctor_parser(add)
     _export_parser(add)
+
+    p = add("report", help="work with reports: merge per-model reports into one summary", epilog=EPILOG)
+    reports = p.add_subparsers(dest="report_command", metavar="ACTION", required=True)
+    m = reports.add_parser("merge", parents=[common], help="join <name>.report.json files into one summary")
+    m.add_argument("reports", type=Path, nargs="+", metavar="REPORT")
+    m.add_argument("-o", "--output", type=Path, metavar="JSON", help="write the summary (kind: many) here")
     return parser
 
 

@@ -10,6 +10,7 @@ import re
 import secrets
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,22 @@ TMP_PREFIX = ".surgeon-tmp-"
 """Every temporary file surgeon writes is named ``.surgeon-tmp-<pid>-<random>.tmp``."""
 STALE_SECONDS = 3600
 _TMP_RE = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-")
+
+
+_STOP = threading.Event()
+
+
+def stop_commits() -> None:
+    """From now on, no save of this process commits: the next commit point raises
+    KeyboardInterrupt instead (its new files removed). A many-models worker calls it when its
+    parent stops the run (a signal) or dies, so nothing is committed after that."""
+    _STOP.set()
+
+
+def check_commit_allowed() -> None:
+    """Raise KeyboardInterrupt when :func:`stop_commits` was called: the commit point of every save."""
+    if _STOP.is_set():
+        raise KeyboardInterrupt
 
 
 def current_umask() -> int:
@@ -106,6 +123,11 @@ def write_atomic(path: Path, data: bytes) -> None:
     remove_stale_temps(path.parent)
     with atomic_file(path) as (f, tmp):
         f.write(data)
+    try:
+        check_commit_allowed()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     replace(tmp, path)
 
 

@@ -21,7 +21,7 @@ from surgeon.ir.external import (
     safe_data_path,
     set_external_ref,
 )
-from surgeon.ir.files import atomic_file, check_target, remove_stale_temps, replace, sync_folder
+from surgeon.ir.files import atomic_file, check_commit_allowed, check_target, remove_stale_temps, replace, sync_folder
 from surgeon.ir.policy import SavePolicy
 from surgeon.ir.targets import (
     TensorFileNames,
@@ -134,6 +134,7 @@ def _commit(pending: list[tuple[Path, Path]]) -> None:
     model_ino = os.stat(model_tmp).st_ino
     done: list[Path] = []
     try:
+        check_commit_allowed()
         for tmp, final in data:
             replace(tmp, final)
             done.append(final)
