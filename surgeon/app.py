@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from surgeon.results import PipelineResult, StepReport
     from surgeon.verify.config import VerifyConfig
 
-FLAGS = {"device": "--device", "mode": "--no-verify", "rtol": "--rtol", "atol": "--atol", "dims": "--dims"}
+FLAGS = {
+    "device": "--device",
+    "mode": "--no-verify",
+    "rtol": "--rtol",
+    "atol": "--atol",
+    "dims": "--dims",
+    "inputs": "--inputs",
+}
 
 
 def pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -42,7 +49,7 @@ def pairs(items: Sequence[str], what: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class Overrides:
     """What the command line sets over a recipe's ``verify:`` (``--device``, ``--no-verify``,
-    ``--rtol``, ``--atol``, ``--dims``), validated once by :meth:`parse` as recipe values are. The
+    ``--rtol``, ``--atol``, ``--dims``, ``--inputs``), validated once by :meth:`parse` as recipe values are. The
     tolerances are the user's for every step: they win over step keywords and pass defaults."""
 
     values: Mapping[str, Any] = field(default_factory=dict)
@@ -55,8 +62,13 @@ class Overrides:
         rtol: float | None = None,
         atol: float | None = None,
         dims: Sequence[str] = (),
+        inputs: Path | None = None,
     ) -> Overrides:
         values: dict[str, Any] = {}
+        if inputs is not None:  # relative to where the user is, not to the recipe
+            if not inputs.is_file():
+                raise UsageError(f"--inputs {inputs}: no such file")
+            values["inputs"] = str(inputs.resolve())
         if device:
             values["device"] = device
         if no_verify:

@@ -19,7 +19,8 @@ def overrides(args: argparse.Namespace) -> Overrides:
     """The verification flags, parsed and validated once (``--rtol -1`` is a usage error)."""
     from surgeon.app import Overrides
 
-    return Overrides.parse(args.device, args.no_verify, args.rtol, args.atol, args.dims)
+    no_verify = getattr(args, "no_verify", False)  # surgeon verify always verifies
+    return Overrides.parse(args.device, no_verify, args.rtol, args.atol, args.dims, args.inputs)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

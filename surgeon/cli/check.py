@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from surgeon.errors import EXIT_OK, EXIT_VERIFY_FAILED, ModelError
+from surgeon.errors import EXIT_OK, EXIT_VERIFY_FAILED, ModelError, UsageError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -88,6 +88,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         renamed_inputs={k: v for k, v in mapping.items() if k in in_names},
         renamed_outputs={k: v for k, v in mapping.items() if k not in in_names},
     )
+    contract.new_inputs = _added_inputs(ref, cand, contract, pairs(args.feed, "--feed"))
     _probe_dynamic_axes(ref, cand, contract)
     verifier = Verifier(ref, cfg)
     try:
@@ -112,6 +113,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
             args.report, verify_report(check.ok, verifier.device_line, check.sizes, verifier.values, outputs, div)
         )
     return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
+
+
+def _added_inputs(ref: Any, cand: Any, contract: Any, feed: dict[str, str]) -> dict[str, Any]:
+    """Values for the inputs the candidate added (``--feed factor=3.0``): each is the constant the
+    reference computes with (a promoted scale, a promoted initializer). One the user gives no value
+    for is an error naming it, unless the candidate gives it a default (an initializer)."""
+    import json
+
+    import numpy as np
+    from onnx import helper
+
+    renamed = contract.renamed_inputs
+    had = {renamed.get(vi.name, vi.name) for vi in ref.proto.graph.input}
+    defaults = {t.name for t in cand.proto.graph.initializer}
+    added = {vi.name: vi for vi in cand.proto.graph.input if vi.name not in had}
+    unknown = sorted(set(feed) - set(added))
+    if unknown:
+        raise UsageError(
+            f"--feed {unknown[0]}: not an input the candidate added; it added: {', '.join(added) or 'none'}"
+        )
+    values: dict[str, Any] = {}
+    for name, vi in added.items():
+        if name not in feed:
+            if name in defaults:
+                continue
+            raise UsageError(
+                f"input '{name}' of {cand.name} is not in {ref.name}: give the value it stands for, --feed {name}=VALUE"
+            )
+        try:
+            raw = json.loads(feed[name])
+        except json.JSONDecodeError:
+            raise UsageError(f"--feed {name}={feed[name]}: not a number or a JSON list") from None
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        try:
+            value = np.asarray(raw, dtype=dtype)
+        except (TypeError, ValueError):
+            raise UsageError(f"--feed {name}={feed[name]}: not a {dtype} value") from None
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+        if vi.type.tensor_type.HasField("shape") and -1 not in dims and int(np.prod(dims)) == value.size:
+            value = value.reshape(dims)
+        values[name] = value
+    return values
 
 
 def _probe_dynamic_axes(ref: Any, cand: Any, contract: Any) -> None:

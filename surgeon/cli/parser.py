@@ -13,11 +13,15 @@ from surgeon import __version__
 from surgeon.errors import EPILOG
 
 
-def verification_flags(p: argparse.ArgumentParser) -> None:
-    """--device, --no-verify, --dims, --rtol, --atol: the verification flags apply, run and verify share."""
+def verification_flags(p: argparse.ArgumentParser, recipe: bool = True) -> argparse._ArgumentGroup:
+    """--device, --no-verify, --dims, --rtol, --atol, --inputs: the verification flags apply, run
+    and verify share (``recipe``: the command runs a recipe, whose ``verify:`` they override;
+    ``surgeon verify`` has no recipe, and always verifies)."""
+    over = " (overrides the recipe)" if recipe else ""
     g = p.add_argument_group("verification")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="onnxruntime device (overrides the recipe)")
-    g.add_argument("--no-verify", action="store_true", help="skip verification (verify.mode: off)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"onnxruntime device{over}")
+    if recipe:
+        g.add_argument("--no-verify", action="store_true", help="skip verification (verify.mode: off)")
     g.add_argument(
         "--dims",
         action="append",
@@ -27,6 +31,10 @@ def verification_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--rtol", type=float, help="relative tolerance")
     g.add_argument("--atol", type=float, help="absolute tolerance")
+    g.add_argument(
+        "--inputs", type=Path, metavar="NPZ", help="input data (.npz, arrays named as the source model's inputs)"
+    )
+    return g
 
 
 def output_flags(p: argparse.ArgumentParser) -> None:
@@ -120,7 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="name the first node whose output differs (tensors both models have, compared in topological order)",
     )
-    verification_flags(p)
+    g = verification_flags(p, recipe=False)
+    g.add_argument(
+        "--feed",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="the value of an input the candidate added (a promoted constant): factor=3.0, or a list (repeatable)",
+    )
     _doctor_parser(add)
     _export_parser(add)
 
