@@ -24,6 +24,7 @@ from surgeon.pipeline import Step
 from surgeon.verify.compare import CheckKind, OutputCheck, Tolerance, Verdict
 from surgeon.verify.config import StepVerify, VerifyConfig
 from surgeon.verify.contract import IOContract, ProbeEnv
+from surgeon.verify.probes import BatchProbe, probe_dynamic_axes
 from surgeon.verify.runtime import SessionLoadError
 from surgeon.verify.session import VerificationSession
 from surgeon.verify.verifier import Verifier
@@ -286,6 +287,34 @@ def test_a_probe_that_fails_to_run_is_a_failed_probe_check() -> None:
     assert raised.note == "cannot size it at step 0"
     assert (ran.kind, ran.verdict, ran.ok) == (CheckKind.PROBE, "ok", True)
     assert res.failures() == ["passes[0] (rename-io): probe raiser: cannot size it at step 0"]
+
+
+def test_probe_dynamic_axes_declares_and_probes_what_the_candidate_made_symbolic() -> None:
+    ref, cand = _chain(), _chain()
+    for vi in (cand.graph.input[0], cand.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    contract = IOContract()
+    probe_dynamic_axes(load(ref), load(cand), contract)
+    assert contract.traced_dims == {"batch": 2} and contract.changed_axes == {"x": {0}, "y": {0}}
+    assert [type(p) for p in contract.probes] == [BatchProbe]
+    res = Pipeline([_Declares(contract)], verify=CPU).run(ref)  # the same contract, checked in a pipeline
+    probes = [o for o in res.steps[0].check.outputs if o.kind is CheckKind.PROBE]
+    assert res.ok and [o.name for o in probes] == ["probe batch=6: y vs 3 runs of batch=2"], probes  # probe_batch: 3
+
+
+class _Declares(Pass):
+    """Makes axis 0 of x and y the symbol 'batch' and returns a contract made elsewhere."""
+
+    name = "declares"
+
+    def __init__(self, contract: IOContract) -> None:
+        super().__init__()
+        self.contract = contract
+
+    def run(self, model: ModelIR) -> PassResult:
+        model.graph.inputs[0].shape = ["batch", 8]
+        model.graph.outputs[0].shape = ["batch", 8]
+        return PassResult(True, self.contract)
 
 
 # --- verdicts ----------------------------------------------------------------------------------
