@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,11 +19,8 @@ from surgeon.ir.save import SavePolicy, save
 from surgeon.ir.targets import Target, check_location, guard_writes, model_data_files, referenced_files
 from surgeon.pass_api import Pass
 from surgeon.results import PipelineResult, StepReport, count_nodes, count_ops
-from surgeon.verify.compare import Tolerance
 from surgeon.verify.config import StepVerify, VerifyConfig
-from surgeon.verify.contract import IOContract
-from surgeon.verify.runtime import SessionLoadError
-from surgeon.verify.verifier import Verifier
+from surgeon.verify.session import VerificationSession
 
 if TYPE_CHECKING:
     from surgeon.ir.model import Model
@@ -121,45 +117,17 @@ class Pipeline:
         A pass's error keeps its class (and so its exit code), with the step named in its text."""
         source = load(model)
         ir = ModelIR.from_model(source)
-        cfg = self.verify
-        verifier: Verifier | None = None
-        tol = Tolerance(cfg.rtol, cfg.atol)
-        allowed: list[Tolerance] = []  # each step's own tolerance
-        contracts: list[IOContract] = []
+        session = VerificationSession(source, self.verify, base_dir, size_hints(self.steps), self.tolerance_override)
         reports: list[StepReport] = []
-        candidate: Model | None = None
-        unverified = False  # a modification no check has covered yet
-        source_error: ModelError | None = None
-        last_modified: Step | None = None
-        good: tuple[Model | None, int] = (None, 0)  # the last model that passed its check, and its step count
         for i, step in enumerate(self.steps):
             before = count_nodes(ir.graph)
             t0 = time.perf_counter()
-
-            def reference() -> None:
-                # after the first precondition check, before any edit: the reference run
-                nonlocal verifier, source_error
-                if verifier is None and cfg.mode != "off":
-                    verifier = Verifier(source, cfg, base_dir, size_hints(self.steps))
-                    try:
-                        verifier.reference()
-                    except SessionLoadError as exc:  # the source itself: a model problem, not the step's
-                        source_error = ModelError(f"{source.name}: onnxruntime cannot load the model: {exc.reason}")
-                        raise source_error from None
-
-            try:
-                result = step.pass_(ir, step.message, before_edit=reference)
+            try:  # the reference run comes after the first precondition check, before any edit
+                result = step.pass_(ir, step.message, before_edit=session.start)
             except ModelError:
-                if source_error is not None:
-                    raise source_error from None
+                if session.source_error is not None:
+                    raise session.source_error from None
                 raise
-            seconds = time.perf_counter() - t0
-            if result.modified:
-                last_modified = step
-            contracts.append(result.contract)
-            own, explicit = _step_tolerance(step, result.contract, cfg, self.tolerance_override)
-            allowed.append(own)
-            tol = own if explicit else _loosest(allowed)
             report = StepReport(
                 i,
                 step.pass_.name,
@@ -167,45 +135,28 @@ class Pipeline:
                 result.modified,
                 before,
                 count_nodes(ir.graph),
-                seconds,
+                time.perf_counter() - t0,
                 notes=list(result.notes),
             )
-            candidate = None
-            if (
-                verifier is not None
-                and cfg.mode == "each"
-                and result.modified
-                and not (step.verify and step.verify.skip)
-            ):
-                candidate = ir.to_model()
-                with _blamed_on(step):
-                    report.check = verifier.check(candidate, contracts, tol)
-                    if not report.check.ok:
-                        report.check.divergence = verifier.localize(good[0] or verifier.source, good[1], candidate, tol)
-                    report.check.outputs += verifier.probe(candidate, contracts, i, tol)
-                if report.check.ok:
-                    good = (candidate, i + 1)
+            report.check = session.after_step(
+                result.contract,
+                result.modified,
+                ir.to_model,
+                who=step.where or step.label,
+                default=step.pass_.tolerance,
+                verify=step.verify,
+            )
+            if report.check is not None:
                 report.seconds = time.perf_counter() - t0
-            unverified = (unverified or result.modified) and report.check is None
             reports.append(report)
             if on_step is not None:
                 on_step(report)
-        final = candidate or ir.to_model()
+        final, check = session.finish(ir.to_model)
         res = PipelineResult(
             final, reports, changed_tensors=_changed_tensors(ir), ops_before=count_ops(source.proto.graph)
         )
-        if verifier is not None:
-            if unverified:
-                with _blamed_on(last_modified):
-                    check = verifier.check(final, contracts, tol)
-                    if not check.ok:
-                        check.divergence = verifier.localize(good[0] or verifier.source, good[1], final, tol)
-                    if cfg.mode == "end":
-                        for k in range(len(contracts)):
-                            check.outputs += verifier.probe(final, contracts, k, tol)
-                res.final_check = check
-            res.device = verifier.device_line
-            res.sizes, res.values = verifier.sizes.lines(), list(verifier.values)
+        res.final_check = check
+        res.device, res.sizes, res.values = session.device, session.sizes, session.values
         return res
 
     def apply(
@@ -315,33 +266,6 @@ def _checker(
     return check
 
 
-@contextlib.contextmanager
-def _blamed_on(step: Step | None) -> Iterator[None]:
-    """An edited model onnxruntime cannot load (the source loaded): the step that made it is at
-    fault; say which."""
-    try:
-        yield
-    except SessionLoadError as exc:
-        who = f"{step.where or step.label}: " if step is not None else ""
-        raise VerificationError(
-            f"{who}onnxruntime cannot load the edited model ({exc.reason}); the source loads, so the step "
-            "made a model onnxruntime refuses"
-        ) from None
-
-
-def _step_tolerance(
-    step: Step, contract: IOContract, cfg: VerifyConfig, override: Mapping[str, float]
-) -> tuple[Tolerance, bool]:
-    """A step's own tolerance, and whether the user set it: per field, the command line's, else the
-    step's ``verify:``, else the pass's default, else the pipeline's."""
-    base = contract.tolerance or step.pass_.tolerance or Tolerance(cfg.rtol, cfg.atol)
-    user: dict[str, float] = {}
-    if step.verify is not None:
-        user.update({k: v for k in ("rtol", "atol") if (v := getattr(step.verify, k)) is not None})
-    user.update(override)
-    return Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol)), bool(user)
-
-
 def size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
     """Sizes the steps will bind (``Pass.bound_sizes``, e.g. fix-dims): the source's feed is made at
     them (the model after such a step accepts no other)."""
@@ -350,15 +274,6 @@ def size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
         for key, size in s.pass_.bound_sizes().items():
             hints.setdefault(str(key), (int(size), f"fixed by passes[{i}] ({s.pass_.name})"))
     return hints
-
-
-def _loosest(tols: Sequence[Tolerance]) -> Tolerance:
-    """A check after several steps allows what each of them was allowed (an earlier step's error
-    carries into every later comparison with the source)."""
-    out = tols[0]
-    for t in tols[1:]:
-        out = out.loosest(t)
-    return out
 
 
 def _changed_tensors(ir: ModelIR) -> set[str]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from surgeon.verify.compare import CheckKind, Verdict
+
 if TYPE_CHECKING:
     from surgeon.ir.model import Model
-    from surgeon.verify.compare import StepCheck
+    from surgeon.verify.compare import OutputCheck, StepCheck
 
 
 @dataclass
@@ -24,10 +26,10 @@ class StepReport:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Verdict:
         if self.check is None:
-            return "unchanged" if not self.modified else "not verified"
-        return "ok" if self.check.ok else "FAIL"
+            return Verdict.UNCHANGED if not self.modified else Verdict.NOT_VERIFIED
+        return Verdict.OK if self.check.ok else Verdict.FAIL
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -38,7 +40,7 @@ class StepReport:
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
             "seconds": round(self.seconds, 4),
-            "verdict": self.verdict,
+            "verdict": self.verdict.value,
             "max_abs_error": self.check.max_abs if self.check else None,
             "outputs": [o.as_dict() for o in self.check.outputs] if self.check else [],
             "sizes": list(self.check.sizes) if self.check else [],
@@ -80,12 +82,12 @@ class PipelineResult:
         for s in self.steps:
             if s.check and not s.check.ok:
                 for o in s.check.failures():
-                    lines.append(f"passes[{s.index}] ({s.pass_name}): {_what(o.name)}: {_describe(o)}")
+                    lines.append(f"passes[{s.index}] ({s.pass_name}): {_what(o)}: {_describe(o)}")
                 if s.check.divergence is not None:
                     lines.append(f"passes[{s.index}] ({s.pass_name}): {s.check.divergence.line()}")
         if self.final_check and not self.final_check.ok:
             for o in self.final_check.failures():
-                lines.append(f"end of pipeline: {_what(o.name)}: {_describe(o)}")
+                lines.append(f"end of pipeline: {_what(o)}: {_describe(o)}")
             if self.final_check.divergence is not None:
                 lines.append(f"end of pipeline: {self.final_check.divergence.line()}")
         return lines
@@ -107,10 +109,10 @@ class PipelineResult:
         }
 
 
-def _what(check: str) -> str:
-    """A check as a failure line names it: an output by its name, the interface and probe
-    checks by what they already say (``interface: input 'x'``, ``probe batch=3: y ...``)."""
-    return check if check.startswith(("interface", "probe")) else f"output '{check}'"
+def _what(check: OutputCheck) -> str:
+    """A check as a failure line names it: an output by its name, the other kinds (interface,
+    probe, proof) by what their name already says (``interface: input 'x'``, ``probe batch=3: y ...``)."""
+    return f"output '{check.name}'" if check.kind is CheckKind.OUTPUT else check.name
 
 
 def _describe(o: Any) -> str:

@@ -72,6 +72,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.report import verify_report, write_report
     from surgeon.verify.compare import Tolerance
     from surgeon.verify.contract import IOContract
+    from surgeon.verify.probes import probe_dynamic_axes
     from surgeon.verify.runtime import SessionLoadError
     from surgeon.verify.verifier import Verifier
 
@@ -89,7 +90,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         renamed_outputs={k: v for k, v in mapping.items() if k not in in_names},
     )
     contract.new_inputs = _added_inputs(ref, cand, contract, pairs(args.feed, "--feed"))
-    _probe_dynamic_axes(ref, cand, contract)
+    probe_dynamic_axes(ref, cand, contract)
     verifier = Verifier(ref, cfg)
     try:
         verifier.reference()
@@ -155,33 +156,3 @@ def _added_inputs(ref: Any, cand: Any, contract: Any, feed: dict[str, str]) -> d
             value = value.reshape(dims)
         values[name] = value
     return values
-
-
-def _probe_dynamic_axes(ref: Any, cand: Any, contract: Any) -> None:
-    """Axes the candidate made symbolic where the reference is static are probed as mark-dynamic
-    does (a batch symbol: N distinct samples against N single runs; others: a new size) and declared
-    as changed; the reference's size is their traced size."""
-    from surgeon.verify.interface import ports
-    from surgeon.verify.probes import BatchProbe, SizeProbe
-
-    axes: list[dict[str, dict[int, str]]] = [{}, {}]
-    traced: dict[str, int] = {}
-    for k, kind in enumerate(("input", "output")):
-        renamed = contract.renamed_inputs if kind == "input" else contract.renamed_outputs
-        new = {p.name: p for p in ports(cand.proto, kind)}
-        for old in ports(ref.proto, kind):
-            p = new.get(renamed.get(old.name, old.name))
-            if p is None or old.dims is None or p.dims is None or len(p.dims) != len(old.dims):
-                continue
-            for axis, (a, b) in enumerate(zip(old.dims, p.dims)):
-                if isinstance(a, int) and isinstance(b, str):
-                    axes[k].setdefault(p.name, {})[axis] = b
-                    contract.changed_axes.setdefault(p.name, set()).add(axis)
-                    if kind == "input":
-                        traced.setdefault(b, a)
-    ins, outs = axes
-    contract.traced_dims.update(traced)
-    for sym in sorted(traced):
-        at_zero = all(a == 0 for m in (ins, outs) for axes_ in m.values() for a, s in axes_.items() if s == sym)
-        probe = BatchProbe if "batch" in sym.lower() or at_zero else SizeProbe
-        contract.probes.append(probe(sym, ins, outs, traced))

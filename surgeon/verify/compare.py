@@ -3,10 +3,60 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
+
+class _Text(str, Enum):
+    """A str enum that prints, formats and serializes as its value (``f"{v}"`` is ``"ok"``, not
+    ``"Verdict.OK"``; ``v == "ok"`` holds)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Verdict(_Text):
+    """What a check, a probe or a step concluded. Only the ``ok`` family passes; "proved nothing"
+    is a probe that ran with nothing to compare (never shown as ok)."""
+
+    OK = "ok"
+    OK_NONFINITE = "ok (non-finite)"
+    """Equal within tolerance, with non-finite values at the same positions."""
+    OK_EMPTY = "ok (empty)"
+    """An empty output: nothing to compare."""
+    OK_NEW = "ok (new)"
+    """An output the step added: it ran, nothing to compare it with."""
+    OK_RAN = "ok (ran)"
+    """A size probe: the model ran and the output axes follow their symbols."""
+    PROVED_NOTHING = "proved nothing"
+    FAIL = "FAIL"
+    UNCHANGED = "unchanged"
+    """A step that did not modify the model."""
+    NOT_VERIFIED = "not verified"
+    """A step that modified the model and had no check of its own (``mode: end``, ``verify.skip``)."""
+
+    @property
+    def ok(self) -> bool:
+        return self in (Verdict.OK, Verdict.OK_NONFINITE, Verdict.OK_EMPTY, Verdict.OK_NEW, Verdict.OK_RAN)
+
+
+class CheckKind(_Text):
+    """What an :class:`OutputCheck` checked: failure lines word each kind its own way."""
+
+    OUTPUT = "output"
+    """One output's values against the expected ones (its name is the output's)."""
+    INTERFACE = "interface"
+    """Order, dtype or static dims of an input or output (``interface: ...``)."""
+    PROBE = "probe"
+    """An extra run a step's contract asked for (``probe ...``)."""
+    PROOF = "proof"
+    """A property shown without running the model (reserved)."""
 
 
 @dataclass
@@ -15,16 +65,25 @@ class OutputCheck:
 
     name: str
     ok: bool
-    verdict: str
+    verdict: Verdict
     max_abs: float = 0.0
     max_rel: float = 0.0
     rtol: float = 0.0
     atol: float = 0.0
     shape: tuple[int, ...] = ()
     note: str = ""
+    kind: CheckKind = CheckKind.OUTPUT
+
+    def __post_init__(self) -> None:
+        self.verdict = Verdict(self.verdict)
+        self.kind = CheckKind(self.kind)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        """Plain JSON values (the enums as their strings), one key per field."""
+        return {
+            k: (list(v) if isinstance(v, tuple) else v.value if isinstance(v, Enum) else v)
+            for k, v in self.__dict__.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -66,21 +125,35 @@ class StepCheck:
 # --- comparison ---------------------------------------------------------------------------------
 
 
-def compare(name: str, expected: np.ndarray, actual: np.ndarray, tol: Tolerance) -> OutputCheck:
+def compare(
+    name: str, expected: np.ndarray, actual: np.ndarray, tol: Tolerance, kind: CheckKind = CheckKind.OUTPUT
+) -> OutputCheck:
     """Compare two arrays: shape, dtype, max abs / rel error, non-finite values matched by position."""
     import numpy as np
 
     expected, actual = np.asarray(expected), np.asarray(actual)
-    base: dict[str, Any] = {"name": name, "rtol": tol.rtol, "atol": tol.atol, "shape": tuple(actual.shape)}
+    base: dict[str, Any] = {
+        "name": name,
+        "rtol": tol.rtol,
+        "atol": tol.atol,
+        "shape": tuple(actual.shape),
+        "kind": kind,
+    }
     if expected.shape != actual.shape:
-        return OutputCheck(**base, ok=False, verdict="FAIL", note=f"shape {actual.shape} != expected {expected.shape}")
+        return OutputCheck(
+            **base, ok=False, verdict=Verdict.FAIL, note=f"shape {actual.shape} != expected {expected.shape}"
+        )
     if expected.dtype != actual.dtype:
-        return OutputCheck(**base, ok=False, verdict="FAIL", note=f"dtype {actual.dtype} != expected {expected.dtype}")
+        return OutputCheck(
+            **base, ok=False, verdict=Verdict.FAIL, note=f"dtype {actual.dtype} != expected {expected.dtype}"
+        )
     if expected.size == 0:
-        return OutputCheck(**base, ok=True, verdict="ok (empty)", note="empty output: nothing to compare")
+        return OutputCheck(**base, ok=True, verdict=Verdict.OK_EMPTY, note="empty output: nothing to compare")
     if expected.dtype.kind in "OSU":
         ok = bool(np.array_equal(expected, actual))
-        return OutputCheck(**base, ok=ok, verdict="ok" if ok else "FAIL", note="" if ok else "strings differ")
+        return OutputCheck(
+            **base, ok=ok, verdict=Verdict.OK if ok else Verdict.FAIL, note="" if ok else "strings differ"
+        )
     e = expected.astype(np.float64)
     a = actual.astype(np.float64)
     e_fin, a_fin = np.isfinite(e), np.isfinite(a)
@@ -101,7 +174,7 @@ def compare(name: str, expected: np.ndarray, actual: np.ndarray, tol: Tolerance)
             note = f"non-finite values differ: expected {n_nonfinite}, got {int((~a_fin).sum())}"
     if not both.any():
         note = note or "no finite values"
-    verdict = "ok" if ok else "FAIL"
+    verdict = Verdict.OK if ok else Verdict.FAIL
     if ok and n_nonfinite:
-        verdict = "ok (non-finite)"
+        verdict = Verdict.OK_NONFINITE
     return OutputCheck(**base, ok=ok, verdict=verdict, max_abs=max_abs, max_rel=max_rel, note=note)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from surgeon.verify.compare import OutputCheck
+from surgeon.verify.compare import CheckKind, OutputCheck, Verdict
 from surgeon.verify.specs import PLACEHOLDERS
 
 if TYPE_CHECKING:
@@ -137,4 +137,6 @@ def _kind(d: int | str) -> str:
 
 
 def _fail(name: str, note: str) -> OutputCheck:
-    return OutputCheck(f"interface: {name}", False, "FAIL", note=f"{note}; no contract declares it")
+    return OutputCheck(
+        f"interface: {name}", False, Verdict.FAIL, note=f"{note}; no contract declares it", kind=CheckKind.INTERFACE
+    )

@@ -1,17 +1,49 @@
-"""Probes of an axis made dynamic (``mark-dynamic``, and ``surgeon verify a b`` where ``b`` has axes
-``a`` has static): a batch axis is checked for batch consistency, another axis at a new size."""
+"""Every probe, in one place: the extra runs a step's contract asks for where the interface
+changed (:class:`surgeon.verify.contract.Probe`). A probe sees only what
+:class:`surgeon.verify.contract.ProbeEnv` offers; every check it makes is of kind ``probe``.
+
+- an axis made dynamic (``mark-dynamic``, and ``surgeon verify a b`` where ``b`` has axes ``a`` has
+  static, :func:`probe_dynamic_axes`): a batch axis is checked for batch consistency
+  (:class:`BatchProbe`), another axis at a new size (:class:`SizeProbe`);
+- a promoted upscale factor (``promote-resize-scales``): another factor, each output's size
+  worked out without the edited graph (:class:`ScaleProbe`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from surgeon.errors import SurgeonError
+from surgeon.verify.compare import CheckKind, OutputCheck, Verdict, compare
 
 if TYPE_CHECKING:
-    from surgeon.verify.compare import OutputCheck
-    from surgeon.verify.contract import ProbeEnv
+    import numpy as np
+
+    from surgeon.ir.model import Model
+    from surgeon.verify.contract import IOContract, Probe, ProbeEnv
 
 Axes = dict[str, dict[int, str]]
 """``{tensor: {axis: symbol}}``."""
+
+
+def run_probes(probes: Sequence[Probe], env: ProbeEnv) -> list[OutputCheck]:
+    """Each probe's checks, all of kind ``probe``; a probe that fails to run is one failed check
+    naming it and why."""
+    out: list[OutputCheck] = []
+    for probe in probes:
+        try:
+            checks = probe.run(env)
+        except SurgeonError as exc:
+            checks = [OutputCheck(f"probe {probe.name}", False, Verdict.FAIL, note=str(exc))]
+        for check in checks:
+            check.kind = CheckKind.PROBE
+        out.extend(checks)
+    return out
+
+
+# --- an axis made dynamic ----------------------------------------------------------------------
 
 
 class _SymbolProbe:
@@ -45,8 +77,6 @@ class BatchProbe(_SymbolProbe):
     def run(self, env: ProbeEnv) -> list[OutputCheck]:
         import numpy as np
 
-        from surgeon.verify.compare import compare
-
         base, n = self._base(env), env.config.probe_batch
         feed = env.make_feed(self._dims(env, base * n))
         chunks = []
@@ -71,6 +101,7 @@ class BatchProbe(_SymbolProbe):
                     expected,
                     actual[name],
                     env.tol,
+                    CheckKind.PROBE,
                 )
             )
         return checks or [_nothing(self.name, self.symbol)]
@@ -85,8 +116,6 @@ class SizeProbe(_SymbolProbe):
         return f"size ({self.symbol})"
 
     def run(self, env: ProbeEnv) -> list[OutputCheck]:
-        from surgeon.verify.compare import OutputCheck
-
         base = self._base(env)
         size = 2 * base if base > 1 else 3
         dims = self._dims(env, size)
@@ -102,9 +131,10 @@ class SizeProbe(_SymbolProbe):
                 OutputCheck(
                     f"probe {self.symbol}={size}: {name}",
                     not bad,
-                    "FAIL" if bad else "ok (ran)",
+                    Verdict.FAIL if bad else Verdict.OK_RAN,
                     shape=tuple(value.shape),
                     note="; ".join(bad),
+                    kind=CheckKind.PROBE,
                 )
             )
         if not any(self.symbol in axes.values() for axes in self.outs.values()):
@@ -114,7 +144,221 @@ class SizeProbe(_SymbolProbe):
 
 def _nothing(probe: str, symbol: str) -> OutputCheck:
     """A probe with nothing to compare says so (never a plain ok)."""
-    from surgeon.verify.compare import OutputCheck
-
     note = f"no output axis is '{symbol}': only that the model runs at another size; name an output axis (outputs: {{y: {{0: {symbol}}}}}) to compare"
-    return OutputCheck(f"probe {probe}", True, "proved nothing", note=note)
+    return OutputCheck(f"probe {probe}", True, Verdict.PROVED_NOTHING, note=note, kind=CheckKind.PROBE)
+
+
+def probe_dynamic_axes(ref: Model, cand: Model, contract: IOContract) -> None:
+    """Axes ``cand`` made symbolic where ``ref`` is static (``surgeon verify a b``) are probed as
+    mark-dynamic does (a batch symbol: N distinct samples against N single runs; others: a new
+    size) and declared as changed in ``contract``; the reference's size is their traced size."""
+    from surgeon.verify.interface import ports
+
+    axes: list[dict[str, dict[int, str]]] = [{}, {}]
+    traced: dict[str, int] = {}
+    for k, kind in enumerate(("input", "output")):
+        renamed = contract.renamed_inputs if kind == "input" else contract.renamed_outputs
+        new = {p.name: p for p in ports(cand.proto, kind)}
+        for old in ports(ref.proto, kind):
+            p = new.get(renamed.get(old.name, old.name))
+            if p is None or old.dims is None or p.dims is None or len(p.dims) != len(old.dims):
+                continue
+            for axis, (a, b) in enumerate(zip(old.dims, p.dims)):
+                if isinstance(a, int) and isinstance(b, str):
+                    axes[k].setdefault(p.name, {})[axis] = b
+                    contract.changed_axes.setdefault(p.name, set()).add(axis)
+                    if kind == "input":
+                        traced.setdefault(b, a)
+    ins, outs = axes
+    contract.traced_dims.update(traced)
+    for sym in sorted(traced):
+        at_zero = all(a == 0 for m in (ins, outs) for axes_ in m.values() for a, s in axes_.items() if s == sym)
+        probe = BatchProbe if "batch" in sym.lower() or at_zero else SizeProbe
+        contract.probes.append(probe(sym, ins, outs, traced))
+
+
+# --- promote-resize-scales: another upscale factor ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One promoted node: its vector (scales or sizes) as traced and as probed."""
+
+    node: str
+    kind: str
+    lead: int
+    traced: list[float]
+    probed: list[float]
+
+
+class ScaleProbe:
+    """Runs the edited model at another factor. Each output axis the traced factor scaled must
+    scale with the probed one: its size at the traced factor (the model before the step, same
+    inputs) times probed/traced, worked out without the edited graph, so a crop that hard-codes
+    the traced size (a Slice) fails. Output shapes must also match ONNX shape inference."""
+
+    def __init__(
+        self,
+        values: dict[str, np.ndarray],
+        vectors: dict[str, tuple[int, np.ndarray]],
+        ratios: list[Ratio] | None = None,
+    ) -> None:
+        self.values = values
+        self.vectors = vectors
+        self.ratios = ratios or []
+        self.name = ", ".join(f"{k}={v.tolist()}" for k, v in values.items())
+
+    def run(self, env: ProbeEnv) -> list[OutputCheck]:
+        feed = env.make_feed({})
+        feed.update(self.values)
+        actual = env.run_after([feed])[0]
+        traced = env.run_before([feed])[0]
+        inferred = _expected_shapes(env, feed, self.vectors)
+        checks = []
+        scaled_any = False
+        later = env.contracts[env.step + 1 :]
+        for name, value in actual.items():
+            got = tuple(value.shape)
+            graph_name = name
+            for c in later:
+                graph_name = c.renamed_outputs.get(graph_name, graph_name)
+            upstream = _upstream(env.candidate.proto.graph, graph_name)
+            ratios = [r for r in self.ratios if r.node in upstream]
+            want = _scaled_shape(tuple(traced[name].shape), ratios) if name in traced else None
+            scaled_any |= want is not None and want != tuple(traced[name].shape)
+            problems = []
+            if want is not None and want != got:
+                crop = _crops(env, tuple(traced[name].shape))
+                problems.append(
+                    f"expected {want} (size at the traced factor {tuple(traced[name].shape)} times the factor){crop}"
+                )
+            if name in inferred and tuple(inferred[name]) != got:
+                problems.append(f"shape inference says {tuple(inferred[name])}")
+            note = f"shape {got}" + (": " + "; ".join(problems) if problems else "")
+            checks.append(
+                OutputCheck(
+                    f"probe {self.name}: {name}",
+                    not problems,
+                    Verdict.FAIL if problems else Verdict.OK,
+                    shape=got,
+                    note=note,
+                    kind=CheckKind.PROBE,
+                )
+            )
+        if not scaled_any:
+            checks.append(
+                OutputCheck(
+                    f"probe {self.name}",
+                    True,
+                    Verdict.PROVED_NOTHING,
+                    note="no output's size follows the factor: only that the model runs at another factor",
+                    kind=CheckKind.PROBE,
+                )
+            )
+        return checks
+
+
+def _upstream(g: Any, output: str) -> set[str]:
+    """Names of the nodes ``output`` depends on."""
+    producer = {t: n for n in g.node for t in n.output}
+    seen: set[str] = set()
+    todo, names = [output], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        names.add(node.name)
+        todo.extend(node.input)
+    return names
+
+
+def _scaled_shape(shape: tuple[int, ...], ratios: list[Ratio]) -> tuple[int, ...] | None:
+    """``shape`` (at the traced factor) at the probed one, for outputs of the Resize's rank; axes
+    the nodes scale in series multiply. None when it cannot be told."""
+    import math
+
+    if not ratios or any(len(r.traced) != len(shape) for r in ratios):
+        return None
+    out = list(shape)
+    for axis in range(len(shape)):
+        size = float(shape[axis])
+        for r in ratios:
+            if axis < r.lead or r.traced[axis] == r.probed[axis]:
+                continue
+            if r.kind == "sizes":
+                size = r.probed[axis] if int(size) == int(r.traced[axis]) else size
+            else:
+                size = size * r.probed[axis] / r.traced[axis]
+        out[axis] = int(math.floor(size + 1e-6))
+    return tuple(out)
+
+
+def _crops(env: ProbeEnv, traced: tuple[int, ...]) -> str:
+    """Slice nodes of the edited graph whose constant ends hard-code a traced output size."""
+    from onnx import numpy_helper
+
+    g = env.candidate.proto.graph
+    consts = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    consts[node.output[0]] = a.t
+    spatial = set(traced[2:])
+    found = []
+    for node in g.node:
+        if node.op_type == "Slice" and len(node.input) > 2 and node.input[2] in consts:
+            ends = numpy_helper.to_array(consts[node.input[2]]).reshape(-1).tolist()
+            if spatial & {int(e) for e in ends}:
+                found.append(f"Slice '{node.name}' (ends {ends})")
+    return f"; cropped to the traced size by {', '.join(found)}" if found else ""
+
+
+def _expected_shapes(
+    env: ProbeEnv, feed: dict[str, np.ndarray], vectors: dict[str, tuple[int, np.ndarray]]
+) -> dict[str, tuple[int, ...]]:
+    """Output shapes by ONNX shape inference at the feed's shapes, each probed node reading its
+    probe scales (or sizes) from a constant."""
+    import onnx
+    from onnx import numpy_helper
+
+    later = env.contracts[env.step + 1 :]
+    mapped = dict(feed)
+    for c in later:
+        mapped = c.map_feed(mapped)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(env.candidate.proto)
+    g = proto.graph
+    consts = {}
+    for node in g.node:
+        if node.name in vectors:
+            slot, vector = vectors[node.name]
+            name = f"{node.name}__probe_vector"
+            consts[name] = vector
+            if slot < len(node.input):
+                node.input[slot] = name
+    keep = list(g.input)
+    for vi in keep:
+        if vi.name in mapped:
+            dims = vi.type.tensor_type.shape.dim
+            for d, n in zip(dims, mapped[vi.name].shape):
+                d.Clear()
+                d.dim_value = n
+    del g.input[:]
+    g.input.extend(keep)
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    del g.value_info[:]
+    for o in g.output:
+        o.type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    out = {}
+    for o in inferred.graph.output:
+        dims = o.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            back = o.name
+            for c in reversed(later):
+                back = {v: k for k, v in c.renamed_outputs.items()}.get(back, back)
+            out[back] = tuple(d.dim_value for d in dims)
+    return out

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgeon.errors import ModelError, SurgeonError, UsageError, VerificationError
-from surgeon.verify.compare import OutputCheck, StepCheck, Tolerance, compare
+from surgeon.verify.compare import OutputCheck, StepCheck, Tolerance, Verdict, compare
 from surgeon.verify.contract import IOContract
 from surgeon.verify.dims import Sizes, choose_sizes, sizes_of_data
 from surgeon.verify.domains import integer_domains
 from surgeon.verify.feeds import load_npz, make_feed
 from surgeon.verify.interface import check_interface
 from surgeon.verify.localize import Divergence, localize
+from surgeon.verify.probes import run_probes
 from surgeon.verify.runtime import Runtime, SessionLoadError, run_model
 from surgeon.verify.specs import InputSpec, graph_inputs
 
@@ -207,7 +208,9 @@ class Verifier:
         result.outputs += check_interface(self.source.proto, candidate.proto, contracts)
         for name, value in expected.items():
             if name not in actual:
-                result.outputs.append(OutputCheck(name, False, "FAIL", note="output missing from the edited model"))
+                result.outputs.append(
+                    OutputCheck(name, False, Verdict.FAIL, note="output missing from the edited model")
+                )
             else:
                 result.outputs.append(compare(name, value, actual[name], tol))
         for c in contracts:
@@ -220,7 +223,7 @@ class Verifier:
                         OutputCheck(
                             mapped,
                             True,
-                            "ok (new)",
+                            Verdict.OK_NEW,
                             shape=tuple(np.shape(actual[mapped])),
                             note="added output: ran, nothing to compare",
                         )
@@ -238,24 +241,20 @@ class Verifier:
             return None
 
     def probe(self, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance) -> list[OutputCheck]:
-        env = ProbeEnv(self, candidate, contracts, step, tol)
-        out: list[OutputCheck] = []
-        for probe in contracts[step].probes:
-            try:
-                out.extend(probe.run(env))
-            except SurgeonError as exc:
-                out.append(OutputCheck(f"probe {probe.name}", False, "FAIL", note=str(exc)))
-        return out
+        """The probes of step ``step`` (of ``contracts``) on ``candidate``, the model after every
+        contract: each sees what :class:`surgeon.verify.contract.ProbeEnv` offers, nothing else."""
+        return run_probes(contracts[step].probes, ProbeEnv(self, candidate, contracts, step, tol))
 
 
 class ProbeEnv:
-    """What a probe may do: make inputs at new sizes for the model right after its step, run
-    that model (through the candidate), and run the model before the step (through the source)."""
+    """What a probe may do (the :class:`surgeon.verify.contract.ProbeEnv` protocol, and nothing
+    more): make inputs at new sizes for the model right after its step, run that model (through the
+    candidate), and run the model before the step (through the source)."""
 
     def __init__(
         self, verifier: Verifier, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance
     ) -> None:
-        self.verifier = verifier
+        self._verifier = verifier
         self.candidate = candidate
         self.contracts = contracts
         self.step = step
@@ -284,9 +283,9 @@ class ProbeEnv:
         for feed in feeds:
             f = dict(feed)
             for c in self.contracts[self.step + 1 :]:
-                f = c.map_feed(f, self.verifier.intermediates(c, f))
+                f = c.map_feed(f, self._verifier.intermediates(c, f))
             mapped.append(f)
-        outs = run_model(self.verifier.runtime, self.candidate, mapped)
+        outs = run_model(self._verifier.runtime, self.candidate, mapped)
         later = self.contracts[self.step + 1 :]
         return [{_unrename(k, later, "out"): v for k, v in o.items()} for o in outs]
 
@@ -294,7 +293,7 @@ class ProbeEnv:
         """Outputs of the model before the step, named as after it, for feeds named as after it."""
 
         before = self.contracts[: self.step + 1]
-        return self.verifier.replay(before, [self.verifier.backward(before, feed) for feed in feeds])
+        return self._verifier.replay(before, [self._verifier.backward(before, feed) for feed in feeds])
 
 
 def _unrename(name: str, contracts: Sequence[IOContract], kind: str) -> str:

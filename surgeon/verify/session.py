@@ -1,0 +1,196 @@
+"""Verification of a pipeline as one session: the source's reference run before the first edit
+(:meth:`VerificationSession.start`), the check of each step (:meth:`~VerificationSession.after_step`)
+and the end-of-pipeline check (:meth:`~VerificationSession.finish`). The session holds everything
+the pipeline's loop used to: the verifier, the contracts so far, each step's tolerance, the last
+model that passed its check, and what no check has covered yet."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from surgeon.errors import ModelError, VerificationError
+from surgeon.verify.compare import StepCheck, Tolerance
+from surgeon.verify.contract import IOContract
+from surgeon.verify.runtime import SessionLoadError
+from surgeon.verify.verifier import Verifier
+
+if TYPE_CHECKING:
+    from surgeon.ir.model import Model
+    from surgeon.verify.config import StepVerify, VerifyConfig
+
+
+class VerificationSession:
+    """One pipeline's verification. Nothing runs before :meth:`start`; with ``mode: off`` nothing
+    runs at all. The pipeline calls :meth:`start` before the first edit, :meth:`after_step` after
+    every step and :meth:`finish` once at the end."""
+
+    def __init__(
+        self,
+        source: Model,
+        config: VerifyConfig,
+        base_dir: Path | None = None,
+        hints: Mapping[str, tuple[int, str]] | None = None,
+        override: Mapping[str, float] | None = None,
+    ) -> None:
+        """``hints``: sizes steps will bind (:func:`surgeon.pipeline.size_hints`); ``override``:
+        ``rtol`` / ``atol`` the user gave for every step (the command line's), which win over step
+        keywords and pass defaults."""
+        self.source = source
+        self.config = config
+        self.base_dir = base_dir
+        self.hints = dict(hints or {})
+        self.override = dict(override or {})
+        self.verifier: Verifier | None = None
+        self.source_error: ModelError | None = None
+        """Set when onnxruntime cannot load the source: the pipeline raises it as it is (a model
+        problem, not the step's during which the reference ran)."""
+        self.contracts: list[IOContract] = []
+        self.allowed: list[Tolerance] = []
+        """Each step's own tolerance."""
+        self.tol = Tolerance(config.rtol, config.atol)
+        """The tolerance of a check after the steps so far."""
+        self.good: tuple[Model | None, int] = (None, 0)
+        """The last model that passed its check, and how many steps it had (localization starts there)."""
+        self.checked: Model | None = None
+        """The model the last step's check ran on (None when the last step was not checked)."""
+        self.unverified = False
+        """A modification no check has covered yet."""
+        self.last_modified: str | None = None
+        """The last step that modified the model, as messages name it."""
+
+    # -- the three calls ------------------------------------------------------------------------
+    def start(self) -> None:
+        """The source's reference run (once; later calls do nothing). onnxruntime refusing the
+        source is a :class:`ModelError` naming the source."""
+        if self.verifier is not None or self.config.mode == "off":
+            return
+        self.verifier = Verifier(self.source, self.config, self.base_dir, self.hints)
+        try:
+            self.verifier.reference()
+        except SessionLoadError as exc:  # the source itself: a model problem, not the step's
+            self.source_error = ModelError(f"{self.source.name}: onnxruntime cannot load the model: {exc.reason}")
+            raise self.source_error from None
+
+    def after_step(
+        self,
+        contract: IOContract,
+        modified: bool,
+        candidate: Callable[[], Model],
+        *,
+        who: str,
+        default: Tolerance | None = None,
+        verify: StepVerify | None = None,
+    ) -> StepCheck | None:
+        """A step ran and declared ``contract``. With ``mode: each``, a step that modified the model
+        and is not ``verify.skip`` is checked: ``candidate()`` (the model after it) against the
+        source through every contract so far, localized when it fails, then the step's probes.
+        ``who`` names the step in messages, ``default`` is the pass's own tolerance and ``verify``
+        the step's keywords. Returns the check (None when the step was not checked)."""
+        step = len(self.contracts)
+        self.contracts.append(contract)
+        own, explicit = step_tolerance(contract, default, verify, self.config, self.override)
+        self.allowed.append(own)
+        self.tol = own if explicit else loosest(self.allowed)
+        if modified:
+            self.last_modified = who
+        self.checked = None
+        check = None
+        if (
+            self.verifier is not None
+            and self.config.mode == "each"
+            and modified
+            and not (verify is not None and verify.skip)
+        ):
+            model = candidate()
+            with blamed_on(who):
+                check = self._check(model)
+                check.outputs += self.verifier.probe(model, self.contracts, step, self.tol)
+            if check.ok:
+                self.good = (model, step + 1)
+            self.checked = model
+        self.unverified = (self.unverified or modified) and check is None
+        return check
+
+    def finish(self, current: Callable[[], Model]) -> tuple[Model, StepCheck | None]:
+        """The pipeline's result, and its check when some modification is not yet covered by one
+        (``mode: end``, skipped steps), blamed on the last step that modified the model; with
+        ``mode: end`` every step's probes run on it too."""
+        final = self.checked or current()
+        if self.verifier is None or not self.unverified:
+            return final, None
+        with blamed_on(self.last_modified):
+            check = self._check(final)
+            if self.config.mode == "end":
+                for k in range(len(self.contracts)):
+                    check.outputs += self.verifier.probe(final, self.contracts, k, self.tol)
+        return final, check
+
+    # -- what the pipeline reports --------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where the checks ran and why ("" when verification never started)."""
+        return self.verifier.device_line if self.verifier is not None else ""
+
+    @property
+    def sizes(self) -> list[str]:
+        """The size of every symbolic dim of the source's inputs, and why."""
+        return self.verifier.sizes.lines() if self.verifier is not None else []
+
+    @property
+    def values(self) -> list[str]:
+        """How integer inputs' values were chosen."""
+        return list(self.verifier.values) if self.verifier is not None else []
+
+    def _check(self, model: Model) -> StepCheck:
+        """``model`` against the source through every contract so far; where it fails, where it
+        first diverges from the last model that passed."""
+        assert self.verifier is not None
+        check = self.verifier.check(model, self.contracts, self.tol)
+        if not check.ok:
+            before, k = self.good
+            check.divergence = self.verifier.localize(before or self.verifier.source, k, model, self.tol)
+        return check
+
+
+@contextlib.contextmanager
+def blamed_on(who: str | None) -> Iterator[None]:
+    """An edited model onnxruntime cannot load (the source loaded): the step that made it is at
+    fault; say which."""
+    try:
+        yield
+    except SessionLoadError as exc:
+        prefix = f"{who}: " if who else ""
+        raise VerificationError(
+            f"{prefix}onnxruntime cannot load the edited model ({exc.reason}); the source loads, so the step "
+            "made a model onnxruntime refuses"
+        ) from None
+
+
+def step_tolerance(
+    contract: IOContract,
+    default: Tolerance | None,
+    verify: StepVerify | None,
+    cfg: VerifyConfig,
+    override: Mapping[str, float],
+) -> tuple[Tolerance, bool]:
+    """A step's own tolerance, and whether the user set it: per field, the command line's
+    (``override``), else the step's ``verify:``, else the pass's default (its contract's, then
+    ``default``), else the pipeline's."""
+    base = contract.tolerance or default or Tolerance(cfg.rtol, cfg.atol)
+    user: dict[str, float] = {}
+    if verify is not None:
+        user.update({k: v for k in ("rtol", "atol") if (v := getattr(verify, k)) is not None})
+    user.update(override)
+    return Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol)), bool(user)
+
+
+def loosest(tols: Sequence[Tolerance]) -> Tolerance:
+    """A check after several steps allows what each of them was allowed (an earlier step's error
+    carries into every later comparison with the source)."""
+    out = tols[0]
+    for t in tols[1:]:
+        out = out.loosest(t)
+    return out
