@@ -19,10 +19,12 @@ if TYPE_CHECKING:
     from surgeon.passes._dynamic import Sizes
 
 Axes = dict[str, dict[int, str]]
+DynamicPlan = tuple[Axes, Axes, dict[str, int]]
+"""Input axes, output axes (normalised) and the traced size of each symbol."""
 
 
 @register_pass("mark-dynamic")
-class MarkDynamic(Pass):
+class MarkDynamic(Pass[DynamicPlan]):
     """Make input and output axes symbolic (dynamic_axes after the fact), rewriting constant shapes that hard-code the traced size.
 
     Symbols shared across tensors mean equal sizes. Stale intermediate shapes are cleared and shape
@@ -52,7 +54,7 @@ class MarkDynamic(Pass):
     params: Params
 
     # -- plan ----------------------------------------------------------------------------------
-    def _plan(self, model: ModelIR) -> tuple[Axes, Axes, dict[str, int]]:
+    def plan(self, model: ModelIR) -> DynamicPlan:
         """Input axes, output axes (normalised) and the traced size of each symbol."""
         import onnx_graphsurgeon as gs
 
@@ -110,16 +112,16 @@ class MarkDynamic(Pass):
                 traced[sym], where[sym] = d, f"{name}:{axis}"
         return traced
 
-    def requires(self, model: ModelIR) -> None:
-        self.planned(model, self._plan)
-
     # -- run -----------------------------------------------------------------------------------
-    def run(self, model: ModelIR) -> PassResult:
+    def requires(self, model: ModelIR, plan: DynamicPlan | None = None) -> None:
+        self.plan_of(model, plan)  # the plan refuses what it cannot plan
+
+    def run(self, model: ModelIR, plan: DynamicPlan | None = None) -> PassResult:
         from surgeon.ir.walk import wiring
         from surgeon.passes._dynamic import Sizes
         from surgeon.passkit.shapes import infer, refresh_shapes
 
-        ins, outs, traced = self.planned(model, self._plan)
+        ins, outs, traced = self.plan_of(model, plan)
         g = model.graph
         by_name = {t.name: t for t in list(g.inputs) + list(g.outputs)}
         before = {n: list(by_name[n].shape) for n in list(ins) + list(outs)}
