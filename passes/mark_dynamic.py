@@ -11,14 +11,14 @@ from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import names, require_names
 from surgeon.verify.contract import IOContract, io_types
 from surgeon.verify.probes import BatchProbe, SizeProbe
+from surgeon.verify.specs import Axes
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from surgeon.ir.adapter import ModelIR
-    from surgeon.passes._dynamic import Sizes
+    from surgeon.passes._dynamic import MarkedAxes
 
-Axes = dict[str, dict[int, str]]
 DynamicPlan = tuple[Axes, Axes, dict[str, int]]
 """Input axes, output axes (normalised) and the traced size of each symbol."""
 
@@ -118,7 +118,7 @@ class MarkDynamic(Pass[DynamicPlan]):
 
     def run(self, model: ModelIR, plan: DynamicPlan | None = None) -> PassResult:
         from surgeon.ir.walk import wiring
-        from surgeon.passes._dynamic import Sizes
+        from surgeon.passes._dynamic import MarkedAxes
         from surgeon.passkit.shapes import infer, refresh_shapes
 
         ins, outs, traced = self.plan_of(model, plan)
@@ -135,7 +135,7 @@ class MarkDynamic(Pass[DynamicPlan]):
                 shape[axis] = sym
             by_name[name].shape = shape
         dims_b = {n: [other.get(d, d) if isinstance(d, str) else d for d in by_name[n].shape] for n in ins}
-        notes = rewrite_constant_shapes(model, at_a, dims_b, Sizes(ins, outs, traced, other))
+        notes = rewrite_constant_shapes(model, at_a, dims_b, MarkedAxes(ins, outs, traced, other))
         at_b = self._check_outputs(model, outs, traced, other, dims_b)
         pins = {name: tuple(axes.get(i) for i in range(len(by_name[name].shape))) for name, axes in outs.items()}
         refresh_shapes(model, pins)
@@ -195,7 +195,7 @@ def _following(g: gs.Graph, ins: Axes, outs: Axes, at_a: dict, at_b: dict) -> di
     return allowed
 
 
-def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict, sizes: Sizes) -> list[str]:
+def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict, sizes: MarkedAxes) -> list[str]:
     """Rewrite the constants that only fit the traced sizes; one note per rewrite. Shapes at the
     traced sizes (``at_a``) and at other sizes (inference with ``dims_b``) decide: first the
     0/-1/open forms (Reshape, Expand of a dynamic input, Slice ends), then, one at a time,
