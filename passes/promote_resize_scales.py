@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from surgeon.errors import PassPreconditionError
-from surgeon.ir.walk import all_tensor_names
+from surgeon.ir.walk import all_tensor_names, light_copy, producers
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
+from surgeon.passkit.infer import LIGHT_ELEMENTS
 from surgeon.passkit.ops import listing
 from surgeon.verify.contract import IOContract, io_types
 
@@ -504,7 +505,7 @@ class ScaleProbe:
 
 def _upstream(g: Any, output: str) -> set[str]:
     """Names of the nodes ``output`` depends on."""
-    producer = {t: n for n in g.node for t in n.output}
+    producer = producers(g)
     seen: set[str] = set()
     todo, names = [output], set()
     while todo:
@@ -572,8 +573,7 @@ def _expected_shapes(
     mapped = dict(feed)
     for c in later:
         mapped = c.map_feed(mapped)
-    proto = onnx.ModelProto()
-    proto.CopyFrom(env.candidate.proto)
+    proto = light_copy(env.candidate.proto, LIGHT_ELEMENTS, value_info=False, output_shapes=False)
     g = proto.graph
     consts = {}
     for node in g.node:
@@ -593,9 +593,6 @@ def _expected_shapes(
     del g.input[:]
     g.input.extend(keep)
     g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
-    del g.value_info[:]
-    for o in g.output:
-        o.type.tensor_type.ClearField("shape")
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     out = {}
     for o in inferred.graph.output:
