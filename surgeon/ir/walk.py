@@ -87,7 +87,8 @@ def element_count(t: onnx.TensorProto) -> int:
     return n
 
 
-def _copy_fields(src: Any, dst: Any, skip: Collection[str]) -> None:
+def copy_fields(src: Any, dst: Any, skip: Collection[str]) -> None:
+    """Copy every set field of the message ``src`` into ``dst`` but those named in ``skip``."""
     for fd, value in src.ListFields():
         if fd.name in skip:
             continue
@@ -118,8 +119,8 @@ def light_copy(
     from onnx import helper
 
     out = onnx.ModelProto()
-    _copy_fields(proto, out, skip=("graph",))
-    _copy_fields(proto.graph, out.graph, skip=("initializer",) if value_info else ("initializer", "value_info"))
+    copy_fields(proto, out, skip=("graph",))
+    copy_fields(proto.graph, out.graph, skip=("initializer",) if value_info else ("initializer", "value_info"))
     inputs = {vi.name for vi in proto.graph.input}
     for t in proto.graph.initializer:
         if element_count(t) <= max_elements or (t.data_location == onnx.TensorProto.EXTERNAL and not big_as_inputs):
