@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from surgeon.errors import ModelError, UsageError, VerificationError, short_error
+from surgeon.verify.specs import Axes
 
 if TYPE_CHECKING:
     from surgeon.ir.model import Model
@@ -135,9 +136,9 @@ class SourceConfig(BaseModel):
         return [parse_input(t) for t in self.inputs]
 
 
-def parse_dynamic(items: list[str], names: list[str]) -> dict[str, dict[int, str]]:
+def parse_dynamic(items: list[str], names: list[str]) -> Axes:
     """``image:0:batch`` entries as dynamic_axes (inputs or output names)."""
-    out: dict[str, dict[int, str]] = {}
+    out: Axes = {}
     for item in items:
         name, _, rest = item.partition(":")
         axis, _, sym = rest.partition(":")
@@ -343,7 +344,7 @@ def _run_torch(module: Any, inputs: list[Any]) -> list[Any]:
         return [t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy() for t in _flatten(module(*inputs))]
 
 
-def _fresh_specs(specs: list[ExportInput], axes: dict[str, dict[int, str]]) -> tuple[list[ExportInput], list[str]]:
+def _fresh_specs(specs: list[ExportInput], axes: Axes) -> tuple[list[ExportInput], list[str]]:
     """The inputs with every dynamic axis one larger (axes sharing a symbol alike)."""
     sizes: dict[str, int] = {}
     out = []
