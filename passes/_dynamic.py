@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from surgeon.errors import PassError
+from surgeon.verify.specs import Axes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -14,11 +15,9 @@ if TYPE_CHECKING:
 
     from surgeon.ir.adapter import ModelIR
 
-Axes = dict[str, dict[int, str]]
-
 
 @dataclass(frozen=True)
-class Sizes:
+class MarkedAxes:
     """The marked axes and each symbol's traced size and (distinct) other size used by inference."""
 
     ins: Axes
@@ -208,7 +207,7 @@ class Follow:
     constant whose slices along that axis are equal (its first slice, broadcast or expanded).
     Anything else is refused with the node and input named."""
 
-    def __init__(self, model: ModelIR, at_a: dict, sizes: Sizes) -> None:
+    def __init__(self, model: ModelIR, at_a: dict, sizes: MarkedAxes) -> None:
         from surgeon.passkit.shapes import ShapeBuilder
 
         self.model, self.at_a, self.sizes = model, at_a, sizes

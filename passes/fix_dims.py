@@ -18,7 +18,7 @@ Axis = tuple[str, int]
 
 
 @register_pass("fix-dims")
-class FixDims(Pass):
+class FixDims(Pass[dict[Axis, int]]):
     """Bind symbolic dims of the inputs to fixed sizes and re-infer every shape (like onnxruntime's make_dynamic_shape_fixed).
 
     Dims are named by symbol (``batch: 1``: every input axis with that symbol) or by input axis
@@ -34,7 +34,7 @@ class FixDims(Pass):
 
     params: Params
 
-    def _plan(self, model: ModelIR) -> dict[Axis, int]:
+    def plan(self, model: ModelIR) -> dict[Axis, int]:
         """``{(input, axis): size}`` for every input axis that becomes static."""
         from surgeon.passkit.shapes import dims_text, input_symbols
 
@@ -84,13 +84,13 @@ class FixDims(Pass):
     def bound_sizes(self) -> Mapping[str, int]:
         return dict(self.params.dims)
 
-    def requires(self, model: ModelIR) -> None:
-        self.planned(model, self._plan)
+    def requires(self, model: ModelIR, plan: dict[Axis, int] | None = None) -> None:
+        self.plan_of(model, plan)  # the plan refuses what it cannot plan
 
-    def run(self, model: ModelIR) -> PassResult:
+    def run(self, model: ModelIR, plan: dict[Axis, int] | None = None) -> PassResult:
         from surgeon.passkit.shapes import dims_text, refresh_shapes
 
-        plan = self.planned(model, self._plan)
+        plan = self.plan_of(model, plan)
         if not plan:
             return PassResult(False, IOContract())
         g = model.graph

@@ -11,18 +11,20 @@ from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import names, require_names
 from surgeon.verify.contract import IOContract, io_types
 from surgeon.verify.probes import BatchProbe, SizeProbe
+from surgeon.verify.specs import Axes
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from surgeon.ir.adapter import ModelIR
-    from surgeon.passes._dynamic import Sizes
+    from surgeon.passes._dynamic import MarkedAxes
 
-Axes = dict[str, dict[int, str]]
+DynamicPlan = tuple[Axes, Axes, dict[str, int]]
+"""Input axes, output axes (normalised) and the traced size of each symbol."""
 
 
 @register_pass("mark-dynamic")
-class MarkDynamic(Pass):
+class MarkDynamic(Pass[DynamicPlan]):
     """Make input and output axes symbolic (dynamic_axes after the fact), rewriting constant shapes that hard-code the traced size.
 
     Symbols shared across tensors mean equal sizes. Stale intermediate shapes are cleared and shape
@@ -52,7 +54,7 @@ class MarkDynamic(Pass):
     params: Params
 
     # -- plan ----------------------------------------------------------------------------------
-    def _plan(self, model: ModelIR) -> tuple[Axes, Axes, dict[str, int]]:
+    def plan(self, model: ModelIR) -> DynamicPlan:
         """Input axes, output axes (normalised) and the traced size of each symbol."""
         import onnx_graphsurgeon as gs
 
@@ -110,16 +112,16 @@ class MarkDynamic(Pass):
                 traced[sym], where[sym] = d, f"{name}:{axis}"
         return traced
 
-    def requires(self, model: ModelIR) -> None:
-        self.planned(model, self._plan)
-
     # -- run -----------------------------------------------------------------------------------
-    def run(self, model: ModelIR) -> PassResult:
+    def requires(self, model: ModelIR, plan: DynamicPlan | None = None) -> None:
+        self.plan_of(model, plan)  # the plan refuses what it cannot plan
+
+    def run(self, model: ModelIR, plan: DynamicPlan | None = None) -> PassResult:
         from surgeon.ir.walk import wiring
-        from surgeon.passes._dynamic import Sizes
+        from surgeon.passes._dynamic import MarkedAxes
         from surgeon.passkit.shapes import infer, refresh_shapes
 
-        ins, outs, traced = self.planned(model, self._plan)
+        ins, outs, traced = self.plan_of(model, plan)
         g = model.graph
         by_name = {t.name: t for t in list(g.inputs) + list(g.outputs)}
         before = {n: list(by_name[n].shape) for n in list(ins) + list(outs)}
@@ -133,7 +135,7 @@ class MarkDynamic(Pass):
                 shape[axis] = sym
             by_name[name].shape = shape
         dims_b = {n: [other.get(d, d) if isinstance(d, str) else d for d in by_name[n].shape] for n in ins}
-        notes = rewrite_constant_shapes(model, at_a, dims_b, Sizes(ins, outs, traced, other))
+        notes = rewrite_constant_shapes(model, at_a, dims_b, MarkedAxes(ins, outs, traced, other))
         at_b = self._check_outputs(model, outs, traced, other, dims_b)
         pins = {name: tuple(axes.get(i) for i in range(len(by_name[name].shape))) for name, axes in outs.items()}
         refresh_shapes(model, pins)
@@ -193,7 +195,7 @@ def _following(g: gs.Graph, ins: Axes, outs: Axes, at_a: dict, at_b: dict) -> di
     return allowed
 
 
-def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict, sizes: Sizes) -> list[str]:
+def rewrite_constant_shapes(model: ModelIR, at_a: dict, dims_b: dict, sizes: MarkedAxes) -> list[str]:
     """Rewrite the constants that only fit the traced sizes; one note per rewrite. Shapes at the
     traced sizes (``at_a``) and at other sizes (inference with ``dims_b``) decide: first the
     0/-1/open forms (Reshape, Expand of a dynamic input, Slice ends), then, one at a time,

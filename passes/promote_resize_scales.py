@@ -36,8 +36,12 @@ class Site:
     """How many leading entries of the vector belong to non-spatial axes (batch, channels)."""
 
 
+ScalesPlan = list[tuple[str, "np.ndarray", list[Site]]]
+"""``[(input name, value it replaces, sites)]``."""
+
+
 @register_pass("promote-resize-scales")
-class PromoteResizeScales(Pass):
+class PromoteResizeScales(Pass[ScalesPlan]):
     """Make the constant scales (or sizes) of Resize/Upsample nodes a graph input, so the upscale factor is chosen at run time.
 
     Handles TorchScript exports (scales from a Constant node), dynamo exports (scales an
@@ -174,7 +178,7 @@ class PromoteResizeScales(Pass):
         return np.asarray(spatial[0], dtype=np.float32)
 
     # -- params vs model -----------------------------------------------------------------------
-    def _plan(self, model: ModelIR) -> list[tuple[str, np.ndarray, list[Site]]]:
+    def plan(self, model: ModelIR) -> ScalesPlan:
         """``[(input name, value it replaces, sites)]``."""
         import numpy as np
 
@@ -211,15 +215,15 @@ class PromoteResizeScales(Pass):
                 )
         return plan
 
-    def requires(self, model: ModelIR) -> None:
-        self.planned(model, self._plan)
+    def requires(self, model: ModelIR, plan: ScalesPlan | None = None) -> None:
+        self.plan_of(model, plan)  # the plan refuses what it cannot plan
 
-    def run(self, model: ModelIR) -> PassResult:
+    def run(self, model: ModelIR, plan: ScalesPlan | None = None) -> PassResult:
         notes: list[str] = []
-        plan = self.planned(model, self._plan)
+        plan = self.plan_of(model, plan)
         if any(s.slot < 0 for _, _, sites in plan for s in sites):
             notes.append(_legacy_upsample_to_9(model))
-            plan = self._plan(model)  # the sites are now the Resize nodes that replaced the Upsamples
+            plan = self.plan(model)  # the sites are now the Resize nodes that replaced the Upsamples
         if not plan:
             return PassResult(False, IOContract())
         from surgeon.passes._crops import open_traced_crops, shapes_at

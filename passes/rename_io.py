@@ -16,6 +16,9 @@ from surgeon.verify.contract import IOContract
 if TYPE_CHECKING:
     from surgeon.ir.adapter import ModelIR
 
+Renames = tuple[dict[str, str], dict[str, str]]
+"""A rename plan: (inputs, outputs), old name -> new name."""
+
 
 class RegexRename(PassParams):
     """Rename every matching name: ``re.sub(pattern, replacement, name)`` on full matches."""
@@ -26,7 +29,7 @@ class RegexRename(PassParams):
 
 
 @register_pass("rename-io")
-class RenameIO(Pass):
+class RenameIO(Pass[Renames]):
     """Rename graph inputs and outputs; every consumer, captured subgraph use and value_info follows.
 
     Contract: interface change. The verifier feeds renamed inputs and compares renamed outputs.
@@ -41,7 +44,8 @@ class RenameIO(Pass):
 
     params: Params
 
-    def requires(self, model: ModelIR) -> None:
+    def plan(self, model: ModelIR) -> Renames:
+        """``(inputs, outputs)``: old name -> new name, for every tensor that changes name."""
         g = model.graph
         require_names(self.params.inputs, names(g.inputs), "input", "inputs")
         require_names(self.params.outputs, names(g.outputs), "output", "outputs")
@@ -50,10 +54,6 @@ class RenameIO(Pass):
                 re.compile(rule.pattern)
             except re.error as exc:
                 raise PassPreconditionError(f"invalid pattern '{rule.pattern}': {exc}", field=("regex", i)) from None
-        self.planned(model, self._plan)
-
-    def _plan(self, model: ModelIR) -> tuple[dict[str, str], dict[str, str]]:
-        g = model.graph
         ins, outs = dict(self.params.inputs), dict(self.params.outputs)
         for rule in self.params.regex:
             rx = re.compile(rule.pattern)
@@ -95,8 +95,11 @@ class RenameIO(Pass):
                     field=("inputs", old),
                 )
 
-    def run(self, model: ModelIR) -> PassResult:
-        ins, outs = self.planned(model, self._plan)
+    def requires(self, model: ModelIR, plan: Renames | None = None) -> None:
+        self.plan_of(model, plan)  # the plan refuses what it cannot plan
+
+    def run(self, model: ModelIR, plan: Renames | None = None) -> PassResult:
+        ins, outs = self.plan_of(model, plan)
         tensors = model.graph.tensors()
         originals = {old: tensors[old] for old in {**ins, **outs}}
         for old, tensor in originals.items():

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from surgeon.errors import PassError, PassPreconditionError, short_error
+from surgeon.ir.model import PROTOBUF_LIMIT
 from surgeon.ir.walk import signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.fold import fold
@@ -25,7 +26,11 @@ if TYPE_CHECKING:
 
     from surgeon.ir.adapter import ModelIR
 
-PROTOBUF_LIMIT = 2**31 - 10000
+INLINE_CALL_LIMIT = PROTOBUF_LIMIT - 10_000
+"""The largest model handed to onnxsim as one message (in memory, or a file with its weights
+inline). Kept a margin below protobuf's limit: onnxsim serialises that message and parses the one
+it makes, which can be a little larger (shape inference adds value_info), so a model at the very
+edge goes through files with external data instead of failing in onnxsim."""
 
 
 def graph_key(graph: onnx.GraphProto) -> tuple[Any, ...]:
@@ -109,7 +114,9 @@ class Simplify(Pass):
         work.ir_version = max(work.ir_version, 4)
         external = any(is_external(t) for t in iter_model_tensors(work))
         try:
-            result = self._via_files(model, work) if external or work.ByteSize() > PROTOBUF_LIMIT else self._call(work)
+            result = (
+                self._via_files(model, work) if external or work.ByteSize() > INLINE_CALL_LIMIT else self._call(work)
+            )
         except OnnxsimFailed as exc:
             return self._fallback(model, exc)
         result.graph.initializer.extend(hidden)
@@ -259,7 +266,7 @@ def _input_file(model: ModelIR, work: onnx.ModelProto, tmp: Path) -> Any:
     """The model as a file onnxsim can open: beside its weights (a hidden temporary file) when
     that folder is writable and the rest fits in one message, else saved with external data."""
     base = model.base_dir
-    if base is not None and os.access(base, os.W_OK) and work.ByteSize() < PROTOBUF_LIMIT:
+    if base is not None and os.access(base, os.W_OK) and work.ByteSize() < INLINE_CALL_LIMIT:
         fd, name = tempfile.mkstemp(prefix=".surgeon-simplify-", suffix=".onnx", dir=base)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -64,7 +64,7 @@ class ToFP16(Pass):
     Weights: one tensor at a time (ModelIR.values); converted weights are held in memory as
     float16 (half their float32 size), untouched ones stay on disk.
 
-    Contract: approximate, ``tolerance`` (rtol 1e-2, atol 1e-2) unless the recipe overrides it.
+    Contract: approximate, the pass's ``tolerance`` (rtol 1e-2, atol 1e-2) unless the recipe overrides it.
     Without ``keep_io_types`` the verifier feeds float16 inputs (the float32 feed, rounded) and
     compares float16 outputs; those inputs and outputs are declared as changing dtype (and nothing
     else: their dims must stay). With it, the interface stays as it was.
@@ -94,7 +94,7 @@ class ToFP16(Pass):
         conv.run()
         if not conv.changed:
             return PassResult(False, IOContract())
-        contract = IOContract(tolerance=self.tolerance)
+        contract = IOContract()
         if not self.params.keep_io_types:  # only these ports change, and only their dtype
             for name in conv.fp16_inputs:
                 contract.feed_transforms[name] = _half_feed(name)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from surgeon.errors import ModelError, UsageError, VerificationError, short_error
+from surgeon.verify.specs import Axes
 
 if TYPE_CHECKING:
     from surgeon.ir.model import Model
@@ -33,7 +34,9 @@ _SPEC = re.compile(r"^([\w.]+):([\w.]+)$")
 
 
 @dataclass
-class InputSpec:
+class ExportInput:
+    """One input of the traced call: ``name:1x3x224x224:float32`` on the command line."""
+
     name: str
     shape: list[int]
     dtype: str = "float32"
@@ -77,7 +80,7 @@ class ExportResult:
         }
 
 
-def parse_input(text: str) -> InputSpec:
+def parse_input(text: str) -> ExportInput:
     """``image:1x3x224x224[:float32]``."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0]:
@@ -89,7 +92,7 @@ def parse_input(text: str) -> InputSpec:
     dtype = parts[2] if len(parts) == 3 else "float32"
     if dtype not in DTYPES or any(d <= 0 for d in shape):
         raise UsageError(f"--input '{text}': dtype must be one of {', '.join(DTYPES)} and dims positive")
-    return InputSpec(parts[0], shape, dtype)
+    return ExportInput(parts[0], shape, dtype)
 
 
 class SourceConfig(BaseModel):
@@ -129,13 +132,13 @@ class SourceConfig(BaseModel):
                 raise ValueError(str(exc).removeprefix("--input ")) from None
         return v
 
-    def specs(self) -> list[InputSpec]:
+    def specs(self) -> list[ExportInput]:
         return [parse_input(t) for t in self.inputs]
 
 
-def parse_dynamic(items: list[str], names: list[str]) -> dict[str, dict[int, str]]:
+def parse_dynamic(items: list[str], names: list[str]) -> Axes:
     """``image:0:batch`` entries as dynamic_axes (inputs or output names)."""
-    out: dict[str, dict[int, str]] = {}
+    out: Axes = {}
     for item in items:
         name, _, rest = item.partition(":")
         axis, _, sym = rest.partition(":")
@@ -183,7 +186,7 @@ def load_factory(spec: str, folder: Path | None = None, call: bool = True) -> An
     return module
 
 
-def example_inputs(specs: list[InputSpec], seed: int = 0) -> list[Any]:
+def example_inputs(specs: list[ExportInput], seed: int = 0) -> list[Any]:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -255,7 +258,7 @@ def _flatten(value: Any) -> list[Any]:
 
 def export(
     module: Any,
-    specs: list[InputSpec],
+    specs: list[ExportInput],
     output: Path,
     *,
     exporter: str = "dynamo",
@@ -341,7 +344,7 @@ def _run_torch(module: Any, inputs: list[Any]) -> list[Any]:
         return [t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy() for t in _flatten(module(*inputs))]
 
 
-def _fresh_specs(specs: list[InputSpec], axes: dict[str, dict[int, str]]) -> tuple[list[InputSpec], list[str]]:
+def _fresh_specs(specs: list[ExportInput], axes: Axes) -> tuple[list[ExportInput], list[str]]:
     """The inputs with every dynamic axis one larger (axes sharing a symbol alike)."""
     sizes: dict[str, int] = {}
     out = []
@@ -351,7 +354,7 @@ def _fresh_specs(specs: list[InputSpec], axes: dict[str, dict[int, str]]) -> tup
             if -len(shape) <= axis < len(shape):
                 sizes.setdefault(sym, shape[axis] + 1)
                 shape[axis] = sizes[sym]
-        out.append(InputSpec(s.name, shape, s.dtype))
+        out.append(ExportInput(s.name, shape, s.dtype))
     return out, [f"{sym}={n}" for sym, n in sizes.items()]
 
 
@@ -372,7 +375,7 @@ def _fit_ir_version(path: Path) -> list[str]:
 
 
 def _compare(
-    model: Model, specs: list[InputSpec], draws: list[tuple[str, list[Any], list[Any]]], rtol: float, atol: float
+    model: Model, specs: list[ExportInput], draws: list[tuple[str, list[Any], list[Any]]], rtol: float, atol: float
 ) -> tuple[list[dict[str, Any]], set[str]]:
     """One row per output, its worst draw; and the names of the model's inputs."""
     from surgeon.verify.runtime import Runtime, run_model
@@ -428,7 +431,7 @@ def _compare(
 
 
 def _dropped(
-    module: Any, specs: list[InputSpec], inputs: list[Any], expected: list[Any], i: int, rtol: float, atol: float
+    module: Any, specs: list[ExportInput], inputs: list[Any], expected: list[Any], i: int, rtol: float, atol: float
 ) -> tuple[dict[str, Any] | None, str]:
     """An input the exported model lacks: a failed row when torch's outputs depend on it (the
     exporter froze it), a note when they do not (unused) or when no other value of it runs."""
@@ -464,7 +467,7 @@ def _dropped(
     return None, f"{lost}; torch runs on no other value of it, so whether the outputs depend on it is unknown"
 
 
-def _other_values(spec: InputSpec, traced: Any) -> list[Any]:
+def _other_values(spec: ExportInput, traced: Any) -> list[Any]:
     """Values of one input other than the traced one: a fresh draw, twice it, one more."""
     import torch
 

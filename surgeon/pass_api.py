@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from surgeon.ir.adapter import ModelIR
 
 T = TypeVar("T")
+PlanT = TypeVar("PlanT")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
@@ -43,19 +45,27 @@ class PassResult:
     notes: list[str] = field(default_factory=list)
 
 
-class Pass:
-    """Base class of passes. Subclasses set ``Params`` and implement ``run`` (and ``requires``).
+class Pass(Generic[PlanT]):
+    """Base of passes. Subclasses set ``Params`` and implement ``run`` (and ``requires``, ``plan``).
 
-    The protocol, in one place (:meth:`__call__`): ``requires(model)`` checks preconditions,
-    ``run(model)`` edits ``model.graph`` in place. A pass that plans its rewrite (and refuses from
-    the plan) gets it through :meth:`planned`, so it is computed once per call.
+    The protocol, in one place (:meth:`__call__`), with no state kept between calls:
+
+    1. ``plan(model)`` works out what the pass will rewrite (default: ``None``, no plan) and raises
+       :class:`PassPreconditionError` for what it cannot plan;
+    2. ``requires(model, plan)`` checks the other preconditions;
+    3. ``run(model, plan)`` edits ``model.graph`` in place.
+
+    The plan is computed once per call and handed to both. ``requires`` and ``run`` may leave the
+    ``plan`` parameter out (``requires(model)``, ``run(model)``: the signature of passes written
+    before plans were handed over); the pass is then called without it. A pass that plans takes
+    ``plan: PlanT | None = None`` and makes its own (:meth:`plan_of`) when called directly without one.
     """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[PassParams]] = PassParams
     tolerance: ClassVar[Tolerance | None] = None
-    """The pass's own numeric contract (None: exact comparison under the pipeline's tolerance).
-    It applies only where the user set no tolerance for the step."""
+    """The pass's own numeric contract (None: exact comparison under the pipeline's tolerance),
+    read through :meth:`default_tolerance`. It applies only where the user set no tolerance for the step."""
 
     def __init__(self, params: PassParams | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if isinstance(params, PassParams):
@@ -65,20 +75,33 @@ class Pass:
         else:
             self.params = self.Params.model_validate({**dict(params or {}), **kwargs})
 
+    def plan(self, model: ModelIR) -> PlanT | None:
+        """What the pass will rewrite in ``model`` (None: the pass does not plan). Raise
+        :class:`PassPreconditionError` for what the user can fix, listing what does exist."""
+        return None
+
+    def plan_of(self, model: ModelIR, plan: PlanT | None) -> PlanT:
+        """``plan`` when the caller handed one over, else a new plan of ``model`` (``run(model)``
+        called directly, or by a subclass written without the plan parameter)."""
+        made = plan if plan is not None else self.plan(model)
+        if made is None:  # pragma: no cover - a pass that plans returns a plan
+            raise TypeError(f"{type(self).__name__}.plan returned None")
+        return made
+
     def requires(self, model: ModelIR) -> None:
         """Raise :class:`PassPreconditionError` for what the user can fix (named tensors missing,
-        unsupported opset), listing what does exist."""
+        unsupported opset), listing what does exist. A pass that plans may take the plan:
+        ``requires(self, model, plan=None)``."""
 
     def run(self, model: ModelIR) -> PassResult:  # pragma: no cover - abstract
+        """Edit ``model.graph`` in place. A pass that plans takes the plan: ``run(self, model, plan=None)``."""
         raise NotImplementedError
 
-    def planned(self, model: ModelIR, make: Callable[[ModelIR], T]) -> T:
-        """The pass's plan for ``model`` (what it will rewrite), made once by ``make``: ``requires``
-        and ``run`` both ask for it, and one call of the pass computes it once."""
-        plans: dict[int, Any] = self.__dict__.setdefault("_plans", {})
-        if id(model) not in plans:
-            plans[id(model)] = make(model)
-        return cast(T, plans[id(model)])
+    def default_tolerance(self, model: ModelIR) -> Tolerance | None:
+        """The pass's own tolerance for its step, the one channel a pass declares it through
+        (default: the class attribute :attr:`tolerance`). ``model`` is the model as the pass left
+        it, for a tolerance that depends on what the pass made (append-op: the output's dtype)."""
+        return self.tolerance
 
     def __call__(
         self,
@@ -86,18 +109,18 @@ class Pass:
         context: Callable[[SurgeonError], str] | None = None,
         before_edit: Callable[[], None] | None = None,
     ) -> PassResult:
-        """Check the preconditions, call ``before_edit`` (the pipeline's reference run), then rewrite
-        ``model``. A :class:`SurgeonError` keeps its class (and exit code); its message becomes
-        ``context(err)`` (default: the pass's name, then the message)."""
+        """Plan, check the preconditions, call ``before_edit`` (the pipeline's reference run), then
+        rewrite ``model`` with the same plan. A :class:`SurgeonError` keeps its class (and exit
+        code); its message becomes ``context(err)`` (default: the pass's name, then the message)."""
         try:
-            self.requires(model)
+            plan = self.plan(model)
+            _call(self.requires, model, plan)
             if before_edit is not None:
                 before_edit()
-            return self.run(model)
+            result: PassResult = _call(self.run, model, plan)
         except SurgeonError as exc:
             raise with_message(exc, context(exc) if context else f"{self.name}: {exc}") from None
-        finally:
-            self.__dict__.pop("_plans", None)
+        return result
 
     def bound_sizes(self) -> Mapping[str, int]:
         """Sizes this pass binds symbolic dims of the inputs to (``symbol`` or ``input:axis`` ->
@@ -117,8 +140,27 @@ class Pass:
         return f"{type(self).__name__}({self.params!r})"
 
 
-_REGISTRY: dict[str, type[Pass]] = {}
-P = TypeVar("P", bound=type[Pass])
+def _call(method: Callable[..., T], model: ModelIR, plan: Any) -> T:
+    """``method(model, plan)``, or ``method(model)`` where it takes no plan (the older signature)."""
+    return method(model, plan) if _takes_plan(method) else method(model)
+
+
+_TAKES_PLAN: dict[Any, bool] = {}
+
+
+def _takes_plan(method: Callable[..., Any]) -> bool:
+    """Whether a bound ``requires``/``run`` accepts a second positional argument after the model
+    (looked up once per function)."""
+    key = getattr(method, "__func__", method)
+    if key not in _TAKES_PLAN:
+        params = list(inspect.signature(method).parameters.values())
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        _TAKES_PLAN[key] = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+    return _TAKES_PLAN[key]
+
+
+_REGISTRY: dict[str, type[Pass[Any]]] = {}
+P = TypeVar("P", bound=type[Pass[Any]])
 
 
 def register_pass(name: str) -> Callable[[P], P]:
@@ -137,7 +179,7 @@ def register_pass(name: str) -> Callable[[P], P]:
     return deco
 
 
-def get_pass(name: str) -> type[Pass]:
+def get_pass(name: str) -> type[Pass[Any]]:
     """The pass class registered as ``name``; imports only its module."""
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -169,7 +211,7 @@ def pass_names() -> list[str]:
     return sorted(set(catalog()) | set(_REGISTRY))
 
 
-def registry() -> dict[str, type[Pass]]:
+def registry() -> dict[str, type[Pass[Any]]]:
     """Every registered pass class, by name (imports every pass module: for tools and tests; the
     command line lists passes from :func:`catalog`)."""
     for entry in catalog().values():

@@ -143,7 +143,7 @@ class Pipeline:
                 result.modified,
                 ir.to_model,
                 who=step.where or step.label,
-                default=step.pass_.tolerance,
+                default=step.pass_.default_tolerance(ir),
                 verify=step.verify,
             )
             if report.check is not None:

@@ -8,8 +8,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from surgeon.ir.external import is_external
-from surgeon.ir.tensors import element_count
-from surgeon.ir.walk import iter_proto_graphs, node_subgraphs
+from surgeon.ir.walk import element_count, iter_proto_graphs, light_copy, node_subgraphs, producers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,7 +28,7 @@ class GraphInfo:
         g = model.proto.graph
         self.graph = g
         self.inits: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {o: n for n in g.node for o in n.output if o}
+        self.producer: dict[str, onnx.NodeProto] = producers(g)
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for n in g.node:
             for name in set(n.input) | captured(n):
@@ -78,11 +77,8 @@ class GraphInfo:
         without its value_info (so stale entries do not feed back into the result)."""
         import onnx
 
-        copy = _skeleton(self.proto)
-        del copy.graph.value_info[:]
-        for out in copy.graph.output:  # declared output shapes are checked, not trusted
-            if out.type.HasField("tensor_type"):
-                out.type.tensor_type.ClearField("shape")
+        # declared output shapes are checked, not trusted
+        copy = _skeleton(self.proto, value_info=False, output_shapes=False)
         try:
             inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
         except Exception:  # inference failing is not a finding of its own here
@@ -141,10 +137,9 @@ def has_shape(vi: onnx.ValueInfoProto) -> bool:
     return vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
 
 
-def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
-    from surgeon.ir.tensors import light_copy
-
-    return light_copy(proto, SMALL)
+def _skeleton(proto: onnx.ModelProto, value_info: bool = True, output_shapes: bool = True) -> onnx.ModelProto:
+    """The doctor's copy for shape inference: initializers over ``SMALL`` elements without their bytes."""
+    return light_copy(proto, SMALL, value_info=value_info, output_shapes=output_shapes)
 
 
 def json_safe(values: Any) -> Any:

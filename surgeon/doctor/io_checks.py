@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from surgeon.doctor.findings import Finding
 from surgeon.doctor.graphinfo import GraphInfo, captured, has_shape, json_safe, label, type_of
+from surgeon.ir.walk import unused_name
 
 if TYPE_CHECKING:
     import onnx
@@ -26,9 +27,7 @@ NEAR_2GB = 3 << 29  # 1.5 GiB: protobuf cannot serialize a message over 2 GiB
 
 
 def _fresh(base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
+    name = unused_name(base, taken)
     taken.add(name)
     return name
 

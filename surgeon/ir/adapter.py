@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from surgeon.errors import ModelError, short_error
 from surgeon.ir.external import check_external_data, is_external, tensor_values
 from surgeon.ir.model import Model
-from surgeon.ir.walk import all_value_infos, gs_subgraphs, iter_graphs, iter_proto_graphs, node_subgraphs
+from surgeon.ir.walk import all_value_infos, copy_fields, gs_subgraphs, iter_graphs, iter_proto_graphs, node_subgraphs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -300,16 +300,7 @@ def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     import onnx
 
     shell = onnx.ModelProto()
-    for fd, value in proto.ListFields():
-        if fd.name == "graph":
-            continue
-        target = getattr(shell, fd.name)
-        if hasattr(target, "extend"):
-            target.extend(value)
-        elif fd.message_type is not None:
-            target.CopyFrom(value)
-        else:
-            setattr(shell, fd.name, value)
+    copy_fields(proto, shell, skip=("graph",))
     return shell
 
 

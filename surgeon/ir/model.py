@@ -79,7 +79,9 @@ def load(source: str | Path | bytes | onnx.ModelProto | Model) -> Model:
 
 
 PROTOBUF_LIMIT = 2**31 - 1
-"""protobuf refuses to parse a message larger than this; a model file this large is not a model."""
+"""protobuf refuses to parse or serialise a message larger than this: a model file this large is
+not a model, and a model saved with its weights inline must stay under it (the one copy of the
+limit; saving and the simplify pass import it)."""
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),

@@ -22,6 +22,7 @@ from surgeon.ir.external import (
     set_external_ref,
 )
 from surgeon.ir.files import atomic_file, check_commit_allowed, check_target, remove_stale_temps, replace, sync_folder
+from surgeon.ir.model import PROTOBUF_LIMIT
 from surgeon.ir.policy import SavePolicy
 from surgeon.ir.targets import (
     TensorFileNames,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["SavePolicy", "save"]
 log = logging.getLogger(__name__)
 
-PROTOBUF_LIMIT = 2**31 - 1
 SAFE_INLINE_LIMIT = 2**31 - (64 << 20)
 """Above this many bytes of weights, ``external: auto`` writes external data."""
 

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from surgeon.ir.external import external_ref, is_external, iter_model_tensors
+from surgeon.ir.walk import producers
 
 if TYPE_CHECKING:
     import onnx
@@ -37,10 +38,6 @@ def _io(vis: Any, defaults: set[str] | None = None) -> list[dict[str, Any]]:
             entry["default"] = True
         out.append(entry)
     return out
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in graph.node for o in n.output}
 
 
 def _source_of(
@@ -87,7 +84,7 @@ def inspect_model(model: Model) -> dict[str, Any]:
             external_bytes += external_ref(t).length or 0
         else:
             inline_bytes += t.ByteSize()
-    producers = _producers(graph)
+    made_by = producers(graph)
     input_names = {vi.name for vi in graph.input}
     resizes = []
     for node in graph.node:
@@ -98,7 +95,7 @@ def inspect_model(model: Model) -> dict[str, Any]:
             roles = ["X", "scales"]
         entry: dict[str, Any] = {"node": node.name, "op": node.op_type}
         for role, name in zip(roles[1:], list(node.input)[1:]):
-            entry[role] = _source_of(name, graph, producers, inits, input_names)
+            entry[role] = _source_of(name, graph, made_by, inits, input_names)
         attrs = {a.name: (a.s.decode() if a.type == 3 else a.f if a.type == 1 else a.i) for a in node.attribute}
         entry["attributes"] = attrs
         resizes.append(entry)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from surgeon.errors import ModelError, UsageError
 from surgeon.ir.external import external_ref, is_external, iter_model_tensors, safe_data_path
 from surgeon.ir.files import check_target, fresh_name
+from surgeon.ir.walk import unused_name
 
 if TYPE_CHECKING:
     import onnx
@@ -157,8 +158,6 @@ class TensorFileNames:
         stem = re.sub(r"[^A-Za-z0-9._-]", "_", tensor_name).lstrip(".")[:MAX_NAME] or "tensor"
         if stem.split(".")[0].lower() in _RESERVED:
             stem = f"_{stem}"
-        name, i = stem, 1
-        while name.lower() in self.used:
-            name, i = f"{stem}_{i}", i + 1
+        name = unused_name(stem, self.used, key=str.lower)
         self.used.add(name.lower())
         return name

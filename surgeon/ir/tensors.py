@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from surgeon.errors import UsageError
+from surgeon.ir.walk import light_copy
 
 if TYPE_CHECKING:
     import onnx
@@ -15,44 +16,6 @@ if TYPE_CHECKING:
 
 BIG = 1 << 16
 """Initializers above this many elements lose their values in the copy shape inference reads."""
-
-
-def _copy_fields(src: Any, dst: Any, skip: str) -> None:
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        if fd.is_repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
-def light_copy(proto: onnx.ModelProto, max_elements: int) -> onnx.ModelProto:
-    """A copy for shape inference whose initializers over ``max_elements`` keep their dims and type but not their
-    bytes (marked external), built without copying those bytes and without touching ``proto``."""
-    import onnx
-
-    out = onnx.ModelProto()
-    _copy_fields(proto, out, skip="graph")
-    _copy_fields(proto.graph, out.graph, skip="initializer")
-    for t in proto.graph.initializer:
-        if element_count(t) <= max_elements or t.data_location == onnx.TensorProto.EXTERNAL:
-            out.graph.initializer.add().CopyFrom(t)
-            continue
-        light = out.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
-        light.data_location = onnx.TensorProto.EXTERNAL
-        light.external_data.add(key="location", value="<not read>")
-    return out
-
-
-def element_count(t: onnx.TensorProto) -> int:
-    """How many elements a tensor holds (from its dims; nothing is read)."""
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n
 
 
 def _entry(vi: onnx.ValueInfoProto) -> tuple[str, list[Any]]:

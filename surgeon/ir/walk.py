@@ -1,10 +1,12 @@
 """Walking graphs and their subgraphs (If/Loop/Scan bodies), on both sides of the IR: the
-``onnx`` protos on disk and the onnx-graphsurgeon graph passes edit. Every walker lives here."""
+``onnx`` protos on disk and the onnx-graphsurgeon graph passes edit. Every walker lives here, and
+the pieces every layer repeats: the producer map, the weightless copy shape inference reads, and
+fresh names."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Container, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import onnx
@@ -69,6 +71,97 @@ def _attr_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
             yield attr.t
         elif attr.type == _TENSORS:
             yield from attr.tensors
+
+
+def producers(graph: onnx.GraphProto, skip: Container[str] = ()) -> dict[str, onnx.NodeProto]:
+    """Each tensor a node of ``graph`` (not of its subgraphs) outputs -> that node, in node order.
+    Unnamed outputs (optional ones left out) and names in ``skip`` (initializers, say) are not keys."""
+    return {o: n for n in graph.node for o in n.output if o and o not in skip}
+
+
+def element_count(t: onnx.TensorProto) -> int:
+    """How many elements a tensor holds (from its dims; nothing is read)."""
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
+
+
+def copy_fields(src: Any, dst: Any, skip: Collection[str]) -> None:
+    """Copy every set field of the message ``src`` into ``dst`` but those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+LIGHT_ELEMENTS = 1024
+"""Initializers with more elements than this reach shape inference without their values (they
+never decide a shape, and copying them is what makes inference slow on big models)."""
+
+
+def light_copy(
+    proto: onnx.ModelProto,
+    max_elements: int,
+    *,
+    big_as_inputs: bool = False,
+    value_info: bool = True,
+    output_shapes: bool = True,
+) -> onnx.ModelProto:
+    """A copy of ``proto`` for shape inference, built without copying the bytes of its initializers
+    over ``max_elements`` elements and without touching ``proto``. Those keep their name, type and
+    dims: as initializers marked external (one already external is copied as it is), or with
+    ``big_as_inputs`` as typed graph inputs (an initializer that is a graph input already keeps
+    that input). ``value_info=False`` leaves the graph's value_info out (stale entries do not feed
+    back into inference); ``output_shapes=False`` drops the declared shapes of tensor outputs (so
+    inference computes them instead of trusting them)."""
+    import onnx
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    copy_fields(proto, out, skip=("graph",))
+    copy_fields(proto.graph, out.graph, skip=("initializer",) if value_info else ("initializer", "value_info"))
+    inputs = {vi.name for vi in proto.graph.input}
+    for t in proto.graph.initializer:
+        if element_count(t) <= max_elements or (t.data_location == onnx.TensorProto.EXTERNAL and not big_as_inputs):
+            out.graph.initializer.add().CopyFrom(t)
+        elif big_as_inputs:
+            if t.name not in inputs:
+                out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            light = out.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+            light.data_location = onnx.TensorProto.EXTERNAL
+            light.external_data.add(key="location", value="<not read>")
+    if not output_shapes:
+        for o in out.graph.output:
+            if o.type.HasField("tensor_type"):
+                o.type.tensor_type.ClearField("shape")
+    return out
+
+
+def _numbered(base: str, i: int) -> str:
+    return f"{base}_{i}"
+
+
+def unused_name(
+    base: str,
+    taken: Container[str],
+    suffix: Callable[[str, int], str] = _numbered,
+    key: Callable[[str], str] | None = None,
+) -> str:
+    """The first of ``base``, ``suffix(base, 1)``, ``suffix(base, 2)``... (default ``base_1``,
+    ``base_2``...) that is not in ``taken``, names compared as ``key(name)`` (``str.lower``: case
+    insensitively). The caller records it where it must stay taken."""
+    name, i = base, 0
+    while (key(name) if key else name) in taken:
+        i += 1
+        name = suffix(base, i)
+    return name
 
 
 # --- onnx-graphsurgeon ----------------------------------------------------------------------------

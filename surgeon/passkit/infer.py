@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from surgeon.errors import PassError
-from surgeon.ir.walk import iter_proto_graphs
+from surgeon.ir.walk import LIGHT_ELEMENTS, iter_proto_graphs, light_copy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,9 +18,6 @@ Dim = int | str | None
 Shape = tuple[Dim, ...] | list[Dim] | None
 """Dims as inference and onnx-graphsurgeon keep them: ints, symbol strings, None for unknown."""
 TypeMap = dict[str, "tuple[np.dtype | None, Shape]"]
-_LIGHT = 1024
-"""Initializers with more elements than this are given to shape inference as typed inputs (their
-values never decide a shape and copying them is what makes inference slow on big models)."""
 
 
 def _light_proto(
@@ -29,29 +26,17 @@ def _light_proto(
     keep_outputs: bool,
     cuts: Mapping[str, Shape] | None = None,
 ) -> onnx.ModelProto:
-    import numpy as np
     from onnx import helper
 
-    proto = model.to_proto()
+    proto = light_copy(
+        model.to_proto(), LIGHT_ELEMENTS, big_as_inputs=True, value_info=False, output_shapes=keep_outputs
+    )
     g = proto.graph
-    keep = []
-    for t in g.initializer:
-        if int(np.prod(t.dims, dtype=np.int64)) > _LIGHT:
-            if t.name not in {i.name for i in g.input}:
-                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            keep.append(t)
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    del g.value_info[:]
     for name, shape in (cuts or {}).items():  # inference takes these shapes as given
         for node in g.node:
             node.output[:] = [f"{o}__cut" if o == name else o for o in node.output]
         elem = next((t.dtype for t in model.graph.tensors().values() if t.name == name), None)
         g.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(elem), shape))
-    if not keep_outputs:
-        for o in g.output:
-            o.type.tensor_type.ClearField("shape")
     for vi in g.input:
         if input_dims and vi.name in input_dims:
             dims = vi.type.tensor_type.shape.dim

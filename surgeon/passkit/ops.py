@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from surgeon.errors import PassError, PassPreconditionError, listing, suggest
-from surgeon.ir.walk import all_tensor_names, iter_graphs
+from surgeon.ir.walk import all_tensor_names, iter_graphs, unused_name
 from surgeon.passkit.infer import Shape, dims_text
 
 if TYPE_CHECKING:
@@ -96,20 +96,12 @@ def unique_name(graph: gs.Graph, base: str, taken: set[str] | None = None) -> st
     """``base``, or ``base_1``, ``base_2``... the first not used by a tensor or a node (subgraphs
     included) nor in ``taken``."""
     used = all_tensor_names(graph) | {n.name for g in iter_graphs(graph) for n in g.nodes} | (taken or set())
-    name, i = base, 0
-    while name in used:
-        i += 1
-        name = f"{base}_{i}"
-    return name
+    return unused_name(base, used)
 
 
 def unique_node_name(graph: gs.Graph, base: str) -> str:
-    used = {n.name for n in graph.nodes}
-    name, i = base, 0
-    while name in used:
-        i += 1
-        name = f"{base}_{i}"
-    return name
+    """``base``, or ``base_1``, ``base_2``... the first not used by a node of ``graph`` itself."""
+    return unused_name(base, {n.name for n in graph.nodes})
 
 
 def inferred_types(model: ModelIR, names: Sequence[str]) -> dict[str, tuple[np.dtype | None, Shape]]:

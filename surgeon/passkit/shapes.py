@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from surgeon.ir.walk import gs_subgraphs, iter_graphs
+from surgeon.ir.walk import gs_subgraphs, iter_graphs, unused_name
 from surgeon.passkit.infer import Dim, Shape, dims_text, infer  # noqa: F401  (re-exported for the passes)
 from surgeon.passkit.ops import unique_name
 
@@ -65,9 +65,7 @@ def _name_unknown_dims(model: ModelIR, variables: Mapping[str, gs.Variable]) -> 
     for t in ordered:
         for axis, d in enumerate(t.shape or []):
             if isinstance(d, str) and unknown.fullmatch(d) and d not in names:
-                name = f"{t.name}_{axis}"
-                while name in taken:
-                    name += "_"
+                name = unused_name(f"{t.name}_{axis}", taken, suffix=lambda base, i: base + "_" * i)
                 names[d] = name
                 taken.add(name)
     if names:
@@ -245,10 +243,8 @@ class ShapeBuilder:
 
     def name(self, base: str) -> str:
         """A fresh tensor/node name, also unlike the names handed out but not wired in yet."""
-        name, i = unique_name(self.model.graph, base), 0
-        while name in self.issued:
-            i += 1
-            name = unique_name(self.model.graph, f"{base}_{i}")
+        g = self.model.graph
+        name = unused_name(unique_name(g, base), self.issued, suffix=lambda _, i: unique_name(g, f"{base}_{i}"))
         self.issued.add(name)
         return name
 

@@ -130,8 +130,6 @@ class IOContract:
     traced_dims: dict[str, int] = field(default_factory=dict)
     """Symbols the step introduced, with the size their axes had before it (verification uses it
     where no data and no ``verify.dims`` gives one)."""
-    tolerance: Tolerance | None = None
-    """The pass's own numeric contract; None means the pipeline's tolerance."""
 
     def declare_changes(
         self,

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from surgeon.ir.walk import light_copy, producers
 from surgeon.verify.compare import Tolerance, compare
 
 if TYPE_CHECKING:
@@ -58,8 +59,7 @@ class Divergence:
 
 
 def _producers(proto: onnx.ModelProto) -> list[tuple[str, onnx.NodeProto]]:
-    inits = {t.name for t in proto.graph.initializer}
-    return [(t, n) for n in proto.graph.node for t in n.output if t and t not in inits]
+    return list(producers(proto.graph, skip={t.name for t in proto.graph.initializer}).items())
 
 
 def _exposed(model: Model, names: list[str]) -> Model:
@@ -160,14 +160,8 @@ def _sizes(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, 
     import onnx
     from onnx import helper
 
-    work = onnx.ModelProto(ir_version=proto.ir_version, opset_import=proto.opset_import, functions=proto.functions)
-    g = proto.graph  # everything but the weights' data: only their types and shapes matter (as inputs)
-    work.graph.node.extend(g.node)
-    work.graph.output.extend(g.output)
-    inits = {t.name for t in g.initializer}
-    work.graph.input.extend(vi for vi in g.input if vi.name not in inits)
-    for t in g.initializer:
-        work.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    # everything but the weights' data: only their types and shapes matter (as inputs)
+    work = light_copy(proto, -1, big_as_inputs=True, value_info=False)
     for vi in work.graph.input:
         if vi.name in feed and vi.type.HasField("tensor_type"):
             vi.type.tensor_type.shape.Clear()

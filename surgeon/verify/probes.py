@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from surgeon.errors import SurgeonError
+from surgeon.ir.walk import LIGHT_ELEMENTS, producers
 from surgeon.verify.compare import CheckKind, OutputCheck, Verdict, compare
+from surgeon.verify.specs import Axes
 
 if TYPE_CHECKING:
     import numpy as np
 
     from surgeon.ir.model import Model
     from surgeon.verify.contract import IOContract, Probe, ProbeEnv
-
-Axes = dict[str, dict[int, str]]
-"""``{tensor: {axis: symbol}}``."""
 
 
 def run_probes(probes: Sequence[Probe], env: ProbeEnv) -> list[OutputCheck]:
@@ -260,7 +259,7 @@ class ScaleProbe:
 
 def _upstream(g: Any, output: str) -> set[str]:
     """Names of the nodes ``output`` depends on."""
-    producer = {t: n for n in g.node for t in n.output}
+    producer = producers(g)
     seen: set[str] = set()
     todo, names = [output], set()
     while todo:
@@ -328,8 +327,10 @@ def _expected_shapes(
     mapped = dict(feed)
     for c in later:
         mapped = c.map_feed(mapped)
-    proto = onnx.ModelProto()
-    proto.CopyFrom(env.candidate.proto)
+    from surgeon.ir.walk import light_copy
+
+    # weights over a small size do not decide shapes: shape inference reads a copy without their bytes
+    proto = light_copy(env.candidate.proto, LIGHT_ELEMENTS, value_info=False, output_shapes=False)
     g = proto.graph
     consts = {}
     for node in g.node:
@@ -349,9 +350,6 @@ def _expected_shapes(
     del g.input[:]
     g.input.extend(keep)
     g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
-    del g.value_info[:]
-    for o in g.output:
-        o.type.tensor_type.ClearField("shape")
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     out = {}
     for o in inferred.graph.output:

@@ -177,9 +177,9 @@ def step_tolerance(
     override: Mapping[str, float],
 ) -> tuple[Tolerance, bool]:
     """A step's own tolerance, and whether the user set it: per field, the command line's
-    (``override``), else the step's ``verify:``, else the pass's default (its contract's, then
-    ``default``), else the pipeline's."""
-    base = contract.tolerance or default or Tolerance(cfg.rtol, cfg.atol)
+    (``override``), else the step's ``verify:``, else the pass's default (``default``: its
+    ``Pass.default_tolerance``, the one channel), else the pipeline's."""
+    base = default or Tolerance(cfg.rtol, cfg.atol)
     user: dict[str, float] = {}
     if verify is not None:
         user.update({k: v for k in ("rtol", "atol") if (v := getattr(verify, k)) is not None})

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+Axes = dict[str, dict[int, str]]
+"""Named axes of inputs or outputs: ``{tensor: {axis: symbol}}`` (mark-dynamic's plan, its probes)."""
+
 PLACEHOLDERS = frozenset({"?", "None", "none", "null", "unk", "unknown", "N/A", "dynamic", "*", "-1"})
 
 
