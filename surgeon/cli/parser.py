@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-j", "--jobs", type=int, metavar="N", help="many models: parallel processes (default: the core count)"
     )
+    p.add_argument(
+        "--trust-source",
+        action="store_true",
+        help="run the Python code a recipe's 'source:' block names (import its module, call its factory); "
+        "also SURGEON_TRUST_SOURCE=1",
+    )
     output_flags(p)
     verification_flags(p)
 
@@ -153,6 +159,7 @@ def _export_parser(add: Any) -> None:
     p.add_argument(
         "--force", action="store_true", help="write the model even when its outputs differ from torch's (still exits 1)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _doctor_parser(add: Any) -> None:

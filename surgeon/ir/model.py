@@ -81,7 +81,7 @@ def load(source: str | Path | bytes | onnx.ModelProto | Model) -> Model:
 PROTOBUF_LIMIT = 2**31 - 1
 """protobuf refuses to parse a message larger than this; a model file this large is not a model."""
 
-_FILE_KINDS = (
+FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
     (stat.S_ISCHR, "a character device"),
@@ -100,7 +100,7 @@ def _check_model_file(path: Path) -> None:
     except (OSError, ValueError) as exc:  # permission, name too long, embedded NUL...
         raise UsageError(f"{path}: cannot read it ({short_error(exc)})") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = next((what for test, what in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        kind = next((what for test, what in FILE_KINDS if test(st.st_mode)), "not a regular file")
         raise UsageError(f"{path}: is {kind}, not an ONNX model file")
     if st.st_size > PROTOBUF_LIMIT:
         raise ModelError(
