@@ -6,6 +6,7 @@ ones. torch is imported only inside functions."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import os
@@ -37,6 +38,12 @@ class InputSpec:
     name: str
     shape: list[int]
     dtype: str = "float32"
+    value: Any = None
+    """The values traced and first compared (``--input factor=3.0``, ``--inputs data.npz``): an
+    array of ``shape``; None: seeded random data."""
+    low: float | None = None
+    high: float | None = None
+    """``--range NAME=LOW:HIGH``: random data drawn from ``[low, high)``."""
 
 
 @dataclass
@@ -78,10 +85,17 @@ class ExportResult:
 
 
 def parse_input(text: str) -> InputSpec:
-    """``image:1x3x224x224[:float32]``."""
+    """``image:1x3x224x224[:float32]``; with ``=VALUE`` (``factor=3.0``: a float32 scalar,
+    ``factor:1=3.0``, ``ids:1x3:int64=1,2,3``) the value traced and first compared: one number
+    filling the shape, or one per element."""
+    text_spec, eq, value = text.partition("=")
+    if eq:
+        spec = parse_input(text_spec if ":" in text_spec else f"{text_spec}:")
+        spec.value = _value(text, value, spec)
+        return spec
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0]:
-        raise UsageError(f"--input '{text}': expected NAME:DIMS[:DTYPE], e.g. image:1x3x224x224:float32")
+        raise UsageError(f"--input '{text}': expected NAME:DIMS[:DTYPE][=VALUE], e.g. image:1x3x224x224:float32")
     try:
         shape = [int(d) for d in parts[1].lower().split("x")] if parts[1] else []
     except ValueError:
@@ -131,6 +145,59 @@ class SourceConfig(BaseModel):
 
     def specs(self) -> list[InputSpec]:
         return [parse_input(t) for t in self.inputs]
+
+
+def _value(text: str, value: str, spec: InputSpec) -> Any:
+    import numpy as np
+
+    try:
+        numbers = [float(v) for v in value.split(",")] if value.strip() else []
+    except ValueError:
+        raise UsageError(f"--input '{text}': the value must be numbers separated by commas (factor=3.0)") from None
+    size = int(np.prod(spec.shape)) if spec.shape else 1
+    if len(numbers) not in (1, size):
+        raise UsageError(f"--input '{text}': {len(numbers)} values for {size} elements; give one, or one per element")
+    dtype = np.float32 if spec.dtype == "bfloat16" else np.dtype(spec.dtype)
+    return np.broadcast_to(np.asarray(numbers, dtype=np.float64), (size,)).reshape(spec.shape).astype(dtype)
+
+
+def parse_range(text: str, specs: list[InputSpec]) -> None:
+    """``--range factor=2:4``: that input's random data drawn from ``[2, 4)`` (traced and fresh)."""
+    name, _, bounds = text.partition("=")
+    low, _, high = bounds.partition(":")
+    try:
+        lo, hi = float(low), float(high)
+    except ValueError:
+        raise UsageError(f"--range '{text}': expected NAME=LOW:HIGH, e.g. factor=2:4") from None
+    if not lo < hi:
+        raise UsageError(f"--range '{text}': LOW must be below HIGH")
+    spec = next((s for s in specs if s.name == name), None)
+    if spec is None:
+        raise UsageError(f"--range '{text}': no input '{name}'; they are: {', '.join(s.name for s in specs)}")
+    spec.low, spec.high = lo, hi
+
+
+def read_inputs(path: Path, specs: list[InputSpec]) -> list[InputSpec]:
+    """``--inputs data.npz``: each array the value of the input of its name (its shape and dtype
+    too); inputs not given by ``--input`` follow them in the file's order."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"--inputs {path}: cannot read it as .npz ({short_error(exc)})") from None
+    out = list(specs)
+    for name, arr in arrays.items():
+        dtype = str(arr.dtype)
+        if dtype not in DTYPES:
+            raise UsageError(f"--inputs {path}: '{name}' is {dtype}; the dtypes are: {', '.join(DTYPES)}")
+        spec = next((s for s in out if s.name == name), None)
+        if spec is None:
+            out.append(InputSpec(name, list(arr.shape), dtype, arr))
+        else:
+            spec.shape, spec.dtype, spec.value = list(arr.shape), dtype, arr
+    return out
 
 
 def parse_dynamic(items: list[str], names: list[str]) -> dict[str, dict[int, str]]:
@@ -292,7 +359,14 @@ def example_inputs(specs: list[InputSpec], seed: int = 0) -> list[Any]:
     out = []
     for s in specs:
         dt = getattr(torch, s.dtype)
-        if dt.is_floating_point:
+        if s.value is not None and list(s.value.shape) == list(s.shape):
+            given = torch.from_numpy(s.value.copy()).to(dt)
+            # the traced draw is the given value; the fresh one another (one more; a flipped bool)
+            out.append(given if seed == 0 else (~given if dt == torch.bool else given + 1))
+        elif s.low is not None and s.high is not None:
+            drawn = torch.rand(s.shape, generator=gen, dtype=torch.float64) * (s.high - s.low) + s.low
+            out.append(drawn.to(dt) if dt.is_floating_point else drawn.floor().to(dt))
+        elif dt.is_floating_point:
             out.append((torch.rand(s.shape, generator=gen) * 2 - 1).to(dt))
         elif dt == torch.bool:
             out.append(torch.randint(0, 2, s.shape, generator=gen).bool())
@@ -501,7 +575,7 @@ def _fresh_specs(specs: list[InputSpec], axes: dict[str, dict[int, str]]) -> tup
             if -len(shape) <= axis < len(shape):
                 sizes.setdefault(sym, shape[axis] + 1)
                 shape[axis] = sizes[sym]
-        out.append(InputSpec(s.name, shape, s.dtype))
+        out.append(dataclasses.replace(s, shape=shape, value=s.value if shape == s.shape else None))
     return out, [f"{sym}={n}" for sym, n in sizes.items()]
 
 

@@ -42,6 +42,13 @@ class Scaled(torch.nn.Module):  # dynamo refuses .item() feeding interpolate's s
     def forward(self, x, f):
         return torch.nn.functional.interpolate(x, scale_factor=f.item(), mode="nearest")
 
+class ItemUp(torch.nn.Module):  # the tutorial's SRCNN: the factor read with .item()
+    def forward(self, x, factor):
+        return torch.nn.functional.interpolate(x, scale_factor=factor.item(), mode="nearest")
+
+def item_up():
+    return ItemUp()
+
 def build():
     torch.manual_seed(0)
     pathlib.Path(__file__).with_name("called.marker").write_text("called")
@@ -259,3 +266,52 @@ def test_unreadable_external_data_is_named_at_load(
     err = capsys.readouterr().err
     assert f"external data file '{data.name}' cannot be read: Permission denied" in err
     assert "generated inputs" not in err and err.count("\n") == 1 and not out.exists()
+
+
+def _traced_size(path: Path) -> list[int]:
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in sess.get_inputs()}
+    return list(sess.run(None, feed)[0].shape)
+
+
+@pytest.mark.parametrize("how", ["value", "npz", "range"])
+def test_export_takes_input_values_for_the_trace(
+    folder: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, how: str
+) -> None:
+    """The .item() factor is traced with the value given (not a random draw, a downscale); the
+    fresh comparison uses another value, so the frozen factor still fails, and --force writes it."""
+    import numpy as np
+
+    sys.path.insert(0, str(folder))
+    out = folder / f"{how}.onnx"
+    argv = ["export", "user_models:item_up", "-o", str(out), "--input", "x:1x1x4x4", "--exporter", "torchscript"]
+    if how == "value":
+        argv += ["--input", "factor=3.0"]
+    elif how == "npz":
+        np.savez(tmp_path / "data.npz", factor=np.array(3.0, np.float32))
+        argv += ["--inputs", str(tmp_path / "data.npz")]
+    else:
+        argv += ["--input", "factor:", "--range", "factor=2:2.5"]
+    assert main([*argv, "--force", "-q"]) == 1  # the frozen factor differs on the fresh value
+    assert "written anyway (--force)" in capsys.readouterr().err
+    size = _traced_size(out)
+    if how == "range":
+        assert 8 <= size[-1] < 10  # an upscale drawn from [2, 2.5), not [-1, 1)
+    else:
+        assert size == [1, 1, 12, 12]  # traced at factor 3.0 exactly
+
+
+def test_export_input_value_errors(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(folder))
+    base = ["export", "user_models:item_up", "-o", str(folder / "e.onnx"), "--input", "x:1x1x4x4"]
+    for extra, message in (
+        (["--input", "factor=abc"], "the value must be numbers"),
+        (["--input", "factor:2=1,2,3"], "3 values for 2 elements"),
+        (["--input", "factor=3.0", "--range", "nope=1:2"], "no input 'nope'"),
+        (["--input", "factor=3.0", "--range", "factor=2:1"], "LOW must be below HIGH"),
+    ):
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err

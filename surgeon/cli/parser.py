@@ -139,8 +139,22 @@ def _export_parser(add: Any) -> None:
         "--input",
         action="append",
         default=[],
-        metavar="NAME:DIMS[:DTYPE]",
-        help="an input, in forward's order: image:1x3x224x224:float32 (repeatable)",
+        metavar="NAME:DIMS[:DTYPE][=VALUE]",
+        help="an input, in forward's order: image:1x3x224x224:float32 (repeatable); =VALUE traces it with that "
+        "value (factor=3.0, a float32 scalar; factor:1=3.0; one number fills the shape, or one per element)",
+    )
+    p.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="NPZ",
+        help="input data (.npz, arrays by input name): traced and compared first; inputs --input does not name follow",
+    )
+    p.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        metavar="NAME=LOW:HIGH",
+        help="draw that input's random data from [LOW, HIGH) (repeatable)",
     )
     p.add_argument(
         "--output-name", action="append", default=[], metavar="NAME", help="output names, in order (repeatable)"
