@@ -315,3 +315,62 @@ def test_export_input_value_errors(folder: Path, capsys: pytest.CaptureFixture[s
     ):
         assert main([*base, *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+def _relu(declared: int) -> onnx.ModelProto:
+    """``y = Relu(x)`` on ``[1, 4]``; ``declared`` is the output's width as written (5: the full
+    checker's shape inference refuses it, onnx loads it and passes keep it)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, declared])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_in_place_no_verify_while_the_model_is_replaced_never_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Repeated in-place applies with verification off while another writer keeps replacing the
+    file (a model the checker refuses, then one it accepts, each renamed in atomically) and
+    reading it. The post-save checker used to re-read the source from its path to decide whether
+    a failure was the source's: the file there was another model by then, the output was blamed
+    and the run exited 1 ("verification failed" with verification off). The source's verdict is
+    now the model as loaded; every run exits 0."""
+    import threading
+    import time
+
+    model = tmp_path / "m.onnx"
+    bad, good = _relu(5).SerializeToString(), _relu(4).SerializeToString()
+    model.write_bytes(bad)
+    stop = threading.Event()
+    swaps = [0]
+
+    def other_writer() -> None:
+        n = 0
+        while not stop.is_set():
+            tmp = tmp_path / f"other-{n % 2}.tmp"
+            tmp.write_bytes(good if n % 2 else bad)
+            os.replace(tmp, model)
+            onnx.load(str(model))  # and reads it
+            n += 1
+            time.sleep(0.001)
+        swaps[0] = n
+
+    thread = threading.Thread(target=other_writer, daemon=True)
+    thread.start()
+    codes = []
+    try:
+        t0 = time.monotonic()
+        while len(codes) < 24 and time.monotonic() - t0 < 15:
+            cmd = ["run", "set-metadata", str(model), "-o", str(model), "--in-place", "--no-verify", "-q"]
+            codes.append(main([*cmd, "--set", f"producer_name=run{len(codes)}"]))
+    finally:
+        stop.set()
+        thread.join()
+    err = capsys.readouterr().err
+    assert swaps[0] > len(codes) and len(codes) >= 12
+    assert codes == [0] * len(codes), err
