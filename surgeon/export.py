@@ -115,7 +115,9 @@ class SourceConfig(BaseModel):
         description="MODULE:FACTORY, a callable taking no arguments that returns the nn.Module (the recipe's folder is importable)"
     )
     inputs: list[str] = Field(
-        min_length=1, description="the inputs, in forward's order: NAME:DIMS[:DTYPE], e.g. image:1x3x224x224:float32"
+        min_length=1,
+        description="the inputs, in forward's order: NAME:DIMS[:DTYPE][=VALUE], e.g. image:1x3x224x224:float32, "
+        "factor=3.0 (traced with that value)",
     )
     exporter: Literal["dynamo", "torchscript"] = Field(
         "dynamo", description="torch.onnx.export's exporter (torchscript: dynamo=False)"
