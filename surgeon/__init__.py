@@ -25,13 +25,20 @@ def load(source: Any) -> Model:
 
 
 def apply(
-    recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False
+    recipe: Any,
+    model: Any = None,
+    output: Any = None,
+    *,
+    force: bool = False,
+    in_place: bool = False,
+    trust_source: bool = False,
 ) -> PipelineResult:
     """Apply a recipe (path, YAML text, mapping or Recipe) to ``model`` (default: the recipe's
-    ``model``); writes ``output`` (default: the recipe's) when one is known."""
+    ``model``); writes ``output`` (default: the recipe's) when one is known. A recipe's ``source:``
+    (Python code to import and call) runs only with ``trust_source=True`` or ``SURGEON_TRUST_SOURCE=1``."""
     from surgeon.app import apply_recipe
 
-    return apply_recipe(recipe, model, output, force=force, in_place=in_place)
+    return apply_recipe(recipe, model, output, force=force, in_place=in_place, trust_source=trust_source)
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,7 @@ pipeline run and saved, and one :class:`~surgeon.report.RunReport` built — and
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -124,6 +125,8 @@ class Request:
     on_step: Callable[[StepReport], None] | None = None
     on_source: Callable[[str], None] | None = None
     """Called with a line once a recipe's ``source:`` is exported."""
+    trust_source: bool = False
+    """Run the Python code a recipe's ``source:`` names (``--trust-source``; also ``SURGEON_TRUST_SOURCE=1``)."""
     raise_errors: bool = False
     """Raise a failure (the Python API) instead of recording it in the report (the command line)."""
 
@@ -164,6 +167,8 @@ def apply(recipe: Recipe, req: Request) -> Outcome:
             raise UsageError(f"{where}: no model: set 'model' (or 'source') in the recipe or give -i")
         if out is None and not req.dry_run:
             raise UsageError(f"{where}: no output: set 'output' in the recipe or give -o (or --dry-run)")
+        if source is not None:
+            check_trusted(recipe, req.trust_source)
         req.overrides.apply_to(recipe.pipeline)
         loaded, load_error = _guard(recipe, model, out, req)
         checked = True
@@ -189,6 +194,32 @@ def apply(recipe: Recipe, req: Request) -> Outcome:
     if error is not None and req.raise_errors:
         raise error
     return Outcome(rep, rep.result, error)
+
+
+TRUST_ENV = "SURGEON_TRUST_SOURCE"
+"""Set to ``1`` to run the code of recipes' ``source:`` blocks without ``--trust-source``."""
+
+
+def source_trusted(flag: bool = False) -> bool:
+    return flag or os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_trusted(recipe: Recipe, flag: bool) -> None:
+    """A recipe is data; its ``source:`` block names Python code (a module of the recipe's folder,
+    imported, and a factory, called). It runs only when the user says so: else a usage error naming
+    the module and the file that would run (found by path search: nothing is imported)."""
+    if recipe.source is None or source_trusted(flag):
+        return
+    from surgeon.export import factory_file
+    from surgeon.recipe import place
+
+    spec = recipe.source.factory
+    path = factory_file(spec, recipe.base_dir)
+    what = f"module {spec.split(':')[0]} ({path})" if path is not None else f"module {spec.split(':')[0]}"
+    raise UsageError(
+        f"{place(recipe, ('source', 'factory'))}: source.factory: {spec}: applying this recipe would import {what} "
+        f"and call {spec.split(':')[1]}(); not run without --trust-source (or {TRUST_ENV}=1)"
+    )
 
 
 def _guard(
@@ -256,11 +287,19 @@ def _run(recipe: Recipe, model: Any, out: Path | None, req: Request) -> Pipeline
 
 
 def apply_recipe(
-    recipe: Any, model: Any = None, output: Any = None, *, force: bool = False, in_place: bool = False
+    recipe: Any,
+    model: Any = None,
+    output: Any = None,
+    *,
+    force: bool = False,
+    in_place: bool = False,
+    trust_source: bool = False,
 ) -> PipelineResult:
     """``surgeon.apply``: a recipe (path, YAML text, mapping or Recipe) applied to ``model``
     (default: the recipe's ``model``); writes ``output`` (default: the recipe's) when one is known.
-    Raises what failed (a failed verification with an output: VerificationError)."""
+    Raises what failed (a failed verification with an output: VerificationError). A recipe whose
+    ``source:`` names Python code runs it only with ``trust_source=True`` (or
+    ``SURGEON_TRUST_SOURCE=1``): a recipe read from a file may come from anyone."""
     from surgeon.recipe import Recipe, load_recipe, parse_recipe_data, parse_recipe_text
 
     if isinstance(recipe, Recipe):
@@ -279,6 +318,7 @@ def apply_recipe(
         force=force,
         in_place=in_place,
         raise_errors=True,
+        trust_source=trust_source,
     )
     if model is not None and not isinstance(model, (str, Path)):  # bytes, a ModelProto or a Model
         return _apply_in_memory(r, model, req)

@@ -6,6 +6,7 @@ ones. torch is imported only inside functions."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import os
@@ -40,6 +41,12 @@ class ExportInput:
     name: str
     shape: list[int]
     dtype: str = "float32"
+    value: Any = None
+    """The values traced and first compared (``--input factor=3.0``, ``--inputs data.npz``): an
+    array of ``shape``; None: seeded random data."""
+    low: float | None = None
+    high: float | None = None
+    """``--range NAME=LOW:HIGH``: random data drawn from ``[low, high)``."""
 
 
 @dataclass
@@ -81,10 +88,17 @@ class ExportResult:
 
 
 def parse_input(text: str) -> ExportInput:
-    """``image:1x3x224x224[:float32]``."""
+    """``image:1x3x224x224[:float32]``; with ``=VALUE`` (``factor=3.0``: a float32 scalar,
+    ``factor:1=3.0``, ``ids:1x3:int64=1,2,3``) the value traced and first compared: one number
+    filling the shape, or one per element."""
+    text_spec, eq, value = text.partition("=")
+    if eq:
+        spec = parse_input(text_spec if ":" in text_spec else f"{text_spec}:")
+        spec.value = _value(text, value, spec)
+        return spec
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0]:
-        raise UsageError(f"--input '{text}': expected NAME:DIMS[:DTYPE], e.g. image:1x3x224x224:float32")
+        raise UsageError(f"--input '{text}': expected NAME:DIMS[:DTYPE][=VALUE], e.g. image:1x3x224x224:float32")
     try:
         shape = [int(d) for d in parts[1].lower().split("x")] if parts[1] else []
     except ValueError:
@@ -104,7 +118,9 @@ class SourceConfig(BaseModel):
         description="MODULE:FACTORY, a callable taking no arguments that returns the nn.Module (the recipe's folder is importable)"
     )
     inputs: list[str] = Field(
-        min_length=1, description="the inputs, in forward's order: NAME:DIMS[:DTYPE], e.g. image:1x3x224x224:float32"
+        min_length=1,
+        description="the inputs, in forward's order: NAME:DIMS[:DTYPE][=VALUE], e.g. image:1x3x224x224:float32, "
+        "factor=3.0 (traced with that value)",
     )
     exporter: Literal["dynamo", "torchscript"] = Field(
         "dynamo", description="torch.onnx.export's exporter (torchscript: dynamo=False)"
@@ -136,6 +152,59 @@ class SourceConfig(BaseModel):
         return [parse_input(t) for t in self.inputs]
 
 
+def _value(text: str, value: str, spec: ExportInput) -> Any:
+    import numpy as np
+
+    try:
+        numbers = [float(v) for v in value.split(",")] if value.strip() else []
+    except ValueError:
+        raise UsageError(f"--input '{text}': the value must be numbers separated by commas (factor=3.0)") from None
+    size = int(np.prod(spec.shape)) if spec.shape else 1
+    if len(numbers) not in (1, size):
+        raise UsageError(f"--input '{text}': {len(numbers)} values for {size} elements; give one, or one per element")
+    dtype = np.float32 if spec.dtype == "bfloat16" else np.dtype(spec.dtype)
+    return np.broadcast_to(np.asarray(numbers, dtype=np.float64), (size,)).reshape(spec.shape).astype(dtype)
+
+
+def parse_range(text: str, specs: list[ExportInput]) -> None:
+    """``--range factor=2:4``: that input's random data drawn from ``[2, 4)`` (traced and fresh)."""
+    name, _, bounds = text.partition("=")
+    low, _, high = bounds.partition(":")
+    try:
+        lo, hi = float(low), float(high)
+    except ValueError:
+        raise UsageError(f"--range '{text}': expected NAME=LOW:HIGH, e.g. factor=2:4") from None
+    if not lo < hi:
+        raise UsageError(f"--range '{text}': LOW must be below HIGH")
+    spec = next((s for s in specs if s.name == name), None)
+    if spec is None:
+        raise UsageError(f"--range '{text}': no input '{name}'; they are: {', '.join(s.name for s in specs)}")
+    spec.low, spec.high = lo, hi
+
+
+def read_inputs(path: Path, specs: list[ExportInput]) -> list[ExportInput]:
+    """``--inputs data.npz``: each array the value of the input of its name (its shape and dtype
+    too); inputs not given by ``--input`` follow them in the file's order."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"--inputs {path}: cannot read it as .npz ({short_error(exc)})") from None
+    out = list(specs)
+    for name, arr in arrays.items():
+        dtype = str(arr.dtype)
+        if dtype not in DTYPES:
+            raise UsageError(f"--inputs {path}: '{name}' is {dtype}; the dtypes are: {', '.join(DTYPES)}")
+        spec = next((s for s in out if s.name == name), None)
+        if spec is None:
+            out.append(ExportInput(name, list(arr.shape), dtype, arr))
+        else:
+            spec.shape, spec.dtype, spec.value = list(arr.shape), dtype, arr
+    return out
+
+
 def parse_dynamic(items: list[str], names: list[str]) -> Axes:
     """``image:0:batch`` entries as dynamic_axes (inputs or output names)."""
     out: Axes = {}
@@ -148,6 +217,35 @@ def parse_dynamic(items: list[str], names: list[str]) -> Axes:
             raise UsageError(f"--dynamic '{item}': no input or output '{name}'; they are: {', '.join(names)}")
         out.setdefault(name, {})[int(axis)] = sym
     return out
+
+
+USER_ERRORS = (Exception, SystemExit)
+"""What user code (a factory's module, the factory, ``forward``) may raise that is its failure, not
+surgeon's: ``SystemExit`` included (``sys.exit(0)`` in a factory is not a successful run). A real
+Ctrl-C (``KeyboardInterrupt``) is not caught."""
+
+
+def raised(exc: BaseException) -> str:
+    """``Name: first line`` of what user code raised; ``sys.exit(n)`` said as such."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: it called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {_plain(short_error(exc))}"
+
+
+@contextlib.contextmanager
+def user_code() -> Iterator[None]:
+    """Around every call into user code: ``breakpoint()`` does nothing (as under
+    ``PYTHONBREAKPOINT=0``: a debugger prompt would wait on stdin, which in CI is no terminal)."""
+    hook = sys.breakpointhook
+    sys.breakpointhook = _no_breakpoint
+    try:
+        yield
+    finally:
+        sys.breakpointhook = hook
+
+
+def _no_breakpoint(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def load_factory(spec: str, folder: Path | None = None, call: bool = True) -> Any:
@@ -163,9 +261,10 @@ def load_factory(spec: str, folder: Path | None = None, call: bool = True) -> An
     if where not in sys.path:
         sys.path.insert(0, where)
     try:
-        mod = importlib.import_module(mod_name)
-    except Exception as exc:
-        raise UsageError(f"'{spec}': cannot import {mod_name}: {type(exc).__name__}: {short_error(exc)}") from None
+        with user_code():
+            mod = importlib.import_module(mod_name)
+    except USER_ERRORS as exc:
+        raise UsageError(f"'{spec}': cannot import {mod_name}: {raised(exc)}") from None
     factory = mod
     for part in attr.split("."):
         if not hasattr(factory, part):
@@ -176,14 +275,86 @@ def load_factory(spec: str, folder: Path | None = None, call: bool = True) -> An
     if not call:
         return factory
     try:
-        module = factory() if not isinstance(factory, torch.nn.Module) else factory
+        with user_code():
+            module = factory() if not isinstance(factory, torch.nn.Module) else factory
     except TypeError as exc:
         raise UsageError(f"'{spec}': the factory must take no arguments: {short_error(exc)}") from None
-    except Exception as exc:
-        raise UsageError(f"'{spec}': the factory raised {type(exc).__name__}: {short_error(exc)}") from None
+    except USER_ERRORS as exc:
+        raise UsageError(f"'{spec}': the factory raised {raised(exc)}") from None
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"'{spec}': the factory returned {type(module).__name__}, not a torch.nn.Module")
     return module
+
+
+def factory_file(spec: str, folder: Path | None = None) -> Path | None:
+    """The file ``MODULE`` of ``MODULE:FACTORY`` would be imported from, found by path search in
+    ``folder`` (the recipe's; searched first, as :func:`load_factory` puts it first on ``sys.path``)
+    and ``sys.path``, executing nothing (``importlib.util.find_spec`` would import the parent
+    packages). None when no ``.py`` file or package ``__init__.py`` is found there (a built-in or
+    compiled module, a zip import)."""
+    m = _SPEC.match(spec)
+    if not m:
+        return None
+    parts = m.group(1).split(".")
+    roots = ([str(folder.resolve())] if folder is not None else []) + [p or os.getcwd() for p in sys.path]
+    for root in roots:
+        base = Path(root, *parts)
+        for candidate in (base.with_name(parts[-1] + ".py"), base / "__init__.py"):
+            try:
+                if candidate.is_file():
+                    return candidate
+            except OSError:
+                continue
+    return None
+
+
+def check_factory(spec: str, folder: Path | None = None) -> Path:
+    """``surgeon validate`` of a ``source:`` block, without importing or running anything: the
+    module's file exists (see :func:`factory_file`), parses as Python, and defines the factory's
+    first name at its top level (``def``, ``class``, an assignment or an import; a module with
+    ``from x import *`` or a module ``__getattr__`` is given the benefit of the doubt)."""
+    import ast
+
+    m = _SPEC.match(spec)
+    if not m:
+        raise UsageError(f"'{spec}': expected MODULE:FACTORY, e.g. mypkg.models:build")
+    mod_name, attr = m.groups()
+    path = factory_file(spec, folder)
+    if path is None:
+        where = f"the recipe's folder ({folder}) or sys.path" if folder is not None else "sys.path"
+        raise UsageError(f"'{spec}': no file for module {mod_name} in {where}")
+    try:
+        tree = ast.parse(path.read_bytes(), str(path))
+    except (SyntaxError, ValueError) as exc:
+        raise UsageError(f"'{spec}': {path} is not valid Python: {short_error(exc)}") from None
+    except OSError as exc:
+        raise UsageError(f"'{spec}': cannot read {path}: {exc.strerror or short_error(exc)}") from None
+    names: set[str] = set()
+    for node in _module_level(tree.body):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    first = attr.split(".")[0]
+    if first not in names and "*" not in names and "__getattr__" not in names:
+        raise UsageError(f"'{spec}': {mod_name} has no attribute '{first}' ({path} does not define it)")
+    return path
+
+
+def _module_level(body: list[Any]) -> Iterator[Any]:
+    """The statements run at a module's top level, those inside ``if``/``try``/``with`` included."""
+    import ast
+
+    for node in body:
+        yield node
+        if isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            for part in ("body", "orelse", "finalbody"):
+                yield from _module_level(getattr(node, part, []))
+            for handler in getattr(node, "handlers", []):
+                yield from _module_level(handler.body)
 
 
 def example_inputs(specs: list[ExportInput], seed: int = 0) -> list[Any]:
@@ -193,7 +364,14 @@ def example_inputs(specs: list[ExportInput], seed: int = 0) -> list[Any]:
     out = []
     for s in specs:
         dt = getattr(torch, s.dtype)
-        if dt.is_floating_point:
+        if s.value is not None and list(s.value.shape) == list(s.shape):
+            given = torch.from_numpy(s.value.copy()).to(dt)
+            # the traced draw is the given value; the fresh one another (one more; a flipped bool)
+            out.append(given if seed == 0 else (~given if dt == torch.bool else given + 1))
+        elif s.low is not None and s.high is not None:
+            drawn = torch.rand(s.shape, generator=gen, dtype=torch.float64) * (s.high - s.low) + s.low
+            out.append(drawn.to(dt) if dt.is_floating_point else drawn.floor().to(dt))
+        elif dt.is_floating_point:
             out.append((torch.rand(s.shape, generator=gen) * 2 - 1).to(dt))
         elif dt == torch.bool:
             out.append(torch.randint(0, 2, s.shape, generator=gen).bool())
@@ -282,7 +460,12 @@ def export(
     names = [s.name for s in specs]
     module = module.eval()
     inputs = example_inputs(specs)
-    expected = _run_torch(module, inputs)
+    try:
+        with user_code():
+            expected = _run_torch(module, inputs)
+    except USER_ERRORS as exc:  # the user's module on the user's inputs: a model error, not surgeon's
+        given = ", ".join(f"{s.name}:{'x'.join(map(str, s.shape)) or 'scalar'}:{s.dtype}" for s in specs)
+        raise ModelError(f"the module fails on the given inputs ({given}): {raised(exc)}") from None
     out_names = output_names or None
     axes = parse_dynamic(dynamic or [], names + list(out_names or []))
     kwargs: dict[str, Any] = {"input_names": names, "output_names": out_names, "dynamo": exporter == "dynamo"}
@@ -303,12 +486,10 @@ def export(
         ):
             warnings.simplefilter("always")
             try:
-                with _quiet_torch_logs():
+                with _quiet_torch_logs(), user_code():
                     torch.onnx.export(module, tuple(inputs), str(tmp_path), **kwargs)
-            except Exception as exc:
-                raise ModelError(
-                    f"torch.onnx.export ({exporter}) failed: {type(exc).__name__}: {_plain(short_error(exc))}"
-                ) from None
+            except USER_ERRORS as exc:
+                raise ExportRefused(f"torch.onnx.export ({exporter}) failed: {refusal(exc)}", _full_text(exc)) from None
         result.warnings = _summarise(list(caught), chatter.getvalue(), native.getvalue())
         result.notes += _fit_ir_version(tmp_path)
         draws = [("traced inputs", inputs, expected)]
@@ -316,11 +497,10 @@ def export(
         fresh = example_inputs(fresh_specs, seed=1)
         what = "fresh inputs" + (f" ({', '.join(resized)})" if resized else "")
         try:
-            draws.append((what, fresh, _run_torch(module, fresh)))
-        except Exception as exc:  # the module's own domain: say so, compare what can be compared
-            result.notes.append(
-                f"torch fails on {what} ({type(exc).__name__}: {short_error(exc)}): compared on the traced inputs only"
-            )
+            with user_code():
+                draws.append((what, fresh, _run_torch(module, fresh)))
+        except USER_ERRORS as exc:  # the module's own domain: say so, compare what can be compared
+            result.notes.append(f"torch fails on {what} ({raised(exc)}): compared on the traced inputs only")
         from surgeon.ir.model import load
 
         model = load(tmp_path)  # read once: compared, then saved
@@ -335,6 +515,52 @@ def export(
 
             save(model, output)
     return result
+
+
+class ExportRefused(ModelError):
+    """The exporter refused the module: one line (torch's own summary kept), ``detail`` the full text."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(message)
+
+
+def refusal(exc: BaseException) -> str:
+    """One line for an exporter's refusal: its own first sentence, then torch's summary of the
+    cause (dynamo's ``## Exception summary``, else the innermost cause), which its first line
+    (ending at "Next steps:") drops."""
+    if isinstance(exc, SystemExit):
+        return raised(exc)
+    text = _plain(str(exc)).strip()
+    head = text.splitlines()[0] if text else ""
+    head = re.sub(r"\s*Next steps:\s*$", "", head).strip()
+    cause = ""
+    marker = "## Exception summary"
+    if marker in text:
+        cause = next((ln.strip() for ln in text.split(marker, 1)[1].splitlines() if ln.strip()), "")
+        cause = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>:", r"\1:", cause)
+    if not cause:
+        inner = exc
+        seen = {id(exc)}
+        while (nxt := inner.__cause__ or inner.__context__) is not None and id(nxt) not in seen:
+            seen.add(id(nxt))
+            inner = nxt
+        if inner is not exc:
+            cause = f"{type(inner).__name__}: {_plain(short_error(inner))}"
+    line = f"{type(exc).__name__}: {head}" if head else type(exc).__name__
+    return f"{line} {cause}" if cause and cause not in line else line
+
+
+def _full_text(exc: BaseException) -> str:
+    """An exception's whole text, its causes' too, for ``-v``."""
+    parts = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        parts.append(f"{type(cur).__name__}: {_plain(str(cur)).strip()}")
+        cur = cur.__cause__ or cur.__context__
+    return "\n".join(parts)
 
 
 def _run_torch(module: Any, inputs: list[Any]) -> list[Any]:
@@ -354,7 +580,7 @@ def _fresh_specs(specs: list[ExportInput], axes: Axes) -> tuple[list[ExportInput
             if -len(shape) <= axis < len(shape):
                 sizes.setdefault(sym, shape[axis] + 1)
                 shape[axis] = sizes[sym]
-        out.append(ExportInput(s.name, shape, s.dtype))
+        out.append(dataclasses.replace(s, shape=shape, value=s.value if shape == s.shape else None))
     return out, [f"{sym}={n}" for sym, n in sizes.items()]
 
 
@@ -444,8 +670,9 @@ def _dropped(
         changed = list(inputs)
         changed[i] = other
         try:
-            got = _run_torch(module, changed)
-        except Exception:
+            with user_code():
+                got = _run_torch(module, changed)
+        except USER_ERRORS:
             continue
         ran += 1
         if len(got) == len(expected) and all(

@@ -47,6 +47,7 @@ class ApplyJob:
     force: bool = False
     dry_run: bool = False
     in_place: bool = False
+    trust_source: bool = False
 
 
 def apply_one(job: ApplyJob) -> dict[str, Any]:
@@ -67,6 +68,7 @@ def apply_one(job: ApplyJob) -> dict[str, Any]:
         in_place=job.in_place,
         dry_run=job.dry_run,
         overrides=job.overrides,
+        trust_source=job.trust_source,
     )
     return app_apply(recipe, req).report.as_dict()
 

@@ -278,6 +278,27 @@ def recipe_schema() -> dict[str, Any]:
     return top
 
 
+def model_file_kind(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file (``a FIFO (named pipe)``), from ``stat``."""
+    import os
+    import stat
+
+    from surgeon.ir.model import FILE_KINDS
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in FILE_KINDS if test(mode)), "not a regular file")
+
+
+def place(r: Recipe, loc: Loc) -> str:
+    """``recipe.yaml:LINE:COL`` of a key path in the recipe (the file's name alone when unknown)."""
+    return _Problems(str(r.path) if r.path else "<recipe>", r.positions).where(loc)
+
+
 def check_recipe_paths(r: Recipe, model_from_recipe: bool, output_from_recipe: bool) -> None:
     """A ``model:`` that does not exist, or an ``output:`` whose folder does not, reported at its
     place in the recipe: ``recipe.yaml:2:8: model: nothere.onnx: no such file``."""
@@ -292,8 +313,9 @@ def check_recipe_paths(r: Recipe, model_from_recipe: bool, output_from_recipe: b
     if model_from_recipe and r.model is not None:
         if not r.model.exists():
             raise UsageError(f"{where(('model',))}: model: {written(r.model)}: no such file")
-        if r.model.is_dir():
-            raise UsageError(f"{where(('model',))}: model: {written(r.model)}: is a folder, not an ONNX model file")
+        kind = model_file_kind(r.model)
+        if kind is not None:  # a folder, FIFO, device or socket: refused here, at its place, before any open
+            raise UsageError(f"{where(('model',))}: model: {written(r.model)}: is {kind}, not an ONNX model file")
     if output_from_recipe and r.output is not None and not r.output.parent.is_dir():
         raise UsageError(
             f"{where(('output',))}: output: {written(r.output)}: output folder '{written(r.output.parent)}' does not exist"

@@ -124,7 +124,7 @@ def test_export_torchscript_verified_then_doctor_clean(factories: Path, capsys: 
         "net.onnx"
     ]
     assert main(["doctor", str(out), "-q"]) == 0  # named I/O, a dynamic batch: nothing to fix
-    assert main(argv) == 2  # an existing output is not overwritten without --force
+    assert main(argv) == 2  # an existing output is not overwritten without --overwrite
 
 
 def test_export_mismatch_writes_nothing(factories: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -272,7 +272,7 @@ def test_recipe_source_is_the_first_verified_step(factories: Path, capsys: pytes
     assert main(["validate", str(recipe)]) == 0
     assert "model exported from my_factories:build at apply" in capsys.readouterr().out
     report = factories / "report.json"
-    assert main(["apply", str(recipe), "--report", str(report)]) == 0
+    assert main(["apply", str(recipe), "--report", str(report), "--trust-source"]) == 0
     text = capsys.readouterr().out
     assert (
         "source my_factories:build: export (torchscript) verified against torch" in text
@@ -288,7 +288,7 @@ def test_recipe_source_is_the_first_verified_step(factories: Path, capsys: pytes
 
     import surgeon
 
-    result = surgeon.apply(recipe)  # the Python API takes the same path
+    result = surgeon.apply(recipe, trust_source=True)  # the Python API takes the same path
     assert result.ok and result.export is not None and result.export["exporter"] == "torchscript"
 
     # -i overrides the source: no export, the given model is read
@@ -306,7 +306,7 @@ def test_recipe_source_mismatch_and_errors(factories: Path, capsys: pytest.Captu
         .replace("  output_names: [scores]\n", "")
         .replace("outputs: {scores: {0: batch}}", "")
     )
-    assert main(["apply", str(recipe)]) == 1
+    assert main(["apply", str(recipe), "--trust-source"]) == 1
     assert "verification failed: source: export (torchscript) differs from torch" in capsys.readouterr().err
     assert not (factories / "fixed.onnx").exists() and not [
         p for p in factories.iterdir() if p.name.startswith(".surgeon")

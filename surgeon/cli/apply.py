@@ -79,6 +79,7 @@ def _apply(recipe: Recipe, args: argparse.Namespace, over: Overrides) -> int:
         report=args.report,
         on_step=on_step,
         on_source=on_source,
+        trust_source=getattr(args, "trust_source", False),
     )
     outcome = apply(recipe, req)
     if outcome.result is None or (outcome.error is not None and outcome.report.failure_class != "verification"):

@@ -19,10 +19,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_recipe_paths(recipe, args.input is None, True)
     model_path = args.input or recipe.model
     sizes: list[str] = []
-    if model_path is None and recipe.source is not None:  # the factory resolves; the export waits for apply
-        from surgeon.export import load_factory
+    if model_path is None and recipe.source is not None:  # checked without importing or running anything
+        from surgeon.errors import UsageError
+        from surgeon.export import check_factory
+        from surgeon.recipe import place
 
-        load_factory(recipe.source.factory, recipe.base_dir, call=False)
+        try:
+            check_factory(recipe.source.factory, recipe.base_dir)
+        except UsageError as exc:
+            raise UsageError(f"{place(recipe, ('source', 'factory'))}: source.factory: {exc}") from None
     if model_path is not None:
         model = load(model_path)
         problems = recipe.pipeline.check_requirements(model)

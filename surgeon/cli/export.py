@@ -9,29 +9,40 @@ from surgeon.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from surgeon.cli.render import fmt_err, make_console, markup
-    from surgeon.export import export, load_factory, parse_input
+    from surgeon.cli.render import fmt_err, make_console, markup, say
+    from surgeon.export import ExportRefused, export, load_factory, parse_input, parse_range, read_inputs
     from surgeon.ir.targets import Target, guard_writes
 
-    if not args.input:
+    if not args.input and args.inputs is None:
         raise UsageError("export: give the inputs, in forward's order: --input image:1x3x224x224:float32")
     guard_writes([Target(args.output, "-o")])
-    if os.path.lexists(args.output) and not args.force:
-        raise UsageError(f"{args.output}: exists; not overwritten (--force overwrites it)")
+    if os.path.lexists(args.output) and not args.overwrite:
+        raise UsageError(f"{args.output}: exists; not overwritten (--overwrite replaces it)")
     specs = [parse_input(t) for t in args.input]
-    module = load_factory(args.factory)
-    result = export(
-        module,
-        specs,
-        args.output,
-        exporter=args.exporter,
-        opset=args.opset,
-        output_names=args.output_name,
-        dynamic=args.dynamic,
-        rtol=args.rtol,
-        atol=args.atol,
-        force=args.force,
-    )
+    if args.inputs is not None:
+        specs = read_inputs(args.inputs, specs)
+    for text in args.range:
+        parse_range(text, specs)
+    module = load_factory(args.factory)  # the user named this code on the command line: no --trust-source
+    try:
+        result = export(
+            module,
+            specs,
+            args.output,
+            exporter=args.exporter,
+            opset=args.opset,
+            output_names=args.output_name,
+            dynamic=args.dynamic,
+            rtol=args.rtol,
+            atol=args.atol,
+            force=args.force,
+        )
+    except ExportRefused as exc:
+        if args.verbose and exc.detail:
+            err = make_console(stderr=True)
+            for line in exc.detail.splitlines():
+                say(err, line)
+        raise
     console = make_console()
     if not args.quiet:
         if result.warnings:

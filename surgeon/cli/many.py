@@ -102,7 +102,7 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
         raise UsageError(f"-i '{pattern}' names {len(models)} models: give --out-dir")
     outs = plan_outputs(args, models, args.recipe)
     jobs = [
-        ApplyJob(str(args.recipe), str(m), str(o), over, args.force, args.dry_run, args.in_place)
+        ApplyJob(str(args.recipe), str(m), str(o), over, args.force, args.dry_run, args.in_place, args.trust_source)
         for m, o in zip(models, outs)
     ]
     workers = args.jobs or default_workers()

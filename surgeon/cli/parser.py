@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K/N",
         help="many models: process only the K-th (1..N) of N deterministic slices of the models -i finds",
     )
+    p.add_argument(
+        "--trust-source",
+        action="store_true",
+        help="run the Python code a recipe's 'source:' block names (import its module, call its factory); "
+        "also SURGEON_TRUST_SOURCE=1",
+    )
     output_flags(p)
     verification_flags(p)
 
@@ -159,8 +165,22 @@ def _export_parser(add: Any) -> None:
         "--input",
         action="append",
         default=[],
-        metavar="NAME:DIMS[:DTYPE]",
-        help="an input, in forward's order: image:1x3x224x224:float32 (repeatable)",
+        metavar="NAME:DIMS[:DTYPE][=VALUE]",
+        help="an input, in forward's order: image:1x3x224x224:float32 (repeatable); =VALUE traces it with that "
+        "value (factor=3.0, a float32 scalar; factor:1=3.0; one number fills the shape, or one per element)",
+    )
+    p.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="NPZ",
+        help="input data (.npz, arrays by input name): traced and compared first; inputs --input does not name follow",
+    )
+    p.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        metavar="NAME=LOW:HIGH",
+        help="draw that input's random data from [LOW, HIGH) (repeatable)",
     )
     p.add_argument(
         "--output-name", action="append", default=[], metavar="NAME", help="output names, in order (repeatable)"
@@ -179,6 +199,7 @@ def _export_parser(add: Any) -> None:
     p.add_argument(
         "--force", action="store_true", help="write the model even when its outputs differ from torch's (still exits 1)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _doctor_parser(add: Any) -> None:

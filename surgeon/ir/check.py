@@ -12,6 +12,8 @@ from surgeon.ir.external import external_ref, is_external, set_external_ref
 from surgeon.ir.walk import iter_model_tensors
 
 if TYPE_CHECKING:
+    import onnx
+
     from surgeon.ir.model import Model
 
 FULL_CHECK_LIMIT = 512 << 20
@@ -22,8 +24,7 @@ def too_big_to_check(model: Model | Path) -> bool:
     """Whether the model file (or, for a model in memory, its proto) is over :data:`FULL_CHECK_LIMIT`."""
     if isinstance(model, Path):
         return model.stat().st_size > FULL_CHECK_LIMIT
-    if model.path is not None:
-        return model.path.stat().st_size > FULL_CHECK_LIMIT
+    # the model as loaded, not its file now: another process may have replaced that since
     return model.proto.ByteSize() > FULL_CHECK_LIMIT
 
 
@@ -38,9 +39,16 @@ def full_check(path: Path) -> str | None:
     if problem is None:
         return None
     proto = onnx.load(str(path), load_external_data=False)
-    external = [t for t in iter_model_tensors(proto) if is_external(t)]
-    if not external:
+    if not any(is_external(t) for t in iter_model_tensors(proto)):
         return problem
+    return _run_standalone(proto)
+
+
+def _run_standalone(proto: onnx.ModelProto) -> str | None:
+    """The full checker on ``proto`` written to a private folder, every external tensor pointing
+    at an empty stand-in file there: nothing outside that folder is read."""
+    proto = _copy(proto)
+    external = [t for t in iter_model_tensors(proto) if is_external(t)]
     with tempfile.TemporaryDirectory(prefix="surgeon-check-") as tmp:
         folder = Path(tmp)
         (folder / "weights.data").write_bytes(b"")
@@ -53,17 +61,21 @@ def full_check(path: Path) -> str | None:
 
 
 def model_full_check(model: Model) -> str | None:
-    """:func:`full_check` for a loaded model: its file as it is when it has one (external data in
-    place), else the proto in memory."""
+    """:func:`full_check` for a loaded model: the model *as it was loaded* (its proto in memory,
+    external weights pointed at a stand-in), never its file re-read. The file may have been
+    replaced since — by another in-place run, say, while this one ran — and its verdict is not
+    this model's: with the file re-read, a source that failed the checker could pass it, and the
+    pipeline's output, failing as its source does, was blamed on the last step (exit 1, even with
+    verification off)."""
+    return _run_standalone(model.proto)
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     import onnx
 
-    if model.path is not None:
-        return full_check(model.path)
-    try:
-        onnx.checker.check_model(model.proto, full_check=True)
-    except Exception as exc:  # ValidationError, InferenceError...
-        return short_error(exc)
-    return None
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
 
 
 def _run(path: str) -> str | None:

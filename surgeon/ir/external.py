@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from surgeon.errors import ModelError
+from surgeon.errors import ModelError, short_error
 from surgeon.ir.walk import iter_model_tensors
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_nam
                 raise ModelError(f"{what}: external data file '{ref.location}' does not exist")
             if not path.is_file():
                 raise ModelError(f"{what}: external data file '{ref.location}' is not a regular file")
+            _check_readable(path, ref.location, what)
             files[ref.location] = path.stat().st_size
         end = ref.offset + (ref.length or 0)
         if end > files[ref.location]:
@@ -124,6 +125,19 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_nam
                 f"'{ref.location}' ({files[ref.location]} bytes); the file is truncated"
             )
     return sorted(files)
+
+
+def _check_readable(path: Path, location: str, what: str) -> None:
+    """Open the data file for reading and close it (a regular file: the open does not block):
+    permission denied and the like are said at load, naming the file, not later as a model
+    that fails on its inputs."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ModelError(
+            f"{what}: external data file '{location}' cannot be read: {exc.strerror or short_error(exc)}"
+        ) from None
+    os.close(fd)
 
 
 def read_external_bytes(tensor: onnx.TensorProto, base_dir: Path) -> bytes:

@@ -83,7 +83,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 not a model, and a model saved with its weights inline must stay under it (the one copy of the
 limit; saving and the simplify pass import it)."""
 
-_FILE_KINDS = (
+FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
     (stat.S_ISCHR, "a character device"),
@@ -102,7 +102,7 @@ def _check_model_file(path: Path) -> None:
     except (OSError, ValueError) as exc:  # permission, name too long, embedded NUL...
         raise UsageError(f"{path}: cannot read it ({short_error(exc)})") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = next((what for test, what in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        kind = next((what for test, what in FILE_KINDS if test(st.st_mode)), "not a regular file")
         raise UsageError(f"{path}: is {kind}, not an ONNX model file")
     if st.st_size > PROTOBUF_LIMIT:
         raise ModelError(
