@@ -6,6 +6,7 @@ that is not a :class:`SurgeonError` is a bug in surgeon (exit 4, traceback with 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 EXIT_OK = 0
@@ -23,9 +24,15 @@ EPILOG = (  # the exit codes, as every command's --help ends
 
 
 class SurgeonError(Exception):
-    """Base class of every error a user can fix. ``str(err)`` is one line for the terminal."""
+    """Base class of every error a user can fix. ``str(err)`` is its text; :attr:`lines` are the
+    lines the terminal shows, each made inert there (so a name holding a newline stays in its line)."""
 
     exit_code = EXIT_MODEL
+
+    @property
+    def lines(self) -> list[str]:
+        """The lines this error is shown as: one, its text, unless the error says otherwise."""
+        return [str(self)]
 
 
 class UsageError(SurgeonError):
@@ -42,6 +49,10 @@ class RecipeError(SurgeonError):
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self.problems)
 
 
 class ModelError(SurgeonError):
@@ -87,10 +98,22 @@ class VerificationError(SurgeonError):
 
     exit_code = EXIT_VERIFY_FAILED
 
-    def __init__(self, message: str, result: object | None = None) -> None:
+    def __init__(self, message: str, result: object | None = None, lines: list[str] | None = None) -> None:
         self.result = result
         """The pipeline result whose checks failed, when there is one (for reports)."""
+        self._lines = list(lines) if lines is not None else None
         super().__init__(message)
+
+    @property
+    def lines(self) -> list[str]:
+        """``lines`` when given; else, with a result whose ``failures()`` it lists, the message's
+        first line and then each failure (whatever names they hold); else the message, one line."""
+        if self._lines is not None:
+            return list(self._lines)
+        failures = getattr(self.result, "failures", None)
+        if callable(failures) and "\n" in str(self):
+            return [str(self).split("\n", 1)[0], *map(str, failures())]
+        return [str(self)]
 
 
 # --- message helpers ------------------------------------------------------------------------------
@@ -108,6 +131,24 @@ def listing(items: Iterable[str]) -> str:
     """Names joined for a message, ``(none)`` when there are none."""
     items = list(items)
     return ", ".join(items) if items else "(none)"
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ufffe\uffff]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    ch = m.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def inert(text: object) -> str:
+    """``text`` as a terminal (or a YAML comment) may show it: C0/C1 control characters,
+    bidirectional overrides, line and paragraph separators and zero-width characters written as
+    escapes (``\\x1b``, ``\\n``, ``\\0``, ``\\u202e``). Always one line."""
+    return _CONTROL.sub(_escaped, str(text))
 
 
 def short_error(exc: BaseException) -> str:

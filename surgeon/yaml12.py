@@ -293,3 +293,27 @@ for _tag, _pattern, _first in _RESOLVERS:
 def dump(data: Any) -> str:
     """``data`` (str, int, float, bool, None, list, dict) as block YAML, keys in their order."""
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
+
+
+class _FlowDumper(_Dumper):
+    """:class:`_Dumper` that double-quotes (with escapes) every string holding a character
+    outside printable ASCII, so each scalar stays on its line."""
+
+    def choose_scalar_style(self) -> str:
+        value = getattr(self.event, "value", None)
+        if isinstance(value, str) and not all(" " <= c <= "~" for c in value):
+            return '"'
+        return str(super().choose_scalar_style())
+
+
+def dump_flow(data: Any) -> str:
+    """``data`` as one line of flow YAML (``{inputs: {input.1: image}}``) that reads back equal
+    through :func:`compose` and PyYAML's ``safe_load``: a string either schema would read as
+    something else is quoted, and one holding a control, non-ASCII or line-breaking character is
+    double-quoted with escapes (``"\\e[31m"``, ``"\\0"``, ``"\\n"``, ``"\\u202E"``), so the text is
+    printable ASCII."""
+    text = yaml.dump(data, Dumper=_FlowDumper, default_flow_style=True, width=2**31 - 1, allow_unicode=False)
+    text = text.strip()
+    if text.endswith("\n...") or text.endswith("..."):
+        text = text.removesuffix("...").strip()
+    return text

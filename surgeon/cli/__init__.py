@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TextIO
 
 from surgeon.errors import (
     EXIT_BUG,
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    with _sigterm_as_interrupt() as terminated:
+    with _sigterm_as_interrupt() as terminated, _inert_warnings():
         try:
             return run_command(args)
         except KeyboardInterrupt:  # the temporary files are gone: every writer cleans up on the way out
@@ -77,7 +78,7 @@ def _report_error(exc: Exception, verbose: bool) -> int:
     from surgeon.cli.render import error_line
 
     if isinstance(exc, SurgeonError):
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        for line in exc.lines or [type(exc).__name__]:  # each line inert: a name holding a newline stays in it
             error_line(line if line.startswith(("error", "verification")) else f"error: {line}")
         return exc.exit_code
     if isinstance(exc, BrokenPipeError):  # output piped into head & co.
@@ -90,10 +91,50 @@ def _report_error(exc: Exception, verbose: bool) -> int:
     if verbose:
         import traceback
 
-        traceback.print_exception(exc, file=sys.stderr)
+        for block in traceback.format_exception(exc):  # the exception's text may hold model names
+            for line in block.rstrip("\n").split("\n"):
+                error_line(line)
     hint = "" if verbose else "; run with -v for the traceback"
     error_line(f"error: internal error ({type(exc).__name__}: {short_error(exc)}){hint}")
     return EXIT_BUG
+
+
+@contextlib.contextmanager
+def _inert_warnings() -> Iterator[None]:
+    """Python warnings and surgeon's own log records reach stderr through the renderer: one inert
+    line each (a warning naming a node cannot move the cursor or split its line)."""
+    import logging
+    import warnings
+
+    from surgeon.cli.render import error_line
+
+    class Inert(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                error_line(f"{record.levelname.lower()}: {record.getMessage()}")
+            except Exception:  # pragma: no cover - logging must never raise
+                self.handleError(record)
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        error_line(f"warning: {category.__name__}: {message}")
+
+    logger = logging.getLogger("surgeon")
+    handler = Inert(logging.WARNING)
+    logger.addHandler(handler)
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+        logger.removeHandler(handler)
 
 
 @contextlib.contextmanager

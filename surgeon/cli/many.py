@@ -87,7 +87,7 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
     """One recipe over every model ``-i`` names, in ``-j`` processes, through the one apply path."""
     from rich.table import Table
 
-    from surgeon.cli.render import make_console, markup
+    from surgeon.cli.render import inert, make_console, markup
     from surgeon.many import ApplyJob, apply_one, default_workers, expand_inputs, run_parallel
     from surgeon.recipe import load_recipe
     from surgeon.report import CLASS_EXIT, many_report, sha256_text, write_report
@@ -112,7 +112,7 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
 
         def done(i: int, rep: dict[str, Any]) -> None:
             state = "ok" if rep.get("ok") else rep.get("failure_class")
-            bar.update(task, advance=1, description=f"{markup(Path(rep['input']).name)}: {state}")
+            bar.update(task, advance=1, description=inert(f"{Path(rep['input']).name}: {state}"))
 
         reports = run_parallel(apply_one, jobs, workers, done)
     for rep, o in zip(reports, outs):
@@ -126,7 +126,7 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
         verdicts = [s.get("verdict") for s in r.get("steps", [])]
         table.add_row(
             markup(Path(r["input"]).name),
-            "[green]ok[/green]" if ok else f"[bold red]{r.get('failure_class')}[/bold red]",
+            "[green]ok[/green]" if ok else f"[bold red]{markup(r.get('failure_class'))}[/bold red]",
             f"{verdicts.count('ok')}/{len(verdicts)} verified" if verdicts else "-",
             f"{r.get('seconds', 0):.1f}s",
             markup(r.get("output") or ("dry run" if ok else r.get("message", ""))),
