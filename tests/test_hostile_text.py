@@ -302,6 +302,18 @@ def test_many_models_progress_bar_and_reports(hostile: Path, tmp_path: Path) -> 
     for name in (hostile.name, f"second{HP}.onnx"):
         report = json.loads((tmp_path / "fixed" / (Path(name).stem + ".report.json")).read_text(encoding="utf-8"))
         assert report["input"] == str(models / name)
+    missing = f"missing{H}"
+    bad = tmp_path / "missing.yaml"
+    bad.write_text(
+        f"version: 1\npasses:\n  - rename-io: {dump_flow({'inputs': {missing: 'image'}})}\n", encoding="utf-8"
+    )
+    proc = surgeon(
+        "apply", bad, "-i", str(models / "*.onnx"), "--out-dir", tmp_path / "bad", "-j", "1", cwd=tmp_path, code=2
+    )
+    assert inert(missing) in proc.stdout
+    for name in (hostile.name, f"second{HP}.onnx"):
+        report = json.loads((tmp_path / "bad" / (Path(name).stem + ".report.json")).read_text(encoding="utf-8"))
+        assert not report["ok"] and missing in report["message"]  # the whole first line, newline and all
     surgeon("doctor", models / hostile.name, models / f"second{HP}.onnx", "-j", "1", cwd=tmp_path, code=5)
     reports = json.loads(
         surgeon(
@@ -326,3 +338,20 @@ def test_surgeons_own_warnings_are_inert(hostile: Path, capsys: pytest.CaptureFi
         f"warning: could not remove data{inert(H)}",
         f"warning: UserWarning: node {inert(H)} is odd",
     ]
+
+
+def test_usage_errors_quote_arguments_inert(tmp_path: Path) -> None:
+    proc = surgeon("inspect", "a.onnx", f"extra{HP}", cwd=tmp_path, code=2)
+    assert inert(f"extra{HP}") in proc.stderr
+    proc = surgeon(f"cmd{HP}", cwd=tmp_path, code=2)
+    assert "invalid choice" in proc.stderr
+
+
+def test_emoji_codes_in_names_stay_text() -> None:
+    from surgeon.cli.render import make_console, say
+
+    console = make_console()
+    with console.capture() as cap:
+        say(console, "node :smile: :red_circle:")
+        console.print(f"[bold]{markup(':thumbs_up:')}[/bold]")
+    assert cap.get() == "node :smile: :red_circle:\n:thumbs_up:\n"

@@ -32,7 +32,7 @@ _e = markup
 def make_console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)  # ':smile:' in a name stays text
 
 
 def say(console: Console, text: object) -> None:
