@@ -20,11 +20,14 @@ What :func:`compose` guarantees:
   it names is refused.
 - **Keys.** Mapping keys are scalars (so hashable); a duplicate key is an error. Keys that are not
   strings (``1: x``, ``null: x``) load as they are, for the recipe validation to report.
+- **Strings.** An escaped surrogate pair (``"\\ud83d\\ude00"``, as JSON writes a character past
+  U+FFFF) is the one character it encodes, so a recipe written as JSON reads back unchanged.
 - **Errors.** Every problem is a :class:`~surgeon.errors.RecipeError` whose lines each read
   ``name:line:column: what`` (1-based); any other exception is a bug.
 
-:func:`dump` writes YAML that reads back equal through :func:`compose` and through PyYAML's
-YAML 1.1 ``safe_load`` alike: a string either schema would read as something else is quoted.
+:func:`dump` (block YAML) and :func:`dump_flow` (one line, printable ASCII) write YAML that reads
+back equal through :func:`compose` and through PyYAML's YAML 1.1 ``safe_load`` alike: a string
+either schema would read as something else is quoted.
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ class _Walk:
 
     def scalar(self, node: Any) -> Any:
         if node.tag == _CORE + "str":
-            return node.value
+            return _joined(node.value)
         pattern, make = _SCALARS[node.tag]
         try:
             if pattern.match(node.value):
@@ -230,6 +233,17 @@ class _Walk:
             self.positions[loc + ("__key__", key)] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
             out[key] = self.node(vnode, (*loc, key))
         return out
+
+
+_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _joined(value: str) -> str:
+    """A string whose escaped surrogate pairs (``"\\ud83d\\ude00"``, as JSON writes characters past
+    U+FFFF) are the one character they encode, as JSON reads them; a lone surrogate stays."""
+    if not any("\ud800" <= c <= "\udfff" for c in value):
+        return value
+    return _PAIR.sub(lambda m: chr(0x10000 + ((ord(m[0][0]) - 0xD800) << 10) + (ord(m[0][1]) - 0xDC00)), value)
 
 
 def compose(text: str, name: str) -> tuple[Any, Positions]:

@@ -355,3 +355,15 @@ def test_emoji_codes_in_names_stay_text() -> None:
         say(console, "node :smile: :red_circle:")
         console.print(f"[bold]{markup(':thumbs_up:')}[/bold]")
     assert cap.get() == "node :smile: :red_circle:\n:thumbs_up:\n"
+
+
+@pytest.mark.parametrize("name", [H, "a\nb", "on", "010", "😀 past U+FFFF", "\u2028", "\x85nel\x9b", "[bold]"])
+def test_a_dumped_pipeline_reads_back_unchanged(name: str) -> None:
+    from surgeon.passes.rename_io import RenameIO
+    from surgeon.pipeline import Pipeline, _dump_recipe
+    from surgeon.recipe import parse_recipe_text
+    from surgeon.yaml12 import dump
+
+    p = Pipeline([RenameIO(inputs={name: f"image{name}"}, outputs={f"out{name}": "logits"})])
+    for text in (dump(p.to_recipe()), _dump_recipe(p.to_recipe())):  # a saved recipe; the provenance record
+        assert parse_recipe_text(text).pipeline.to_recipe() == p.to_recipe(), text
