@@ -224,12 +224,15 @@ def test_doctor_and_its_recipe(hostile: Path, tmp_path: Path) -> None:
     assert loaded.model is not None and loaded.model.resolve() == model.resolve()
     steps = {name: params for step in loaded.pipeline.to_recipe()["passes"] for name, params in step.items()}
     assert list(steps["rename-io"]["inputs"]) == [IN]  # the model's own name, unchanged
+    surgeon("apply", recipe, cwd=tmp_path)  # every step verified, names shown inert
+    fixed = onnx.load(loaded.output) if loaded.output else None
+    assert fixed is not None and [i.name for i in fixed.graph.input][0] == "input"
 
 
 def test_run_rename_and_cleanup_verbose(hostile: Path, tmp_path: Path) -> None:
     setting = "inputs=" + dump_flow({IN: f"image{HN}"})
     proc = surgeon("run", "rename-io", hostile, "-o", tmp_path / "renamed.onnx", "--set", setting, "-v", cwd=tmp_path)
-    assert "ok" in proc.stdout
+    assert "ok" in proc.stdout and inert(IN) in proc.stdout  # -v: the pass's notes name the input
     assert [i.name for i in onnx.load(tmp_path / "renamed.onnx").graph.input] == [f"image{HN}"]
     report = tmp_path / "report.json"
     proc = surgeon("run", "cleanup", hostile, "-o", tmp_path / "clean.onnx", "-v", "--report", report, cwd=tmp_path)
@@ -244,6 +247,14 @@ def test_verify(hostile: Path, tmp_path: Path) -> None:
     assert inert(OUT) in proc.stdout
     data = json.loads(report.read_text(encoding="utf-8"))
     assert [o["name"] for o in data["outputs"]] == [OUT]
+    other = hostile_model()
+    other.graph.node[1].op_type = "Sigmoid"  # differs from the Relu everywhere
+    candidate = tmp_path / f"cand{HP}.onnx"
+    onnx.save(other, candidate)
+    proc = surgeon("verify", hostile, candidate, "--localize", "--report", report, cwd=tmp_path, code=1)
+    assert inert(OUT) in proc.stdout and "FAIL" in proc.stdout
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert not data["ok"] and [o["name"] for o in data["outputs"]] == [OUT]
 
 
 def test_a_missing_tensor_is_one_error_line_each(hostile: Path, tmp_path: Path) -> None:
