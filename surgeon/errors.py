@@ -7,7 +7,7 @@ that is not a :class:`SurgeonError` is a bug in surgeon (exit 4, traceback with 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
@@ -155,3 +155,33 @@ def short_error(exc: BaseException) -> str:
     """The first line of an exception's text (libraries often raise multi-line messages)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def route_warnings(say: Callable[[str], None]) -> Callable[[], None]:
+    """Python warnings and the records of surgeon's loggers (WARNING and above) shown by ``say``,
+    one inert line each (``warning: ...``), instead of written raw to stderr; returns the undo.
+    The command line routes them through its renderer, a many-models worker to its stderr."""
+    import logging
+    import warnings
+
+    class Inert(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                say(inert(f"{record.levelname.lower()}: {record.getMessage()}"))
+            except Exception:  # pragma: no cover - logging never raises
+                self.handleError(record)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: object) -> None:
+        say(inert(f"warning: {category.__name__}: {message}"))
+
+    logger = logging.getLogger("surgeon")
+    handler = Inert(logging.WARNING)
+    logger.addHandler(handler)
+    previous = warnings.showwarning
+    warnings.showwarning = show  # type: ignore[assignment]
+
+    def undo() -> None:
+        warnings.showwarning = previous
+        logger.removeHandler(handler)
+
+    return undo

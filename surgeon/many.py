@@ -143,7 +143,12 @@ def _crashed(job: Any, exc: BaseException) -> dict[str, Any]:
 
 
 def _worker_init(threads: int) -> None:
+    import sys
+
+    from surgeon.errors import route_warnings
+
     os.environ.setdefault("SURGEON_ORT_THREADS", str(threads))
+    route_warnings(lambda line: print(line, file=sys.stderr, flush=True))  # inert, as the command line's
 
 
 def default_workers() -> int:

@@ -378,3 +378,17 @@ def test_a_dumped_pipeline_reads_back_unchanged(name: str) -> None:
     p = Pipeline([RenameIO(inputs={name: f"image{name}"}, outputs={f"out{name}": "logits"})])
     for text in (dump(p.to_recipe()), _dump_recipe(p.to_recipe())):  # a saved recipe; the provenance record
         assert parse_recipe_text(text).pipeline.to_recipe() == p.to_recipe(), text
+
+
+def test_a_many_models_workers_warnings_are_inert() -> None:
+    code = (
+        "import logging, warnings\n"
+        "from surgeon.many import _worker_init\n"
+        "_worker_init(1)\n"
+        f"warnings.warn({H!r})\n"
+        f"logging.getLogger('surgeon.ir.save').warning('data %s', {H!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    err = proc.stderr.decode("utf-8")
+    assert proc.returncode == 0 and RAW.search(err) is None, err
+    assert err.splitlines() == [f"warning: UserWarning: {inert(H)}", f"warning: data {inert(H)}"]

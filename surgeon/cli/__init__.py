@@ -20,7 +20,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TextIO
 
 from surgeon.errors import (
     EXIT_BUG,
@@ -103,38 +102,14 @@ def _report_error(exc: Exception, verbose: bool) -> int:
 def _inert_warnings() -> Iterator[None]:
     """Python warnings and surgeon's own log records reach stderr through the renderer: one inert
     line each (a warning naming a node cannot move the cursor or split its line)."""
-    import logging
-    import warnings
-
     from surgeon.cli.render import error_line
+    from surgeon.errors import route_warnings
 
-    class Inert(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                error_line(f"{record.levelname.lower()}: {record.getMessage()}")
-            except Exception:  # pragma: no cover - logging must never raise
-                self.handleError(record)
-
-    def show(
-        message: Warning | str,
-        category: type[Warning],
-        filename: str,
-        lineno: int,
-        file: TextIO | None = None,
-        line: str | None = None,
-    ) -> None:
-        error_line(f"warning: {category.__name__}: {message}")
-
-    logger = logging.getLogger("surgeon")
-    handler = Inert(logging.WARNING)
-    logger.addHandler(handler)
-    previous = warnings.showwarning
-    warnings.showwarning = show
+    undo = route_warnings(error_line)
     try:
         yield
     finally:
-        warnings.showwarning = previous
-        logger.removeHandler(handler)
+        undo()
 
 
 @contextlib.contextmanager
