@@ -101,15 +101,17 @@ class VerificationError(SurgeonError):
     def __init__(self, message: str, result: object | None = None, lines: list[str] | None = None) -> None:
         self.result = result
         """The pipeline result whose checks failed, when there is one (for reports)."""
-        self._lines = list(lines) if lines is not None else None
+        self._lines = (message, list(lines)) if lines is not None else None
         super().__init__(message)
 
     @property
     def lines(self) -> list[str]:
-        """``lines`` when given; else, with a result whose ``failures()`` it lists, the message's
-        first line and then each failure (whatever names they hold); else the message, one line."""
-        if self._lines is not None:
-            return list(self._lines)
+        """``lines`` when given (and the text is still the message they were given with); else,
+        with a result whose ``failures()`` it lists, the message's first line and then each failure
+        (whatever names they hold); else the message, one line."""
+        given = getattr(self, "_lines", None)
+        if given is not None and given[0] == str(self):
+            return list(given[1])
         failures = getattr(self.result, "failures", None)
         if callable(failures) and "\n" in str(self):
             return [str(self).split("\n", 1)[0], *map(str, failures())]

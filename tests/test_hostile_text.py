@@ -125,6 +125,9 @@ def test_error_lines_are_explicit() -> None:
     assert SurgeonError(f"model {H}: broken").lines == [f"model {H}: broken"]
     assert RecipeError(["a: one", f"b: {H}"]).lines == ["a: one", f"b: {H}"]
     assert VerificationError("x\ny", lines=["x", "y"]).lines == ["x", "y"]
+    retold = VerificationError(f"a {H}", lines=[f"a {H}"])
+    retold.args = (f"passes[0]: a {H}",)  # a copy with a new text (pass_api.with_message) is that text
+    assert retold.lines == [f"passes[0]: a {H}"]
     assert VerificationError(f"one {H}").lines == [f"one {H}"]
 
     class Result:
