@@ -396,3 +396,27 @@ def test_a_many_models_workers_warnings_are_inert() -> None:
     err = proc.stderr.decode("utf-8")
     assert proc.returncode == 0 and RAW.search(err) is None, err
     assert err.splitlines() == [f"warning: UserWarning: {inert(H)}", f"warning: data {inert(H)}"]
+
+
+def test_a_hostile_op_type_and_domain(tmp_path: Path) -> None:
+    node = helper.make_node(f"Op{H}", ["x"], ["y"], name=f"n{H}", domain=f"dom{HN}")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(f"dom{HN}", 1)],
+        ir_version=10,
+    )
+    path = tmp_path / "op.onnx"
+    onnx.save(model, path)
+    out = surgeon("inspect", path, cwd=tmp_path).stdout
+    assert inert(f"Op{H}") in out and inert(f"dom{HN}") in out
+    surgeon("inspect", path, "--tensors", cwd=tmp_path)
+    proc = surgeon("doctor", path, "-v", cwd=tmp_path, code=None)
+    assert proc.returncode in (0, 5)
+    report = json.loads(surgeon("doctor", path, "--json", cwd=tmp_path, code=None).stdout)
+    assert report["model"] == str(path)
