@@ -6,7 +6,8 @@ that is not a :class:`SurgeonError` is a bug in surgeon (exit 4, traceback with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 
 EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
@@ -23,9 +24,15 @@ EPILOG = (  # the exit codes, as every command's --help ends
 
 
 class SurgeonError(Exception):
-    """Base class of every error a user can fix. ``str(err)`` is one line for the terminal."""
+    """Base class of every error a user can fix. ``str(err)`` is its text; :attr:`lines` are the
+    lines the terminal shows, each made inert there (so a name holding a newline stays in its line)."""
 
     exit_code = EXIT_MODEL
+
+    @property
+    def lines(self) -> list[str]:
+        """The lines this error is shown as: one, its text, unless the error says otherwise."""
+        return [str(self)]
 
 
 class UsageError(SurgeonError):
@@ -42,6 +49,10 @@ class RecipeError(SurgeonError):
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self.problems)
 
 
 class ModelError(SurgeonError):
@@ -87,10 +98,24 @@ class VerificationError(SurgeonError):
 
     exit_code = EXIT_VERIFY_FAILED
 
-    def __init__(self, message: str, result: object | None = None) -> None:
+    def __init__(self, message: str, result: object | None = None, lines: list[str] | None = None) -> None:
         self.result = result
         """The pipeline result whose checks failed, when there is one (for reports)."""
+        self._lines = (message, list(lines)) if lines is not None else None
         super().__init__(message)
+
+    @property
+    def lines(self) -> list[str]:
+        """``lines`` when given (and the text is still the message they were given with); else,
+        with a result whose ``failures()`` it lists, the message's first line and then each failure
+        (whatever names they hold); else the message, one line."""
+        given = getattr(self, "_lines", None)
+        if given is not None and given[0] == str(self):
+            return list(given[1])
+        failures = getattr(self.result, "failures", None)
+        if callable(failures) and "\n" in str(self):
+            return [str(self).split("\n", 1)[0], *map(str, failures())]
+        return [str(self)]
 
 
 # --- message helpers ------------------------------------------------------------------------------
@@ -110,7 +135,55 @@ def listing(items: Iterable[str]) -> str:
     return ", ".join(items) if items else "(none)"
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ufffe\uffff]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    ch = m.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def inert(text: object) -> str:
+    """``text`` as a terminal (or a YAML comment) may show it: C0/C1 control characters,
+    bidirectional overrides, line and paragraph separators and zero-width characters written as
+    escapes (``\\x1b``, ``\\n``, ``\\0``, ``\\u202e``). Always one line."""
+    return _CONTROL.sub(_escaped, str(text))
+
+
 def short_error(exc: BaseException) -> str:
     """The first line of an exception's text (libraries often raise multi-line messages)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def route_warnings(say: Callable[[str], None]) -> Callable[[], None]:
+    """Python warnings and the records of surgeon's loggers (WARNING and above) shown by ``say``,
+    one inert line each (``warning: ...``), instead of written raw to stderr; returns the undo.
+    The command line routes them through its renderer, a many-models worker to its stderr."""
+    import logging
+    import warnings
+
+    class Inert(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                say(inert(f"{record.levelname.lower()}: {record.getMessage()}"))
+            except Exception:  # pragma: no cover - logging never raises
+                self.handleError(record)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: object) -> None:
+        say(inert(f"warning: {category.__name__}: {message}"))
+
+    logger = logging.getLogger("surgeon")
+    handler = Inert(logging.WARNING)
+    logger.addHandler(handler)
+    previous = warnings.showwarning
+    warnings.showwarning = show  # type: ignore[assignment]
+
+    def undo() -> None:
+        warnings.showwarning = previous
+        logger.removeHandler(handler)
+
+    return undo

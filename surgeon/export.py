@@ -748,5 +748,6 @@ def exported_source(
             atol=source.atol,
         )
         if not result.ok:
-            raise VerificationError("\n".join(f"verification failed: source: {line}" for line in result.failures()))
+            lines = [f"verification failed: source: {line}" for line in result.failures()]
+            raise VerificationError("\n".join(lines), lines=lines)
         yield path, result

@@ -18,18 +18,26 @@ from surgeon.errors import UsageError
 from surgeon.report import RunReport, failure_class, first_line
 
 
+def is_glob(pattern: str) -> bool:
+    """Whether ``pattern`` is a glob to expand: it holds ``*``, ``?`` or ``[`` and names no existing
+    file as it is (a model named ``m[1].onnx`` is that model)."""
+    return glob.has_magic(pattern) and not os.path.lexists(pattern)
+
+
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Model files the patterns name (globs expanded, ``**`` recursive), sorted, deduplicated."""
+    """Model files the patterns name (globs expanded, ``**`` recursive), sorted, deduplicated. A
+    pattern that names an existing file is that file, whatever ``[``, ``*`` or ``?`` it holds."""
     found: dict[str, Path] = {}
     for pat in patterns:
-        matches = sorted(glob.glob(pat, recursive=True)) if glob.has_magic(pat) else [pat]
+        magic = is_glob(pat)
+        matches = sorted(glob.glob(pat, recursive=True)) if magic else [pat]
         if not matches:
             raise UsageError(f"-i '{pat}': matches no file")
         for m in matches:
             p = Path(m)
             if p.is_file():
                 found.setdefault(str(p.resolve()), p)
-            elif not glob.has_magic(pat):
+            elif not magic:
                 raise UsageError(f"{p}: no such file")
     if not found:
         raise UsageError(f"-i {' '.join(patterns)}: matches no model file")
@@ -222,6 +230,11 @@ def _worker_main(fn: Callable[[Any], dict[str, Any]], job: Any, conn: Any, lifel
     from surgeon.ir.files import stop_commits
 
     os.environ.setdefault("SURGEON_ORT_THREADS", str(threads))
+    import sys
+
+    from surgeon.errors import route_warnings
+
+    route_warnings(lambda line: print(line, file=sys.stderr, flush=True))  # inert, as the command line's
 
     def on_term(signum: int, frame: object) -> None:
         stop_commits()

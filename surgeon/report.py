@@ -53,6 +53,10 @@ def failure_class(exc: BaseException) -> str:
 
 
 def first_line(exc: BaseException) -> str:
+    """The error's first line as the terminal shows it (a surgeon error's first line, whole, whatever
+    newline a name in it holds), else the first line of its text."""
+    if isinstance(exc, SurgeonError) and exc.lines and exc.lines[0].strip():
+        return exc.lines[0].strip(" ")
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -20,11 +20,14 @@ What :func:`compose` guarantees:
   it names is refused.
 - **Keys.** Mapping keys are scalars (so hashable); a duplicate key is an error. Keys that are not
   strings (``1: x``, ``null: x``) load as they are, for the recipe validation to report.
+- **Strings.** An escaped surrogate pair (``"\\ud83d\\ude00"``, as JSON writes a character past
+  U+FFFF) is the one character it encodes, so a recipe written as JSON reads back unchanged.
 - **Errors.** Every problem is a :class:`~surgeon.errors.RecipeError` whose lines each read
   ``name:line:column: what`` (1-based); any other exception is a bug.
 
-:func:`dump` writes YAML that reads back equal through :func:`compose` and through PyYAML's
-YAML 1.1 ``safe_load`` alike: a string either schema would read as something else is quoted.
+:func:`dump` (block YAML) and :func:`dump_flow` (one line, printable ASCII) write YAML that reads
+back equal through :func:`compose` and through PyYAML's YAML 1.1 ``safe_load`` alike: a string
+either schema would read as something else is quoted.
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ class _Walk:
 
     def scalar(self, node: Any) -> Any:
         if node.tag == _CORE + "str":
-            return node.value
+            return _joined(node.value)
         pattern, make = _SCALARS[node.tag]
         try:
             if pattern.match(node.value):
@@ -230,6 +233,17 @@ class _Walk:
             self.positions[loc + ("__key__", key)] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
             out[key] = self.node(vnode, (*loc, key))
         return out
+
+
+_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _joined(value: str) -> str:
+    """A string whose escaped surrogate pairs (``"\\ud83d\\ude00"``, as JSON writes characters past
+    U+FFFF) are the one character they encode, as JSON reads them; a lone surrogate stays."""
+    if not any("\ud800" <= c <= "\udfff" for c in value):
+        return value
+    return _PAIR.sub(lambda m: chr(0x10000 + ((ord(m[0][0]) - 0xD800) << 10) + (ord(m[0][1]) - 0xDC00)), value)
 
 
 def compose(text: str, name: str) -> tuple[Any, Positions]:
@@ -293,3 +307,27 @@ for _tag, _pattern, _first in _RESOLVERS:
 def dump(data: Any) -> str:
     """``data`` (str, int, float, bool, None, list, dict) as block YAML, keys in their order."""
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
+
+
+class _FlowDumper(_Dumper):
+    """:class:`_Dumper` that double-quotes (with escapes) every string holding a character
+    outside printable ASCII, so each scalar stays on its line."""
+
+    def choose_scalar_style(self) -> str:
+        value = getattr(self.event, "value", None)
+        if isinstance(value, str) and not all(" " <= c <= "~" for c in value):
+            return '"'
+        return str(super().choose_scalar_style())
+
+
+def dump_flow(data: Any) -> str:
+    """``data`` as one line of flow YAML (``{inputs: {input.1: image}}``) that reads back equal
+    through :func:`compose` and PyYAML's ``safe_load``: a string either schema would read as
+    something else is quoted, and one holding a control, non-ASCII or line-breaking character is
+    double-quoted with escapes (``"\\e[31m"``, ``"\\0"``, ``"\\n"``, ``"\\u202E"``), so the text is
+    printable ASCII."""
+    text = yaml.dump(data, Dumper=_FlowDumper, default_flow_style=True, width=2**31 - 1, allow_unicode=False)
+    text = text.strip()
+    if text.endswith("\n...") or text.endswith("..."):
+        text = text.removesuffix("...").strip()
+    return text

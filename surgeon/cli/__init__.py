@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    with _sigterm_as_interrupt() as terminated:
+    with _sigterm_as_interrupt() as terminated, _inert_warnings():
         try:
             return run_command(args)
         except KeyboardInterrupt:  # the temporary files are gone: every writer cleans up on the way out
@@ -78,7 +78,7 @@ def _report_error(exc: Exception, verbose: bool) -> int:
     from surgeon.cli.render import error_line
 
     if isinstance(exc, SurgeonError):
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        for line in exc.lines or [type(exc).__name__]:  # each line inert: a name holding a newline stays in it
             error_line(line if line.startswith(("error", "verification")) else f"error: {line}")
         return exc.exit_code
     if isinstance(exc, BrokenPipeError):  # output piped into head & co.
@@ -91,10 +91,26 @@ def _report_error(exc: Exception, verbose: bool) -> int:
     if verbose:
         import traceback
 
-        traceback.print_exception(exc, file=sys.stderr)
+        for block in traceback.format_exception(exc):  # the exception's text may hold model names
+            for line in block.rstrip("\n").split("\n"):
+                error_line(line)
     hint = "" if verbose else "; run with -v for the traceback"
     error_line(f"error: internal error ({type(exc).__name__}: {short_error(exc)}){hint}")
     return EXIT_BUG
+
+
+@contextlib.contextmanager
+def _inert_warnings() -> Iterator[None]:
+    """Python warnings and surgeon's own log records reach stderr through the renderer: one inert
+    line each (a warning naming a node cannot move the cursor or split its line)."""
+    from surgeon.cli.render import error_line
+    from surgeon.errors import route_warnings
+
+    undo = route_warnings(error_line)
+    try:
+        yield
+    finally:
+        undo()
 
 
 @contextlib.contextmanager

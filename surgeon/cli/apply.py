@@ -24,12 +24,11 @@ def overrides(args: argparse.Namespace) -> Overrides:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    import glob
-
+    from surgeon.many import is_glob
     from surgeon.recipe import load_recipe
 
     over = overrides(args)
-    if args.out_dir is not None or (args.input is not None and glob.has_magic(str(args.input))):
+    if args.out_dir is not None or (args.input is not None and is_glob(str(args.input))):
         from surgeon.cli.many import apply_many
 
         return apply_many(args, over)

@@ -11,9 +11,8 @@ from surgeon.errors import EXIT_OK, EXIT_USAGE, UsageError
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from surgeon.cli.render import make_console, say
+    from surgeon.cli.render import make_console, say, show_diagnosis
     from surgeon.doctor import diagnose
-    from surgeon.doctor.show import show_diagnosis
     from surgeon.ir.model import load
 
     if args.emit_recipe is not None:

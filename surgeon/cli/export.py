@@ -9,7 +9,7 @@ from surgeon.errors import EXIT_OK, EXIT_VERIFY_FAILED, UsageError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from surgeon.cli.render import fmt_err, make_console, markup, say
+    from surgeon.cli.render import error_line, fmt_err, make_console, markup, say
     from surgeon.export import ExportRefused, export, load_factory, parse_input, parse_range, read_inputs
     from surgeon.ir.targets import Target, guard_writes
 
@@ -47,28 +47,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.quiet:
         if result.warnings:
             total = sum(n for _, n in result.warnings)
-            console.print(f"{total} warning(s) from the exporter, {len(result.warnings)} distinct:", markup=False)
+            say(console, f"{total} warning(s) from the exporter, {len(result.warnings)} distinct:")
             for line, n in result.warnings[: 10 if not args.verbose else None]:
-                console.print(f"  {n}x {line}", markup=False)
+                say(console, f"  {n}x {line}")
         for note in result.notes:
-            console.print(note, markup=False)
+            say(console, note)
         for o in result.outputs:
             verdict = "[green]ok[/green]" if o["ok"] else "[bold red]FAIL[/bold red]"
             tail = f"  ({markup(o['note'])})" if o["note"] else ""
             console.print(
-                f"{markup(o['name'])}: shape {o['shape']}  max abs {fmt_err(o['max_abs'])}  max rel {fmt_err(o['max_rel'])}  {verdict}{tail}",
+                f"{markup(o['name'])}: shape {markup(o['shape'])}  max abs {fmt_err(o['max_abs'])}  max rel {fmt_err(o['max_rel'])}  {verdict}{tail}",
                 highlight=False,
             )
-        console.print(
+        say(
+            console,
             f"export ({args.exporter}) verified against torch on onnxruntime CPU: {'ok' if result.ok else 'FAIL'}",
-            markup=False,
         )
     if not result.ok:
-        make_console(stderr=True).print(
-            "outputs differ from torch's; " + ("written anyway (--force)" if args.force else "nothing written"),
-            markup=False,
-        )
+        error_line("outputs differ from torch's; " + ("written anyway (--force)" if args.force else "nothing written"))
         return EXIT_VERIFY_FAILED
     if not args.quiet:
-        console.print(f"wrote {args.output} (next: surgeon doctor {args.output})", markup=False)
+        say(console, f"wrote {args.output} (next: surgeon doctor {args.output})")
     return EXIT_OK

@@ -217,7 +217,7 @@ def summary_table(reports: Sequence[Mapping[str, Any]]) -> Any:
         ok = bool(r.get("ok"))
         table.add_row(
             markup(Path(str(r.get("input"))).name),
-            "[green]ok[/green]" if ok else f"[bold red]{r.get('failure_class')}[/bold red]",
+            "[green]ok[/green]" if ok else f"[bold red]{markup(r.get('failure_class'))}[/bold red]",
             _passes_cell(r),
             f"{r.get('seconds', 0):.1f}s",
             markup(r.get("output") or ("dry run" if ok else r.get("message", ""))),

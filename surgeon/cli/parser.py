@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from surgeon import __version__
-from surgeon.errors import EPILOG
+from surgeon.errors import EPILOG, inert
 
 
 def verification_flags(p: argparse.ArgumentParser, recipe: bool = True) -> argparse._ArgumentGroup:
@@ -47,14 +47,25 @@ def output_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, whose messages reach the terminal inert: a usage error (it quotes the arguments
+    given: a path, a tensor name) is one line, and help text is shown line by line."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(inert(message))
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            lines = message.split("\n")
+            super()._print_message("\n".join(inert(line) for line in lines), file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="surgeon", description="Verified graph surgery for exported ONNX models.", epilog=EPILOG
-    )
+    parser = Parser(prog="surgeon", description="Verified graph surgery for exported ONNX models.", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every rewrite and every output compared")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print errors only")
     common.add_argument(
         "-v",

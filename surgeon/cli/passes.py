@@ -13,7 +13,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from surgeon.catalog import catalog
-    from surgeon.cli.render import make_console
+    from surgeon.cli.render import make_console, markup
 
     entries = catalog()
     if any(e.third_party for e in entries.values()):  # only their code knows their summaries
@@ -38,7 +38,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     table.add_column("name")
     table.add_column("what it does")
     for name, summary in summaries.items():
-        table.add_row(name, summary)
+        table.add_row(markup(name), markup(summary))
     make_console().print(table)
     return EXIT_OK
 
@@ -47,7 +47,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from surgeon.cli.explain import describe, example_yaml
-    from surgeon.cli.render import make_console
+    from surgeon.cli.render import make_console, say
     from surgeon.cli.render import markup as escape
     from surgeon.pass_api import get_pass
 
@@ -58,7 +58,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     console = make_console()
     console.print(f"[bold]{escape(info['name'])}[/bold]: {escape(info['summary'])}")
     if info["doc"]:
-        console.print(info["doc"], markup=False)
+        for line in str(info["doc"]).split("\n"):
+            say(console, line)
     table = Table(title="params", title_justify="left")
     for col in ("name", "type", "default", "description"):
         table.add_column(col)
@@ -67,7 +68,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         table.add_row(escape(p["name"]), escape(p["type"]), escape(default), escape(p["description"]))
     console.print(table)
     if info["example"] is not None:
-        console.print(f"example step (for {info['example_model']}):\n  {example_yaml(info['example'])}", markup=False)
+        say(console, f"example step (for {info['example_model']}):")
+        say(console, f"  {example_yaml(info['example'])}")
     return EXIT_OK
 
 

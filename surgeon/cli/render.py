@@ -8,31 +8,15 @@ strings."""
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
+
+from surgeon.errors import inert
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from surgeon.results import PipelineResult, StepReport
     from surgeon.verify.compare import StepCheck
-
-
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
-
-
-def _escaped(m: re.Match[str]) -> str:
-    ch = m.group()
-    if ch in _NAMED:
-        return _NAMED[ch]
-    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
-
-
-def inert(text: object) -> str:
-    """``text`` as the terminal may show it: C0/C1 control characters, bidirectional overrides and
-    zero-width characters written as escapes (``\\x1b``, ``\\n``, ``\\0``, ``\\u202e``)."""
-    return _CONTROL.sub(_escaped, str(text))
 
 
 def markup(text: object) -> str:
@@ -48,7 +32,7 @@ _e = markup
 def make_console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)  # ':smile:' in a name stays text
 
 
 def say(console: Console, text: object) -> None:
@@ -78,11 +62,11 @@ def progress_line(console: Console, step: StepReport, total: int, verbose: bool 
     )
     if verbose:
         for note in step.notes:
-            console.print(f"    {note}", highlight=False, markup=False)
+            say(console, f"    {note}")
     if step.check is not None:
         show_outputs(console, step.check, only_failures=not verbose, indent="    ")
         if step.check.divergence is not None:
-            console.print(f"    {step.check.divergence.line()}", highlight=False, markup=False)
+            say(console, f"    {step.check.divergence.line()}")
 
 
 def show_outputs(console: Console, check: StepCheck, only_failures: bool = False, indent: str = "") -> None:
@@ -142,47 +126,47 @@ def summary_table(console: Console, result: PipelineResult) -> None:
     if result.final_check is not None:
         show_outputs(console, result.final_check, indent="  ")
     if result.device:
-        console.print(f"verified on {result.device}", highlight=False)
+        say(console, f"verified on {result.device}")
     show_sizes(console, result.sizes, result.values)
     for s in result.steps:
         if s.check is not None and s.check.sizes and s.check.sizes != result.sizes:
-            console.print(f"  after {s.label}: sizes " + ", ".join(s.check.sizes), highlight=False, markup=False)
+            say(console, f"  after {s.label}: sizes " + ", ".join(s.check.sizes))
 
 
 def show_sizes(console: Console, sizes: list[str], values: list[str] | None = None) -> None:
     """The sizes chosen for symbolic dims and the values chosen for integer inputs, with why."""
     if sizes:
-        console.print("sizes: " + ", ".join(sizes), highlight=False, markup=False)
+        say(console, "sizes: " + ", ".join(sizes))
     if values:
-        console.print("integer inputs: " + "; ".join(values), highlight=False, markup=False)
+        say(console, "integer inputs: " + "; ".join(values))
 
 
 def show_inspect(console: Console, info: dict[str, Any]) -> None:
     from rich.table import Table
 
     console.print(
-        f"[bold]{info['file']}[/bold]  ir_version {info['ir_version']}  producer {info['producer'] or '-'}",
+        f"[bold]{_e(info['file'])}[/bold]  ir_version {_e(info['ir_version'])}  producer {_e(info['producer'] or '-')}",
         highlight=False,
     )
-    console.print("opsets: " + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()), highlight=False)
+    say(console, "opsets: " + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()))
     for kind in ("inputs", "outputs"):
         table = Table(title=kind, title_justify="left")
         for col in ("name", "dtype", "shape"):
             table.add_column(col)
         for io in info[kind]:
             name = _e(io["name"]) + (" (has default)" if io.get("default") else "")
-            table.add_row(name, io["dtype"], _e("[" + ", ".join(map(str, io["shape"])) + "]"))
+            table.add_row(name, _e(io["dtype"]), _e("[" + ", ".join(map(str, io["shape"])) + "]"))
         console.print(table)
-    console.print(f"nodes: {info['nodes']}  " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()), highlight=False)
+    say(console, f"nodes: {info['nodes']}  " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
     ini = info["initializers"]
-    console.print(
+    say(
+        console,
         f"weights: {ini['count']} tensors, {ini['inline_bytes']:,} bytes inline, {ini['external_bytes']:,} bytes external",
-        highlight=False,
     )
     if info["external_data_files"]:
-        console.print("external data files: " + ", ".join(info["external_data_files"]), highlight=False)
+        say(console, "external data files: " + ", ".join(info["external_data_files"]))
     if info["functions"]:
-        console.print("functions: " + ", ".join(info["functions"]), highlight=False)
+        say(console, "functions: " + ", ".join(info["functions"]))
     for r in info["resize_nodes"]:
         parts = []
         for role in ("roi", "scales", "sizes"):
@@ -192,9 +176,7 @@ def show_inspect(console: Console, info: dict[str, Any]) -> None:
                 if src.get("value") is not None:
                     desc += f" = {src['value']}"
                 parts.append(f"{role}: {desc}")
-        console.print(
-            f"{r['op']} '{r['node']}': " + "; ".join(parts) + f"  {r['attributes']}", highlight=False, markup=False
-        )
+        say(console, f"{r['op']} '{r['node']}': " + "; ".join(parts) + f"  {r['attributes']}")
 
 
 def op_table(console: Console, before: dict[str, int], after: dict[str, int], changed_only: bool = False) -> None:
@@ -220,3 +202,37 @@ def op_table(console: Console, before: dict[str, int], after: dict[str, int], ch
         style="bold",
     )
     console.print(table)
+
+
+STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+"""The style of each doctor finding's severity."""
+
+
+def show_diagnosis(console: Console, diag: Any, verbose: bool = False) -> None:
+    """``surgeon doctor`` in the terminal: one model's findings, one block each with its fix (and,
+    with ``verbose``, its advice and nodes). ``diag`` is a Diagnosis, or its ``as_dict()`` from a
+    worker process."""
+    data = diag if isinstance(diag, dict) else diag.as_dict()
+    model = _e(data["model"])
+    if data.get("failure_class"):
+        console.print(
+            f"[bold red]{model}: doctor failed ({_e(data['failure_class'])}): {_e(data.get('message', ''))}[/bold red]"
+        )
+        return
+    if not data["findings"]:
+        console.print(f"[green]{model}: nothing found[/green]")
+        return
+    counts = data["counts"]
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("error", "warning", "info") if counts.get(k))
+    console.print(f"[bold]{model}[/bold]: {summary} ({counts['fixable']} fixable)")
+    for f in data["findings"]:
+        style = STYLE.get(f["severity"], "bold")
+        console.print(f"  [{style}]{_e(f['severity'])}[/{style}] {_e(f['code'])}: {_e(f['message'])}")
+        if f["fix"]:
+            say(console, f"      fix: {f['fix']} {f['params'] or {}}")
+        elif f["recipe"]:
+            say(console, f"      fix: recipe {f['recipe']}")
+        if f["advice"] and (verbose or not f["fixable"]):
+            say(console, f"      {f['advice']}")
+        if verbose and f["nodes"]:
+            say(console, f"      nodes: {', '.join(f['nodes'])}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from surgeon.doctor.findings import Diagnosis, Finding
+from surgeon.errors import inert
 
 ORDER = ("convert-opset", "cleanup", "rename-io", "fix-negative-indices", "mark-dynamic", "promote-resize-scales")
 """Step order: opset first (later passes read the schemas), names before the passes that name
@@ -56,7 +57,7 @@ def recipe_data(
 
 def recipe_text(diag: Diagnosis, recipe_path: Path, model_path: Path | None) -> str:
     """The recipe as YAML, paths relative to ``recipe_path``'s folder."""
-    import yaml
+    from surgeon.yaml12 import dump_flow
 
     base = recipe_path.resolve().parent
     model = output = None
@@ -75,18 +76,17 @@ def recipe_text(diag: Diagnosis, recipe_path: Path, model_path: Path | None) -> 
     passes = data.pop("passes")
     lines = [_one_line(x) for x in lines]
     for key, value in data.items():
-        lines.append(
-            f"{key}: {yaml.safe_dump(value, default_flow_style=True, width=100000).strip().removesuffix('...').strip()}"
-        )
+        lines.append(f"{key}: {dump_flow(value)}")
     lines.append("passes:" if passes else "passes: []")
     for i, step in enumerate(passes):
         for f in fixes[i]:
             lines.append(_one_line(f"  # fixes {f.code}: {f.message}"))
         ((name, params),) = step.items()
-        body = yaml.safe_dump(params, default_flow_style=True, width=100000).strip()
-        lines.append(f"  - {name}: {body}")
+        lines.append(f"  - {dump_flow(name)}: {dump_flow(params)}")
     return "\n".join(lines) + "\n"
 
 
 def _one_line(line: str) -> str:
-    return line.replace("\n", " ").replace("\r", " ")
+    """A comment line holding model text, inert: no character that breaks the line or that the
+    YAML reader refuses (``\\x1b``, ``\\0``: written as escapes)."""
+    return inert(line)
