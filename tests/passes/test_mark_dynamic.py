@@ -192,12 +192,14 @@ def test_declared_output_follows_the_batch() -> None:
         (
             mi.concat_data,
             {"batch": "batch"},
-            r"Concat 'concat' input 1: constant 'c' \[2, 4\] has the traced size 2 of 'batch' along axis 0, but its slices along that axis differ",
+            r"Concat 'concat' input 1: constant 'c' \[2, 4\] has the traced size 2 of 'batch' along axis 0, "
+            r"but its slices along that axis differ",
         ),
         (
             mi.transposed_add,
             {"batch": "batch"},
-            r"Add 'add' input 0 \('ct'\) stays 2 along axis 0 where 'batch' is dynamic; it comes from Transpose 'transpose'",
+            r"Add 'add' input 0 \('ct'\) stays 2 along axis 0 where 'batch' is dynamic; "
+            r"it comes from Transpose 'transpose'",
         ),
         (
             mi.flat_add,
@@ -228,7 +230,9 @@ def test_refuses_what_cannot_be_dynamic(build: Any, params: dict[str, Any], mess
             mi.torch_zeros_add,
             (2, 4),
             {
-                False: r"Add '/Add\w*': constant '[\w/]+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'",
+                False: (
+                    r"Add '/Add\w*': constant '[\w/]+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'"
+                ),
                 True: r"Add '\w+': constant '\w+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'",
             },
         ),
