@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The node tests generated from onnx's case generators are kept in pytest's cache folder
+    (tests/sweep.py), keyed by the onnx and numpy versions; ``--cache-clear`` regenerates them."""
+    from tests import sweep
+
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is not None:
+        sweep.CACHE_DIR = cache.mkdir("surgeon-node-tests")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Before each test body, what is alive (imported modules, torch's and the exporters' caches,
+    fixtures) is moved out of the garbage collector's sight with ``gc.freeze()``.
+
+    surgeon's verifier calls ``gc.collect()`` after every onnxruntime run (to hand a closed
+    session's memory back); in a process that has imported torch and run dynamo exports, each full
+    collection walks millions of live objects, about 0.3 s here, and that was most of the suite's
+    time. What the test body creates stays collectable; objects frozen here are never collected if
+    they later become cyclic garbage (a little memory, in a test run only)."""
+    gc.collect()
+    gc.freeze()
+    yield
 
 
 def exported_like_model() -> onnx.ModelProto:
