@@ -37,6 +37,13 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     yield
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Frozen objects are collectable again before the interpreter exits (native extensions such
+    as onnxsim's report leaked instances when their objects outlive the interpreter)."""
+    gc.unfreeze()
+    gc.collect()
+
+
 def exported_like_model() -> onnx.ModelProto:
     """MatMul -> Relu with TorchScript-style names, a symbolic batch, a dead node, an unused
     initializer, model/node metadata and doc strings."""
