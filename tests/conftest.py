@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,6 +43,44 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     as onnxsim's report leaked instances when their objects outlive the interpreter)."""
     gc.unfreeze()
     gc.collect()
+
+
+class TorchExports:
+    """Torch exports that several test modules repeat, each made once per session (lazily, on
+    first use) and handed out as a fresh copy: a file in the test's own folder, or a new proto."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._made: dict[tuple[object, ...], Any] = {}
+
+    def mlp(self, folder: Path, dynamo: bool) -> Path:
+        """``tests.models_surgery.export_mlp(folder, dynamo)``, copied into ``folder``."""
+        import shutil
+
+        from tests.models_surgery import export_mlp
+
+        key = ("mlp", dynamo)
+        if key not in self._made:
+            self._made[key] = export_mlp(self.folder, dynamo)
+        src: Path = self._made[key]
+        for path in sorted(self.folder.glob(f"{src.name}*")):  # the model and any external data
+            shutil.copyfile(path, folder / path.name)
+        return folder / src.name
+
+    def classifier(self, dynamo: bool, output_name: str = "out") -> onnx.ModelProto:
+        """``mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name=...)``."""
+        from tests import models_interface as mi
+
+        key = ("classifier", dynamo, output_name)
+        if key not in self._made:
+            proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name=output_name)
+            self._made[key] = proto.SerializeToString()
+        return onnx.load_from_string(self._made[key])
+
+
+@pytest.fixture(scope="session")
+def torch_exports(tmp_path_factory: pytest.TempPathFactory) -> TorchExports:
+    return TorchExports(tmp_path_factory.mktemp("torch_exports"))
 
 
 def exported_like_model() -> onnx.ModelProto:
