@@ -390,7 +390,8 @@ def print_table(rows: list[Row], extra: dict[str, Any]) -> None:
     orts = [r for r in rows if r.name.startswith("ort alone") and r.rc == 0]
     ort = min(orts, key=lambda r: r.rss_mb) if orts else None
     print(
-        f"\nmodel: {extra['layers']} x {extra['dim']}^2 fp32 MatMul = {extra['size_mb']} MiB external data (built in {extra['build_s']} s)"
+        f"\nmodel: {extra['layers']} x {extra['dim']}^2 fp32 MatMul = {extra['size_mb']} MiB external data"
+        f" (built in {extra['build_s']} s)"
     )
     if extra.get("repeat", 1) != 1:
         print(f"wall time: median of {extra['repeat']} runs; peak RSS: the largest")

@@ -2,12 +2,85 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The node tests generated from onnx's case generators are kept in pytest's cache folder
+    (tests/sweep.py), keyed by the onnx and numpy versions; ``--cache-clear`` regenerates them."""
+    from tests import sweep
+
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is not None:
+        sweep.CACHE_DIR = cache.mkdir("surgeon-node-tests")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Before each test body, what is alive (imported modules, torch's and the exporters' caches,
+    fixtures) is moved out of the garbage collector's sight with ``gc.freeze()``.
+
+    surgeon's verifier calls ``gc.collect()`` after every onnxruntime run (to hand a closed
+    session's memory back); in a process that has imported torch and run dynamo exports, each full
+    collection walks millions of live objects, about 0.3 s here, and that was most of the suite's
+    time. What the test body creates stays collectable; objects frozen here are never collected if
+    they later become cyclic garbage (a little memory, in a test run only)."""
+    gc.collect()
+    gc.freeze()
+    yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Frozen objects are collectable again before the interpreter exits (native extensions such
+    as onnxsim's report leaked instances when their objects outlive the interpreter)."""
+    gc.unfreeze()
+    gc.collect()
+
+
+class TorchExports:
+    """Torch exports that several test modules repeat, each made once per session (lazily, on
+    first use) and handed out as a fresh copy: a file in the test's own folder, or a new proto."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._made: dict[tuple[object, ...], Any] = {}
+
+    def mlp(self, folder: Path, dynamo: bool) -> Path:
+        """``tests.models_surgery.export_mlp(folder, dynamo)``, copied into ``folder``."""
+        import shutil
+
+        from tests.models_surgery import export_mlp
+
+        key = ("mlp", dynamo)
+        if key not in self._made:
+            self._made[key] = export_mlp(self.folder, dynamo)
+        src: Path = self._made[key]
+        for path in sorted(self.folder.glob(f"{src.name}*")):  # the model and any external data
+            shutil.copyfile(path, folder / path.name)
+        return folder / src.name
+
+    def classifier(self, dynamo: bool, output_name: str = "out") -> onnx.ModelProto:
+        """``mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name=...)``."""
+        from tests import models_interface as mi
+
+        key = ("classifier", dynamo, output_name)
+        if key not in self._made:
+            proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name=output_name)
+            self._made[key] = proto.SerializeToString()
+        return onnx.load_from_string(self._made[key])
+
+
+@pytest.fixture(scope="session")
+def torch_exports(tmp_path_factory: pytest.TempPathFactory) -> TorchExports:
+    return TorchExports(tmp_path_factory.mktemp("torch_exports"))
 
 
 def exported_like_model() -> onnx.ModelProto:

@@ -7,8 +7,11 @@ model's outputs, with its metadata intact.
 
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +56,16 @@ def stored_cases() -> Iterator[Case]:
             yield Case(f"{suite}/{case_dir.name}", onnx.load(str(model_path)), data_sets)
 
 
-def node_cases(sample: int | None, seed: int = 0) -> list[Case]:
-    """The node tests, regenerated offline from the package's own case generators."""
+CACHE_DIR: Path | None = None
+"""Where the generated node tests are kept between runs (set by tests/conftest.py to a folder of
+pytest's cache, ``.pytest_cache``; ``pytest --cache-clear`` regenerates them). None: kept in memory only."""
+
+_Generated = tuple[str, bytes | None, list[tuple[list[Any], list[Any]]], float, float]
+"""One generated node test: name, serialized model (None when the generator made none), data sets,
+rtol, atol."""
+
+
+def _generate_node_tests() -> list[_Generated]:
     import warnings
 
     from onnx.backend.test.case import node
@@ -62,14 +73,47 @@ def node_cases(sample: int | None, seed: int = 0) -> list[Case]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cases = node.collect_testcases(None)
+    return [
+        (
+            c.name,
+            None if c.model is None else c.model.SerializeToString(),
+            [(list(i), list(o)) for i, o in c.data_sets],
+            c.rtol,
+            c.atol,
+        )
+        for c in cases
+    ]
+
+
+@functools.cache
+def _node_tests_pickle() -> bytes:
+    """The node tests, generated once per process (about 12 s for 1,884 of them) and, under
+    CACHE_DIR, once per onnx and numpy version, kept as a pickle: every caller unpickles its own
+    copy, so no test sees another's changes to a model or an array."""
+    key = f"node-tests-{onnx.__version__}-np{np.__version__}-py{sys.version_info[0]}{sys.version_info[1]}.pkl"
+    path = CACHE_DIR / key if CACHE_DIR is not None else None
+    if path is not None and path.is_file():
+        return path.read_bytes()
+    data = pickle.dumps(_generate_node_tests(), protocol=pickle.HIGHEST_PROTOCOL)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # xdist workers may write at once
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return data
+
+
+def node_cases(sample: int | None, seed: int = 0) -> list[Case]:
+    """The node tests, regenerated offline from the package's own case generators (cached: see
+    ``_node_tests_pickle``); ``sample`` of them drawn with ``seed``, fresh protos each call."""
+    cases: list[_Generated] = pickle.loads(_node_tests_pickle())
     if sample is not None and sample < len(cases):
         cases = random.Random(seed).sample(cases, sample)
     out = []
-    for c in cases:
-        if c.model is None:
+    for name, model, sets, rtol, atol in cases:
+        if model is None:
             continue
-        sets = [(list(i), list(o)) for i, o in c.data_sets]
-        out.append(Case(f"node/{c.name}", c.model, sets, rtol=max(c.rtol, 1e-3), atol=max(c.atol, 1e-7)))
+        out.append(Case(f"node/{name}", onnx.load_from_string(model), sets, rtol=max(rtol, 1e-3), atol=max(atol, 1e-7)))
     return out
 
 

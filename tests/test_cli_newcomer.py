@@ -233,7 +233,8 @@ def test_apply_shows_op_counts_and_dry_run_writes_nothing(
 ) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        "version: 1\nmodel: model.onnx\noutput: out.onnx\npasses:\n  - remove-nodes: {ops: [Identity]}\n  - promote-resize-scales: {input: factor, form: factor}\n"
+        "version: 1\nmodel: model.onnx\noutput: out.onnx\npasses:\n  - remove-nodes: {ops: [Identity]}\n"
+        "  - promote-resize-scales: {input: factor, form: factor}\n"
     )
     report = tmp_path / "report.json"
     before = sorted(tmp_path.iterdir())

@@ -176,7 +176,8 @@ def test_resize_probe_fails_when_a_slice_crops_back_to_the_traced_size() -> None
 def test_a_probe_with_nothing_to_compare_says_so() -> None:
     model = parser.parse_model(
         """<ir_version: 10, opset_import: ["" : 17]>
-        g (float[2,3] x) => (float[3] y) { y = ReduceSum <keepdims=0> (x, ax) ax = Constant <value = int64[1] {0}> () }"""
+        g (float[2,3] x) => (float[3] y) { y = ReduceSum <keepdims=0> (x, ax) """
+        """ax = Constant <value = int64[1] {0}> () }"""
     )
     res = Pipeline([MarkDynamic(inputs={"x": {0: "batch"}})], verify={"device": "cpu"}).run(model)
     probes = [o for o in res.steps[0].check.outputs if o.name.startswith("probe")]

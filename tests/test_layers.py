@@ -134,7 +134,8 @@ def test_apply_imports_only_the_passes_its_recipe_names(tmp_path: Path) -> None:
     code = (
         "import contextlib, io\nfrom surgeon.cli import main\n"
         f"with contextlib.redirect_stdout(io.StringIO()):\n"
-        f"    rc = main(['apply', {str(recipe)!r}, '-i', {str(example_dir / 'tiny-cnn.onnx')!r}, '-o', {str(out)!r}, '--no-verify'])\n"
+        f"    rc = main(['apply', {str(recipe)!r}, '-i', {str(example_dir / 'tiny-cnn.onnx')!r}, "
+        f"'-o', {str(out)!r}, '--no-verify'])\n"
         "assert rc == 0, rc"
     )
     loaded = _modules_after(code)

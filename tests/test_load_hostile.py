@@ -277,7 +277,8 @@ def test_opset_too_new_is_a_model_error_with_the_conversion_that_fixes_it(
         pytest.skip(f"this onnxruntime loads opset {newest}")
     assert code == EXIT_MODEL and len(err) == 1, err
     m = re.search(
-        r"opset (\d+) of ai\.onnx is newer than this onnxruntime \S+ supports \(up to (\d+)\); convert it: (surgeon run convert-opset .*?--no-verify)",
+        r"opset (\d+) of ai\.onnx is newer than this onnxruntime \S+ supports \(up to (\d+)\); "
+        r"convert it: (surgeon run convert-opset .*?--no-verify)",
         err[0],
     )
     assert m and int(m.group(1)) == newest, err[0]
@@ -356,7 +357,8 @@ def test_saved_model_failing_the_checker_is_not_written_and_names_the_step(
     steps = [RenameIO(outputs={"y": "out"}), _DropOutputShape(), Cleanup()]
     with pytest.raises(
         VerificationError,
-        match=r"fails onnx\.checker.*\(Field 'shape' of 'type' is required.*\); the source passes it; last step that modified the model: passes\[1\] \(drop-output-shape\); nothing written",
+        match=r"fails onnx\.checker.*\(Field 'shape' of 'type' is required.*\); the source passes it; "
+        r"last step that modified the model: passes\[1\] \(drop-output-shape\); nothing written",
     ):
         Pipeline(steps, verify={"device": "cpu"}).apply(path, tmp_path / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left either

@@ -98,7 +98,8 @@ def test_tensor_names_checked_against_model(tmp_path: Path, model_path: Path) ->
 
     problems = recipe.pipeline.check_requirements(load(model_path))
     assert problems == [
-        f"{tmp_path / 'recipe.yaml'}:4:16: passes[0] (rename-io).inputs: unknown input 'inptu'; graph inputs are: onnx::MatMul_0"
+        f"{tmp_path / 'recipe.yaml'}:4:16: passes[0] (rename-io).inputs: unknown input 'inptu'; "
+        "graph inputs are: onnx::MatMul_0"
     ]
 
 

@@ -259,7 +259,8 @@ def test_onnxruntime_log_lines_never_reach_the_terminal(tmp_path: Path, capfd: p
     src = tmp_path / "expand.onnx"
     onnx.save(
         parser.parse_model(
-            '<ir_version: 10, opset_import: ["" : 17]>\ng (float[2,3] x, int64[2] s) => (float[?, ?] y) { y = Expand(x, s) }'
+            '<ir_version: 10, opset_import: ["" : 17]>\n'
+            "g (float[2,3] x, int64[2] s) => (float[?, ?] y) { y = Expand(x, s) }"
         ),
         str(src),
     )

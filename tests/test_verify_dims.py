@@ -93,7 +93,8 @@ def test_a_size_that_does_not_fit_names_every_size_and_the_key_in_one_message(
     onnx.save(_conv(pads=0), str(tmp_path / "m.onnx"))
     recipe = write_recipe(
         tmp_path,
-        "version: 1\nmodel: m.onnx\noutput: o.onnx\nverify: {device: cpu}\npasses:\n  - rename-io: {inputs: {x: image}}\n",
+        "version: 1\nmodel: m.onnx\noutput: o.onnx\nverify: {device: cpu}\n"
+        "passes:\n  - rename-io: {inputs: {x: image}}\n",
     )
     assert main(["apply", str(recipe)]) == 3
     assert "the source model fails on the generated inputs" in capsys.readouterr().err

@@ -42,14 +42,15 @@ def refused(text: str) -> list[str]:
 
 # --- YAML 1.2 core schema ----------------------------------------------------------------------
 
-CORE = """\
-bools: [true, True, TRUE, false, False, FALSE]
-nulls: [null, Null, NULL, ~]
-ints: [0, 010, -7, +12, 0o17, 0x1F, 0xff]
-floats: [1.0e-4, .5, 1e3, -2.5E+2, 1., .inf, -.inf, +.INF]
-strings: [off, on, yes, no, y, n, Off, YES, 1_000, 0b101, 1:20, 2001-12-14, 0o8, 0xg, <<, =, nan, .Nan, 0x, 1e, "true", '010']
-empty:
-"""
+CORE = (
+    "bools: [true, True, TRUE, false, False, FALSE]\n"
+    "nulls: [null, Null, NULL, ~]\n"
+    "ints: [0, 010, -7, +12, 0o17, 0x1F, 0xff]\n"
+    "floats: [1.0e-4, .5, 1e3, -2.5E+2, 1., .inf, -.inf, +.INF]\n"
+    "strings: [off, on, yes, no, y, n, Off, YES, 1_000, 0b101, 1:20, 2001-12-14, 0o8, 0xg, <<, =, nan, .Nan, 0x, 1e, "
+    "\"true\", '010']\n"
+    "empty:\n"
+)
 
 
 def test_scalars_follow_the_yaml_1_2_core_schema() -> None:
@@ -107,8 +108,9 @@ def test_readme_recipes_parse_and_validate() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["!!int abc", "!!float x", "!!bool yes", "!!null x", "!!int 1_000", "!!timestamp 2001-12-14", "!!python/tuple [1]", "!!python/object:os.system x",
-     "!!binary aGk=", "!foo x", "!foo [x]", "!!set {a, b}", "!!omap [a: 1]", "!!merge x", "!!map [1]", "!!seq {a: 1}", "!!str [a]", "!<tag:example.com,2000:x> y"],
+    ["!!int abc", "!!float x", "!!bool yes", "!!null x", "!!int 1_000", "!!timestamp 2001-12-14",
+     "!!python/tuple [1]", "!!python/object:os.system x", "!!binary aGk=", "!foo x", "!foo [x]", "!!set {a, b}",
+     "!!omap [a: 1]", "!!merge x", "!!map [1]", "!!seq {a: 1}", "!!str [a]", "!<tag:example.com,2000:x> y"],
 )  # fmt: skip
 def test_a_bad_tag_is_one_located_line_and_exit_2(
     tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
@@ -122,7 +124,8 @@ def test_a_bad_tag_is_one_located_line_and_exit_2(
 
 def test_core_tags_construct() -> None:
     data = load(
-        "[!!str 1, !!int 010, !!int 0x10, !!float 1, !!bool FALSE, !!null '', !!seq [1], !!map {a: 1}, ! 010, !<tag:yaml.org,2002:int> 7]"
+        "[!!str 1, !!int 010, !!int 0x10, !!float 1, !!bool FALSE, !!null '', !!seq [1], !!map {a: 1}, ! 010, "
+        "!<tag:yaml.org,2002:int> 7]"
     )
     assert data == ["1", 10, 16, 1.0, False, None, [1], {"a": 1}, "010", 7]
     assert type(data[3]) is float
@@ -249,9 +252,11 @@ def test_what_surgeon_dumps_reads_back_the_same() -> None:
 
 # --- properties ----------------------------------------------------------------------------------
 
-TOKENS = ["[", "]", "{", "}", ":", ": ", "-", "- ", "&a ", "*a", "&b", "*b", "!", "!!", "!!int ", "!!str ", "!foo ", "!!python/tuple ", "!!set ", "?", "? ",
+TOKENS = ["[", "]", "{", "}", ":", ": ", "-", "- ", "&a ", "*a", "&b", "*b", "!", "!!", "!!int ", "!!str ", "!foo ",
+          "!!python/tuple ", "!!set ", "?", "? ",
           "|", ">", "#", "'", '"', "\n", "\n  ", " ", ",", "%YAML 1.2\n", "---\n", "...\n", "<<", "\\", "\t", "\x00",
-          "version", "passes", "cleanup", "verify", "mode", "off", "1", "010", "0x1F", ".inf", "null", "~", "true", "yes", "x"]  # fmt: skip
+          "version", "passes", "cleanup", "verify", "mode", "off", "1", "010", "0x1F", ".inf", "null", "~",
+          "true", "yes", "x"]  # fmt: skip
 yaml_ish = st.one_of(st.text(max_size=80), st.lists(st.sampled_from(TOKENS), max_size=40).map("".join))
 TRICKY = [
     "08",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -15,7 +16,10 @@ from surgeon.errors import PassPreconditionError
 from surgeon.ir.adapter import ModelIR
 from surgeon.ir.model import load
 from surgeon.passes.add_outputs import AddOutputs
-from tests.models_surgery import export_mlp, tiny_classifier, tiny_mlp
+from tests.models_surgery import tiny_classifier, tiny_mlp
+
+if TYPE_CHECKING:
+    from tests.conftest import TorchExports
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[N, 4] x) => (float[N, 4] y) {
@@ -113,11 +117,11 @@ def test_constants_and_subgraph_tensors_are_refused() -> None:
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_torch_export_layers_match_torch(tmp_path: Path, dynamo: bool) -> None:
+def test_torch_export_layers_match_torch(tmp_path: Path, dynamo: bool, torch_exports: TorchExports) -> None:
     import onnxruntime as ort
     import torch
 
-    path = export_mlp(tmp_path, dynamo)
+    path = torch_exports.mlp(tmp_path, dynamo)
     res = _run(path, op_types=["Relu"])
     assert res.ok and res.steps[0].modified
     relu_name = next(n.output[0] for n in load(path).proto.graph.node if n.op_type == "Relu")

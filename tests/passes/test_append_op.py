@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -17,7 +18,10 @@ from surgeon.ir.model import load
 from surgeon.pass_api import PassResult
 from surgeon.passes.append_op import AppendOp
 from tests.conftest import apply_repo_recipe
-from tests.models_surgery import export_mlp, tiny_mlp
+from tests.models_surgery import tiny_mlp
+
+if TYPE_CHECKING:
+    from tests.conftest import TorchExports
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[N, 5] x) => (float[N, 5] y, int64[N, 5] ids) {
@@ -223,11 +227,11 @@ def test_output_that_is_an_input_needs_a_name() -> None:
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_torch_export_clip_and_softmax_match_torch(tmp_path: Path, dynamo: bool) -> None:
+def test_torch_export_clip_and_softmax_match_torch(tmp_path: Path, dynamo: bool, torch_exports: TorchExports) -> None:
     import onnxruntime as ort
     import torch
 
-    path = export_mlp(tmp_path, dynamo)
+    path = torch_exports.mlp(tmp_path, dynamo)
     steps = [
         AppendOp(output="y", op="Clip", min=-0.25, max=0.25),
         AppendOp(output="y", op="Softmax", name="probs"),

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -12,6 +12,9 @@ from surgeon.errors import PassPreconditionError, VerificationError
 from surgeon.passes.fix_dims import FixDims
 from surgeon.passes.mark_dynamic import MarkDynamic
 from tests import models_interface as mi
+
+if TYPE_CHECKING:
+    from tests.conftest import TorchExports
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[Any]:
@@ -46,9 +49,9 @@ def test_fix_by_input_axis_spatial() -> None:
     mi.assert_shapes_hold(proto, [{"image": np.zeros((1, 3, 6, 10), np.float32)}])
 
 
-def test_mark_then_fix_torch_exports() -> None:
+def test_mark_then_fix_torch_exports(torch_exports: TorchExports) -> None:
     for dynamo in (False, True):
-        proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name="logits")
+        proto = torch_exports.classifier(dynamo, output_name="logits")
         res = Pipeline([MarkDynamic(batch="batch"), FixDims(dims={"batch": 1})], verify={"device": "cpu"}).run(proto)
         assert res.ok and [s.modified for s in res.steps] == [True, True]
         g = res.model.proto.graph

@@ -61,9 +61,9 @@ def test_ops_filter_and_untouched_models():
 
 def test_out_of_range_slice_bounds_stay():
     text = (
-        HEADER
-        + """
-g (float[4] x) => (float[4] y) <int64[1] st = {-1}, int64[1] en = {-9223372036854775807}, int64[1] ax = {0}, int64[1] step = {-1}>
+        HEADER + """
+g (float[4] x) => (float[4] y) <int64[1] st = {-1}, int64[1] en = {-9223372036854775807}, """
+        """int64[1] ax = {0}, int64[1] step = {-1}>
 { y = Slice(x, st, en, ax, step) }"""
     )
     res = _run(text)

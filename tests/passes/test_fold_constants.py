@@ -98,9 +98,9 @@ g (float[batch, 1024] x) => (float[batch, 1024] y) <float[1, 1024] c = {1.0}, in
 
 def test_input_with_default_is_not_folded():
     m = onnx.parser.parse_model(
-        HEADER
-        + """
-g (float[batch, 4] x, float[4] w) => (float[batch, 4] y) <float[4] w = {1.0, 2.0, 3.0, 4.0}, float[4] c = {2.0, 2.0, 2.0, 2.0}>
+        HEADER + """
+g (float[batch, 4] x, float[4] w) => (float[batch, 4] y) <float[4] w = {1.0, 2.0, 3.0, 4.0}, """
+        """float[4] c = {2.0, 2.0, 2.0, 2.0}>
 {
   s = Mul(w, c)
   y = Add(x, s)

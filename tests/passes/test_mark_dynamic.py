@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -14,6 +14,9 @@ from surgeon import Pipeline, apply
 from surgeon.errors import PassError, PassPreconditionError
 from surgeon.passes.mark_dynamic import MarkDynamic
 from tests import models_interface as mi
+
+if TYPE_CHECKING:
+    from tests.conftest import TorchExports
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,12 +195,14 @@ def test_declared_output_follows_the_batch() -> None:
         (
             mi.concat_data,
             {"batch": "batch"},
-            r"Concat 'concat' input 1: constant 'c' \[2, 4\] has the traced size 2 of 'batch' along axis 0, but its slices along that axis differ",
+            r"Concat 'concat' input 1: constant 'c' \[2, 4\] has the traced size 2 of 'batch' along axis 0, "
+            r"but its slices along that axis differ",
         ),
         (
             mi.transposed_add,
             {"batch": "batch"},
-            r"Add 'add' input 0 \('ct'\) stays 2 along axis 0 where 'batch' is dynamic; it comes from Transpose 'transpose'",
+            r"Add 'add' input 0 \('ct'\) stays 2 along axis 0 where 'batch' is dynamic; "
+            r"it comes from Transpose 'transpose'",
         ),
         (
             mi.flat_add,
@@ -228,7 +233,9 @@ def test_refuses_what_cannot_be_dynamic(build: Any, params: dict[str, Any], mess
             mi.torch_zeros_add,
             (2, 4),
             {
-                False: r"Add '/Add\w*': constant '[\w/]+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'",
+                False: (
+                    r"Add '/Add\w*': constant '[\w/]+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'"
+                ),
                 True: r"Add '\w+': constant '\w+' \[2, 4\] -> its first slice \[1, 4\], broadcast along 'batch'",
             },
         ),
@@ -252,8 +259,8 @@ def test_torch_batch_constants(module: Any, shape: tuple[int, ...], notes: dict[
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_torch_view_1_minus_1(dynamo: bool) -> None:
-    proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo, output_name="logits")
+def test_torch_view_1_minus_1(dynamo: bool, torch_exports: TorchExports) -> None:
+    proto = torch_exports.classifier(dynamo, output_name="logits")
     res, out = _run(proto, batch="batch")
     assert res.ok and res.steps[0].modified
     assert any(n.startswith("Reshape") and "[1, -1] -> [0, -1]" in n for n in res.steps[0].notes)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -12,6 +12,9 @@ from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.passes.promote_initializer import PromoteInitializer
 from tests import models_interface as mi
+
+if TYPE_CHECKING:
+    from tests.conftest import TorchExports
 
 
 def _run(model: onnx.ModelProto, **params: Any) -> tuple[Any, onnx.ModelProto]:
@@ -57,8 +60,8 @@ def test_keep_default_is_overridable() -> None:
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_torch_export_bias(dynamo: bool) -> None:
-    proto = mi.export(mi.torch_classifier(), (1, 3, 4, 4), dynamo=dynamo)
+def test_torch_export_bias(dynamo: bool, torch_exports: TorchExports) -> None:
+    proto = torch_exports.classifier(dynamo)
     res, out = _run(proto, names=["fc.bias"])
     assert res.ok and [i.name for i in out.graph.input] == ["image", "fc.bias"]
     assert _dims(out.graph.input[1]) == [5] and _dims(out.graph.output[0]) == [1, 5]

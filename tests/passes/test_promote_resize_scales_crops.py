@@ -188,7 +188,8 @@ def test_shared_ends_constant_is_not_changed_for_its_other_reader() -> None:
         (
             (END, END, 15, 15),
             (0, 0, 0, 0),
-            r"Slice 'crop' crops axis 2 to 15 \(the traced size is 16; starts \[0, 0, 0, 0\], ends \[end, end, 15, 15\]",
+            r"Slice 'crop' crops axis 2 to 15 \(the traced size is 16; "
+            r"starts \[0, 0, 0, 0\], ends \[end, end, 15, 15\]",
         ),
         (
             (END, END, 16, 16),

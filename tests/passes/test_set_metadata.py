@@ -10,7 +10,10 @@ from surgeon import Pipeline
 from surgeon.errors import PassPreconditionError
 from surgeon.passes.set_metadata import SetMetadata
 
-TEXT = '<ir_version: 10, opset_import: ["" : 17], producer_name: "pytorch"> g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }'
+TEXT = (
+    '<ir_version: 10, opset_import: ["" : 17], producer_name: "pytorch"> '
+    "g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }"
+)
 
 
 def _model():

@@ -56,14 +56,17 @@ g (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }""")
 
 
 def test_input_with_initializer_default_stays_an_input():
-    m = onnx.parser.parse_model("""
+    m = onnx.parser.parse_model(
+        """
 <ir_version: 10, opset_import: ["" : 17]>
-g (float[batch, 4] x, float[4] w) => (float[batch, 4] y) <float[4] w = {1.0, 2.0, 3.0, 4.0}, float[4] c = {2.0, 2.0, 2.0, 2.0}>
+g (float[batch, 4] x, float[4] w) => (float[batch, 4] y) <float[4] w = {1.0, 2.0, 3.0, 4.0}, """
+        """float[4] c = {2.0, 2.0, 2.0, 2.0}>
 {
   s = Mul(w, c)
   a = Identity(x)
   y = Add(a, s)
-}""")
+}"""
+    )
     res = _run(m)
     assert res.ok and res.steps[0].modified
     g = _graph(res)

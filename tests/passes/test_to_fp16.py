@@ -18,9 +18,9 @@ from surgeon.verify.compare import Tolerance
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 MLP = (
-    HEADER
-    + """
-g (float[batch, 4] x) => (float[batch, 3] y) <float[4, 3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0}, float[3] b = {0.5, 1e6, -1e6}>
+    HEADER + """
+g (float[batch, 4] x) => (float[batch, 3] y) """
+    """<float[4, 3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0}, float[3] b = {0.5, 1e6, -1e6}>
 {
   [mm] h = MatMul(x, w)
   [add] a = Add(h, b)
@@ -126,9 +126,9 @@ def test_blocked_op_gets_casts_both_ways():
 
 def test_resize_scales_and_roi_stay_float32():
     text = (
-        HEADER
-        + """
-g (float[1, 1, 2, 2] x) => (float[1, 1, 4, 4] y) <float[0] roi = {}, float[4] scales = {1.0, 1.0, 2.0, 2.0}, float[1] k = {2.0}>
+        HEADER + """
+g (float[1, 1, 2, 2] x) => (float[1, 1, 4, 4] y) <float[0] roi = {}, float[4] scales = {1.0, 1.0, 2.0, 2.0}, """
+        """float[1] k = {2.0}>
 {
   a = Mul(x, k)
   y = Resize<mode="nearest">(a, roi, scales)
