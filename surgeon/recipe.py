@@ -283,7 +283,7 @@ def model_file_kind(path: Path) -> str | None:
     import os
     import stat
 
-    from surgeon.ir.model import FILE_KINDS
+    from surgeon.ir.files import FILE_KINDS
 
     try:
         mode = os.stat(path).st_mode

@@ -187,7 +187,8 @@ def check_writable_folder(path: Path, what: str) -> None:
         raise UsageError(f"{what}: is a folder; give a file name")
 
 
-_KINDS = (
+FILE_KINDS = (
+    # what an existing path is, when it is not a regular file (refused as a model and as an output)
     (stat.S_ISDIR, "a folder"),
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
@@ -207,6 +208,6 @@ def check_target(path: Path, what: str) -> None:
     except OSError as exc:
         raise UsageError(f"{what}: cannot be written ({exc.strerror})") from None
     if st is not None and not stat.S_ISLNK(st.st_mode) and not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        kind = next((name for test, name in FILE_KINDS if test(st.st_mode)), "not a regular file")
         raise UsageError(f"{what}: is {kind}; surgeon writes only regular files, refusing to replace it")
     check_writable_folder(path, what)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from surgeon.errors import ModelError, UsageError, short_error
 from surgeon.ir.external import check_external_data
+from surgeon.ir.files import FILE_KINDS
 
 if TYPE_CHECKING:
     import onnx
@@ -82,14 +83,6 @@ PROTOBUF_LIMIT = 2**31 - 1
 """protobuf refuses to parse or serialise a message larger than this: a model file this large is
 not a model, and a model saved with its weights inline must stay under it (the one copy of the
 limit; saving and the simplify pass import it)."""
-
-FILE_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 def _check_model_file(path: Path) -> None:
