@@ -229,12 +229,7 @@ def _worker_main(fn: Callable[[Any], dict[str, Any]], job: Any, conn: Any, lifel
 
     from surgeon.ir.files import stop_commits
 
-    os.environ.setdefault("SURGEON_ORT_THREADS", str(threads))
-    import sys
-
-    from surgeon.errors import route_warnings
-
-    route_warnings(lambda line: print(line, file=sys.stderr, flush=True))  # inert, as the command line's
+    _worker_init(threads)
 
     def on_term(signum: int, frame: object) -> None:
         stop_commits()
@@ -259,6 +254,16 @@ def _worker_main(fn: Callable[[Any], dict[str, Any]], job: Any, conn: Any, lifel
     except KeyboardInterrupt:
         os._exit(143)
     conn.close()
+
+
+def _worker_init(threads: int) -> None:
+    """A worker's set-up: its share of the cores for onnxruntime, warnings shown inert."""
+    import sys
+
+    from surgeon.errors import route_warnings
+
+    os.environ.setdefault("SURGEON_ORT_THREADS", str(threads))
+    route_warnings(lambda line: print(line, file=sys.stderr, flush=True))  # inert, as the command line's
 
 
 def _crashed(job: Any, message: str) -> dict[str, Any]:
