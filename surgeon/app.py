@@ -115,7 +115,9 @@ class Overrides:
 class Request:
     """One run: the model and output (None: the recipe's), what may be written, and the report."""
 
-    model: Path | None = None
+    model: Any = None
+    """A path (None: the recipe's model), or for the Python API a model in memory (bytes, a
+    ModelProto or a loaded Model)."""
     output: Path | None = None
     force: bool = False
     in_place: bool = False
@@ -151,7 +153,7 @@ def apply(recipe: Recipe, req: Request) -> Outcome:
     source = recipe.source if req.model is None else None
     out = None if req.dry_run else (req.output if req.output is not None else recipe.output)
     rep = RunReport(
-        input=str(model) if model is not None else None,
+        input=str(model) if isinstance(model, (str, Path)) else (None if model is None else "<in memory>"),
         planned_output=str(out) if out is not None else None,
         recipe=str(recipe.path) if recipe.path else None,
         recipe_sha256=sha256_text(recipe.text) if recipe.text else None,
@@ -170,12 +172,12 @@ def apply(recipe: Recipe, req: Request) -> Outcome:
         if source is not None:
             check_trusted(recipe, req.trust_source)
         req.overrides.apply_to(recipe.pipeline)
-        loaded, load_error = _guard(recipe, model, out, req)
+        loaded, load_error, guarded = _guard(recipe, model, out, req)
         checked = True
         if load_error is not None:
             raise load_error
         with _source_model(recipe, loaded, out, req, rep) as src:
-            rep.result = _run(recipe, src, out, req)
+            rep.result = _run(recipe, src, out, req, guarded if src is loaded else None)
             rep.written = out is not None and (rep.result.ok or req.force)
         if not rep.result.ok:
             failures = rep.result.failures()
@@ -223,11 +225,12 @@ def check_trusted(recipe: Recipe, flag: bool) -> None:
 
 
 def _guard(
-    recipe: Recipe, model: Path | None, out: Path | None, req: Request
-) -> tuple[Model | None, SurgeonError | None]:
+    recipe: Recipe, model: Any, out: Path | None, req: Request
+) -> tuple[Model | None, SurgeonError | None, list[Path]]:
     """Every file the run writes (output model, its data, ``--report``) checked together before
     any work: exit 2 and nothing written when one may not be. Returns the source model (loaded
-    without its weights), or the error loading it met (raised once the report may be written)."""
+    without its weights) or the error loading it met (raised once the report may be written), and
+    the files the save must never write (handed to the save, which then checks nothing twice)."""
     from surgeon.ir.model import load
     from surgeon.ir.targets import Target
 
@@ -239,10 +242,10 @@ def _guard(
             error = exc
     extra = [Target(req.report, "--report")] if req.report is not None else []
     protect = [recipe.path] if recipe.path else []
-    if source is None and model is not None:
-        protect.append(model)
-    recipe.pipeline.check_targets(source, out, in_place=req.in_place, protect=protect, extra=extra)
-    return source, error
+    if source is None and isinstance(model, (str, Path)):
+        protect.append(Path(model))
+    guarded = recipe.pipeline.check_targets(source, out, in_place=req.in_place, protect=protect, extra=extra)
+    return source, error, guarded
 
 
 @contextmanager
@@ -264,7 +267,9 @@ def _source_model(recipe: Recipe, model: Model | None, out: Path | None, req: Re
         yield path
 
 
-def _run(recipe: Recipe, model: Any, out: Path | None, req: Request) -> PipelineResult:
+def _run(recipe: Recipe, model: Any, out: Path | None, req: Request, guarded: list[Path] | None) -> PipelineResult:
+    """Run (no output) or apply; ``guarded``: what :func:`_guard` found the save must never
+    write (None for a model exported from ``source:``, whose file the save checks itself)."""
     pipeline = recipe.pipeline
     if out is None:
         return pipeline.run(model, on_step=req.on_step, base_dir=recipe.base_dir)
@@ -279,6 +284,7 @@ def _run(recipe: Recipe, model: Any, out: Path | None, req: Request) -> Pipeline
             recipe_text=recipe.text or None,
             base_dir=recipe.base_dir,
             protect=protect,
+            guarded=guarded,
         )
     except VerificationError as exc:
         if exc.result is None or req.raise_errors:
@@ -313,36 +319,18 @@ def apply_recipe(
     else:
         r = parse_recipe_text(str(recipe))
     req = Request(
-        model=Path(model) if isinstance(model, (str, Path)) else None,
+        model=Path(model) if isinstance(model, (str, Path)) else model,
         output=Path(output) if output is not None else None,
         force=force,
         in_place=in_place,
         raise_errors=True,
         trust_source=trust_source,
     )
-    if model is not None and not isinstance(model, (str, Path)):  # bytes, a ModelProto or a Model
-        return _apply_in_memory(r, model, req)
     if req.output is None and r.output is None:
         req.dry_run = True
     outcome = apply(r, req)
     assert outcome.result is not None
     return outcome.result
-
-
-def _apply_in_memory(r: Recipe, model: Any, req: Request) -> PipelineResult:
-    out = req.output or r.output
-    if out is None:
-        return r.pipeline.run(model, base_dir=r.base_dir)
-    protect = [r.path] if r.path else []
-    return r.pipeline.apply(
-        model,
-        out,
-        force=req.force,
-        in_place=req.in_place,
-        recipe_text=r.text or None,
-        base_dir=r.base_dir,
-        protect=protect,
-    )
 
 
 def failure_lines(outcome: Outcome) -> list[str]:

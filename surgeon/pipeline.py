@@ -170,15 +170,19 @@ class Pipeline:
         recipe_text: str | None = None,
         base_dir: Path | None = None,
         protect: Sequence[Path] = (),
+        guarded: Sequence[Path] | None = None,
     ) -> PipelineResult:
         """Run and write the result to ``output`` (only when verification passed, or ``force``).
 
         Every output path is checked before the passes run. ``protect`` names further files that
         must never be written (the recipe); the input model and its weights are never written
-        either, unless ``output`` is the input and ``in_place`` is given."""
+        either, unless ``output`` is the input and ``in_place`` is given. ``guarded``: what the
+        caller's :meth:`check_targets` returned for this model and output (they are not checked
+        again; the save still checks its own files at the commit)."""
         source = load(model)
         out = Path(output)
-        guarded = self.check_targets(source, out, in_place=in_place, protect=protect)
+        if guarded is None:  # else the caller ran check_targets for this source and output
+            guarded = list(self.check_targets(source, out, in_place=in_place, protect=protect))
         result = self.run(source, on_step=on_step, base_dir=base_dir)
         if not result.ok and not force:
             raise VerificationError(

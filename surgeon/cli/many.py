@@ -73,9 +73,11 @@ def plan_outputs(args: argparse.Namespace, models: list[Path], recipe_path: Path
             targets.append(Target(report_path(o), "report"))
         if args.report is not None:
             targets.append(Target(args.report, "--report"))
-        reads: list[Path] = [recipe_path]
-        for m in models:
-            reads += [m, *sorted(referenced_files(m))]
+        reads: list[Path] = [recipe_path, *models]
+        folders = {t.path.parent.resolve() for t in targets}
+        for m in models:  # a model's weights lie in its folder or below: only there can a target be one
+            if any(f.is_relative_to(m.parent.resolve()) for f in folders):
+                reads += sorted(referenced_files(m))
         guard_writes(targets, reads)
     except BaseException:
         if created:
