@@ -108,8 +108,10 @@ def _judge(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> Bounds | No
     if bounds is None:
         k = off[0]
         raise PassPreconditionError(
-            f"Slice '{node.name}' crops axis {k} to {out_b[k]} where the factor makes it {in_b[k]} ({out_a[k]} of {in_a[k]} at the traced "
-            f"factor), and its starts/ends/axes/steps are computed in the graph: a crop tied to the traced size cannot follow a new factor; {KEEP}",
+            f"Slice '{node.name}' crops axis {k} to {out_b[k]} where the factor makes it {in_b[k]} "
+            f"({out_a[k]} of {in_a[k]} at the traced "
+            "factor), and its starts/ends/axes/steps are computed in the graph: a crop tied to the "
+            f"traced size cannot follow a new factor; {KEEP}",
             field=("crops",),
         )
     ends = list(bounds.ends)
@@ -126,9 +128,13 @@ def _judge(model: ModelIR, node: gs.Node, at_a: dict, at_b: dict) -> Bounds | No
         if oa != a:
             what = f"crops axis {k} to {oa} (the traced size is {a}; {where})"
         else:
-            what = f"keeps axis {k} whole at the traced size {a} but crops it to {ob} where the factor makes it {b} ({where}; only ends equal to the traced size, from start 0, are opened)"
+            what = (
+                f"keeps axis {k} whole at the traced size {a} but crops it to {ob} where the factor "
+                f"makes it {b} ({where}; only ends equal to the traced size, from start 0, are opened)"
+            )
         raise PassPreconditionError(
-            f"Slice '{node.name}' {what}: a crop tied to the traced size cannot follow a new factor (at size {b} it gives {ob}, not {oa * b / a:g}); {KEEP}",
+            f"Slice '{node.name}' {what}: a crop tied to the traced size cannot follow a new factor "
+            f"(at size {b} it gives {ob}, not {oa * b / a:g}); {KEEP}",
             field=("crops",),
         )
     return Bounds(bounds.starts, ends, bounds.axes, bounds.steps) if ends != bounds.ends else None
@@ -187,7 +193,8 @@ def _open(model: ModelIR, node: gs.Node, new: Bounds) -> str:
         )
         drop_dead(model.graph, former)
     opened = [ax for ax, e, n in zip(new.axes, old, new.ends) if e != n]
-    return f"Slice '{node.name}': ends {_shown(old)} -> {_shown(new.ends)} (the traced size of axis {', '.join(map(str, opened))}, now open)"
+    axes = ", ".join(map(str, opened))
+    return f"Slice '{node.name}': ends {_shown(old)} -> {_shown(new.ends)} (the traced size of axis {axes}, now open)"
 
 
 def _shown(values: list[int]) -> str:

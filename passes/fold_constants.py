@@ -41,7 +41,9 @@ class FoldConstants(Pass):
         )
         partitioning: Literal["none", "basic", "recursive"] = Field(
             "none",
-            description="split the constant subgraph so that one op onnxruntime cannot run does not stop the rest from folding",
+            description=(
+                "split the constant subgraph so that one op onnxruntime cannot run does not stop the rest from folding"
+            ),
         )
         subgraphs: bool = Field(
             True, description="also fold inside If/Loop/Scan bodies (and flatten If with a constant condition)"

@@ -30,7 +30,8 @@ Derive = Callable[[Mapping[str, "np.ndarray"]], "np.ndarray"]
 
 @register_pass("prepend-op")
 class PrependOp(Pass):
-    """Prepend input pre-processing at a graph input: Cast from another type, Normalize ((x*scale - mean) / std), or Transpose.
+    """Prepend input pre-processing at a graph input: Cast from another type,
+    Normalize ((x*scale - mean) / std), or Transpose.
 
     The graph input keeps its name (unless ``name`` gives it another) and gets the new dtype and
     shape; the old input becomes an inner tensor ('<input>_float32', '_normalized', '_transposed').
@@ -102,7 +103,8 @@ class PrependOp(Pass):
                 values = getattr(p, key) or []
                 if len(values) > 1 and isinstance(size, int) and len(values) != size:
                     raise PassPreconditionError(
-                        f"{key} has {len(values)} values but axis {axis} of '{p.input}' ({describe(dtype, shape)}) has {size} channels",
+                        f"{key} has {len(values)} values but axis {axis} of '{p.input}' "
+                        f"({describe(dtype, shape)}) has {size} channels",
                         field=(key,),
                     )
         if p.op == "Cast" and dtype.kind not in "fiub":
@@ -151,7 +153,8 @@ class PrependOp(Pass):
             contract.changed_dims.add(new.name)
         chain = " -> ".join(n.op for n in nodes)
         notes = [
-            f"input {new.name} ({describe(new_dtype, new_shape)}) -> {chain} -> {old.name} ({describe(dtype, shape)}), what '{p.input}' was"
+            f"input {new.name} ({describe(new_dtype, new_shape)}) -> {chain} -> {old.name} "
+            f"({describe(dtype, shape)}), what '{p.input}' was"
         ]
         return PassResult(True, contract, notes)
 

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 @register_pass("promote-initializer")
 class PromoteInitializer(Pass):
-    """Turn initializers or Constant node outputs, by name, into graph inputs (required, or keeping their value as a default).
+    """Turn initializers or Constant node outputs, by name, into graph inputs
+    (required, or keeping their value as a default).
 
     ``keep_default: true`` keeps the initializer as the input's default (overridable at run time);
     otherwise the input is required. Shapes that depended on the constant's value are re-inferred.
@@ -32,7 +33,9 @@ class PromoteInitializer(Pass):
         )
         keep_default: bool = Field(
             False,
-            description="keep the value as the input's default (an initializer of the same name) instead of requiring it",
+            description=(
+                "keep the value as the input's default (an initializer of the same name) instead of requiring it"
+            ),
         )
 
     params: Params
@@ -60,7 +63,8 @@ class PromoteInitializer(Pass):
                     f" ... ({len(candidates)} in all)" if len(candidates) > 20 else ""
                 )
                 raise PassPreconditionError(
-                    f"no initializer or Constant output named '{name}'{where}{suggest(name, candidates)}; they are: {shown or '(none)'}",
+                    "no initializer or Constant output named "
+                    f"'{name}'{where}{suggest(name, candidates)}; they are: {shown or '(none)'}",
                     field=("names", i),
                 )
             if isinstance(t, gs.Variable) and t in g.inputs:
@@ -73,7 +77,8 @@ class PromoteInitializer(Pass):
                     )
                 if constant_values(model, t) is None:
                     raise PassPreconditionError(
-                        f"Constant node '{t.inputs[0].name}' has no dense value (sparse or string list); cannot make it an input",
+                        f"Constant node '{t.inputs[0].name}' has no dense value (sparse or string "
+                        "list); cannot make it an input",
                         field=("names", i),
                     )
             out.append((name, t))

@@ -73,7 +73,8 @@ class RemoveNodes(Pass):
                     notes.append(f"removed {label} ({io})")
                 else:
                     notes.append(
-                        f"kept {label}: it connects a graph input or constant straight to graph output '{node.outputs[0].name}'"
+                        f"kept {label}: it connects a graph input or constant straight to graph "
+                        f"output '{node.outputs[0].name}'"
                     )
         changed = any(n.startswith("removed") for n in notes)
         return PassResult(changed, notes=notes)

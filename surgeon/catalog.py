@@ -27,7 +27,7 @@ class PassEntry(NamedTuple):
 @functools.cache
 def catalog() -> dict[str, PassEntry]:
     """Every pass by name, without importing the pass modules: built-in passes are found by reading
-    their source (``@register_pass("name")`` on a class, its docstring's first line); third-party
+    their source (``@register_pass("name")`` on a class, its docstring's first paragraph); third-party
     ones are the ``surgeon.passes`` entry points (name = pass name, value = its module)."""
     out: dict[str, PassEntry] = {}
     spec = importlib.util.find_spec(BUILTIN_PACKAGE)
@@ -43,12 +43,13 @@ def catalog() -> dict[str, PassEntry]:
 
 
 _DECLARED = re.compile(
-    r"""^@register_pass\(\s*["']([a-z0-9-]+)["']\s*\)\s*\nclass \w+[^\n]*:\s*\n\s+(?:[rR]?(?:\"\"\"|'''))?([^\n]*)""",
+    r"""^@register_pass\(\s*["']([a-z0-9-]+)["']\s*\)\s*\nclass \w+[^\n]*:\s*\n\s+(?:[rR]?(?:\"\"\"|'''))?"""
+    r"""([\s\S]*?)(?=\"\"\"|'''|\n[ \t]*\n)""",
     re.M,
 )
 
 
 def _declared_passes(source: str) -> list[tuple[str, str]]:
-    """``(name, first docstring line)`` of every ``@register_pass("name")`` class in ``source``: a
+    """``(name, first docstring paragraph on one line)`` of every ``@register_pass("name")`` class in ``source``: a
     line scan, cheaper than parsing (tests check it agrees with the imported classes)."""
-    return [(name, doc.strip().rstrip("\"'").strip()) for name, doc in _DECLARED.findall(source)]
+    return [(name, " ".join(doc.split())) for name, doc in _DECLARED.findall(source)]

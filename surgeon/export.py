@@ -75,7 +75,11 @@ class ExportResult:
         """One line for reports: verdict and the largest error."""
         errs = [o["max_abs"] for o in self.outputs if o["max_abs"] is not None]
         worst = f", max abs error {max(errs):.3g}" if errs else ""
-        return f"export ({self.exporter}) verified against torch on onnxruntime CPU: {'ok' if self.ok else 'FAIL'} ({len(self.outputs)} outputs{worst})"
+        verdict = "ok" if self.ok else "FAIL"
+        return (
+            f"export ({self.exporter}) verified against torch on onnxruntime CPU: "
+            f"{verdict} ({len(self.outputs)} outputs{worst})"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,7 +119,10 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     factory: str = Field(
-        description="MODULE:FACTORY, a callable taking no arguments that returns the nn.Module (the recipe's folder is importable)"
+        description=(
+            "MODULE:FACTORY, a callable taking no arguments that returns the nn.Module "
+            "(the recipe's folder is importable)"
+        )
     )
     inputs: list[str] = Field(
         min_length=1,
@@ -637,7 +644,8 @@ def _compare(
             earlier = rows.get(name)
             if not row["ok"] and earlier is not None:  # a fresh draw
                 frozen = (
-                    "; agrees on the traced inputs: the export froze values computed from the inputs (.item(), numpy, Python numbers, a data-dependent branch)"
+                    "; agrees on the traced inputs: the export froze values computed from the inputs "
+                    "(.item(), numpy, Python numbers, a data-dependent branch)"
                     if earlier["ok"]
                     else ""
                 )
@@ -680,7 +688,11 @@ def _dropped(
             for g, e in zip(got, expected)
         ):
             continue
-        why = "the exporter traced it into constants (.item(), numpy or a Python number computed from it); use it as a tensor, or export with --force and let 'surgeon doctor' propose a fix (a frozen Resize factor: promote-resize-scales)"
+        why = (
+            "the exporter traced it into constants (.item(), numpy or a Python number computed "
+            "from it); use it as a tensor, or export with --force and let 'surgeon doctor' propose "
+            "a fix (a frozen Resize factor: promote-resize-scales)"
+        )
         return {
             "name": f"(input {name})",
             "shape": list(specs[i].shape),

@@ -133,8 +133,9 @@ class Pass(Generic[PlanT]):
 
     @classmethod
     def summary(cls) -> str:
-        doc = (cls.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        """The docstring's first paragraph, on one line."""
+        head = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+        return " ".join(head.split())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"

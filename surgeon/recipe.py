@@ -318,5 +318,6 @@ def check_recipe_paths(r: Recipe, model_from_recipe: bool, output_from_recipe: b
             raise UsageError(f"{where(('model',))}: model: {written(r.model)}: is {kind}, not an ONNX model file")
     if output_from_recipe and r.output is not None and not r.output.parent.is_dir():
         raise UsageError(
-            f"{where(('output',))}: output: {written(r.output)}: output folder '{written(r.output.parent)}' does not exist"
+            f"{where(('output',))}: output: {written(r.output)}: output folder "
+            f"'{written(r.output.parent)}' does not exist"
         )

@@ -131,7 +131,8 @@ class _Loader(yaml.SafeLoader):
             node = super().compose_node(parent, index)
             if id(node) not in self.anchored:
                 raise RecipeError(
-                    f"{_where(self.name, event.start_mark)}: alias *{event.anchor} is used inside the node it names (a recursive alias)"
+                    f"{_where(self.name, event.start_mark)}: alias *{event.anchor} is used inside the "
+                    "node it names (a recursive alias)"
                 )
             size, depth = self.anchored[id(node)]
             self.grow(event, size, len(self.open) + depth)
@@ -154,11 +155,13 @@ class _Loader(yaml.SafeLoader):
         self.total += size
         if depth > MAX_DEPTH:
             raise RecipeError(
-                f"{_where(self.name, event.start_mark)}: YAML nests deeper than {MAX_DEPTH} levels (aliases expanded), the limit for recipes"
+                f"{_where(self.name, event.start_mark)}: YAML nests deeper than {MAX_DEPTH} levels "
+                "(aliases expanded), the limit for recipes"
             )
         if self.total > MAX_NODES:
             raise RecipeError(
-                f"{_where(self.name, event.start_mark)}: YAML document has more than {MAX_NODES} nodes (aliases expanded), the limit for recipes"
+                f"{_where(self.name, event.start_mark)}: YAML document has more than {MAX_NODES} "
+                "nodes (aliases expanded), the limit for recipes"
             )
 
 
@@ -201,7 +204,8 @@ class _Walk:
         else:
             self.problem(
                 node,
-                f"YAML tag '{tag}' is not allowed in recipes; allowed: !!str, !!int, !!float, !!bool, !!null, !!seq, !!map",
+                f"YAML tag '{tag}' is not allowed in recipes; allowed: !!str, !!int, !!float, !!bool, "
+                "!!null, !!seq, !!map",
             )
         return False
 
@@ -272,7 +276,8 @@ def _compose_node(text: str, name: str) -> Any:
     except yaml.reader.ReaderError as exc:
         char = exc.character if isinstance(exc.character, int) else ord(exc.character)
         raise RecipeError(
-            f"{_where_index(name, text, exc.position)}: YAML syntax error: unacceptable character #x{char:04x}: {exc.reason}"
+            f"{_where_index(name, text, exc.position)}: YAML syntax error: unacceptable character "
+            f"#x{char:04x}: {exc.reason}"
         ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -68,7 +68,7 @@ def type_text(ann: Any) -> str:
 
 def describe(cls: Any) -> dict[str, Any]:
     """A pass as data: what ``surgeon explain`` prints and ``--json`` returns."""
-    doc = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")
     params = []
     for name, fld in cls.Params.model_fields.items():
         default = None if fld.is_required() else fld.get_default(call_default_factory=True)
@@ -85,7 +85,7 @@ def describe(cls: Any) -> dict[str, Any]:
     return {
         "name": cls.name,
         "summary": cls.summary(),
-        "doc": "\n".join(doc[1:]).strip(),
+        "doc": "\n\n".join(doc[1:]).strip(),
         "params": params,
         "example": {cls.name: example} if example is not None else None,
         "example_model": EXAMPLE_MODEL if example is not None else None,

@@ -56,7 +56,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             verdict = "[green]ok[/green]" if o["ok"] else "[bold red]FAIL[/bold red]"
             tail = f"  ({markup(o['note'])})" if o["note"] else ""
             console.print(
-                f"{markup(o['name'])}: shape {markup(o['shape'])}  max abs {fmt_err(o['max_abs'])}  max rel {fmt_err(o['max_rel'])}  {verdict}{tail}",
+                f"{markup(o['name'])}: shape {markup(o['shape'])}  max abs {fmt_err(o['max_abs'])}  "
+                f"max rel {fmt_err(o['max_rel'])}  {verdict}{tail}",
                 highlight=False,
             )
         say(

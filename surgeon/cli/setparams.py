@@ -15,7 +15,10 @@ from typing import Any
 
 from surgeon.errors import RecipeError, UsageError, listing, suggest
 
-QUOTE_HINT = "hint: quote names YAML would read as numbers, and use a mapping for names with dots: --set 'inputs={\"input.1\": image}'"
+QUOTE_HINT = (
+    "hint: quote names YAML would read as numbers, and use a mapping for names with dots: "
+    "--set 'inputs={\"input.1\": image}'"
+)
 
 
 def _value_type(ann: Any) -> Any:
@@ -75,7 +78,8 @@ def parse_set(params_cls: Any, pass_name: str, items: Sequence[str]) -> dict[str
         if name is None:
             head = key.split(".")[0]
             raise UsageError(
-                f"--set '{item}': {pass_name} has no param '{head}'{suggest(head, list(fields))}; params are: {listing(fields)}"
+                f"--set '{item}': {pass_name} has no param '{head}'{suggest(head, list(fields))}; "
+                f"params are: {listing(fields)}"
             )
         try:  # YAML 1.2, as recipes: 'off' is a string, 010 is 10
             parsed = compose(raw, "--set")[0] if raw else ""

@@ -28,7 +28,9 @@ class VerifyConfig(BaseModel):
     default_dim: int = Field(
         1,
         ge=1,
-        description="size of a symbolic dim nothing else gives a size (as Polygraphy does); the report lists every size chosen",
+        description=(
+            "size of a symbolic dim nothing else gives a size (as Polygraphy does); the report lists every size chosen"
+        ),
     )
     inputs: str | None = Field(None, description=".npz file of input data (names as the source model's inputs)")
     ranges: dict[str, tuple[float, float]] = Field(
