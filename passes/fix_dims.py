@@ -88,7 +88,7 @@ class FixDims(Pass[dict[Axis, int]]):
         self.plan_of(model, plan)  # the plan refuses what it cannot plan
 
     def run(self, model: ModelIR, plan: dict[Axis, int] | None = None) -> PassResult:
-        from surgeon.passkit.shapes import dims_text, refresh_shapes
+        from surgeon.passkit.shapes import dims_text, infer, refresh_shapes
 
         plan = self.plan_of(model, plan)
         if not plan:
@@ -107,13 +107,31 @@ class FixDims(Pass[dict[Axis, int]]):
             if shape != list(t.shape or []):
                 notes.append(f"input '{t.name}': {dims_text(t.shape)} -> {dims_text(shape)}")
                 t.shape = shape
+        produced = infer(model)  # what the model computes at the fixed sizes, declarations aside
         pins = {}
         for o in g.outputs:
             if o.shape is not None:
-                pins[o.name] = tuple(
+                pin = [
                     fixed.get(d, d) if isinstance(d, str) else (None if isinstance(d, int) and d <= 0 else d)
                     for d in o.shape
-                )
+                ]
+                made = produced.get(o.name, (None, None))[1]
+                for axis, (d, size) in enumerate(zip(pin, made or [])):
+                    # an output that does not follow its symbol (a sliding-window cache returns 7
+                    # positions where the symbol says 10): declaring the symbol's size would be a
+                    # declaration the checker rejects; the dim is left as inferred
+                    if (
+                        isinstance(o.shape[axis], str)
+                        and o.shape[axis] in fixed
+                        and isinstance(size, int)
+                        and size != d
+                    ):
+                        notes.append(
+                            f"output '{o.name}' axis {axis} is declared '{o.shape[axis]}' ({d} now), but the model "
+                            f"produces {size} there: left as inferred ({size})"
+                        )
+                        pin[axis] = None
+                pins[o.name] = tuple(pin)
         refresh_shapes(model, pins)
         contract = IOContract()
         # sizes only become known: a dim that was static before must stay what it was
