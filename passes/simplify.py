@@ -138,7 +138,11 @@ class Simplify(Pass):
         before, n_before = signature(g), len(g.nodes)
         try:
             if self.params.constant_folding:
-                fold(model, max_tensor_bytes=size_bytes(self.params.max_tensor_size))
+                limit = size_bytes(self.params.max_tensor_size)
+                try:
+                    fold(model, max_tensor_bytes=limit)
+                except PassError:  # a node onnxruntime cannot run alone: fold what it can around it
+                    fold(model, max_tensor_bytes=limit, partitioning="basic")
             g.cleanup(recurse_subgraphs=True)
             g.toposort(recurse_subgraphs=True)
         except PassError as exc:

@@ -47,6 +47,7 @@ def fold(
     held = _hold_sequences(g)
     split = _split_shape_slices(g) if fold_shapes else []
     lazy = _load_foldable_values(model, g, fold_shapes)
+    versioned = _version_subgraphs(g)
     gs_log = gs.logger.G_LOGGER
     severity = gs_log.severity
     gs_log.severity = gs_log.ERROR
@@ -69,7 +70,22 @@ def fold(
         _unmask_defaults(g, masked)
         _release_sequences(held)
         _merge_shape_slices(split)
+        for sub in versioned:
+            sub.ir_version = None
     _restore_lazy(g, lazy)
+
+
+def _version_subgraphs(graph: gs.Graph) -> list[gs.Graph]:
+    """Give If/Loop/Scan bodies the model's IR version while folding. onnx-graphsurgeon folds a
+    body's constant nodes (those reading outer-scope constants) in a model of its own, made
+    with onnx's newest IR version when the body has none, which onnxruntime may refuse
+    ("Model::Model ... Unsupported model IR version"): every such fold failed."""
+    made = []
+    for sub in iter_graphs(graph):
+        if sub is not graph and sub.ir_version is None:
+            sub.ir_version = graph.ir_version
+            made.append(sub)
+    return made
 
 
 def _hold_sequences(graph: gs.Graph) -> list[tuple[gs.Node, gs.Variable]]:
