@@ -24,6 +24,9 @@ class FixDims(Pass[dict[Axis, int]]):
     Dims are named by symbol (``batch: 1``: every input axis with that symbol) or by input axis
     (``'image:2': 224``: that axis, and every other axis sharing its symbol). Intermediate and output
     shapes are re-inferred, so no symbolic dim the fix resolves is left anywhere.
+    An output declared with a fixed symbol whose size the model does not follow (a sliding-window
+    cache declared ``[1, past, 4]`` that returns 7 positions) keeps the size inference finds, and
+    the notes say so: declaring the symbol's size there would be a declaration the checker rejects.
     Contract: same outputs at the fixed sizes. The edited model accepts no other sizes, so the
     verifier's check runs at exactly those sizes: verify.dims must give them (onnxruntime rejects
     the feed with "invalid dimensions" otherwise).

@@ -53,8 +53,9 @@ class Simplify(Pass):
     fold it as a constant, and restored afterwards); symbolic input/output dims stay symbolic unless
     ``input_shapes`` fixes them. onnxsim's own random-input check is off (``check_n=0``): the
     surgeon verifier checks the result. Where onnxsim fails (it does on some If/Loop bodies that
-    read outer-scope values), the pass folds constants itself (as ``fold-constants``) and removes
-    dead nodes instead, and its notes say so.
+    read outer-scope values), the pass folds constants itself (as ``fold-constants``, constant work
+    inside If/Loop bodies included; around a node onnxruntime cannot run alone, with basic
+    partitioning) and removes dead nodes instead, and its notes say so.
 
     Weights: onnxsim's C++ core holds every weight in memory while it works (library
     limitation). A model with external data is handed to onnxsim as a file (its path-based entry
