@@ -68,3 +68,17 @@ def test_fallback_folds_inside_if_branches_that_read_outer_scope_values():
     for sr in (16000, 8000):
         before, after = (s.run(None, {"x": x, "sr": np.array(sr, np.int64)})[0] for s in sessions)
         np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+
+
+def test_round_trip_keeps_weights_that_branches_read_in_the_main_graph_once():
+    from surgeon.ir.adapter import ModelIR
+    from surgeon.ir.model import load
+    from surgeon.ir.walk import iter_proto_graphs
+
+    src = onnx.parser.parse_model(VAD)
+    out = ModelIR.from_model(load(src)).to_proto()
+    # onnx-graphsurgeon wrote W1 into each body that reads it, beside the main graph's copy
+    assert sorted(t.name for g in iter_proto_graphs(out.graph) for t in g.initializer) == sorted(
+        t.name for t in src.graph.initializer
+    )
+    onnx.checker.check_model(out, full_check=True)

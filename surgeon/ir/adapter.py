@@ -76,7 +76,7 @@ class ModelIR:
         if model.uses_external_data:
             _bind_external(graph, model.base_dir)
         _collect_node_meta(model.proto.graph, graph, ir.node_meta)
-        used = set(graph.tensors().keys())
+        used = {name for g in iter_graphs(graph) for name in g.tensors()}  # If/Loop bodies read weights too
         ir.orphans = [t for t in model.proto.graph.initializer if t.name not in used]
         inits = {t.name for t in model.proto.graph.initializer}
         ir.default_inputs = {vi.name: vi for vi in model.proto.graph.input if vi.name in inits}
@@ -136,6 +136,8 @@ class ModelIR:
         out = onnx.ModelProto()
         out.CopyFrom(self.shell)
         out.graph.CopyFrom(proto.graph)
+        if self.source is not None:
+            _hoist_outer_weights(out.graph, {t.name for t in self.source.proto.graph.initializer})
         # opsets: keep the source's, take versions/domains the graph now declares
         versions = {o.domain: o.version for o in self.shell.opset_import}
         had_default = "" in versions or "ai.onnx" in versions
@@ -279,6 +281,29 @@ def _folder_lazy_values() -> type[Any]:
             return tensor_values(self.tensor, self.base_dir)
 
     return FolderLazyValues
+
+
+def _hoist_outer_weights(graph: onnx.GraphProto, outer: set[str]) -> None:
+    """onnx-graphsurgeon writes a main-graph weight that an If/Loop body reads into that body as
+    an initializer of its own (once per body that reads it, beside the main graph's copy): move
+    such weights back to the main graph, one copy each, where the bodies read them as before."""
+    top = {t.name for t in graph.initializer}
+    for g in iter_proto_graphs(graph):
+        if g is graph or not g.initializer:
+            continue
+        kept = []
+        for t in g.initializer:
+            if t.name not in outer:
+                kept.append(t)
+            elif t.name not in top:
+                graph.initializer.add().CopyFrom(t)
+                top.add(t.name)
+        if len(kept) != len(g.initializer):
+            local = [type(t)() for t in kept]
+            for c, t in zip(local, kept):
+                c.CopyFrom(t)
+            del g.initializer[:]
+            g.initializer.extend(local)
 
 
 def graphsurgeon_carries(tp: onnx.TypeProto) -> bool:
