@@ -17,7 +17,7 @@ from surgeon.errors import PassError, PassPreconditionError, short_error
 from surgeon.ir.model import PROTOBUF_LIMIT
 from surgeon.ir.walk import signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.passkit.fold import fold
+from surgeon.passkit.fold import FoldBrokeGraph, fold
 from surgeon.passkit.ops import names, require_names
 from surgeon.verify.contract import IOContract, io_types, unknown_axes
 
@@ -142,6 +142,8 @@ class Simplify(Pass):
                 limit = size_bytes(self.params.max_tensor_size)
                 try:
                     fold(model, max_tensor_bytes=limit)
+                except FoldBrokeGraph:
+                    raise
                 except PassError:  # a node onnxruntime cannot run alone: fold what it can around it
                     fold(model, max_tensor_bytes=limit, partitioning="basic")
             g.cleanup(recurse_subgraphs=True)
