@@ -24,6 +24,9 @@ class FixDims(Pass[dict[Axis, int]]):
     Dims are named by symbol (``batch: 1``: every input axis with that symbol) or by input axis
     (``'image:2': 224``: that axis, and every other axis sharing its symbol). Intermediate and output
     shapes are re-inferred, so no symbolic dim the fix resolves is left anywhere.
+    An output declared with a fixed symbol whose size the model does not follow (a sliding-window
+    cache declared ``[1, past, 4]`` that returns 7 positions) keeps the size inference finds, and
+    the notes say so: declaring the symbol's size there would be a declaration the checker rejects.
     Contract: same outputs at the fixed sizes. The edited model accepts no other sizes, so the
     verifier's check runs at exactly those sizes: verify.dims must give them (onnxruntime rejects
     the feed with "invalid dimensions" otherwise).
@@ -88,7 +91,7 @@ class FixDims(Pass[dict[Axis, int]]):
         self.plan_of(model, plan)  # the plan refuses what it cannot plan
 
     def run(self, model: ModelIR, plan: dict[Axis, int] | None = None) -> PassResult:
-        from surgeon.passkit.shapes import dims_text, refresh_shapes
+        from surgeon.passkit.shapes import dims_text, infer, refresh_shapes
 
         plan = self.plan_of(model, plan)
         if not plan:
@@ -107,13 +110,31 @@ class FixDims(Pass[dict[Axis, int]]):
             if shape != list(t.shape or []):
                 notes.append(f"input '{t.name}': {dims_text(t.shape)} -> {dims_text(shape)}")
                 t.shape = shape
+        produced = infer(model)  # what the model computes at the fixed sizes, declarations aside
         pins = {}
         for o in g.outputs:
             if o.shape is not None:
-                pins[o.name] = tuple(
+                pin = [
                     fixed.get(d, d) if isinstance(d, str) else (None if isinstance(d, int) and d <= 0 else d)
                     for d in o.shape
-                )
+                ]
+                made = produced.get(o.name, (None, None))[1]
+                for axis, (d, size) in enumerate(zip(pin, made or [])):
+                    # an output that does not follow its symbol (a sliding-window cache returns 7
+                    # positions where the symbol says 10): declaring the symbol's size would be a
+                    # declaration the checker rejects; the dim is left as inferred
+                    if (
+                        isinstance(o.shape[axis], str)
+                        and o.shape[axis] in fixed
+                        and isinstance(size, int)
+                        and size != d
+                    ):
+                        notes.append(
+                            f"output '{o.name}' axis {axis} is declared '{o.shape[axis]}' ({d} now), but the model "
+                            f"produces {size} there: left as inferred ({size})"
+                        )
+                        pin[axis] = None
+                pins[o.name] = tuple(pin)
         refresh_shapes(model, pins)
         contract = IOContract()
         # sizes only become known: a dim that was static before must stay what it was

@@ -67,13 +67,22 @@ class MarkDynamic(Pass[DynamicPlan]):
         require_names(p.outputs, names(g.outputs), "output", "outputs")
         plans: list[Axes] = []
         for kind, tensors, given in (("inputs", feeds, p.inputs), ("outputs", g.outputs, p.outputs)):
-            plan: Axes = {t.name: {0: p.batch} for t in tensors} if p.batch else {}
+            # batch: axis 0 of every tensor; a sequence, map or optional value has no axes to name
+            plan: Axes = {t.name: {0: p.batch} for t in tensors if _is_tensor(t)} if p.batch else {}
+            if p.batch and kind == "inputs":
+                _refuse_shaped_optionals(model, tensors)
             for name, axes in given.items():
                 plan.setdefault(name, {}).update(axes)
             by_name = {t.name: t for t in tensors}
             out: Axes = {}
             for name, axes in plan.items():
                 shape = by_name[name].shape
+                if not _is_tensor(by_name[name]):
+                    raise PassPreconditionError(
+                        f"{kind[:-1]} '{name}' is a {by_name[name].type.removesuffix('_type')}, not a tensor; "
+                        "it has no axes to name",
+                        field=(kind, name),
+                    )
                 if shape is None:
                     raise PassPreconditionError(
                         f"{kind[:-1]} '{name}' has no known rank; cannot name its axes", field=(kind, name)
@@ -230,3 +239,26 @@ def _other_sizes(traced: dict[str, int]) -> dict[str, int]:
         other[sym] = value
         used.add(value)
     return other
+
+
+def _is_tensor(t: gs.Tensor) -> bool:
+    """Whether ``t`` is a tensor (not a sequence, map or optional value)."""
+    return getattr(t, "type", "tensor_type") in ("tensor_type", "sparse_tensor_type")
+
+
+def _refuse_shaped_optionals(model: ModelIR, inputs: list[gs.Tensor]) -> None:
+    """``batch`` names axis 0 of every input; an optional(tensor) input with a shape has one, but
+    its shape lives in a type onnx-graphsurgeon does not hold, so this pass cannot rename it and
+    the model would be left declaring two sizes for what must agree."""
+    from surgeon.errors import PassError
+
+    for t in inputs:
+        tp = model.exotic_types.get(t.name)
+        if tp is None or not tp.HasField("optional_type"):
+            continue
+        elem = tp.optional_type.elem_type
+        if elem.HasField("tensor_type") and elem.tensor_type.HasField("shape") and elem.tensor_type.shape.dim:
+            raise PassError(
+                f"input '{t.name}' is an optional tensor with a shape: mark-dynamic cannot rename its axes; "
+                "name the tensor inputs to mark in 'inputs' (the optional input keeps its dims)"
+            )

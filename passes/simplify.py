@@ -17,7 +17,7 @@ from surgeon.errors import PassError, PassPreconditionError, short_error
 from surgeon.ir.model import PROTOBUF_LIMIT
 from surgeon.ir.walk import signature
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.passkit.fold import fold
+from surgeon.passkit.fold import FoldBrokeGraph, fold
 from surgeon.passkit.ops import names, require_names
 from surgeon.verify.contract import IOContract, io_types, unknown_axes
 
@@ -53,8 +53,9 @@ class Simplify(Pass):
     fold it as a constant, and restored afterwards); symbolic input/output dims stay symbolic unless
     ``input_shapes`` fixes them. onnxsim's own random-input check is off (``check_n=0``): the
     surgeon verifier checks the result. Where onnxsim fails (it does on some If/Loop bodies that
-    read outer-scope values), the pass folds constants itself (as ``fold-constants``) and removes
-    dead nodes instead, and its notes say so.
+    read outer-scope values), the pass folds constants itself (as ``fold-constants``, constant work
+    inside If/Loop bodies included; around a node onnxruntime cannot run alone, with basic
+    partitioning) and removes dead nodes instead, and its notes say so.
 
     Weights: onnxsim's C++ core holds every weight in memory while it works (library
     limitation). A model with external data is handed to onnxsim as a file (its path-based entry
@@ -138,7 +139,13 @@ class Simplify(Pass):
         before, n_before = signature(g), len(g.nodes)
         try:
             if self.params.constant_folding:
-                fold(model, max_tensor_bytes=size_bytes(self.params.max_tensor_size))
+                limit = size_bytes(self.params.max_tensor_size)
+                try:
+                    fold(model, max_tensor_bytes=limit)
+                except FoldBrokeGraph:
+                    raise
+                except PassError:  # a node onnxruntime cannot run alone: fold what it can around it
+                    fold(model, max_tensor_bytes=limit, partitioning="basic")
             g.cleanup(recurse_subgraphs=True)
             g.toposort(recurse_subgraphs=True)
         except PassError as exc:

@@ -45,15 +45,19 @@ class ModelIR:
     A pass may add one (promote an initializer with its default kept)."""
     input_order: list[str] = field(default_factory=list)
     orphans: list[onnx.TensorProto] = field(default_factory=list)
+    """Initializers no node or output uses. onnx-graphsurgeon's export drops them; they are written
+    back unchanged unless a pass (cleanup) clears this list."""
     source_docs: bool = True
     """Carry the source graph's doc string and its inputs'/outputs' doc strings (strip-doc clears it)."""
     source_metadata: bool = True
     """Carry the source graph's and its values' metadata_props (strip-doc with metadata clears it)."""
     exotic_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
-    """Optional/map types by tensor name: onnx-graphsurgeon cannot export them, so they are
-    exported typeless and their types put back from here."""
-    """Initializers no node or output uses. onnx-graphsurgeon's export drops them; they are written
-    back unchanged unless a pass (cleanup) clears this list."""
+    """Types onnx-graphsurgeon cannot export (optional, map, a sequence of anything but tensors:
+    a classifier's ``seq(map(int64, float))``) by tensor name: they are exported typeless and
+    their types put back from here."""
+    exotic_tensors: dict[int, tuple[Any, onnx.TypeProto]] = field(default_factory=dict)
+    """The same types by tensor identity (``id(variable) -> (variable, type)``), so a tensor a
+    pass renames (rename-io) keeps its type under its new name."""
 
     @classmethod
     def from_model(cls, model: Model) -> ModelIR:
@@ -72,14 +76,19 @@ class ModelIR:
         if model.uses_external_data:
             _bind_external(graph, model.base_dir)
         _collect_node_meta(model.proto.graph, graph, ir.node_meta)
-        used = set(graph.tensors().keys())
+        used = {name for g in iter_graphs(graph) for name in g.tensors()}  # If/Loop bodies read weights too
         ir.orphans = [t for t in model.proto.graph.initializer if t.name not in used]
         inits = {t.name for t in model.proto.graph.initializer}
         ir.default_inputs = {vi.name: vi for vi in model.proto.graph.input if vi.name in inits}
         ir.input_order = [vi.name for vi in model.proto.graph.input]
         for vi in all_value_infos(model.proto.graph):
-            if vi.type.WhichOneof("value") not in (None, "tensor_type", "sequence_type", "sparse_tensor_type"):
+            if not graphsurgeon_carries(vi.type):
                 ir.exotic_types[vi.name] = vi.type
+        if ir.exotic_types:
+            for g in iter_graphs(graph):
+                for t in g.tensors().values():
+                    if t.name in ir.exotic_types:
+                        ir.exotic_tensors[id(t)] = (t, ir.exotic_types[t.name])
         return ir
 
     @property
@@ -101,10 +110,16 @@ class ModelIR:
         import onnx_graphsurgeon as gs
 
         hidden = []
+        exotic: dict[str, onnx.TypeProto] = {}
         if self.exotic_types:
             for g in iter_graphs(self.graph):
                 for t in g.tensors().values():
-                    if t.name in self.exotic_types and isinstance(t, gs.Variable) and t.dtype is not None:
+                    tracked = self.exotic_tensors.get(id(t))
+                    tp = tracked[1] if tracked is not None and tracked[0] is t else self.exotic_types.get(t.name)
+                    if tp is None or not isinstance(t, gs.Variable):
+                        continue
+                    exotic[t.name] = tp
+                    if t.dtype is not None:
                         hidden.append((t, t.dtype))
                         t.dtype = None
         try:
@@ -114,13 +129,15 @@ class ModelIR:
         finally:
             for t, dtype in hidden:
                 t.dtype = dtype
-        if self.exotic_types:
+        if exotic:
             for vi in all_value_infos(proto.graph):
-                if vi.name in self.exotic_types and not vi.type.WhichOneof("value"):
-                    vi.type.CopyFrom(self.exotic_types[vi.name])
+                if vi.name in exotic and not vi.type.WhichOneof("value"):
+                    vi.type.CopyFrom(exotic[vi.name])
         out = onnx.ModelProto()
         out.CopyFrom(self.shell)
         out.graph.CopyFrom(proto.graph)
+        if self.source is not None:
+            _hoist_outer_weights(out.graph, {t.name for t in self.source.proto.graph.initializer})
         # opsets: keep the source's, take versions/domains the graph now declares
         versions = {o.domain: o.version for o in self.shell.opset_import}
         had_default = "" in versions or "ai.onnx" in versions
@@ -192,7 +209,7 @@ class ModelIR:
         and metadata, inputs with defaults, unused initializers...) is derived again from
         ``proto``; opsets follow it; the shell (producer, metadata) and the source stay."""
         fresh = ModelIR.from_model(Model(proto, base_dir=self.base_dir))
-        for f in ("graph", "node_meta", "default_inputs", "input_order", "orphans", "exotic_types"):
+        for f in ("graph", "node_meta", "default_inputs", "input_order", "orphans", "exotic_types", "exotic_tensors"):
             setattr(self, f, getattr(fresh, f))
         del self.shell.opset_import[:]
         self.shell.opset_import.extend(proto.opset_import)
@@ -264,6 +281,39 @@ def _folder_lazy_values() -> type[Any]:
             return tensor_values(self.tensor, self.base_dir)
 
     return FolderLazyValues
+
+
+def _hoist_outer_weights(graph: onnx.GraphProto, outer: set[str]) -> None:
+    """onnx-graphsurgeon writes a main-graph weight that an If/Loop body reads into that body as
+    an initializer of its own (once per body that reads it, beside the main graph's copy): move
+    such weights back to the main graph, one copy each, where the bodies read them as before."""
+    top = {t.name for t in graph.initializer}
+    for g in iter_proto_graphs(graph):
+        if g is graph or not g.initializer:
+            continue
+        kept = []
+        for t in g.initializer:
+            if t.name not in outer:
+                kept.append(t)
+            elif t.name not in top:
+                graph.initializer.add().CopyFrom(t)
+                top.add(t.name)
+        if len(kept) != len(g.initializer):
+            local = [type(t)() for t in kept]
+            for c, t in zip(local, kept):
+                c.CopyFrom(t)
+            del g.initializer[:]
+            g.initializer.extend(local)
+
+
+def graphsurgeon_carries(tp: onnx.TypeProto) -> bool:
+    """Whether onnx-graphsurgeon's round trip keeps this type: a tensor, a sparse tensor, a
+    sequence of tensors, or no type at all. Optional and map types, and sequences of them, it
+    writes back as tensors (or sequences of tensors) of an undefined element type."""
+    kind = tp.WhichOneof("value")
+    if kind == "sequence_type":
+        return tp.sequence_type.elem_type.WhichOneof("value") in (None, "tensor_type")
+    return kind in (None, "tensor_type", "sparse_tensor_type")
 
 
 def _declare_as(vi: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:

@@ -59,7 +59,11 @@ def load(source: str | Path | bytes | onnx.ModelProto | Model) -> Model:
     if isinstance(source, Model):
         return source
     if isinstance(source, onnx.ModelProto):
-        model = Model(source)
+        # a private copy: onnx-graphsurgeon edits the protos it imported from in place (folding
+        # a constant If renames the source's initializers), and the caller's model is never edited
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+        model = Model(proto)
     elif isinstance(source, (bytes, bytearray)):
         try:
             proto = onnx.load_model_from_string(bytes(source))

@@ -47,6 +47,7 @@ def fold(
     held = _hold_sequences(g)
     split = _split_shape_slices(g) if fold_shapes else []
     lazy = _load_foldable_values(model, g, fold_shapes)
+    versioned = _version_subgraphs(g)
     gs_log = gs.logger.G_LOGGER
     severity = gs_log.severity
     gs_log.severity = gs_log.ERROR
@@ -69,7 +70,55 @@ def fold(
         _unmask_defaults(g, masked)
         _release_sequences(held)
         _merge_shape_slices(split)
+        for sub in versioned:
+            sub.ir_version = None
     _restore_lazy(g, lazy)
+    dangling = _dangling(g, set())
+    if dangling:
+        node, name = dangling
+        label = f"'{node.name}' ({node.op})" if node.name else f"{node.op} -> {', '.join(t.name for t in node.outputs)}"
+        raise FoldBrokeGraph(
+            f"constant folding failed: once folded, node {label} reads '{name}', which nothing defines "
+            "(onnx-graphsurgeon's folding of If/Loop bodies broke the graph); nothing is folded"
+        )
+
+
+class FoldBrokeGraph(PassError):
+    """Folding left a graph that reads a value nothing defines: the model is not usable, and no
+    second attempt may start from it."""
+
+
+def _dangling(graph: gs.Graph, outer: set[str]) -> tuple[gs.Node, str] | None:
+    """The first node (subgraphs included) reading a variable that neither its graph nor an
+    enclosing one defines (an input, or a node's output)."""
+    import onnx_graphsurgeon as gs
+
+    from surgeon.ir.walk import gs_subgraphs
+
+    defined = set(outer) | {t.name for t in graph.inputs}
+    defined |= {t.name for n in graph.nodes for t in n.outputs}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if isinstance(t, gs.Variable) and t.name and t.name not in defined:
+                return node, t.name
+        for sub in gs_subgraphs(node):
+            found = _dangling(sub, defined)
+            if found:
+                return found
+    return None
+
+
+def _version_subgraphs(graph: gs.Graph) -> list[gs.Graph]:
+    """Give If/Loop/Scan bodies the model's IR version while folding. onnx-graphsurgeon folds a
+    body's constant nodes (those reading outer-scope constants) in a model of its own, made
+    with onnx's newest IR version when the body has none, which onnxruntime may refuse
+    ("Model::Model ... Unsupported model IR version"): every such fold failed."""
+    made = []
+    for sub in iter_graphs(graph):
+        if sub is not graph and sub.ir_version is None:
+            sub.ir_version = graph.ir_version
+            made.append(sub)
+    return made
 
 
 def _hold_sequences(graph: gs.Graph) -> list[tuple[gs.Node, gs.Variable]]:

@@ -128,9 +128,13 @@ class StepCheck:
 def compare(
     name: str, expected: np.ndarray, actual: np.ndarray, tol: Tolerance, kind: CheckKind = CheckKind.OUTPUT
 ) -> OutputCheck:
-    """Compare two arrays: shape, dtype, max abs / rel error, non-finite values matched by position."""
+    """Compare two arrays: shape, dtype, max abs / rel error, non-finite values matched by position.
+    Non-tensor outputs (onnxruntime's lists for sequences, dicts for maps, None for an absent
+    optional) are compared element by element (:func:`compare_values`)."""
     import numpy as np
 
+    if _structured(expected) or _structured(actual):
+        return compare_values(name, expected, actual, tol, kind)
     expected, actual = np.asarray(expected), np.asarray(actual)
     base: dict[str, Any] = {
         "name": name,
@@ -178,3 +182,105 @@ def compare(
     if ok and n_nonfinite:
         verdict = Verdict.OK_NONFINITE
     return OutputCheck(**base, ok=ok, verdict=verdict, max_abs=max_abs, max_rel=max_rel, note=note)
+
+
+# --- non-tensor values (sequences, maps, optionals) ------------------------------------------------
+
+
+def _structured(value: Any) -> bool:
+    """A sequence, map or absent optional as onnxruntime returns it (a list, a dict, None)."""
+    import numpy as np
+
+    if value is None or isinstance(value, dict):
+        return True
+    return isinstance(value, list) and any(e is None or isinstance(e, (dict, list, np.ndarray)) for e in value)
+
+
+def compare_values(
+    name: str, expected: Any, actual: Any, tol: Tolerance, kind: CheckKind = CheckKind.OUTPUT
+) -> OutputCheck:
+    """Compare a non-tensor output: the same structure (sequence lengths, map keys, present or
+    absent optionals) and every value within ``tol`` (tensors as :func:`compare` compares them;
+    the numbers of maps together). The note names the first place that differs (``[3][1]``)."""
+    import numpy as np
+
+    scalars: list[tuple[str, Any, Any]] = []
+    arrays: list[tuple[str, Any, Any]] = []
+    problem = _walk(expected, actual, "", scalars, arrays)
+    count = len(expected) if isinstance(expected, (list, dict)) else 0
+    base: dict[str, Any] = {"name": name, "rtol": tol.rtol, "atol": tol.atol, "shape": (count,), "kind": kind}
+    if problem:
+        return OutputCheck(**base, ok=False, verdict=Verdict.FAIL, note=problem)
+    checks: list[tuple[str, OutputCheck]] = [(path, compare(name, e, a, tol, kind)) for path, e, a in arrays]
+    if scalars:
+        e_all = np.array([e for _, e, _ in scalars])
+        a_all = np.array([a for _, _, a in scalars])
+        whole = compare(name, e_all, a_all, tol, kind)
+        where = "" if whole.ok else _first_scalar_failure(scalars, tol)
+        checks.append((where, whole))
+    max_abs = max((c.max_abs for _, c in checks), default=0.0)
+    max_rel = max((c.max_rel for _, c in checks), default=0.0)
+    bad = next(((path, c) for path, c in checks if not c.ok), None)
+    what = f"{_kind_of(expected)}, compared element-wise"
+    if bad is not None:
+        path, c = bad
+        note = f"{what}: at {path or '[?]'}: {c.note or 'values differ'}"
+        return OutputCheck(**base, ok=False, verdict=Verdict.FAIL, max_abs=max_abs, max_rel=max_rel, note=note)
+    return OutputCheck(**base, ok=True, verdict=Verdict.OK, max_abs=max_abs, max_rel=max_rel, note=what)
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "absent optional"
+    if isinstance(value, dict):
+        return f"map of {len(value)}"
+    inner = {_kind_of(e).split(" ")[0] if isinstance(e, (dict, list)) or e is None else "tensor" for e in value}
+    return f"sequence of {len(value)} {'/'.join(sorted(inner)) or 'element'}(s)"
+
+
+def _walk(e: Any, a: Any, path: str, scalars: list[tuple[str, Any, Any]], arrays: list[tuple[str, Any, Any]]) -> str:
+    """Pair up the leaves of two values; the first structural difference, or ''."""
+    import numpy as np
+
+    at = path or "the output"
+    if e is None or a is None:
+        return (
+            ""
+            if e is None and a is None
+            else f"at {at}: {'absent' if a is None else 'present'}, expected {'absent' if e is None else 'present'}"
+        )
+    if isinstance(e, dict) or isinstance(a, dict):
+        if not (isinstance(e, dict) and isinstance(a, dict)):
+            return f"at {at}: a {type(a).__name__}, expected a map"
+        if set(e) != set(a):
+            extra, missing = sorted(map(str, set(a) - set(e))), sorted(map(str, set(e) - set(a)))
+            return f"at {at}: map keys differ (missing {', '.join(missing) or '-'}; extra {', '.join(extra) or '-'})"
+        for k in e:
+            problem = _walk(e[k], a[k], f"{path}[{k!r}]", scalars, arrays)
+            if problem:
+                return problem
+        return ""
+    if isinstance(e, list) or isinstance(a, list):
+        if not (isinstance(e, list) and isinstance(a, list)):
+            return f"at {at}: a {type(a).__name__}, expected a sequence"
+        if len(e) != len(a):
+            return f"at {at}: sequence of {len(a)}, expected {len(e)}"
+        for i, (ei, ai) in enumerate(zip(e, a)):
+            problem = _walk(ei, ai, f"{path}[{i}]", scalars, arrays)
+            if problem:
+                return problem
+        return ""
+    if isinstance(e, np.ndarray) or isinstance(a, np.ndarray):
+        arrays.append((path, e, a))
+    else:
+        scalars.append((path, e, a))
+    return ""
+
+
+def _first_scalar_failure(scalars: list[tuple[str, Any, Any]], tol: Tolerance) -> str:
+    import numpy as np
+
+    for path, e, a in scalars:
+        if not compare("", np.asarray(e), np.asarray(a), tol).ok:
+            return path
+    return ""

@@ -131,7 +131,7 @@ class SizeProbe(_SymbolProbe):
                     f"probe {self.symbol}={size}: {name}",
                     not bad,
                     Verdict.FAIL if bad else Verdict.OK_RAN,
-                    shape=tuple(value.shape),
+                    shape=tuple(getattr(value, "shape", ())),  # a sequence or map has none
                     note="; ".join(bad),
                     kind=CheckKind.PROBE,
                 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from surgeon.errors import UsageError
+from surgeon.errors import ModelError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,9 +48,15 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     for vi in model.graph.input:
         if vi.name in inits:
             continue
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            raise UsageError(f"input '{vi.name}' is not a tensor; verification supports tensor inputs only")
+        tp = vi.type
+        if tp.HasField("optional_type") and tp.optional_type.elem_type.HasField("tensor_type"):
+            tp = tp.optional_type.elem_type  # fed present: a tensor of its element type
+        tt = tp.tensor_type
+        if not tp.HasField("tensor_type"):
+            raise ModelError(
+                f"input '{vi.name}' is a {_type_text(vi.type)}; the verifier feeds tensor and optional(tensor) "
+                "inputs only (--no-verify applies the recipe without verification)"
+            )
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype(np.float32)
         dims: list[int | str | None] = []
         if tt.HasField("shape"):
@@ -58,3 +64,22 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
                 dims.append(symbol_of(vi.name, axis, d.dim_value if d.HasField("dim_value") else None, d.dim_param))
         specs.append(InputSpec(vi.name, dtype, tuple(dims)))
     return specs
+
+
+def _type_text(tp: onnx.TypeProto) -> str:
+    """``seq(map(int64, tensor(float)))`` and the like, for a message."""
+    from onnx import helper
+
+    kind = tp.WhichOneof("value")
+    if kind == "sequence_type":
+        return f"seq({_type_text(tp.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_text(tp.optional_type.elem_type)})"
+    if kind == "map_type":
+        key = helper.tensor_dtype_to_string(tp.map_type.key_type).removeprefix("TensorProto.").lower()
+        return f"map({key}, {_type_text(tp.map_type.value_type)})"
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        elem = getattr(tp, kind).elem_type
+        name = helper.tensor_dtype_to_string(elem).removeprefix("TensorProto.").lower() if elem else "?"
+        return f"{'sparse_' if kind == 'sparse_tensor_type' else ''}tensor({name})"
+    return kind or "value of no type"
