@@ -81,6 +81,10 @@ def recipe_text(diag: Diagnosis, recipe_path: Path, model_path: Path | None) -> 
         f"# written by 'surgeon doctor' for {diag.model}",
         "# check it with 'surgeon validate', apply it with 'surgeon apply' (every pass verified)",
     ]
+    if diag.facts.get("tried"):
+        lines.append(f"# tried on the model: {diag.facts['tried']}")
+    if diag.facts.get("sizes"):
+        lines.append(f"# sizes it runs at: {', '.join(diag.facts['sizes'])}")
     rest = [f for f in diag.findings if not f.fixable]
     if rest:
         lines.append("# not fixed by this recipe:")
