@@ -159,7 +159,9 @@ def test_a_fully_convolutional_model_gets_dynamic_height_and_width(tmp_path: Pat
     assert dims == ["batch", 1, "height", "width"]
     x = np.random.default_rng(0).standard_normal((2, 1, 40, 24)).astype(np.float32)
     sess = ort.InferenceSession(str(recipe.output), providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x} | ({"factor": np.array(2.0, np.float32)} if len(sess.get_inputs()) > 1 else {})
+    feed = {sess.get_inputs()[0].name: x} | (
+        {"factor": np.array(2.0, np.float32)} if len(sess.get_inputs()) > 1 else {}
+    )
     got = sess.run(None, feed)[0]
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
@@ -174,7 +176,9 @@ def test_the_emitted_recipe_sizes_its_symbols_so_that_the_source_runs(tmp_path: 
 
     torch.manual_seed(0)
     module = nn.Sequential(nn.Conv1d(1, 4, 512, stride=256), nn.ReLU())
-    src = _export(module, (torch.randn(1, 1, 1024),), tmp_path / "vad.onnx", "torchscript", {"x": {0: "batch", 2: "samples"}})
+    src = _export(
+        module, (torch.randn(1, 1, 1024),), tmp_path / "vad.onnx", "torchscript", {"x": {0: "batch", 2: "samples"}}
+    )
     diag = diagnose(load(src))
     assert diag.facts["symbols"] == {"batch": 1, "samples": 512} and "samples=512 (searched)" in diag.facts["sizes"]
     text, recipe = _emit(diag, src, tmp_path)

@@ -59,7 +59,7 @@ def _tied_to(info: GraphInfo, node: onnx.NodeProto) -> str:
     upsampled map joined (a residual block) leave it free."""
     out = node.output[0]
     down = info.reachable_from(out, SPATIAL_ENDS) | {out}
-    flat = set()  # tensors of ``down`` computed through a Flatten/Reshape: spatial sizes folded into one axis
+    flat: set[str] = set()  # tensors of ``down`` computed through a Flatten/Reshape: spatial sizes folded into one axis
     for n in info.graph.node:  # graph order is topological
         if (n.op_type in FLATTENS and n.input and n.input[0] in down) or flat.intersection(n.input):
             flat.update(o for o in n.output if o in down)

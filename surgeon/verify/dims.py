@@ -200,13 +200,12 @@ def search_sizes(
 
 
 def _bytes(specs: Sequence[InputSpec], dims: Mapping[str, int]) -> int:
-    from surgeon.verify.feeds import resolve_shape
-
+    """Bytes of random data for ``specs`` at ``dims`` (a dim with no size counts 1)."""
     total = 0
     for s in specs:
         n = 1
-        for d in resolve_shape(s, dims):
-            n *= d
+        for axis, d in enumerate(s.dims):
+            n *= d if isinstance(d, int) else dims.get(axis_key(s.name, axis), dims.get(d or "", 1))
         total += n * max(s.dtype.itemsize, 1)
     return total
 

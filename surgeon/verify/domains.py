@@ -9,19 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from surgeon.verify.specs import Choice, Domain
+
+__all__ = ["Choice", "Domain", "describe", "integer_domains"]
+
 if TYPE_CHECKING:
     import onnx
 
     from surgeon.verify.specs import InputSpec
 
-
-class Choice(tuple[float, ...]):
-    """A domain of listed values (each element is drawn from them), where a range would miss them:
-    the constants an input is compared with."""
-
-
-Domain = tuple[float, ...]
-"""``(low, high)``: drawn from ``[low, high)``; or a :class:`Choice` of values."""
 
 COMPARE = frozenset({"Equal"})
 """Ops that test an input against constants: the values that take a branch."""

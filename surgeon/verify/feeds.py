@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgeon.errors import UsageError
-from surgeon.verify.specs import InputSpec
+from surgeon.verify.specs import Choice, Domain, InputSpec
 
 MAX_INPUT_BYTES = 2 << 30
 """Random data for one input beyond this is refused (give verify.inputs or smaller verify.dims)."""
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from surgeon.verify.config import VerifyConfig
-    from surgeon.verify.domains import Domain
 
 
 def resolve_shape(spec: InputSpec, dims: Mapping[str, int], where: str = "verify.dims") -> tuple[int, ...]:
@@ -40,10 +39,8 @@ def random_array(
     spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, rng_range: Domain | None = None
 ) -> np.ndarray:
     """Random data of ``spec``'s dtype at ``shape``: from ``rng_range`` (``[low, high)``, or the
-    values of a :class:`~surgeon.verify.domains.Choice`) where given."""
+    values of a :class:`~surgeon.verify.specs.Choice`) where given."""
     import numpy as np
-
-    from surgeon.verify.domains import Choice
 
     kind = spec.dtype.kind
     if isinstance(rng_range, Choice) and kind in "iuf":
