@@ -308,10 +308,35 @@ class Follow:
         if producer is not None and producer.op in UNARY:
             return self.follow(producer.inputs[0], axis, sym, producer, 0, False)
         source = f"{producer.op} '{producer.name}'" if producer is not None else "a graph input or constant"
+        fixed = self._hard_coded(t, axis, self.sizes.traced[sym])
+        if fixed:
+            raise PassError(
+                f"{fixed} (what {where} gets along axis {axis}, where '{sym}' is dynamic): cannot make it dynamic "
+                "safely; re-export with scale_factor instead of size"
+            )
         raise PassError(
             f"{where} stays {self.sizes.traced[sym]} along axis {axis} where '{sym}' is dynamic; it comes from {source}, "
             f"which cannot be made to follow '{sym}' safely"
         )
+
+    def _hard_coded(self, t: gs.Tensor, axis: int, traced: int) -> str:
+        """The Resize upstream of ``t`` (through each node's first input) whose constant ``sizes``
+        fix ``axis`` at ``traced``: the node that hard-codes the size, named in the refusal."""
+        from surgeon.passkit.shapes import constant_values
+
+        seen: set[int] = set()
+        while len(t.inputs) == 1 and id(t) not in seen and len(seen) < 256:
+            seen.add(id(t))
+            node = t.inputs[0]
+            if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
+                sizes = constant_values(self.model, node.inputs[3])
+                vals = [int(v) for v in sizes.reshape(-1)] if sizes is not None else []
+                if axis < len(vals) and vals[axis] == traced:
+                    return f"Resize '{node.name}' hard-codes the size: its constant sizes {vals} fix axis {axis} at {traced}"
+            if not node.inputs:
+                break
+            t = node.inputs[0]
+        return ""
 
     def _constant(
         self, t: gs.Tensor, value: np.ndarray, axis: int, sym: str, consumer: gs.Node, slot: int, broadcast: bool

@@ -10,12 +10,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from surgeon.app import Overrides, Request
 from surgeon.app import apply as app_apply
 from surgeon.errors import UsageError
 from surgeon.report import RunReport, failure_class, first_line
+
+if TYPE_CHECKING:
+    from surgeon.doctor.trial import Trial
 
 
 def is_glob(pattern: str) -> bool:
@@ -81,12 +84,12 @@ def apply_one(job: ApplyJob) -> dict[str, Any]:
     return app_apply(recipe, req).report.as_dict()
 
 
-def doctor_one(path: str, runtime_checks: bool = True) -> dict[str, Any]:
+def doctor_one(path: str, runtime_checks: bool = True, trial: Trial = "verify") -> dict[str, Any]:
     from surgeon.doctor import diagnose
     from surgeon.ir.model import load
 
     try:
-        diag = diagnose(load(path), runtime_checks=runtime_checks)
+        diag = diagnose(load(path), runtime_checks=runtime_checks, trial=trial)
         return diag.as_dict() | {"exit_code": diag.exit_code, "failure_class": None}
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):

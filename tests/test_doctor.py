@@ -423,7 +423,8 @@ def test_shape_inference_copy_leaves_weight_bytes_and_the_model_alone() -> None:
 def test_a_branch_on_the_batch_is_named_and_the_probe_decides(tmp_path: Path) -> None:
     """A data-dependent If on the batch (as a scripted `if x.shape[0] > 1:` writes it) is named in
     the static-batch finding; applying mark-dynamic then runs another batch, which takes the
-    other branch and changes the result: verification fails rather than passing a wrong model."""
+    other branch and changes the result: verification fails rather than passing a wrong model,
+    and the doctor, trying the recipe first, does not propose it."""
     proto = onnx.parser.parse_model(
         """<ir_version: 10, opset_import: ["" : 17]>
         g (float[1, 3] x) => (float[1, 3] y) {
@@ -437,7 +438,9 @@ def test_a_branch_on_the_batch_is_named_and_the_probe_decides(tmp_path: Path) ->
                    else_branch = e () => (float[B, 3] ye) { ye = Identity(x) }>(c)
         }"""
     )
-    diag = diagnose(load(proto))
+    tried = next(f for f in diagnose(load(proto)).findings if f.code == "static-batch")
+    assert tried.fix is None and "mark-dynamic fails on this model: probe batch=3: y vs 3 runs" in tried.message
+    diag = diagnose(load(proto), trial="off")  # proposed untried, the recipe fails at the probe
     batch = next(f for f in diag.findings if f.code == "static-batch")
     assert (
         "If 'If(y)' branch(es) on a value computed from an input's shape" in batch.message

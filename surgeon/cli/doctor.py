@@ -32,7 +32,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             (r.get("exit_code", EXIT_USAGE if r.get("failure_class") == "usage" else 3) for r in reports),
             default=EXIT_OK,
         )
-    diags = [diagnose(load(m), runtime_checks=not args.no_runtime) for m in args.models]
+    diags = [diagnose(load(m), runtime_checks=not args.no_runtime, trial=args.trial) for m in args.models]
     if args.json:
         print(json.dumps(diags[0].as_dict(), indent=2, default=str))
     elif not args.quiet:

@@ -249,7 +249,7 @@ def doctor_many(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     paths = [str(p) for p in expand_inputs([str(m) for m in args.models])]
     workers = args.jobs or default_workers()
-    fn = functools.partial(doctor_one, runtime_checks=not args.no_runtime)
+    fn = functools.partial(doctor_one, runtime_checks=not args.no_runtime, trial=args.trial)
     with _progress("models", args.quiet or args.json) as bar:
         task = bar.add_task("", total=len(paths))
         return run_parallel(fn, paths, workers, lambda i, rep: bar.update(task, advance=1))

@@ -227,5 +227,12 @@ def _doctor_parser(add: Any) -> None:
         "--no-runtime", action="store_true", help="skip the onnxruntime checks (kernels, IR and opset limits)"
     )
     p.add_argument(
+        "--try",
+        dest="trial",
+        choices=("verify", "plan", "off"),
+        default="verify",
+        help="try the recipe before proposing it: applied and verified (default), its passes run unverified, or not",
+    )
+    p.add_argument(
         "-j", "--jobs", type=int, metavar="N", help="several models: parallel processes (default: the core count)"
     )

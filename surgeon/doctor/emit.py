@@ -27,7 +27,7 @@ def recipe_data(
         if f.fix is None:
             continue
         params, found = steps.setdefault(f.fix, ({}, []))
-        params.update(f.params or {})  # findings fixed by one pass share its step
+        _merge(params, f.params or {})  # findings fixed by one pass share its step
         found.append(f)
     renames = steps.get("rename-io", ({}, []))[0].get("inputs", {})
     if "mark-dynamic" in steps and renames:
@@ -42,6 +42,9 @@ def recipe_data(
     dims = dict(diag.facts.get("symbols", {}))
     if "mark-dynamic" in steps and "static_batch" in diag.facts:
         dims.setdefault("batch", diag.facts["static_batch"])  # later passes' probes feed the new symbol
+    if "mark-dynamic" in steps and any(f.code == "static-spatial" for f in steps["mark-dynamic"][1]):
+        for sym, size in diag.facts.get("static_spatial", {}).items():
+            dims.setdefault(sym, size)
     data["verify"] = {"dims": dims} if dims else {}
     data.update(header)
     data["passes"] = []
@@ -53,6 +56,15 @@ def recipe_data(
     if not data["verify"]:
         del data["verify"]
     return data, fixes
+
+
+def _merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """``more`` into ``into``, mappings merged key by key (two findings' axes of one input)."""
+    for k, v in more.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
 
 
 def recipe_text(diag: Diagnosis, recipe_path: Path, model_path: Path | None) -> str:
@@ -69,6 +81,10 @@ def recipe_text(diag: Diagnosis, recipe_path: Path, model_path: Path | None) -> 
         f"# written by 'surgeon doctor' for {diag.model}",
         "# check it with 'surgeon validate', apply it with 'surgeon apply' (every pass verified)",
     ]
+    if diag.facts.get("tried"):
+        lines.append(f"# tried on the model: {diag.facts['tried']}")
+    if diag.facts.get("sizes"):
+        lines.append(f"# sizes it runs at: {', '.join(diag.facts['sizes'])}")
     rest = [f for f in diag.findings if not f.fixable]
     if rest:
         lines.append("# not fixed by this recipe:")

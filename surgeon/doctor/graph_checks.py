@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
 JOINS = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean"})
 """Ops that need their inputs' spatial sizes to agree: an upsampled map meeting a skip branch."""
-RESIZING = frozenset(
-    {"Resize", "Upsample", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape"}
-)
+SPATIAL_ENDS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "Shape", "Size", "ReduceMean", "ReduceMax"})
+"""Ops after which a map's spatial size is gone (or read as a value): a new factor does not reach on."""
+FLATTENS = frozenset({"Flatten", "Reshape"})
+PRODUCTS = frozenset({"Gemm", "MatMul"})
 FP16_MAX = 65504.0
 INT32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -52,21 +53,49 @@ def _resize_site(info: GraphInfo, node: onnx.NodeProto) -> ResizeSite | None:
 
 
 def _tied_to(info: GraphInfo, node: onnx.NodeProto) -> str:
-    """The branch an upsampled map is joined with (concatenated, added...), if any: it fixes the
-    factor (the skip branch's size does not follow a new factor)."""
+    """What fixes the factor, if anything: a branch that does not descend from the upsampled map
+    joined with it (a skip from another resolution: concatenated, added...), or the map flattened
+    into a Gemm/MatMul whose constant weight has a fixed inner size. Two paths from the same
+    upsampled map joined (a residual block) leave it free."""
     out = node.output[0]
-    down = info.reachable_from(out, RESIZING) | {out}
+    down = info.reachable_from(out, SPATIAL_ENDS) | {out}
+    flat: set[str] = set()  # tensors of ``down`` computed through a Flatten/Reshape: spatial sizes folded into one axis
+    for n in info.graph.node:  # graph order is topological
+        if (n.op_type in FLATTENS and n.input and n.input[0] in down) or flat.intersection(n.input):
+            flat.update(o for o in n.output if o in down)
     for n in info.graph.node:
-        if n.op_type not in JOINS or not down.intersection(n.input):
-            continue
-        for other in n.input:
-            if not other or other in down or info.is_const(other):
-                continue
-            dims = info.dims(other)
-            if dims is not None and len(dims) < 3:  # a per-channel or scalar operand broadcasts
-                continue
-            return f"{n.op_type} '{label(n)}' with '{other}'"
+        if n.op_type in JOINS and down.intersection(n.input):
+            for other in n.input:
+                if not other or other in down or info.is_const(other) or _descends(info, other, out):
+                    continue
+                dims = info.dims(other)
+                if dims is not None and len(dims) < 3:  # a per-channel or scalar operand broadcasts
+                    continue
+                return f"{n.op_type} '{label(n)}' with '{other}'"
+        if n.op_type in PRODUCTS and len(n.input) >= 2 and n.input[0] in flat and info.is_const(n.input[1]):
+            t = info.inits.get(n.input[1])
+            w = list(t.dims) if t is not None else list(getattr(info.const(n.input[1]), "shape", ()))
+            trans = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+            inner = w[-1] if trans and w else (w[-2] if len(w) >= 2 else None)
+            return f"{n.op_type} '{label(n)}' through a Flatten/Reshape: its constant weight has the fixed inner size {inner}"
     return ""
+
+
+def _descends(info: GraphInfo, tensor: str, root: str) -> bool:
+    """Whether ``tensor`` is computed from ``root`` (a path through ops that end spatial sizes counts too)."""
+    seen: set[str] = set()
+    todo = [tensor]
+    while todo:
+        t = todo.pop()
+        if t == root:
+            return True
+        if t in seen:
+            continue
+        seen.add(t)
+        producer = info.producer.get(t)
+        if producer is not None:
+            todo.extend(i for i in producer.input if i)
+    return False
 
 
 def check_resize(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:

@@ -75,12 +75,24 @@ class GraphInfo:
     def inferred(self) -> dict[str, tuple[int, Dims]]:
         """Element type and dims of every tensor, by onnx shape inference on a copy of the graph
         without its value_info (so stale entries do not feed back into the result)."""
+        return self.inferred_at()
+
+    def inferred_at(self, inputs: dict[str, Dims] | None = None) -> dict[str, tuple[int, Dims]]:
+        """:attr:`inferred`, or with ``inputs`` given other dims: inference in strict mode (a node
+        whose shapes do not fit at those sizes makes it empty)."""
         import onnx
 
         # declared output shapes are checked, not trusted
         copy = _skeleton(self.proto, value_info=False, output_shapes=False)
+        for vi in copy.graph.input:
+            for axis, d in enumerate((inputs or {}).get(vi.name, [])):
+                dim = vi.type.tensor_type.shape.dim[axis]
+                if isinstance(d, int):
+                    dim.dim_value = d
+                elif d:
+                    dim.dim_param = d
         try:
-            inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=inputs is not None, data_prop=True)
         except Exception:  # inference failing is not a finding of its own here
             return {}
         return {

@@ -107,6 +107,44 @@ def check_static_batch(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     ]
 
 
+def check_static_spatial(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
+    """Image inputs ([N, C, H, W], static) of a fully convolutional model: shape inference runs at
+    twice the height and width and every output follows, so height and width can be dynamic, as
+    the tutorial's ``dynamic_axes`` makes them."""
+    shaped = [(vi.name, type_of(vi)[1]) for vi in info.inputs if has_shape(vi)]
+    images = [(n, d) for n, d in shaped if len(d) == 4 and all(isinstance(x, int) and x > 1 for x in d[2:])]
+    if not images or len(images) != len(info.inputs):
+        return []
+    at_a = info.inferred
+    at_b = info.inferred_at({n: [*d[:2], 2 * d[2], 2 * d[3]] for n, d in images})  # type: ignore[operator]
+    if not at_a or not at_b:
+        return []
+    outs = [vi.name for vi in info.outputs]
+    if not all(_known(at_a.get(o)) and _known(at_b.get(o)) for o in outs):
+        return []
+    changed = [o for o in outs if at_a[o][1] != at_b[o][1]]
+    if len(changed) != len(outs):  # an output that keeps its size: not a model of any image size
+        return []
+    facts["static_spatial"] = {"height": int(images[0][1][2]), "width": int(images[0][1][3])}  # type: ignore[arg-type]
+    sizes = ", ".join(f"{n} {d[2]}x{d[3]}" for n, d in images)
+    return [
+        Finding(
+            "static-spatial",
+            "warning",
+            f"static height and width on input(s) {sizes}, but the model is fully convolutional (shape inference "
+            "runs at twice the size and every output follows): it could take other image sizes",
+            tensors=[n for n, _ in images],
+            fix="mark-dynamic",
+            params={"inputs": {n: {2: "height", 3: "width"} for n, _ in images}},
+            advice="mark-dynamic makes height and width symbolic; it is probed at another size",
+        )
+    ]
+
+
+def _known(entry: tuple[int, list[Any]] | None) -> bool:
+    return entry is not None and bool(entry[1]) and all(isinstance(d, int) for d in entry[1])
+
+
 def _sizes_fix_batch(info: GraphInfo, node: onnx.NodeProto, batch: int) -> bool:
     sizes = info.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     return sizes is not None and sizes.size > 0 and int(sizes.reshape(-1)[0]) == batch
@@ -295,6 +333,7 @@ def json_safe_dims(dims: list[Any]) -> str:
 CHECKS: tuple[Callable[[GraphInfo, dict[str, Any]], list[Finding]], ...] = (
     check_names,
     check_static_batch,
+    check_static_spatial,
     check_initializer_inputs,
     check_dead_code,
     check_constant_outputs,

@@ -9,9 +9,10 @@ these on axes that are not equal, H and W alike) are each their own symbol, keye
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from surgeon.verify.specs import axis_key
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 class Chosen:
     size: int
     why: str
-    """verify.dims, verify.inputs, traced, default, or ``from input 'x'``."""
+    """verify.dims, verify.inputs, traced, default, searched, or ``from input 'x'``."""
 
 
 @dataclass
@@ -46,6 +47,9 @@ class Sizes:
 
     def defaulted(self) -> list[str]:
         return [k for k, c in self.chosen.items() if c.why == "default"]
+
+    searched_up_to: int = 0
+    """The largest size :func:`search_sizes` tried when it found none the source runs at (0: no search)."""
 
     def hint(self) -> str:
         """What to set to choose other sizes: every size surgeon chose itself."""
@@ -135,3 +139,99 @@ def sizes_of_data(specs: Sequence[InputSpec], data: Mapping[str, np.ndarray]) ->
     from surgeon.verify.config import VerifyConfig
 
     return choose_sizes(specs, VerifyConfig(), data, "verify.inputs")
+
+
+T = TypeVar("T")
+
+SEARCH_LIMIT = 4096
+""":func:`search_sizes` doubles unsized symbols up to this size."""
+SEARCH_BYTES = 256 << 20
+"""... and no further than random data of this many bytes for all inputs together."""
+_SIZE_WORDS = re.compile(
+    r"shape|dimension|\bdims?\b|size|kernel|broadcast|reshape|\bpads?\b|stride|invalid input|rank|too small|length",
+    re.IGNORECASE,
+)
+_VALUE_WORDS = re.compile(r"indic|index|out of (range|bounds)|\bnan\b|divide by zero", re.IGNORECASE)
+
+
+def search_sizes(
+    specs: Sequence[InputSpec],
+    sizes: Sizes,
+    attempt: Callable[[dict[str, int]], T | None],
+    limit: int = SEARCH_LIMIT,
+) -> tuple[Sizes, T] | None:
+    """Sizes the source runs at, when it fails at those chosen: the symbols nothing sized (``default``)
+    are doubled together (a symbol stays one size wherever it appears, and symbols that must agree
+    rise together) until ``attempt`` succeeds, then each is brought back to the smallest power of
+    two above its default at which the source still runs (a batch returns to 1, ``samples`` stays
+    512). ``attempt(dims)`` runs the source at ``dims`` and returns its result, or None when it fails.
+    Returns the new sizes (``searched`` where they changed) and the successful attempt's result, or
+    None (``sizes.searched_up_to`` then says how far it looked)."""
+    free = sizes.defaulted()
+    if not free:
+        return None
+    base = sizes.dims()
+    size, found = max(base[k] for k in free), None
+    while found is None and size < limit:
+        size *= 2
+        dims = {**base, **{k: max(base[k], size) for k in free}}
+        if _bytes(specs, dims) > SEARCH_BYTES:
+            break
+        got = attempt(dims)
+        if got is not None:
+            found = (dims, got)
+    if found is None:
+        sizes.searched_up_to = size
+        return None
+    dims, got = found
+    for k in free:  # each symbol as small as the source allows, the others where they are
+        step = base[k]
+        while step < dims[k]:
+            trial = {**dims, k: step}
+            res = attempt(trial)
+            if res is not None:
+                dims, got = trial, res
+                break
+            step *= 2
+    out = Sizes()
+    for k, c in sizes.chosen.items():
+        out.chosen[k] = c if dims[k] == c.size else Chosen(dims[k], "searched")
+    return out, got
+
+
+def _bytes(specs: Sequence[InputSpec], dims: Mapping[str, int]) -> int:
+    """Bytes of random data for ``specs`` at ``dims`` (a dim with no size counts 1)."""
+    total = 0
+    for s in specs:
+        n = 1
+        for axis, d in enumerate(s.dims):
+            n *= d if isinstance(d, int) else dims.get(axis_key(s.name, axis), dims.get(d or "", 1))
+        total += n * max(s.dtype.itemsize, 1)
+    return total
+
+
+def sizes_likely(error: str, sizes: Sizes) -> bool:
+    """Whether a run's failure looks like one of sizes (a shape, a kernel larger than the input)
+    rather than of values, for a model some of whose sizes surgeon chose itself."""
+    chosen = any(c.why in ("default", "searched") for c in sizes.chosen.values()) or sizes.searched_up_to > 0
+    return chosen and bool(_SIZE_WORDS.search(error)) and not _VALUE_WORDS.search(error)
+
+
+def source_failure_tail(error: str, sizes: Sizes) -> str:
+    """The end of a source-fails message for generated inputs: the sizes used, then the keys to set:
+    ``verify.dims`` (with how far the search looked) when sizes are the likely cause, else
+    ``verify.ranges`` / ``verify.inputs``."""
+    if sizes_likely(error, sizes):
+        used = "sizes used: " + ", ".join(sizes.lines())
+        tried = ""
+        if sizes.searched_up_to:
+            tried = f"; no size up to {sizes.searched_up_to} of {', '.join(sizes.defaulted())} makes it run"
+        keys = [k for k, c in sizes.chosen.items() if c.why != "verify.inputs"]
+        wanted = "{" + ", ".join(f"{_yaml_key(k)}: N" for k in keys) + "}"
+        return (
+            f"{used}{tried}; the sizes are the likely cause: set verify.dims: {wanted} to sizes the model "
+            "accepts, or give verify.inputs"
+        )
+    described = sizes.describe()
+    other = "or set verify.ranges / verify.inputs" if sizes.hint() else "set verify.ranges or verify.inputs"
+    return f"{described}; {other}" if described else other

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgeon.errors import UsageError
-from surgeon.verify.specs import InputSpec
+from surgeon.verify.specs import Choice, Domain, InputSpec
 
 MAX_INPUT_BYTES = 2 << 30
 """Random data for one input beyond this is refused (give verify.inputs or smaller verify.dims)."""
@@ -36,11 +36,15 @@ def resolve_shape(spec: InputSpec, dims: Mapping[str, int], where: str = "verify
 
 
 def random_array(
-    spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, rng_range: tuple[float, float] | None = None
+    spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, rng_range: Domain | None = None
 ) -> np.ndarray:
+    """Random data of ``spec``'s dtype at ``shape``: from ``rng_range`` (``[low, high)``, or the
+    values of a :class:`~surgeon.verify.specs.Choice`) where given."""
     import numpy as np
 
     kind = spec.dtype.kind
+    if isinstance(rng_range, Choice) and kind in "iuf":
+        return rng.choice(np.asarray(rng_range, np.float64), size=shape).astype(spec.dtype)
     if kind == "b":
         return rng.random(shape) < 0.5
     if kind == "f":
@@ -61,7 +65,7 @@ def make_feed(
     config: VerifyConfig,
     dims: Mapping[str, int] | None = None,
     seed_offset: int = 0,
-    domains: Mapping[str, tuple[float, float]] | None = None,
+    domains: Mapping[str, Domain] | None = None,
 ) -> dict[str, np.ndarray]:
     """Seeded random inputs. ``dims`` (sizes chosen by :func:`surgeon.verify.dims.choose_sizes`)
     win over ``verify.dims``; ``verify.ranges`` win over ``domains`` (the ranges integer inputs'
@@ -78,7 +82,7 @@ def make_feed(
                 f"input '{s.name}' at shape {list(shapes[s.name])} would need {need / (1 << 30):.1f} GiB of random data "
                 "(limit 2 GiB); set smaller verify.dims or give verify.inputs"
             )
-    ranges = {**(domains or {}), **config.ranges}
+    ranges: dict[str, Domain] = {**(domains or {}), **config.ranges}
     return {s.name: np.asarray(random_array(s, shapes[s.name], rng, ranges.get(s.name))) for s in specs}
 
 

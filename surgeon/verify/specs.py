@@ -15,6 +15,15 @@ if TYPE_CHECKING:
 Axes = dict[str, dict[int, str]]
 """Named axes of inputs or outputs: ``{tensor: {axis: symbol}}`` (mark-dynamic's plan, its probes)."""
 
+
+class Choice(tuple[float, ...]):
+    """A domain of listed values (each element is drawn from them), where a range would miss them:
+    the constants an input is compared with (:mod:`surgeon.verify.domains`)."""
+
+
+Domain = tuple[float, ...]
+"""Values random data for an input is drawn from: ``(low, high)`` for ``[low, high)``, or a :class:`Choice`."""
+
 PLACEHOLDERS = frozenset({"?", "None", "none", "null", "unk", "unknown", "N/A", "dynamic", "*", "-1"})
 
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from surgeon.errors import ModelError, SurgeonError, UsageError, VerificationError
 from surgeon.verify.compare import OutputCheck, StepCheck, Tolerance, Verdict, compare
 from surgeon.verify.contract import IOContract
-from surgeon.verify.dims import Sizes, choose_sizes, sizes_of_data
-from surgeon.verify.domains import integer_domains
+from surgeon.verify.dims import Sizes, choose_sizes, search_sizes, sizes_of_data, source_failure_tail
+from surgeon.verify.domains import Domain, describe, integer_domains
 from surgeon.verify.feeds import load_npz, make_feed
 from surgeon.verify.interface import check_interface
 from surgeon.verify.localize import Divergence, localize
@@ -57,6 +57,7 @@ class Verifier:
         self.config = config
         self.runtime = Runtime(config.device)
         self.specs = graph_inputs(source.proto)
+        self._domains: dict[str, Domain] = {}
         self.values: list[str] = []
         """How integer inputs' values were chosen ("ids in [0, 30) (indexes 'emb' (30 rows))")."""
         if config.inputs:
@@ -68,15 +69,10 @@ class Verifier:
         else:
             self.sizes = choose_sizes(self.specs, config, hints=hints)
             domains = integer_domains(source.proto, self.specs)
-            self.values = [
-                f"{k} in [{int(lo)}, {int(hi)}) ({why})"
-                for k, ((lo, hi), why) in domains.items()
-                if k not in config.ranges
-            ]
+            self.values = [f"{k} in {describe(r)} ({why})" for k, (r, why) in domains.items() if k not in config.ranges]
+            self._domains = {k: r for k, (r, _) in domains.items()}
             try:
-                self.feed = make_feed(
-                    self.specs, config, self.sizes.dims(), domains={k: r for k, (r, _) in domains.items()}
-                )
+                self.feed = make_feed(self.specs, config, self.sizes.dims(), domains=self._domains)
             except UsageError as exc:
                 raise UsageError(f"{source.name}: {exc}") from None
         self._reference: dict[str, np.ndarray] | None = None
@@ -96,21 +92,22 @@ class Verifier:
             try:
                 self._reference = run_model(self.runtime, self.source, [self.feed])[0]
             except VerificationError as exc:
-                what = "verify.inputs" if self.config.inputs else "the generated inputs"
-                sizes = self.sizes.describe() if not self.config.inputs else ""
-                keys = (
-                    "check verify.inputs"
-                    if self.config.inputs
-                    else (
-                        "or set verify.ranges / verify.inputs"
-                        if self.sizes.hint()
-                        else "set verify.ranges or verify.inputs"
-                    )
-                )
-                raise ModelError(
-                    f"the source model fails on {what}: {exc}" + (f"; {sizes}" if sizes else "") + f"; {keys}"
-                ) from None
+                if self.config.inputs:
+                    raise ModelError(f"the source model fails on verify.inputs: {exc}; check verify.inputs") from None
+                found = search_sizes(self.specs, self.sizes, self._attempt)  # sizes it runs at (dims.py)
+                if found is None:
+                    tail = source_failure_tail(str(exc), self.sizes)
+                    raise ModelError(f"the source model fails on the generated inputs: {exc}; {tail}") from None
+                self.sizes, (self.feed, self._reference) = found
         return self._reference
+
+    def _attempt(self, dims: dict[str, int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """The source's feed and outputs at ``dims``, or None when it fails there (the size search)."""
+        try:
+            feed = make_feed(self.specs, self.config, dims, domains=self._domains)
+            return feed, run_model(self.runtime, self.source, [feed])[0]
+        except (VerificationError, UsageError):
+            return None
 
     def sizes_for(
         self,
@@ -129,7 +126,7 @@ class Verifier:
             specs, self.config, feed, "traced", inherited=self.sizes, traced=traced, observed_first=exact
         )
 
-    def domains_for(self, candidate: Model, later: Sequence[IOContract]) -> dict[str, tuple[float, float]]:
+    def domains_for(self, candidate: Model, later: Sequence[IOContract]) -> dict[str, Domain]:
         specs = graph_inputs(candidate.proto)
         return {_unrename(k, later, "in"): r for k, (r, _) in integer_domains(candidate.proto, specs).items()}
 
