@@ -354,7 +354,19 @@ def test_reports_serialize_verdicts_and_kinds_as_plain_strings() -> None:
         ("probe unlabelled", "probe", "ok"),
     ]
     assert all(type(o["kind"]) is str and type(o["verdict"]) is str for o in outputs)
-    assert list(outputs[0]) == ["name", "ok", "verdict", "max_abs", "max_rel", "rtol", "atol", "shape", "note", "kind"]
+    assert list(outputs[0]) == [
+        "name",
+        "ok",
+        "verdict",
+        "max_abs",
+        "max_rel",
+        "rtol",
+        "atol",
+        "shape",
+        "note",
+        "kind",
+        "tolerance",
+    ]
     text = json.dumps(data)
     assert '"verdict": "unchanged"' in text and "Verdict." not in text and "CheckKind." not in text
     end = Pipeline(steps[:1], verify={**CPU, "mode": "end"}).run(_chain()).as_dict()

@@ -48,9 +48,11 @@ class VerificationSession:
         """Set when onnxruntime cannot load the source: the pipeline raises it as it is (a model
         problem, not the step's during which the reference ran)."""
         self.contracts: list[IOContract] = []
+        self.accepted: list[bool | list[str]] = []
+        """Each step's ``verify.accept_unproved``."""
         self.allowed: list[Tolerance] = []
         """Each step's own tolerance."""
-        self.tol = Tolerance(config.rtol, config.atol)
+        self.tol = config_tolerance(config)
         """The tolerance of a check after the steps so far."""
         self.good: tuple[Model | None, int] = (None, 0)
         """The last model that passed its check, and how many steps it had (localization starts there)."""
@@ -91,6 +93,7 @@ class VerificationSession:
         the step's keywords. Returns the check (None when the step was not checked)."""
         step = len(self.contracts)
         self.contracts.append(contract)
+        self.accepted.append(verify.accept_unproved if verify is not None else False)
         own, explicit = step_tolerance(contract, default, verify, self.config, self.override)
         self.allowed.append(own)
         self.tol = own if explicit else loosest(self.allowed)
@@ -107,7 +110,7 @@ class VerificationSession:
             model = candidate()
             with blamed_on(who):
                 check = self._check(model)
-                check.outputs += self.verifier.probe(model, self.contracts, step, self.tol)
+                check.outputs += self.verifier.probe(model, self.contracts, step, self.tol, self.accepted[step])
             if check.ok:
                 self.good = (model, step + 1)
             self.checked = model
@@ -125,7 +128,7 @@ class VerificationSession:
             check = self._check(final)
             if self.config.mode == "end":
                 for k in range(len(self.contracts)):
-                    check.outputs += self.verifier.probe(final, self.contracts, k, self.tol)
+                    check.outputs += self.verifier.probe(final, self.contracts, k, self.tol, self.accepted[k])
         return final, check
 
     # -- what the pipeline reports --------------------------------------------------------------
@@ -178,13 +181,22 @@ def step_tolerance(
 ) -> tuple[Tolerance, bool]:
     """A step's own tolerance, and whether the user set it: per field, the command line's
     (``override``), else the step's ``verify:``, else the pass's default (``default``: its
-    ``Pass.default_tolerance``, the one channel), else the pipeline's."""
-    base = default or Tolerance(cfg.rtol, cfg.atol)
+    ``Pass.default_tolerance``, the one channel), else the pipeline's. A tolerance the user set
+    anywhere (the recipe's ``verify.rtol`` too, where the pass has no default) is ``explicit``: no
+    float16 output is compared at a tolerance sized for its precision then."""
+    base = default or config_tolerance(cfg)
     user: dict[str, float] = {}
     if verify is not None:
         user.update({k: v for k in ("rtol", "atol") if (v := getattr(verify, k)) is not None})
     user.update(override)
-    return Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol)), bool(user)
+    tol = Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol), bool(user) or base.explicit)
+    return tol, bool(user)
+
+
+def config_tolerance(cfg: VerifyConfig) -> Tolerance:
+    """The recipe's (or the command line's) ``verify.rtol`` / ``atol``; ``explicit`` when either
+    was set rather than defaulted."""
+    return Tolerance(cfg.rtol, cfg.atol, bool({"rtol", "atol"} & cfg.model_fields_set))
 
 
 def loosest(tols: Sequence[Tolerance]) -> Tolerance:

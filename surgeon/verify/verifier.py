@@ -240,10 +240,18 @@ class Verifier:
         except SurgeonError:
             return None
 
-    def probe(self, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance) -> list[OutputCheck]:
+    def probe(
+        self,
+        candidate: Model,
+        contracts: Sequence[IOContract],
+        step: int,
+        tol: Tolerance,
+        accept: bool | Sequence[str] = False,
+    ) -> list[OutputCheck]:
         """The probes of step ``step`` (of ``contracts``) on ``candidate``, the model after every
-        contract: each sees what :class:`surgeon.verify.contract.ProbeEnv` offers, nothing else."""
-        return run_probes(contracts[step].probes, ProbeEnv(self, candidate, contracts, step, tol))
+        contract: each sees what :class:`surgeon.verify.contract.ProbeEnv` offers, nothing else.
+        ``accept``: the step's ``verify.accept_unproved``."""
+        return run_probes(contracts[step].probes, ProbeEnv(self, candidate, contracts, step, tol), accept)
 
 
 class ProbeEnv:

@@ -1,0 +1,225 @@
+"""Verdicts you can bet on (issue 17): half-precision outputs at a tolerance sized for their
+precision, Resize sizes by the op's own rule, probes that prove nothing never shown as ok."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from surgeon import Pipeline
+from surgeon.cli import main
+from surgeon.passes.mark_dynamic import MarkDynamic
+from surgeon.passes.promote_resize_scales import PromoteResizeScales
+from surgeon.passes.simplify import Simplify
+from surgeon.pipeline import Step
+from surgeon.verify.compare import Tolerance, Verdict, compare
+from surgeon.verify.config import StepVerify
+
+CPU = {"device": "cpu"}
+
+
+# --- float16 / bfloat16 outputs: a tolerance sized for their precision ----------------------------
+
+
+def _conv_bn(dtype: int) -> onnx.ModelProto:
+    """Conv + BatchNormalization, all in ``dtype``: simplify fuses the BatchNormalization into the
+    Conv, which in float16 moves one rounding step (as onnx-simplifier does for every user)."""
+    np_type = helper.tensor_dtype_to_np_dtype(dtype)
+    rng = np.random.default_rng(0)
+    c = 8
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np_type), "w"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np_type), "b"),
+        numpy_helper.from_array((rng.random(c) + 0.5).astype(np_type), "scale"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np_type), "bias"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np_type), "mean"),
+        numpy_helper.from_array((rng.random(c) + 0.5).astype(np_type), "var"),
+    ]
+    g = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"]),
+        ],
+        "conv_bn",
+        [helper.make_tensor_value_info("x", dtype, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", dtype, [1, c, 16, 16])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_a_float16_model_simplified_passes_at_a_tolerance_sized_for_float16() -> None:
+    res = Pipeline([Simplify()], verify=CPU).run(_conv_bn(TensorProto.FLOAT16).SerializeToString())
+    assert [n.op_type for n in res.model.proto.graph.node] == ["Conv"]  # the BatchNormalization was fused
+    y = res.steps[0].check.outputs[0]
+    assert res.ok, res.failures()  # before: max rel 0.7 > rtol 1e-4 (one rounding step near zero)
+    assert y.max_abs > 0 and y.rtol == 1e-3 and y.tolerance.startswith("float16 output: rtol 0.001")
+    assert y.as_dict()["tolerance"] == y.tolerance  # the report carries why
+
+
+def test_a_float32_output_keeps_the_float32_tolerance() -> None:
+    res = Pipeline([Simplify()], verify=CPU).run(_conv_bn(TensorProto.FLOAT).SerializeToString())
+    y = res.steps[0].check.outputs[0]
+    assert res.ok and (y.rtol, y.atol, y.tolerance) == (1e-4, 1e-5, "")
+    wide = np.linspace(-8, 8, 101, dtype=np.float32)
+    assert not compare("y", wide, wide + np.float32(1e-3), Tolerance(1e-4, 1e-5)).ok  # no float16 sizing
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"verify": {"device": "cpu", "rtol": 1e-4}},  # the recipe's verify.rtol
+        {"step": StepVerify(rtol=1e-4)},  # the step's verify:
+        {"override": {"rtol": 1e-4}},  # the command line's --rtol
+    ],
+)
+def test_a_tolerance_the_user_set_wins_over_the_float16_sizing(how: dict[str, Any]) -> None:
+    p = Pipeline([Step(Simplify(), verify=how.get("step"))], verify=how.get("verify", CPU))
+    p.tolerance_override = how.get("override", {})
+    res = p.run(_conv_bn(TensorProto.FLOAT16).SerializeToString())
+    y = res.steps[0].check.outputs[0]
+    assert not res.ok and y.rtol == 1e-4 and y.tolerance == ""
+
+
+def test_verify_cli_says_which_tolerance_a_float16_output_got(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(_conv_bn(TensorProto.FLOAT16), str(a))
+    onnx.save(Pipeline([Simplify()], verify={"mode": "off"}).run(str(a)).model.proto, str(b))
+    assert main(["verify", str(a), str(b), "--device", "cpu"]) == 0
+    assert "(float16 output: rtol 0.001, atol 0.001 x max |expected|)" in capsys.readouterr().out
+    assert main(["verify", str(a), str(b), "--device", "cpu", "--rtol", "1e-4"]) == 1  # the user's wins
+
+
+# --- promote-resize-scales: sizes by the Resize rule, not the floored traced size ----------------
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_non_integer_traced_factor_probes_the_size_resize_gives(tmp_path: Path, exporter: str) -> None:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class Up(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.up = nn.Upsample(scale_factor=1.5, mode="nearest")
+
+        def forward(self, x: Any) -> Any:
+            return self.up(self.conv(x))
+
+    path = tmp_path / "up.onnx"
+    x = torch.randn(1, 3, 31, 31)
+    torch.onnx.export(Up().eval(), (x,), str(path), dynamo=exporter == "dynamo", input_names=["x"], output_names=["y"])
+    res = Pipeline([PromoteResizeScales(input="factor", form="factor")], verify=CPU).run(str(path))
+    probe = next(o for o in res.steps[0].check.outputs if o.name.startswith("probe factor=2.0: "))
+    assert res.ok, res.failures()  # before: "expected (1, 3, 61, 61)": 46 * 2 / 1.5 floored
+    assert probe.verdict == "ok" and probe.shape == (1, 3, 62, 62)
+    with torch.no_grad():  # torch agrees: floor(31 * 2)
+        assert tuple(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest").shape) == (1, 3, 62, 62)
+
+
+def test_a_resize_probe_still_fails_a_crop_to_the_traced_size() -> None:
+    """The rule sizes the Resize's own output; a Slice that crops it back is still caught."""
+    from onnx import parser
+
+    from tests.test_interface import CROP
+
+    cropped = parser.parse_model(CROP.format(ends="8, 8"))
+    res = Pipeline([PromoteResizeScales(input="factor", form="factor", crops="keep")], verify=CPU).run(cropped)
+    assert not res.ok and any("expected (1, 1, 12, 12)" in f for f in res.failures())
+
+
+# --- probes that prove nothing ----------------------------------------------------------------
+
+
+def _trap(tmp_path: Path) -> Path:
+    """The tutorial's trap: an in-place op on a shape value; torch gives 2 * batch rows, the
+    TorchScript export freezes the half it computed from the shape (batch + 1 rows)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class Trap(nn.Module):
+        def forward(self, x: Any) -> Any:
+            b = x.shape[0]
+            rows = b
+            rows += b  # in place: in the trace, b is doubled too
+            return torch.cat([x, x.new_zeros(rows // 2, x.shape[1])]) + 1
+
+    path = tmp_path / "trap.onnx"
+    torch.onnx.export(Trap().eval(), (torch.randn(1, 4),), str(path), dynamo=False, input_names=["x"])
+    assert tuple(Trap()(torch.randn(3, 4)).shape) == (6, 4)
+    return path
+
+
+def test_the_batch_probe_compares_every_output_that_grows_with_the_batch(tmp_path: Path) -> None:
+    path = _trap(tmp_path)
+    name = onnx.load(str(path)).graph.output[0].name
+    res = Pipeline([MarkDynamic(inputs={"x": {0: "batch"}})], verify=CPU).run(str(path))
+    sess = ort.InferenceSession(res.model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.ones((3, 4), np.float32)})[0].shape == (4, 4)  # torch: 6 rows
+    assert not res.ok  # before: ok, "proved nothing" hidden on the default lines
+    probe = next(o for o in res.steps[0].check.outputs if o.kind == "probe")
+    assert probe.verdict == "FAIL" and f"{name} vs 3 runs of batch=1" in probe.name
+    assert "shape (4, 4) != expected (6, 4)" in probe.note and "axis 0 grows with 'batch'" in probe.note
+
+
+def _reduce() -> onnx.ModelProto:
+    from onnx import parser
+
+    return parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[2,3] x) => (float[3] y) { y = ReduceSum <keepdims=0> (x, ax) """
+        """ax = Constant <value = int64[1] {0}> () }"""
+    )
+
+
+def test_a_probe_that_proves_nothing_on_an_asked_axis_fails_unless_accepted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    res = Pipeline([MarkDynamic(inputs={"x": {0: "batch"}})], verify=CPU).run(_reduce())
+    probe = next(o for o in res.steps[0].check.outputs if o.kind == "probe")
+    assert not res.ok and probe.verdict == "FAIL"
+    assert "no output's size changes with 'batch'" in probe.note and "accept_unproved" in probe.note
+    accepted = Pipeline(
+        [Step(MarkDynamic(inputs={"x": {0: "batch"}}), verify=StepVerify(accept_unproved=["batch"]))], verify=CPU
+    ).run(_reduce())
+    probe = next(o for o in accepted.steps[0].check.outputs if o.kind == "probe")
+    assert accepted.ok and probe.verdict is Verdict.PROVED_NOTHING
+    other = Step(MarkDynamic(inputs={"x": {0: "batch"}}), verify=StepVerify(accept_unproved=["seq"]))
+    assert not Pipeline([other], verify=CPU).run(_reduce()).ok  # another symbol accepted: not this one
+    # the default output shows it, never as ok
+    onnx.save(_reduce(), str(tmp_path / "r.onnx"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: r.onnx\noutput: out.onnx\nverify: {device: cpu}\npasses:\n"
+        "  - mark-dynamic: {inputs: {x: {0: batch}}}\n    verify: {accept_unproved: true}\n"
+    )
+    assert main(["apply", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "proved nothing" in out and "ok, 1 proved nothing" in out
+    assert "[1/1] mark-dynamic" in out and "  ok\n" not in out.split("[1/1]")[1].splitlines()[0] + "\n"
+
+
+def test_render_never_colours_proved_nothing_as_ok() -> None:
+    from rich.console import Console
+
+    from surgeon.cli.render import show_outputs, step_verdict
+    from surgeon.verify.compare import CheckKind, OutputCheck, StepCheck
+
+    check = StepCheck(
+        [OutputCheck("probe b", True, Verdict.PROVED_NOTHING, kind=CheckKind.PROBE), OutputCheck("y", True, "ok")]
+    )
+    console = Console(record=True, width=200, force_terminal=True)
+    show_outputs(console, check, only_failures=True)
+    text = console.export_text(styles=True)
+    assert "probe b" in text and "y:" not in text  # shown on the default lines; the plain ok is not
+    assert "\x1b[33mproved nothing" in text  # yellow, not green
+    assert "[green]" not in step_verdict("ok", check) and "proved nothing" in step_verdict("ok", check)
