@@ -116,9 +116,9 @@ class BatchProbe(_SymbolProbe):
         for k in range(n):
             chunk = dict(feed)
             for name, axes in self.ins.items():
-                for axis, sym in axes.items():
+                for in_axis, sym in axes.items():
                     if sym == self.symbol and name in chunk:
-                        chunk[name] = np.take(chunk[name], range(k * base, (k + 1) * base), axis=axis)
+                        chunk[name] = np.take(chunk[name], range(k * base, (k + 1) * base), axis=in_axis)
             chunks.append(chunk)
         actual, single = env.run_after([feed, chunks[0]])
         singles = env.run_before(chunks)
