@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from surgeon import Pipeline
 from surgeon.cli import main
+from surgeon.pass_api import Pass, PassResult
 from surgeon.passes.mark_dynamic import MarkDynamic
 from surgeon.passes.promote_resize_scales import PromoteResizeScales
 from surgeon.passes.simplify import Simplify
@@ -223,3 +224,87 @@ def test_render_never_colours_proved_nothing_as_ok() -> None:
     assert "probe b" in text and "y:" not in text  # shown on the default lines; the plain ok is not
     assert "\x1b[33mproved nothing" in text  # yellow, not green
     assert "[green]" not in step_verdict("ok", check) and "proved nothing" in step_verdict("ok", check)
+
+
+# --- a failure in an edited model names that model -----------------------------------------------
+
+RESHAPE = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[2,6] x) => (float[3,4] y) <int64[2] s = {3, 4}> { r = Relu (x)  y = Reshape (r, s) }"""
+
+
+class _BreakReshape(Pass):  # type: ignore[type-arg]
+    """Gives the Reshape a shape the data never fits: the model loads and fails when it runs."""
+
+    name = "break-reshape"
+
+    def run(self, model: Any) -> PassResult:
+        import onnx_graphsurgeon as gs
+
+        node = next(n for n in model.graph.nodes if n.op == "Reshape")
+        node.inputs[1] = gs.Constant("bad_shape", np.array([5, 7], dtype=np.int64))
+        return PassResult(True)
+
+
+class _LooseBatch(Pass):  # type: ignore[type-arg]
+    """Marks the batch dynamic without touching the Reshape that hard-codes it, and asks for the
+    batch probe: the model runs at the traced batch only."""
+
+    name = "loose-batch"
+
+    def run(self, model: Any) -> PassResult:
+        from surgeon.verify.contract import IOContract
+        from surgeon.verify.probes import BatchProbe
+
+        x = model.graph.inputs[0]
+        x.shape = ["batch", *x.shape[1:]]
+        probe = BatchProbe("batch", {"x": {0: "batch"}}, {}, {"batch": 2})
+        return PassResult(True, IOContract(probes=[probe], changed_axes={"x": {0}}, traced_dims={"batch": 2}))
+
+
+def test_a_run_failure_of_an_edited_model_names_the_model_after_its_step() -> None:
+    from onnx import parser
+
+    from surgeon.errors import VerificationError
+    from surgeon.passes.rename_io import RenameIO
+
+    with pytest.raises(VerificationError) as info:
+        Pipeline([RenameIO(inputs={"x": "img"}), _BreakReshape()], verify=CPU).run(parser.parse_model(RESHAPE))
+    assert str(info.value).startswith(
+        "the model after passes[1] (break-reshape) fails: onnxruntime failed to run the model: "
+    )  # before: "onnxruntime failed to run the model: ..." (which one?)
+
+
+def test_a_probe_failure_names_the_model_after_its_step() -> None:
+    from onnx import parser
+
+    res = Pipeline([_LooseBatch()], verify=CPU).run(parser.parse_model(RESHAPE))
+    probe = next(o for o in res.steps[0].check.outputs if o.kind == "probe")
+    assert not res.ok and probe.verdict == "FAIL"
+    assert probe.note.startswith(
+        "the model after passes[0] (loose-batch) (at the probe's inputs: x [6, 6]; x [2, 6]) fails: "
+        "onnxruntime failed to run the model"
+    ), probe.note
+
+
+def test_localization_names_the_model_that_fails() -> None:
+    from onnx import parser
+
+    from surgeon.ir.model import load
+    from surgeon.verify.localize import localize
+    from surgeon.verify.runtime import Runtime
+
+    good = load(parser.parse_model(RESHAPE).SerializeToString())
+    bad = Pipeline([_BreakReshape()], verify={"mode": "off"}).run(parser.parse_model(RESHAPE)).model
+    feed = {"x": np.ones((2, 6), np.float32)}
+    div = localize(
+        Runtime("cpu"),
+        good,
+        feed,
+        bad,
+        feed,
+        Tolerance(1e-4, 1e-5),
+        names=("the source", "the model after passes[0] (b)"),
+    )
+    assert div.line().startswith(
+        "could not localize: the model after passes[0] (b) with its tensors exposed fails: onnxruntime failed"
+    ), div.line()

@@ -97,9 +97,9 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = Verifier.check
 
-    def spy(self: Verifier, candidate: Any, contracts: Any, tol: Tolerance) -> Any:
+    def spy(self: Verifier, candidate: Any, contracts: Any, tol: Tolerance, *rest: Any) -> Any:
         calls.append(len(contracts))
-        return real(self, candidate, contracts, tol)
+        return real(self, candidate, contracts, tol, *rest)
 
     monkeypatch.setattr(Verifier, "check", spy)
     return calls
@@ -191,7 +191,10 @@ def test_the_source_onnxruntime_refuses_is_a_model_error_an_edited_one_blames_th
 
     steps = [RenameIO(inputs={"x": "inp"}), _BreakOp()]
     for mode in ("each", "end"):
-        with pytest.raises(VerificationError, match=r"^passes\[1\] \(break-op\): onnxruntime cannot load the edited"):
+        with pytest.raises(
+            VerificationError,
+            match=r"^the model after passes\[1\] \(break-op\) fails: onnxruntime cannot load the edited",
+        ):
             Pipeline(steps, verify={**CPU, "mode": mode}).run(_chain())
 
     # a load failure of the source during start is the source's, said as it is (no step named)

@@ -232,8 +232,12 @@ def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
         yield path, None, None
 
 
-def run_model(runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Run ``model`` once per feed in one session; outputs by name."""
+def run_model(
+    runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.ndarray]], name: str = ""
+) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` once per feed in one session; outputs by name. ``name`` (``the model after
+    passes[2] (to-fp16)``) starts the message of a failed run: "<name> fails: ..."."""
+    prefix = f"{name} fails: " if name else ""
     with on_disk(model) as (path, folder, data):
         sess = runtime.session(path, folder, data)
         names = [o.name for o in sess.get_outputs()]
@@ -245,12 +249,12 @@ def run_model(runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.nd
             missing = wanted - set(feed)
             if missing:
                 raise VerificationError(
-                    f"the model has input(s) the contract does not feed: {', '.join(sorted(missing))}"
+                    f"{prefix}the model has input(s) the contract does not feed: {', '.join(sorted(missing))}"
                 )
             try:
                 outs = sess.run(names, {k: v for k, v in feed.items() if k in wanted}, quiet)
             except Exception as exc:
-                raise VerificationError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+                raise VerificationError(f"{prefix}onnxruntime failed to run the model: {_first_line(exc)}") from None
             results.append(dict(zip(names, outs)))
         del sess
     _release_freed_memory()

@@ -48,6 +48,8 @@ class VerificationSession:
         """Set when onnxruntime cannot load the source: the pipeline raises it as it is (a model
         problem, not the step's during which the reference ran)."""
         self.contracts: list[IOContract] = []
+        self.names: list[str] = []
+        """Each step as messages name it (``passes[2] (to-fp16)``)."""
         self.accepted: list[bool | list[str]] = []
         """Each step's ``verify.accept_unproved``."""
         self.allowed: list[Tolerance] = []
@@ -94,6 +96,7 @@ class VerificationSession:
         step = len(self.contracts)
         self.contracts.append(contract)
         self.accepted.append(verify.accept_unproved if verify is not None else False)
+        self.names.append(who)
         own, explicit = step_tolerance(contract, default, verify, self.config, self.override)
         self.allowed.append(own)
         self.tol = own if explicit else loosest(self.allowed)
@@ -109,8 +112,9 @@ class VerificationSession:
         ):
             model = candidate()
             with blamed_on(who):
-                check = self._check(model)
-                check.outputs += self.verifier.probe(model, self.contracts, step, self.tol, self.accepted[step])
+                check = self._check(model, who)
+                name = f"the model after {who}"
+                check.outputs += self.verifier.probe(model, self.contracts, step, self.tol, self.accepted[step], name)
             if check.ok:
                 self.good = (model, step + 1)
             self.checked = model
@@ -125,10 +129,11 @@ class VerificationSession:
         if self.verifier is None or not self.unverified:
             return final, None
         with blamed_on(self.last_modified):
-            check = self._check(final)
+            check = self._check(final, self.last_modified)
             if self.config.mode == "end":
+                name = _after(self.last_modified)
                 for k in range(len(self.contracts)):
-                    check.outputs += self.verifier.probe(final, self.contracts, k, self.tol, self.accepted[k])
+                    check.outputs += self.verifier.probe(final, self.contracts, k, self.tol, self.accepted[k], name)
         return final, check
 
     # -- what the pipeline reports --------------------------------------------------------------
@@ -147,15 +152,21 @@ class VerificationSession:
         """How integer inputs' values were chosen."""
         return list(self.verifier.values) if self.verifier is not None else []
 
-    def _check(self, model: Model) -> StepCheck:
-        """``model`` against the source through every contract so far; where it fails, where it
-        first diverges from the last model that passed."""
+    def _check(self, model: Model, who: str | None) -> StepCheck:
+        """``model`` (the model after ``who``) against the source through every contract so far;
+        where it fails, where it first diverges from the last model that passed."""
         assert self.verifier is not None
-        check = self.verifier.check(model, self.contracts, self.tol)
+        check = self.verifier.check(model, self.contracts, self.tol, _after(who))
         if not check.ok:
             before, k = self.good
-            check.divergence = self.verifier.localize(before or self.verifier.source, k, model, self.tol)
+            names = (_after(self.names[k - 1]) if k else "the source", _after(who))
+            check.divergence = self.verifier.localize(before or self.verifier.source, k, model, self.tol, names)
         return check
+
+
+def _after(who: str | None) -> str:
+    """How messages name the model a step made ("the model after passes[2] (to-fp16)")."""
+    return f"the model after {who}" if who else "the edited model"
 
 
 @contextlib.contextmanager
@@ -165,9 +176,8 @@ def blamed_on(who: str | None) -> Iterator[None]:
     try:
         yield
     except SessionLoadError as exc:
-        prefix = f"{who}: " if who else ""
         raise VerificationError(
-            f"{prefix}onnxruntime cannot load the edited model ({exc.reason}); the source loads, so the step "
+            f"{_after(who)} fails: onnxruntime cannot load the edited model ({exc.reason}); the source loads, so the step "
             "made a model onnxruntime refuses"
         ) from None
 

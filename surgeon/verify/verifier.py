@@ -185,9 +185,12 @@ class Verifier:
         chain = self.backward(contracts[: last + 1], feed)
         return chain[-1], self.replay(contracts[: last + 1], [chain])[0], last + 1
 
-    def check(self, candidate: Model, contracts: Sequence[IOContract], tol: Tolerance) -> StepCheck:
+    def check(
+        self, candidate: Model, contracts: Sequence[IOContract], tol: Tolerance, name: str = "the candidate model"
+    ) -> StepCheck:
         """Run ``candidate`` on the source feed mapped through ``contracts``; compare each output
-        with the reference mapped the same way; then run the last step's probes."""
+        with the reference mapped the same way; then run the last step's probes. ``name`` names
+        ``candidate`` in messages ("the model after passes[2] (to-fp16)")."""
         import numpy as np
 
         feed, expected, start = self._start(candidate, contracts)
@@ -199,7 +202,7 @@ class Verifier:
         sizes = self.sizes_for(graph_inputs(candidate.proto), contracts, feed, exact=True)
         self.last = (candidate, feed, sizes)
         try:
-            actual = run_model(self.runtime, candidate, [feed])[0]
+            actual = run_model(self.runtime, candidate, [feed], name)[0]
         except SessionLoadError:
             raise  # not a run at a size: the model does not load (the pipeline names the step)
         except VerificationError as exc:
@@ -230,15 +233,23 @@ class Verifier:
                     )
         return result
 
-    def localize(self, before: Model, k: int, candidate: Model, tol: Tolerance) -> Divergence | None:
+    def localize(
+        self,
+        before: Model,
+        k: int,
+        candidate: Model,
+        tol: Tolerance,
+        names: tuple[str, str] = ("the source", "the candidate model"),
+    ) -> Divergence | None:
         """After a failed check of ``candidate``: where it first diverges from ``before``, the model
-        after the first ``k`` contracts of that check (the source when ``k`` is 0)."""
+        after the first ``k`` contracts of that check (the source when ``k`` is 0); ``names`` name
+        both in messages."""
         if self.last is None or self.last[0] is not candidate or k not in self.chain:
             return None
         try:
-            return localize(self.runtime, before, self.chain[k], candidate, self.last[1], tol)
-        except SurgeonError:
-            return None
+            return localize(self.runtime, before, self.chain[k], candidate, self.last[1], tol, names=names)
+        except SurgeonError as exc:
+            return Divergence(failed=str(exc))
 
     def probe(
         self,
@@ -247,11 +258,13 @@ class Verifier:
         step: int,
         tol: Tolerance,
         accept: bool | Sequence[str] = False,
+        name: str = "the candidate model",
     ) -> list[OutputCheck]:
         """The probes of step ``step`` (of ``contracts``) on ``candidate``, the model after every
         contract: each sees what :class:`surgeon.verify.contract.ProbeEnv` offers, nothing else.
-        ``accept``: the step's ``verify.accept_unproved``."""
-        return run_probes(contracts[step].probes, ProbeEnv(self, candidate, contracts, step, tol), accept)
+        ``accept``: the step's ``verify.accept_unproved``; ``name`` names ``candidate`` in messages."""
+        env = ProbeEnv(self, candidate, contracts, step, tol, name)
+        return run_probes(contracts[step].probes, env, accept)
 
 
 class ProbeEnv:
@@ -260,9 +273,16 @@ class ProbeEnv:
     candidate), and run the model before the step (through the source)."""
 
     def __init__(
-        self, verifier: Verifier, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance
+        self,
+        verifier: Verifier,
+        candidate: Model,
+        contracts: Sequence[IOContract],
+        step: int,
+        tol: Tolerance,
+        name: str = "the candidate model",
     ) -> None:
         self._verifier = verifier
+        self.name = name
         self.candidate = candidate
         self.contracts = contracts
         self.step = step
@@ -287,13 +307,17 @@ class ProbeEnv:
         return make_feed(self.specs, self.config, {**self.sizes, **dims}, seed_offset, self._domains)
 
     def run_after(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        import numpy as np
+
         mapped = []
         for feed in feeds:
             f = dict(feed)
             for c in self.contracts[self.step + 1 :]:
                 f = c.map_feed(f, self._verifier.intermediates(c, f))
             mapped.append(f)
-        outs = run_model(self._verifier.runtime, self.candidate, mapped)
+        shapes = "; ".join(", ".join(f"{k} {list(np.shape(v))}" for k, v in f.items()) for f in mapped)
+        name = f"{self.name} (at the probe's inputs: {shapes})"
+        outs = run_model(self._verifier.runtime, self.candidate, mapped, name)
         later = self.contracts[self.step + 1 :]
         return [{_unrename(k, later, "out"): v for k, v in o.items()} for o in outs]
 
@@ -301,7 +325,10 @@ class ProbeEnv:
         """Outputs of the model before the step, named as after it, for feeds named as after it."""
 
         before = self.contracts[: self.step + 1]
-        return self._verifier.replay(before, [self._verifier.backward(before, feed) for feed in feeds])
+        try:
+            return self._verifier.replay(before, [self._verifier.backward(before, feed) for feed in feeds])
+        except VerificationError as exc:
+            raise VerificationError(f"the source, run for the probe's expected outputs, fails: {exc}") from None
 
 
 def _unrename(name: str, contracts: Sequence[IOContract], kind: str) -> str:
