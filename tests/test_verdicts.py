@@ -308,3 +308,64 @@ def test_localization_names_the_model_that_fails() -> None:
     assert div.line().startswith(
         "could not localize: the model after passes[0] (b) with its tensors exposed fails: onnxruntime failed"
     ), div.line()
+
+
+# --- before writing: the model once at onnxruntime's default optimization level, in a child -------
+
+
+def test_the_written_model_ran_in_the_runtimes_default_session(tmp_path: Path) -> None:
+    from onnx import parser
+
+    from surgeon.passes.rename_io import RenameIO
+
+    out = tmp_path / "out.onnx"
+    res = Pipeline([RenameIO(inputs={"x": "img"})], verify=CPU).apply(parser.parse_model(RESHAPE), out)
+    assert res.default_session == "ran" and res.as_dict()["default_session"] == "ran" and out.exists()
+    off = Pipeline([RenameIO(inputs={"x": "img"})], verify={"mode": "off"}).apply(
+        parser.parse_model(RESHAPE), tmp_path / "off.onnx"
+    )
+    assert off.default_session == "skipped (verify.mode: off)"
+
+
+def test_a_model_that_crashes_the_default_session_fails_the_last_step_and_nothing_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The child really dies of SIGSEGV (as onnxruntime's default session did on a to-fp16 GRU
+    model): the parent says so, names the step, and writes nothing."""
+    from surgeon.verify import runtime
+
+    onnx.save(_conv_bn(TensorProto.FLOAT), str(tmp_path / "m.onnx"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: m.onnx\noutput: out.onnx\nverify: {device: cpu}\npasses:\n"
+        "  - rename-io: {inputs: {x: image}}\n  - simplify: {}\n"
+    )
+    monkeypatch.setattr(runtime, "DEFAULT_LEVEL_CHILD", "import ctypes; ctypes.string_at(0)")
+    assert main(["apply", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    print(err)
+    assert (
+        "the model after recipe.yaml" not in err
+        and "(simplify) fails in onnxruntime's default session (ORT_ENABLE_ALL, run once in a child process): "
+        "crashed (SIGSEGV)"
+        in err
+    ), err
+    assert not (tmp_path / "out.onnx").exists()
+    assert main(["apply", str(recipe), "--force"]) == 1 and (tmp_path / "out.onnx").exists()  # --force writes it
+
+
+def test_the_child_says_why_the_default_session_refuses_a_model() -> None:
+    """The real child: a model its default session cannot load comes back as one line."""
+    from onnx import parser
+
+    from surgeon.ir.model import load
+    from surgeon.verify.runtime import Runtime, default_level_problem
+
+    model = load(
+        parser.parse_model(
+            """<ir_version: 10, opset_import: ["" : 17]>
+            g (float[2] x) => (float[2] y) { y = NoSuchOp (x) }"""
+        ).SerializeToString()
+    )
+    problem = default_level_problem(Runtime("cpu"), model, {"x": np.ones(2, np.float32)})
+    assert problem.startswith("onnxruntime cannot load it: ") and "NoSuchOp" in problem

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from surgeon.errors import ModelError, VerificationError
 from surgeon.verify.compare import StepCheck, Tolerance
 from surgeon.verify.contract import IOContract
-from surgeon.verify.runtime import SessionLoadError
+from surgeon.verify.runtime import SessionLoadError, default_level_problem
 from surgeon.verify.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -136,6 +136,23 @@ class VerificationSession:
                     check.outputs += self.verifier.probe(final, self.contracts, k, self.tol, self.accepted[k], name)
         return final, check
 
+    def default_level(self, final: Model) -> str | None:
+        """``final`` loaded and run once at onnxruntime's default optimization level, in a child
+        process, on the last check's feed (:func:`surgeon.verify.runtime.default_level_problem`):
+        None when verification is off, "" when it ran, else a failure line naming the model."""
+        if self.verifier is None:
+            return None
+        last = self.verifier.last
+        feed = last[1] if last is not None else self.verifier.feed
+        problem = default_level_problem(self.verifier.runtime, final, feed)
+        if not problem:
+            return ""
+        who = _after(self.last_modified) if self.last_modified else "the model (no step modified it)"
+        return (
+            f"{who} fails in onnxruntime's default session (ORT_ENABLE_ALL, run once in a child process): "
+            f"{problem}; the checks ran with graph optimizations off"
+        )
+
     # -- what the pipeline reports --------------------------------------------------------------
     @property
     def device(self) -> str:
@@ -177,8 +194,8 @@ def blamed_on(who: str | None) -> Iterator[None]:
         yield
     except SessionLoadError as exc:
         raise VerificationError(
-            f"{_after(who)} fails: onnxruntime cannot load the edited model ({exc.reason}); the source loads, so the step "
-            "made a model onnxruntime refuses"
+            f"{_after(who)} fails: onnxruntime cannot load the edited model ({exc.reason}); the source loads, "
+            "so the step made a model onnxruntime refuses"
         ) from None
 
 
