@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from surgeon import Pipeline
 from surgeon.cli import main
 from surgeon.pass_api import Pass, PassResult
+from surgeon.passes.convert_opset import ConvertOpset
 from surgeon.passes.mark_dynamic import MarkDynamic
 from surgeon.passes.promote_resize_scales import PromoteResizeScales
 from surgeon.passes.simplify import Simplify
@@ -369,3 +370,72 @@ def test_the_child_says_why_the_default_session_refuses_a_model() -> None:
     )
     problem = default_level_problem(Runtime("cpu"), model, {"x": np.ones(2, np.float32)})
     assert problem.startswith("onnxruntime cannot load it: ") and "NoSuchOp" in problem
+
+
+# --- an output symbol only the exporter named, made static at the size the model always gives -----
+
+CONCAT = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[{n},4] x) => (float[{n},Concathidden_out_dim_1] y) {{ y = Concat <axis=1> (x, x) }}"""
+
+
+@pytest.mark.parametrize(
+    ("n", "step"),
+    [("N", lambda: ConvertOpset(opset=18)), ("2", lambda: MarkDynamic(inputs={"x": {0: "batch"}}))],
+    ids=["convert-opset", "mark-dynamic"],
+)
+def test_an_exporter_output_symbol_made_static_at_the_size_it_always_has_passes(n: str, step: Any) -> None:
+    from onnx import parser
+
+    res = Pipeline([step()], verify=CPU).run(parser.parse_model(CONCAT.format(n=n)))
+    assert res.model.proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 8  # re-inferred
+    assert res.ok, res.failures()  # before: "axis 1 is 8, was 'Concathidden_out_dim_1' (symbolic -> static)"
+    line = next(o for o in res.steps[0].check.outputs if o.name == "interface: output 'y' axis 1")
+    assert line.verdict == "ok" and "the model gives 8 at every size run (2)" in line.note
+
+
+class _PinRows(Pass):  # type: ignore[type-arg]
+    """Declares the output's exporter-named first axis static at the size it has at N=1: wrong,
+    it is 2 * N."""
+
+    name = "pin-rows"
+
+    def run(self, model: Any) -> PassResult:
+        y = model.graph.outputs[0]
+        y.shape = [2, *y.shape[1:]]
+        return PassResult(True)
+
+
+def test_an_exporter_output_symbol_made_static_where_the_size_varies_fails() -> None:
+    from onnx import parser
+
+    model = parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[N,4] x) => (float[Concaty_dim_0,4] y) { y = Concat <axis=0> (x, x) }"""
+    )
+    res = Pipeline([_PinRows()], verify=CPU).run(model)
+    line = next(o for o in res.steps[0].check.outputs if o.name.startswith("interface: output 'y' axis 0"))
+    assert not res.ok and line.verdict == "FAIL" and "but the model gives 2, 6 (symbolic -> static)" in line.note
+
+
+def test_a_symbol_an_input_shares_or_a_step_named_made_static_still_fails() -> None:
+    from onnx import parser
+
+    shared = parser.parse_model(CONCAT.format(n="N"))
+    res = Pipeline([ConvertOpset(opset=18), _PinN()], verify=CPU).run(shared)
+    assert not res.ok and any("axis 0 is 1, was 'N' (symbolic -> static)" in f for f in res.failures())
+    named = parser.parse_model(CONCAT.format(n="2"))
+    steps = [MarkDynamic(inputs={"x": {0: "batch"}}, outputs={"y": {1: "hidden"}}), ConvertOpset(opset=18)]
+    res = Pipeline(steps, verify=CPU).run(named)
+    assert res.model.proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 8
+    assert not res.ok and any("was 'hidden'" in f and "symbolic -> static" in f for f in res.failures())
+
+
+class _PinN(Pass):  # type: ignore[type-arg]
+    """Makes the output's batch axis (the input's symbol N) static, undeclared."""
+
+    name = "pin-n"
+
+    def run(self, model: Any) -> PassResult:
+        y = model.graph.outputs[0]
+        y.shape = [1, *y.shape[1:]]
+        return PassResult(True)

@@ -14,7 +14,7 @@ from surgeon.verify.contract import IOContract
 from surgeon.verify.dims import Sizes, choose_sizes, sizes_of_data
 from surgeon.verify.domains import integer_domains
 from surgeon.verify.feeds import load_npz, make_feed
-from surgeon.verify.interface import check_interface
+from surgeon.verify.interface import check_interface, made_static
 from surgeon.verify.localize import Divergence, localize
 from surgeon.verify.probes import run_probes
 from surgeon.verify.runtime import Runtime, SessionLoadError, run_model
@@ -208,7 +208,10 @@ class Verifier:
         except VerificationError as exc:
             raise VerificationError(f"{exc}; {sizes.describe()}" if sizes.chosen else str(exc)) from None
         result = StepCheck(device=self.device_line, sizes=sizes.lines())
-        result.outputs += check_interface(self.source.proto, candidate.proto, contracts)
+        produced = [{k: tuple(np.shape(v)) for k, v in actual.items()}]
+        if made_static(self.source.proto, candidate.proto, contracts):
+            produced += self._at_other_sizes(candidate, contracts, sizes)
+        result.outputs += check_interface(self.source.proto, candidate.proto, contracts, produced)
         for name, value in expected.items():
             if name not in actual:
                 result.outputs.append(
@@ -232,6 +235,26 @@ class Verifier:
                         )
                     )
         return result
+
+    def _at_other_sizes(
+        self, candidate: Model, contracts: Sequence[IOContract], sizes: Sizes
+    ) -> list[dict[str, tuple[int, ...]]]:
+        """Output shapes of ``candidate`` with every symbol of its inputs at another size (twice
+        the check's, or 3 for 1): where an output symbol was made static, whether the model gives
+        that size there too. Nothing when it has no symbol or does not run there (its own checks
+        say why)."""
+        import numpy as np
+
+        specs = graph_inputs(candidate.proto)
+        dims = {k: 2 * v if v > 1 else 3 for k, v in sizes.dims().items()}
+        if not dims:
+            return []
+        try:
+            feed = make_feed(specs, self.config, dims, 2, self.domains_for(candidate, []))
+            out = run_model(self.runtime, candidate, [feed])[0]
+        except SurgeonError:
+            return []
+        return [{k: tuple(np.shape(v)) for k, v in out.items()}]
 
     def localize(
         self,
