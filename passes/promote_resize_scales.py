@@ -270,6 +270,7 @@ class PromoteResizeScales(Pass[ScalesPlan]):
                         s.lead,
                         s.value.astype(np.float64).tolist(),
                         full.astype(np.float64).tolist(),
+                        **_resize_rule(s),
                     )
                 )
         return ScaleProbe(feed, vectors, ratios)
@@ -398,6 +399,29 @@ def _legacy_upsample_to_9(model: ModelIR) -> str:
     model.graph = gs.import_onnx(proto)
     model.graph.opset = 9
     return f"converted the model from opset {before} to 9 (Upsample-9 takes scales as an input)"
+
+
+def _resize_rule(site: Site) -> dict[str, Any]:
+    """What the probe needs to size the node's output by the Resize rule: its data input's shape
+    at the traced sizes (when static), the roi's extent (tf_crop_and_resize with a constant roi),
+    keep_aspect_ratio_policy and axes."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    node = site.node
+    shape = node.inputs[0].shape if node.inputs else None
+    in_dims = tuple(shape) if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape) else ()
+    rule: dict[str, Any] = {
+        "in_dims": in_dims,
+        "policy": str(node.attrs.get("keep_aspect_ratio_policy", "stretch")),
+        "axes": tuple(int(a) for a in node.attrs.get("axes", ()) or ()),
+    }
+    roi = node.inputs[1] if node.op == "Resize" and len(node.inputs) > 1 else None
+    if node.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" and isinstance(roi, gs.Constant):
+        values = np.asarray(roi.values, dtype=np.float64).reshape(-1)
+        half = len(values) // 2
+        rule["extent"] = tuple(float(e - b) for b, e in zip(values[:half], values[half:]))
+    return rule
 
 
 def _grown(site: Site) -> np.ndarray:

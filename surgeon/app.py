@@ -94,7 +94,7 @@ class Overrides:
 
         from surgeon.verify.config import VerifyConfig
 
-        merged = {**(base.model_dump() if base is not None else {}), **self.values}
+        merged = {**(base.model_dump(exclude_unset=True) if base is not None else {}), **self.values}
         try:
             return VerifyConfig.model_validate(merged)
         except ValidationError as exc:

@@ -111,10 +111,15 @@ class Pipeline:
         return problems
 
     def run(
-        self, model: Any, on_step: Callable[[StepReport], None] | None = None, base_dir: Path | None = None
+        self,
+        model: Any,
+        on_step: Callable[[StepReport], None] | None = None,
+        base_dir: Path | None = None,
+        sessions: list[VerificationSession] | None = None,
     ) -> PipelineResult:
         """Apply the passes to ``model`` (path, bytes, ModelProto or Model) and verify them.
-        A pass's error keeps its class (and so its exit code), with the step named in its text."""
+        A pass's error keeps its class (and so its exit code), with the step named in its text.
+        ``sessions``: the verification session is appended to it (the write's last check uses it)."""
         source = load(model)
         ir = ModelIR.from_model(source)
         session = VerificationSession(source, self.verify, base_dir, size_hints(self.steps), self.tolerance_override)
@@ -157,6 +162,8 @@ class Pipeline:
         )
         res.final_check = check
         res.device, res.sizes, res.values = session.device, session.sizes, session.values
+        if sessions is not None:
+            sessions.append(session)
         return res
 
     def apply(
@@ -183,7 +190,13 @@ class Pipeline:
         out = Path(output)
         if guarded is None:  # else the caller ran check_targets for this source and output
             guarded = list(self.check_targets(source, out, in_place=in_place, protect=protect))
-        result = self.run(source, on_step=on_step, base_dir=base_dir)
+        sessions: list[VerificationSession] = []
+        result = self.run(source, on_step=on_step, base_dir=base_dir, sessions=sessions)
+        if result.ok and sessions:  # the last check before writing: the runtime's default session, in a child
+            problem = sessions[0].default_level(result.model)
+            result.default_session = (
+                "skipped (verify.mode: off)" if problem is None else f"FAIL: {problem}" if problem else "ran"
+            )
         if not result.ok and not force:
             raise VerificationError(
                 "verification failed; nothing written (--force writes it anyway):\n" + "\n".join(result.failures()),

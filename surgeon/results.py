@@ -58,6 +58,9 @@ class PipelineResult:
     changed_tensors: set[str] = field(default_factory=set)
     checker: str = ""
     """What ``onnx.checker.check_model(full_check=True)`` said of the saved model (empty: not saved)."""
+    default_session: str = ""
+    """The model loaded and run once at onnxruntime's default optimization level in a child
+    process before it was written: "ran", "skipped (...)" or "FAIL: <line>" (empty: not run)."""
     sizes: list[str] = field(default_factory=list)
     """The size chosen for each symbolic dim of the source's inputs, and why ("batch=1 (default)")."""
     values: list[str] = field(default_factory=list)
@@ -75,10 +78,12 @@ class PipelineResult:
     @property
     def ok(self) -> bool:
         checks = [s.check for s in self.steps if s.check] + ([self.final_check] if self.final_check else [])
-        return all(c.ok for c in checks)
+        return all(c.ok for c in checks) and not self.default_session.startswith("FAIL")
 
     def failures(self) -> list[str]:
         lines = []
+        if self.default_session.startswith("FAIL: "):
+            lines.append(self.default_session.removeprefix("FAIL: "))
         for s in self.steps:
             if s.check and not s.check.ok:
                 for o in s.check.failures():
@@ -101,6 +106,7 @@ class PipelineResult:
             "steps": [s.as_dict() for s in self.steps],
             "final_check": [o.as_dict() for o in self.final_check.outputs] if self.final_check else None,
             "onnx_checker": self.checker or None,
+            "default_session": self.default_session or None,
             "final_divergence": self.final_check.divergence.as_dict()
             if self.final_check and self.final_check.divergence
             else None,

@@ -321,10 +321,13 @@ def test_reference_runs_once_per_pipeline(tmp_path: Path, monkeypatch: pytest.Mo
     real = surgeon.verify.verifier.run_model
 
     def spy(
-        runtime: surgeon.verify.runtime.Runtime, model: surgeon.ir.model.Model, feeds: list[dict[str, np.ndarray]]
+        runtime: surgeon.verify.runtime.Runtime,
+        model: surgeon.ir.model.Model,
+        feeds: list[dict[str, np.ndarray]],
+        *rest: str,
     ) -> object:
         runs.append("source" if model.path == path else "candidate")
-        return real(runtime, model, feeds)
+        return real(runtime, model, feeds, *rest)
 
     monkeypatch.setattr(surgeon.verify.verifier, "run_model", spy)
     steps = [RenameIO(inputs={"x": "a"}), RenameIO(outputs={"y": "b"}), RenameIO(inputs={"a": "c"})]

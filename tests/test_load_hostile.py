@@ -315,11 +315,12 @@ def test_edited_model_onnxruntime_refuses_fails_verification_naming_the_step(tmp
     path = _save(_relu(), tmp_path / "m.onnx")
     steps = [RenameIO(inputs={"x": "inp"}), _BreakOp()]
     with pytest.raises(
-        VerificationError, match=r"passes\[1\] \(break-op\): onnxruntime cannot load the edited model .*NoSuchOp"
+        VerificationError,
+        match=r"the model after passes\[1\] \(break-op\) fails: onnxruntime cannot load the edited model .*NoSuchOp",
     ) as info:
         Pipeline(steps, verify={"device": "cpu"}).apply(path, tmp_path / "out.onnx")
     assert not isinstance(info.value, ModelError) and info.value.exit_code == 1
-    with pytest.raises(VerificationError, match=r"passes\[1\] \(break-op\): onnxruntime cannot load"):
+    with pytest.raises(VerificationError, match=r"passes\[1\] \(break-op\) fails: onnxruntime cannot load"):
         Pipeline(steps, verify={"device": "cpu", "mode": "end"}).apply(path, tmp_path / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 

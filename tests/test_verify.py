@@ -117,9 +117,9 @@ def test_reference_is_computed_once_per_pipeline(monkeypatch: pytest.MonkeyPatch
     calls: list[str] = []
     real = verify.run_model
 
-    def counting(runtime, model, feeds):
+    def counting(runtime, model, feeds, *rest):
         calls.append(str(model.path))
-        return real(runtime, model, feeds)
+        return real(runtime, model, feeds, *rest)
 
     monkeypatch.setattr(verify, "run_model", counting)
     passes = [RenameIO(inputs={"onnx::MatMul_0": "x"}), RenameIO(outputs={"/relu/Relu_output_0": "y"})]

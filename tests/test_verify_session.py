@@ -97,9 +97,9 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = Verifier.check
 
-    def spy(self: Verifier, candidate: Any, contracts: Any, tol: Tolerance) -> Any:
+    def spy(self: Verifier, candidate: Any, contracts: Any, tol: Tolerance, *rest: Any) -> Any:
         calls.append(len(contracts))
-        return real(self, candidate, contracts, tol)
+        return real(self, candidate, contracts, tol, *rest)
 
     monkeypatch.setattr(Verifier, "check", spy)
     return calls
@@ -191,7 +191,10 @@ def test_the_source_onnxruntime_refuses_is_a_model_error_an_edited_one_blames_th
 
     steps = [RenameIO(inputs={"x": "inp"}), _BreakOp()]
     for mode in ("each", "end"):
-        with pytest.raises(VerificationError, match=r"^passes\[1\] \(break-op\): onnxruntime cannot load the edited"):
+        with pytest.raises(
+            VerificationError,
+            match=r"^the model after passes\[1\] \(break-op\) fails: onnxruntime cannot load the edited",
+        ):
             Pipeline(steps, verify={**CPU, "mode": mode}).run(_chain())
 
     # a load failure of the source during start is the source's, said as it is (no step named)
@@ -354,7 +357,19 @@ def test_reports_serialize_verdicts_and_kinds_as_plain_strings() -> None:
         ("probe unlabelled", "probe", "ok"),
     ]
     assert all(type(o["kind"]) is str and type(o["verdict"]) is str for o in outputs)
-    assert list(outputs[0]) == ["name", "ok", "verdict", "max_abs", "max_rel", "rtol", "atol", "shape", "note", "kind"]
+    assert list(outputs[0]) == [
+        "name",
+        "ok",
+        "verdict",
+        "max_abs",
+        "max_rel",
+        "rtol",
+        "atol",
+        "shape",
+        "note",
+        "kind",
+        "tolerance",
+    ]
     text = json.dumps(data)
     assert '"verdict": "unchanged"' in text and "Verdict." not in text and "CheckKind." not in text
     end = Pipeline(steps[:1], verify={**CPU, "mode": "end"}).run(_chain()).as_dict()

@@ -75,10 +75,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from surgeon.ir.model import load
     from surgeon.ir.targets import Target, guard_writes
     from surgeon.report import verify_report, write_report
-    from surgeon.verify.compare import Tolerance
     from surgeon.verify.contract import IOContract
     from surgeon.verify.probes import probe_dynamic_axes
     from surgeon.verify.runtime import SessionLoadError
+    from surgeon.verify.session import config_tolerance
     from surgeon.verify.verifier import Verifier
 
     cfg = overrides(args).verify_config()
@@ -101,7 +101,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         verifier.reference()
     except SessionLoadError as exc:  # the reference itself: a model problem, not a failed comparison
         raise ModelError(f"{ref.name}: onnxruntime cannot load the model: {exc.reason}") from None
-    tol = Tolerance(cfg.rtol, cfg.atol)
+    tol = config_tolerance(cfg)
     check = verifier.check(cand, [contract], tol)
     divergence = verifier.localize(ref, 0, cand, tol) if args.localize else None
     check.outputs += verifier.probe(cand, [contract], 0, tol)

@@ -51,13 +51,25 @@ def fmt_err(value: float | None) -> str:
     return "0" if value == 0 else f"{value:.2e}"
 
 
+def step_verdict(verdict: object, check: StepCheck | None) -> str:
+    """A step's verdict as markup: a step whose probes proved nothing (accepted) is never a plain
+    green "ok" ("ok, 1 proved nothing" in yellow)."""
+    from surgeon.verify.compare import Verdict
+
+    text = str(verdict)
+    unproved = sum(o.verdict is Verdict.PROVED_NOTHING for o in check.outputs) if check is not None else 0
+    if text == "ok" and unproved:
+        return f"[yellow]ok, {unproved} proved nothing[/yellow]"
+    style = {"ok": "green", "FAIL": "bold red"}.get(text, "dim")
+    return f"[{style}]{_e(text)}[/{style}]"
+
+
 def progress_line(console: Console, step: StepReport, total: int, verbose: bool = False) -> None:
-    style = {"ok": "green", "FAIL": "bold red"}.get(step.verdict, "dim")
     err = fmt_err(step.check.max_abs) if step.check else "-"
     console.print(
         f"\\[{step.index + 1}/{total}] [bold]{_e(step.label)}[/bold]  "
         f"{'modified' if step.modified else 'unchanged'}  nodes {step.nodes_before}→{step.nodes_after}  "
-        f"{step.seconds:.2f}s  max err {err}  [{style}]{step.verdict}[/{style}]",
+        f"{step.seconds:.2f}s  max err {err}  {step_verdict(step.verdict, step.check)}",
         highlight=False,
     )
     if verbose:
@@ -70,14 +82,20 @@ def progress_line(console: Console, step: StepReport, total: int, verbose: bool 
 
 
 def show_outputs(console: Console, check: StepCheck, only_failures: bool = False, indent: str = "") -> None:
+    """One line per check; ``only_failures`` (the default output) still shows every probe that
+    proved nothing, in yellow: it is never shown as ok."""
+    from surgeon.verify.compare import Verdict
+
     for o in check.outputs:
-        if only_failures and o.ok:
+        unproved = o.verdict is Verdict.PROVED_NOTHING
+        if only_failures and o.ok and not unproved:
             continue
-        style = "green" if o.ok else "bold red"
+        style = "yellow" if unproved else "green" if o.ok else "bold red"
         tail = f"  ({_e(o.note)})" if o.note else ""
+        why = f" ({_e(o.tolerance)})" if getattr(o, "tolerance", "") else ""
         console.print(
             f"{indent}{_e(o.name)}: shape {_e(list(o.shape))}  max abs {fmt_err(o.max_abs)}  max rel {fmt_err(o.max_rel)}  "
-            f"tol rtol={o.rtol:g} atol={o.atol:g}  [{style}]{o.verdict}[/{style}]{tail}",
+            f"tol rtol={o.rtol:g} atol={o.atol:g}{why}  [{style}]{o.verdict}[/{style}]{tail}",
             highlight=False,
         )
 
@@ -101,7 +119,6 @@ def summary_table(console: Console, result: PipelineResult) -> None:
             f"[{style}]{'ok' if result.export['ok'] else 'FAIL'}[/{style}]",
         )
     for s in result.steps:
-        style = {"ok": "green", "FAIL": "bold red"}.get(s.verdict, "dim")
         table.add_row(
             str(s.index + 1),
             _e(s.label),
@@ -109,10 +126,9 @@ def summary_table(console: Console, result: PipelineResult) -> None:
             f"{s.nodes_before}→{s.nodes_after}",
             f"{s.seconds:.2f}s",
             fmt_err(s.check.max_abs) if s.check else "-",
-            f"[{style}]{s.verdict}[/{style}]",
+            step_verdict(s.verdict, s.check),
         )
     if result.final_check is not None:
-        style = "green" if result.final_check.ok else "bold red"
         table.add_row(
             "",
             "end of pipeline",
@@ -120,7 +136,7 @@ def summary_table(console: Console, result: PipelineResult) -> None:
             "",
             "",
             fmt_err(result.final_check.max_abs),
-            f"[{style}]{'ok' if result.final_check.ok else 'FAIL'}[/{style}]",
+            step_verdict("ok" if result.final_check.ok else "FAIL", result.final_check),
         )
     console.print(table)
     if result.final_check is not None:

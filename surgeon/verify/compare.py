@@ -73,6 +73,9 @@ class OutputCheck:
     shape: tuple[int, ...] = ()
     note: str = ""
     kind: CheckKind = CheckKind.OUTPUT
+    tolerance: str = ""
+    """Where the tolerance came from when it is not the step's ("float16 output": sized for the
+    output's precision, as no tolerance was set)."""
 
     def __post_init__(self) -> None:
         self.verdict = Verdict(self.verdict)
@@ -88,15 +91,40 @@ class OutputCheck:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Numeric contract: ``|a - b| <= atol + rtol * |b|`` elementwise."""
+    """Numeric contract: ``|a - b| <= atol + rtol * |b|`` elementwise. ``explicit``: the user set
+    it (a step's ``verify:``, ``--rtol``/``--atol``, the recipe's ``verify.rtol``/``atol``), so it
+    applies as written; otherwise a float16 or bfloat16 output is compared at least at the
+    tolerance its precision allows (:data:`PRECISION`)."""
 
     rtol: float
     atol: float
+    explicit: bool = False
 
     def loosest(self, other: Tolerance | None) -> Tolerance:
         if other is None:
             return self
-        return Tolerance(max(self.rtol, other.rtol), max(self.atol, other.atol))
+        return Tolerance(max(self.rtol, other.rtol), max(self.atol, other.atol), self.explicit and other.explicit)
+
+    def for_dtype(self, dtype: Any, magnitude: float) -> tuple[Tolerance, str]:
+        """The tolerance for an output of ``dtype`` whose expected values reach ``magnitude`` and,
+        when it is sized for that precision, why ("float16 output")."""
+        name = getattr(dtype, "name", str(dtype))
+        eps = PRECISION.get(name)
+        if self.explicit or eps is None:
+            return self, ""
+        sized = Tolerance(max(self.rtol, eps), max(self.atol, eps * magnitude))
+        if sized == Tolerance(self.rtol, self.atol):
+            return self, ""
+        return sized, f"{name} output: rtol {eps:g}, atol {eps:g} x max |expected|"
+
+
+PRECISION: dict[str, float] = {"float16": 1e-3, "bfloat16": 1e-2}
+"""Relative precision of the half types, rounded up: one unit in the last place is at most 2**-10
+(float16) and 2**-7 (bfloat16) of a value. Where the user set no tolerance, an output of such a
+type is compared at ``rtol`` this and ``atol`` this times the output's largest expected
+magnitude: one rounding step of an intermediate as large as the output (a folded constant, a
+BatchNormalization fused into a Conv, another order of the same sums) passes, as in every peer
+tool, and an error that size is not hidden by near-zero values."""
 
 
 @dataclass
@@ -136,12 +164,18 @@ def compare(
     if _structured(expected) or _structured(actual):
         return compare_values(name, expected, actual, tol, kind)
     expected, actual = np.asarray(expected), np.asarray(actual)
+    if actual.dtype.name in PRECISION and expected.dtype == actual.dtype and expected.size:
+        finite = np.abs(expected.astype(np.float64))
+        tol, why = tol.for_dtype(actual.dtype, float(finite[np.isfinite(finite)].max(initial=0.0)))
+    else:
+        why = ""
     base: dict[str, Any] = {
         "name": name,
         "rtol": tol.rtol,
         "atol": tol.atol,
         "shape": tuple(actual.shape),
         "kind": kind,
+        "tolerance": why,
     }
     if expected.shape != actual.shape:
         return OutputCheck(

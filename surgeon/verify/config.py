@@ -47,3 +47,7 @@ class StepVerify(BaseModel):
     rtol: float | None = Field(None, ge=0, description="relative tolerance for this step")
     atol: float | None = Field(None, ge=0, description="absolute tolerance for this step")
     skip: bool = Field(False, description="do not verify after this step (the next check still covers it)")
+    accept_unproved: bool | list[str] = Field(
+        False,
+        description="accept probes that prove nothing about axes the step makes dynamic (true, or the symbols accepted); by default such a probe fails the step",
+    )

@@ -4,7 +4,7 @@ runtime that binds outputs by index, or allocates by declared shape, would get i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,12 +79,54 @@ def _follow(name: str, contracts: Sequence[IOContract], kind: str) -> _Track | N
     return t
 
 
+@dataclass(frozen=True)
+class MadeStatic:
+    """An output axis whose symbol only the exporter named (no input has it, no step of the recipe
+    named it: ``Concathidden_out_dim_2``) that re-inference made static. A caller cannot tell the
+    difference where the model gives that size at every size probed, so that is what is checked."""
+
+    output: str
+    """The output's name after the steps."""
+    axis: int
+    symbol: str
+    size: int
+
+
+def made_static(before: onnx.ModelProto, after: onnx.ModelProto, contracts: Sequence[IOContract]) -> list[MadeStatic]:
+    """The output axes of ``after`` that hold a static size where ``before`` has a symbol that no
+    input of ``before`` shares and no step named (mark-dynamic's output axes, symbols it traced)."""
+    inputs = {d for p in ports(before, "input") for d in (p.dims or ()) if isinstance(d, str)}
+    named: set[str] = set()
+    for c in contracts:
+        named |= set(c.traced_dims)
+        for probe in c.probes:
+            named |= {s for axes in getattr(probe, "outs", {}).values() for s in axes.values()}
+    now = {p.name: p for p in ports(after, "output")}
+    out = []
+    for old in ports(before, "output"):
+        t = _follow(old.name, contracts, "output")
+        new = now.get(t.name) if t is not None else None
+        if new is None or old.dims is None or new.dims is None or len(old.dims) != len(new.dims):
+            continue
+        for axis, (a, b) in enumerate(zip(old.dims, new.dims)):
+            if isinstance(a, str) and isinstance(b, int) and a not in inputs and a not in named:
+                out.append(MadeStatic(new.name, axis, a, b))
+    return out
+
+
 def check_interface(
-    before: onnx.ModelProto, after: onnx.ModelProto, contracts: Sequence[IOContract]
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    contracts: Sequence[IOContract],
+    produced: Sequence[Mapping[str, tuple[int, ...]]] = (),
 ) -> list[OutputCheck]:
-    """One failed check per undeclared change of order, dtype or dims; nothing when all holds."""
-    problems: list[OutputCheck] = []
+    """One failed check per undeclared change of order, dtype or dims; nothing when all holds.
+    ``produced``: the output shapes ``after`` gave at each size it was run at; an exporter's
+    output symbol made static (:func:`made_static`) is no change where every one of them has that
+    size (one check, ``ok``, says so), and fails otherwise."""
+    problems: list[OutputCheck] = list(_named_made_static(after, contracts))
     reordered = any(c.reordered for c in contracts)
+    statics = {(m.output, m.axis): m for m in made_static(before, after, contracts)}
     for kind in ("input", "output"):
         now = {p.name: (i, p) for i, p in enumerate(ports(after, kind))}
         kept: list[tuple[str, str]] = []
@@ -98,9 +140,12 @@ def check_interface(
             if not t.type_free and old.dtype and new.dtype and old.dtype != new.dtype:
                 what = f"dtype {_dtype(new.dtype)} != {_dtype(old.dtype)} before"
                 problems.append(_fail(label, what))
-            change = None if t.dims_free else _dims_change(old.dims, new.dims, t.free_axes)
+            mine = {axis for (name, axis) in statics if name == t.name}
+            change = None if t.dims_free else _dims_change(old.dims, new.dims, t.free_axes | mine)
             if change:
                 problems.append(_fail(label, change))
+            for axis in sorted(mine if not t.dims_free else ()):
+                problems.append(_made_static(label, statics[(t.name, axis)], produced))
         order = [new for _, new in sorted(kept, key=lambda k: now[k[1]][0])]
         want = [new for _, new in kept]
         if not reordered and order != want:
@@ -108,6 +153,43 @@ def check_interface(
                 _fail(f"{kind}s", f"order {order} != {want} before (a runtime binding by position gets them swapped)")
             )
     return problems
+
+
+def _named_made_static(after: onnx.ModelProto, contracts: Sequence[IOContract]) -> list[OutputCheck]:
+    """Output axes a step named with a symbol (mark-dynamic's ``outputs``) that are static in
+    ``after`` although no later step declares that axis changed: the caller was promised a
+    symbol."""
+    now = {p.name: p for p in ports(after, "output")}
+    out = []
+    seen: set[tuple[int, str, int]] = set()
+    for k, c in enumerate(contracts):
+        for probe in c.probes:
+            for name, axes in getattr(probe, "outs", {}).items():
+                for axis, symbol in axes.items():
+                    if (k, name, axis) in seen:
+                        continue
+                    seen.add((k, name, axis))
+                    t = _follow(name, contracts[k + 1 :], "output")
+                    port = now.get(t.name) if t is not None else None
+                    if t is None or port is None or port.dims is None or axis >= len(port.dims):
+                        continue
+                    if isinstance(port.dims[axis], int) and not (t.dims_free or axis in t.free_axes):
+                        what = f"axis {axis} is {port.dims[axis]}, was '{symbol}' (named by a step; symbolic -> static)"
+                        out.append(_fail(f"output '{t.name}'", what))
+    return out
+
+
+def _made_static(label: str, m: MadeStatic, produced: Sequence[Mapping[str, tuple[int, ...]]]) -> OutputCheck:
+    shapes = [p.get(m.output) for p in produced]
+    sizes = [shape[m.axis] for shape in shapes if shape is not None and m.axis < len(shape)]
+    what = f"axis {m.axis} is {m.size}, was '{m.symbol}' (a symbol no input has, named by the exporter)"
+    name = f"interface: {label} axis {m.axis}"
+    if sizes and all(n == m.size for n in sizes):
+        note = f"{what}: the model gives {m.size} at every size run ({len(sizes)}), so no caller sees a change"
+        return OutputCheck(name, True, Verdict.OK, note=note, kind=CheckKind.INTERFACE)
+    seen = ", ".join(str(n) for n in sizes) or "no run"
+    note = f"{what}, but the model gives {seen} (symbolic -> static); no contract declares it"
+    return OutputCheck(name, False, Verdict.FAIL, note=note, kind=CheckKind.INTERFACE)
 
 
 def _dims_change(old: Dims, new: Dims, free: set[int] | frozenset[int] = frozenset()) -> str:

@@ -39,12 +39,16 @@ class Divergence:
     non_finite: str = ""
     """The first node of the second model whose output holds NaN/Inf ("" when none)."""
     compared: int = 0
+    failed: str = ""
+    """Why the localization could not finish (a model failed with its tensors exposed), naming it."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def line(self) -> str:
         parts = []
+        if self.failed and not self.tensor:
+            return f"could not localize: {self.failed}"
         if self.tensor:
             ins = ", ".join(f"'{k}' {v:.3g}" for k, v in self.inputs.items()) or "none compared"
             what = f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}" + (f" ({self.note})" if self.note else "")
@@ -96,10 +100,14 @@ def localize(
     feed_after: Mapping[str, np.ndarray],
     tol: Tolerance,
     batch: int = BATCH,
+    names: tuple[str, str] = ("the first model", "the second model"),
 ) -> Divergence:
-    """The first tensor (topological order of ``after``) that differs between the models."""
+    """The first tensor (topological order of ``after``) that differs between the models; ``names``
+    name ``before`` and ``after`` in messages (a run that fails with its tensors exposed is said
+    in ``failed``, naming its model)."""
     import numpy as np
 
+    from surgeon.errors import SurgeonError
     from surgeon.verify.runtime import run_model
 
     known = {t for t, _ in _producers(before.proto)}
@@ -107,9 +115,15 @@ def localize(
     out = Divergence()
     errors: dict[str, float] = {}
     for chunk in _batches(common, _sizes(after.proto, feed_after), batch, max(MIN_BUDGET, _weight_bytes(after.proto))):
-        names = [t for t, _ in chunk]
-        ref = run_model(runtime, _exposed(before, names), [feed_before])[0]
-        got = run_model(runtime, _exposed(after, names), [feed_after])[0]
+        exposed = [t for t, _ in chunk]
+        try:
+            ref = run_model(runtime, _exposed(before, exposed), [feed_before], f"{names[0]} with its tensors exposed")[
+                0
+            ]
+            got = run_model(runtime, _exposed(after, exposed), [feed_after], f"{names[1]} with its tensors exposed")[0]
+        except SurgeonError as exc:
+            out.failed = str(exc)
+            break
         for name, node in chunk:
             if (
                 name not in ref

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import sys
@@ -232,8 +233,12 @@ def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
         yield path, None, None
 
 
-def run_model(runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Run ``model`` once per feed in one session; outputs by name."""
+def run_model(
+    runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.ndarray]], name: str = ""
+) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` once per feed in one session; outputs by name. ``name`` (``the model after
+    passes[2] (to-fp16)``) starts the message of a failed run: "<name> fails: ..."."""
+    prefix = f"{name} fails: " if name else ""
     with on_disk(model) as (path, folder, data):
         sess = runtime.session(path, folder, data)
         names = [o.name for o in sess.get_outputs()]
@@ -245,12 +250,12 @@ def run_model(runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.nd
             missing = wanted - set(feed)
             if missing:
                 raise VerificationError(
-                    f"the model has input(s) the contract does not feed: {', '.join(sorted(missing))}"
+                    f"{prefix}the model has input(s) the contract does not feed: {', '.join(sorted(missing))}"
                 )
             try:
                 outs = sess.run(names, {k: v for k, v in feed.items() if k in wanted}, quiet)
             except Exception as exc:
-                raise VerificationError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+                raise VerificationError(f"{prefix}onnxruntime failed to run the model: {_first_line(exc)}") from None
             results.append(dict(zip(names, outs)))
         del sess
     _release_freed_memory()
@@ -314,3 +319,116 @@ def ort_limits() -> dict[str, int]:
     if m:
         limits["max_opset"] = int(m.group(1))
     return limits
+
+
+# --- the runtime's default session, in a child process -------------------------------------------
+
+DEFAULT_LEVEL_CHILD = "from surgeon.verify.runtime import default_level_child; default_level_child()"
+"""The program of the child process that loads and runs models at onnxruntime's default
+optimization level (``python -c``; it imports only this module, onnxruntime and numpy). One child
+serves a surgeon process (started at the first check, about 0.4 s; each later check costs a
+session and a run); one that crashed is replaced at the next check."""
+
+DEFAULT_LEVEL_TIMEOUT = 600.0
+"""Seconds one check may take (a model that hangs the default session is said to, not waited on)."""
+
+_CHILDREN: dict[str, Any] = {}
+
+
+def default_level_problem(runtime: Runtime, model: Model, feed: Mapping[str, np.ndarray] | None) -> str:
+    """Load ``model`` and run it once on ``feed`` in a child process, with onnxruntime's default
+    session options (``ORT_ENABLE_ALL``: every graph optimization, unlike the verifier's sessions)
+    and the verifier's providers, so a crash (an onnxruntime bug in an optimizer or a fused kernel)
+    ends the child, not this process. Returns "" when it ran, else what happened, in one line."""
+    import numpy as np
+
+    providers = runtime._providers or ["CPUExecutionProvider"]
+    with on_disk(model) as (path, folder, data), tempfile.TemporaryDirectory(prefix="surgeon-default-") as tmp:
+        if data is not None:  # the weights folder is read-only: the graph goes to a file of its own
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(data)
+        feed_path = Path(tmp) / "feed.npz"
+        runnable = feed is not None and all(np.asarray(v).dtype.kind != "O" for v in feed.values())
+        names = list(feed) if feed is not None and runnable else []
+        # by position, with the names beside: an input may be named anything ('file', 'a/b')
+        np.savez(feed_path, *[np.asarray(feed[k]) for k in names] if feed is not None else [])
+        job = [str(path), str(feed_path) if runnable else "", names, str(folder or ""), providers]
+        return _ask_child(job)
+
+
+def _ask_child(job: list[Any]) -> str:
+    """``job`` for the child (started if none is alive): its answer, or how it died."""
+    import subprocess
+    import threading
+
+    child = _CHILDREN.get(DEFAULT_LEVEL_CHILD)
+    if child is None or child.poll() is not None:
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-c", DEFAULT_LEVEL_CHILD],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError as exc:
+            return f"the child process could not start: {exc}"
+        _CHILDREN[DEFAULT_LEVEL_CHILD] = child
+    answer: list[str] = []
+    stdin, stdout = child.stdin, child.stdout
+    assert stdin is not None and stdout is not None
+    try:
+        stdin.write(json.dumps(job) + "\n")
+        stdin.flush()
+        reader = threading.Thread(target=lambda: answer.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(DEFAULT_LEVEL_TIMEOUT)
+    except OSError:  # it died before reading the job
+        pass
+    if answer and answer[0].strip():
+        return str(json.loads(answer[0]))
+    _CHILDREN.pop(DEFAULT_LEVEL_CHILD, None)
+    if not answer:  # still busy: hung
+        child.kill()
+        child.wait()
+        return f"did not finish in {DEFAULT_LEVEL_TIMEOUT:g} s"
+    code = child.wait()
+    if code < 0:
+        import signal
+
+        try:
+            return f"crashed ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"crashed (signal {-code})"
+    return f"the child process ended (exit code {code})"
+
+
+def default_level_child() -> None:
+    """The child of :func:`default_level_problem`: reads one job a line on stdin (the model, the
+    .npz feed or '' to only load it, the feed's names, the external data folder or '', the
+    providers) and answers one JSON string a line: '' when the model loaded and ran, else what
+    failed."""
+    for line in sys.stdin:
+        print(json.dumps(_default_level_run(*json.loads(line))), flush=True)
+
+
+def _default_level_run(model: str, feed_path: str, names: list[str], folder: str, providers: list[str]) -> str:
+    import numpy as np
+
+    ort = quiet_ort()
+    so = ort.SessionOptions()  # the default: ORT_ENABLE_ALL
+    so.log_severity_level = 4
+    if folder:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    try:
+        sess = ort.InferenceSession(model, so, providers=providers)
+    except Exception as exc:
+        return f"onnxruntime cannot load it: {load_failure(exc)}"
+    if feed_path:
+        with np.load(feed_path, allow_pickle=False) as data:
+            feed = {k: data[f"arr_{i}"] for i, k in enumerate(names)}
+        try:
+            sess.run(None, feed)
+        except Exception as exc:
+            return f"onnxruntime failed to run it: {_first_line(exc)}"
+    return ""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from surgeon.errors import ModelError, VerificationError
 from surgeon.verify.compare import StepCheck, Tolerance
 from surgeon.verify.contract import IOContract
-from surgeon.verify.runtime import SessionLoadError
+from surgeon.verify.runtime import SessionLoadError, default_level_problem
 from surgeon.verify.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -48,9 +48,13 @@ class VerificationSession:
         """Set when onnxruntime cannot load the source: the pipeline raises it as it is (a model
         problem, not the step's during which the reference ran)."""
         self.contracts: list[IOContract] = []
+        self.names: list[str] = []
+        """Each step as messages name it (``passes[2] (to-fp16)``)."""
+        self.accepted: list[bool | list[str]] = []
+        """Each step's ``verify.accept_unproved``."""
         self.allowed: list[Tolerance] = []
         """Each step's own tolerance."""
-        self.tol = Tolerance(config.rtol, config.atol)
+        self.tol = config_tolerance(config)
         """The tolerance of a check after the steps so far."""
         self.good: tuple[Model | None, int] = (None, 0)
         """The last model that passed its check, and how many steps it had (localization starts there)."""
@@ -91,6 +95,8 @@ class VerificationSession:
         the step's keywords. Returns the check (None when the step was not checked)."""
         step = len(self.contracts)
         self.contracts.append(contract)
+        self.accepted.append(verify.accept_unproved if verify is not None else False)
+        self.names.append(who)
         own, explicit = step_tolerance(contract, default, verify, self.config, self.override)
         self.allowed.append(own)
         self.tol = own if explicit else loosest(self.allowed)
@@ -106,8 +112,9 @@ class VerificationSession:
         ):
             model = candidate()
             with blamed_on(who):
-                check = self._check(model)
-                check.outputs += self.verifier.probe(model, self.contracts, step, self.tol)
+                check = self._check(model, who)
+                name = f"the model after {who}"
+                check.outputs += self.verifier.probe(model, self.contracts, step, self.tol, self.accepted[step], name)
             if check.ok:
                 self.good = (model, step + 1)
             self.checked = model
@@ -122,11 +129,29 @@ class VerificationSession:
         if self.verifier is None or not self.unverified:
             return final, None
         with blamed_on(self.last_modified):
-            check = self._check(final)
+            check = self._check(final, self.last_modified)
             if self.config.mode == "end":
+                name = _after(self.last_modified)
                 for k in range(len(self.contracts)):
-                    check.outputs += self.verifier.probe(final, self.contracts, k, self.tol)
+                    check.outputs += self.verifier.probe(final, self.contracts, k, self.tol, self.accepted[k], name)
         return final, check
+
+    def default_level(self, final: Model) -> str | None:
+        """``final`` loaded and run once at onnxruntime's default optimization level, in a child
+        process, on the last check's feed (:func:`surgeon.verify.runtime.default_level_problem`):
+        None when verification is off, "" when it ran, else a failure line naming the model."""
+        if self.verifier is None:
+            return None
+        last = self.verifier.last
+        feed = last[1] if last is not None else self.verifier.feed
+        problem = default_level_problem(self.verifier.runtime, final, feed)
+        if not problem:
+            return ""
+        who = _after(self.last_modified) if self.last_modified else "the model (no step modified it)"
+        return (
+            f"{who} fails in onnxruntime's default session (ORT_ENABLE_ALL, run once in a child process): "
+            f"{problem}; the checks ran with graph optimizations off"
+        )
 
     # -- what the pipeline reports --------------------------------------------------------------
     @property
@@ -144,15 +169,21 @@ class VerificationSession:
         """How integer inputs' values were chosen."""
         return list(self.verifier.values) if self.verifier is not None else []
 
-    def _check(self, model: Model) -> StepCheck:
-        """``model`` against the source through every contract so far; where it fails, where it
-        first diverges from the last model that passed."""
+    def _check(self, model: Model, who: str | None) -> StepCheck:
+        """``model`` (the model after ``who``) against the source through every contract so far;
+        where it fails, where it first diverges from the last model that passed."""
         assert self.verifier is not None
-        check = self.verifier.check(model, self.contracts, self.tol)
+        check = self.verifier.check(model, self.contracts, self.tol, _after(who))
         if not check.ok:
             before, k = self.good
-            check.divergence = self.verifier.localize(before or self.verifier.source, k, model, self.tol)
+            names = (_after(self.names[k - 1]) if k else "the source", _after(who))
+            check.divergence = self.verifier.localize(before or self.verifier.source, k, model, self.tol, names)
         return check
+
+
+def _after(who: str | None) -> str:
+    """How messages name the model a step made ("the model after passes[2] (to-fp16)")."""
+    return f"the model after {who}" if who else "the edited model"
 
 
 @contextlib.contextmanager
@@ -162,10 +193,9 @@ def blamed_on(who: str | None) -> Iterator[None]:
     try:
         yield
     except SessionLoadError as exc:
-        prefix = f"{who}: " if who else ""
         raise VerificationError(
-            f"{prefix}onnxruntime cannot load the edited model ({exc.reason}); the source loads, so the step "
-            "made a model onnxruntime refuses"
+            f"{_after(who)} fails: onnxruntime cannot load the edited model ({exc.reason}); the source loads, "
+            "so the step made a model onnxruntime refuses"
         ) from None
 
 
@@ -178,13 +208,22 @@ def step_tolerance(
 ) -> tuple[Tolerance, bool]:
     """A step's own tolerance, and whether the user set it: per field, the command line's
     (``override``), else the step's ``verify:``, else the pass's default (``default``: its
-    ``Pass.default_tolerance``, the one channel), else the pipeline's."""
-    base = default or Tolerance(cfg.rtol, cfg.atol)
+    ``Pass.default_tolerance``, the one channel), else the pipeline's. A tolerance the user set
+    anywhere (the recipe's ``verify.rtol`` too, where the pass has no default) is ``explicit``: no
+    float16 output is compared at a tolerance sized for its precision then."""
+    base = default or config_tolerance(cfg)
     user: dict[str, float] = {}
     if verify is not None:
         user.update({k: v for k in ("rtol", "atol") if (v := getattr(verify, k)) is not None})
     user.update(override)
-    return Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol)), bool(user)
+    tol = Tolerance(user.get("rtol", base.rtol), user.get("atol", base.atol), bool(user) or base.explicit)
+    return tol, bool(user)
+
+
+def config_tolerance(cfg: VerifyConfig) -> Tolerance:
+    """The recipe's (or the command line's) ``verify.rtol`` / ``atol``; ``explicit`` when either
+    was set rather than defaulted."""
+    return Tolerance(cfg.rtol, cfg.atol, bool({"rtol", "atol"} & cfg.model_fields_set))
 
 
 def loosest(tols: Sequence[Tolerance]) -> Tolerance:

@@ -14,7 +14,7 @@ from surgeon.verify.contract import IOContract
 from surgeon.verify.dims import Sizes, choose_sizes, search_sizes, sizes_of_data, source_failure_tail
 from surgeon.verify.domains import Domain, describe, integer_domains
 from surgeon.verify.feeds import load_npz, make_feed
-from surgeon.verify.interface import check_interface
+from surgeon.verify.interface import check_interface, made_static
 from surgeon.verify.localize import Divergence, localize
 from surgeon.verify.probes import run_probes
 from surgeon.verify.runtime import Runtime, SessionLoadError, run_model
@@ -182,9 +182,12 @@ class Verifier:
         chain = self.backward(contracts[: last + 1], feed)
         return chain[-1], self.replay(contracts[: last + 1], [chain])[0], last + 1
 
-    def check(self, candidate: Model, contracts: Sequence[IOContract], tol: Tolerance) -> StepCheck:
+    def check(
+        self, candidate: Model, contracts: Sequence[IOContract], tol: Tolerance, name: str = "the candidate model"
+    ) -> StepCheck:
         """Run ``candidate`` on the source feed mapped through ``contracts``; compare each output
-        with the reference mapped the same way; then run the last step's probes."""
+        with the reference mapped the same way; then run the last step's probes. ``name`` names
+        ``candidate`` in messages ("the model after passes[2] (to-fp16)")."""
         import numpy as np
 
         feed, expected, start = self._start(candidate, contracts)
@@ -196,13 +199,16 @@ class Verifier:
         sizes = self.sizes_for(graph_inputs(candidate.proto), contracts, feed, exact=True)
         self.last = (candidate, feed, sizes)
         try:
-            actual = run_model(self.runtime, candidate, [feed])[0]
+            actual = run_model(self.runtime, candidate, [feed], name)[0]
         except SessionLoadError:
             raise  # not a run at a size: the model does not load (the pipeline names the step)
         except VerificationError as exc:
             raise VerificationError(f"{exc}; {sizes.describe()}" if sizes.chosen else str(exc)) from None
         result = StepCheck(device=self.device_line, sizes=sizes.lines())
-        result.outputs += check_interface(self.source.proto, candidate.proto, contracts)
+        produced = [{k: tuple(np.shape(v)) for k, v in actual.items()}]
+        if made_static(self.source.proto, candidate.proto, contracts):
+            produced += self._at_other_sizes(candidate, contracts, sizes)
+        result.outputs += check_interface(self.source.proto, candidate.proto, contracts, produced)
         for name, value in expected.items():
             if name not in actual:
                 result.outputs.append(
@@ -227,20 +233,58 @@ class Verifier:
                     )
         return result
 
-    def localize(self, before: Model, k: int, candidate: Model, tol: Tolerance) -> Divergence | None:
+    def _at_other_sizes(
+        self, candidate: Model, contracts: Sequence[IOContract], sizes: Sizes
+    ) -> list[dict[str, tuple[int, ...]]]:
+        """Output shapes of ``candidate`` with every symbol of its inputs at another size (twice
+        the check's, or 3 for 1): where an output symbol was made static, whether the model gives
+        that size there too. Nothing when it has no symbol or does not run there (its own checks
+        say why)."""
+        import numpy as np
+
+        specs = graph_inputs(candidate.proto)
+        dims = {k: 2 * v if v > 1 else 3 for k, v in sizes.dims().items()}
+        if not dims:
+            return []
+        try:
+            feed = make_feed(specs, self.config, dims, 2, self.domains_for(candidate, []))
+            out = run_model(self.runtime, candidate, [feed])[0]
+        except SurgeonError:
+            return []
+        return [{k: tuple(np.shape(v)) for k, v in out.items()}]
+
+    def localize(
+        self,
+        before: Model,
+        k: int,
+        candidate: Model,
+        tol: Tolerance,
+        names: tuple[str, str] = ("the source", "the candidate model"),
+    ) -> Divergence | None:
         """After a failed check of ``candidate``: where it first diverges from ``before``, the model
-        after the first ``k`` contracts of that check (the source when ``k`` is 0)."""
+        after the first ``k`` contracts of that check (the source when ``k`` is 0); ``names`` name
+        both in messages."""
         if self.last is None or self.last[0] is not candidate or k not in self.chain:
             return None
         try:
-            return localize(self.runtime, before, self.chain[k], candidate, self.last[1], tol)
-        except SurgeonError:
-            return None
+            return localize(self.runtime, before, self.chain[k], candidate, self.last[1], tol, names=names)
+        except SurgeonError as exc:
+            return Divergence(failed=str(exc))
 
-    def probe(self, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance) -> list[OutputCheck]:
+    def probe(
+        self,
+        candidate: Model,
+        contracts: Sequence[IOContract],
+        step: int,
+        tol: Tolerance,
+        accept: bool | Sequence[str] = False,
+        name: str = "the candidate model",
+    ) -> list[OutputCheck]:
         """The probes of step ``step`` (of ``contracts``) on ``candidate``, the model after every
-        contract: each sees what :class:`surgeon.verify.contract.ProbeEnv` offers, nothing else."""
-        return run_probes(contracts[step].probes, ProbeEnv(self, candidate, contracts, step, tol))
+        contract: each sees what :class:`surgeon.verify.contract.ProbeEnv` offers, nothing else.
+        ``accept``: the step's ``verify.accept_unproved``; ``name`` names ``candidate`` in messages."""
+        env = ProbeEnv(self, candidate, contracts, step, tol, name)
+        return run_probes(contracts[step].probes, env, accept)
 
 
 class ProbeEnv:
@@ -249,9 +293,16 @@ class ProbeEnv:
     candidate), and run the model before the step (through the source)."""
 
     def __init__(
-        self, verifier: Verifier, candidate: Model, contracts: Sequence[IOContract], step: int, tol: Tolerance
+        self,
+        verifier: Verifier,
+        candidate: Model,
+        contracts: Sequence[IOContract],
+        step: int,
+        tol: Tolerance,
+        name: str = "the candidate model",
     ) -> None:
         self._verifier = verifier
+        self.name = name
         self.candidate = candidate
         self.contracts = contracts
         self.step = step
@@ -276,13 +327,17 @@ class ProbeEnv:
         return make_feed(self.specs, self.config, {**self.sizes, **dims}, seed_offset, self._domains)
 
     def run_after(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        import numpy as np
+
         mapped = []
         for feed in feeds:
             f = dict(feed)
             for c in self.contracts[self.step + 1 :]:
                 f = c.map_feed(f, self._verifier.intermediates(c, f))
             mapped.append(f)
-        outs = run_model(self._verifier.runtime, self.candidate, mapped)
+        shapes = "; ".join(", ".join(f"{k} {list(np.shape(v))}" for k, v in f.items()) for f in mapped)
+        name = f"{self.name} (at the probe's inputs: {shapes})"
+        outs = run_model(self._verifier.runtime, self.candidate, mapped, name)
         later = self.contracts[self.step + 1 :]
         return [{_unrename(k, later, "out"): v for k, v in o.items()} for o in outs]
 
@@ -290,7 +345,10 @@ class ProbeEnv:
         """Outputs of the model before the step, named as after it, for feeds named as after it."""
 
         before = self.contracts[: self.step + 1]
-        return self._verifier.replay(before, [self._verifier.backward(before, feed) for feed in feeds])
+        try:
+            return self._verifier.replay(before, [self._verifier.backward(before, feed) for feed in feeds])
+        except VerificationError as exc:
+            raise VerificationError(f"the source, run for the probe's expected outputs, fails: {exc}") from None
 
 
 def _unrename(name: str, contracts: Sequence[IOContract], kind: str) -> str:

@@ -57,13 +57,19 @@ def test_batch_reshape_rewritten_and_probed() -> None:
 
 
 def test_spatial_axes_and_output_symbols() -> None:
-    res, proto = _run(
-        mi.classifier_example(spatial=(4, 4)),
-        inputs={"image": {0: "N", 2: "h", -1: "w"}},
-        outputs={"logits": {0: "N"}},
-        batch_symbols=["N"],
-    )
+    from surgeon.pipeline import Step
+    from surgeon.verify.config import StepVerify
+
+    params = {"inputs": {"image": {0: "N", 2: "h", -1: "w"}}, "outputs": {"logits": {0: "N"}}, "batch_symbols": ["N"]}
+    model = mi.classifier_example(spatial=(4, 4))
+    # a global pool: no output follows h or w, so their probes prove nothing, which fails the step
+    assert not _run(model, **params)[0].ok
+    res = Pipeline(
+        [Step(MarkDynamic(**params), verify=StepVerify(accept_unproved=["h", "w"]))], verify={"device": "cpu"}
+    ).run(model)
+    proto = res.model.proto
     assert res.ok
+    assert sum(p.verdict == "proved nothing" for p in _probes(res)) == 2
     assert _dims(proto.graph.input[0]) == ["N", 3, "h", "w"] and _dims(proto.graph.output[0]) == ["N", 5]
     names = sorted(p.name for p in _probes(res))
     assert (
@@ -171,8 +177,9 @@ def test_reshape_sizes_from_shape(opset: int, ops: list[str]) -> None:
     assert "Reshape 'merge': shape [2, 6, 5] -> [0, 'x[1]*x[2]', 'x[3]'] (sizes read with Shape)" in res.steps[0].notes
     assert _ops(proto) == ops
     assert res.ok and all(p.ok for p in _probes(res))
-    # s and t are on no output: their probes only show the model runs, and say so
-    assert sorted(p.verdict for p in _probes(res)) == ["ok", "ok (ran)", "ok (ran)", "proved nothing", "proved nothing"]
+    # s and t are on no output, but the output's axes follow them: their probes say so
+    assert sorted(p.verdict for p in _probes(res)) == ["ok", "ok (ran)", "ok (ran)"]
+    assert any("axis 1 follows 's'" in p.note for p in _probes(res))
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.arange(5 * 4 * 2 * 3, dtype=np.float32).reshape(5, 4, 2, 3)
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x.reshape(5, 8, 3))
