@@ -43,7 +43,7 @@ REDUCTIONS = {"ReduceSum": 1, "ReduceMean": 1, "ReduceL1": 1, "ReduceSumSquare":
 """Reductions whose running sum can overflow, with the power their terms are raised to."""
 INT_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13}
 _FAILED_NODE = re.compile(r"(?:node with name '|node\. Name:')([^']*)'")
-KERNEL_GAPS: dict[tuple[str, str, str, tuple[Any, ...]], str] = {}
+KERNEL_GAPS: dict[tuple[str, str, tuple[Any, ...]], str] = {}
 """(provider, half type, op, attributes) -> the runtime's words, for signatures that failed once."""
 
 
@@ -392,7 +392,7 @@ class Search:
         half = self.p.dtype
         while True:
             for i, n in enumerate(self.graph.nodes):
-                gap = KERNEL_GAPS.get((self.runtime.used or "?", half, *signature(n)[:2], signature(n)[2]))
+                gap = KERNEL_GAPS.get(_gap_key(self.runtime.used, half, n))
                 if gap is not None and i not in kept:
                     kept[i] = gap
             model = self.convert(kept, True)
@@ -406,7 +406,7 @@ class Search:
                     raise VerificationError(f"the model after to-fp16 fails in onnxruntime: {_short(text)}") from None
                 node = self.graph.nodes[idx]
                 why = f"no {half} kernel on {self.runtime.used or 'the runtime'}: {_short(text)}"
-                KERNEL_GAPS[(self.runtime.used or "?", half, *signature(node)[:2], signature(node)[2])] = why
+                KERNEL_GAPS[_gap_key(self.runtime.used, half, node)] = why
                 kept[idx] = why
                 self.log(f"kernel: {self.graph.label(idx)} stays float32 ({why})")
 
@@ -428,14 +428,17 @@ class Search:
             integral = all(bool(np.all(f == np.round(f))) for f in finite) and any(f.size for f in finite)
             self.stats[name] = Stat(amax, integral, tuple(arrays[0].shape))
         for t, v in self.graph.consts.items():
-            self.stats.setdefault(t, Stat(float(np.abs(v).max()) if v.size else 0.0, False, tuple(v.shape)))
+            finite = v[np.isfinite(v)]
+            amax = float(np.abs(finite).max()) if finite.size else 0.0
+            integral = bool(finite.size > 1 and np.all(finite == np.round(finite)))  # a table, not one number
+            self.stats.setdefault(t, Stat(amax, integral, tuple(v.shape)))
         self.out.runs += len(feeds) * max(1, math.ceil(n / 64))
 
     def contributions(
         self, model: Model, kept: Mapping[int, str], feeds: Sequence[Mapping[str, Any]]
     ) -> dict[int, float]:
         """Per converted node: how much its output's error (max abs over the samples, relative to
-        the tensor's largest value) exceeds the largest of its inputs'."""
+        the tensor's spread) exceeds the largest of its inputs'."""
         import numpy as np
 
         from surgeon.verify.localize import BATCH, paired_tensors
@@ -454,9 +457,10 @@ class Search:
                     worst = math.inf
                     break
                 fin = np.isfinite(a64)
-                scale = float(np.abs(a64[fin]).max()) if fin.any() else 0.0
-                if fin.any():
-                    worst = max(worst, float(np.abs(a64[fin] - b64[fin]).max()) / max(scale, 1e-12))
+                if fin.any():  # relative to the tensor's spread: an offset carries no signal
+                    want = a64[fin]
+                    scale = max(float(want.std()), 1e-3 * float(np.abs(want).max()), 1e-12)
+                    worst = max(worst, float(np.abs(want - b64[fin]).max()) / scale)
             else:
                 err[name] = worst
         self.out.runs += 2 * len(feeds) * max(1, math.ceil(count / BATCH))
@@ -492,12 +496,15 @@ class Search:
                     changed = True
 
     def run(self, fixed: Mapping[int, str]) -> Outcome:
-        from surgeon.verify.runtime import run_model
+        from surgeon.verify.runtime import SessionLoadError, run_model
 
         calib, held, note = calibration_feeds(self.source, self.p.calibration)
         self.out.calibration = note
-        refs = run_model(self.runtime, self.source, calib)
-        held_refs = run_model(self.runtime, self.source, held)
+        try:
+            refs = run_model(self.runtime, self.source, calib)
+            held_refs = run_model(self.runtime, self.source, held)
+        except SessionLoadError as exc:
+            raise VerificationError(f"the model before to-fp16 fails in onnxruntime: {exc.reason}") from None
         self.out.runs += len(calib) + len(held)
         self.out.provider = self.runtime.used
         self.reference_stats(calib + held)
@@ -553,6 +560,10 @@ class Search:
             f"float32 (last: {self.out.rounds[-1] if self.out.rounds else 'none'}); "
             "raise max_rounds or loosen the budget"
         )
+
+
+def _gap_key(provider: str, half: str, node: onnx.NodeProto) -> tuple[str, str, tuple[Any, ...]]:
+    return (provider or "?", half, signature(node))
 
 
 NODE_PREFIX = "surgeon_fp16_node_"
