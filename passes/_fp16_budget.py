@@ -536,9 +536,9 @@ class Search:
             candidates = sorted(((s, i) for i, s in scores.items()), reverse=True)
             if not candidates:
                 break
-            top = candidates[0][0]
-            room = max(1, math.ceil(0.15 * len(candidates)))
-            chosen = [(s, i) for s, i in candidates if s >= 0.5 * top][:room] if top > 0 else candidates[:room]
+            # the worst tenth first, a larger share each round: at most a few rounds to all-float32
+            room = max(1, math.ceil(len(candidates) * min(1.0, 0.1 * 2 ** (r - 1))))
+            chosen = candidates[:room]
             for s, i in chosen:
                 kept[i] = f"error contribution {s:.3g} (round {r})"
             self.merge_islands(kept)
@@ -547,7 +547,7 @@ class Search:
         floor = judge(self.p.budget, references, gots)
         if not all(v.ok for v in floor):
             raise VerificationError(
-                "to-fp16: the budget cannot be met: even with every compute node in float32 the model misses it ("
+                "the budget cannot be met: even with every compute node in float32 the model misses it ("
                 + "; ".join(v.line() for v in floor if not v.ok)
                 + (
                     "): the half-precision inputs/outputs alone exceed it (keep_io_types: true keeps them float32)"
@@ -556,7 +556,7 @@ class Search:
                 )
             )
         raise VerificationError(
-            f"to-fp16: the budget is not met after {self.p.max_rounds} round(s) with {len(kept)} node(s) in "
+            f"the budget is not met after {self.p.max_rounds} round(s) with {len(kept)} node(s) in "
             f"float32 (last: {self.out.rounds[-1] if self.out.rounds else 'none'}); "
             "raise max_rounds or loosen the budget"
         )
