@@ -92,7 +92,13 @@ class ToFP16(Pass):
     Weights: one tensor at a time (ModelIR.values); converted weights are held in memory as
     float16 (half their float32 size), untouched ones stay on disk.
 
-    Contract: approximate, the pass's ``tolerance`` (rtol 1e-2, atol 1e-2) unless the recipe overrides it.
+    With ``budget`` (and ``calibration``) the pass chooses the nodes that stay float32 so every
+    output keeps its budget on calibration and held-out samples (see ``_fp16_budget``); Loop/Scan/If
+    and their bodies stay float32, and nodes the runtime has no half kernel for stay float32 (found by
+    running the converted model), with or without a budget. ``dtype: bfloat16`` converts to bfloat16.
+
+    Contract: approximate, the budget's tolerance, else the pass's ``tolerance`` (rtol 1e-2, atol 1e-2;
+    bfloat16 5e-2) unless the recipe overrides it.
     Without ``keep_io_types`` the verifier feeds float16 inputs (the float32 feed, rounded) and
     compares float16 outputs; those inputs and outputs are declared as changing dtype (and nothing
     else: their dims must stay). With it, the interface stays as it was.
