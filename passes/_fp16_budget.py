@@ -405,7 +405,8 @@ class Search:
                 if idx is None or idx in kept or idx >= len(self.graph.nodes):
                     raise VerificationError(f"the model after to-fp16 fails in onnxruntime: {_short(text)}") from None
                 node = self.graph.nodes[idx]
-                why = f"no {half} kernel on {self.runtime.used or 'the runtime'}: {_short(text)}"
+                where = f"{self.runtime.used}ExecutionProvider" if self.runtime.used else "the runtime"
+                why = f"no {half} kernel on {where}: {_short(text)}"
                 KERNEL_GAPS[_gap_key(self.runtime.used, half, node)] = why
                 kept[idx] = why
                 self.log(f"kernel: {self.graph.label(idx)} stays float32 ({why})")
@@ -445,7 +446,13 @@ class Search:
 
         err: dict[str, float] = {}
         count = 0
-        for name, _node, ref, got in paired_tensors(self.runtime, self.source, feeds, model, cast_feeds(model, feeds)):
+        # tensors numpy cannot hold (bfloat16) are seen through the float32 Cast the converter put after them
+        unseen = {vi.name for vi in model.proto.graph.value_info if vi.type.tensor_type.elem_type == 16}
+        seen_as = {f"{t}_fp32": t for t in unseen}
+        pairs = paired_tensors(
+            self.runtime, self.source, feeds, model, cast_feeds(model, feeds), same_as=seen_as, skip=unseen
+        )
+        for name, _node, ref, got in pairs:
             count += 1
             worst = 0.0
             for a, b in zip(ref, got):
@@ -576,5 +583,7 @@ def _named_index(name: str) -> int | None:
 
 
 def _short(text: str) -> str:
+    """The runtime's words, without the candidate's private node names."""
     text = text.split("Status Message:")[-1].strip()
+    text = re.sub(r" (?:node )?with name '" + NODE_PREFIX + r"\d+'", "", text)
     return text[:160]

@@ -191,8 +191,9 @@ class ToFP16(Pass):
         _prepare(model)
         conv = _Converter(model, self.params, set(kept), False)
         conv.run()
-        if not conv.changed:
-            return PassResult(False, IOContract())
+        details |= _summary(graph, search, outcome, kept, conv, self.params)
+        if not conv.changed:  # every node stays float32: say why
+            return PassResult(False, IOContract(), _summary_lines(details, log), details)
         model.shell.metadata_props.add(key=MARK, value=f"{self.params.dtype} ({len(kept)} node(s) kept float32)")
         contract = IOContract()
         if not self.params.keep_io_types:  # only these ports change, and only their dtype
@@ -201,9 +202,7 @@ class ToFP16(Pass):
             for name in conv.fp16_outputs:
                 contract.expectations[name] = _half_output(name)
             contract.changed_types = {*conv.fp16_inputs, *conv.fp16_outputs}
-        notes = conv.notes()
-        details |= _summary(graph, search, outcome, kept, conv, self.params)
-        notes += _summary_lines(details, log)
+        notes = conv.notes() + _summary_lines(details, log)
         return PassResult(True, contract, notes, details)
 
 

@@ -290,3 +290,17 @@ def test_calibration_file_errors_are_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(PassPreconditionError, match="budget"):
         _apply(_attention(), calibration=str(tmp_path / "flat.npz"))
+
+
+def test_bfloat16_on_cpu_keeps_what_has_no_kernel_and_says_so() -> None:
+    """CPU has bfloat16 kernels for few ops: those without one stay float32 (found by loading the
+    converted model), the result runs, and the report says CPU converts little."""
+    src = _layernorm()
+    out, res = _apply(src, dtype="bfloat16", budget={"rtol": 5e-2, "atol": 5e-2})
+    kept = _kept(res)
+    assert any("no bfloat16 kernel" in why for why in kept.values()), kept
+    assert "bfloat16" in res.details["provider_note"]
+    x = np.random.default_rng(2).uniform(-1, 1, (4, 64)).astype(np.float32)
+    assert _within(_run(src, {"x": x})[0], _run(out, {"x": x})[0], 5e-2, 5e-2)
+    with pytest.raises(Exception, match="keep_io_types"):
+        _apply(src, dtype="bfloat16", keep_io_types=False)
