@@ -304,3 +304,23 @@ def test_bfloat16_on_cpu_keeps_what_has_no_kernel_and_says_so() -> None:
     assert _within(_run(src, {"x": x})[0], _run(out, {"x": x})[0], 5e-2, 5e-2)
     with pytest.raises(Exception, match="keep_io_types"):
         _apply(src, dtype="bfloat16", keep_io_types=False)
+
+
+def test_a_reduction_whose_running_sum_overflows_stays_float32() -> None:
+    """ReduceMean over 4096 values near 20: the mean fits float16, its running sum (~82000) does not."""
+    nodes = [
+        helper.make_node("Add", ["x", "bias"], ["xb"], name="bias"),
+        helper.make_node("ReduceMean", ["xb"], ["m"], axes=[1], keepdims=1, name="mean"),
+        helper.make_node("Sub", ["xb", "m"], ["y"], name="center"),
+    ]
+    src = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 4096])],
+        [helper.make_tensor_value_info("y", F, [1, 4096])],
+        [nh.from_array(np.full((1, 4096), 20.0, np.float32), "bias")],
+    )
+    src.opset_import[0].version = 17
+    out, res = _apply(src, budget={"rtol": 5e-2, "atol": 5e-2})
+    assert "running sum" in _kept(res)["mean"]
+    x = np.random.default_rng(6).uniform(-1, 1, (1, 4096)).astype(np.float32)
+    assert _within(_run(src, {"x": x})[0], _run(out, {"x": x})[0], 5e-2, 5e-2)
