@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from surgeon.ir.walk import iter_graphs
+from surgeon.errors import PassPreconditionError, SurgeonError
+from surgeon.ir.walk import gs_subgraphs, iter_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import require_names
 from surgeon.verify.compare import Tolerance
@@ -20,7 +21,12 @@ if TYPE_CHECKING:
     from surgeon.ir.adapter import ModelIR
 
 FP16_MAX = 65504.0
-FLOAT, FLOAT16 = 1, 10
+FLOAT, FLOAT16, BFLOAT16 = 1, 10, 16
+HALF = {
+    "float16": (FLOAT16, "tensor(float16)", FP16_MAX),
+    "bfloat16": (BFLOAT16, "tensor(bfloat16)", 3.3895313892515355e38),
+}
+"""Per half type: its ONNX type number, its schema type string, its largest finite value."""
 HAZARD_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 """Inputs that stay float32 whatever their schema allows (onnxruntime kernels want float32)."""
 SEQUENCE_OPS = {
@@ -47,6 +53,28 @@ DTYPE_ATTR_OPS = {
 """Generators whose ``dtype`` attribute sets the output type: left float32 (no float16 kernels)."""
 
 
+_CONTROL_FLOW = {"Loop", "Scan", "If"}
+MARK = "surgeon.to_fp16"
+"""Model metadata key to-fp16 leaves: a second application of the same half type changes nothing."""
+
+
+class OutputBudget(PassParams):
+    """One output's own budget (a field left out takes the budget's)."""
+
+    rtol: float | None = Field(None, ge=0, description="relative tolerance, as the verifier applies it")
+    atol: float | None = Field(None, ge=0, description="absolute tolerance")
+    cosine: float | None = Field(None, ge=-1, le=1, description="minimum cosine similarity over the samples")
+
+
+class Budget(PassParams):
+    """The accuracy the converted model keeps against the float32 one."""
+
+    rtol: float = Field(1e-2, ge=0, description="relative tolerance: |a-b| <= atol + rtol*|b|")
+    atol: float = Field(1e-2, ge=0, description="absolute tolerance")
+    cosine: float | None = Field(None, ge=-1, le=1, description="minimum cosine similarity over the samples")
+    outputs: dict[str, OutputBudget] = Field(default_factory=dict, description="per output name: its own budget")
+
+
 @register_pass("to-fp16")
 class ToFP16(Pass):
     """Convert float32 weights and activations to float16, with casts where float32 must stay.
@@ -64,7 +92,13 @@ class ToFP16(Pass):
     Weights: one tensor at a time (ModelIR.values); converted weights are held in memory as
     float16 (half their float32 size), untouched ones stay on disk.
 
-    Contract: approximate, the pass's ``tolerance`` (rtol 1e-2, atol 1e-2) unless the recipe overrides it.
+    With ``budget`` (and ``calibration``) the pass chooses the nodes that stay float32 so every
+    output keeps its budget on calibration and held-out samples (see ``_fp16_budget``); Loop/Scan/If
+    and their bodies stay float32, and nodes the runtime has no half kernel for stay float32 (found by
+    running the converted model), with or without a budget. ``dtype: bfloat16`` converts to bfloat16.
+
+    Contract: approximate, the budget's tolerance, else the pass's ``tolerance`` (rtol 1e-2, atol 1e-2;
+    bfloat16 5e-2) unless the recipe overrides it.
     Without ``keep_io_types`` the verifier feeds float16 inputs (the float32 feed, rounded) and
     compares float16 outputs; those inputs and outputs are declared as changing dtype (and nothing
     else: their dims must stay). With it, the interface stays as it was.
@@ -74,6 +108,16 @@ class ToFP16(Pass):
         keep_io_types: bool = Field(True, description="keep float32 graph inputs and outputs (Casts at the boundary)")
         block_ops: list[str] = Field(default_factory=list, description="op types that stay float32")
         block_nodes: list[str] = Field(default_factory=list, description="node names that stay float32")
+        dtype: Literal["float16", "bfloat16"] = Field("float16", description="the half type: float16 or bfloat16")
+        budget: Budget | None = Field(
+            None,
+            description="accuracy the converted model keeps against the float32 one (rtol, atol, cosine, outputs); "
+            "with it the pass chooses the nodes that stay float32, and it is the step's tolerance",
+        )
+        calibration: str | None = Field(
+            None, description=".npz of input samples stacked on a first axis (the last third held out)"
+        )
+        max_rounds: int = Field(8, ge=1, description="rounds of error attribution at most (with a budget)")
 
     params: Params
     tolerance = Tolerance(rtol=1e-2, atol=1e-2)
@@ -81,19 +125,76 @@ class ToFP16(Pass):
     def requires(self, model: ModelIR) -> None:
         nodes = sorted({n.name for g in iter_graphs(model.graph) for n in g.nodes if n.name})
         require_names(self.params.block_nodes, nodes, "node", "block_nodes")
+        if self.params.budget is not None:
+            outs = [t.name for t in model.graph.outputs]
+            require_names(list(self.params.budget.outputs), outs, "output", "budget.outputs")
+        if self.params.dtype == "bfloat16" and not self.params.keep_io_types:
+            raise PassPreconditionError(
+                "dtype bfloat16 needs keep_io_types: true (the verifier feeds and compares float16 inputs and "
+                "outputs only)"
+            )
+        if self.params.calibration is not None and self.params.budget is None:
+            raise PassPreconditionError("calibration is read only with a budget: add budget: {rtol: ..., atol: ...}")
+
+    def default_tolerance(self, model: ModelIR) -> Tolerance | None:
+        """The budget, where there is one (the loosest of the outputs' own: the pass held each
+        output to its own); else rtol/atol 1e-2 (float16) or 5e-2 (bfloat16)."""
+        from surgeon.passes._fp16_budget import step_tolerance
+
+        if self.params.budget is not None:
+            return step_tolerance(self.params.budget, [t.name for t in model.graph.outputs])
+        return self.tolerance if self.params.dtype == "float16" else Tolerance(rtol=5e-2, atol=5e-2)
 
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.passkit.infer import tensor_types
+        from surgeon.ir.adapter import ModelIR as _IR
+        from surgeon.ir.model import Model
+        from surgeon.passes._fp16_budget import Graph, Search, calibration_feeds
+        from surgeon.verify.runtime import Runtime
 
-        g = model.graph
-        types = tensor_types(model)
-        for t in g.tensors().values():
-            if t.dtype is None and t.name in types:
-                t.dtype = types[t.name][0]
-        conv = _Converter(model, self.params)
+        done = {p.key: p.value for p in model.shell.metadata_props}.get(MARK)
+        if done is not None and done.split(" ")[0] == self.params.dtype:
+            return PassResult(False, IOContract(), [f"already converted by to-fp16 ({MARK}: {done}): nothing to do"])
+        source = model.to_model()
+        graph = Graph.of(source)
+        fixed = {
+            i: "blocked by the recipe (block_ops/block_nodes)"
+            for i, n in enumerate(graph.nodes)
+            if n.op_type in self.params.block_ops or (n.name and n.name in self.params.block_nodes)
+        }
+
+        def convert(kept: Mapping[int, str], name_nodes: bool) -> Model:
+            ir = _IR.from_model(Model(source.proto, base_dir=source.base_dir))
+            _prepare(ir)
+            _Converter(ir, self.params, set(kept), name_nodes).run()
+            return ir.to_model()
+
+        runtime = Runtime("auto")
+        log: list[str] = []
+        search = Search(source, convert, self.params, runtime, log.append)
+        details: dict[str, Any] = {"dtype": self.params.dtype}
+        if self.params.budget is not None:
+            outcome = search.run(fixed)
+            kept = outcome.kept
+        else:  # no budget: everything converts but what the runtime cannot run (asked on one feed)
+            outcome = search.out
+            kept = dict(fixed)
+            for i, n in enumerate(graph.nodes):
+                if n.op_type in _CONTROL_FLOW:
+                    kept[i] = "control flow: its subgraphs stay float32, Casts at the boundary"
+            try:
+                search.candidate(kept, calibration_feeds(source, None)[0][:1])
+            except SurgeonError as exc:  # the step's verification says what fails, at its own sizes
+                log.append(f"kernel check skipped: {exc}")
+            outcome.provider = runtime.used
+        if len(model.graph.nodes) != len(graph.nodes):  # pragma: no cover - export keeps node order
+            model.replace_graph(source.proto)
+        _prepare(model)
+        conv = _Converter(model, self.params, set(kept), False)
         conv.run()
-        if not conv.changed:
-            return PassResult(False, IOContract())
+        details |= _summary(graph, search, outcome, kept, conv, self.params)
+        if not conv.changed:  # every node stays float32: say why
+            return PassResult(False, IOContract(), _summary_lines(details, log), details)
+        model.shell.metadata_props.add(key=MARK, value=f"{self.params.dtype} ({len(kept)} node(s) kept float32)")
         contract = IOContract()
         if not self.params.keep_io_types:  # only these ports change, and only their dtype
             for name in conv.fp16_inputs:
@@ -101,7 +202,80 @@ class ToFP16(Pass):
             for name in conv.fp16_outputs:
                 contract.expectations[name] = _half_output(name)
             contract.changed_types = {*conv.fp16_inputs, *conv.fp16_outputs}
-        return PassResult(True, contract, conv.notes())
+        notes = conv.notes() + _summary_lines(details, log)
+        return PassResult(True, contract, notes, details)
+
+
+def _prepare(model: ModelIR) -> None:
+    """Types on every tensor shape inference knows (the converter reads dtypes)."""
+    from surgeon.passkit.infer import tensor_types
+
+    types = tensor_types(model)
+    for t in model.graph.tensors().values():
+        if t.dtype is None and t.name in types:
+            t.dtype = types[t.name][0]
+
+
+def _summary(
+    graph: Any, search: Any, outcome: Any, kept: Mapping[int, str], conv: _Converter, p: Any
+) -> dict[str, Any]:
+    """The report's figures: nodes kept float32 and why, half-precision fraction of compute nodes
+    and of estimated FLOPs, Casts, rounds, runs, the provider that judged."""
+    from surgeon.passes._fp16_budget import MOVEMENT, flops
+
+    compute = [i for i, n in enumerate(graph.nodes) if n.op_type not in MOVEMENT and i not in conv.non_float]
+    half = [i for i in compute if i in conv.half_nodes]
+    total = sum(flops(graph.nodes[i], search.stats) for i in compute)
+    half_flops = sum(flops(graph.nodes[i], search.stats) for i in half)
+    provider = outcome.provider or "CPU"
+    out: dict[str, Any] = {
+        "kept_float32": [
+            {"node": graph.nodes[i].name or graph.nodes[i].output[0], "op": graph.nodes[i].op_type, "why": why}
+            for i, why in sorted(kept.items())
+            if i < len(graph.nodes)
+        ],
+        "compute_nodes": len(compute),
+        "half_compute_nodes": len(half),
+        "half_fraction": round(len(half) / len(compute), 4) if compute else 0.0,
+        "half_flops_fraction": round(half_flops / total, 4) if total and search.stats else None,
+        "casts": conv.cast_nodes,
+        "rounds": len(outcome.rounds),
+        "round_log": list(outcome.rounds),
+        "onnxruntime_runs": outcome.runs,
+        "provider": f"{provider}ExecutionProvider",
+    }
+    if p.budget is not None:
+        out["budget"] = p.budget.model_dump(exclude_none=True)
+        out["calibration"] = outcome.calibration
+        out["held_out"] = [v.line() for v in outcome.verdicts]
+    if provider == "CPU":
+        out["provider_note"] = (
+            "judged on CPUExecutionProvider: its float16 kernels compute in float32 inside many ops, so GPU error "
+            "can be larger"
+            if p.dtype == "float16"
+            else "judged on CPUExecutionProvider, which has bfloat16 kernels for few ops: those without one stay "
+            "float32 here (a CUDA run converts more)"
+        )
+    return out
+
+
+def _summary_lines(d: Mapping[str, Any], log: list[str]) -> list[str]:
+    flops_text = (
+        f", {d['half_flops_fraction']:.0%} of estimated FLOPs" if d.get("half_flops_fraction") is not None else ""
+    )
+    lines = [
+        f"{d['half_compute_nodes']}/{d['compute_nodes']} compute nodes in {d['dtype']} ({d['half_fraction']:.0%}"
+        f"{flops_text}), {d['casts']} Cast node(s); {d['onnxruntime_runs']} onnxruntime run(s) on {d['provider']}"
+    ]
+    if "provider_note" in d:
+        lines.append(d["provider_note"])
+    if "calibration" in d:
+        lines.append(f"calibration: {d['calibration']}")
+    lines += log
+    lines += [f"float32: {k['node']} ({k['op']}): {k['why']}" for k in d["kept_float32"]]
+    if d.get("held_out"):
+        lines.append("held-out: " + "; ".join(d["held_out"]))
+    return lines
 
 
 def _half_feed(name: str) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
@@ -117,16 +291,26 @@ def _half_output(name: str) -> Callable[[Mapping[str, np.ndarray], Mapping[str, 
 
 
 class _Converter:
-    def __init__(self, model: ModelIR, params: ToFP16.Params) -> None:
+    def __init__(
+        self, model: ModelIR, params: ToFP16.Params, kept: set[int] | None = None, name_nodes: bool = False
+    ) -> None:
         import numpy as np
+        from onnx import helper
 
         self.model, self.p = model, params
-        self.f32, self.f16 = np.dtype(np.float32), np.dtype(np.float16)
+        self.to_half, self.half_str, self.half_max = HALF[params.dtype]
+        self.f32, self.f16 = np.dtype(np.float32), np.dtype(helper.tensor_dtype_to_np_dtype(self.to_half))
+        self.kept = kept or set()
+        self.name_nodes = name_nodes
         self.converted = 0
         self.clamped = 0
         self.casts = 0
+        self.cast_nodes = 0
+        self.half_nodes: set[int] = set()
+        self.non_float: set[int] = set()
         self.fp16_inputs: list[str] = []
         self.fp16_outputs: list[str] = []
+        self._blocked: set[int] = set()
         self._cast_cache: dict[tuple[int, str], gs.Variable] = {}
         self._fp16_consts: dict[int, gs.Constant] = {}
         self._const_sources: dict[int, gs.Constant] = {}
@@ -136,25 +320,49 @@ class _Converter:
         return bool(self.converted or self.casts or self.fp16_inputs)
 
     def notes(self) -> list[str]:
-        out = [f"converted {self.converted} tensor(s) to float16, inserted {self.casts} Cast(s)"]
+        out = [f"converted {self.converted} tensor(s) to {self.p.dtype}, inserted {self.casts} Cast(s)"]
         if self.clamped:
-            out.append(f"clamped {self.clamped} weight value(s) outside the float16 range to +-{FP16_MAX:g}")
+            out.append(
+                f"clamped {self.clamped} weight value(s) outside the {self.p.dtype} range to +-{self.half_max:g}"
+            )
         return out
 
     def blocked(self, node: gs.Node) -> bool:
         return (
-            node.op in self.p.block_ops
+            id(node) in self._blocked
+            or node.op in self.p.block_ops
             or node.op in SEQUENCE_OPS
             or bool(node.name)
             and node.name in self.p.block_nodes
         )
 
     def run(self) -> None:
+        from surgeon.passes._fp16_budget import NODE_PREFIX
+
+        top = self.model.graph
+        for i, node in enumerate(top.nodes):
+            if i in self.kept or node.op in _CONTROL_FLOW:
+                self._blocked.add(id(node))
+            if not any(o.dtype == self.f32 for o in node.outputs):
+                self.non_float.add(i)
+        for node in top.nodes:  # everything inside a float32 subgraph stays float32
+            if id(node) in self._blocked:
+                for sub in gs_subgraphs(node):
+                    self._blocked.update(id(n) for g in iter_graphs(sub) for n in g.nodes)
+        index = {id(n): i for i, n in enumerate(top.nodes)}
+        if self.name_nodes:
+            for i, node in enumerate(top.nodes):
+                node.name = f"{NODE_PREFIX}{i}"
         for g in list(iter_graphs(self.model.graph)):
             self._graph(g, top=g is self.model.graph)
+        for node in top.nodes:
+            if id(node) in index and any(_was_converted(o) for o in node.outputs):
+                self.half_nodes.add(index[id(node)])
         for original, half in self._originals():
-            if not original.outputs:  # every consumer converted: the float16 weight keeps the name
+            if not original.outputs:  # every consumer converted: the half weight keeps the name
                 half.name = original.name
+        _drop_cast_pairs(top)
+        self.cast_nodes = sum(n.op == "Cast" for g in iter_graphs(top) for n in g.nodes)
 
     def _originals(self) -> list[tuple[gs.Constant, gs.Constant]]:
         return [(orig, self._fp16_consts[i]) for i, orig in self._const_sources.items()]
@@ -188,7 +396,7 @@ class _Converter:
         if blocked or (node.op, i) in HAZARD_SLOTS or node.op in DTYPE_ATTR_OPS:  # *Like follow their input
             return self.f32
         allowed, follows = _slot(node, i, self.model.opset)
-        if allowed is not None and "tensor(float16)" not in allowed:
+        if allowed is not None and self.half_str not in allowed:
             return self.f32
         if node.op == "Cast" or not follows:
             return None  # any float type is fine here: keep what it is
@@ -198,7 +406,7 @@ class _Converter:
         import onnx_graphsurgeon as gs
 
         if node.op == "Cast" and int(node.attrs.get("to", 0)) == FLOAT:
-            node.attrs["to"] = FLOAT16
+            node.attrs["to"] = self.to_half
         elif node.op in ("Constant", "ConstantOfShape") and isinstance(node.attrs.get("value"), gs.Constant):
             value = node.attrs["value"]
             if value.dtype == self.f32:
@@ -206,7 +414,7 @@ class _Converter:
         elif node.op == "ConstantOfShape" and node.attrs.get("value") is None:  # the default: float32 zero
             import numpy as np
 
-            node.attrs["value"] = gs.Constant(f"{node.outputs[0].name}_value", np.zeros(1, np.float16))
+            node.attrs["value"] = gs.Constant(f"{node.outputs[0].name}_value", np.zeros(1, self.f16))
         elif node.op == "Constant" and ("value_float" in node.attrs or "value_floats" in node.attrs):
             # a float attribute can only hold float32: the value becomes a float16 tensor
             import numpy as np
@@ -226,7 +434,7 @@ class _Converter:
             return
         for k, o in enumerate(node.outputs):
             allowed = _slot(node, -1 - k, self.model.opset)[0]
-            if o.dtype == self.f32 and (allowed is None or "tensor(float16)" in allowed):
+            if o.dtype == self.f32 and (allowed is None or self.half_str in allowed):
                 self._mark(o)
 
     def _mark(self, t: gs.Tensor) -> None:
@@ -241,9 +449,9 @@ class _Converter:
         if id(t) not in self._fp16_consts:
             values = np.asarray(self.model.values(t))
             finite = np.isfinite(values)
-            over = finite & (np.abs(values) > FP16_MAX)
+            over = finite & (np.abs(values) > self.half_max)
             self.clamped += int(over.sum())
-            half = np.where(over, np.sign(values) * FP16_MAX, values).astype(np.float16)
+            half = np.where(over, np.sign(values) * self.half_max, values).astype(self.f16)
             self._fp16_consts[id(t)] = gs.Constant(f"{t.name}_fp16" if t.name else "", half)
             self._const_sources[id(t)] = t
             self.converted += 1
@@ -260,7 +468,7 @@ class _Converter:
                 gs.Node(
                     "Cast",
                     name=f"{t.name}_to_{suffix}",
-                    attrs={"to": FLOAT if want == self.f32 else FLOAT16},
+                    attrs={"to": FLOAT if want == self.f32 else self.to_half},
                     inputs=[t],
                     outputs=[out],
                 )
@@ -284,6 +492,34 @@ class _Converter:
             g.nodes.append(gs.Node("Cast", name=f"{name}_to_fp32", attrs={"to": FLOAT}, inputs=[t], outputs=[out]))
             g.outputs[i] = out
             self.casts += 1
+
+
+def _drop_cast_pairs(g: gs.Graph) -> None:
+    """A Cast whose input is a Cast from the type it casts back to (float32 -> half -> float32, or
+    half -> float32 -> half) reads the first Cast's input instead; the first goes when nothing
+    else reads it."""
+    for node in list(g.nodes):
+        if node.op != "Cast" or not node.inputs or len(node.inputs[0].inputs) != 1:
+            continue
+        first = node.inputs[0].inputs[0]
+        if first.op != "Cast" or not first.inputs:
+            continue
+        origin = first.inputs[0]
+        if origin.dtype is None or origin.dtype != node.outputs[0].dtype or node.outputs[0] in g.outputs:
+            continue
+        out = node.outputs[0]
+        for consumer in list(out.outputs):
+            for k, t in enumerate(consumer.inputs):
+                if t is out:
+                    consumer.inputs[k] = origin
+        node.outputs.clear()
+        node.inputs.clear()
+        g.nodes.remove(node)
+        mid = first.outputs[0]
+        if not mid.outputs and mid not in g.outputs:
+            first.outputs.clear()
+            first.inputs.clear()
+            g.nodes.remove(first)
 
 
 def _was_converted(t: gs.Tensor) -> bool:

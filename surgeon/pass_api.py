@@ -43,6 +43,8 @@ class PassResult:
     modified: bool
     contract: IOContract = field(default_factory=IOContract)
     notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    """Figures for the report (JSON values), under the step's ``details``."""
 
 
 class Pass(Generic[PlanT]):

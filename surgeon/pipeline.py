@@ -142,6 +142,7 @@ class Pipeline:
                 count_nodes(ir.graph),
                 time.perf_counter() - t0,
                 notes=list(result.notes),
+                details=dict(result.details),
             )
             report.check = session.after_step(
                 result.contract,

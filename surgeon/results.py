@@ -24,6 +24,8 @@ class StepReport:
     seconds: float
     check: StepCheck | None = None
     notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    """The pass's own figures (:attr:`surgeon.pass_api.PassResult.details`)."""
 
     @property
     def verdict(self) -> Verdict:
@@ -46,6 +48,7 @@ class StepReport:
             "sizes": list(self.check.sizes) if self.check else [],
             "divergence": self.check.divergence.as_dict() if self.check and self.check.divergence else None,
             "notes": self.notes,
+            "details": self.details,
         }
 
 

@@ -5,7 +5,7 @@ shape and the error of its inputs. The first node whose output holds NaN/Inf is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +150,40 @@ def localize(
         if out.tensor:
             break
     return out
+
+
+def paired_tensors(
+    runtime: Runtime,
+    before: Model,
+    feeds_before: Sequence[Mapping[str, np.ndarray]],
+    after: Model | None = None,
+    feeds_after: Sequence[Mapping[str, np.ndarray]] = (),
+    batch: int = BATCH,
+    same_as: Mapping[str, str] | None = None,
+    skip: Container[str] = (),
+) -> Iterator[tuple[str, onnx.NodeProto, list[Any], list[Any]]]:
+    """Every tensor of the top graph that both models produce (``after`` None: every tensor of
+    ``before``), in topological order, with its values on each feed: ``(name, producing node of
+    the second model, values in before, values in after (empty without after))``. Tensors are
+    exposed a batch at a time (the byte budget shared by the feeds), as :func:`localize` does.
+    ``same_as`` names tensors of ``after`` that hold a tensor of ``before`` under another name
+    (yielded under the latter's); tensors in ``skip`` (of ``after``) are not exposed."""
+    from surgeon.verify.runtime import run_model
+
+    second = after if after is not None else before
+    known = {t for t, _ in _producers(before.proto)}
+    alias = dict(same_as or {})
+    common = [(t, n) for t, n in _producers(second.proto) if alias.get(t, t) in known and t not in skip]
+    budget = max(MIN_BUDGET, _weight_bytes(second.proto)) // max(1, len(feeds_before))
+    sizes = _sizes(second.proto, (feeds_after or feeds_before)[0]) if feeds_before else {}
+    for chunk in _batches(common, sizes, batch, budget):
+        names = [t for t, _ in chunk]
+        ref = run_model(runtime, _exposed(before, [alias.get(t, t) for t in names]), feeds_before)
+        got = run_model(runtime, _exposed(after, names), feeds_after) if after is not None else []
+        for name, node in chunk:
+            mine = alias.get(name, name)
+            yield mine, node, [r.get(mine) for r in ref], [g.get(name) for g in got]
+        del ref, got
 
 
 def _batches(

@@ -1,0 +1,283 @@
+"""Mixed precision to a budget: surgeon's to-fp16 with ``budget:`` against onnxconverter-common's
+``auto_convert_mixed_precision`` and ModelOpt's AutoCast (where they install), on four small torch
+models written here (random weights, exported here with TorchScript).
+
+Per model and tool it prints: whether the budget holds on held-out data (fresh draws none of the
+tools saw), the fraction of compute nodes in float16, the Cast nodes added, wall time and
+onnxruntime runs. Run from the repository root: ``python benchmarks/bench_precision.py``
+(``--json out.json`` writes the rows). Needs ``pip install -e ".[bench]"`` for the peers; a peer
+that does not import is shown as "not installed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+RTOL, ATOL = 1e-2, 1e-3
+SAMPLES, HELD_OUT = 6, 4
+MOVEMENT = {
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split", "Slice", "Gather", "Identity",
+    "Shape", "Expand", "Cast", "Constant", "ConstantOfShape", "DepthToSpace", "Pad", "Where", "Range", "Equal",
+}  # fmt: skip
+
+
+def models() -> dict[str, tuple[Any, dict[str, tuple[int, ...]]]]:
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self, d: int, heads: int, causal: bool) -> None:
+            super().__init__()
+            self.qkv, self.out, self.heads, self.causal = nn.Linear(d, 3 * d), nn.Linear(d, d), heads, causal
+
+        def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+            b, s, d = x.shape
+            q, k, v = self.qkv(x).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
+            if self.causal:
+                mask = torch.triu(torch.ones(s, s, dtype=torch.bool), 1)
+                scores = scores.masked_fill(mask, torch.finfo(torch.float32).min)
+            if pad is not None:
+                scores = scores + (1.0 - pad[:, None, None, :]) * torch.finfo(torch.float32).min
+            return self.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d))
+
+    class Block(nn.Module):
+        def __init__(self, d: int, causal: bool) -> None:
+            super().__init__()
+            self.n1, self.n2, self.att = nn.LayerNorm(d), nn.LayerNorm(d), Attention(d, 4, causal)
+            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+        def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+            x = x + self.att(self.n1(x), pad)
+            return x + self.mlp(self.n2(x))
+
+    class Encoder(nn.Module):
+        def __init__(self, d: int = 64) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(d, False) for _ in range(2)])
+            self.pos = nn.Parameter(torch.randn(1, 16, d))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x + self.pos
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    class Decoder(nn.Module):
+        def __init__(self, vocab: int = 100, d: int = 64) -> None:
+            super().__init__()
+            self.emb, self.head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+            self.blocks = nn.ModuleList([Block(d, True) for _ in range(2)])
+            self.norm = nn.LayerNorm(d)
+
+        def forward(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+            positions = torch.arange(ids.shape[1]).float()[None, :, None]
+            x = self.emb(ids) + torch.sin(positions / 100.0)
+            for b in self.blocks:
+                x = b(x, pad)
+            return self.head(self.norm(x))
+
+    class Detector(nn.Module):
+        def __init__(self, classes: int = 8) -> None:
+            super().__init__()
+
+            def conv(i: int, o: int, s: int) -> nn.Module:
+                return nn.Sequential(nn.Conv2d(i, o, 3, s, 1), nn.BatchNorm2d(o), nn.SiLU())
+
+            self.c1, self.c2, self.c3 = conv(3, 16, 2), conv(16, 32, 2), conv(32, 64, 2)
+            self.lat = nn.Conv2d(64, 32, 1)
+            self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
+            self.head = nn.Conv2d(64, 4 + 1 + classes, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f2 = self.c2(self.c1(x))
+            f = torch.cat([self.up(self.lat(self.c3(f2))), f2], 1)
+            out = self.head(f).flatten(2).transpose(1, 2)
+            boxes = torch.cat([out[..., :2].sigmoid() * 64.0, out[..., 2:4].exp() * 8.0], -1)
+            return boxes, out[..., 4:5].sigmoid() * out[..., 5:].softmax(-1)
+
+    class SuperRes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(32, 4, 3, padding=1), nn.PixelShuffle(2),
+            )  # fmt: skip
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    torch.manual_seed(0)
+    return {
+        "encoder": (Encoder(), {"x": (1, 16, 64)}),
+        "decoder (masks)": (Decoder(), {"ids": (1, 16), "pad": (1, 16)}),
+        "detector": (Detector(), {"image": (1, 3, 64, 64)}),
+        "super-resolution": (SuperRes(), {"image": (1, 1, 32, 32)}),
+    }
+
+
+def draw(shapes: dict[str, tuple[int, ...]], n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        feed: dict[str, np.ndarray] = {}
+        for name, shape in shapes.items():
+            if name == "ids":
+                feed[name] = rng.integers(0, 100, shape).astype(np.int64)
+            elif name == "pad":
+                feed[name] = np.concatenate([np.ones((1, 12)), (rng.random((1, 4)) < 0.5)], 1).astype(np.float32)
+            else:
+                feed[name] = rng.standard_normal(shape).astype(np.float32)
+        out.append(feed)
+    return out
+
+
+def export(module: Any, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    import torch
+
+    args = tuple(torch.from_numpy(v) for v in draw(shapes, 1, 0)[0].values())
+    with contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
+        torch.onnx.export(module.eval(), args, str(path), input_names=list(shapes), opset_version=17, dynamo=False)
+
+
+def run(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return [sess.run(None, {k: v for k, v in f.items() if k in names}) for f in feeds]
+
+
+def within(refs: list[list[np.ndarray]], gots: list[list[np.ndarray]]) -> bool:
+    return all(
+        bool(np.all(np.abs(g.astype(np.float64) - r) <= ATOL + RTOL * np.abs(r)))
+        for ref, got in zip(refs, gots)
+        for r, g in zip(ref, got)
+    )
+
+
+def half_fraction(model: onnx.ModelProto) -> float:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    types |= {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.output}
+    compute = [n for n in inferred.graph.node if n.op_type not in MOVEMENT and types.get(n.output[0]) in (1, 10)]
+    return sum(types.get(n.output[0]) == 10 for n in compute) / max(1, len(compute))
+
+
+def casts(model: onnx.ModelProto, source: onnx.ModelProto) -> int:
+    return sum(n.op_type == "Cast" for n in model.graph.node) - sum(n.op_type == "Cast" for n in source.graph.node)
+
+
+def surgeon_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> tuple[onnx.ModelProto, int]:
+    from surgeon.ir.adapter import ModelIR
+    from surgeon.ir.model import load
+    from surgeon.passes.to_fp16 import ToFP16
+
+    npz = work / "calib.npz"
+    np.savez(npz, **{k: np.stack([f[k] for f in calib]) for k in calib[0]})
+    ir = ModelIR.from_model(load(src))
+    result = ToFP16(budget={"rtol": RTOL, "atol": ATOL}, calibration=str(npz))(ir)
+    return ir.to_proto(), int(result.details["onnxruntime_runs"])
+
+
+def occ_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> tuple[onnx.ModelProto, int]:
+    from onnxconverter_common import auto_mixed_precision
+
+    calls = [0]
+
+    def validate(ref: list[np.ndarray], got: list[np.ndarray]) -> bool:
+        calls[0] += 1
+        return all(np.allclose(g, r, rtol=RTOL, atol=ATOL) for r, g in zip(ref, got))
+
+    feed = calib[0]
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = auto_mixed_precision.auto_convert_mixed_precision(onnx.load(src), feed, validate, keep_io_types=True)
+    return out, calls[0] + 1  # one reference run, one run per attempt it validated
+
+
+def autocast_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> tuple[onnx.ModelProto, int]:
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    npz = work / "autocast.npz"
+    np.savez(npz, **{k: np.stack([f[k] for f in calib]) for k in calib[0]})
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = convert_to_mixed_precision(onnx_path=str(src), low_precision_type="fp16", keep_io_types=True)
+    return out, 1  # one reference run (its data_max/init_max thresholds)
+
+
+TOOLS: dict[str, Callable[[Path, list[dict[str, np.ndarray]], Path], tuple[onnx.ModelProto, int]]] = {
+    "surgeon": surgeon_tool,
+    "onnxconverter-common": occ_tool,
+    "ModelOpt AutoCast": autocast_tool,
+}
+
+
+def main() -> int:
+    global RTOL, ATOL
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--rtol", type=float, default=RTOL)
+    ap.add_argument("--atol", type=float, default=ATOL)
+    args = ap.parse_args()
+    RTOL, ATOL = args.rtol, args.atol
+    print(f"budget rtol {RTOL:g}, atol {ATOL:g}; {SAMPLES} calibration samples, {HELD_OUT} held out (CPU)")
+    print("| model             | tool                  | met  | half  | casts |    wall   | runs |")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name, (module, shapes) in models().items():
+            src_path = work / f"{name.split()[0]}.onnx"
+            export(module, shapes, src_path)
+            source = onnx.load(src_path)
+            calib, held = draw(shapes, SAMPLES, 1), draw(shapes, HELD_OUT, 2)
+            refs = run(source, held)
+            for tool, fn in TOOLS.items():
+                row: dict[str, Any] = {"model": name, "tool": tool}
+                t0 = time.perf_counter()
+                try:
+                    out, runs = fn(src_path, calib, work)
+                except ImportError as exc:
+                    row["error"] = f"not installed ({exc.name})"
+                except Exception as exc:  # a peer failing is a result too
+                    row["error"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
+                else:
+                    row |= {
+                        "seconds": round(time.perf_counter() - t0, 2),
+                        "met": within(refs, run(out, held)),
+                        "half": round(half_fraction(out), 3),
+                        "casts": casts(out, source),
+                        "runs": runs,
+                    }
+                rows.append(row)
+                print(_line(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _line(r: dict[str, Any]) -> str:
+    head = f"| {r['model']:<17} | {r['tool']:<21} |"
+    if "error" in r:
+        return f"{head} {r['error']}"
+    met = "yes" if r["met"] else "NO"
+    return f"{head} {met:>4} | {r['half']:>5.0%} | {r['casts']:>5} | {r['seconds']:>7.2f} s | {r['runs']:>4} |"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,589 @@
+"""to-fp16 to an accuracy budget: which nodes stay float32 so the converted model keeps its answers.
+
+The search works on copies of the model as the pass received it (nodes are named by their index
+in its top graph): hazards found before any conversion (constants and calibration values outside
+the half type's range, integer-valued float arithmetic, reductions whose sum overflows, shape
+arithmetic, control flow) stay float32 first; then each round converts the rest, runs the
+converted model against the float32 one on the calibration feed (every tensor of both, a batch at
+a time: :func:`surgeon.verify.localize.paired_tensors`), keeps the nodes whose output adds the
+most error to what their inputs already carried, and checks the budget again, until it holds on
+the calibration samples and on the held-out ones. Kernels the runtime lacks for the half type are
+found by asking it: a candidate that fails to load or run names the node, which stays float32
+(and every node of the same op and attributes, remembered per provider).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from surgeon.errors import UsageError, VerificationError
+from surgeon.verify.compare import Tolerance, compare
+
+if TYPE_CHECKING:
+    import onnx
+
+    from surgeon.ir.model import Model
+    from surgeon.verify.runtime import Runtime
+
+HALF_LIMITS = {"float16": (65504.0, 2048), "bfloat16": (3.3895313892515355e38, 256)}
+"""Largest finite value and largest run of exactly representable integers of each half type."""
+MOVEMENT = {
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split", "Slice", "Gather",
+    "GatherElements", "GatherND", "Identity", "Shape", "Size", "Expand", "Tile", "Cast", "CastLike",
+    "Constant", "ConstantOfShape", "DepthToSpace", "SpaceToDepth", "Pad", "ScatterND", "Dropout",
+}  # fmt: skip
+"""Ops that move or select values without arithmetic: not counted as compute nodes."""
+CONTROL_FLOW = {"Loop", "Scan", "If"}
+REDUCTIONS = {"ReduceSum": 1, "ReduceMean": 1, "ReduceL1": 1, "ReduceSumSquare": 2, "ReduceL2": 2}
+"""Reductions whose running sum can overflow, with the power their terms are raised to."""
+INT_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13}
+_FAILED_NODE = re.compile(r"(?:node with name '|node\. Name:')([^']*)'")
+KERNEL_GAPS: dict[tuple[str, str, tuple[Any, ...]], str] = {}
+"""(provider, half type, op, attributes) -> the runtime's words, for signatures that failed once."""
+
+
+@dataclass
+class Stat:
+    amax: float
+    integral: bool
+    shape: tuple[int, ...]
+    is_float: bool = True
+
+
+@dataclass
+class OutputVerdict:
+    name: str
+    ok: bool
+    max_abs: float
+    max_rel: float
+    cosine: float
+    budget: str
+
+    def line(self) -> str:
+        return (
+            f"'{self.name}' max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}, cosine {self.cosine:.6f} "
+            f"({'within' if self.ok else 'misses'} {self.budget})"
+        )
+
+
+@dataclass
+class Outcome:
+    """What the search chose, and what it cost."""
+
+    kept: dict[int, str] = field(default_factory=dict)
+    rounds: list[str] = field(default_factory=list)
+    runs: int = 0
+    provider: str = ""
+    calibration: str = ""
+    verdicts: list[OutputVerdict] = field(default_factory=list)
+
+
+# the budget ------------------------------------------------------------------------------------
+
+
+def output_budget(budget: Any, name: str) -> tuple[float, float, float | None]:
+    """(rtol, atol, minimum cosine) of one output: its own entry's fields, else the budget's."""
+    own = budget.outputs.get(name)
+    pick = [getattr(own, k) if own is not None and getattr(own, k) is not None else getattr(budget, k) for k in
+            ("rtol", "atol", "cosine")]  # fmt: skip
+    return float(pick[0]), float(pick[1]), pick[2]
+
+
+def step_tolerance(budget: Any, outputs: Sequence[str]) -> Tolerance:
+    """The step's verification tolerance: the budget's (the loosest over outputs with their own;
+    the search itself holds each output to its own budget)."""
+    tols = [output_budget(budget, n)[:2] for n in outputs] or [(budget.rtol, budget.atol)]
+    return Tolerance(max(t[0] for t in tols), max(t[1] for t in tols))
+
+
+def judge(budget: Any, refs: Sequence[Mapping[str, Any]], gots: Sequence[Mapping[str, Any]]) -> list[OutputVerdict]:
+    """Each output of ``gots`` against ``refs`` (float32) over every sample: rtol/atol as the
+    verifier applies them (the reference rounded to a half output's type), cosine over the samples."""
+    import numpy as np
+
+    out = []
+    for name in refs[0]:
+        rtol, atol, cos_min = output_budget(budget, name)
+        ok, max_abs, max_rel, dot, na, nb = True, 0.0, 0.0, 0.0, 0.0, 0.0
+        for ref, got in zip(refs, gots):
+            a, b = np.asarray(ref[name]), np.asarray(got[name])
+            if b.dtype != a.dtype and b.dtype.kind == "f":
+                a = a.astype(b.dtype)
+            check = compare(name, a.astype(np.float64), b.astype(np.float64), Tolerance(rtol, atol))
+            ok, max_abs, max_rel = ok and check.ok, max(max_abs, check.max_abs), max(max_rel, check.max_rel)
+            fa, fb = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+            fin = np.isfinite(fa) & np.isfinite(fb)
+            dot += float(fa[fin] @ fb[fin])
+            na += float(fa[fin] @ fa[fin])
+            nb += float(fb[fin] @ fb[fin])
+        cosine = 1.0 if na == nb == 0 else dot / math.sqrt(na * nb) if na and nb else 0.0
+        text = f"rtol {rtol:g}, atol {atol:g}" + (f", cosine >= {cos_min:g}" if cos_min is not None else "")
+        if cos_min is not None and cosine < cos_min:
+            ok = False
+        out.append(OutputVerdict(name, ok, max_abs, max_rel, cosine, text))
+    return out
+
+
+# the feeds -------------------------------------------------------------------------------------
+
+
+def calibration_feeds(source: Model, path: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """(calibration samples, held-out samples, where they came from). An ``.npz`` holds, per input,
+    its samples stacked on a new first axis; its last third (at least one) is held out. Without
+    one, two seeded draws of the verifier's feed calibrate and a third is held out."""
+    import numpy as np
+
+    from surgeon.verify.config import VerifyConfig
+    from surgeon.verify.feeds import make_feed
+    from surgeon.verify.specs import graph_inputs
+
+    specs = graph_inputs(source.proto)
+    if path is None:
+        cfg = VerifyConfig()
+        dims = {str(d): cfg.default_dim for s in specs for d in s.dims if isinstance(d, str)}
+        draws = [make_feed(specs, cfg, dims, seed_offset=k) for k in range(3)]
+        note = "the verifier's random feed (2 samples, 1 held out): give calibration: data.npz of real inputs"
+        return draws[:2], draws[2:], note
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{path}: calibration file does not exist")
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable .npz file ({exc})") from None
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise UsageError(
+            f"{path}: no samples for input(s) {', '.join(missing)}; it has: {', '.join(arrays) or 'nothing'}"
+        )
+    counts = set()
+    for s in specs:
+        a = arrays[s.name]
+        if a.ndim != len(s.dims) + 1:
+            raise UsageError(
+                f"{path}: '{s.name}' has shape {list(a.shape)}; calibration holds samples stacked on a first "
+                f"axis ({len(s.dims) + 1} dims for this input of rank {len(s.dims)})"
+            )
+        counts.add(a.shape[0])
+    if len(counts) != 1 or min(counts) < 2:
+        raise UsageError(f"{path}: every input needs the same number of samples, at least 2 (found {sorted(counts)})")
+    n = counts.pop()
+    held = max(1, n // 3)
+    samples = [{s.name: arrays[s.name][k].astype(s.dtype, copy=False) for s in specs} for k in range(n)]
+    return samples[: n - held], samples[n - held :], f"{path}: {n - held} samples, {held} held out"
+
+
+def cast_feeds(model: Model, feeds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The feeds as ``model`` declares its inputs (a float16 input gets the float32 feed rounded)."""
+    import numpy as np
+    from onnx import helper
+
+    types = {
+        vi.name: helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        for vi in model.proto.graph.input
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+    }
+    return [
+        {
+            k: (np.asarray(v).astype(types[k]) if k in types and np.asarray(v).dtype != types[k] else v)
+            for k, v in f.items()
+        }
+        for f in feeds
+    ]
+
+
+# graph facts -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Graph:
+    """The source's top graph, by node index: what each node reads and writes."""
+
+    nodes: list[onnx.NodeProto]
+    producer: dict[str, int]
+    consumers: dict[str, list[int]]
+    consts: dict[str, Any]
+    outputs: list[str]
+    inputs: list[str]
+
+    @classmethod
+    def of(cls, model: Model) -> Graph:
+        from onnx import numpy_helper
+
+        g = model.proto.graph
+        producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+        consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(g.node):
+            for t in set(n.input):
+                consumers.setdefault(t, []).append(i)
+            for sub in _outer_reads(n):
+                consumers.setdefault(sub, []).append(i)
+        consts: dict[str, Any] = {}
+        for t in g.initializer:
+            if t.data_type == 1 and not t.external_data:
+                consts[t.name] = numpy_helper.to_array(t)
+        for n in g.node:
+            if n.op_type == "Constant":
+                for a in n.attribute:
+                    if a.name == "value" and a.t.data_type == 1:
+                        consts[n.output[0]] = numpy_helper.to_array(a.t)
+        return cls(list(g.node), producer, consumers, consts, [o.name for o in g.output], [i.name for i in g.input])
+
+    def label(self, i: int) -> str:
+        n = self.nodes[i]
+        return f"{n.name or n.output[0]} ({n.op_type})"
+
+
+def _outer_reads(node: onnx.NodeProto) -> set[str]:
+    from surgeon.ir.walk import iter_proto_graphs, node_subgraphs
+
+    names: set[str] = set()
+    for sub in node_subgraphs(node):
+        for g in iter_proto_graphs(sub):
+            names.update(i for n in g.node for i in n.input)
+    return names
+
+
+def static_hazards(graph: Graph, dtype: str, fixed: Mapping[int, str]) -> dict[int, str]:
+    """Nodes that stay float32 whatever the data: control flow, shape/index arithmetic, consumers of
+    constants outside the half type's range."""
+    import numpy as np
+
+    top = HALF_LIMITS[dtype][0]
+    kept: dict[int, str] = dict(fixed)
+    for i, n in enumerate(graph.nodes):
+        if n.op_type in CONTROL_FLOW:
+            kept.setdefault(i, "control flow: its subgraphs stay float32, Casts at the boundary")
+        for t in n.input:
+            v = graph.consts.get(t)
+            if v is not None and v.size and n.op_type not in ("Cast", "CastLike"):
+                finite = v[np.isfinite(v)]
+                if finite.size and float(np.abs(finite).max()) > top:
+                    kept.setdefault(
+                        i, f"constant '{t}' holds {float(finite[np.abs(finite).argmax()]):.3g}, outside {dtype}'s range"
+                    )
+    # shape arithmetic: float nodes whose every result ends as a size, an index or a Resize scale
+    shape_like: set[str] = set()
+    for n in graph.nodes:
+        if n.op_type == "Cast" and _attr(n, "to") in INT_TYPES:
+            shape_like.add(n.input[0])
+        if n.op_type in ("Resize", "Upsample"):
+            shape_like.update(n.input[1:3])
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        n = graph.nodes[i]
+        outs = [o for o in n.output if o]
+        if outs and all(o in shape_like for o in outs) and n.op_type not in CONTROL_FLOW:
+            if n.op_type != "Cast" or _attr(n, "to") == 1:
+                kept.setdefault(i, "shape/index arithmetic: its values become sizes, indices or Resize scales")
+            shape_like.update(t for t in n.input if t and t not in graph.consts)
+    return kept
+
+
+def data_hazards(graph: Graph, stats: Mapping[str, Stat], dtype: str) -> dict[int, str]:
+    """Nodes that stay float32 for what the calibration feed shows: values beyond the half type's
+    range, integer-valued values beyond its exact integers, reductions whose sum overflows."""
+    top, exact = HALF_LIMITS[dtype]
+    kept: dict[int, str] = {}
+
+    def keep_around(t: str, why: str) -> None:
+        if t in graph.producer:
+            kept.setdefault(graph.producer[t], why)
+        for c in graph.consumers.get(t, []):
+            if graph.nodes[c].op_type not in ("Shape", "Size"):
+                kept.setdefault(c, why)
+
+    for t, s in stats.items():
+        if s.amax > top:
+            keep_around(t, f"'{t}' reaches {s.amax:.3g} on calibration, beyond {dtype}'s range ({top:g})")
+        elif s.integral and exact < s.amax <= 2**24:
+            keep_around(
+                t,
+                f"integer-valued float arithmetic: '{t}' holds integers up to {s.amax:.0f} "
+                f"({dtype} is exact only to {exact})",
+            )
+    for i, n in enumerate(graph.nodes):
+        power = REDUCTIONS.get(n.op_type)
+        if power is None or not n.input or n.input[0] not in stats or n.output[0] not in stats:
+            continue
+        src, dst = stats[n.input[0]], stats[n.output[0]]
+        terms = max(1, math.prod(src.shape) // max(1, math.prod(dst.shape)))
+        bound = terms * src.amax**power
+        if bound > top:
+            kept.setdefault(
+                i, f"reduction over {terms} terms: its running sum reaches up to {bound:.3g}, beyond {dtype}'s range"
+            )
+    return kept
+
+
+def _attr(node: onnx.NodeProto, name: str) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return None
+
+
+def signature(node: onnx.NodeProto) -> tuple[Any, ...]:
+    """An op and its scalar attributes: nodes a missing kernel applies to alike."""
+    from onnx import helper
+
+    attrs = []
+    for a in sorted(node.attribute, key=lambda a: a.name):
+        v = helper.get_attribute_value(a)
+        if isinstance(v, (int, float, bytes, str)):
+            attrs.append((a.name, v))
+    return (node.domain, node.op_type, tuple(attrs))
+
+
+def flops(node: onnx.NodeProto, stats: Mapping[str, Stat]) -> float:
+    """A rough count of a node's multiply-adds (its output size for elementwise work)."""
+    out = stats.get(node.output[0]) if node.output else None
+    if out is None:
+        return 0.0
+    size = float(math.prod(out.shape)) if out.shape else 1.0
+    first = stats.get(node.input[0]) if node.input else None
+    if node.op_type in ("MatMul", "Gemm") and first is not None and first.shape:
+        k = first.shape[0] if node.op_type == "Gemm" and _attr(node, "transA") else first.shape[-1]
+        return 2.0 * size * k
+    if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in stats:
+        w = stats[node.input[1]].shape
+        return (
+            2.0 * size * float(math.prod(w[1:]))
+            if node.op_type == "Conv"
+            else 2.0 * float(math.prod(w)) * (math.prod(first.shape[2:]) if first is not None else 1)
+        )
+    return size
+
+
+# the search -------------------------------------------------------------------------------------
+
+Convert = Callable[[Mapping[int, str], bool], "Model"]
+"""Converts a copy of the source with these node indices kept float32 (names given to unnamed
+nodes when the flag is set, so the runtime's errors name them)."""
+
+
+class Search:
+    def __init__(self, source: Model, convert: Convert, params: Any, runtime: Runtime, log: Callable[[str], None]):
+        self.source, self.convert, self.p, self.runtime, self.log = source, convert, params, runtime, log
+        self.graph = Graph.of(source)
+        self.out = Outcome()
+        self.stats: dict[str, Stat] = {}
+
+    # runs
+    def _run(self, model: Model, feeds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        from surgeon.verify.runtime import run_model
+
+        self.out.runs += len(feeds)
+        return run_model(self.runtime, model, feeds)
+
+    def candidate(self, kept: dict[int, str], feeds: Sequence[Mapping[str, Any]]) -> tuple[Model, list[dict[str, Any]]]:
+        """The model converted with ``kept`` in float32, and its outputs on ``feeds``. A node the
+        runtime has no half kernel for (it fails to load or run, naming it) joins ``kept``, with every
+        node of its signature, and the candidate is made again."""
+        from surgeon.verify.runtime import SessionLoadError
+
+        half = self.p.dtype
+        while True:
+            for i, n in enumerate(self.graph.nodes):
+                gap = KERNEL_GAPS.get(_gap_key(self.runtime.used, half, n))
+                if gap is not None and i not in kept:
+                    kept[i] = gap
+            model = self.convert(kept, True)
+            try:
+                return model, self._run(model, cast_feeds(model, feeds))
+            except (SessionLoadError, VerificationError) as exc:
+                text = getattr(exc, "reason", None) or str(exc)
+                m = _FAILED_NODE.search(text)
+                idx = _named_index(m.group(1)) if m else None
+                if idx is None or idx in kept or idx >= len(self.graph.nodes):
+                    raise VerificationError(f"the model after to-fp16 fails in onnxruntime: {_short(text)}") from None
+                node = self.graph.nodes[idx]
+                where = f"{self.runtime.used}ExecutionProvider" if self.runtime.used else "the runtime"
+                why = f"no {half} kernel on {where}: {_short(text)}"
+                KERNEL_GAPS[_gap_key(self.runtime.used, half, node)] = why
+                kept[idx] = why
+                self.log(f"kernel: {self.graph.label(idx)} stays float32 ({why})")
+
+    def reference_stats(self, feeds: Sequence[Mapping[str, Any]]) -> None:
+        import numpy as np
+
+        from surgeon.verify.localize import paired_tensors
+
+        n = 0
+        for name, _node, values, _ in paired_tensors(self.runtime, self.source, feeds, batch=64):
+            n += 1
+            arrays = [np.asarray(v) for v in values if isinstance(v, np.ndarray)]
+            if not arrays or arrays[0].dtype.kind != "f":
+                if arrays:
+                    self.stats[name] = Stat(0.0, False, tuple(arrays[0].shape), False)
+                continue
+            finite = [a[np.isfinite(a)] for a in arrays]
+            amax = max((float(np.abs(f).max()) for f in finite if f.size), default=0.0)
+            integral = all(bool(np.all(f == np.round(f))) for f in finite) and any(f.size for f in finite)
+            self.stats[name] = Stat(amax, integral, tuple(arrays[0].shape))
+        for t, v in self.graph.consts.items():
+            finite = v[np.isfinite(v)]
+            amax = float(np.abs(finite).max()) if finite.size else 0.0
+            integral = bool(finite.size > 1 and np.all(finite == np.round(finite)))  # a table, not one number
+            self.stats.setdefault(t, Stat(amax, integral, tuple(v.shape)))
+        self.out.runs += len(feeds) * max(1, math.ceil(n / 64))
+
+    def contributions(
+        self, model: Model, kept: Mapping[int, str], feeds: Sequence[Mapping[str, Any]]
+    ) -> dict[int, float]:
+        """Per converted node: how much its output's error (max abs over the samples, relative to
+        the tensor's spread) exceeds the largest of its inputs'."""
+        import numpy as np
+
+        from surgeon.verify.localize import BATCH, paired_tensors
+
+        err: dict[str, float] = {}
+        count = 0
+        # tensors numpy cannot hold (bfloat16) are seen through the float32 Cast the converter put after them
+        unseen = {vi.name for vi in model.proto.graph.value_info if vi.type.tensor_type.elem_type == 16}
+        seen_as = {f"{t}_fp32": t for t in unseen}
+        pairs = paired_tensors(
+            self.runtime, self.source, feeds, model, cast_feeds(model, feeds), same_as=seen_as, skip=unseen
+        )
+        for name, _node, ref, got in pairs:
+            count += 1
+            worst = 0.0
+            for a, b in zip(ref, got):
+                if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or a.dtype.kind != "f":
+                    break
+                a64, b64 = a.astype(np.float64), b.astype(np.float64)
+                bad = np.isfinite(a64) != np.isfinite(b64)
+                if bad.any():
+                    worst = math.inf
+                    break
+                fin = np.isfinite(a64)
+                if fin.any():  # relative to the tensor's spread: an offset carries no signal
+                    want = a64[fin]
+                    scale = max(float(want.std()), 1e-3 * float(np.abs(want).max()), 1e-12)
+                    worst = max(worst, float(np.abs(want - b64[fin]).max()) / scale)
+            else:
+                err[name] = worst
+        self.out.runs += 2 * len(feeds) * max(1, math.ceil(count / BATCH))
+        out: dict[int, float] = {}
+        for i, n in enumerate(self.graph.nodes):
+            if i in kept or not n.output or n.output[0] not in err:
+                continue
+            ins = [err[t] for t in n.input if t in err]
+            base = max(ins, default=0.0)
+            mine = max(err.get(o, 0.0) for o in n.output if o)
+            out[i] = math.inf if mine == math.inf and base != math.inf else mine - base
+        return out
+
+    def merge_islands(self, kept: dict[int, str]) -> None:
+        """Nodes between float32 nodes stay float32 too (no Cast pair around them); data movement
+        fed only by float32 nodes follows them."""
+        g = self.graph
+        changed = True
+        while changed:
+            changed = False
+            for i, n in enumerate(g.nodes):
+                if i in kept or n.op_type in ("Shape", "Size"):
+                    continue
+                srcs = [
+                    g.producer[t] for t in n.input if t in g.producer and t in self.stats and self.stats[t].is_float
+                ]
+                if not srcs or not all(s in kept for s in srcs):
+                    continue
+                uses = [c for o in n.output for c in g.consumers.get(o, [])]
+                to_out = any(o in g.outputs for o in n.output)
+                if n.op_type in MOVEMENT or (uses and all(c in kept for c in uses) and not to_out):
+                    kept[i] = "between float32 nodes: kept with them (fewer Casts)"
+                    changed = True
+
+    def run(self, fixed: Mapping[int, str]) -> Outcome:
+        from surgeon.verify.runtime import SessionLoadError, run_model
+
+        calib, held, note = calibration_feeds(self.source, self.p.calibration)
+        self.out.calibration = note
+        try:
+            refs = run_model(self.runtime, self.source, calib)
+            held_refs = run_model(self.runtime, self.source, held)
+        except SessionLoadError as exc:
+            raise VerificationError(f"the model before to-fp16 fails in onnxruntime: {exc.reason}") from None
+        self.out.runs += len(calib) + len(held)
+        self.out.provider = self.runtime.used
+        self.reference_stats(calib + held)
+        kept = static_hazards(self.graph, self.p.dtype, fixed)
+        for i, why in data_hazards(self.graph, self.stats, self.p.dtype).items():
+            kept.setdefault(i, why)
+        self.merge_islands(kept)
+        self.log(f"hazards: {len(kept)} node(s) stay float32 before any error is measured")
+        feeds, references = list(calib), list(refs)
+        for r in range(1, self.p.max_rounds + 1):
+            model, gots = self.candidate(kept, feeds)
+            verdicts = judge(self.p.budget, references, gots)
+            where = "calibration" if len(feeds) == len(calib) else "calibration + held-out"
+            line = f"round {r}: {len(kept)} node(s) float32; on {where}: " + "; ".join(v.line() for v in verdicts)
+            if all(v.ok for v in verdicts):
+                _, held_gots = self.candidate(kept, held)
+                held_verdicts = judge(self.p.budget, held_refs, held_gots)
+                if all(v.ok for v in held_verdicts):
+                    self.log(line + "; held-out: met")
+                    self.out.rounds.append(line + "; held-out: met")
+                    self.out.kept, self.out.verdicts = kept, held_verdicts
+                    return self.out
+                line += "; held-out misses it: " + "; ".join(v.line() for v in held_verdicts if not v.ok)
+                if len(feeds) == len(calib):  # the held-out samples join the attribution
+                    feeds, references = feeds + list(held), references + list(held_refs)
+            self.log(line)
+            self.out.rounds.append(line)
+            scores = self.contributions(model, kept, feeds)
+            candidates = sorted(((s, i) for i, s in scores.items()), reverse=True)
+            if not candidates:
+                break
+            # the worst tenth first, a larger share each round: at most a few rounds to all-float32
+            room = max(1, math.ceil(len(candidates) * min(1.0, 0.1 * 2 ** (r - 1))))
+            chosen = candidates[:room]
+            for s, i in chosen:
+                kept[i] = f"error contribution {s:.3g} (round {r})"
+            self.merge_islands(kept)
+        everything = {i: "all float32" for i in range(len(self.graph.nodes))}
+        _, gots = self.candidate(dict(everything), feeds)
+        floor = judge(self.p.budget, references, gots)
+        if not all(v.ok for v in floor):
+            raise VerificationError(
+                "the budget cannot be met: even with every compute node in float32 the model misses it ("
+                + "; ".join(v.line() for v in floor if not v.ok)
+                + (
+                    "): the half-precision inputs/outputs alone exceed it (keep_io_types: true keeps them float32)"
+                    if not self.p.keep_io_types
+                    else ")"
+                )
+            )
+        raise VerificationError(
+            f"the budget is not met after {self.p.max_rounds} round(s) with {len(kept)} node(s) in "
+            f"float32 (last: {self.out.rounds[-1] if self.out.rounds else 'none'}); "
+            "raise max_rounds or loosen the budget"
+        )
+
+
+def _gap_key(provider: str, half: str, node: onnx.NodeProto) -> tuple[str, str, tuple[Any, ...]]:
+    return (provider or "?", half, signature(node))
+
+
+NODE_PREFIX = "surgeon_fp16_node_"
+"""Candidates name every top-level node by its index, so the runtime's errors name it."""
+
+
+def _named_index(name: str) -> int | None:
+    prefix = NODE_PREFIX
+    return int(name[len(prefix) :]) if name.startswith(prefix) and name[len(prefix) :].isdigit() else None
+
+
+def _short(text: str) -> str:
+    """The runtime's words, without the candidate's private node names."""
+    text = text.split("Status Message:")[-1].strip()
+    text = re.sub(r" (?:node )?with name '" + NODE_PREFIX + r"\d+'", "", text)
+    return text[:160]
