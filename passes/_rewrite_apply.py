@@ -111,7 +111,14 @@ def find_matches(rule: Rule, model: Any, opset: int, claimed: set[int]) -> list[
             at = ", ".join(node_label(n, position.get(id(n), -1)) for n in where[:2])
             reason = (m.reason or "the pattern does not match") + (f" (at {at})" if at else "")
             out.append(
-                Match(rule, [node], [position[id(node)]], node_label(node, position[id(node)]), status="near miss", reason=reason)
+                Match(
+                    rule,
+                    [node],
+                    [position[id(node)]],
+                    node_label(node, position[id(node)]),
+                    status="near miss",
+                    reason=reason,
+                )
             )
     taken = {i for m in out if m.status != "near miss" for i in m.index}
     out = [m for m in out if m.status != "near miss" or m.index[0] not in taken]
@@ -144,22 +151,25 @@ def _candidate(
         for a in proto.attribute:
             listed.add(a.name)
             have = node.attributes.get(a.name)
-            actual = attribute_value(have) if have is not None else schema_default(node.op_type, node.domain, opset, a.name)
+            actual = (
+                attribute_value(have) if have is not None else schema_default(node.op_type, node.domain, opset, a.name)
+            )
             if a.ref_attr_name:
                 if actual is None:
                     return refuse(f"{node_label(node, position[id(node)])} has no attribute {a.name} to carry over")
                 match.attrs[a.ref_attr_name] = actual
             elif not same_value(actual, proto_attribute_value(a)):
                 want = proto_attribute_value(a)
-                return refuse(f"{node_label(node, position[id(node)])} has {a.name}={actual!r}, the rule needs {want!r}")
+                return refuse(
+                    f"{node_label(node, position[id(node)])} has {a.name}={actual!r}, the rule needs {want!r}"
+                )
         for name, attr in node.attributes.items():
             if name in listed:
                 continue
             default = schema_default(node.op_type, node.domain, opset, name)
             if default is None or not same_value(attribute_value(attr), default):
-                return refuse(
-                    f"{node_label(node, position[id(node)])} sets {name}={attribute_value(attr)!r}, which the pattern does not allow"
-                )
+                who = node_label(node, position[id(node)])
+                return refuse(f"{who} sets {name}={attribute_value(attr)!r}, which the pattern does not allow")
     # inputs: names, constants, conditions
     inits = {t.name: t for t in pattern.initializer}
     for name in [vi.name for vi in pattern.input] + [n for n in inits if n not in {vi.name for vi in pattern.input}]:
@@ -311,7 +321,8 @@ def _type_check(match: Match, m: Any, opset: int) -> str:
         if want is None or have is None or want.dtype is None:
             continue
         if have.elem_type and have.elem_type != int(want.dtype.value):
-            return f"the replacement makes '{name}' {dtype_name(have.elem_type)}, the model has {dtype_name(int(want.dtype.value))}"
+            made, model_has = dtype_name(have.elem_type), dtype_name(int(want.dtype.value))
+            return f"the replacement makes '{name}' {made}, the model has {model_has}"
         if want.shape is not None and have.HasField("shape"):
             a = [d if isinstance(d, int) else None for d in want.shape]
             b = [d.dim_value if d.HasField("dim_value") else None for d in have.shape.dim]
@@ -363,7 +374,9 @@ def apply(proto: onnx.ModelProto, matches: Sequence[Match], tag: str) -> None:
     del graph.node[:]
     graph.node.extend(_topological(new))
     _drop_unused(graph, consts)
-    produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    produced = (
+        {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    )
     keep = [vi for vi in graph.value_info if vi.name in produced]
     del graph.value_info[:]
     graph.value_info.extend(keep)

@@ -137,7 +137,9 @@ def _run(
             elif t not in inputs:
                 a = np.asarray(values[t])
                 inputs[t] = helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
-    graph = helper.make_graph(nodes, "rewrite-check", list(inputs.values()), outputs, initializer=[*consts.values(), *inits])
+    graph = helper.make_graph(
+        nodes, "rewrite-check", list(inputs.values()), outputs, initializer=[*consts.values(), *inits]
+    )
     opsets = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, v) for d, v in others)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=min(int(ir_version) or 10, 10))
     return run_model(runtime, Model(model), [{t: values[t] for t in inputs}])[0]

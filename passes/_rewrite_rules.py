@@ -100,13 +100,17 @@ def parse_rule(data: Any, where: str) -> Rule:
         raise RecipeError(f"{where}: a rule is a name or a mapping with name, pattern and replacement")
     unknown = set(data) - _RULE_KEYS
     if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(sorted(_RULE_KEYS))}")
+        raise RecipeError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(sorted(_RULE_KEYS))}"
+        )
     name = str(data.get("name") or "")
     if not name:
         raise RecipeError(f"{where}: the rule has no name")
     texts = data.get("patterns") or ([data["pattern"]] if data.get("pattern") else [])
     if isinstance(texts, str) or not texts or "replacement" not in data:
-        raise RecipeError(f"{where} ({name}): give 'pattern' (or a list 'patterns') and 'replacement', ONNX text graphs")
+        raise RecipeError(
+            f"{where} ({name}): give 'pattern' (or a list 'patterns') and 'replacement', ONNX text graphs"
+        )
 
     def parse(text: Any, what: str) -> onnx.GraphProto:
         if not isinstance(text, str):
@@ -147,9 +151,14 @@ def _check_rule(rule: Rule, where: str) -> None:
         names = {vi.name for vi in g.input} | {t.name for t in g.initializer}
         missing = rep_inputs - names
         if missing:
-            raise RecipeError(f"{where} ({rule.name}): replacement input(s) {', '.join(sorted(missing))} not inputs of pattern {i}")
+            raise RecipeError(
+                f"{where} ({rule.name}): replacement input(s) {', '.join(sorted(missing))} not inputs of pattern {i}"
+            )
         if len(g.output) != len(rule.replacement.output):
-            raise RecipeError(f"{where} ({rule.name}): pattern {i} has {len(g.output)} outputs, the replacement {len(rule.replacement.output)}")
+            raise RecipeError(
+                f"{where} ({rule.name}): pattern {i} has {len(g.output)} outputs, "
+                f"the replacement {len(rule.replacement.output)}"
+            )
         unknown = set(rule.where) - names
         if unknown and i == 0 and len(rule.patterns) == 1:
             raise RecipeError(f"{where} ({rule.name}): where names {', '.join(sorted(unknown))}, not pattern inputs")
@@ -175,8 +184,9 @@ def _graph_pattern(g: onnx.GraphProto, ops: Mapping[str, list[str]]) -> Any:
     from onnxscript.rewriter import _pattern_ir as pir
 
     inits = {t.name for t in g.initializer}
-    inputs = [pir.Var(vi.name) for vi in g.input] + [pir.Var(n) for n in inits if n not in {vi.name for vi in g.input}]
-    values: dict[str, Any] = {v.name: v for v in inputs}
+    names = [vi.name for vi in g.input] + [n for n in inits if n not in {vi.name for vi in g.input}]
+    inputs = [pir.Var(n) for n in names]
+    values: dict[str, Any] = dict(zip(names, inputs))
     builder = pir.OpsetPatternBuilder("", record=True)
     with pir.pattern_builder(builder):
         for k, node in enumerate(g.node):
@@ -184,9 +194,13 @@ def _graph_pattern(g: onnx.GraphProto, ops: Mapping[str, list[str]]) -> Any:
             args = []
             for name in node.input:
                 if name and name not in values:
-                    raise RecipeError(f"pattern node {k} ({node.op_type}) reads '{name}', which nothing before it makes")
+                    raise RecipeError(
+                        f"pattern node {k} ({node.op_type}) reads '{name}', which nothing before it makes"
+                    )
                 args.append(values[name] if name else None)
-            attrs = {a.name: pir.AttrVar(f"__a{k}_{a.name}", can_match_none=True) for a in node.attribute}
+            attrs: dict[str, Any] = {
+                a.name: pir.AttrVar(f"__a{k}_{a.name}", can_match_none=True) for a in node.attribute
+            }
             outs = pir.OpPatternBuilder(builder, op)(
                 *args, _domain=node.domain or "", _outputs=len(node.output), _allow_other_attributes=True, **attrs
             )

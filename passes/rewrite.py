@@ -13,9 +13,9 @@ from surgeon.verify.compare import Tolerance
 if TYPE_CHECKING:
     import onnx
 
+    from surgeon.ir.adapter import ModelIR
     from surgeon.passes._rewrite_apply import Match
     from surgeon.passes._rewrite_rules import Rule
-    from surgeon.ir.adapter import ModelIR
 
 MAX_NEAR_MISS_LINES = 50
 
@@ -93,7 +93,9 @@ class Rewrite(Pass):
                     feed = make_feed(proto, self.params.seed, self.params.dims)
                     runtime = Runtime("cpu")
                 assert runtime is not None
-                check_matches(proto, kept, feed, self.default_tolerance(model) or Tolerance(0, 0), runtime, model.base_dir)
+                check_matches(
+                    proto, kept, feed, self.default_tolerance(model) or Tolerance(0, 0), runtime, model.base_dir
+                )
                 kept = [m for m in kept if m.status == "applied"]
             if kept:
                 from surgeon.passes._rewrite_apply import apply

@@ -14,6 +14,7 @@ import onnx
 import onnx.parser
 import onnxruntime as ort
 import pytest
+import yaml
 
 from surgeon.cli import main
 from surgeon.ir.adapter import ModelIR
@@ -25,7 +26,9 @@ nn = torch.nn
 F = torch.nn.functional
 
 
-def _text(body: str, opset: int = 20, sig: str = "(float[2, 8] x) => (float[2, 8] y)", inits: str = "") -> onnx.ModelProto:
+def _text(
+    body: str, opset: int = 20, sig: str = "(float[2, 8] x) => (float[2, 8] y)", inits: str = ""
+) -> onnx.ModelProto:
     init = f"<{inits}>" if inits else ""
     return onnx.parser.parse_model(f'<ir_version: 10, opset_import: ["" : {opset}]> g {sig} {init} {{ {body} }}')
 
@@ -218,20 +221,8 @@ def test_fuse_attention_both_exporters(dynamo: bool) -> None:
 
 # --- built-in rules on ONNX text models -----------------------------------------------------------
 
-TEXT_CASES = {
-    "fuse-gelu": ("d = Div(x, r2)  e = Erf(d)  f = Add(e, one)  g = Mul(x, f)  y = Mul(g, half)", 20,
-                  "float r2 = {1.4142135}, float one = {1.0}, float half = {0.5}", "Gelu"),
-    "decompose-gelu": ("y = Gelu(x)", 20, "", "Erf"),
-    "fuse-gemm": ("p = MatMul(x, w)  y = Add(p, b)", 17, "float[8, 8] w = {" + ",".join(["0.1"] * 64) + "}, float[8] b = {1,2,3,4,5,6,7,8}", "Gemm"),
-    "fuse-hardswish": ("s = HardSigmoid <alpha = 0.16666667, beta = 0.5> (x)  y = Mul(x, s)", 17, "", "HardSwish"),
-    "remove-cast-pairs": ("t = Cast <to = 11> (x)  u = Cast <to = 1> (t)  y = Relu(u)", 17, "", "Relu"),
-    "decompose-layer-norm": ("y = LayerNormalization <axis = -1> (x, w, b)", 18,
-                             "float[8] w = {1,2,3,4,5,6,7,8}, float[8] b = {1,1,1,1,0,0,0,0}", "ReduceMean"),
-    "fuse-rms-norm": ("p = Pow(x, two)  v = ReduceMean <keepdims = 1> (p, ax)  e = Add(v, eps)  s = Sqrt(e)  "
-                      "r = Reciprocal(s)  n = Mul(x, r)  y = Mul(n, w)", 23,
-                      "float two = {2.0}, int64[1] ax = {-1}, float eps = {1e-6}, float[8] w = {1,2,3,4,5,6,7,8}",
-                      "RMSNormalization"),
-}
+CASES = yaml.safe_load((Path(__file__).with_name("rewrite_cases.yaml")).read_text())
+TEXT_CASES = {k: (c["body"], c["opset"], c["inits"], c["op"]) for k, c in CASES["text"].items()}
 
 
 @pytest.mark.parametrize("rule", sorted(TEXT_CASES))
@@ -247,8 +238,10 @@ def test_builtin_rule_on_text_model(rule: str) -> None:
 
 
 def test_fuse_layer_norm_text_opset_17_axes_attribute() -> None:
-    body = ("m = ReduceMean <axes = [-1]> (x)  d = Sub(x, m)  p = Pow(d, two)  v = ReduceMean <axes = [-1]> (p)  "
-            "e = Add(eps, v)  s = Sqrt(e)  n = Div(d, s)  k = Mul(w, n)  y = Add(k, b)")
+    body = (
+        "m = ReduceMean <axes = [-1]> (x)  d = Sub(x, m)  p = Pow(d, two)  v = ReduceMean <axes = [-1]> (p)  "
+        "e = Add(eps, v)  s = Sqrt(e)  n = Div(d, s)  k = Mul(w, n)  y = Add(k, b)"
+    )
     inits = "float two = {2.0}, float eps = {1e-5}, float[8] w = {1,2,3,4,5,6,7,8}, float[8] b = {1,1,1,1,0,0,0,0}"
     src = _text(body, 17, inits=inits)
     out, notes, modified = _run_pass(src, rules=["fuse-layer-norm"])
@@ -263,31 +256,7 @@ def test_fuse_layer_norm_text_opset_17_axes_attribute() -> None:
 SAFE = "sd = Div(x, r2)  se = Erf(sd)  sf = Add(se, one)  sg = Mul(x, sf)  y = Mul(sg, half)"
 GELU_INITS = "float r2 = {1.4142135}, float one = {1.0}, float half = {0.5}"
 
-UNSAFE: dict[str, tuple[str, list[str], str, str, str]] = {
-    # name: (body making z from x, rules, extra initializers, reason fragment, extra outputs)
-    "inner-graph-output": ("d = Div(x, r2)  e = Erf(d)  f = Add(e, one)  g = Mul(x, f)  z = Mul(g, half)", ["fuse-gelu"], "", "'e' of", ", float[2, 8] e"),
-    "second-consumer": ("d = Div(x, r2)  e = Erf(d)  f = Add(e, one)  g = Mul(x, f)  h = Mul(g, half)  k = Neg(f)  z = Add(h, k)", ["fuse-gelu"], "", "also used by", ""),
-    "near-miss-half": ("d = Div(x, r2)  e = Erf(d)  f = Add(e, one)  g = Mul(x, f)  z = Mul(g, c6)", ["fuse-gelu"], "float c6 = {0.6}", "the rule needs 0.5", ""),
-    "near-miss-sqrt2": ("d = Div(x, c15)  e = Erf(d)  f = Add(e, one)  g = Mul(x, f)  z = Mul(g, half)", ["fuse-gelu"], "float c15 = {1.5}", "the rule needs 1.41421", ""),
-    "near-miss-one": ("d = Div(x, r2)  e = Erf(d)  f = Add(e, c2)  g = Mul(x, f)  z = Mul(g, half)", ["fuse-gelu"], "float c2 = {2.0}", "the rule needs 1", ""),
-    "not-scalar": ("d = Div(x, r2)  e = Erf(d)  f = Add(e, one)  g = Mul(x, f)  z = Mul(g, hv)", ["fuse-gelu"], "float[8] hv = {0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5}", "needs 1 element", ""),
-    "not-constant": ("q = Abs(x)  d = Div(x, q)  e = Erf(d)  f = Add(e, one)  g = Mul(x, f)  z = Mul(g, half)", ["fuse-gelu"], "", "is not a constant", ""),
-    "gemm-rank-3": ("a = Unsqueeze(x, ax0)  p = MatMul(a, w)  z3 = Add(p, b)  z = Squeeze(z3, ax0)", ["fuse-gemm"], "int64[1] ax0 = {0}, float[8, 8] w = {" + ",".join(["0.5"] * 64) + "}, float[8] b = {1,2,3,4,5,6,7,8}", "rank 2", ""),
-    "gemm-broadcast-shape": ("p = MatMul(x, w)  z3 = Add(p, b3)  z = ReduceSum <keepdims = 0> (z3, ax0)", ["fuse-gemm"], "int64[1] ax0 = {0}, float[8, 8] w = {" + ",".join(["0.5"] * 64) + "}, float[2, 1, 8] b3 = {" + ",".join(["1"] * 16) + "}", "of shape", ""),
-    "gemm-second-consumer": ("p = MatMul(x, w)  q = Add(p, b)  r = Relu(p)  z = Add(q, r)", ["fuse-gemm"], "float[8, 8] w = {" + ",".join(["0.5"] * 64) + "}, float[8] b = {1,2,3,4,5,6,7,8}", "also used by", ""),
-    "hardsigmoid-alpha": ("s = HardSigmoid <alpha = 0.2, beta = 0.5> (x)  z = Mul(x, s)", ["fuse-hardswish"], "", "alpha=", ""),
-    "hardsigmoid-default-alpha": ("s = HardSigmoid (x)  z = Mul(x, s)", ["fuse-hardswish"], "", "alpha=0.2", ""),
-    "hardswish-clip-max": ("a = Add(x, c3)  c = Clip(a, c0, c5)  m = Mul(x, c)  z = Div(m, c6)", ["fuse-hardswish"], "float c3 = {3.0}, float c0 = {0.0}, float c5 = {5.0}, float c6 = {6.0}", "the rule needs 6", ""),
-    "gelu-tanh": ("z = Gelu <approximate = \"tanh\"> (x)", ["decompose-gelu"], "", "approximate='tanh'", ""),
-    "layer-norm-axis": ("z = LayerNormalization <axis = 0> (x, w2, b2)", ["decompose-layer-norm"], "float[2, 8] w2 = {" + ",".join(["1"] * 16) + "}, float[2, 8] b2 = {" + ",".join(["0"] * 16) + "}", "axis=0", ""),
-    "layer-norm-eps": ("m = ReduceMean <keepdims = 1> (x, ax)  d = Sub(x, m)  p = Pow(d, two)  v = ReduceMean <keepdims = 1> (p, ax)  e = Add(v, ep)  s = Sqrt(e)  n = Div(d, s)  k = Mul(n, w)  z = Add(k, b)", ["fuse-layer-norm"], "int64[1] ax = {-1}, float two = {2.0}, float ep = {0.5}, float[8] w = {1,2,3,4,5,6,7,8}, float[8] b = {1,2,3,4,5,6,7,8}", "outside [0, 0.001]", ""),
-    "layer-norm-extra-attribute": ("m = ReduceMean <keepdims = 1, noop_with_empty_axes = 1> (x, ax)  d = Sub(x, m)  p = Pow(d, two)  v = ReduceMean <keepdims = 1> (p, ax)  e = Add(v, ep)  s = Sqrt(e)  n = Div(d, s)  k = Mul(n, w)  z = Add(k, b)", ["fuse-layer-norm"], "int64[1] ax = {-1}, float two = {2.0}, float ep = {1e-5}, float[8] w = {1,2,3,4,5,6,7,8}, float[8] b = {1,2,3,4,5,6,7,8}", "sets noop_with_empty_axes=1", ""),
-    "layer-norm-axes-0": ("m = ReduceMean <keepdims = 1> (x, ax)  d = Sub(x, m)  p = Pow(d, two)  v = ReduceMean <keepdims = 1> (p, ax)  e = Add(v, ep)  s = Sqrt(e)  n = Div(d, s)  k = Mul(n, w)  z = Add(k, b)", ["fuse-layer-norm"], "int64[1] ax = {0}, float two = {2.0}, float ep = {1e-5}, float[8] w = {1,2,3,4,5,6,7,8}, float[8] b = {1,2,3,4,5,6,7,8}", "the rule needs -1", ""),
-    "rms-weight-rank-2": ("p = Pow(x, two)  v = ReduceMean <keepdims = 1> (p, ax)  e = Add(v, ep)  s = Sqrt(e)  r = Reciprocal(s)  n = Mul(x, r)  z = Mul(n, w2)", ["fuse-rms-norm"], "int64[1] ax = {-1}, float two = {2.0}, float ep = {1e-6}, float[2, 8] w2 = {" + ",".join(["1"] * 16) + "}", "rank 1", ""),
-    "cast-pair-dtype": ("t = Cast <to = 11> (x)  h = Cast <to = 10> (t)  z = Cast <to = 1> (h)", ["remove-cast-pairs"], "", "float16", ""),
-    "attention-softmax-axis": ("kt = Transpose <perm = [0, 1, 3, 2]> (k)  qs = Mul(q, a)  ks = Mul(kt, a)  s = MatMul(qs, ks)  p = Softmax <axis = 2> (s)  z4 = MatMul(p, k)  z = ReduceSum <keepdims = 0> (z4, ax01)", ["fuse-attention"], "float a = {0.5}, int64[2] ax01 = {0, 1}", "axis=2", ""),
-    "attention-perm": ("kt = Transpose <perm = [0, 1, 2, 3]> (k)  qs = Mul(q, a)  ks = Mul(kt, a)  s = MatMul(qs, ks)  p = Softmax <axis = -1> (s)  z4 = MatMul(p, k)  z = ReduceSum <keepdims = 0> (z4, ax01)", ["fuse-attention"], "float a = {0.5}, int64[2] ax01 = {0, 1}", "perm=", ""),
-}
+UNSAFE = {k: (c["body"], c["rules"], c["inits"], c["reason"], c["extra_out"]) for k, c in CASES["unsafe"].items()}
 
 
 @pytest.mark.parametrize("case", sorted(UNSAFE))
@@ -297,8 +266,12 @@ def test_planted_unsafe_match_refused_safe_one_applies(case: str) -> None:
     attn = "fuse-attention" in rules
     sig_in = "float[2, 8] x" + (", float[2, 8, 8] q, float[2, 8, 8] k" if attn else "")
     if attn:  # 4-D q, k from 3-D inputs
-        body = body.replace("(q, a)", "(q4, a)").replace("Transpose <perm = [0, 1, 3, 2]> (k)", "Transpose <perm = [0, 1, 3, 2]> (k4)")
-        body = body.replace("Transpose <perm = [0, 1, 2, 3]> (k)", "Transpose <perm = [0, 1, 2, 3]> (k4)").replace("MatMul(p, k)", "MatMul(p, k4)")
+        body = body.replace("(q, a)", "(q4, a)").replace(
+            "Transpose <perm = [0, 1, 3, 2]> (k)", "Transpose <perm = [0, 1, 3, 2]> (k4)"
+        )
+        body = body.replace("Transpose <perm = [0, 1, 2, 3]> (k)", "Transpose <perm = [0, 1, 2, 3]> (k4)").replace(
+            "MatMul(p, k)", "MatMul(p, k4)"
+        )
         body = "q4 = Unsqueeze(q, ax0)  k4 = Unsqueeze(k, ax0)  " + body
         inits += ", int64[1] ax0 = {0}"
     sig = f"({sig_in}) => (float[2, 8] y, float[2, 8] z{extra_out})"
@@ -324,7 +297,12 @@ def test_wrong_replacement_undone_and_named_other_match_stays() -> None:
         "pattern": "swish (float[N] x) => (float[N] y) { s = Sigmoid(x)  y = Mul(x, s) }",
         "replacement": "swish (float[N] x) => (float[N] y) { y = HardSwish(x) }",
     }
-    src = _text(SAFE + "  s = Sigmoid(x)  z = Mul(x, s)", 20, sig="(float[2, 8] x) => (float[2, 8] y, float[2, 8] z)", inits=GELU_INITS)
+    src = _text(
+        SAFE + "  s = Sigmoid(x)  z = Mul(x, s)",
+        20,
+        sig="(float[2, 8] x) => (float[2, 8] y, float[2, 8] z)",
+        inits=GELU_INITS,
+    )
     out, notes, modified = _run_pass(src, rules=["fuse-gelu", rule])
     assert modified and "Gelu" in _ops(out) and "Sigmoid" in _ops(out) and "HardSwish" not in _ops(out)
     undone = [n for n in notes if n.strip().startswith("undone bad-swish")]
@@ -368,7 +346,9 @@ def test_custom_rule_in_recipe(tmp_path: Path) -> None:
 
 def test_unknown_rule_and_bad_pattern_are_recipe_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     onnx.save(_text("y = Relu(x)", 17), tmp_path / "m.onnx")
-    code = main(["run", "rewrite", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--set", "rules=[fuse-gelux]"])
+    code = main(
+        ["run", "rewrite", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--set", "rules=[fuse-gelux]"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "unknown rewrite rule 'fuse-gelux'" in err and "fuse-gelu" in err
     assert not (tmp_path / "o.onnx").exists()
@@ -377,10 +357,26 @@ def test_unknown_rule_and_bad_pattern_are_recipe_errors(tmp_path: Path, capsys: 
 def test_dry_run_verbose_lists_matches_and_near_misses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     body = SAFE + "  d = Div(x, r2)  e = Erf(d)  f = Add(e, one)  g = Mul(x, f)  z = Mul(g, c6)"
     body += "  d2 = Div(x, r2)  e2 = Tanh(d2)  f2 = Add(e2, one)  g2 = Mul(x, f2)  w = Mul(g2, half)"
-    src = _text(body, 20, sig="(float[2, 8] x) => (float[2, 8] y, float[2, 8] z, float[2, 8] w)", inits=GELU_INITS + ", float c6 = {0.6}")
+    src = _text(
+        body,
+        20,
+        sig="(float[2, 8] x) => (float[2, 8] y, float[2, 8] z, float[2, 8] w)",
+        inits=GELU_INITS + ", float c6 = {0.6}",
+    )
     onnx.save(src, tmp_path / "m.onnx")
-    code = main(["run", "rewrite", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"),
-                 "--set", "rules=[fuse-gelu]", "--dry-run", "-v"])
+    code = main(
+        [
+            "run",
+            "rewrite",
+            str(tmp_path / "m.onnx"),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--set",
+            "rules=[fuse-gelu]",
+            "--dry-run",
+            "-v",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and not (tmp_path / "o.onnx").exists()
     assert "applied fuse-gelu at" in text and "refused fuse-gelu at" in text and "needs 0.5" in text
@@ -391,6 +387,15 @@ def test_rules_command_lists_catalogue(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["rules"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     names = {line.split()[0] for line in lines}
-    assert {"fuse-gelu", "decompose-gelu", "fuse-layer-norm", "decompose-layer-norm", "fuse-rms-norm", "fuse-gemm",
-            "fuse-hardswish", "remove-cast-pairs", "fuse-attention"} <= names
+    assert {
+        "fuse-gelu",
+        "decompose-gelu",
+        "fuse-layer-norm",
+        "decompose-layer-norm",
+        "fuse-rms-norm",
+        "fuse-gemm",
+        "fuse-hardswish",
+        "remove-cast-pairs",
+        "fuse-attention",
+    } <= names
     assert len(lines) == len(names)
