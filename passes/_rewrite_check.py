@@ -87,7 +87,6 @@ def _activations(
     import onnx
 
     from surgeon.ir.model import Model
-    from surgeon.verify.runtime import run_model
 
     inputs = {i.name for i in proto.graph.input}
     wanted = []
@@ -100,7 +99,7 @@ def _activations(
     for name in dict.fromkeys(wanted):
         if name not in have and name not in inputs:
             exposed.graph.output.add().name = name
-    out = run_model(runtime, Model(exposed, base_dir=base_dir), [feed])[0]
+    out = _run_once(runtime, Model(exposed, base_dir=base_dir), feed)
     out.update({k: v for k, v in feed.items() if k in inputs})
     return out
 
@@ -118,7 +117,6 @@ def _run(
     from onnx import ValueInfoProto, helper, numpy_helper
 
     from surgeon.ir.model import Model
-    from surgeon.verify.runtime import run_model
 
     nodes, inits, outputs = [], [], []
     inputs: dict[str, Any] = {}
@@ -142,4 +140,23 @@ def _run(
     )
     opsets = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, v) for d, v in others)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=min(int(ir_version) or 10, 10))
-    return run_model(runtime, Model(model), [{t: values[t] for t in inputs}])[0]
+    return _run_once(runtime, Model(model), {t: values[t] for t in inputs})
+
+
+def _run_once(runtime: Runtime, model: Any, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``model``'s outputs on ``feed`` in one session (as ``run_model`` runs it, without its
+    garbage collection after each run: the pass runs a few small sessions, not model after model)."""
+    from surgeon.errors import VerificationError
+    from surgeon.verify.runtime import on_disk
+
+    with on_disk(model) as (path, folder, data):
+        sess = runtime.session(path, folder, data)
+        names = [o.name for o in sess.get_outputs()]
+        try:
+            outs = sess.run(names, dict(feed))
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            raise VerificationError(
+                f"onnxruntime failed to run it: {text[0][:300] if text else type(exc).__name__}"
+            ) from None
+    return dict(zip(names, outs))
