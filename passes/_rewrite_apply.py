@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import onnx
 
 NEAR_MISS_SHARE = 0.5
-"""A failed match is a near miss when at least this share of the pattern's nodes matched."""
+"""A failed match is a near miss when at least this share of the pattern's nodes (and two) matched."""
 
 
 @dataclass
@@ -55,7 +55,11 @@ class Match:
 
 
 def node_label(node: Any, index: int) -> str:
-    return f"'{node.name}' ({node.op_type})" if node.name else f"#{index} ({node.op_type})"
+    """A node as messages name it: its name, else its op and first output (``Div -> 'd'``)."""
+    if node.name:
+        return f"'{node.name}' ({node.op_type})"
+    out = next((v.name for v in node.outputs if v is not None and v.name), "")
+    return f"{node.op_type} -> '{out}'" if out else f"#{index} ({node.op_type})"
 
 
 def const_of(value: Any) -> np.ndarray | None:
@@ -105,9 +109,11 @@ def find_matches(rule: Rule, model: Any, opset: int, claimed: set[int]) -> list[
             claimed.update(found.index)
         elif refused is not None:
             out.append(refused)
-        elif best is not None and best[0] >= max(1, NEAR_MISS_SHARE * best[2]) and best[2] > 1:
+        elif best is not None and best[0] >= max(2, NEAR_MISS_SHARE * best[2]):
             got, m, _ = best
-            where = [n for n in getattr(m, "failure_nodes_and_values", []) if hasattr(n, "op_type")]
+            where = list(
+                {id(n): n for n in getattr(m, "failure_nodes_and_values", []) if hasattr(n, "op_type")}.values()
+            )
             at = ", ".join(node_label(n, position.get(id(n), -1)) for n in where[:2])
             reason = (m.reason or "the pattern does not match") + (f" (at {at})" if at else "")
             out.append(
