@@ -399,3 +399,13 @@ def test_rules_command_lists_catalogue(capsys: pytest.CaptureFixture[str]) -> No
         "fuse-attention",
     } <= names
     assert len(lines) == len(names)
+
+
+def test_rule_files_ship_as_package_data() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["surgeon.passes"]
+    files = sorted((root / "passes" / "rules").glob("*.yaml"))
+    assert len(files) >= 9 and all(any(f.relative_to(root / "passes").match(g) for g in globs) for f in files)
