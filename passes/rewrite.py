@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from surgeon.passes._rewrite_rules import Rule
 
 MAX_NEAR_MISS_LINES = 50
+CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-5
+"""The per-match check's tolerance where the step sets none (the verifier's defaults)."""
 
 
 @register_pass("rewrite")
@@ -38,7 +40,9 @@ class Rewrite(Pass):
     Check, per match (``check``, default on): the model as the pass found it runs on the
     verification feed (seeded random data, the verifier's sizes) with the matches' inputs and
     outputs exposed; the replacements run on those inputs; a replacement that does not reproduce
-    its outputs within ``rtol``/``atol`` (the step's tolerance) is undone and named. ``-v`` lists
+    its outputs within ``rtol``/``atol`` (default 1e-4/1e-5; set, they are the step's tolerance
+    too) is undone and named. The check's feed is made as the verifier makes it, from ``seed``
+    and ``dims`` (the pass does not see the recipe's ``verify:`` block). ``-v`` lists
     every match applied, refused, undone, and every near miss.
 
     Weights: reads constants the patterns compare; writes the replacements' own.
@@ -52,8 +56,16 @@ class Rewrite(Pass):
             Field(min_length=1, description="built-in rule names, or rules as mappings (name, pattern, replacement)"),
         ]
         check: bool = Field(True, description="check every match on the activations the model computes there")
-        rtol: float = Field(1e-4, ge=0, description="relative tolerance of each match's check (and of the step)")
-        atol: float = Field(1e-5, ge=0, description="absolute tolerance of each match's check (and of the step)")
+        rtol: float | None = Field(
+            None,
+            ge=0,
+            description="relative tolerance of each match's check and of the step (unset: 1e-4, the step's own)",
+        )
+        atol: float | None = Field(
+            None,
+            ge=0,
+            description="absolute tolerance of each match's check and of the step (unset: 1e-5, the step's own)",
+        )
         seed: int = Field(0, description="seed of the random feed the matches are checked on")
         dims: dict[str, Annotated[int, Field(ge=1)]] = Field(
             default_factory=dict, description="sizes of symbolic input dims for the check's feed (as verify.dims)"
@@ -69,7 +81,16 @@ class Rewrite(Pass):
     params: Params
 
     def default_tolerance(self, model: ModelIR) -> Tolerance | None:
-        return Tolerance(self.params.rtol, self.params.atol)
+        """The params' tolerance where set (the step is checked at it too); else None: the step
+        has the pipeline's tolerance."""
+        if self.params.rtol is None and self.params.atol is None:
+            return None
+        return self.match_tolerance()
+
+    def match_tolerance(self) -> Tolerance:
+        """Each match's check: ``rtol``/``atol``, else the verifier's defaults (1e-4, 1e-5)."""
+        p = self.params
+        return Tolerance(CHECK_RTOL if p.rtol is None else p.rtol, CHECK_ATOL if p.atol is None else p.atol)
 
     def requires(self, model: ModelIR) -> None:
         if model.opset <= 0:
@@ -93,9 +114,7 @@ class Rewrite(Pass):
                     feed = make_feed(proto, self.params.seed, self.params.dims)
                     runtime = Runtime("cpu")
                 assert runtime is not None
-                check_matches(
-                    proto, kept, feed, self.default_tolerance(model) or Tolerance(0, 0), runtime, model.base_dir
-                )
+                check_matches(proto, kept, feed, self.match_tolerance(), runtime, model.base_dir)
                 kept = [m for m in kept if m.status == "applied"]
             if kept:
                 from surgeon.passes._rewrite_apply import apply

@@ -201,12 +201,35 @@ def test_fuse_gemm(dynamo: bool) -> None:
     _same_function(src, out)
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
 @pytest.mark.parametrize("module", [HardSwishRelu6(), HardSwishSigmoid()], ids=["relu6", "hardsigmoid"])
-def test_fuse_hardswish(module: Any) -> None:
-    src = _export(module, X, dynamo=False)
+def test_fuse_hardswish(module: Any, dynamo: bool) -> None:
+    src = _export(module, X, dynamo=dynamo)
     out, notes, modified = _run_pass(src, rules=["fuse-hardswish"])
-    assert modified and _ops(out) == ["HardSwish"] or [o for o in _ops(out) if o != "Constant"] == ["HardSwish"], notes
+    assert modified and [o for o in _ops(out) if o != "Constant"] == ["HardSwish"], notes
     _same_function(src, out)
+
+
+class CastPair(nn.Module):
+    def forward(self, x: Any) -> Any:
+        return torch.relu(x.double().float()) + x.half().float()
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_remove_cast_pairs_lossless_removed_lossy_undone(dynamo: bool) -> None:
+    src = _export(CastPair(), X, dynamo=dynamo)
+    assert _ops(src).count("Cast") == 4
+    out, notes, modified = _run_pass(src, rules=["remove-cast-pairs"])
+    assert modified and _ops(out).count("Cast") == 2, notes
+    assert any(n.strip().startswith("applied remove-cast-pairs") for n in notes), notes
+    assert any(n.strip().startswith("undone remove-cast-pairs") and "its check failed" in n for n in notes), notes
+    _same_function(src, out)
+
+
+def test_decompose_layer_norm_refused_at_opset_17_torchscript() -> None:
+    src = _export(nn.LayerNorm(8), X, dynamo=False)
+    out, notes, modified = _run_pass(src, rules=["decompose-layer-norm"])
+    assert not modified and any("opset is 17" in n and "opset 18" in n for n in notes), notes
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
@@ -409,3 +432,35 @@ def test_rule_files_ship_as_package_data() -> None:
     globs = config["tool"]["setuptools"]["package-data"]["surgeon.passes"]
     files = sorted((root / "passes" / "rules").glob("*.yaml"))
     assert len(files) >= 9 and all(any(f.relative_to(root / "passes").match(g) for g in globs) for f in files)
+
+
+BAD_SWISH = {
+    "name": "bad-swish",
+    "pattern": "swish (float[N] x) => (float[N] y) { s = Sigmoid(x)  y = Mul(x, s) }",
+    "replacement": "swish (float[N] x) => (float[N] y) { y = HardSwish(x) }",
+}
+
+
+def test_check_tolerance_and_switch_are_used() -> None:
+    src = _text("s = Sigmoid(x)  y = Mul(x, s)", 20)
+    out, notes, modified = _run_pass(src, rules=[BAD_SWISH], atol=1.0)
+    assert modified and _ops(out) == ["HardSwish"] and "(max abs error" in notes[1], notes
+    out, notes, modified = _run_pass(src, rules=[BAD_SWISH], check=False)
+    assert modified and _ops(out) == ["HardSwish"] and "error" not in notes[1], notes
+    gelu = _text(SAFE, 20, inits=GELU_INITS)
+    out, notes, modified = _run_pass(gelu, rules=["fuse-gelu"], rtol=0.0, atol=0.0)
+    assert not modified and "(rtol 0, atol 0)" in notes[1], notes
+
+
+def test_check_feed_takes_dims() -> None:
+    rule = {
+        "name": "row-mean",
+        "pattern": "r (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }",
+        "replacement": "r (float[N, 4] x) => (float[N, 4] y) <int64[1] ax = {0}> "
+        "{ m = ReduceMean <keepdims = 1> (x, ax)  y = Relu(m) }",
+    }
+    src = _text("y = Relu(x)", 18, sig="(float[N, 4] x) => (float[N, 4] y)")
+    _, notes, modified = _run_pass(src, rules=[rule])  # N = 1: the mean of one row is that row
+    assert modified, notes
+    _, notes, modified = _run_pass(src, rules=[rule], dims={"N": 3})
+    assert not modified and "undone row-mean" in notes[1] and "shape" in notes[1], notes
