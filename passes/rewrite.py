@@ -11,6 +11,8 @@ from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.verify.compare import Tolerance
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import onnx
 
     from surgeon.ir.adapter import ModelIR
@@ -104,7 +106,7 @@ class Rewrite(Pass):
         feed = None
         runtime = None
         for rule in rules:
-            matches = find(proto, rule)
+            matches = find(proto, rule, model.base_dir)
             kept = [m for m in matches if m.status == "applied"]
             if kept and self.params.check:
                 from surgeon.passes._rewrite_check import check_matches, make_feed
@@ -141,7 +143,7 @@ def resolve(entry: str | dict[str, Any], i: int) -> Rule:
         raise RecipeError(f"rules[{i}]: {exc}") from None
 
 
-def find(proto: onnx.ModelProto, rule: Rule) -> list[Match]:
+def find(proto: onnx.ModelProto, rule: Rule, base_dir: Path | None = None) -> list[Match]:
     """Every match (and near miss) of ``rule`` in ``proto``'s top-level graph, checked for safety."""
     import onnx
     import onnx_ir
@@ -154,6 +156,10 @@ def find(proto: onnx.ModelProto, rule: Rule) -> list[Match]:
     except Exception:  # types are a check's input, not required
         typed = proto
     irm = onnx_ir.serde.deserialize_model(typed)
+    if base_dir is not None:  # constants stored as external data are read from the model's folder
+        from onnx_ir.external_data import set_base_dir
+
+        set_base_dir(irm.graph, base_dir)
     optimizer.basic_constant_propagation(irm.graph)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     return find_matches(rule, irm, opset, set())

@@ -464,3 +464,18 @@ def test_check_feed_takes_dims() -> None:
     assert modified, notes
     _, notes, modified = _run_pass(src, rules=[rule], dims={"N": 3})
     assert not modified and "undone row-mean" in notes[1] and "shape" in notes[1], notes
+
+
+def test_constants_in_external_data_are_read(tmp_path: Path) -> None:
+    from onnx import numpy_helper
+
+    src = _text(SAFE, 20, inits=GELU_INITS)
+    raw = [numpy_helper.from_array(numpy_helper.to_array(t), t.name) for t in src.graph.initializer]
+    del src.graph.initializer[:]
+    src.graph.initializer.extend(raw)  # raw bytes: what onnx moves to external data
+    onnx.save(src, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    before = (tmp_path / "m.data").read_bytes()
+    ir = ModelIR.from_model(Model(onnx.load(tmp_path / "m.onnx", load_external_data=False), base_dir=tmp_path))
+    result = get_pass("rewrite")({"rules": ["fuse-gelu"]})(ir)
+    assert result.modified and _ops(ir.to_proto()) == ["Gelu"], result.notes
+    assert (tmp_path / "m.data").read_bytes() == before
