@@ -118,8 +118,11 @@ def parse_rule(data: Any, where: str) -> Rule:
         try:
             return onnx.parser.parse_graph(text)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RecipeError(f"{where} ({name}): {what} is not a graph onnx.parser reads: {first}") from None
+            text = exc.args[0] if exc.args else ""
+            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Error context")]
+            why = "; ".join(lines) or type(exc).__name__
+            raise RecipeError(f"{where} ({name}): {what} is not a graph onnx.parser reads: {why}") from None
 
     patterns = [parse(t, f"pattern {i}") for i, t in enumerate(texts)]
     replacement = parse(data["replacement"], "replacement")
@@ -144,8 +147,21 @@ def parse_rule(data: Any, where: str) -> Rule:
 
 
 def _check_rule(rule: Rule, where: str) -> None:
-    """What a rule names must exist: replacement inputs among each pattern's inputs, the same
-    number of outputs, ``where`` keys that are inputs."""
+    """What a rule names must exist: every value a node reads made before it, replacement inputs
+    among each pattern's inputs, the same number of outputs, ``where`` keys that are inputs."""
+    for what, g in [*((f"pattern {i}", p) for i, p in enumerate(rule.patterns)), ("replacement", rule.replacement)]:
+        known = {vi.name for vi in g.input} | {t.name for t in g.initializer}
+        for k, node in enumerate(g.node):
+            missing = [n for n in node.input if n and n not in known]
+            if missing:
+                raise RecipeError(
+                    f"{where} ({rule.name}): {what} node {k} ({node.op_type}) reads {', '.join(missing)}, "
+                    "which is neither an input nor made by a node before it"
+                )
+            known.update(node.output)
+        unmade = [o.name for o in g.output if o.name not in known]
+        if unmade:
+            raise RecipeError(f"{where} ({rule.name}): {what} output(s) {', '.join(unmade)} made by no node")
     rep_inputs = {vi.name for vi in rule.replacement.input}
     for i, g in enumerate(rule.patterns):
         names = {vi.name for vi in g.input} | {t.name for t in g.initializer}

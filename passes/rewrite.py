@@ -77,7 +77,10 @@ class Rewrite(Pass):
         @classmethod
         def _rules_readable(cls, v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
             for i, r in enumerate(v):
-                resolve(r, i)
+                try:
+                    resolve(r, i)
+                except RecipeError as exc:  # a ValueError: the recipe loader places it
+                    raise ValueError(str(exc)) from None
             return v
 
     params: Params

@@ -479,3 +479,25 @@ def test_constants_in_external_data_are_read(tmp_path: Path) -> None:
     result = get_pass("rewrite")({"rules": ["fuse-gelu"]})(ir)
     assert result.modified and _ops(ir.to_proto()) == ["Gelu"], result.notes
     assert (tmp_path / "m.data").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("pattern", "replacement", "message"),
+    [
+        ("s = Sigmoid(x  y = Mul(x, s)", "y = Swish(x)", "pattern 0 is not a graph onnx.parser reads"),
+        ("s = Sigmoid(x)  y = Mul(x, s)", "y = Swish(z)", "replacement node 0 (Swish) reads z"),
+        ("s = Sigmoid(x)  y = Mul(q, s)", "y = Swish(x)", "pattern 0 node 1 (Mul) reads q"),
+    ],
+)
+def test_bad_rule_in_recipe_is_placed(
+    pattern: str, replacement: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    onnx.save(_text("y = Relu(x)", 17), tmp_path / "m.onnx")
+    sig = "swish (float[N] x) => (float[N] y)"
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: m.onnx\npasses:\n  - rewrite:\n      rules:\n        - name: broken\n"
+        f"          pattern: '{sig} {{ {pattern} }}'\n          replacement: '{sig} {{ {replacement} }}'\n"
+    )
+    assert main(["validate", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "r.yaml:6:" in err and message in err and "Traceback" not in err
