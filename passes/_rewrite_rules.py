@@ -152,10 +152,10 @@ def _check_rule(rule: Rule, where: str) -> None:
     for what, g in [*((f"pattern {i}", p) for i, p in enumerate(rule.patterns)), ("replacement", rule.replacement)]:
         known = {vi.name for vi in g.input} | {t.name for t in g.initializer}
         for k, node in enumerate(g.node):
-            missing = [n for n in node.input if n and n not in known]
-            if missing:
+            unknown_in = [n for n in node.input if n and n not in known]
+            if unknown_in:
                 raise RecipeError(
-                    f"{where} ({rule.name}): {what} node {k} ({node.op_type}) reads {', '.join(missing)}, "
+                    f"{where} ({rule.name}): {what} node {k} ({node.op_type}) reads {', '.join(unknown_in)}, "
                     "which is neither an input nor made by a node before it"
                 )
             known.update(node.output)
