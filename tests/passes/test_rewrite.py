@@ -501,3 +501,18 @@ def test_bad_rule_in_recipe_is_placed(
     assert main(["validate", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err
     assert "r.yaml:6:" in err and message in err and "Traceback" not in err
+
+
+def test_bench_rewrite_runs_end_to_end(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_rewrite.py"
+    out = tmp_path / "b.json"
+    args = ["--layers", "1", "--dim", "16", "--heads", "2", "--seq", "4", "--json", str(out)]
+    proc = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["ours"][1] == data["onnxscript"][1] < data["nodes_before"]
+    assert "ratio" in proc.stdout
