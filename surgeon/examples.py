@@ -271,12 +271,42 @@ def srcnn_example() -> onnx.ModelProto:
     return export(srcnn_torch(), (1, 3, 8, 8), dynamo=False)
 
 
+def mlp_example() -> onnx.ModelProto:
+    """``mlp.onnx`` for recipes/fuse-ops.yaml: a 2-layer MLP as exporters write it at opset 20
+    (MatMul + Add on 2-D activations, the Erf form of GELU, a Sigmoid gate), input batch x 16."""
+    import numpy as np
+    import onnx.parser
+    from onnx import numpy_helper
+
+    text = """<ir_version: 10, opset_import: ["" : 20]>
+    mlp (float[batch, 16] x) => (float[batch, 8] y) {
+      p1 = MatMul(x, w1)  h1 = Add(p1, b1)
+      d = Div(h1, r2)  e = Erf(d)  f = Add(e, one)  g = Mul(h1, f)  a = Mul(g, half)
+      p2 = MatMul(a, w2)  h2 = Add(p2, b2)
+      s = Sigmoid(h2)  y = Mul(h2, s)
+    }"""
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.standard_normal((16, 32)) / 4,
+        "b1": rng.standard_normal(32) / 10,
+        "w2": rng.standard_normal((32, 8)) / 6,
+        "b2": rng.standard_normal(8) / 10,
+        "r2": np.array(2**0.5),
+        "one": np.array(1.0),
+        "half": np.array(0.5),
+    }
+    model.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items())
+    return model
+
+
 BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "tiny-cnn.onnx": tiny_cnn,
     "tiny-classifier.onnx": tiny_classifier,
     "bloated.onnx": optimize_example,
     "classifier.onnx": classifier_example,
     "srcnn.onnx": srcnn_example,
+    "mlp.onnx": mlp_example,
 }
 NEEDS_TORCH = {"srcnn.onnx"}
 """File name -> builder of the model recipes/ refer to."""

@@ -449,6 +449,7 @@ EVERY_PASS_PARAMS: dict[str, dict[str, object]] = {
     "remove-nodes": {},
     "remove-outputs": {"outputs": ["y"]},
     "rename-io": {"inputs": {"x": "image"}},
+    "rewrite": {"rules": ["fuse-gemm", "fuse-gelu"]},
     "set-metadata": {"producer_name": "me"},
     "simplify": {},
     "strip-doc": {},

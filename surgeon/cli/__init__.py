@@ -41,6 +41,7 @@ COMMANDS = {
     "passes": "passes",
     "explain": "passes",
     "schema": "passes",
+    "rules": "rules",
     "validate": "check",
     "verify": "check",
     "report": "many",

@@ -36,6 +36,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "remove-nodes": {"ops": ["Identity"]},
     "remove-outputs": {"outputs": ["aux"]},
     "rename-io": {"inputs": {"input.1": "image"}, "outputs": {"output": "logits"}},
+    "rewrite": {"rules": ["fuse-gemm", "fuse-gelu"]},
     "set-metadata": {"producer_name": "my-team", "metadata_props": {"license": "apache-2.0"}},
     "simplify": {},
     "strip-doc": {},

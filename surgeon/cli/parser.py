@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pass_name", metavar="PASS")
     p.add_argument("--json", action="store_true", help="print JSON")
     add("schema", help="print the JSON Schema of recipes")
+    p = add("rules", help="list the built-in rules of the rewrite pass")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("validate", help="check a recipe (and its tensor names against a model); writes nothing", epilog=EPILOG)
     p.add_argument("recipe", type=Path)
