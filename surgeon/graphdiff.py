@@ -137,7 +137,7 @@ def diff(before: Sketch, after: Sketch) -> dict[str, Any]:
         "io_before": {"inputs": list(before.inputs), "outputs": list(before.outputs)},
         "io_after": {"inputs": list(after.inputs), "outputs": list(after.outputs)},
     }
-    states = {("a", j): "added" for j in added}
+    states: dict[tuple[str, Any], str] = {("a", j): "added" for j in added}
     states |= {("b", i): "removed" for i in removed}
     states |= {("a", j): "rewired" for _, j in rewired}
     states |= {("a", j): "renamed" for _, j in renamed}
@@ -157,7 +157,7 @@ def _region(
     before: Sketch,
     after: Sketch,
     match: Mapping[int, int],
-    states: Mapping[tuple[str, int], str],
+    states: Mapping[tuple[str, Any], str],
     renames: Mapping[str, str],
 ) -> dict[str, Any]:
     """The changed nodes (at most :data:`REGION_CHANGED`, first in topological order), their

@@ -303,10 +303,10 @@ def _structure(st: Mapping[str, Any]) -> str:
             items = ", ".join(f"<code>{esc(n)}</code>" for n in names) + (f" and {more} more" if more > 0 else "")
             lists.append(f"<tr><th>{key}</th><td>{items}</td></tr>")
     pairs = [("renamed", st.get("renamed") or []), ("tensors renamed", st.get("tensors_renamed") or [])]
-    for key, items in pairs:
-        if items:
-            cells = ", ".join(f"<code>{esc(a)}</code> &rarr; <code>{esc(b)}</code>" for a, b in items)
-            lists.append(f"<tr><th>{key}</th><td>{cells}</td></tr>")
+    for title, renames in pairs:
+        if renames:
+            cells = ", ".join(f"<code>{esc(a)}</code> &rarr; <code>{esc(b)}</code>" for a, b in renames)
+            lists.append(f"<tr><th>{title}</th><td>{cells}</td></tr>")
     if lists:
         out.append(_details("which nodes", f'<table class="kv">{"".join(lists)}</table>'))
     region = st.get("region") or {}
