@@ -47,6 +47,8 @@ class PageLoad:
     errors: list[str] = field(default_factory=list)
     """Console errors, uncaught exceptions and failed loads."""
     screenshot: bytes = b""
+    evaluated: str = ""
+    """What ``script`` returned (as a string), run after the load."""
 
 
 class _Pipe:
@@ -108,8 +110,16 @@ class _Pipe:
                 self.events.append(msg)
 
 
-def open_page(path: Path, width: int = 1280, height: int = 1600, scale: float = 1.0, timeout: float = 60) -> PageLoad:
-    """Load ``path`` in headless Chromium (network off) and report what it did (see the module doc)."""
+def open_page(
+    path: Path,
+    width: int = 1280,
+    height: int = 1600,
+    scale: float = 1.0,
+    timeout: float = 60,
+    script: str | None = None,
+) -> PageLoad:
+    """Load ``path`` in headless Chromium (network off) and report what it did (see the module
+    doc); ``script``: an expression evaluated in the page once loaded (its value in ``evaluated``)."""
     browser = find_browser()
     if browser is None:
         raise FileNotFoundError("no Chromium found (apt-get install chromium, or set SURGEON_CHROMIUM)")
@@ -154,7 +164,7 @@ def open_page(path: Path, width: int = 1280, height: int = 1600, scale: float = 
         os.close(from_browser_w)
         pipe = _Pipe(proc, to_browser_w, from_browser_r)
         try:
-            return _drive(pipe, url, width, height, scale, timeout)
+            return _drive(pipe, url, width, height, scale, timeout, script)
         finally:
             try:
                 pipe.send("Browser.close")
@@ -169,7 +179,9 @@ def open_page(path: Path, width: int = 1280, height: int = 1600, scale: float = 
             os.close(from_browser_r)
 
 
-def _drive(pipe: _Pipe, url: str, width: int, height: int, scale: float, timeout: float) -> PageLoad:
+def _drive(
+    pipe: _Pipe, url: str, width: int, height: int, scale: float, timeout: float, script: str | None
+) -> PageLoad:
     targets = pipe.call("Target.getTargets", timeout=timeout)["targetInfos"]
     page = next(t for t in targets if t["type"] == "page")
     session = pipe.call("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
@@ -191,9 +203,16 @@ def _drive(pipe: _Pipe, url: str, width: int, height: int, scale: float, timeout
         "Array.from(document.querySelectorAll('[data-verdict]')).map(e => e.getAttribute('data-verdict'))})"
     )
     found = json.loads(pipe.call("Runtime.evaluate", {"expression": probe}, session=session)["result"]["value"])
+    evaluated = ""
+    if script is not None:
+        res = pipe.call("Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"script: {res['exceptionDetails']}")
+        evaluated = str(res["result"].get("value"))
     shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session, timeout=timeout)
     pipe.call("Runtime.evaluate", {"expression": "1"}, session=session)  # events so far are in
     out = PageLoad(url, load_seconds, found["text"], found["verdicts"], screenshot=base64.b64decode(shot["data"]))
+    out.evaluated = evaluated
     for ev in pipe.events:
         method, params = ev["method"], ev.get("params", {})
         if method == "Network.requestWillBeSent":

@@ -117,7 +117,7 @@ def test_failed_pass_plots_the_error_of_each_tensor(tmp_path: Path) -> None:
 
 
 def test_node_data_loads_with_model_explorer_classes(tmp_path: Path) -> None:
-    dacite = pytest.importorskip("dacite")  # a dependency of ai-edge-model-explorer (the test extra)
+    import dacite  # a dependency of ai-edge-model-explorer (in the test extra)
     from model_explorer.config import ModelExplorerConfig
     from model_explorer.node_data_builder import GraphNodeData, NodeDataResult
 
