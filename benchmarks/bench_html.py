@@ -136,7 +136,10 @@ def main() -> int:
     print(f"{'page':48} {'size':>10} {'open (median of 3)':>19} {'ratio':>7}  target (<= 10 MB, < 3 s)")
     for r in result["rows"]:  # type: ignore[attr-defined]
         size = f"{r['bytes'] / 1e6:.2f} MB"
-        print(f"{r['page']:48} {size:>10} {r['open_s']:>18.3f}s {r['open_ratio']:>6.2f}x  {'met' if r['ok'] else 'NOT MET'}")
+        print(
+            f"{r['page']:48} {size:>10} {r['open_s']:>18.3f}s {r['open_ratio']:>6.2f}x  "
+            + ("met" if r["ok"] else "NOT MET")
+        )
     if args.json:
         args.json.write_text(json.dumps([result], indent=1))
     return 0 if all(r["ok"] for r in result["rows"]) else 1  # type: ignore[attr-defined]
