@@ -229,6 +229,15 @@ def _step_section(s: Mapping[str, Any]) -> str:
     ]
     if s.get("notes"):
         out.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in s["notes"]) + "</ul>")
+    details = s.get("details")
+    if isinstance(details, Mapping) and details:
+        rows = "".join(
+            f"<tr><th>{esc(k)}</th><td>"
+            + (", ".join(f"<code>{esc(x)}</code>" for x in v) if isinstance(v, list) else esc(v))
+            + "</td></tr>"
+            for k, v in details.items()
+        )
+        out.append(_details("what the pass marked", f'<table class="kv">{rows}</table>'))
     if s.get("outputs"):
         out.append(_checks_table(s["outputs"]))
     elif s.get("modified"):

@@ -249,3 +249,21 @@ def test_layout_layers_follow_edges_and_barycenter_uncrosses() -> None:
     assert (place["d"][1] < place["c"][1]) == (place["a"][1] < place["b"][1])
     cyc = layout(["p", "q"], [("p", "q"), ("q", "p")])
     assert set(cyc) == {"p", "q"}
+
+
+def test_run_one_pass_html_and_marks_from_details(tmp_path: Path) -> None:
+    from surgeon.html_report import node_data, render_run
+
+    model = hostile_model(tmp_path / "m.onnx")
+    page = tmp_path / "run.html"
+    assert main(["run", "cleanup", str(model), "-o", str(tmp_path / "o.onnx"), "-q", "--html", str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert external_refs(text) == []
+    assert 'data-verdict="ok"' in text and 'class="node removed"' in text
+    # what a pass marks in its report's details (nodes kept in float32) is shown, and labels the node data
+    report = {"steps": [{"index": 0, "pass": "to-fp16", "verdict": "ok", "details": {"kept_float32": ["relu"]}}]}
+    assert "kept_float32" in render_run(report) and "<code>relu</code>" in render_run(report)
+    import onnx
+
+    marks = node_data(report, onnx.load(str(model)))["results"]
+    assert marks == {"r": {"value": 0.0, "textColor": "#1a73e8"}}
