@@ -622,13 +622,16 @@ MARK_COLOR = "#1a73e8"
 
 
 def node_data(report: Mapping[str, Any], model: Any = None) -> dict[str, Any]:
-    """Model Explorer node data for one graph (``GraphNodeData``): ``results`` keyed by output
-    tensor name (which Model Explorer matches to a node's output), ``value`` the max abs error
-    of that tensor measured by localization (the last one the run made: the end of the pipeline,
-    else the last failing pass, else ``surgeon verify --localize``), coloured on a white-to-red
-    gradient; nodes a pass marks in its report's ``details`` (``{"kept_float32": [node, ...]}``)
-    get a blue label (value 0 where no error was measured). ``model``: the onnx ModelProto the
-    marked node names are looked up in (their first output)."""
+    """Model Explorer node data (``ModelNodeData``'s JSON: ``{graph id: GraphNodeData}``, the graph
+    id the ONNX adapter gives the main graph, its name). ``results`` are keyed as that adapter
+    keys nodes: by node name (an unnamed node by its output tensor's name, which Model Explorer
+    matches to the node's output), and a graph output also as ``[value] <name>`` (the adapter
+    draws graph outputs as nodes of their own). ``value``: the max abs error of the node's output
+    as localization measured it (the last one the run made: the end of the pipeline, else the
+    last failing pass, else ``surgeon verify --localize``), coloured on a white-to-red gradient.
+    Nodes a pass lists in its report's ``details`` (``{"kept_float32": [node, ...]}``) get a blue
+    label (value 0 where no error was measured). ``model``: the onnx ModelProto the data is for
+    (its graph's name and outputs; default: what the report says of the result)."""
     results: dict[str, dict[str, Any]] = {}
     div = report.get("final_divergence") or report.get("divergence")
     if not div:
@@ -636,29 +639,29 @@ def node_data(report: Mapping[str, Any], model: Any = None) -> dict[str, Any]:
             if s.get("divergence"):
                 div = s["divergence"]
                 break
+    after = (report.get("models") or {}).get("after") or {}
+    if model is not None:
+        graph_id = model.graph.name
+        outputs = {o.name for o in model.graph.output}
+    else:
+        graph_id = str(after.get("graph") or "")
+        outputs = {str(o.get("name")) for o in after.get("outputs") or []}
     for t in (div or {}).get("trace") or []:
         v = float(t.get("max_abs") or 0.0)
-        results[str(t["tensor"])] = {"value": v if math.isfinite(v) else 3.4e38}
-    outputs: dict[str, str] = {}
-    if model is not None:
-        for n in model.graph.node:
-            if n.name and n.output:
-                outputs.setdefault(n.name, n.output[0])
+        entry = {"value": v if math.isfinite(v) else 3.4e38}
+        key = str(t.get("node") or t["tensor"])
+        results[key] = max(results.get(key, entry), entry, key=lambda e: e["value"])
+        if t["tensor"] in outputs:
+            results[f"[value] {t['tensor']}"] = dict(entry)
     for s in report.get("steps") or []:
         details = s.get("details") or {}
         if not isinstance(details, Mapping):
             continue
         for names in details.values():
-            if not isinstance(names, list):
-                continue
-            for name in names:
-                key = outputs.get(str(name), str(name))
-                entry = results.setdefault(key, {"value": 0.0})
-                entry["textColor"] = MARK_COLOR
-    return {
-        "results": results,
-        "gradient": [{"stop": 0, "bgColor": "#ffffff"}, {"stop": 1, "bgColor": "#d93025"}],
-    }
+            for name in names if isinstance(names, list) else []:
+                results.setdefault(str(name), {"value": 0.0})["textColor"] = MARK_COLOR
+    graph = {"results": results, "gradient": [{"stop": 0, "bgColor": "#ffffff"}, {"stop": 1, "bgColor": "#d93025"}]}
+    return {graph_id or "main_graph": graph}
 
 
 def write_page(path: Path, text: str) -> None:

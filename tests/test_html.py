@@ -15,7 +15,7 @@ from surgeon.cli import main
 from surgeon.errors import EXIT_USAGE, EXIT_VERIFY_FAILED
 from surgeon.graphdiff import Node, Sketch, diff
 from surgeon.html_report import layout
-from tests.html_models import OUT_NAME, hostile_model, recipe
+from tests.html_models import HOSTILE, OUT_NAME, hostile_model, recipe
 
 URL_ATTRS = {"src", "srcset", "href", "xlink:href", "data", "poster", "action", "formaction", "background"}
 FETCHING_TAGS = {"link", "iframe", "object", "embed", "base", "frame", "audio", "video", "source", "track", "img"}
@@ -111,25 +111,31 @@ def test_failed_pass_plots_the_error_of_each_tensor(tmp_path: Path) -> None:
     assert '<svg class="plot"' in text and "first divergence:" in text
     assert 'data-verdict="FAIL"' in text
     data = json.loads((tmp_path / "errors.json").read_text())
-    # the first diverging tensor is the MatMul's output, whose node has the hostile name
-    assert data["results"]["mm"]["value"] > 1e-9
-    assert set(data["results"]) <= {"mm", "r", "a", OUT_NAME}
+    # keyed as Model Explorer's ONNX adapter keys nodes: by node name, the graph output as "[value] name"
+    [results] = [g["results"] for g in data.values()]
+    assert list(data) == ["g<b>"]
+    assert results[HOSTILE]["value"] > 1e-9  # the first diverging node: the MatMul
+    assert {HOSTILE, "relu", "add", f"[value] {OUT_NAME}"} <= set(results)
+    assert results[f"[value] {OUT_NAME}"]["value"] > 1e-9
 
 
 def test_node_data_loads_with_model_explorer_classes(tmp_path: Path) -> None:
     import dacite  # a dependency of ai-edge-model-explorer (in the test extra)
     from model_explorer.config import ModelExplorerConfig
-    from model_explorer.node_data_builder import GraphNodeData, NodeDataResult
+    from model_explorer.node_data_builder import GraphNodeData, ModelNodeData, NodeDataResult
 
     code, _ = _apply(tmp_path, True, "--node-data", str(tmp_path / "errors.json"))
     assert code == EXIT_VERIFY_FAILED
     raw = json.loads((tmp_path / "errors.json").read_text())
-    data = dacite.from_dict(GraphNodeData, raw, config=dacite.Config(strict=True))
-    assert isinstance(data.results["mm"], NodeDataResult)
-    assert [g.stop for g in data.gradient] == [0, 1]
+    strict = dacite.Config(strict=True)
+    data = ModelNodeData(graphsData={k: dacite.from_dict(GraphNodeData, v, config=strict) for k, v in raw.items()})
+    graph = data.graphsData["g<b>"]
+    assert isinstance(graph.results[HOSTILE], NodeDataResult) and graph.results[HOSTILE].value > 0
+    assert [g.stop for g in graph.gradient] == [0, 1]
     config = ModelExplorerConfig()
     config.add_node_data("surgeon errors", data)
-    assert json.loads(config.get_node_data(0).to_json_string())["results"] == raw["results"]
+    written = json.loads(config.get_node_data(0).to_json_string())  # its own writer: the same data
+    assert {k: {f: v[f] for f in ("results", "gradient")} for k, v in written.items()} == raw
 
 
 def test_verify_localize_page_and_node_data(tmp_path: Path) -> None:
@@ -151,8 +157,8 @@ def test_verify_localize_page_and_node_data(tmp_path: Path) -> None:
     text = page.read_text(encoding="utf-8")
     assert external_refs(text) == []
     assert "first divergence at node <code>add</code> (Add)" in text
-    results = json.loads(nd.read_text())["results"]
-    assert results["mm"]["value"] == 0 and results["a"]["value"] > 0.4
+    [results] = [g["results"] for g in json.loads(nd.read_text()).values()]
+    assert results[HOSTILE]["value"] == 0 and results["add"]["value"] > 0.4
 
 
 def test_outputs_are_guarded_like_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -265,5 +271,5 @@ def test_run_one_pass_html_and_marks_from_details(tmp_path: Path) -> None:
     assert "kept_float32" in render_run(report) and "<code>relu</code>" in render_run(report)
     import onnx
 
-    marks = node_data(report, onnx.load(str(model)))["results"]
-    assert marks == {"r": {"value": 0.0, "textColor": "#1a73e8"}}
+    marks = node_data(report, onnx.load(str(model)))["g<b>"]["results"]
+    assert marks == {"relu": {"value": 0.0, "textColor": "#1a73e8"}}
