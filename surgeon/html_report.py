@@ -137,6 +137,7 @@ def render_run(report: Mapping[str, Any], index_href: str | None = None) -> str:
                 ("sizes used", _lines(report.get("sizes") or [])),
                 ("input values", _lines(report.get("values") or [])),
                 ("onnx checker", esc(report.get("onnx_checker"))),
+                ("export", _export(report.get("export"))),
                 ("time", f"{float(report.get('seconds') or 0):.2f} s"),
                 ("surgeon", esc(report.get("surgeon_version") or __version__)),
             ]
@@ -160,6 +161,14 @@ def render_run(report: Mapping[str, Any], index_href: str | None = None) -> str:
     if report.get("traceback"):
         parts.append(f"<h2>Traceback</h2><pre><code>{esc(report['traceback'])}</code></pre>")
     return _page(f"surgeon: {name} ({verdict})", "".join(parts))
+
+
+def _export(export: Any) -> str:
+    """A recipe's ``source:`` export, verified against torch before the first pass."""
+    if not isinstance(export, Mapping):
+        return ""
+    head = f"{esc(export.get('exporter'))}: {'ok' if export.get('ok') else 'FAIL'} against torch"
+    return head + "".join(f"<br>{esc(n)}" for n in [*(export.get("notes") or []), *(export.get("warnings") or [])])
 
 
 def _models_section(models: Mapping[str, Any]) -> str:

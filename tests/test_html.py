@@ -273,3 +273,10 @@ def test_run_one_pass_html_and_marks_from_details(tmp_path: Path) -> None:
 
     marks = node_data(report, onnx.load(str(model)))["g<b>"]["results"]
     assert marks == {"relu": {"value": 0.0, "textColor": "#1a73e8"}}
+
+
+def test_source_export_is_shown() -> None:
+    from surgeon.html_report import render_run
+
+    page = render_run({"input": "source: m:f (dynamo)", "export": {"exporter": "dynamo", "ok": True, "notes": ["<n>"]}})
+    assert "dynamo: ok against torch<br>&lt;n&gt;" in page and external_refs(page) == []
