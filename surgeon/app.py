@@ -124,6 +124,10 @@ class Request:
     dry_run: bool = False
     overrides: Overrides = field(default_factory=Overrides)
     report: Path | None = None
+    html: Path | None = None
+    """``--html``: the run's page (:mod:`surgeon.html_report`), written with the report."""
+    node_data: Path | None = None
+    """``--node-data``: the per-node error (and marks) as Model Explorer node data."""
     on_step: Callable[[StepReport], None] | None = None
     on_source: Callable[[str], None] | None = None
     """Called with a line once a recipe's ``source:`` is exported."""
@@ -191,11 +195,38 @@ def apply(recipe: Recipe, req: Request) -> Outcome:
     rep.seconds = time.perf_counter() - t0
     if rep.result is not None and rep.export is not None:
         rep.result.export = rep.export
-    if req.report is not None and checked:
-        write_report(req.report, rep.as_dict())
+    if checked:
+        write_outputs(req, rep)
     if error is not None and req.raise_errors:
         raise error
     return Outcome(rep, rep.result, error)
+
+
+def write_outputs(req: Request, rep: RunReport) -> None:
+    """What the run reports, each where it was asked for: ``--report`` (JSON), ``--html`` (the
+    page), ``--node-data`` (Model Explorer's node data)."""
+    if req.report is None and req.html is None and req.node_data is None:
+        return
+    data = rep.as_dict()
+    if req.report is not None:
+        write_report(req.report, data)
+    if req.html is not None or req.node_data is not None:
+        from surgeon.html_report import node_data, render_run, write_node_data, write_page
+
+        if req.html is not None:
+            write_page(req.html, render_run(data))
+        if req.node_data is not None:
+            proto = rep.result.model.proto if rep.result is not None else None
+            write_node_data(req.node_data, node_data(data, proto))
+
+
+def report_targets(req: Request) -> list[Any]:
+    """The report files a run writes, as targets for the guard (each refused if it names an
+    input, the recipe or another output)."""
+    from surgeon.ir.targets import Target
+
+    named = [(req.report, "--report"), (req.html, "--html"), (req.node_data, "--node-data")]
+    return [Target(path, flag) for path, flag in named if path is not None]
 
 
 TRUST_ENV = "SURGEON_TRUST_SOURCE"
@@ -232,7 +263,6 @@ def _guard(
     without its weights) or the error loading it met (raised once the report may be written), and
     the files the save must never write (handed to the save, which then checks nothing twice)."""
     from surgeon.ir.model import load
-    from surgeon.ir.targets import Target
 
     source, error = None, None
     if model is not None:
@@ -240,7 +270,7 @@ def _guard(
             source = load(model)
         except SurgeonError as exc:
             error = exc
-    extra = [Target(req.report, "--report")] if req.report is not None else []
+    extra = report_targets(req)
     protect = [recipe.path] if recipe.path else []
     if source is None and isinstance(model, (str, Path)):
         protect.append(Path(model))

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from surgeon._version import __version__
 from surgeon.errors import ModelError, SurgeonError, UsageError, VerificationError
+from surgeon.graphdiff import Sketch, diff, sketch
 from surgeon.ir.adapter import ModelIR
 from surgeon.ir.check import FULL_CHECK_LIMIT, full_check, model_full_check, too_big_to_check
 from surgeon.ir.model import load
 from surgeon.ir.save import SavePolicy, save
 from surgeon.ir.targets import Target, check_location, guard_writes, model_data_files, referenced_files
 from surgeon.pass_api import Pass
-from surgeon.results import PipelineResult, StepReport, count_nodes, count_ops
+from surgeon.results import PipelineResult, StepReport, count_nodes, count_ops, model_identity
 from surgeon.verify.config import StepVerify, VerifyConfig
 from surgeon.verify.session import VerificationSession
 
@@ -124,6 +125,7 @@ class Pipeline:
         ir = ModelIR.from_model(source)
         session = VerificationSession(source, self.verify, base_dir, size_hints(self.steps), self.tolerance_override)
         reports: list[StepReport] = []
+        shape = sketch(ir.graph)
         for i, step in enumerate(self.steps):
             before = count_nodes(ir.graph)
             t0 = time.perf_counter()
@@ -144,6 +146,7 @@ class Pipeline:
                 notes=list(result.notes),
                 details=dict(result.details),
             )
+            shape, report.structure = _structure(shape, ir.graph, result.modified)
             report.check = session.after_step(
                 result.contract,
                 result.modified,
@@ -165,6 +168,8 @@ class Pipeline:
         res.device, res.sizes, res.values = session.device, session.sizes, session.values
         if sessions is not None:
             sessions.append(session)
+
+        res.models = {"before": model_identity(source), "after": model_identity(final)}
         return res
 
     def apply(
@@ -292,6 +297,14 @@ def size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
         for key, size in s.pass_.bound_sizes().items():
             hints.setdefault(str(key), (int(size), f"fixed by passes[{i}] ({s.pass_.name})"))
     return hints
+
+
+def _structure(before: Sketch, graph: Any, modified: bool) -> tuple[Sketch, dict[str, Any]]:
+    """A step's structural change (:func:`surgeon.graphdiff.diff`) and op counts before and after
+    (the main graph); returns the sketch after it, the next step's before."""
+    after = sketch(graph) if modified else before
+    data = diff(before, after) if modified else {}
+    return after, {"ops_before": before.ops(), "ops_after": after.ops(), **data}
 
 
 def _changed_tensors(ir: ModelIR) -> set[str]:

@@ -27,6 +27,10 @@ class StepReport:
     details: dict[str, Any] = field(default_factory=dict)
     """The pass's own figures (:attr:`surgeon.pass_api.PassResult.details`)."""
 
+    structure: dict[str, Any] | None = None
+    """Op counts before and after, and for a step that modified the model what it added, removed,
+    rewired and renamed, with the changed region (``surgeon.graphdiff.diff``)."""
+
     @property
     def verdict(self) -> Verdict:
         if self.check is None:
@@ -49,6 +53,8 @@ class StepReport:
             "divergence": self.check.divergence.as_dict() if self.check and self.check.divergence else None,
             "notes": self.notes,
             "details": self.details,
+
+            "structure": self.structure,
         }
 
 
@@ -70,6 +76,9 @@ class PipelineResult:
     """How integer inputs' values were chosen ("ids in [0, 30) (indexes 'emb' (30 rows))")."""
     ops_before: dict[str, int] = field(default_factory=dict)
     """Op histogram of the source model (every graph, subgraphs included)."""
+    models: dict[str, Any] = field(default_factory=dict)
+    """The source's identity (``before``: name, producer, IR, opsets, inputs and outputs with
+    their types, sha256) and the result's (``after``), by :func:`model_identity`."""
     export: dict[str, Any] | None = None
     """The recipe's ``source:`` export, verified against torch before the first pass (exporter,
     ok, outputs, warnings, notes); None when the model came from a file."""
@@ -114,6 +123,7 @@ class PipelineResult:
             if self.final_check and self.final_check.divergence
             else None,
             "ops": {"before": self.ops_before, "after": self.ops_after},
+            "models": self.models,
             "export": self.export,
         }
 
@@ -148,3 +158,44 @@ def count_ops(graph: Any) -> dict[str, int]:
         for n in g.node
     )
     return dict(counts.most_common())
+
+
+HASH_LIMIT = 512 << 20
+"""Model files hashed for the report at most (bigger ones: no sha256 in the report)."""
+
+
+def model_identity(model: Model) -> dict[str, Any]:
+    """What identifies a model in a report: its file and hash, graph name, producer, IR version,
+    opsets, node count, and its inputs and outputs with their element types and shapes."""
+    from onnx import TensorProto
+
+    proto = model.proto
+
+    def io(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for vi in values:
+            tt = vi.type.tensor_type
+            dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim]
+            dtype = TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else vi.type.WhichOneof("value")
+            out.append({"name": vi.name, "dtype": dtype, "shape": dims if tt.HasField("shape") else None})
+        return out
+
+    weights = {t.name for t in proto.graph.initializer}
+    digest = None
+    if model.path is not None:
+        try:
+            if model.path.stat().st_size <= HASH_LIMIT:
+                digest = model.sha256()
+        except OSError:
+            digest = None
+    return {
+        "path": str(model.path) if model.path is not None else None,
+        "sha256": digest,
+        "graph": proto.graph.name,
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "ir_version": proto.ir_version,
+        "opsets": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        "nodes": len(proto.graph.node),
+        "inputs": io(vi for vi in proto.graph.input if vi.name not in weights),
+        "outputs": io(proto.graph.output),
+    }

@@ -70,3 +70,17 @@ def test_bench_startup_runs(tmp_path: Path) -> None:
         "surgeon explain rename-io",
     }
     assert all(v > 0 for v in medians.values())
+
+
+def test_bench_html_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(BENCH / "bench_html.py"), "--nodes", "30", "--work", str(tmp_path), "--json", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [result] = json.loads(out.read_text())
+    assert [r["page"] for r in result["rows"]] == [
+        "baseline (5 nodes)",
+        "30 nodes",
+        "30 nodes + error plot of 30 tensors",
+    ]
+    assert all(r["ok"] and r["bytes"] > 1000 for r in result["rows"])

@@ -74,4 +74,6 @@ def test_tensors_are_exposed_in_batches_bounded_by_count_and_bytes() -> None:
     broken = _chain()
     broken.graph.node[2].op_type = "Sub"
     d = localize(Runtime("cpu"), load(_chain()), feed, load(broken), feed, Tolerance(1e-6, 1e-6), batch=1)
-    assert (d.node, d.op, d.compared) == ("/add", "Sub", 3) and d.inputs == {"m": 0.0}
+    # one batch past the first divergence is compared too (how the error grows): r, m, a, then y
+    assert (d.node, d.op, d.compared) == ("/add", "Sub", 4) and d.inputs == {"m": 0.0}
+    assert [(t["tensor"], t["ok"]) for t in d.trace] == [("r", True), ("m", True), ("a", False), ("y", False)]

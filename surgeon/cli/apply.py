@@ -76,6 +76,8 @@ def _apply(recipe: Recipe, args: argparse.Namespace, over: Overrides) -> int:
         dry_run=args.dry_run,
         overrides=over,
         report=args.report,
+        html=args.html,
+        node_data=args.node_data,
         on_step=on_step,
         on_source=on_source,
         trust_source=getattr(args, "trust_source", False),

@@ -84,11 +84,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     cfg = overrides(args).verify_config()
     mapping = pairs(args.map, "--map")
     ref, cand = load(args.reference), load(args.candidate)
-    if args.report:  # checked before any run; the models and their weights are never written
+    named = [(args.report, "--report"), (args.html, "--html"), (args.node_data, "--node-data")]
+    targets = [Target(path, flag) for path, flag in named if path is not None]
+    if targets:  # checked before any run; the models and their weights are never written
         from surgeon.ir.targets import model_data_files
 
         reads = [args.reference, args.candidate, *model_data_files(ref), *model_data_files(cand)]
-        guard_writes([Target(args.report, "--report")], reads)
+        guard_writes(targets, reads)
     in_names = {vi.name for vi in ref.proto.graph.input}
     contract = IOContract(
         renamed_inputs={k: v for k, v in mapping.items() if k in in_names},
@@ -112,13 +114,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if divergence is not None:
             say(console, divergence.line())
         say(console, f"verified on {verifier.device_line}: {'ok' if check.ok else 'FAIL'}")
-    if args.report:
+    if targets:
         outputs = [o.as_dict() for o in check.outputs]
         div = divergence.as_dict() if divergence is not None else None
-        write_report(
-            args.report, verify_report(check.ok, verifier.device_line, check.sizes, verifier.values, outputs, div)
-        )
+        data = verify_report(check.ok, verifier.device_line, check.sizes, verifier.values, outputs, div)
+        if args.report:
+            write_report(args.report, data)
+        _write_pages(args, data, ref, cand)
     return EXIT_OK if check.ok else EXIT_VERIFY_FAILED
+
+
+def _write_pages(args: argparse.Namespace, data: dict[str, Any], ref: Any, cand: Any) -> None:
+    """``--html`` and ``--node-data`` of ``surgeon verify`` (the targets were checked before any run)."""
+    if args.html is None and args.node_data is None:
+        return
+    from surgeon.html_report import node_data, render_verify, write_node_data, write_page
+    from surgeon.results import model_identity
+
+    if args.html is not None:
+        page = data | {"models": {"before": model_identity(ref), "after": model_identity(cand)}}
+        write_page(args.html, render_verify(page, str(args.reference), str(args.candidate)))
+    if args.node_data is not None:
+        write_node_data(args.node_data, node_data(data, cand.proto))
 
 
 def _added_inputs(ref: Any, cand: Any, contract: Any, feed: dict[str, str]) -> dict[str, Any]:

@@ -38,6 +38,11 @@ def report_path(output: Path) -> Path:
     return output.with_name(output.stem + ".report.json")
 
 
+def page_path(output: Path) -> Path:
+    """Each model's page (``--html``): ``<out-dir>/<name>.report.html`` beside its output."""
+    return output.with_name(output.stem + ".report.html")
+
+
 def plan_outputs(args: argparse.Namespace, models: list[Path], recipe_path: Path) -> list[Path]:
     """Each model's output in ``--out-dir`` (created when missing; its parent must exist), with
     every file the run writes — outputs, per-model reports, ``--report`` — checked together
@@ -71,8 +76,12 @@ def plan_outputs(args: argparse.Namespace, models: list[Path], recipe_path: Path
             if not args.dry_run:
                 targets.append(Target(o, "output", replaces=m if same else None))
             targets.append(Target(report_path(o), "report"))
+            if args.html is not None:
+                targets.append(Target(page_path(o), "page"))
         if args.report is not None:
             targets.append(Target(args.report, "--report"))
+        if args.html is not None:
+            targets.append(Target(args.html, "--html"))
         reads: list[Path] = [recipe_path, *models]
         folders = {t.path.parent.resolve() for t in targets}
         for m in models:  # a model's weights lie in its folder or below: only there can a target be one
@@ -96,6 +105,11 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
     recipe = load_recipe(args.recipe)  # every recipe problem before any model is touched
     if args.output is not None:
         raise UsageError("-o names one output; with several models give --out-dir")
+    if args.node_data is not None:
+        raise UsageError(
+            "--node-data names one model's file; with several models run `surgeon verify --localize "
+            "--node-data` on the model to look at"
+        )
     pattern = str(args.input) if args.input is not None else (str(recipe.model) if recipe.model else None)
     if pattern is None:
         raise UsageError(f"{args.recipe}: no model: set 'model' in the recipe or give -i")
@@ -113,6 +127,8 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
 
         def done(i: int, rep: dict[str, Any]) -> None:
             write_report(report_path(outs[i]), rep)  # as each model finishes: nothing is written after a signal
+            if args.html is not None:
+                _write_model_page(rep, page_path(outs[i]), args.html)
             state = "ok" if rep.get("ok") else rep.get("failure_class")
             bar.update(task, advance=1, description=f"{inert(Path(rep['input']).name)}: {state}")
 
@@ -125,7 +141,30 @@ def apply_many(args: argparse.Namespace, over: Overrides) -> int:
         make_console().print(summary_table(reports))
     if args.report:
         write_report(args.report, many_report(str(args.recipe), sha256_text(recipe.text), reports))
+    if args.html is not None:
+        _write_index(args.html, reports, [page_path(o) for o in outs], str(args.recipe))
     return many_exit_code(reports)
+
+
+def _href(target: Path, page: Path) -> str:
+    """``target`` as a link from ``page`` (relative: the pages move together, as a CI artifact)."""
+    from urllib.parse import quote
+
+    return quote(Path(os.path.relpath(target.resolve(), page.resolve().parent)).as_posix())
+
+
+def _write_model_page(rep: Mapping[str, Any], page: Path, index: Path) -> None:
+    from surgeon.html_report import render_run, write_page
+
+    write_page(page, render_run(rep, index_href=_href(index, page)))
+
+
+def _write_index(index: Path, reports: Sequence[Mapping[str, Any]], pages: Sequence[Path], recipe: str) -> None:
+    """The index page: every model's verdict, linking to its page."""
+    from surgeon.html_report import render_index, write_page
+
+    entries = [(rep, _href(page, index) if page.exists() else None) for rep, page in zip(reports, pages)]
+    write_page(index, render_index(entries, recipe))
 
 
 def shard(models: list[Path], spec: str | None) -> list[Path]:

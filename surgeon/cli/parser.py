@@ -37,11 +37,28 @@ def verification_flags(p: argparse.ArgumentParser, recipe: bool = True) -> argpa
     return g
 
 
+def report_flags(p: argparse.ArgumentParser) -> None:
+    """--report, --html, --node-data: what apply, run and verify write about the run."""
+    p.add_argument("--report", type=Path, metavar="JSON", help="write the summary as JSON")
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="HTML",
+        help="write a self-contained HTML report (many models: this index, and a page per model in --out-dir)",
+    )
+    p.add_argument(
+        "--node-data",
+        type=Path,
+        metavar="JSON",
+        help="write the per-node error as Google Model Explorer node data (one model)",
+    )
+
+
 def output_flags(p: argparse.ArgumentParser) -> None:
-    """--force, --in-place, --report, --dry-run: the output flags apply and run share."""
+    """--force, --in-place, --report, --html, --node-data, --dry-run: the output flags apply and run share."""
     p.add_argument("--force", action="store_true", help="write the output even when verification fails (still exits 1)")
     p.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
-    p.add_argument("--report", type=Path, metavar="JSON", help="write the summary as JSON")
+    report_flags(p)
     p.add_argument(
         "--dry-run", action="store_true", help="run and verify every pass, write nothing (the --report still)"
     )
@@ -141,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--map", action="append", default=[], metavar="OLD=NEW", help="an input or output renamed in the candidate"
     )
-    p.add_argument("--report", type=Path, metavar="JSON", help="write the comparison as JSON")
+    report_flags(p)
     p.add_argument(
         "--localize",
         action="store_true",

@@ -42,6 +42,11 @@ class Divergence:
     failed: str = ""
     """Why the localization could not finish (a model failed with its tensors exposed), naming it."""
 
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    """Every tensor compared, in topological order of the second model: ``tensor``, ``node``,
+    ``op``, ``max_abs``, ``max_rel``, ``ok`` (up to a batch past the first divergence: how the
+    error grows from where it entered)."""
+
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -114,6 +119,7 @@ def localize(
     common = [(t, n) for t, n in _producers(after.proto) if t in known]
     out = Divergence()
     errors: dict[str, float] = {}
+    past = 0  # tensors compared after the first divergence
     for chunk in _batches(common, _sizes(after.proto, feed_after), batch, max(MIN_BUDGET, _weight_bytes(after.proto))):
         exposed = [t for t, _ in chunk]
         try:
@@ -142,12 +148,17 @@ def localize(
             check = compare(name, a, b, tol)
             out.compared += 1
             errors[name] = check.max_abs
+            out.trace.append(
+                {"tensor": name, "node": node.name, "op": node.op_type, "max_abs": check.max_abs}
+                | {"max_rel": check.max_rel, "ok": check.ok}
+            )
+            past += bool(out.tensor)
             if not check.ok and not out.tensor:
                 out.tensor, out.node, out.op = name, node.name, node.op_type
                 out.shape, out.max_abs, out.max_rel, out.note = list(b.shape), check.max_abs, check.max_rel, check.note
                 out.inputs = {i: errors[i] for i in node.input if i in errors}
         del ref, got
-        if out.tensor:
+        if out.tensor and past >= batch:
             break
     return out
 
