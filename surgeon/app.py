@@ -64,8 +64,11 @@ class Overrides:
         atol: float | None = None,
         dims: Sequence[str] = (),
         inputs: Path | None = None,
+        proof_only: bool = False,
     ) -> Overrides:
         values: dict[str, Any] = {}
+        if no_verify and proof_only:
+            raise UsageError("--no-verify and --proof-only: choose one (no verification, or proofs only)")
         if inputs is not None:  # relative to where the user is, not to the recipe
             if not inputs.is_file():
                 raise UsageError(f"--inputs {inputs}: no such file")
@@ -74,6 +77,8 @@ class Overrides:
             values["device"] = device
         if no_verify:
             values["mode"] = "off"
+        if proof_only:
+            values["mode"] = "proof"
         if rtol is not None:
             values["rtol"] = rtol
         if atol is not None:

@@ -52,7 +52,7 @@ def fmt_err(value: float | None) -> str:
 
 
 def progress_line(console: Console, step: StepReport, total: int, verbose: bool = False) -> None:
-    style = {"ok": "green", "FAIL": "bold red"}.get(step.verdict, "dim")
+    style = {"ok": "green", "proved (structural)": "green", "FAIL": "bold red"}.get(step.verdict, "dim")
     err = fmt_err(step.check.max_abs) if step.check else "-"
     console.print(
         f"\\[{step.index + 1}/{total}] [bold]{_e(step.label)}[/bold]  "
@@ -101,7 +101,7 @@ def summary_table(console: Console, result: PipelineResult) -> None:
             f"[{style}]{'ok' if result.export['ok'] else 'FAIL'}[/{style}]",
         )
     for s in result.steps:
-        style = {"ok": "green", "FAIL": "bold red"}.get(s.verdict, "dim")
+        style = {"ok": "green", "proved (structural)": "green", "FAIL": "bold red"}.get(s.verdict, "dim")
         table.add_row(
             str(s.index + 1),
             _e(s.label),
