@@ -119,12 +119,12 @@ class Pipeline:
         """Apply the passes to ``model`` (path, bytes, ModelProto or Model) and verify them.
         A pass's error keeps its class (and so its exit code), with the step named in its text."""
         source = load(model)
-        ir = ModelIR.from_model(source)
+        ir = ModelIR.from_model(source, lazy=True)  # imported when a pass first needs the graph
         session = VerificationSession(source, self.verify, base_dir, size_hints(self.steps), self.tolerance_override)
         proofs = Proofs.of(source, self.verify)
         reports: list[StepReport] = []
         for i, step in enumerate(self.steps):
-            before = count_nodes(ir.graph)
+            before = ir.node_count()
             t0 = time.perf_counter()
             # the reference run comes after the first precondition check, before any edit (with
             # proofs, when the first step a proof does not cover needs it)
@@ -141,7 +141,7 @@ class Pipeline:
                 step.label,
                 result.modified,
                 before,
-                count_nodes(ir.graph),
+                ir.node_count(),
                 time.perf_counter() - t0,
                 notes=list(result.notes),
             )
@@ -336,9 +336,12 @@ def size_hints(steps: Sequence[Step]) -> dict[str, tuple[int, str]]:
 
 
 def _changed_tensors(ir: ModelIR) -> set[str]:
-    """Constants whose values are in memory (a pass built or replaced them)."""
+    """Constants whose values are in memory (a pass built or replaced them; none while the graph
+    was never built)."""
     import onnx_graphsurgeon as gs
 
+    if not ir.built:
+        return set()
     return {
         name
         for name, t in ir.graph.tensors().items()
