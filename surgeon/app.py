@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 FLAGS = {
     "device": "--device",
     "mode": "--no-verify",
+    "prove": "--no-proof",
     "rtol": "--rtol",
     "atol": "--atol",
     "dims": "--dims",
@@ -65,6 +66,7 @@ class Overrides:
         dims: Sequence[str] = (),
         inputs: Path | None = None,
         proof_only: bool = False,
+        no_proof: bool = False,
     ) -> Overrides:
         values: dict[str, Any] = {}
         if no_verify and proof_only:
@@ -79,6 +81,10 @@ class Overrides:
             values["mode"] = "off"
         if proof_only:
             values["mode"] = "proof"
+        if no_proof:
+            if proof_only:
+                raise UsageError("--proof-only and --no-proof: choose one")
+            values["prove"] = False
         if rtol is not None:
             values["rtol"] = rtol
         if atol is not None:

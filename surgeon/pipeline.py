@@ -18,7 +18,7 @@ from surgeon.ir.model import load
 from surgeon.ir.save import SavePolicy, save
 from surgeon.ir.targets import Target, check_location, guard_writes, model_data_files, referenced_files
 from surgeon.pass_api import Pass, PassResult
-from surgeon.results import PipelineResult, StepReport, count_nodes, count_ops
+from surgeon.results import PipelineResult, StepReport, count_ops
 from surgeon.verify.config import StepVerify, VerifyConfig
 from surgeon.verify.proof import Proof, Prover
 from surgeon.verify.session import VerificationSession

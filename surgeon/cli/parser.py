@@ -27,6 +27,11 @@ def verification_flags(p: argparse.ArgumentParser, recipe: bool = True) -> argpa
             action="store_true",
             help="run no onnxruntime session: every step must be proved structurally, or fails (verify.mode: proof)",
         )
+        g.add_argument(
+            "--no-proof",
+            action="store_true",
+            help="verify every step by running it, even one proved structurally (verify.prove: false)",
+        )
     g.add_argument(
         "--dims",
         action="append",
