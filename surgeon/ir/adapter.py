@@ -86,11 +86,11 @@ class ModelIR:
         """Carry the source graph's doc string and its inputs'/outputs' doc strings (strip-doc clears it)."""
         self.source_metadata = True
         """Carry the source graph's and its values' metadata_props (strip-doc with metadata clears it)."""
-        self.node_meta: dict[int, tuple[Any, _NodeMeta]] = {}
-        self.default_inputs: dict[str, onnx.ValueInfoProto] = {}
-        self.input_order: list[str] = []
-        self.orphans: list[onnx.TensorProto] = []
-        self.exotic_types: dict[str, onnx.TypeProto] = {}
+        self.node_meta = {}  # dict[int, tuple[node, _NodeMeta]]
+        self.default_inputs = {}  # dict[str, onnx.ValueInfoProto]
+        self.input_order = []  # list[str]
+        self.orphans = []  # list[onnx.TensorProto]
+        self.exotic_types = {}  # dict[str, onnx.TypeProto]
 
     @property
     def built(self) -> bool:
