@@ -339,3 +339,23 @@ def test_proof_mode_from_the_command_line(tmp_path: Path, no_runtime: list[str])
     data = json.loads(report.read_text())
     steps = data.get("steps") or data["result"]["steps"]
     assert steps[0]["verdict"] == "proved (structural)"
+
+
+def test_fix_dims_binds_the_symbol_outputs_declare() -> None:
+    """fix-dims makes N a size and the output's declaration follows: the declaration before said
+    the output has N rows, so at N=2 it has 2. A size no symbol before gave is not proved."""
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", FLOAT, ["N", 4])],
+        [w],
+    )
+    proto = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    assert _run_buggy("fix-dims", {"dims": {"N": 2}}, lambda ir: None, proto).proved
+
+    def wrong(ir: ModelIR) -> None:
+        ir.graph.outputs[0].shape = [3, 4]
+
+    assert not _run_buggy("fix-dims", {"dims": {"N": 2}}, wrong, proto).proved
