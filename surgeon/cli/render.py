@@ -75,6 +75,9 @@ def show_outputs(console: Console, check: StepCheck, only_failures: bool = False
             continue
         style = "green" if o.ok else "bold red"
         tail = f"  ({_e(o.note)})" if o.note else ""
+        if o.kind == "proof":  # shown without running: no shape, no error
+            console.print(f"{indent}{_e(o.name)}: [{style}]{o.verdict}[/{style}]{tail}", highlight=False)
+            continue
         console.print(
             f"{indent}{_e(o.name)}: shape {_e(list(o.shape))}  max abs {fmt_err(o.max_abs)}  max rel {fmt_err(o.max_rel)}  "
             f"tol rtol={o.rtol:g} atol={o.atol:g}  [{style}]{o.verdict}[/{style}]{tail}",
