@@ -152,8 +152,8 @@ def _clean_proto(g: onnx.GraphProto, remove_inputs: bool, toposort: bool, top: b
         del g.initializer[:]
         g.initializer.extend(keep_inits)
     if remove_inputs and top:
-        names = {t.name for t in g.initializer}
-        ins = [vi for vi in g.input if vi.name in read or vi.name in names]
+        init_names = {t.name for t in g.initializer}
+        ins = [vi for vi in g.input if vi.name in read or vi.name in init_names]
         if len(ins) != len(g.input):
             keep_ins = [type(vi)() for vi in ins]
             for c, vi in zip(keep_ins, ins):
