@@ -85,7 +85,7 @@ class Cleanup(Pass):
         caller_inputs = [vi.name for vi in g.input if vi.name not in inits]
         defaults = [vi.name for vi in g.input if vi.name in inits]
         init_names = [t.name for t in g.initializer]
-        _clean_proto(g, self.params.remove_unused_inputs, self.params.toposort, top=True)
+        clean_proto(g, self.params.remove_unused_inputs, self.params.toposort, top=True)
         removed = [n for n in caller_inputs if n not in {vi.name for vi in g.input}]
         notes_ir = ""
         if self.params.remove_initializer_inputs and defaults:
@@ -112,7 +112,7 @@ class Cleanup(Pass):
         return PassResult(changed, IOContract(removed_inputs=set(removed)), notes)
 
 
-def _clean_proto(g: onnx.GraphProto, remove_inputs: bool, toposort: bool, top: bool) -> set[str]:
+def clean_proto(g: onnx.GraphProto, remove_inputs: bool, toposort: bool, top: bool) -> set[str]:
     """Drop the nodes no output of ``g`` needs, the initializers and value_info of what is gone (and,
     with ``remove_inputs``, main-graph inputs no node reads), sort the nodes topologically; subgraphs
     first, each on its own. Returns the outer names ``g`` still reads (its captures)."""
@@ -122,7 +122,7 @@ def _clean_proto(g: onnx.GraphProto, remove_inputs: bool, toposort: bool, top: b
     for n in g.node:
         names = [x for x in n.input if x]
         for sub in node_subgraphs(n):
-            names += sorted(_clean_proto(sub, False, toposort, top=False))
+            names += sorted(clean_proto(sub, False, toposort, top=False))
         uses.append(names)
     producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
     needed: set[int] = set()

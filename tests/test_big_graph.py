@@ -115,3 +115,22 @@ def test_bench_graph_and_bench_large_proofs_run_end_to_end(tmp_path: Any) -> Non
     assert res.returncode in (0, 1), res.stdout + res.stderr  # 1: a timing target missed on a busy machine
     [result] = json.loads(out.read_text())
     assert [r["rc"] for r in result["rows"]] == [0, 0]
+
+
+def test_remove_outputs_prunes_on_the_protobuf(no_import: None) -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["y"]),
+            helper.make_node("Mul", ["x", "k"], ["aux0"]),
+            helper.make_node("Neg", ["aux0"], ["aux"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, [2])],
+        [helper.make_tensor_value_info("y", FLOAT, [2]), helper.make_tensor_value_info("aux", FLOAT, [2])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "k")],
+    )
+    proto = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    res = Pipeline([get_pass("remove-outputs")({"outputs": ["aux"]})], verify={"mode": "off"}).run(proto)
+    g = res.model.proto.graph
+    assert [o.name for o in g.output] == ["y"] and [n.op_type for n in g.node] == ["Relu"] and not g.initializer
+    assert res.steps[0].notes[-1] == "pruned 2 node(s) and 1 initializer(s) no output needs"
