@@ -104,11 +104,12 @@ def unprovable_contract(contract: IOContract) -> str | None:
 
 
 class Prover:
-    """Proves steps of one pipeline. Content keys of weights are cached by tensor (a model after one
-    step is the model before the next: its tensors are keyed once)."""
+    """Proves steps of one pipeline. Content keys of weights are cached by tensor for the last model
+    proved (the model after one step is the model before the next: its tensors are keyed once; no
+    older model is kept alive)."""
 
     def __init__(self) -> None:
-        self._keys: dict[tuple[int, bool], tuple[Any, Any]] = {}
+        self._last: tuple[Model | None, dict[tuple[int, bool], tuple[Any, Any]]] = (None, {})
 
     def prove(self, before: Model, after: Model, contract: IOContract) -> Proof:
         """Whether ``after`` computes what ``before`` does, through ``contract``."""
@@ -134,23 +135,15 @@ class Prover:
 
     def _numbered(self, before: Model, after: Model, contract: IOContract, by_location: bool) -> Proof:
         table: dict[Any, int] = {}
-        src = _Side(self, table, before.base_dir, by_location, "before")
-        dst = _Side(self, table, after.base_dir, by_location, "after")
+        last, keys = self._last
+        src = _Side(keys if last is before else {}, table, before.base_dir, by_location, "before")
+        dst = _Side({}, table, after.base_dir, by_location, "after")
+        self._last = (after, dst.keys)
         src.main(before.proto.graph, contract, renamed=True)
         dst.main(after.proto.graph, contract, renamed=False)
         _outputs(src, dst, contract)
         _declarations(src, dst)
         return Proof(True, f"same computation: {dst.n_nodes} node(s), {len(dst.outputs)} output(s) equal")
-
-    def content(self, t: onnx.TensorProto, base_dir: Path | None, by_location: bool) -> Any:
-        """A key equal for two tensors with the same element type, dims and bytes."""
-        cache_key = (id(t), by_location)
-        hit = self._keys.get(cache_key)
-        if hit is not None and hit[0] is t:
-            return hit[1]
-        key = _content(t, base_dir, by_location)
-        self._keys[cache_key] = (t, key)
-        return key
 
 
 def _trivial(contract: IOContract) -> bool:
@@ -197,8 +190,17 @@ def _content(t: onnx.TensorProto, base_dir: Path | None, by_location: bool) -> A
 class _Side:
     """The numbering of one model (before or after), into the table both share."""
 
-    def __init__(self, prover: Prover, table: dict[Any, int], base_dir: Path | None, by_location: bool, who: str):
-        self.prover, self.table, self.base_dir, self.by_location, self.who = prover, table, base_dir, by_location, who
+    def __init__(
+        self,
+        keys: dict[tuple[int, bool], tuple[Any, Any]],
+        table: dict[Any, int],
+        base_dir: Path | None,
+        by_location: bool,
+        who: str,
+    ):
+        self.keys = keys
+        """Content keys of this model's tensors, by tensor."""
+        self.table, self.base_dir, self.by_location, self.who = table, base_dir, by_location, who
         self.outputs: list[tuple[str, int]] = []
         self.inputs: list[tuple[str, Any]] = []
         """Inputs a caller feeds: (name after the step, declared type)."""
@@ -214,7 +216,17 @@ class _Side:
         return self.table.setdefault(key, len(self.table))
 
     def const(self, t: onnx.TensorProto) -> int:
-        return self.number(("const", self.prover.content(t, self.base_dir, self.by_location)))
+        return self.number(("const", self.content(t)))
+
+    def content(self, t: onnx.TensorProto) -> Any:
+        """A key equal for two tensors with the same element type, dims and bytes."""
+        cache_key = (id(t), self.by_location)
+        hit = self.keys.get(cache_key)
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        key = _content(t, self.base_dir, self.by_location)
+        self.keys[cache_key] = (t, key)
+        return key
 
     # -- graphs ---------------------------------------------------------------------------------
     def main(self, g: onnx.GraphProto, contract: IOContract, renamed: bool) -> None:
