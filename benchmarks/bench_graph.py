@@ -12,7 +12,8 @@ branch (one node in 64) for cleanup. Each method runs in its own process (wall t
 - interface proved: the same recipe verified (every step proved structurally, no onnxruntime)
 - cleanup --no-verify: ``surgeon run cleanup``, verification off
 - cleanup by execution: the same, verified by running it (``verify.prove: false``)
-- ort x2: two onnxruntime sessions (source and result) built and run once
+- ort x2: two onnxruntime sessions (source and result) built and run once, with the verifier's
+  options (graph optimizations off)
 
 and prints the ratios and whether each target holds: interface recipes at most 2x the floor in time
 and peak RSS; cleanup at most 1.5x onnx-graphsurgeon's import + export; verification by execution at
@@ -160,8 +161,10 @@ def method_ort2(src: Path, out: Path) -> None:
     import onnxruntime as ort
 
     feed = {IN_NAME: np.ones((1, DIM), np.float32)}
+    opts = ort.SessionOptions()  # the verifier's options: the graph as written, no optimization
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for _ in range(2):
-        ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feed)
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"]).run(None, feed)
 
 
 METHODS = {"floor": method_floor, "graphsurgeon": method_graphsurgeon, "ort x2": method_ort2}
