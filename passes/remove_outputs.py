@@ -72,7 +72,7 @@ class RemoveOutputs(Pass):
     def _run_proto(self, model: ModelIR) -> PassResult:
         """The same on the protobuf of a model whose graph was never built: the outputs go, and with
         ``prune`` what only they needed (cleanup's protobuf walk, without sorting)."""
-        from surgeon.passes.cleanup import clean_proto
+        from surgeon.passkit.proto import clean_proto
 
         g = model.proto_graph
         assert g is not None
