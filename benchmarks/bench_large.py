@@ -110,6 +110,71 @@ def write_recipe(folder: Path, share: bool = False) -> Path:
     return path
 
 
+INTERFACE_RECIPE = (
+    "version: 1\nverify: {{device: cpu, mode: {mode}}}\n{save}passes:\n"
+    f"  - rename-io: {{{{inputs: {{{{{IN_NAME}: {NEW_IN_NAME}}}}}}}}}\n"
+    "  - set-metadata: {{producer_name: bench}}\n"
+    "  - strip-doc: {{}}\n"
+)
+"""The interface-only recipe of issue 21 (every step proved structurally when verified)."""
+PROOF_RATIO = 1.2
+PROOF_RSS_MB = 300.0
+
+
+def write_interface_recipe(folder: Path, mode: str, share: bool = False) -> Path:
+    path = folder / f"interface-{mode}{'-share' if share else ''}.yaml"
+    path.write_text(INTERFACE_RECIPE.format(mode=mode, save="save: {share_weights: true}\n" if share else ""))
+    return path
+
+
+def run_proofs(work: Path, layers: int, dim: int, share: bool, repeat: int = 1) -> tuple[list[Row], dict[str, Any]]:
+    """Issue 21: the interface-only recipe verified (structural proofs, no onnxruntime) against the
+    same recipe with verification off. ``share``: the output next to the source, sharing its data
+    file (the 6 GB run: nothing copied); else the output in another folder (weights copied)."""
+    src_dir, out_dir = work / "src", work / "out"
+    _clean(src_dir)
+    src = build_model(src_dir, layers, dim)
+    os.sync()
+    size_mb = (src_dir / "model.onnx.data").stat().st_size / 2**20
+    out = (src_dir / "edited.onnx") if share else (out_dir / "model.onnx")
+    rows = []
+    for name, mode in (("interface verify=off", "off"), ("interface proved", "each")):
+        recipe = write_interface_recipe(work, mode, share)
+        runs = []
+        for _ in range(repeat):
+            _clean(out_dir)
+            out.unlink(missing_ok=True)
+            os.sync()
+            runs.append(
+                measure(name, [*_surgeon(), "apply", str(recipe), "-i", str(src), "-o", str(out), "-q"], work / "log")
+            )
+        runs.sort(key=lambda r: r.seconds)
+        best = runs[len(runs) // 2]
+        rows.append(Row(name, best.seconds, max(r.rss_mb for r in runs), best.rc, best.note))
+    extra = {"size_mb": round(size_mb, 1), "layers": layers, "dim": dim, "share_weights": share}
+    return rows, extra
+
+
+def print_proofs(rows: list[Row], extra: dict[str, Any]) -> bool:
+    off, proved = rows
+    ratio = proved.seconds / off.seconds
+    print(f"\n{extra['size_mb']:.0f} MiB, interface-only recipe (rename-io, set-metadata, strip-doc)")
+    print("| method | wall s | peak RSS MB |\n|---|---:|---:|")
+    for r in rows:
+        print(f"| {r.name}{f' (exit {r.rc}: {r.note})' if r.rc else ''} | {r.seconds:.2f} | {r.rss_mb:.0f} |")
+    met = ratio <= PROOF_RATIO and proved.rss_mb < PROOF_RSS_MB
+    print(
+        f"  verified <= {PROOF_RATIO}x unverified: {ratio:.2f}x; peak RSS {proved.rss_mb:.0f} MB "
+        f"(< {PROOF_RSS_MB:.0f} MB) -> {'met' if met else 'NOT met'}"
+    )
+    return met and all(r.rc == 0 for r in rows)
+
+
+def free_gb(folder: Path) -> float:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize / 2**30
+
+
 # --- the methods (each runs in its own process: `bench_large.py --method NAME MODEL OUT`) ---------
 
 
@@ -435,6 +500,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. onnx graphsurgeon)")
     p.add_argument("--repeat", type=int, default=1, help="runs per method: median wall time, largest peak RSS")
     p.add_argument("--json", type=Path, help="write the measurements as JSON")
+    p.add_argument(
+        "--proofs", action="store_true", help="issue 21: the interface-only recipe verified by proofs vs verify off"
+    )
+    p.add_argument(
+        "--big-gb",
+        type=float,
+        help="issue 21: also a generated external-data model of this many GB (e.g. 6), skipped without the disk room",
+    )
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -448,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-large-"))
     results: list[dict[str, Any]] = []
+    if args.proofs or args.big_gb:
+        return _main_proofs(args, sizes, work)
     try:
         for layers, dim in sizes:
             rows, extra = run_size(work / f"{layers}x{dim}", layers, dim, set(args.skip), args.repeat)
@@ -459,6 +534,33 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     ok = all(r["rc"] == 0 for res in results for r in res["rows"])
     _growth(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+def _main_proofs(args: argparse.Namespace, sizes: list[tuple[int, int]], work: Path) -> int:
+    results: list[dict[str, Any]] = []
+    ok = True
+    try:
+        runs = [(layers, dim, False) for layers, dim in sizes] if args.proofs else []
+        if args.big_gb:
+            need = args.big_gb * 1.1 + 1
+            work.mkdir(parents=True, exist_ok=True)
+            if free_gb(work) < need:
+                print(
+                    f"\n{args.big_gb:g} GB model skipped: {free_gb(work):.1f} GB free in {work}, {need:.1f} GB needed"
+                )
+            else:
+                runs.append((args.layers, dims_for(args.big_gb * 1024, args.layers), True))
+        for layers, dim, share in runs:
+            rows, extra = run_proofs(work / f"proof-{layers}x{dim}", layers, dim, share, args.repeat)
+            ok &= print_proofs(rows, extra)
+            results.append({"rows": [asdict(r) for r in rows], **extra})
+            shutil.rmtree(work / f"proof-{layers}x{dim}", ignore_errors=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0 if ok else 1

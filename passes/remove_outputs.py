@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from surgeon.errors import PassPreconditionError
+from surgeon.errors import PassPreconditionError, suggest
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
-from surgeon.passkit.ops import listing, require_output
+from surgeon.passkit.ops import listing
 from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
@@ -34,18 +34,24 @@ class RemoveOutputs(Pass):
     params: Params
 
     def requires(self, model: ModelIR) -> None:
-        g = model.graph
+        outs = _output_names(model)
         if not self.params.missing_ok:
             for name in self.params.outputs:
-                require_output(g, name, ("outputs", name))
-        remaining = [t.name for t in g.outputs if t.name not in self.params.outputs]
+                if name not in outs:
+                    raise PassPreconditionError(
+                        f"unknown output '{name}'{suggest(name, outs)}; graph outputs are: {listing(outs)}",
+                        field=("outputs", name),
+                    )
+        remaining = [n for n in outs if n not in self.params.outputs]
         if not remaining:
             raise PassPreconditionError(
-                f"removing {listing(self.params.outputs)} would leave the model without outputs; graph outputs are: {listing(t.name for t in g.outputs)}",
+                f"removing {listing(self.params.outputs)} would leave the model without outputs; graph outputs are: {listing(outs)}",
                 field=("outputs", self.params.outputs[0]),
             )
 
     def run(self, model: ModelIR) -> PassResult:
+        if not model.built:
+            return self._run_proto(model)
         g = model.graph
         wanted = set(self.params.outputs)
         removed = [t.name for t in g.outputs if t.name in wanted]
@@ -62,6 +68,39 @@ class RemoveOutputs(Pass):
                     f"pruned {n_nodes - len(g.nodes)} node(s) and {n_consts - _n_constants(g)} initializer(s) no output needs"
                 )
         return PassResult(True, IOContract(removed_outputs=set(removed)), notes=notes)
+
+    def _run_proto(self, model: ModelIR) -> PassResult:
+        """The same on the protobuf of a model whose graph was never built: the outputs go, and with
+        ``prune`` what only they needed (cleanup's protobuf walk, without sorting)."""
+        from surgeon.passkit.proto import clean_proto
+
+        g = model.proto_graph
+        assert g is not None
+        wanted = set(self.params.outputs)
+        removed = [vi.name for vi in g.output if vi.name in wanted]
+        if not removed:
+            return PassResult(False, notes=[f"no output named {listing(self.params.outputs)}; nothing removed"])
+        kept = [type(vi)() for vi in g.output if vi.name not in wanted]
+        for c, vi in zip(kept, [vi for vi in g.output if vi.name not in wanted]):
+            c.CopyFrom(vi)
+        del g.output[:]
+        g.output.extend(kept)
+        notes = [f"removed output {n}" for n in dict.fromkeys(removed)]
+        if self.params.prune:
+            n_nodes, n_inits = len(g.node), len(g.initializer)
+            clean_proto(g, remove_inputs=False, toposort=False, top=True)
+            if len(g.node) != n_nodes or len(g.initializer) != n_inits:
+                notes.append(
+                    f"pruned {n_nodes - len(g.node)} node(s) and {n_inits - len(g.initializer)} initializer(s) no output needs"
+                )
+        return PassResult(True, IOContract(removed_outputs=set(removed)), notes=notes)
+
+
+def _output_names(model: ModelIR) -> list[str]:
+    if model.built:
+        return [t.name for t in model.graph.outputs]
+    assert model.proto_graph is not None
+    return [vi.name for vi in model.proto_graph.output]
 
 
 def _n_constants(g: object) -> int:

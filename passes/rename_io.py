@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from surgeon.errors import PassPreconditionError
-from surgeon.ir.walk import all_tensor_names
+from surgeon.ir.walk import all_tensor_names, iter_proto_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import names, require_names
 from surgeon.verify.contract import IOContract
 
 if TYPE_CHECKING:
+    import onnx
+
     from surgeon.ir.adapter import ModelIR
 
 Renames = tuple[dict[str, str], dict[str, str]]
@@ -46,9 +48,9 @@ class RenameIO(Pass[Renames]):
 
     def plan(self, model: ModelIR) -> Renames:
         """``(inputs, outputs)``: old name -> new name, for every tensor that changes name."""
-        g = model.graph
-        require_names(self.params.inputs, names(g.inputs), "input", "inputs")
-        require_names(self.params.outputs, names(g.outputs), "output", "outputs")
+        inputs, outputs, existing = _io_names(model)
+        require_names(self.params.inputs, inputs, "input", "inputs")
+        require_names(self.params.outputs, outputs, "output", "outputs")
         for i, rule in enumerate(self.params.regex):
             try:
                 re.compile(rule.pattern)
@@ -57,14 +59,14 @@ class RenameIO(Pass[Renames]):
         ins, outs = dict(self.params.inputs), dict(self.params.outputs)
         for rule in self.params.regex:
             rx = re.compile(rule.pattern)
-            for kind, tensors, plan in (("inputs", g.inputs, ins), ("outputs", g.outputs, outs)):
+            for kind, tensors, plan in (("inputs", inputs, ins), ("outputs", outputs, outs)):
                 if rule.apply_to not in (kind, "both"):
                     continue
                 for t in tensors:
-                    if t.name not in plan and rx.fullmatch(t.name):
-                        plan[t.name] = rx.sub(rule.replacement, t.name)
+                    if t not in plan and rx.fullmatch(t):
+                        plan[t] = rx.sub(rule.replacement, t)
         # a tensor that is both an input and an output is one name: both sides follow
-        io_same = set(names(g.inputs)) & set(names(g.outputs))
+        io_same = set(inputs) & set(outputs)
         for name in io_same:
             if name in ins and name in outs and ins[name] != outs[name]:
                 raise PassPreconditionError(
@@ -75,11 +77,10 @@ class RenameIO(Pass[Renames]):
                 ins[name] = outs[name] = ins.get(name) or outs[name]
         ins = {k: v for k, v in ins.items() if k != v}
         outs = {k: v for k, v in outs.items() if k != v}
-        self._check_clashes(model, {**ins, **outs})
+        self._check_clashes(existing, {**ins, **outs})
         return ins, outs
 
-    def _check_clashes(self, model: ModelIR, plan: dict[str, str]) -> None:
-        existing = all_tensor_names(model.graph)
+    def _check_clashes(self, existing: set[str], plan: dict[str, str]) -> None:
         targets: dict[str, str] = {}
         for old, new in plan.items():
             if not new:
@@ -100,12 +101,57 @@ class RenameIO(Pass[Renames]):
 
     def run(self, model: ModelIR, plan: Renames | None = None) -> PassResult:
         ins, outs = self.plan_of(model, plan)
-        tensors = model.graph.tensors()
-        originals = {old: tensors[old] for old in {**ins, **outs}}
-        for old, tensor in originals.items():
-            tensor.name = ins.get(old) or outs[old]
+        if model.built:
+            tensors = model.graph.tensors()
+            originals = {old: tensors[old] for old in {**ins, **outs}}
+            for old, tensor in originals.items():
+                tensor.name = ins.get(old) or outs[old]
+        else:  # no graph built: rename in the protobuf (every graph, subgraph captures included)
+            originals = {old: ins.get(old) or outs[old] for old in {**ins, **outs}}
+            assert model.proto_graph is not None
+            rename_in_proto(model.proto_graph, originals)
         contract = IOContract(renamed_inputs=ins, renamed_outputs=outs)
         notes = [f"input {a} -> {b}" for a, b in ins.items()] + [
             f"output {a} -> {b}" for a, b in outs.items() if a not in ins
         ]
         return PassResult(bool(originals), contract, notes)
+
+
+def _io_names(model: ModelIR) -> tuple[list[str], list[str], set[str]]:
+    """Inputs a caller feeds, outputs, and every tensor name (subgraphs included), from the graph,
+    or from the protobuf while no graph is built."""
+    if model.built:
+        g = model.graph
+        return names(g.inputs), names(g.outputs), all_tensor_names(g)
+    pg = model.proto_graph
+    assert pg is not None
+    inits = {t.name for t in pg.initializer}
+    every: set[str] = set()
+    for sub in iter_proto_graphs(pg):
+        every.update(vi.name for vi in [*sub.input, *sub.output, *sub.value_info])
+        every.update(t.name for t in sub.initializer)
+        for n in sub.node:
+            every.update(n.input)
+            every.update(n.output)
+    every.discard("")
+    return [vi.name for vi in pg.input if vi.name not in inits], [vi.name for vi in pg.output], every
+
+
+def rename_in_proto(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename tensors everywhere ``graph`` and its subgraphs name them: declarations, initializers,
+    node inputs and outputs (a subgraph's use of an outer value included), quantization annotations."""
+    for g in iter_proto_graphs(graph):
+        for vi in [*g.input, *g.output, *g.value_info]:
+            if vi.name in mapping:
+                vi.name = mapping[vi.name]
+        for t in g.initializer:
+            if t.name in mapping:
+                t.name = mapping[t.name]
+        for ann in g.quantization_annotation:
+            if ann.tensor_name in mapping:
+                ann.tensor_name = mapping[ann.tensor_name]
+        for n in g.node:
+            for field in (n.input, n.output):
+                for i, name in enumerate(field):
+                    if name in mapping:
+                        field[i] = mapping[name]

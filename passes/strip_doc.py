@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from surgeon.ir.walk import iter_graphs
+from surgeon.ir.walk import iter_graphs, iter_proto_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ class StripDoc(Pass):
     params: Params
 
     def run(self, model: ModelIR) -> PassResult:
+        if not model.built:
+            return self._run_proto(model)
         before = model.to_proto().SerializeToString()
         shell = model.shell
         shell.ClearField("doc_string")
@@ -61,3 +63,33 @@ class StripDoc(Pass):
             changed,
             notes=["doc strings removed" + (" and metadata_props" if self.params.metadata else "")] if changed else [],
         )
+
+    def _run_proto(self, model: ModelIR) -> PassResult:
+        """The same, on the protobuf of a model whose graph was never built (no import)."""
+        assert model.proto_graph is not None
+        meta = self.params.metadata
+        changed = _strip(model.shell, meta, props=False)
+        for func in model.shell.functions:
+            changed |= _strip(func, meta, props=False)
+            for node in func.node:
+                changed |= _strip(node, meta)
+        for g in iter_proto_graphs(model.proto_graph):
+            changed |= _strip(g, meta)
+            for item in [*g.node, *g.input, *g.output, *g.value_info]:
+                changed |= _strip(item, meta)
+        model.source_docs = False
+        if meta:
+            model.source_metadata = False
+        what = "doc strings removed" + (" and metadata_props" if meta else "")
+        return PassResult(changed, notes=[what] if changed else [])
+
+
+def _strip(msg: Any, metadata: bool, props: bool = True) -> bool:
+    """Clear ``msg``'s doc string (and, with ``metadata`` and ``props``, its metadata_props); whether
+    anything was there."""
+    had = bool(msg.doc_string)
+    msg.ClearField("doc_string")
+    if metadata and props and len(getattr(msg, "metadata_props", ())):
+        del msg.metadata_props[:]
+        had = True
+    return had

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 FLAGS = {
     "device": "--device",
     "mode": "--no-verify",
+    "prove": "--no-proof",
     "rtol": "--rtol",
     "atol": "--atol",
     "dims": "--dims",
@@ -64,8 +65,12 @@ class Overrides:
         atol: float | None = None,
         dims: Sequence[str] = (),
         inputs: Path | None = None,
+        proof_only: bool = False,
+        no_proof: bool = False,
     ) -> Overrides:
         values: dict[str, Any] = {}
+        if no_verify and proof_only:
+            raise UsageError("--no-verify and --proof-only: choose one (no verification, or proofs only)")
         if inputs is not None:  # relative to where the user is, not to the recipe
             if not inputs.is_file():
                 raise UsageError(f"--inputs {inputs}: no such file")
@@ -74,6 +79,12 @@ class Overrides:
             values["device"] = device
         if no_verify:
             values["mode"] = "off"
+        if proof_only:
+            values["mode"] = "proof"
+        if no_proof:
+            if proof_only:
+                raise UsageError("--proof-only and --no-proof: choose one")
+            values["prove"] = False
         if rtol is not None:
             values["rtol"] = rtol
         if atol is not None:

@@ -43,7 +43,18 @@ class Sketch:
 
 
 def sketch(graph: Any) -> Sketch:
-    """The structure of an onnx-graphsurgeon graph (its main graph)."""
+    """The structure of an onnx-graphsurgeon graph or of an ``onnx.GraphProto`` (its main graph;
+    a protobuf's inputs that have an initializer are left out, as onnx-graphsurgeon leaves them)."""
+    if hasattr(graph, "node"):  # a protobuf: a lazily imported model that no pass has built yet
+        inits = {t.name for t in graph.initializer}
+        return Sketch(
+            tuple(
+                Node(n.name, f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type, tuple(n.input), tuple(n.output))
+                for n in graph.node
+            ),
+            tuple(v.name for v in graph.input if v.name not in inits),
+            tuple(v.name for v in graph.output),
+        )
     nodes = []
     for n in graph.nodes:
         op = f"{n.domain}::{n.op}" if n.domain not in (None, "", "ai.onnx") else n.op

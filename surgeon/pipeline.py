@@ -18,13 +18,16 @@ from surgeon.ir.check import FULL_CHECK_LIMIT, full_check, model_full_check, too
 from surgeon.ir.model import load
 from surgeon.ir.save import SavePolicy, save
 from surgeon.ir.targets import Target, check_location, guard_writes, model_data_files, referenced_files
-from surgeon.pass_api import Pass
-from surgeon.results import PipelineResult, StepReport, count_nodes, count_ops, model_identity
+from surgeon.pass_api import Pass, PassResult
+from surgeon.results import PipelineResult, StepReport, count_ops, model_identity
 from surgeon.verify.config import StepVerify, VerifyConfig
+from surgeon.verify.proof import Proof, Prover
 from surgeon.verify.session import VerificationSession
 
 if TYPE_CHECKING:
     from surgeon.ir.model import Model
+    from surgeon.verify.compare import StepCheck
+    from surgeon.verify.contract import IOContract
 
 
 @dataclass
@@ -122,15 +125,19 @@ class Pipeline:
         A pass's error keeps its class (and so its exit code), with the step named in its text.
         ``sessions``: the verification session is appended to it (the write's last check uses it)."""
         source = load(model)
-        ir = ModelIR.from_model(source)
+        ir = ModelIR.from_model(source, lazy=True)  # imported when a pass first needs the graph
         session = VerificationSession(source, self.verify, base_dir, size_hints(self.steps), self.tolerance_override)
+        proofs = Proofs.of(source, self.verify)
         reports: list[StepReport] = []
-        shape = sketch(ir.graph)
+        shape = sketch(_graph_of(ir))
         for i, step in enumerate(self.steps):
-            before = count_nodes(ir.graph)
+            before = ir.node_count()
             t0 = time.perf_counter()
-            try:  # the reference run comes after the first precondition check, before any edit
-                result = step.pass_(ir, step.message, before_edit=session.start)
+            # the reference run comes after the first precondition check, before any edit (with
+            # proofs, when the first step a proof does not cover needs it)
+            first_run = None if proofs is not None and proofs.defer else session.start
+            try:
+                result = step.pass_(ir, step.message, before_edit=first_run)
             except ModelError:
                 if session.source_error is not None:
                     raise session.source_error from None
@@ -141,25 +148,20 @@ class Pipeline:
                 step.label,
                 result.modified,
                 before,
-                count_nodes(ir.graph),
+                ir.node_count(),
                 time.perf_counter() - t0,
                 notes=list(result.notes),
                 details=dict(result.details),
             )
-            shape, report.structure = _structure(shape, ir.graph, result.modified)
-            report.check = session.after_step(
-                result.contract,
-                result.modified,
-                ir.to_model,
-                who=step.where or step.label,
-                default=step.pass_.default_tolerance(ir),
-                verify=step.verify,
-            )
+            shape, report.structure = _structure(shape, _graph_of(ir), result.modified)
+            report.check = check_step(session, proofs, step, result, ir)
             if report.check is not None:
                 report.seconds = time.perf_counter() - t0
             reports.append(report)
             if on_step is not None:
                 on_step(report)
+        if proofs is not None and proofs.defer and session.unverified and not proofs.only:
+            session.start()
         final, check = session.finish(ir.to_model)
         res = PipelineResult(
             final, reports, changed_tensors=_changed_tensors(ir), ops_before=count_ops(source.proto.graph)
@@ -168,7 +170,6 @@ class Pipeline:
         res.device, res.sizes, res.values = session.device, session.sizes, session.values
         if sessions is not None:
             sessions.append(session)
-
         res.models = {"before": model_identity(source), "after": model_identity(final)}
         return res
 
@@ -250,6 +251,59 @@ class Pipeline:
         return guarded
 
 
+class Proofs:
+    """The structural proofs of one run (``verify.prove``, ``verify.mode: proof``): the model
+    before the next step, and the prover (:mod:`surgeon.verify.proof`)."""
+
+    def __init__(self, source: Model, only: bool) -> None:
+        self.last = source
+        self.only = only
+        """``mode: proof``: a step that cannot be proved fails; nothing runs."""
+        self.defer = only or source.path is not None
+        """The reference run waits for the first step a proof does not cover (never, when every
+        step is proved). An in-memory source is snapshot before any edit, as without proofs."""
+        self.prover = Prover()
+
+    @classmethod
+    def of(cls, source: Model, config: VerifyConfig) -> Proofs | None:
+        if config.mode == "proof":
+            return cls(source, only=True)
+        if config.mode == "off" or not config.prove:
+            return None
+        return cls(source, only=False)
+
+    def prove(self, after: Model, contract: IOContract) -> Proof:
+        """The step from the last model to ``after`` (which becomes the last)."""
+        proof = self.prover.prove(self.last, after, contract)
+        self.last = after
+        return proof
+
+
+def check_step(
+    session: VerificationSession, proofs: Proofs | None, step: Step, result: PassResult, ir: ModelIR
+) -> StepCheck | None:
+    """A step's check: its structural proof when one holds (or, under ``mode: proof``, its refusal
+    when none does), else the run ``verify.mode`` asks for."""
+    kw: dict[str, Any] = {
+        "who": step.where or step.label,
+        "default": step.pass_.default_tolerance(ir),
+        "verify": step.verify,
+    }
+    skip = step.verify is not None and step.verify.skip
+    candidate: Callable[[], Model] = ir.to_model
+    if proofs is not None and result.modified and (proofs.only or not skip):
+        after = ir.to_model()
+        proof = proofs.prove(after, result.contract)
+        if proof.proved or proofs.only:
+            check = proof.check() if proof.proved else proof.refusal()
+            return session.after_proof(result.contract, after, check, **kw)
+        candidate = lambda: after  # noqa: E731 - exported once, for the proof and the run
+    if proofs is not None and proofs.defer and not proofs.only and result.modified and not skip:
+        if session.config.mode == "each":
+            session.start()
+    return session.after_step(result.contract, result.modified, candidate, **kw)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -307,10 +361,18 @@ def _structure(before: Sketch, graph: Any, modified: bool) -> tuple[Sketch, dict
     return after, {"ops_before": before.ops(), "ops_after": after.ops(), **data}
 
 
+def _graph_of(ir: ModelIR) -> Any:
+    """The graph as it is now, without importing it: the protobuf while no pass has built it."""
+    return ir.graph if ir.built else ir.proto_graph
+
+
 def _changed_tensors(ir: ModelIR) -> set[str]:
-    """Constants whose values are in memory (a pass built or replaced them)."""
+    """Constants whose values are in memory (a pass built or replaced them; none while the graph
+    was never built)."""
     import onnx_graphsurgeon as gs
 
+    if not ir.built:
+        return set()
     return {
         name
         for name, t in ir.graph.tensors().items()

@@ -35,6 +35,8 @@ class StepReport:
     def verdict(self) -> Verdict:
         if self.check is None:
             return Verdict.UNCHANGED if not self.modified else Verdict.NOT_VERIFIED
+        if self.check.ok and self.check.outputs and all(o.kind is CheckKind.PROOF for o in self.check.outputs):
+            return Verdict.PROVED
         return Verdict.OK if self.check.ok else Verdict.FAIL
 
     def as_dict(self) -> dict[str, Any]:

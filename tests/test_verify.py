@@ -103,9 +103,9 @@ def test_contract_maps_renamed_and_new_inputs() -> None:
 
 def test_each_mode_verifies_after_every_modifying_pass_end_mode_once() -> None:
     passes = [RenameIO(inputs={"onnx::MatMul_0": "x"}), RenameIO(outputs={"/relu/Relu_output_0": "y"})]
-    each = Pipeline(passes, verify={"dims": {"batch": 2}}).run(exported_like_model())
+    each = Pipeline(passes, verify={"prove": False, "dims": {"batch": 2}}).run(exported_like_model())
     assert all(s.check is not None for s in each.steps) and each.final_check is None
-    end = Pipeline(passes, verify={"dims": {"batch": 2}, "mode": "end"}).run(exported_like_model())
+    end = Pipeline(passes, verify={"prove": False, "dims": {"batch": 2}, "mode": "end"}).run(exported_like_model())
     assert all(s.check is None for s in end.steps) and end.final_check is not None and end.final_check.ok
     off = Pipeline(passes, verify={"mode": "off"}).run(exported_like_model())
     assert off.final_check is None and all(s.check is None for s in off.steps) and off.device == ""
@@ -123,7 +123,7 @@ def test_reference_is_computed_once_per_pipeline(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(verify, "run_model", counting)
     passes = [RenameIO(inputs={"onnx::MatMul_0": "x"}), RenameIO(outputs={"/relu/Relu_output_0": "y"})]
-    Pipeline(passes, verify={"dims": {"batch": 2}}).run(exported_like_model())
+    Pipeline(passes, verify={"prove": False, "dims": {"batch": 2}}).run(exported_like_model())
     assert len(calls) == 3  # one reference run, one per verified pass
 
 
@@ -158,7 +158,7 @@ def test_step_tolerance_override_loosens_later_checks() -> None:
         Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.5)),
         Step(RenameIO(outputs={"/relu/Relu_output_0": "y"})),
     ]
-    res = Pipeline(steps, verify={"dims": {"batch": 2}}).run(exported_like_model())
+    res = Pipeline(steps, verify={"prove": False, "dims": {"batch": 2}}).run(exported_like_model())
     assert res.steps[0].check.outputs[0].rtol == 0.5
     assert res.steps[1].check.outputs[0].rtol == 0.5
 
@@ -192,7 +192,7 @@ def test_step_tolerance_replaces_the_pipelines_tighter_or_looser() -> None:
         Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=0.0, atol=0.0)),
         Step(RenameIO(outputs={"/relu/Relu_output_0": "y"})),
     ]
-    res = Pipeline(steps, verify={"dims": {"batch": 2}, "rtol": 0.1, "atol": 0.1, "device": "cpu"}).run(
+    res = Pipeline(steps, verify={"prove": False, "dims": {"batch": 2}, "rtol": 0.1, "atol": 0.1, "device": "cpu"}).run(
         exported_like_model()
     )
     first = res.steps[0].check.outputs[0]
@@ -206,7 +206,7 @@ def test_a_pass_default_applies_only_where_the_user_set_none_and_carries_into_la
     from surgeon.pipeline import Step
     from surgeon.verify.config import StepVerify
 
-    cfg = {"dims": {"batch": 2}, "device": "cpu"}
+    cfg = {"dims": {"batch": 2}, "device": "cpu", "prove": False}  # runs against the source
     res = Pipeline([ToFP16(), RenameIO(inputs={"onnx::MatMul_0": "x"})], verify=cfg).run(exported_like_model())
     assert [(o.rtol, o.atol) for s in res.steps for o in s.check.outputs] == [(1e-2, 1e-2), (1e-2, 1e-2)]
     steps = [Step(ToFP16()), Step(RenameIO(inputs={"onnx::MatMul_0": "x"}), verify=StepVerify(rtol=1e-7, atol=1e-9))]
@@ -265,7 +265,7 @@ def test_onnxruntime_log_lines_never_reach_the_terminal(tmp_path: Path, capfd: p
         str(src),
     )
     capfd.readouterr()
-    assert main(["run", "strip-doc", str(src), "-o", str(tmp_path / "out.onnx")]) == 3
+    assert main(["run", "strip-doc", str(src), "-o", str(tmp_path / "out.onnx"), "--no-proof"]) == 3
     err = capfd.readouterr().err
     assert "onnxruntime:" not in err and "\x1b[1;31m" not in err, err
     assert (

@@ -20,7 +20,11 @@ def overrides(args: argparse.Namespace) -> Overrides:
     from surgeon.app import Overrides
 
     no_verify = getattr(args, "no_verify", False)  # surgeon verify always verifies
-    return Overrides.parse(args.device, no_verify, args.rtol, args.atol, args.dims, args.inputs)
+    proof_only = getattr(args, "proof_only", False)
+    no_proof = getattr(args, "no_proof", False)
+    return Overrides.parse(
+        args.device, no_verify, args.rtol, args.atol, args.dims, args.inputs, proof_only=proof_only, no_proof=no_proof
+    )
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

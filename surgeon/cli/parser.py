@@ -22,6 +22,16 @@ def verification_flags(p: argparse.ArgumentParser, recipe: bool = True) -> argpa
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"onnxruntime device{over}")
     if recipe:
         g.add_argument("--no-verify", action="store_true", help="skip verification (verify.mode: off)")
+        g.add_argument(
+            "--proof-only",
+            action="store_true",
+            help="run no onnxruntime session: every step must be proved structurally, or fails (verify.mode: proof)",
+        )
+        g.add_argument(
+            "--no-proof",
+            action="store_true",
+            help="verify every step by running it, even one proved structurally (verify.prove: false)",
+        )
     g.add_argument(
         "--dims",
         action="append",

@@ -60,7 +60,7 @@ def step_verdict(verdict: object, check: StepCheck | None) -> str:
     unproved = sum(o.verdict is Verdict.PROVED_NOTHING for o in check.outputs) if check is not None else 0
     if text == "ok" and unproved:
         return f"[yellow]ok, {unproved} proved nothing[/yellow]"
-    style = {"ok": "green", "FAIL": "bold red"}.get(text, "dim")
+    style = {"ok": "green", "proved (structural)": "green", "FAIL": "bold red"}.get(text, "dim")
     return f"[{style}]{_e(text)}[/{style}]"
 
 
@@ -93,6 +93,9 @@ def show_outputs(console: Console, check: StepCheck, only_failures: bool = False
         style = "yellow" if unproved else "green" if o.ok else "bold red"
         tail = f"  ({_e(o.note)})" if o.note else ""
         why = f" ({_e(o.tolerance)})" if getattr(o, "tolerance", "") else ""
+        if o.kind == "proof":  # shown without running: no shape, no error
+            console.print(f"{indent}{_e(o.name)}: [{style}]{o.verdict}[/{style}]{tail}", highlight=False)
+            continue
         console.print(
             f"{indent}{_e(o.name)}: shape {_e(list(o.shape))}  max abs {fmt_err(o.max_abs)}  max rel {fmt_err(o.max_rel)}  "
             f"tol rtol={o.rtol:g} atol={o.atol:g}{why}  [{style}]{o.verdict}[/{style}]{tail}",

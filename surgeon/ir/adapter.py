@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,39 +28,122 @@ _NodeMeta = tuple[str, list[tuple[str, str]], list[Any]]
 _UNCARRIED_ATTRS = (13, 14)  # AttributeProto.TYPE_PROTO, TYPE_PROTOS
 
 
-@dataclass
-class ModelIR:
-    """The graph passes edit (``graph``) and what the round trip carries across untouched."""
+class _Built:
+    """A field of :class:`ModelIR` derived from the graph: reading or setting it builds the graph
+    first (a lazily imported model has none until a pass asks)."""
 
-    graph: gs.Graph
-    shell: onnx.ModelProto
-    """The source model without its graph: ir_version, producer, metadata, functions..."""
-    base_dir: Path | None = None
-    source: Model | None = None
-    node_meta: dict[int, tuple[Any, _NodeMeta]] = field(default_factory=dict)
-    default_inputs: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.private = "_" + name
+
+    def __get__(self, ir: Any, owner: type | None = None) -> Any:
+        if ir is None:
+            return self
+        ir._build()
+        return ir.__dict__[self.private]
+
+    def __set__(self, ir: Any, value: Any) -> None:
+        ir.__dict__[self.private] = value
+
+
+class ModelIR:
+    """The graph passes edit (``graph``) and what the round trip carries across untouched.
+
+    A model read with ``lazy=True`` (:meth:`from_model`) has no onnx-graphsurgeon graph until a pass
+    reads :attr:`graph` (or a field derived from it): until then it is the protobuf ``proto_graph``,
+    which passes that touch only the interface and metadata edit directly (:attr:`built` is
+    False). The graph is imported at most once, and exported once per :meth:`to_proto`.
+    """
+
+    node_meta = _Built()
+    default_inputs = _Built()
     """Graph inputs that have an initializer (a default value the caller may override).
     onnx-graphsurgeon imports them as constants; they are listed as inputs again on export.
     A pass may add one (promote an initializer with its default kept)."""
-    input_order: list[str] = field(default_factory=list)
-    orphans: list[onnx.TensorProto] = field(default_factory=list)
+    input_order = _Built()
+    orphans = _Built()
     """Initializers no node or output uses. onnx-graphsurgeon's export drops them; they are written
     back unchanged unless a pass (cleanup) clears this list."""
-    source_docs: bool = True
-    """Carry the source graph's doc string and its inputs'/outputs' doc strings (strip-doc clears it)."""
-    source_metadata: bool = True
-    """Carry the source graph's and its values' metadata_props (strip-doc with metadata clears it)."""
-    exotic_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
+    exotic_types = _Built()
     """Types onnx-graphsurgeon cannot export (optional, map, a sequence of anything but tensors:
     a classifier's ``seq(map(int64, float))``) by tensor name: they are exported typeless and
     their types put back from here."""
-    exotic_tensors: dict[int, tuple[Any, onnx.TypeProto]] = field(default_factory=dict)
+    exotic_tensors = _Built()
     """The same types by tensor identity (``id(variable) -> (variable, type)``), so a tensor a
     pass renames (rename-io) keeps its type under its new name."""
 
-    @classmethod
-    def from_model(cls, model: Model) -> ModelIR:
+    def __init__(
+        self,
+        graph: gs.Graph | None,
+        shell: onnx.ModelProto,
+        base_dir: Path | None = None,
+        source: Model | None = None,
+        proto_graph: onnx.GraphProto | None = None,
+    ) -> None:
+        self._graph = graph
+        self.shell = shell
+        """The source model without its graph: ir_version, producer, metadata, functions..."""
+        self.base_dir = base_dir
+        self.source = source
+        self.proto_graph = proto_graph
+        """The graph as a protobuf while no onnx-graphsurgeon graph is built (None once it is)."""
+        self.source_docs = True
+        """Carry the source graph's doc string and its inputs'/outputs' doc strings (strip-doc clears it)."""
+        self.source_metadata = True
+        """Carry the source graph's and its values' metadata_props (strip-doc with metadata clears it)."""
+        self.node_meta = {}  # dict[int, tuple[node, _NodeMeta]]
+        self.default_inputs = {}  # dict[str, onnx.ValueInfoProto]
+        self.input_order = []  # list[str]
+        self.orphans = []  # list[onnx.TensorProto]
+        self.exotic_types = {}  # dict[str, onnx.TypeProto]
+        self.exotic_tensors = {}  # dict[int, tuple[Any, onnx.TypeProto]]
+
+    @property
+    def built(self) -> bool:
+        """Whether the onnx-graphsurgeon graph exists (False: a lazy model still on its protobuf)."""
+        return self._graph is not None
+
+    @property
+    def graph(self) -> gs.Graph:
+        self._build()
+        assert self._graph is not None
+        return self._graph
+
+    @graph.setter
+    def graph(self, value: gs.Graph) -> None:
+        self._graph = value
+        self.proto_graph = None
+
+    def node_count(self) -> int:
+        """Nodes of the main graph, from the protobuf while no graph is built."""
+        return len(self._graph.nodes) if self._graph is not None else len(self.proto_graph.node)  # type: ignore[union-attr]
+
+    def _build(self) -> None:
+        if self._graph is not None or self.proto_graph is None:
+            return
         import onnx
+
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.shell)
+        proto.graph.CopyFrom(self.proto_graph)
+        self.proto_graph = None
+        files = self.source.data_files if self.source is not None else []
+        built = ModelIR.from_model(Model(proto, base_dir=self.base_dir, data_files=files))
+        for f in ("node_meta", "default_inputs", "input_order", "orphans", "exotic_types", "exotic_tensors"):
+            self.__dict__["_" + f] = built.__dict__["_" + f]
+        self._graph = built._graph
+
+    @classmethod
+    def from_model(cls, model: Model, lazy: bool = False) -> ModelIR:
+        """The model to edit. ``lazy``: no graph is imported until a pass needs one (the protobuf is
+        copied: ``model`` is never edited)."""
+        import onnx
+
+        if lazy:
+            shell = onnx.ModelProto()
+            shell.CopyFrom(_without_graph(model.proto))
+            graph = onnx.GraphProto()
+            graph.CopyFrom(model.proto.graph)
+            return cls(None, shell, model.base_dir, model, proto_graph=graph)
         import onnx_graphsurgeon as gs
 
         quiet_graphsurgeon()
@@ -94,6 +176,8 @@ class ModelIR:
     @property
     def opset(self) -> int:
         """The default-domain opset the graph is written against."""
+        if self._graph is None:
+            return next((int(o.version) for o in self.shell.opset_import if o.domain in ("", "ai.onnx")), 1)
         return int(self.graph.opset)
 
     def values(self, tensor: gs.Constant) -> np.ndarray:
@@ -108,6 +192,12 @@ class ModelIR:
     def to_proto(self) -> onnx.ModelProto:
         import onnx
         import onnx_graphsurgeon as gs
+
+        if self._graph is None and self.proto_graph is not None:  # lazy, never built: the protobuf
+            out = onnx.ModelProto()
+            out.CopyFrom(self.shell)
+            out.graph.CopyFrom(self.proto_graph)
+            return out
 
         hidden = []
         exotic: dict[str, onnx.TypeProto] = {}
@@ -209,7 +299,8 @@ class ModelIR:
         and metadata, inputs with defaults, unused initializers...) is derived again from
         ``proto``; opsets follow it; the shell (producer, metadata) and the source stay."""
         fresh = ModelIR.from_model(Model(proto, base_dir=self.base_dir))
-        for f in ("graph", "node_meta", "default_inputs", "input_order", "orphans", "exotic_types", "exotic_tensors"):
+        self.graph = fresh.graph
+        for f in ("node_meta", "default_inputs", "input_order", "orphans", "exotic_types", "exotic_tensors"):
             setattr(self, f, getattr(fresh, f))
         del self.shell.opset_import[:]
         self.shell.opset_import.extend(proto.opset_import)

@@ -34,6 +34,8 @@ class Verdict(_Text):
     """An output the step added: it ran, nothing to compare it with."""
     OK_RAN = "ok (ran)"
     """A size probe: the model ran and the output axes follow their symbols."""
+    PROVED = "proved (structural)"
+    """The step computes what the model before it did, shown from the two graphs (no run)."""
     PROVED_NOTHING = "proved nothing"
     FAIL = "FAIL"
     UNCHANGED = "unchanged"
@@ -43,7 +45,14 @@ class Verdict(_Text):
 
     @property
     def ok(self) -> bool:
-        return self in (Verdict.OK, Verdict.OK_NONFINITE, Verdict.OK_EMPTY, Verdict.OK_NEW, Verdict.OK_RAN)
+        return self in (
+            Verdict.OK,
+            Verdict.OK_NONFINITE,
+            Verdict.OK_EMPTY,
+            Verdict.OK_NEW,
+            Verdict.OK_RAN,
+            Verdict.PROVED,
+        )
 
 
 class CheckKind(_Text):
@@ -56,7 +65,7 @@ class CheckKind(_Text):
     PROBE = "probe"
     """An extra run a step's contract asked for (``probe ...``)."""
     PROOF = "proof"
-    """A property shown without running the model (reserved)."""
+    """A property shown without running the model (a structural proof, ``surgeon.verify.proof``)."""
 
 
 @dataclass

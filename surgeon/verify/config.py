@@ -15,8 +15,16 @@ class VerifyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device: Device = Field("auto", description="auto: CUDA when it really loads, else CPU; cuda: CUDA or an error; cpu")
-    mode: Literal["each", "end", "off"] = Field(
-        "each", description="verify after each pass, once at the end, or not at all"
+    mode: Literal["each", "end", "off", "proof"] = Field(
+        "each",
+        description="verify after each pass, once at the end, or not at all; proof: every step must be proved "
+        "structurally (no onnxruntime session; a step that cannot be proved fails), for models too large to run",
+    )
+    prove: bool = Field(
+        True,
+        description="a step whose result is provably the same computation (renames, metadata, dead nodes, "
+        "byte-identical weights merged) is verified by that structural proof, with no onnxruntime run; "
+        "false: run every step",
     )
     rtol: float = Field(1e-4, ge=0, description="relative tolerance: |a-b| <= atol + rtol*|b|")
     atol: float = Field(1e-5, ge=0, description="absolute tolerance")

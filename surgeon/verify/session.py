@@ -153,6 +153,31 @@ class VerificationSession:
             f"{problem}; the checks ran with graph optimizations off"
         )
 
+    # -- structural proofs (surgeon.verify.proof) ------------------------------------------------
+    def after_proof(
+        self,
+        contract: IOContract,
+        model: Model,
+        check: StepCheck,
+        *,
+        who: str,
+        default: Tolerance | None = None,
+        verify: StepVerify | None = None,
+    ) -> StepCheck:
+        """A step that modified the model and whose check is its structural proof (``check``: proved,
+        or refused under ``mode: proof``), not a run. The contract is recorded like any step's; a
+        proof covers this step only, so a modification no check has covered yet stays uncovered."""
+        step = len(self.contracts)
+        self.contracts.append(contract)
+        own, explicit = step_tolerance(contract, default, verify, self.config, self.override)
+        self.allowed.append(own)
+        self.tol = own if explicit else loosest(self.allowed)
+        self.last_modified = who
+        if check.ok:
+            self.good = (model, step + 1)
+        self.checked = model
+        return check
+
     # -- what the pipeline reports --------------------------------------------------------------
     @property
     def device(self) -> str:

@@ -22,15 +22,18 @@ def _dims(vi: onnx.ValueInfoProto) -> list[Any]:
 
 
 def _run(
-    model: onnx.ModelProto, dims: dict[str, int], verify_dims: dict[str, int] | None = None
+    model: onnx.ModelProto, dims: dict[str, int], verify_dims: dict[str, int] | None = None, prove: bool = True
 ) -> tuple[Any, onnx.ModelProto]:
-    res = Pipeline([FixDims(dims=dims)], verify={"device": "cpu", "dims": verify_dims or {}}).run(model)
+    cfg = {"device": "cpu", "dims": verify_dims or {}, "prove": prove}
+    res = Pipeline([FixDims(dims=dims)], verify=cfg).run(model)
     onnx.checker.check_model(res.model.proto, full_check=True)
     return res, res.model.proto
 
 
 def test_fix_by_symbol_propagates_everywhere() -> None:
-    res, proto = _run(mi.symbolic_mlp(), {"batch": 4}, {"batch": 4})
+    proved, _ = _run(mi.symbolic_mlp(), {"batch": 4}, {"batch": 4})
+    assert proved.steps[0].verdict == "proved (structural)"  # only declarations changed
+    res, proto = _run(mi.symbolic_mlp(), {"batch": 4}, {"batch": 4}, prove=False)
     assert res.ok and res.steps[0].modified
     g = proto.graph
     assert _dims(g.input[0]) == [4, 4] and _dims(g.output[0]) == [4, 3]
@@ -61,7 +64,7 @@ def test_mark_then_fix_torch_exports(torch_exports: TorchExports) -> None:
 
 def test_verify_dims_must_agree_with_the_fixed_size() -> None:
     with pytest.raises(VerificationError, match="invalid dimensions"):
-        _run(mi.symbolic_mlp(), {"batch": 4}, {"batch": 2})
+        _run(mi.symbolic_mlp(), {"batch": 4}, {"batch": 2}, prove=False)  # a run at batch 2 (no proof)
 
 
 def test_unmodified_when_already_fixed() -> None:

@@ -27,8 +27,8 @@ def test_renames_inputs_outputs_and_value_info() -> None:
     assert list(g.node[0].input) == ["x", "fc.weight"] and list(g.node[2].input) == ["x"]
     assert [v.name for v in g.value_info] == ["/fc/MatMul_output_0"]
     assert [d.dim_param for d in g.input[0].type.tensor_type.shape.dim] == ["batch", ""]
-    (check,) = res.steps[0].check.outputs
-    assert check.name == "y" and check.ok and check.max_abs == 0.0
+    (check,) = res.steps[0].check.outputs  # a rename is the same computation: proved, not run
+    assert check.kind == "proof" and check.ok and res.steps[0].verdict == "proved (structural)"
 
 
 def test_regex_renames() -> None:
