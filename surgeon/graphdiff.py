@@ -49,7 +49,12 @@ def sketch(graph: Any) -> Sketch:
         inits = {t.name for t in graph.initializer}
         return Sketch(
             tuple(
-                Node(n.name, f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type, tuple(n.input), tuple(n.output))
+                Node(
+                    n.name,
+                    f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type,
+                    tuple(n.input),
+                    tuple(n.output),
+                )
                 for n in graph.node
             ),
             tuple(v.name for v in graph.input if v.name not in inits),

@@ -55,7 +55,6 @@ class StepReport:
             "divergence": self.check.divergence.as_dict() if self.check and self.check.divergence else None,
             "notes": self.notes,
             "details": self.details,
-
             "structure": self.structure,
         }
 

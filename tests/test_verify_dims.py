@@ -96,11 +96,7 @@ def test_a_size_that_does_not_fit_names_every_size_and_the_key_in_one_message(
     onnx.save(_conv(pads=0), str(tmp_path / "m.onnx"))
     recipe = write_recipe(
         tmp_path,
-        "version: 1
-model: m.onnx
-output: o.onnx
-verify: {device: cpu, dims: {height: 2}, prove: false}
-"
+        "version: 1\nmodel: m.onnx\noutput: o.onnx\nverify: {device: cpu, dims: {height: 2}, prove: false}\n"
         "passes:\n  - rename-io: {inputs: {x: image}}\n",
     )
     assert main(["apply", str(recipe)]) == 3

@@ -57,5 +57,6 @@ class StepVerify(BaseModel):
     skip: bool = Field(False, description="do not verify after this step (the next check still covers it)")
     accept_unproved: bool | list[str] = Field(
         False,
-        description="accept probes that prove nothing about axes the step makes dynamic (true, or the symbols accepted); by default such a probe fails the step",
+        description="accept probes that prove nothing about axes the step makes dynamic "
+        "(true, or the symbols accepted); by default such a probe fails the step",
     )

@@ -185,7 +185,10 @@ class SizeProbe(_SymbolProbe):
             grown = [
                 f"axis {a} follows '{self.symbol}' ({one.shape[a]} at {base}, {value.shape[a]} at {size})"
                 for a in range(getattr(value, "ndim", 0))  # a sequence or map has no axes
-                if one is not None and getattr(one, "ndim", -1) == value.ndim and one.shape[a] != value.shape[a] and a not in named
+                if one is not None
+                and getattr(one, "ndim", -1) == value.ndim
+                and one.shape[a] != value.shape[a]
+                and a not in named
             ]
             follows |= bool(grown) or self.symbol in named.values()
             checks.append(

@@ -93,13 +93,7 @@ class VerificationSession:
         source through every contract so far, localized when it fails, then the step's probes.
         ``who`` names the step in messages, ``default`` is the pass's own tolerance and ``verify``
         the step's keywords. Returns the check (None when the step was not checked)."""
-        step = len(self.contracts)
-        self.contracts.append(contract)
-        self.accepted.append(verify.accept_unproved if verify is not None else False)
-        self.names.append(who)
-        own, explicit = step_tolerance(contract, default, verify, self.config, self.override)
-        self.allowed.append(own)
-        self.tol = own if explicit else loosest(self.allowed)
+        step = self._record(contract, who, default, verify)
         if modified:
             self.last_modified = who
         self.checked = None
@@ -167,16 +161,23 @@ class VerificationSession:
         """A step that modified the model and whose check is its structural proof (``check``: proved,
         or refused under ``mode: proof``), not a run. The contract is recorded like any step's; a
         proof covers this step only, so a modification no check has covered yet stays uncovered."""
-        step = len(self.contracts)
-        self.contracts.append(contract)
-        own, explicit = step_tolerance(contract, default, verify, self.config, self.override)
-        self.allowed.append(own)
-        self.tol = own if explicit else loosest(self.allowed)
+        step = self._record(contract, who, default, verify)
         self.last_modified = who
         if check.ok:
             self.good = (model, step + 1)
         self.checked = model
         return check
+
+    def _record(self, contract: IOContract, who: str, default: Tolerance | None, verify: StepVerify | None) -> int:
+        """A step's contract, name, accepted unproved probes and tolerance, recorded (every step,
+        checked, proved or unchanged); returns its index."""
+        self.contracts.append(contract)
+        self.accepted.append(verify.accept_unproved if verify is not None else False)
+        self.names.append(who)
+        own, explicit = step_tolerance(contract, default, verify, self.config, self.override)
+        self.allowed.append(own)
+        self.tol = own if explicit else loosest(self.allowed)
+        return len(self.contracts) - 1
 
     # -- what the pipeline reports --------------------------------------------------------------
     @property
