@@ -45,7 +45,9 @@ class Sketch:
 def sketch(graph: Any) -> Sketch:
     """The structure of an onnx-graphsurgeon graph or of an ``onnx.GraphProto`` (its main graph;
     a protobuf's inputs that have an initializer are left out, as onnx-graphsurgeon leaves them)."""
-    if hasattr(graph, "node"):  # a protobuf: a lazily imported model that no pass has built yet
+    import onnx  # (a gs.Graph answers hasattr(.., "node") by logging an error: ask the type)
+
+    if isinstance(graph, onnx.GraphProto):  # a lazily imported model that no pass has built yet
         inits = {t.name for t in graph.initializer}
         return Sketch(
             tuple(

@@ -42,7 +42,7 @@ def _num(value: Any, fmt: str = ".3g") -> str:
 
 def _verdict_class(verdict: Any) -> str:
     v = str(verdict or "")
-    if v.startswith("ok"):
+    if v.startswith("ok") or v == "proved (structural)":
         return "ok"
     if v == "FAIL":
         return "fail"

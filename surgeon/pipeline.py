@@ -200,10 +200,7 @@ class Pipeline:
         sessions: list[VerificationSession] = []
         result = self.run(source, on_step=on_step, base_dir=base_dir, sessions=sessions)
         if result.ok and sessions:  # the last check before writing: the runtime's default session, in a child
-            problem = sessions[0].default_level(result.model)
-            result.default_session = (
-                "skipped (verify.mode: off)" if problem is None else f"FAIL: {problem}" if problem else "ran"
-            )
+            result.default_session = sessions[0].default_level(result.model)
         if not result.ok and not force:
             raise VerificationError(
                 "verification failed; nothing written (--force writes it anyway):\n" + "\n".join(result.failures()),

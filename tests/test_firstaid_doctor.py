@@ -184,7 +184,11 @@ def test_the_emitted_recipe_sizes_its_symbols_so_that_the_source_runs(tmp_path: 
     text, recipe = _emit(diag, src, tmp_path)
     assert "verify: {dims: {batch: 1, samples: 512}}" in text and "- rename-io" in text
     result = recipe.pipeline.apply(src, recipe.output, base_dir=tmp_path)
-    assert result.ok and "samples=512 (verify.dims)" in result.sizes
+    assert result.ok and result.default_session.startswith("skipped (every step was proved")  # no session ran
+    unproved = tmp_path / "unproved.yaml"  # run as a step no proof covers would run it: at those sizes
+    unproved.write_text(text.replace("verify: {dims:", "verify: {prove: false, dims:"))
+    ran = load_recipe(unproved).pipeline.apply(src, tmp_path / "ran.onnx", base_dir=tmp_path)
+    assert ran.ok and "samples=512 (verify.dims)" in ran.sizes and ran.default_session == "ran", ran.sizes
 
 
 def test_a_mark_dynamic_refusal_names_the_resize_whose_sizes_hard_code_the_batch() -> None:

@@ -66,11 +66,12 @@ def test_a_model_that_needs_512_samples_is_verified_at_sizes_found_by_search(tmp
     src = _export(
         _frames(512), (torch.randn(1, 1, 1024),), tmp_path / "m.onnx", exporter, {"x": {0: "batch", 2: "samples"}}
     )
-    res = Pipeline([RenameIO(inputs={"x": "audio"})], verify=CPU).run(src)
+    ran = {**CPU, "prove": False}  # a structural proof of the rename would run nothing
+    res = Pipeline([RenameIO(inputs={"x": "audio"})], verify=ran).run(src)
     assert res.ok, res.failures()
     assert "samples=512 (searched)" in res.sizes and "batch=1 (default)" in res.sizes, res.sizes
     with pytest.raises(ModelError):  # as before the search: the sizes the user gives are used as given
-        Pipeline([RenameIO(inputs={"x": "audio"})], verify={**CPU, "dims": {"samples": 100}}).run(src)
+        Pipeline([RenameIO(inputs={"x": "audio"})], verify={**ran, "dims": {"samples": 100}}).run(src)
 
 
 def test_a_reshape_to_rows_of_512_is_searched_with_symbols_that_must_agree_kept_equal() -> None:

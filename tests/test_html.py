@@ -265,7 +265,8 @@ def test_run_one_pass_html_and_marks_from_details(tmp_path: Path) -> None:
     assert main(["run", "cleanup", str(model), "-o", str(tmp_path / "o.onnx"), "-q", "--html", str(page)]) == 0
     text = page.read_text(encoding="utf-8")
     assert external_refs(text) == []
-    assert 'data-verdict="ok"' in text and 'class="node removed"' in text
+    # a dead node dropped: proved without a run, and drawn as passing
+    assert 'class="pass ok" id="pass-0" data-verdict="proved (structural)"' in text and 'class="node removed"' in text
     # what a pass marks in its report's details (nodes kept in float32) is shown, and labels the node data
     report = {"steps": [{"index": 0, "pass": "to-fp16", "verdict": "ok", "details": {"kept_float32": ["relu"]}}]}
     assert "kept_float32" in render_run(report) and "<code>relu</code>" in render_run(report)

@@ -96,8 +96,18 @@ def test_round_trip_keeps_non_tensor_types(make):
     ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def _run(model, *passes, dims=None):
-    return Pipeline(list(passes), verify={"dims": dims or {"N": 3}}).run(model)
+def _run(model, *passes, dims=None, prove=False):
+    """Checks that run the models (``prove``: structural proofs first, as by default)."""
+    return Pipeline(list(passes), verify={"dims": dims or {"N": 3}, "prove": prove}).run(model)
+
+
+def test_a_rename_on_a_classifier_with_seq_map_output_is_proved():
+    res = _run(classifier(), RenameIO(inputs={"x": "features"}, outputs={"probabilities": "probas"}), prove=True)
+    [step] = res.steps
+    assert (
+        res.ok and step.check is not None and [o.verdict.value for o in step.check.outputs] == ["proved (structural)"]
+    )
+    assert _types(res.model.proto)["probas"] == SEQ_MAP
 
 
 def test_passes_on_a_classifier_with_seq_map_output():

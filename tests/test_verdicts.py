@@ -326,6 +326,11 @@ def test_the_written_model_ran_in_the_runtimes_default_session(tmp_path: Path) -
         parser.parse_model(RESHAPE), tmp_path / "off.onnx"
     )
     assert off.default_session == "skipped (verify.mode: off)"
+    on_disk = tmp_path / "m.onnx"  # a source on disk and only proved steps: no session at all
+    onnx.save(parser.parse_model(RESHAPE), str(on_disk))
+    proved = Pipeline([RenameIO(inputs={"x": "img"})], verify=CPU).apply(on_disk, tmp_path / "proved.onnx")
+    assert proved.default_session.startswith("skipped (every step was proved structurally"), proved.default_session
+    assert proved.steps[0].check is not None and proved.steps[0].check.outputs[0].verdict.value == "proved (structural)"
 
 
 def test_a_model_that_crashes_the_default_session_fails_the_last_step_and_nothing_is_written(

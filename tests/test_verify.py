@@ -273,3 +273,12 @@ def test_onnxruntime_log_lines_never_reach_the_terminal(tmp_path: Path, capfd: p
         and err.startswith("error: strip-doc: the source model fails on the generated inputs")
         and "Expand" in err
     )
+
+
+def test_a_huge_relative_error_is_inf_without_a_runtime_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning was printed in the middle of a run
+        check = compare("y", np.array([1e-310, 1.0]), np.array([1e10, 1.0]), Tolerance(1e-3, 1e-5))
+    assert not check.ok and check.max_rel == float("inf") and check.max_abs == 1e10

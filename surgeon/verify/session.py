@@ -18,6 +18,8 @@ from surgeon.verify.runtime import SessionLoadError, default_level_problem
 from surgeon.verify.verifier import Verifier
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from surgeon.ir.model import Model
     from surgeon.verify.config import StepVerify, VerifyConfig
 
@@ -130,22 +132,38 @@ class VerificationSession:
                     check.outputs += self.verifier.probe(final, self.contracts, k, self.tol, self.accepted[k], name)
         return final, check
 
-    def default_level(self, final: Model) -> str | None:
+    def default_level(self, final: Model) -> str:
         """``final`` loaded and run once at onnxruntime's default optimization level, in a child
-        process, on the last check's feed (:func:`surgeon.verify.runtime.default_level_problem`):
-        None when verification is off, "" when it ran, else a failure line naming the model."""
+        process, on the last check's feed mapped to ``final``'s names
+        (:func:`surgeon.verify.runtime.default_level_problem`): "ran", "FAIL: <line naming the
+        model>", or "skipped (<why>)" when verification is off or every step was proved without a run."""
+        if self.config.mode == "off":
+            return "skipped (verify.mode: off)"
         if self.verifier is None:
-            return None
-        last = self.verifier.last
-        feed = last[1] if last is not None else self.verifier.feed
-        problem = default_level_problem(self.verifier.runtime, final, feed)
+            return "skipped (every step was proved structurally: no onnxruntime session ran)"
+        problem = default_level_problem(self.verifier.runtime, final, self._final_feed(final))
         if not problem:
-            return ""
+            return "ran"
         who = _after(self.last_modified) if self.last_modified else "the model (no step modified it)"
         return (
-            f"{who} fails in onnxruntime's default session (ORT_ENABLE_ALL, run once in a child process): "
-            f"{problem}; the checks ran with graph optimizations off"
+            f"FAIL: {who} fails in onnxruntime's default session (ORT_ENABLE_ALL, run once in a child "
+            f"process): {problem}; the checks ran with graph optimizations off"
         )
+
+    def _final_feed(self, final: Model) -> dict[str, np.ndarray]:
+        """The feed for ``final``: the last check's, mapped through the contracts of the steps after
+        it (proved steps ran nothing: a renamed input must get its new name)."""
+        assert self.verifier is not None
+        verifier = self.verifier
+        if verifier.last is None:
+            feed, done = dict(verifier.feed), 0
+        elif verifier.last[0] is final:
+            return verifier.last[1]
+        else:
+            feed, done = dict(verifier.last[1]), max(verifier.chain, default=0)
+        for contract in self.contracts[done:]:
+            feed = contract.map_feed(feed, verifier.intermediates(contract, feed))
+        return feed
 
     # -- structural proofs (surgeon.verify.proof) ------------------------------------------------
     def after_proof(
