@@ -6,7 +6,6 @@ functions that use them) so ``surgeon passes`` and ``surgeon --help`` start fast
 
 from __future__ import annotations
 
-import copy
 import importlib
 import inspect
 import re
@@ -224,7 +223,9 @@ def registry() -> dict[str, type[Pass[Any]]]:
 
 def with_message(exc: SurgeonError, message: str) -> SurgeonError:
     """A copy of ``exc`` (same class, exit code and fields) whose text is ``message``."""
-    new = copy.copy(exc)
+    cls = type(exc)
+    new = cls.__new__(cls, message)  # not copy.copy: it calls __init__ with args, and a subclass's
+    new.__dict__.update(exc.__dict__)  # own __init__ (SessionLoadError(path, reason)) takes others
     new.args = (message,)
     if isinstance(new, RecipeError):
         new.problems = message.splitlines()

@@ -213,3 +213,21 @@ def test_the_pipeline_applies_the_pass_default_unless_the_step_sets_one(tmp_path
     assert Pipeline([_LeakyWithDefault()], verify=cfg).run(_model(tmp_path)).ok
     step = Step(_LeakyWithDefault(), verify=StepVerify(atol=1e-6))
     assert not Pipeline([step], verify=cfg).run(_model(tmp_path)).ok  # the step's own tolerance wins
+
+
+def test_a_session_load_error_in_a_pass_keeps_its_class_fields_and_exit_code() -> None:
+    """A pass that runs onnxruntime (to-fp16's budget search) and gets a model it cannot load: the
+    error is re-worded with the pass's name, not turned into a TypeError (an exit-4 traceback)."""
+    from pathlib import Path
+
+    from surgeon.pass_api import with_message
+    from surgeon.verify.runtime import SessionLoadError
+
+    exc = SessionLoadError(Path("m.onnx"), "opset 99 is newer than this onnxruntime supports")
+    new = with_message(exc, f"to-fp16: {exc}")
+    assert type(new) is SessionLoadError and new.reason == exc.reason and new.path == Path("m.onnx")
+    assert (
+        str(new)
+        == "to-fp16: m.onnx: onnxruntime cannot load the model: opset 99 is newer than this onnxruntime supports"
+    )
+    assert new.exit_code == exc.exit_code and str(exc).startswith("m.onnx:")  # the original is left as it was
