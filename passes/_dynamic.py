@@ -315,7 +315,8 @@ class Follow:
                 "safely; re-export with scale_factor instead of size"
             )
         raise PassError(
-            f"{where} stays {self.sizes.traced[sym]} along axis {axis} where '{sym}' is dynamic; it comes from {source}, "
+            f"{where} stays {self.sizes.traced[sym]} along axis {axis} where '{sym}' is dynamic; it "
+            f"comes from {source}, "
             f"which cannot be made to follow '{sym}' safely"
         )
 
@@ -332,7 +333,10 @@ class Follow:
                 sizes = constant_values(self.model, node.inputs[3])
                 vals = [int(v) for v in sizes.reshape(-1)] if sizes is not None else []
                 if axis < len(vals) and vals[axis] == traced:
-                    return f"Resize '{node.name}' hard-codes the size: its constant sizes {vals} fix axis {axis} at {traced}"
+                    return (
+                        f"Resize '{node.name}' hard-codes the size: its constant sizes {vals} fix axis {axis} "
+                        f"at {traced}"
+                    )
             if not node.inputs:
                 break
             t = node.inputs[0]
@@ -349,7 +353,8 @@ class Follow:
         first = np.take(value, [0], axis=axis)
         if not np.array_equal(np.broadcast_to(first, value.shape), value):
             raise PassError(
-                f"{consumer.op} '{consumer.name}' input {slot}: constant '{t.name}' {list(value.shape)} has the traced size "
+                f"{consumer.op} '{consumer.name}' input {slot}: constant '{t.name}' "
+                f"{list(value.shape)} has the traced size "
                 f"{value.shape[axis]} of '{sym}' along axis {axis}, but its slices along that axis differ (data, not a "
                 "broadcast): cannot make it dynamic safely"
             )
@@ -357,7 +362,10 @@ class Follow:
         shown = [sym if i == axis else d for i, d in enumerate(value.shape)]
         if broadcast:
             consumer.inputs[slot] = base
-            note = f"{consumer.op} '{consumer.name}': constant '{t.name}' {list(value.shape)} -> its first slice {list(first.shape)}, broadcast along '{sym}'"
+            note = (
+                f"{consumer.op} '{consumer.name}': constant '{t.name}' {list(value.shape)} -> its first slice "
+                f"{list(first.shape)}, broadcast along '{sym}'"
+            )
         else:
             shape = self.build.vector(
                 [self._piece(sym) if i == axis else int(d) for i, d in enumerate(value.shape)], consumer
@@ -368,7 +376,10 @@ class Follow:
             )
             consumer.inputs[slot] = out
             self.at_a[out.name] = (None, tuple(value.shape))  # its shape at the traced sizes, for later rounds
-            note = f"{consumer.op} '{consumer.name}': constant '{t.name}' {list(value.shape)} -> Expand of its first slice to {shown}"
+            note = (
+                f"{consumer.op} '{consumer.name}': constant '{t.name}' {list(value.shape)} -> Expand of its "
+                f"first slice to {shown}"
+            )
         drop_orphan_constant(self.model.graph, t)
         return note
 

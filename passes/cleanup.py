@@ -31,7 +31,10 @@ class Cleanup(Pass):
         toposort: bool = Field(True, description="sort nodes topologically")
         remove_initializer_inputs: bool = Field(
             False,
-            description="stop listing initializers as graph inputs (old exporters' habit): they become plain weights runtimes can fold; an IR 3 model, which must list them, is raised to IR 4",
+            description=(
+                "stop listing initializers as graph inputs (old exporters' habit): they become plain weights "
+                "runtimes can fold; an IR 3 model, which must list them, is raised to IR 4"
+            ),
         )
 
     params: Params
@@ -64,7 +67,8 @@ class Cleanup(Pass):
         notes: list[str] = []
         if orphans:
             notes.append(
-                f"removed {len(orphans)} unused initializer(s): {', '.join(orphans[:10])}{' ...' if len(orphans) > 10 else ''}"
+                f"removed {len(orphans)} unused initializer(s): "
+                f"{', '.join(orphans[:10])}{' ...' if len(orphans) > 10 else ''}"
             )
         if len(g.nodes) != n_nodes:
             notes.append(f"removed {n_nodes - len(g.nodes)} dead node(s)")

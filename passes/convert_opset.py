@@ -77,7 +77,8 @@ class ConvertOpset(Pass):
             detail = lines[-1] if lines else type(exc).__name__
             if bad:
                 raise PassError(
-                    f"cannot convert opset {source} -> {target}; node(s) the converter cannot handle: {', '.join(bad)} ({detail})"
+                    f"cannot convert opset {source} -> {target}; node(s) the converter cannot handle: "
+                    f"{', '.join(bad)} ({detail})"
                 ) from None
             raise PassError(f"cannot convert opset {source} -> {target}: {detail}") from None
         missing = _without_schema(converted.graph, target)

@@ -61,7 +61,8 @@ class Extract(Pass):
         if missing:
             name, out = next(iter(missing.items()))
             raise PassPreconditionError(
-                f"output '{out}' depends on {listing(missing)}, which {'is' if len(missing) == 1 else 'are'} not among the inputs "
+                f"output '{out}' depends on {listing(missing)}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not among the inputs "
                 f"({listing(self.params.inputs)}); add {'it' if len(missing) == 1 else 'them'} to inputs",
                 field=("outputs", out),
             )

@@ -19,7 +19,8 @@ Axis = tuple[str, int]
 
 @register_pass("fix-dims")
 class FixDims(Pass[dict[Axis, int]]):
-    """Bind symbolic dims of the inputs to fixed sizes and re-infer every shape (like onnxruntime's make_dynamic_shape_fixed).
+    """Bind symbolic dims of the inputs to fixed sizes and re-infer every shape (like
+    onnxruntime's make_dynamic_shape_fixed).
 
     Dims are named by symbol (``batch: 1``: every input axis with that symbol) or by input axis
     (``'image:2': 224``: that axis, and every other axis sharing its symbol). Intermediate and output
@@ -56,7 +57,8 @@ class FixDims(Pass[dict[Axis, int]]):
                         f"{t.name}{dims_text(tuple(t.shape) if t.shape is not None else None)}" for t in g.inputs
                     )
                     raise PassPreconditionError(
-                        f"'{key}' is neither a symbolic dim of an input nor 'input:axis'; symbols: {', '.join(symbols) or '(none)'}; inputs: {shapes}",
+                        f"'{key}' is neither a symbolic dim of an input nor 'input:axis'; symbols: "
+                        f"{', '.join(symbols) or '(none)'}; inputs: {shapes}",
                         field=("dims", key),
                     )
                 t = by_name[name]

@@ -25,7 +25,8 @@ DynamicPlan = tuple[Axes, Axes, dict[str, int]]
 
 @register_pass("mark-dynamic")
 class MarkDynamic(Pass[DynamicPlan]):
-    """Make input and output axes symbolic (dynamic_axes after the fact), rewriting constant shapes that hard-code the traced size.
+    """Make input and output axes symbolic (dynamic_axes after the fact), rewriting constant
+    shapes that hard-code the traced size.
 
     Symbols shared across tensors mean equal sizes. Stale intermediate shapes are cleared and shape
     inference re-run. Constant shapes derived from the traced size (Reshape ``[1, 512]``, Expand,
@@ -96,7 +97,8 @@ class MarkDynamic(Pass[DynamicPlan]):
                         )
                     if not sym or sym.strip().isdigit():
                         raise PassPreconditionError(
-                            f"{kind[:-1]} '{name}' axis {axis}: symbol '{sym}' must be a name, not a number (fix-dims fixes sizes)",
+                            f"{kind[:-1]} '{name}' axis {axis}: symbol '{sym}' must be a name, not a "
+                            "number (fix-dims fixes sizes)",
                             field=(kind, name),
                         )
                     out[name][axis % len(shape)] = sym

@@ -42,7 +42,8 @@ ScalesPlan = list[tuple[str, "np.ndarray", list[Site]]]
 
 @register_pass("promote-resize-scales")
 class PromoteResizeScales(Pass[ScalesPlan]):
-    """Make the constant scales (or sizes) of Resize/Upsample nodes a graph input, so the upscale factor is chosen at run time.
+    """Make the constant scales (or sizes) of Resize/Upsample nodes a graph input, so the upscale
+    factor is chosen at run time.
 
     Handles TorchScript exports (scales from a Constant node), dynamo exports (scales an
     initializer), Resize driven by ``sizes`` (promoted as int64) and Upsample (opset 7-9; 7-8 are
@@ -59,14 +60,20 @@ class PromoteResizeScales(Pass[ScalesPlan]):
     class Params(PassParams):
         nodes: list[str] | str | None = Field(
             None,
-            description="Resize/Upsample nodes: a list of names, or one regex matched against whole names (default: all with constant scales)",
+            description=(
+                "Resize/Upsample nodes: a list of names, or one regex matched against whole names (default: "
+                "all with constant scales)"
+            ),
         )
         input: str | None = Field(
             None, description="name of the new input (default: 'factor' for form factor, else 'scales' or 'sizes')"
         )
         form: Literal["scales", "factor"] = Field(
             "scales",
-            description="scales: the full vector the node takes; factor: one float (or one per spatial axis) expanded into [1, 1, f, f]",
+            description=(
+                "scales: the full vector the node takes; factor: one float (or one per spatial axis) expanded "
+                "into [1, 1, f, f]"
+            ),
         )
         per_axis: bool = Field(
             False, description="form factor: one factor per spatial axis instead of one shared float"
@@ -76,7 +83,10 @@ class PromoteResizeScales(Pass[ScalesPlan]):
         )
         crops: Literal["rewrite", "keep"] = Field(
             "rewrite",
-            description="Slices after the nodes that crop a scaled axis: rewrite opens ends equal to the traced size and refuses any other crop; keep leaves them as exported",
+            description=(
+                "Slices after the nodes that crop a scaled axis: rewrite opens ends equal to the traced size "
+                "and refuses any other crop; keep leaves them as exported"
+            ),
         )
         probe_factor: float = Field(
             2.0, gt=0, description="the other factor the verifier tries (the current one + 1 when they are equal)"
@@ -158,7 +168,8 @@ class PromoteResizeScales(Pass[ScalesPlan]):
         name, v = site.node.name, site.value
         if site.kind == "sizes":
             raise PassPreconditionError(
-                f"node '{name}' is driven by sizes {v.tolist()}, not scales; use form: scales (it promotes the sizes, int64)",
+                f"node '{name}' is driven by sizes {v.tolist()}, not scales; use form: scales (it "
+                "promotes the sizes, int64)",
                 field=("form",),
             )
         if not np.all(v[: site.lead] == 1):
@@ -201,7 +212,8 @@ class PromoteResizeScales(Pass[ScalesPlan]):
                 if not same:
                     first = sites[0]
                     raise PassPreconditionError(
-                        f"nodes '{first.node.name}' ({first.kind} {values[0].tolist()}) and '{s.node.name}' ({s.kind} {v.tolist()}) "
+                        f"nodes '{first.node.name}' ({first.kind} {values[0].tolist()}) and "
+                        f"'{s.node.name}' ({s.kind} {v.tolist()}) "
                         "differ, so they cannot share one input; set per_node: true or select nodes",
                         field=("per_node",),
                     )
@@ -394,7 +406,8 @@ def _legacy_upsample_to_9(model: ModelIR) -> str:
         proto = onnx.version_converter.convert_version(model.to_proto(), 9)
     except Exception as exc:
         raise PassError(
-            f"Upsample-{before} keeps scales in an attribute and the model cannot be converted to opset 9: {str(exc).splitlines()[0]}"
+            f"Upsample-{before} keeps scales in an attribute and the model cannot be converted to "
+            f"opset 9: {str(exc).splitlines()[0]}"
         ) from None
     model.graph = gs.import_onnx(proto)
     model.graph.opset = 9

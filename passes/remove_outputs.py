@@ -45,7 +45,8 @@ class RemoveOutputs(Pass):
         remaining = [n for n in outs if n not in self.params.outputs]
         if not remaining:
             raise PassPreconditionError(
-                f"removing {listing(self.params.outputs)} would leave the model without outputs; graph outputs are: {listing(outs)}",
+                f"removing {listing(self.params.outputs)} would leave the model without outputs; "
+                f"graph outputs are: {listing(outs)}",
                 field=("outputs", self.params.outputs[0]),
             )
 
@@ -65,7 +66,8 @@ class RemoveOutputs(Pass):
             g.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
             if len(g.nodes) != n_nodes or _n_constants(g) != n_consts:
                 notes.append(
-                    f"pruned {n_nodes - len(g.nodes)} node(s) and {n_consts - _n_constants(g)} initializer(s) no output needs"
+                    f"pruned {n_nodes - len(g.nodes)} node(s) and {n_consts - _n_constants(g)} "
+                    "initializer(s) no output needs"
                 )
         return PassResult(True, IOContract(removed_outputs=set(removed)), notes=notes)
 
@@ -91,7 +93,8 @@ class RemoveOutputs(Pass):
             clean_proto(g, remove_inputs=False, toposort=False, top=True)
             if len(g.node) != n_nodes or len(g.initializer) != n_inits:
                 notes.append(
-                    f"pruned {n_nodes - len(g.node)} node(s) and {n_inits - len(g.initializer)} initializer(s) no output needs"
+                    f"pruned {n_nodes - len(g.node)} node(s) and {n_inits - len(g.initializer)} "
+                    "initializer(s) no output needs"
                 )
         return PassResult(True, IOContract(removed_outputs=set(removed)), notes=notes)
 

@@ -95,7 +95,8 @@ class Simplify(Pass):
             t = next(t for t in g.inputs if t.name == name)
             if t.shape is not None and len(t.shape) != len(shape):
                 raise PassPreconditionError(
-                    f"input_shapes['{name}'] has {len(shape)} dims but the input has rank {len(t.shape)} ({list(t.shape)})",
+                    f"input_shapes['{name}'] has {len(shape)} dims but the input has rank "
+                    f"{len(t.shape)} ({list(t.shape)})",
                     field=("input_shapes", name),
                 )
             if any(d <= 0 for d in shape):

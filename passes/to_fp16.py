@@ -86,7 +86,8 @@ class ToFP16(Pass):
     count is reported. Cast ``to`` and Constant / ConstantOfShape values follow (``value_float(s)``
     and ConstantOfShape's default zero become float16 tensors; CastLike's output follows its
     target). Generators with a ``dtype`` (RandomNormal, EyeLike...) stay float32, with Casts where
-    they meet converted tensors: onnxruntime's CPU kernels have no float16 for them. Tensors of other types (float64, bfloat16, ints) are left alone, and so are
+    they meet converted tensors: onnxruntime's CPU kernels have no float16 for them. Tensors of
+    other types (float64, bfloat16, ints) are left alone, and so are
     sequences: sequence ops run in float32, with Casts where they meet converted tensors.
 
     Weights: one tensor at a time (ModelIR.values); converted weights are held in memory as

@@ -63,7 +63,8 @@ def _planned_sizes(model: Any, pipeline: Any) -> list[str]:
     if defaulted:
         keys = ", ".join(f"'{k}': N" if ":" in k else f"{k}: N" for k in defaulted)
         lines.append(
-            f"verification will default {', '.join(defaulted)} to {cfg.default_dim} (verify.default_dim); set verify.dims: {{{keys}}} to choose"
+            f"verification will default {', '.join(defaulted)} to {cfg.default_dim} "
+            f"(verify.default_dim); set verify.dims: {{{keys}}} to choose"
         )
     return lines
 

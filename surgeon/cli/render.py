@@ -97,7 +97,8 @@ def show_outputs(console: Console, check: StepCheck, only_failures: bool = False
             console.print(f"{indent}{_e(o.name)}: [{style}]{o.verdict}[/{style}]{tail}", highlight=False)
             continue
         console.print(
-            f"{indent}{_e(o.name)}: shape {_e(list(o.shape))}  max abs {fmt_err(o.max_abs)}  max rel {fmt_err(o.max_rel)}  "
+            f"{indent}{_e(o.name)}: shape {_e(list(o.shape))}  max abs {fmt_err(o.max_abs)}  max rel "
+            f"{fmt_err(o.max_rel)}  "
             f"tol rtol={o.rtol:g} atol={o.atol:g}{why}  [{style}]{o.verdict}[/{style}]{tail}",
             highlight=False,
         )
@@ -180,7 +181,8 @@ def show_inspect(console: Console, info: dict[str, Any]) -> None:
     ini = info["initializers"]
     say(
         console,
-        f"weights: {ini['count']} tensors, {ini['inline_bytes']:,} bytes inline, {ini['external_bytes']:,} bytes external",
+        f"weights: {ini['count']} tensors, {ini['inline_bytes']:,} bytes inline, "
+        f"{ini['external_bytes']:,} bytes external",
     )
     if info["external_data_files"]:
         say(console, "external data files: " + ", ".join(info["external_data_files"]))

@@ -77,7 +77,10 @@ def _tied_to(info: GraphInfo, node: onnx.NodeProto) -> str:
             w = list(t.dims) if t is not None else list(getattr(info.const(n.input[1]), "shape", ()))
             trans = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
             inner = w[-1] if trans and w else (w[-2] if len(w) >= 2 else None)
-            return f"{n.op_type} '{label(n)}' through a Flatten/Reshape: its constant weight has the fixed inner size {inner}"
+            return (
+                f"{n.op_type} '{label(n)}' through a Flatten/Reshape: its constant weight has the fixed inner "
+                f"size {inner}"
+            )
     return ""
 
 
@@ -112,7 +115,8 @@ def check_resize(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
             Finding(
                 "resize-factor-tied",
                 "info",
-                f"{s.node.op_type} '{label(s.node)}' has constant {s.kind} {_values(s)}, but the factor is tied to the architecture: the upsampled map meets {s.tied_to}; leave it constant",
+                f"{s.node.op_type} '{label(s.node)}' has constant {s.kind} {_values(s)}, but the "
+                f"factor is tied to the architecture: the upsampled map meets {s.tied_to}; leave it constant",
                 nodes=[label(s.node)],
             )
         )
@@ -123,7 +127,9 @@ def check_resize(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
             Finding(
                 "resize-constant-scales",
                 "warning",
-                f"{len(free)} Resize/Upsample node(s) with a constant {free[0].kind}: {', '.join(f'{label(s.node)} {_values(s)}' for s in free)}; the upscale factor cannot change at run time",
+                f"{len(free)} Resize/Upsample node(s) with a constant {free[0].kind}: "
+                f"{', '.join(f'{label(s.node)} {_values(s)}' for s in free)}; "
+                "the upscale factor cannot change at run time",
                 nodes=labels,
                 fix="promote-resize-scales" if params is not None else None,
                 params=params,
@@ -249,7 +255,8 @@ def check_traced_constants(info: GraphInfo, facts: dict[str, Any]) -> list[Findi
         Finding(
             "traced-constants",
             "info",
-            f"constant shapes that look traced from input sizes: {'; '.join(hits[:4])}{' ...' if len(hits) > 4 else ''}",
+            "constant shapes that look traced from input sizes: "
+            f"{'; '.join(hits[:4])}{' ...' if len(hits) > 4 else ''}",
             nodes=[h.split(" shape ")[0] for h in hits],
             advice="if that axis must vary, export it dynamic (dynamic_shapes / dynamic_axes) or mark-dynamic it",
         )
@@ -292,7 +299,8 @@ def check_numeric(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
             Finding(
                 "int64-weights",
                 "info",
-                f"{len(wide)} int64 weight tensor(s), {int64_bytes:,} bytes: {', '.join(wide[:6])}; runtimes without int64 kernels (TensorRT) cast them to int32",
+                f"{len(wide)} int64 weight tensor(s), {int64_bytes:,} bytes: {', '.join(wide[:6])}; "
+                "runtimes without int64 kernels (TensorRT) cast them to int32",
                 tensors=wide,
             )
         )

@@ -89,7 +89,10 @@ def check_static_batch(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
     branches = _shape_branches(info)
     if branches:  # a data-dependent If on the input's shape: another batch may take another branch
         where += f"; {', '.join(branches)} branch(es) on a value computed from an input's shape"
-        advice += "; the branch taken may change with the batch: the probe runs other batch sizes, so a branch that changes the result fails it"
+        advice += (
+            "; the branch taken may change with the batch: the probe runs other batch sizes, so a branch that "
+            "changes the result fails it"
+        )
     if sized:  # mark-dynamic refuses these: the output batch would stay the constant's
         where += f"; Resize sizes hard-code it in {', '.join(sized)}"
         advice = "a Resize driven by constant sizes fixes the output batch: re-export with scale_factor instead of size"
@@ -159,7 +162,8 @@ def check_initializer_inputs(info: GraphInfo, facts: dict[str, Any]) -> list[Fin
         Finding(
             "initializers-as-inputs",
             "warning",
-            f"{len(names)} initializer(s) listed as graph inputs (an old exporter's habit): {shown}; onnxruntime cannot fold them and callers may override weights",
+            f"{len(names)} initializer(s) listed as graph inputs (an old exporter's habit): {shown}; "
+            "onnxruntime cannot fold them and callers may override weights",
             tensors=names,
             fix="cleanup",
             params={"remove_initializer_inputs": True},
@@ -258,9 +262,13 @@ def check_constant_outputs(info: GraphInfo, facts: dict[str, Any]) -> list[Findi
             Finding(
                 "constant-outputs",
                 "warning",
-                f"output(s) {', '.join(repr(n) for n in frozen[:8])} depend on no input: constants, as an exporter writes a value it traced from the inputs (an in-place op on a shape, .item(), numpy)",
+                f"output(s) {', '.join(repr(n) for n in frozen[:8])} depend on no input: constants, "
+                "as an exporter writes a value it traced from the inputs (an in-place op on a shape, .item(), numpy)",
                 tensors=frozen,
-                advice="if they should follow the inputs, fix the module and re-export (surgeon export compares against torch on fresh inputs)",
+                advice=(
+                    "if they should follow the inputs, fix the module and re-export (surgeon export compares "
+                    "against torch on fresh inputs)"
+                ),
             )
         )
     if unread:
@@ -268,7 +276,8 @@ def check_constant_outputs(info: GraphInfo, facts: dict[str, Any]) -> list[Findi
             Finding(
                 "unused-inputs",
                 "info",
-                f"input(s) {', '.join(repr(n) for n in unread[:8])} are read by no node (the exporter may have traced their values into constants)",
+                f"input(s) {', '.join(repr(n) for n in unread[:8])} are read by no node (the exporter "
+                "may have traced their values into constants)",
                 tensors=unread,
             )
         )
@@ -284,7 +293,8 @@ def check_size(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
         Finding(
             "near-2gb",
             "warning",
-            f"the model file is {size / (1 << 30):.2f} GiB with its weights inline; protobuf cannot write a model over 2 GiB",
+            f"the model file is {size / (1 << 30):.2f} GiB with its weights inline; protobuf cannot "
+            "write a model over 2 GiB",
             recipe={"save": {"external": "always"}},
             advice="save the weights as external data (save: {external: always})",
         )

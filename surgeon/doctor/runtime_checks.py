@@ -36,8 +36,12 @@ def check_runtime(info: GraphInfo, facts: dict[str, Any]) -> list[Finding]:
             Finding(
                 "ir-version",
                 "error",
-                f"IR version {proto.ir_version} is newer than onnxruntime {ort.__version__} loads (at most {limits['max_ir_version']})",
-                advice=f"save it with an onnx release whose IR version is <= {limits['max_ir_version']}, or upgrade onnxruntime",
+                f"IR version {proto.ir_version} is newer than onnxruntime {ort.__version__} loads (at "
+                f"most {limits['max_ir_version']})",
+                advice=(
+                    f"save it with an onnx release whose IR version is <= {limits['max_ir_version']}, or "
+                    "upgrade onnxruntime"
+                ),
             )
         )
     opset = info.opset
@@ -82,7 +86,8 @@ def _kernel_findings(info: GraphInfo) -> list[Finding]:
             Finding(
                 "no-cpu-kernel",
                 "error",
-                f"onnxruntime's CPU provider has no kernel for {op} (opset {version}) at node '{node or _first_node(info.graph, op)}' (the first one found)",
+                f"onnxruntime's CPU provider has no kernel for {op} (opset {version}) at node "
+                f"'{node or _first_node(info.graph, op)}' (the first one found)",
                 nodes=[node or _first_node(info.graph, op)],
                 advice="replace the op, or convert to an opset where it has a kernel",
             )

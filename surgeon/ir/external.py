@@ -44,7 +44,8 @@ MAX_EXTERNAL_INT = 2**63 - 1
 
 def external_ref(tensor: onnx.TensorProto, what: str | None = None) -> ExternalRef:
     """The reference of an external tensor. A third-party file may hold anything in it: an offset
-    or length that is not a non-negative int64 is a :class:`ModelError` naming the tensor (``what``, default ``tensor '<name>'``)."""
+    or length that is not a non-negative int64 is a :class:`ModelError` naming the tensor
+    (``what``, default ``tensor '<name>'``)."""
     info = {e.key: e.value for e in tensor.external_data}
     what = what or f"tensor '{tensor.name}'"
     length = info.get("length")

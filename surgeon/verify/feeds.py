@@ -79,7 +79,8 @@ def make_feed(
         need = int(np.prod(shapes[s.name], dtype=np.float64)) * max(s.dtype.itemsize, 1)
         if need > MAX_INPUT_BYTES:
             raise UsageError(
-                f"input '{s.name}' at shape {list(shapes[s.name])} would need {need / (1 << 30):.1f} GiB of random data "
+                f"input '{s.name}' at shape {list(shapes[s.name])} would need {need / (1 << 30):.1f} "
+                "GiB of random data "
                 "(limit 2 GiB); set smaller verify.dims or give verify.inputs"
             )
     ranges: dict[str, Domain] = {**(domains or {}), **config.ranges}

@@ -58,7 +58,8 @@ class Divergence:
             ins = ", ".join(f"'{k}' {v:.3g}" for k, v in self.inputs.items()) or "none compared"
             what = f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}" + (f" ({self.note})" if self.note else "")
             parts.append(
-                f"first divergence at node '{self.node}' ({self.op}) output '{self.tensor}' shape {self.shape}: {what}; its inputs' error: {ins}"
+                f"first divergence at node '{self.node}' ({self.op}) output '{self.tensor}' shape "
+                f"{self.shape}: {what}; its inputs' error: {ins}"
             )
         else:
             parts.append(f"no tensor of both models differs beyond tolerance ({self.compared} compared)")
