@@ -324,3 +324,44 @@ def test_a_reduction_whose_running_sum_overflows_stays_float32() -> None:
     assert "running sum" in _kept(res)["mean"]
     x = np.random.default_rng(6).uniform(-1, 1, (1, 4096)).astype(np.float32)
     assert _within(_run(src, {"x": x})[0], _run(out, {"x": x})[0], 5e-2, 5e-2)
+
+
+def test_held_out_samples_never_choose_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(1000 x)^2 / 1e6: within float16's range on the calibration samples (|x| <= 0.2), beyond it
+    on the held-out ones (x in [0.5, 1]). The held-out miss sends the search on, but neither the
+    hazard scan nor the attribution ever sees a held-out sample: "met on held-out" is judged on
+    samples nothing chose nodes from (before, the hazard scan read them and called what it saw
+    "on calibration", and a miss added them to the attribution)."""
+    from surgeon.passes import _fp16_budget
+
+    src = _model(
+        [
+            helper.make_node("Mul", ["x", "k"], ["h"], name="scale"),
+            helper.make_node("Mul", ["h", "h"], ["sq"], name="square"),
+            helper.make_node("Mul", ["sq", "inv"], ["y"], name="unscale"),
+        ],
+        [helper.make_tensor_value_info("x", F, [8])],
+        [helper.make_tensor_value_info("y", F, [8])],
+        [nh.from_array(np.array(1000.0, np.float32), "k"), nh.from_array(np.array(1e-6, np.float32), "inv")],
+    )
+    rng = np.random.default_rng(3)
+    calib = rng.uniform(-0.2, 0.2, (4, 8)).astype(np.float32)
+    held = rng.uniform(0.5, 1.0, (2, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([calib, held]))
+    seen: list[np.ndarray] = []
+    real = _fp16_budget.Search.contributions
+
+    def spy(self: Any, model: Any, kept: Any, feeds: Any) -> Any:
+        seen.extend(f["x"] for f in feeds)
+        return real(self, model, kept, feeds)
+
+    monkeypatch.setattr(_fp16_budget.Search, "contributions", spy)
+    out, res = _apply(src, budget={"rtol": 1e-2, "atol": 1e-3}, calibration=str(tmp_path / "calib.npz"))
+    kept = _kept(res)
+    assert not any("beyond" in why for why in kept.values()), kept  # calibration never leaves the range
+    assert seen, "the held-out miss must send the search on to attribution"
+    assert all(any(np.array_equal(s, c) for c in calib) for s in seen)
+    assert not any(np.array_equal(s, h) for s in seen for h in held)
+    assert "held-out misses it" in res.details["round_log"][0] and res.details["round_log"][-1].endswith("met")
+    x = rng.uniform(0.5, 1.0, 8).astype(np.float32)  # fresh data like the held-out samples
+    assert _within(_run(src, {"x": x})[0], _run(out, {"x": x})[0], 1e-2, 1e-3)
