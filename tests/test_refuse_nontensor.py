@@ -118,6 +118,11 @@ def test_passes_on_a_classifier_with_seq_map_output():
         Cleanup(),
         MarkDynamic(batch="batch"),
     )
+    assert res.ok, res.failures()  # the batch probe joins the sequence of maps of the single runs
+    dynamic = next(s for s in res.steps if s.pass_name == "mark-dynamic")
+    assert dynamic.check is not None
+    probe = next(o for o in dynamic.check.outputs if o.name.startswith("probe batch=") and "probas" in o.name)
+    assert probe.ok and probe.verdict.value == "ok", probe
     out = res.model.proto
     assert _types(out)["probas"] == SEQ_MAP
     assert [d.dim_param for d in out.graph.input[0].type.tensor_type.shape.dim] == ["batch", ""]

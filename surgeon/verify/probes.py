@@ -136,8 +136,12 @@ class BatchProbe(_SymbolProbe):
             axis: int | None = named if named is not None else (grown[0] if grown else None)
             if axis is None or any(name not in o for o in singles):
                 continue
+            parts = [o[name] for o in singles]
             try:
-                expected = np.concatenate([o[name] for o in singles], axis=axis)
+                if isinstance(value, list) and axis == 0 and all(isinstance(p, list) for p in parts):
+                    expected = [e for p in parts for e in p]  # a sequence output (of maps): joined, not stacked
+                else:
+                    expected = np.concatenate(parts, axis=axis)
             except ValueError as exc:
                 note = f"the single runs cannot be stacked along axis {axis}: {exc}"
                 checks.append(OutputCheck(label, False, Verdict.FAIL, shape=tuple(np.shape(value)), note=note))
