@@ -240,12 +240,7 @@ def _step_section(s: Mapping[str, Any]) -> str:
         out.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in s["notes"]) + "</ul>")
     details = s.get("details")
     if isinstance(details, Mapping) and details:
-        rows = "".join(
-            f"<tr><th>{esc(k)}</th><td>"
-            + (", ".join(f"<code>{esc(x)}</code>" for x in v) if isinstance(v, list) else esc(v))
-            + "</td></tr>"
-            for k, v in details.items()
-        )
+        rows = "".join(f"<tr><th>{esc(k)}</th><td>{_detail_value(v)}</td></tr>" for k, v in details.items())
         out.append(_details("what the pass marked", f'<table class="kv">{rows}</table>'))
     if s.get("outputs"):
         out.append(_checks_table(s["outputs"]))
@@ -666,11 +661,42 @@ def node_data(report: Mapping[str, Any], model: Any = None) -> dict[str, Any]:
         details = s.get("details") or {}
         if not isinstance(details, Mapping):
             continue
-        for names in details.values():
-            for name in names if isinstance(names, list) else []:
-                results.setdefault(str(name), {"value": 0.0})["textColor"] = MARK_COLOR
+        for name in marked_nodes(details, model):
+            results.setdefault(name, {"value": 0.0})["textColor"] = MARK_COLOR
     graph = {"results": results, "gradient": [{"stop": 0, "bgColor": "#ffffff"}, {"stop": 1, "bgColor": "#d93025"}]}
     return {graph_id or "main_graph": graph}
+
+
+def marked_nodes(details: Mapping[str, Any], model: Any = None) -> list[str]:
+    """The nodes a pass lists in its ``details``: entries ``{"node": name, ...}`` (to-fp16's
+    ``kept_float32``), and plain strings that name a node of ``model`` (when given; a log line
+    such as a search round is not a node)."""
+    names = {n.name for n in model.graph.node} if model is not None else set()
+    out: list[str] = []
+    for entries in details.values():
+        for e in entries if isinstance(entries, list) else []:
+            if isinstance(e, Mapping) and e.get("node") is not None:
+                out.append(str(e["node"]))
+            elif isinstance(e, str) and e in names:
+                out.append(e)
+    return out
+
+
+def _detail_value(v: Any) -> str:
+    """One value of a pass's ``details`` as HTML: node entries as name (op): why, lists as code,
+    mappings as JSON."""
+    if isinstance(v, list):
+        return ", ".join(
+            f"<code>{esc(x['node'])}</code>"
+            + (f" ({esc(x['op'])})" if x.get("op") else "")
+            + (f": {esc(x['why'])}" if x.get("why") else "")
+            if isinstance(x, Mapping) and "node" in x
+            else f"<code>{esc(x if isinstance(x, str) else json.dumps(x, default=str))}</code>"
+            for x in v
+        )
+    if isinstance(v, Mapping):
+        return f"<code>{esc(json.dumps(v, default=str))}</code>"
+    return esc(v)
 
 
 def write_page(path: Path, text: str) -> None:

@@ -9,6 +9,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from surgeon.cli import main
@@ -281,3 +282,38 @@ def test_source_export_is_shown() -> None:
 
     page = render_run({"input": "source: m:f (dynamo)", "export": {"exporter": "dynamo", "ok": True, "notes": ["<n>"]}})
     assert "dynamo: ok against torch<br>&lt;n&gt;" in page and external_refs(page) == []
+
+
+def test_node_data_marks_the_nodes_to_fp16_kept_not_its_log_lines(tmp_path: Path) -> None:
+    """to-fp16 with a budget lists its float32 nodes as {node, op, why} and logs its rounds as
+    text: the node data marks the nodes by name (before, the dict's text was the key, which
+    matches no node) and no log line; the page shows each node with its op and why."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    mask = np.triu(np.full((4, 4), -3.4e38, np.float32), 1)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["s"], name="scores"),
+            helper.make_node("Add", ["s", "mask"], ["sm"], name="masked"),
+            helper.make_node("Softmax", ["sm"], ["y"], axis=-1, name="softmax"),
+        ],
+        "attn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        [nh.from_array(np.eye(4, dtype=np.float32), "w"), nh.from_array(mask, "mask")],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(model))
+    data, page, report = tmp_path / "nodes.json", tmp_path / "run.html", tmp_path / "run.json"
+    args = ["run", "to-fp16", str(model), "-o", str(tmp_path / "o.onnx"), "-q", "--set", "budget={rtol: 1e-2}"]
+    assert main([*args, "--node-data", str(data), "--html", str(page), "--report", str(report)]) == 0
+    [step] = json.loads(report.read_text())["steps"]
+    kept = {k["node"] for k in step["details"]["kept_float32"]}
+    assert "masked" in kept and step["details"]["round_log"]
+    [results] = [g["results"] for g in json.loads(data.read_text()).values()]
+    marked = {k for k, v in results.items() if v.get("textColor")}
+    assert marked == kept, results
+    text = page.read_text(encoding="utf-8")
+    assert "<code>masked</code> (Add): " in text and "{&#x27;node&#x27;" not in text and "{'node'" not in text
