@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from surgeon.errors import RecipeError
+from surgeon.errors import RecipeError, UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -178,6 +178,18 @@ def _check_rule(rule: Rule, where: str) -> None:
         unknown = set(rule.where) - names
         if unknown and i == 0 and len(rule.patterns) == 1:
             raise RecipeError(f"{where} ({rule.name}): where names {', '.join(sorted(unknown))}, not pattern inputs")
+
+
+def require_onnxscript() -> None:
+    """onnxscript's pattern matcher does the matching: without it, one line that says what to
+    install (exit 2), not an internal error."""
+    try:
+        import onnxscript.rewriter  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "the rewrite pass needs onnxscript (its pattern matcher): pip install onnxscript, "
+            "or install surgeon with the torch extra"
+        ) from None
 
 
 # --- compiling to onnxscript patterns --------------------------------------------------------------

@@ -134,8 +134,9 @@ class Rewrite(Pass):
 
 def resolve(entry: str | dict[str, Any], i: int) -> Rule:
     """A rule of ``rules[i]``: a built-in's name or an inline mapping."""
-    from surgeon.passes._rewrite_rules import builtin, parse_rule
+    from surgeon.passes._rewrite_rules import builtin, parse_rule, require_onnxscript
 
+    require_onnxscript()
     if isinstance(entry, str):
         return builtin(entry)
     try:
@@ -149,6 +150,10 @@ def resolve(entry: str | dict[str, Any], i: int) -> Rule:
 def find(proto: onnx.ModelProto, rule: Rule, base_dir: Path | None = None) -> list[Match]:
     """Every match (and near miss) of ``rule`` in ``proto``'s top-level graph, checked for safety."""
     import onnx
+
+    from surgeon.passes._rewrite_rules import require_onnxscript
+
+    require_onnxscript()
     import onnx_ir
     from onnxscript import optimizer
 

@@ -41,10 +41,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from surgeon.cli.setparams import QUOTE_HINT, parse_set
-    from surgeon.errors import RecipeError
+    from surgeon.errors import RecipeError, UsageError
     from surgeon.pass_api import get_pass
     from surgeon.recipe import parse_recipe_data
 
+    if args.output is None and not args.dry_run:
+        raise UsageError("surgeon run: -o/--output is required (or --dry-run: run and verify, write nothing)")
     over = overrides(args)
     step = {args.pass_name: parse_set(get_pass(args.pass_name).Params, args.pass_name, args.set)}
     try:

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", help="apply one pass, no recipe needed", epilog=EPILOG)
     p.add_argument("pass_name", metavar="PASS")
     p.add_argument("model", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, help="output model (required unless --dry-run)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a param (YAML value; dotted keys for mappings)"
     )

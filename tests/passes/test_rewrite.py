@@ -516,3 +516,35 @@ def test_bench_rewrite_runs_end_to_end(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["ours"][1] == data["onnxscript"][1] < data["nodes_before"]
     assert "ratio" in proc.stdout
+
+
+def _gelu_model(path: Path) -> Path:
+    onnx.save(_text(SAFE, opset=20, inits=GELU_INITS), str(path))
+    return path
+
+
+def test_the_issues_dry_run_command_needs_no_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`surgeon run rewrite m.onnx --set 'rules=[fuse-gelu]' --dry-run -v` (the issue's command):
+    runs, verifies, shows the match, writes nothing; without -o and without --dry-run: exit 2."""
+    model = _gelu_model(tmp_path / "m.onnx")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["run", "rewrite", str(model), "--set", "rules=[fuse-gelu]", "--dry-run", "-v"]) == 0
+    assert "fuse-gelu" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert main(["run", "rewrite", str(model), "--set", "rules=[fuse-gelu]"]) == 2
+    assert "-o/--output is required (or --dry-run" in capsys.readouterr().err
+
+
+def test_without_onnxscript_the_rewrite_pass_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    model = _gelu_model(tmp_path / "m.onnx")
+    for name in [m for m in sys.modules if m == "onnxscript" or m.startswith("onnxscript.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    code = main(["run", "rewrite", str(model), "-o", str(tmp_path / "o.onnx"), "--set", "rules=[fuse-gelu]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install onnxscript" in err and "internal error" not in err, err
+    assert not (tmp_path / "o.onnx").exists()
