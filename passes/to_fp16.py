@@ -312,7 +312,7 @@ class _Converter:
         self.fp16_inputs: list[str] = []
         self.fp16_outputs: list[str] = []
         self._blocked: set[int] = set()
-        self._cast_cache: dict[tuple[int, str], gs.Variable] = {}
+        self._cast_cache: dict[tuple[int, int, str], gs.Variable] = {}
         self._fp16_consts: dict[int, gs.Constant] = {}
         self._const_sources: dict[int, gs.Constant] = {}
 
@@ -461,14 +461,19 @@ class _Converter:
     def _cast(self, g: gs.Graph, node: gs.Node, t: gs.Tensor, want: Any) -> gs.Variable:
         import onnx_graphsurgeon as gs
 
-        key = (id(t), str(want))
+        key = (id(g), id(t), str(want))  # per graph: a subgraph cannot read a Cast made in a sibling
         if key not in self._cast_cache:
             suffix = "fp32" if want == self.f32 else "fp16"
-            out = gs.Variable(f"{t.name}_{suffix}", dtype=want, shape=t.shape)
+            name = f"{t.name}_{suffix}"
+            if g is not self.model.graph:  # a Cast inside a subgraph: a name no other scope uses
+                from surgeon.passkit.ops import unique_name
+
+                name = unique_name(self.model.graph, f"{name}_{g.name or 'body'}")
+            out = gs.Variable(name, dtype=want, shape=t.shape)
             g.nodes.append(
                 gs.Node(
                     "Cast",
-                    name=f"{t.name}_to_{suffix}",
+                    name=f"{name}_cast" if g is not self.model.graph else f"{t.name}_to_{suffix}",
                     attrs={"to": FLOAT if want == self.f32 else self.to_half},
                     inputs=[t],
                     outputs=[out],

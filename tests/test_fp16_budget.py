@@ -365,3 +365,40 @@ def test_held_out_samples_never_choose_nodes(tmp_path: Path, monkeypatch: pytest
     assert "held-out misses it" in res.details["round_log"][0] and res.details["round_log"][-1].endswith("met")
     x = rng.uniform(0.5, 1.0, 8).astype(np.float32)  # fresh data like the held-out samples
     assert _within(_run(src, {"x": x})[0], _run(out, {"x": x})[0], 1e-2, 1e-3)
+
+
+@pytest.mark.parametrize("budget", [None, {"rtol": 1e-2, "atol": 1e-2}])
+def test_if_branches_reading_a_converted_outer_tensor_each_get_their_cast(budget: Any) -> None:
+    """r = Relu(x) converts; both branches of an If read r from the outer scope and stay float32.
+    Each branch gets its own Cast of r (before, the second branch reused the first branch's Cast
+    output, which no node of its scope produces, and onnxruntime refused the model)."""
+    then_g = helper.make_graph(
+        [helper.make_node("Sigmoid", ["r"], ["a"], name="sig")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("a", F, [2, 8])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Tanh", ["r"], ["b"], name="tanh")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("b", F, [2, 8])],
+    )
+    src = _model(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("If", ["c"], ["t"], then_branch=then_g, else_branch=else_g, name="branch"),
+            helper.make_node("Mul", ["t", "r"], ["y"], name="mul"),
+        ],
+        [helper.make_tensor_value_info("x", F, [2, 8]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", F, [2, 8])],
+    )
+    out, res = _apply(src, **({"budget": budget} if budget else {}))
+    onnx.checker.check_model(out, full_check=True)
+    assert "control flow" in _kept(res)["branch"]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in out.graph.value_info}
+    assert types["r"] == TensorProto.FLOAT16  # the Relu converts; each branch reads it through a Cast
+    x = np.random.default_rng(6).uniform(-1, 1, (2, 8)).astype(np.float32)
+    for c in (True, False):
+        feed = {"x": x, "c": np.array(c)}
+        assert _within(_run(src, feed)[0], _run(out, feed)[0], 1e-2, 1e-2)
