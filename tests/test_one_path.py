@@ -105,6 +105,36 @@ def _chardev(path: Path) -> Path:
     return path
 
 
+def _socket(path: Path) -> Path:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))  # the socket file stays after close
+    sock.close()
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    (path / "inside.txt").write_text("keep")
+    return path
+
+
+@pytest.mark.parametrize("make", [_socket, _folder], ids=["socket", "folder"])
+@pytest.mark.parametrize("flag", ["-o", "--report", "--html"])
+def test_output_that_is_a_socket_or_folder_exits_2_and_stays(run: Path, make, flag: str) -> None:  # type: ignore[no-untyped-def]
+    node = make(run / "node")
+    args = ["apply", str(run / "recipe.yaml"), flag, str(node), "-q"]
+    if flag != "-o":
+        args += ["-o", str(run / "out.onnx")]
+    assert main(args) == 2
+    mode = os.lstat(node).st_mode
+    assert stat.S_ISSOCK(mode) if make is _socket else stat.S_ISDIR(mode), "the node was replaced"
+    if make is _folder:
+        assert [p.name for p in node.iterdir()] == ["inside.txt"]
+    assert not (run / "out.onnx").exists()
+
+
 @pytest.mark.parametrize("make", [_fifo, _chardev], ids=["fifo", "chardev"])
 @pytest.mark.parametrize("flag", ["-o", "--report"])
 def test_output_that_is_a_fifo_or_device_exits_2_and_stays(run: Path, make, flag: str) -> None:  # type: ignore[no-untyped-def]
@@ -197,6 +227,40 @@ def test_a_bug_in_a_worker_exits_4(run: Path, monkeypatch: pytest.MonkeyPatch) -
     rep = json.loads((run / "fixed" / "m0.report.json").read_text())
     assert rep["failure_class"] == "bug" and "RuntimeError" in rep["traceback"]
     assert main(["apply", str(run / "recipe.yaml"), "-q"]) == 4  # one model: the same code
+
+
+def test_a_bug_in_a_real_worker_process_exits_4(run: Path) -> None:
+    """-j 2: the models go to worker processes (forkserver or spawn, so no monkeypatch reaches
+    them): a sitecustomize on PYTHONPATH breaks Pipeline.run in every process of a subprocess run."""
+    import os
+    import subprocess
+    import sys
+
+    hook = run / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import surgeon.pipeline\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise RuntimeError('a bug in a worker')\n"
+        "surgeon.pipeline.Pipeline.run = broken\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    pattern = str(run / "models" / "*.onnx")
+    args = ["apply", str(run / "recipe.yaml"), "-i", pattern, "--out-dir", str(run / "fixed"), "-q", "-j", "2"]
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from surgeon.cli import main; sys.exit(main(sys.argv[1:]))", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 4, done.stderr
+    reports = sorted((run / "fixed").glob("*.report.json"))
+    assert len(reports) == 3
+    for path in reports:
+        rep = json.loads(path.read_text())
+        assert rep["failure_class"] == "bug" and "a bug in a worker" in rep["traceback"]
+    assert not list((run / "fixed").glob("*.onnx"))
 
 
 # --- one report ------------------------------------------------------------------------------------

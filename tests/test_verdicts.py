@@ -444,3 +444,32 @@ class _PinN(Pass):  # type: ignore[type-arg]
         y = model.graph.outputs[0]
         y.shape = [1, *y.shape[1:]]
         return PassResult(True)
+
+
+def test_a_bfloat16_output_is_verified_at_a_tolerance_sized_for_bfloat16() -> None:
+    """onnxruntime's Python API has no numpy type for bfloat16: the output is read through a
+    float32 Cast (exact) and compared as bfloat16 (before: "the source model fails on the generated
+    inputs ... No corresponding Numpy type", a ModelError for a model that runs)."""
+    import ml_dtypes
+    from onnx import helper
+
+    from surgeon.passes.rename_io import RenameIO
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["m"]), helper.make_node("Cast", ["m"], ["y"], to=TensorProto.BFLOAT16)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [4])],
+        [helper.make_tensor("k", TensorProto.FLOAT, [], [3.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    res = Pipeline([RenameIO(inputs={"x": "inp"})], verify={**CPU, "prove": False}).run(model.SerializeToString())
+    assert res.ok, res.failures()
+    [y] = res.steps[0].check.outputs
+    assert y.name == "y" and y.rtol == 1e-2 and y.tolerance.startswith("bfloat16 output: rtol 0.01")
+    assert [o.name for o in res.model.proto.graph.output] == ["y"]  # the Cast was for the run only
+    # one bfloat16 rounding step (2**-8 of the value) passes at that size, a 5% error does not
+    want = np.linspace(1, 2, 9).astype(ml_dtypes.bfloat16)
+    step = (want.astype(np.float32) * (1 + 2**-8)).astype(ml_dtypes.bfloat16)
+    assert compare("y", want, step, Tolerance(1e-4, 1e-5)).ok
+    assert not compare("y", want, (want.astype(np.float32) * 1.05).astype(ml_dtypes.bfloat16), Tolerance(1e-4, 1e-5)).ok

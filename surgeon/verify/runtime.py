@@ -242,6 +242,10 @@ def run_model(
     with on_disk(model) as (path, folder, data):
         sess = runtime.session(path, folder, data)
         names = [o.name for o in sess.get_outputs()]
+        bf16 = [o.name for o in sess.get_outputs() if o.type == "tensor(bfloat16)"]
+        if bf16:  # onnxruntime's Python API has no numpy type for them: read through a float32 Cast
+            del sess
+            return _run_bfloat16_outputs(runtime, model, feeds, name, bf16)
         wanted = {i.name for i in sess.get_inputs()}
         quiet = quiet_ort().RunOptions()
         quiet.log_severity_level = 4  # a failed kernel is an exception, not a red log line
@@ -260,6 +264,35 @@ def run_model(
         del sess
     _release_freed_memory()
     return results
+
+
+BF16_SUFFIX = "__surgeon_bf16_as_f32"
+
+
+def _run_bfloat16_outputs(
+    runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.ndarray]], name: str, outputs: Sequence[str]
+) -> list[dict[str, np.ndarray]]:
+    """Run a copy of ``model`` whose bfloat16 graph outputs are read through Casts to float32 (exact:
+    every bfloat16 is a float32) and hand them back as ``ml_dtypes.bfloat16`` arrays, so that they
+    are compared as bfloat16 (and sized for it, :data:`surgeon.verify.compare.PRECISION`)."""
+    import ml_dtypes
+    import onnx
+    from onnx import helper
+
+    from surgeon.ir.model import Model
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    for out in proto.graph.output:
+        if out.name in outputs:
+            wide = out.name + BF16_SUFFIX
+            proto.graph.node.append(helper.make_node("Cast", [out.name], [wide], to=onnx.TensorProto.FLOAT))
+            out.name = wide
+            out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    wrapper = Model(proto, None, model.base_dir, list(model.data_files), model.source_external)
+    results = run_model(runtime, wrapper, feeds, name)
+    back = {o + BF16_SUFFIX: o for o in outputs}
+    return [{back.get(k, k): (v.astype(ml_dtypes.bfloat16) if k in back else v) for k, v in r.items()} for r in results]
 
 
 def _release_freed_memory() -> None:
