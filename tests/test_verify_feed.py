@@ -55,3 +55,31 @@ def test_verify_has_no_no_verify_flag(pair: tuple[Path, Path], capsys: pytest.Ca
     assert "unrecognized arguments: --no-verify" in capsys.readouterr().err
     assert main(["verify", "--help"]) == 0
     assert "overrides the recipe" not in capsys.readouterr().out
+
+
+def test_apply_verifies_on_the_inputs_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`surgeon apply --inputs`: to-fp16 held to rtol = atol = 0 fails on random data (float16
+    rounding) and passes on the zeros given, so the data given is what the steps ran on; an array
+    named after no input is exit 2 before any pass runs."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    w = nh.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), tmp_path / "m.onnx")
+    (tmp_path / "r.yaml").write_text("version: 1\nmodel: m.onnx\noutput: o.onnx\npasses:\n  - to-fp16: {}\n")
+    np.savez(tmp_path / "zeros.npz", x=np.zeros((2, 4), np.float32))
+    np.savez(tmp_path / "wrong.npz", z=np.zeros((2, 4), np.float32))
+    strict = ["apply", str(tmp_path / "r.yaml"), "--rtol", "0", "--atol", "0", "-q"]
+    assert main(strict) == 1 and not (tmp_path / "o.onnx").exists()
+    assert main([*strict, "--inputs", str(tmp_path / "zeros.npz")]) == 0 and (tmp_path / "o.onnx").exists()
+    (tmp_path / "o.onnx").unlink()
+    capsys.readouterr()
+    assert main([*strict, "--inputs", str(tmp_path / "wrong.npz")]) == 2
+    assert "wrong.npz" in capsys.readouterr().err and not (tmp_path / "o.onnx").exists()
