@@ -510,9 +510,9 @@ class Search:
 
         calib, held, note = calibration_feeds(self.source, self.p.calibration)
         self.out.calibration = note
-        try:
-            refs = run_model(self.runtime, self.source, calib)
-            held_refs = run_model(self.runtime, self.source, held)
+        try:  # one session for both parts
+            both = run_model(self.runtime, self.source, [*calib, *held])
+            refs, held_refs = both[: len(calib)], both[len(calib) :]
         except SessionLoadError as exc:
             raise VerificationError(f"the model before to-fp16 fails in onnxruntime: {exc.reason}") from None
         self.out.runs += len(calib) + len(held)
@@ -525,11 +525,13 @@ class Search:
         self.log(f"hazards: {len(kept)} node(s) stay float32 before any error is measured")
         feeds, references = list(calib), list(refs)
         for r in range(1, self.p.max_rounds + 1):
-            model, gots = self.candidate(kept, feeds)
+            # one conversion and one session for the calibration and the held-out samples (the
+            # held-out outputs are read only when the calibration samples meet the budget)
+            model, both = self.candidate(kept, [*feeds, *held])
+            gots, held_gots = both[: len(feeds)], both[len(feeds) :]
             verdicts = judge(self.p.budget, references, gots)
             line = f"round {r}: {len(kept)} node(s) float32; on calibration: " + "; ".join(v.line() for v in verdicts)
             if all(v.ok for v in verdicts):
-                _, held_gots = self.candidate(kept, held)
                 held_verdicts = judge(self.p.budget, held_refs, held_gots)
                 if all(v.ok for v in held_verdicts):
                     self.log(line + "; held-out: met")
