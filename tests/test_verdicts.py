@@ -473,3 +473,31 @@ def test_a_bfloat16_output_is_verified_at_a_tolerance_sized_for_bfloat16() -> No
     step = (want.astype(np.float32) * (1 + 2**-8)).astype(ml_dtypes.bfloat16)
     assert compare("y", want, step, Tolerance(1e-4, 1e-5)).ok
     assert not compare("y", want, (want.astype(np.float32) * 1.05).astype(ml_dtypes.bfloat16), Tolerance(1e-4, 1e-5)).ok
+
+
+def test_the_default_session_check_follows_verify_default_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto: graphs over DEFAULT_SESSION_NODES are skipped and the report says why (onnxruntime's
+    full optimization took 18 s on a 30 000-node chain and ~8 minutes of a 100 000-node run);
+    true runs it anyway; false never."""
+    from onnx import parser
+
+    import surgeon.verify.session as session
+    from surgeon.passes.rename_io import RenameIO
+
+    def apply(verify: dict[str, Any], name: str) -> str:
+        step = RenameIO(inputs={"x": "img"})
+        res = Pipeline([step], verify={**CPU, "prove": False, **verify}).apply(
+            parser.parse_model(RESHAPE), tmp_path / name
+        )
+        assert res.ok and (tmp_path / name).exists()
+        return res.default_session
+
+    nodes = len(parser.parse_model(RESHAPE).graph.node)
+    assert apply({}, "a.onnx") == "ran"
+    monkeypatch.setattr(session, "DEFAULT_SESSION_NODES", nodes - 1)
+    skipped = apply({}, "b.onnx")
+    assert skipped.startswith(f"skipped ({nodes} nodes, over {nodes - 1}") and "default_session: true" in skipped
+    assert apply({"default_session": True}, "c.onnx") == "ran"
+    assert apply({"default_session": False}, "d.onnx") == "skipped (verify.default_session: false)"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from surgeon.errors import ModelError, VerificationError
 from surgeon.verify.compare import StepCheck, Tolerance
+from surgeon.verify.config import DEFAULT_SESSION_NODES
 from surgeon.verify.contract import IOContract
 from surgeon.verify.runtime import SessionLoadError, default_level_problem
 from surgeon.verify.verifier import Verifier
@@ -136,11 +137,22 @@ class VerificationSession:
         """``final`` loaded and run once at onnxruntime's default optimization level, in a child
         process, on the last check's feed mapped to ``final``'s names
         (:func:`surgeon.verify.runtime.default_level_problem`): "ran", "FAIL: <line naming the
-        model>", or "skipped (<why>)" when verification is off or every step was proved without a run."""
+        model>", or "skipped (<why>)" when verification is off, every step was proved without a run,
+        ``verify.default_session`` is false, or (``auto``) the graph is over
+        :data:`~surgeon.verify.config.DEFAULT_SESSION_NODES` nodes."""
         if self.config.mode == "off":
             return "skipped (verify.mode: off)"
         if self.verifier is None:
             return "skipped (every step was proved structurally: no onnxruntime session ran)"
+        setting = self.config.default_session
+        if setting is False:
+            return "skipped (verify.default_session: false)"
+        nodes = len(final.proto.graph.node)
+        if setting == "auto" and nodes > DEFAULT_SESSION_NODES:
+            return (
+                f"skipped ({nodes:,} nodes, over {DEFAULT_SESSION_NODES:,}: onnxruntime's full optimization takes "
+                "minutes on such graphs; verify.default_session: true runs it)"
+            )
         problem = default_level_problem(self.verifier.runtime, final, self._final_feed(final))
         if not problem:
             return "ran"
