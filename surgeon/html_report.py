@@ -236,6 +236,10 @@ def _step_section(s: Mapping[str, Any]) -> str:
         + (f"; sizes: {esc(', '.join(map(str, s.get('sizes') or [])))}" if s.get("sizes") else "")
         + "</p>",
     ]
+    params = s.get("params")
+    if isinstance(params, Mapping):
+        shown = json.dumps(dict(params), default=str) if params else "its defaults"
+        out.append(f'<p class="params">params: <code>{esc(shown)}</code></p>')
     if s.get("notes"):
         out.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in s["notes"]) + "</ul>")
     details = s.get("details")

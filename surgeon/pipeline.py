@@ -152,6 +152,7 @@ class Pipeline:
                 time.perf_counter() - t0,
                 notes=list(result.notes),
                 details=dict(result.details),
+                params=_step_params(step),
             )
             shape, report.structure = _structure(shape, _graph_of(ir), result.modified)
             report.check = check_step(session, proofs, step, result, ir)
@@ -356,6 +357,17 @@ def _structure(before: Sketch, graph: Any, modified: bool) -> tuple[Sketch, dict
     after = sketch(graph) if modified else before
     data = diff(before, after) if modified else {}
     return after, {"ops_before": before.ops(), "ops_after": after.ops(), **data}
+
+
+def _step_params(step: Step) -> dict[str, Any]:
+    """The step's params, every one (defaults included: what ran, not only what was written), with
+    its ``verify`` keywords that were set: what the report and the HTML page show of the recipe."""
+    params = step.pass_.params.model_dump(mode="json")
+    if step.verify is not None:
+        keywords = step.verify.model_dump(mode="json", exclude_unset=True)
+        if keywords:
+            params["verify"] = keywords
+    return params
 
 
 def _graph_of(ir: ModelIR) -> Any:

@@ -27,6 +27,10 @@ class StepReport:
     details: dict[str, Any] = field(default_factory=dict)
     """The pass's own figures (:attr:`surgeon.pass_api.PassResult.details`)."""
 
+    params: dict[str, Any] = field(default_factory=dict)
+    """The step as the recipe gives it: the pass's params (defaults left out) and, under
+    ``verify``, the step's own verification keywords that were set."""
+
     structure: dict[str, Any] | None = None
     """Op counts before and after, and for a step that modified the model what it added, removed,
     rewired and renamed, with the changed region (``surgeon.graphdiff.diff``)."""
@@ -54,6 +58,7 @@ class StepReport:
             "sizes": list(self.check.sizes) if self.check else [],
             "divergence": self.check.divergence.as_dict() if self.check and self.check.divergence else None,
             "notes": self.notes,
+            "params": self.params,
             "details": self.details,
             "structure": self.structure,
         }

@@ -317,3 +317,6 @@ def test_node_data_marks_the_nodes_to_fp16_kept_not_its_log_lines(tmp_path: Path
     assert marked == kept, results
     text = page.read_text(encoding="utf-8")
     assert "<code>masked</code> (Add): " in text and "{&#x27;node&#x27;" not in text and "{'node'" not in text
+    # the step's params, as the recipe gave them, in the report and on the page
+    assert step["params"]["budget"]["rtol"] == 1e-2
+    assert "params: <code>" in text and "budget" in text.split("params: <code>")[1].split("</code>")[0]

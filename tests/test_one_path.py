@@ -324,3 +324,15 @@ def test_out_dir_without_write_permission_exits_2_before_any_work(
     captured = capsys.readouterr()
     assert "not writable" in captured.err and "models, " not in captured.out  # no model ran
     assert list((run / "fixed").iterdir()) == []
+
+
+def test_the_report_shows_each_steps_params_and_verify_keywords(run: Path) -> None:
+    (run / "steps.yaml").write_text(
+        "version: 1\nmodel: m.onnx\noutput: out.onnx\nverify: {prove: false}\npasses:\n"
+        "  - rename-io:\n      inputs: {input.1: image}\n    verify: {rtol: 0.5}\n"
+    )
+    assert main(["apply", str(run / "steps.yaml"), "--report", str(run / "r.json"), "-q"]) == 0
+    [step] = json.loads((run / "r.json").read_text())["steps"]
+    assert step["params"]["inputs"] == {"input.1": "image"} and step["params"]["outputs"] == {}  # defaults too
+    assert step["params"]["verify"] == {"rtol": 0.5}
+    assert step["outputs"][0]["rtol"] == 0.5
