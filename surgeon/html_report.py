@@ -654,10 +654,11 @@ def node_data(report: Mapping[str, Any], model: Any = None) -> dict[str, Any]:
     else:
         graph_id = str(after.get("graph") or "")
         outputs = {str(o.get("name")) for o in after.get("outputs") or []}
+    node_ids = adapter_node_ids(model) if model is not None else {}
     for t in (div or {}).get("trace") or []:
         v = float(t.get("max_abs") or 0.0)
         entry = {"value": v if math.isfinite(v) else 3.4e38}
-        key = str(t.get("node") or t["tensor"])
+        key = str(t.get("node") or node_ids.get(t["tensor"]) or t["tensor"])
         results[key] = max(results.get(key, entry), entry, key=lambda e: e["value"])
         if t["tensor"] in outputs:
             results[f"[value] {t['tensor']}"] = dict(entry)
@@ -668,7 +669,31 @@ def node_data(report: Mapping[str, Any], model: Any = None) -> dict[str, Any]:
         for name in marked_nodes(details, model):
             results.setdefault(name, {"value": 0.0})["textColor"] = MARK_COLOR
     graph = {"results": results, "gradient": [{"stop": 0, "bgColor": "#ffffff"}, {"stop": 1, "bgColor": "#d93025"}]}
-    return {graph_id or "main_graph": graph}
+    return {graph_id: graph}  # the adapter's id for it: its name, "" when it has none
+
+
+def adapter_node_ids(model: Any) -> dict[str, str]:
+    """Output tensor name -> the id Model Explorer's ONNX adapter (model-explorer-onnx) gives the
+    node of the main graph that makes it: its name, or for an unnamed node the name onnx_ir's
+    NameFixPass assigns (the adapter runs that pass first). Without onnx_ir (it comes with
+    onnxscript), unnamed nodes stay keyed by their output tensor's name."""
+    nodes = list(model.graph.node)
+    names = [n.name for n in nodes]
+    if not all(names):
+        try:
+            import onnx_ir
+            from onnx_ir.passes.common import NameFixPass
+        except ImportError:
+            pass
+        else:
+            from surgeon.ir.walk import light_copy
+
+            fixed = onnx_ir.serde.deserialize_model(light_copy(model, 0, output_shapes=False))
+            NameFixPass()(fixed)
+            named = [n.name or "" for n in fixed.graph]
+            if len(named) == len(nodes):
+                names = [old or new for old, new in zip(names, named)]
+    return {o: name for n, name in zip(nodes, names) if name for o in n.output if o}
 
 
 def marked_nodes(details: Mapping[str, Any], model: Any = None) -> list[str]:

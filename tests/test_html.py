@@ -320,3 +320,55 @@ def test_node_data_marks_the_nodes_to_fp16_kept_not_its_log_lines(tmp_path: Path
     # the step's params, as the recipe gave them, in the report and on the page
     assert step["params"]["budget"]["rtol"] == 1e-2
     assert "params: <code>" in text and "budget" in text.split("params: <code>")[1].split("</code>")[0]
+
+
+def test_node_data_keys_are_the_onnx_adapters_node_ids(tmp_path: Path) -> None:
+    """The model written (--force), converted by Model Explorer's ONNX adapter (model-explorer-onnx,
+    in the test extra): the node data's graph id is the adapter's, and every key it marks is a
+    node the adapter draws (named nodes by name, graph outputs as "[value] <name>")."""
+    from model_explorer_onnx.main import ONNXAdapter
+
+    code, _ = _apply(tmp_path, True, "--node-data", str(tmp_path / "errors.json"), "--force")
+    assert code == EXIT_VERIFY_FAILED
+    written = next(p for p in tmp_path.glob("*.onnx") if p.name not in ("m.onnx",))
+    graphs = ONNXAdapter().convert(str(written), {})["graphs"]
+    ids = {g.id: {n.id for n in g.nodes} for g in graphs}
+    data = json.loads((tmp_path / "errors.json").read_text())
+    [(graph_id, graph)] = data.items()
+    assert graph_id in ids, (graph_id, list(ids))
+    assert set(graph["results"]) <= ids[graph_id], set(graph["results"]) - ids[graph_id]
+    assert any(v["value"] > 1e-9 for v in graph["results"].values())
+
+
+def test_node_data_keys_unnamed_nodes_and_graphs_as_the_adapter_names_them(tmp_path: Path) -> None:
+    """Exporters leave nodes unnamed; the adapter names them (onnx_ir's NameFixPass: "node",
+    "node_1", ...) and keeps an unnamed graph's empty name: the node data uses the same ids, so
+    the errors land on the nodes (before, keys were output tensor names the adapter never shows)."""
+    import onnx
+    from model_explorer_onnx.main import ONNXAdapter
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    w = nh.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["mm"]),
+            helper.make_node("Tanh", ["mm"], ["t"]),
+            helper.make_node("MatMul", ["t", "w"], ["y"]),
+        ],
+        "",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+        [w],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(model))
+    out, data = tmp_path / "o.onnx", tmp_path / "errors.json"
+    args = ["run", "to-fp16", str(model), "-o", str(out), "--rtol", "0", "--atol", "0", "--force", "-q"]
+    assert main([*args, "--node-data", str(data)]) == EXIT_VERIFY_FAILED and out.exists()
+    graphs = ONNXAdapter().convert(str(out), {})["graphs"]
+    ids = {g.id: {n.id for n in g.nodes} for g in graphs}
+    [(graph_id, results)] = [(k, v["results"]) for k, v in json.loads(data.read_text()).items()]
+    assert graph_id == "" and graph_id in ids
+    assert set(results) <= ids[graph_id], (set(results), ids[graph_id])
+    assert sum(1 for k in results if not k.startswith("[value]")) >= 2
