@@ -146,6 +146,9 @@ class Request:
     """Run the Python code a recipe's ``source:`` names (``--trust-source``; also ``SURGEON_TRUST_SOURCE=1``)."""
     raise_errors: bool = False
     """Raise a failure (the Python API) instead of recording it in the report (the command line)."""
+    structure: bool = False
+    """Each step's structural diff in the result even without ``report``/``html`` (the many-models
+    worker, whose report the parent writes). The Python API (``raise_errors``) always gets them."""
 
 
 @dataclass
@@ -312,8 +315,9 @@ def _run(recipe: Recipe, model: Any, out: Path | None, req: Request, guarded: li
     """Run (no output) or apply; ``guarded``: what :func:`_guard` found the save must never
     write (None for a model exported from ``source:``, whose file the save checks itself)."""
     pipeline = recipe.pipeline
+    structure = req.structure or req.raise_errors or req.report is not None or req.html is not None
     if out is None:
-        return pipeline.run(model, on_step=req.on_step, base_dir=recipe.base_dir)
+        return pipeline.run(model, on_step=req.on_step, base_dir=recipe.base_dir, structure=structure)
     protect = [recipe.path] if recipe.path else []
     try:
         return pipeline.apply(
@@ -326,6 +330,7 @@ def _run(recipe: Recipe, model: Any, out: Path | None, req: Request, guarded: li
             base_dir=recipe.base_dir,
             protect=protect,
             guarded=guarded,
+            structure=structure,
         )
     except VerificationError as exc:
         if exc.result is None or req.raise_errors:

@@ -80,6 +80,7 @@ def apply_one(job: ApplyJob) -> dict[str, Any]:
         dry_run=job.dry_run,
         overrides=job.overrides,
         trust_source=job.trust_source,
+        structure=True,  # the parent writes this model's report (and page)
     )
     return app_apply(recipe, req).report.as_dict()
 

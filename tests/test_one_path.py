@@ -336,3 +336,27 @@ def test_the_report_shows_each_steps_params_and_verify_keywords(run: Path) -> No
     assert step["params"]["inputs"] == {"input.1": "image"} and step["params"]["outputs"] == {}  # defaults too
     assert step["params"]["verify"] == {"rtol": 0.5}
     assert step["outputs"][0]["rtol"] == 0.5
+
+
+def test_structural_diffs_are_made_only_where_something_shows_them(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quarter of an interface recipe's time on a big graph went to sketching the graph for
+    step diffs nobody asked for: a plain apply sketches nothing; --report (and many models,
+    whose per-model reports the parent writes) still carry them."""
+    import surgeon.pipeline
+
+    real = surgeon.pipeline.sketch
+    calls: list[int] = []
+
+    def counted(graph: object) -> object:
+        calls.append(1)
+        return real(graph)
+
+    monkeypatch.setattr(surgeon.pipeline, "sketch", counted)
+    assert main(["apply", str(run / "recipe.yaml"), "-q"]) == 0 and calls == []
+    assert main(["apply", str(run / "recipe.yaml"), "-q", "--force", "--report", str(run / "r.json")]) == 0
+    assert calls and json.loads((run / "r.json").read_text())["steps"][0]["structure"]["ops_before"]
+    pattern = str(run / "models" / "*.onnx")
+    assert (
+        main(["apply", str(run / "recipe.yaml"), "-i", pattern, "--out-dir", str(run / "fixed"), "-q", "-j", "1"]) == 0
+    )
+    assert json.loads((run / "fixed" / "m0.report.json").read_text())["steps"][0]["structure"]["ops_before"]
