@@ -33,8 +33,9 @@ def iter_proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """The graph and every subgraph, depth first."""
     yield graph
     for node in graph.node:
-        for sub in node_subgraphs(node):
-            yield from iter_proto_graphs(sub)
+        if node.attribute:  # (most nodes of a big graph have none: no call for them)
+            for sub in node_subgraphs(node):
+                yield from iter_proto_graphs(sub)
 
 
 def all_value_infos(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
@@ -54,7 +55,8 @@ def iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
             yield sparse.values
             yield sparse.indices
         for node in g.node:
-            yield from _attr_tensors(node)
+            if node.attribute:
+                yield from _attr_tensors(node)
 
 
 def iter_model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
