@@ -44,13 +44,17 @@ class Rewrite(Pass):
     outputs exposed; the replacements run on those inputs; a replacement that does not reproduce
     its outputs within ``rtol``/``atol`` (default 1e-4/1e-5; set, they are the step's tolerance
     too) is undone and named. The check's feed is made as the verifier makes it, from ``seed``
-    and ``dims`` (the pass does not see the recipe's ``verify:`` block). ``-v`` lists
+    and ``dims``. In a pipeline, what the user set for the step fills the params left unset: the
+    tolerance (``--rtol``/``--atol``, the step's ``verify:``, the recipe's ``verify:``) and the
+    recipe's ``verify.seed`` and ``verify.dims`` (by symbol). ``-v`` lists
     every match applied, refused, undone, and every near miss.
 
     Weights: reads constants the patterns compare; writes the replacements' own.
 
     Contract: same interface; outputs within the step's tolerance.
     """
+
+    verification_params = ("rtol", "atol", "seed", "dims")
 
     class Params(PassParams):
         rules: Annotated[

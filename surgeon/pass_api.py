@@ -68,6 +68,12 @@ class Pass(Generic[PlanT]):
     """The pass's own numeric contract (None: exact comparison under the pipeline's tolerance),
     read through :meth:`default_tolerance`. It applies only where the user set no tolerance for the step."""
 
+    verification_params: ClassVar[tuple[str, ...]] = ()
+    """Params of a pass that checks its own work with onnxruntime (``rtol``, ``atol``, ``seed``,
+    ``dims``), which the pipeline fills from the step's verification settings where the user set
+    them and the step's params do not (the command line's ``--rtol``/``--atol`` win over the
+    params too, as they do for the step): the pass's check then runs as the step's."""
+
     def __init__(self, params: PassParams | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if isinstance(params, PassParams):
             if kwargs:

@@ -141,7 +141,9 @@ class Pipeline:
             # proofs, when the first step a proof does not cover needs it)
             first_run = None if proofs is not None and proofs.defer else session.start
             try:
-                result = step.pass_(ir, step.message, before_edit=first_run)
+                result = _with_verification(step, self.verify, self.tolerance_override)(
+                    ir, step.message, before_edit=first_run
+                )
             except ModelError:
                 if session.source_error is not None:
                     raise session.source_error from None
@@ -363,6 +365,34 @@ def _structure(before: Sketch, graph: Any, modified: bool) -> tuple[Sketch, dict
     after = sketch(graph) if modified else before
     data = diff(before, after) if modified else {}
     return after, {"ops_before": before.ops(), "ops_after": after.ops(), **data}
+
+
+def _with_verification(step: Step, cfg: VerifyConfig, override: Mapping[str, float]) -> Pass:
+    """The step's pass, or a copy whose :attr:`~surgeon.pass_api.Pass.verification_params` the
+    user left unset carry the step's verification settings the user did set: the tolerance (the
+    command line's, else the step's ``verify:``, else the recipe's) and the recipe's ``seed`` and
+    ``dims`` (by symbol), so the pass's own check runs on the feed and at the tolerance of the step's."""
+    names = type(step.pass_).verification_params
+    if not names:
+        return step.pass_
+    given = step.pass_.params.model_fields_set
+    update: dict[str, Any] = {}
+    for key in ("rtol", "atol"):
+        if key in override:  # the command line wins, as for the step's own check
+            update[key] = override[key]
+        elif key in given:
+            continue
+        elif step.verify is not None and getattr(step.verify, key) is not None:
+            update[key] = getattr(step.verify, key)
+        elif key in cfg.model_fields_set:
+            update[key] = getattr(cfg, key)
+    if "seed" not in given and "seed" in cfg.model_fields_set:
+        update["seed"] = cfg.seed
+    symbols = {k: v for k, v in cfg.dims.items() if ":" not in k}  # input:axis names the source's inputs
+    if "dims" not in given and symbols:
+        update["dims"] = symbols
+    update = {k: v for k, v in update.items() if k in names}
+    return type(step.pass_)(step.pass_.params, **update) if update else step.pass_
 
 
 def _step_params(step: Step) -> dict[str, Any]:

@@ -548,3 +548,38 @@ def test_without_onnxscript_the_rewrite_pass_says_what_to_install(
     err = capsys.readouterr().err
     assert code == 2 and "pip install onnxscript" in err and "internal error" not in err, err
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("how", ["step", "recipe", "command line"])
+def test_each_match_is_checked_at_the_tolerance_the_user_set_for_the_step(tmp_path: Path, how: str) -> None:
+    """bad-swish (Sigmoid*x -> HardSwish) is off by ~0.2: at the default 1e-4/1e-5 its match is
+    undone; with rtol = atol = 1 set for the step (its verify:, the recipe's verify:, or --rtol/
+    --atol) the match's own check uses that tolerance too, and it stays (before, the per-match
+    check kept 1e-4/1e-5 whatever the step said)."""
+    src = _text(
+        SAFE + "  s = Sigmoid(x)  z = Mul(x, s)",
+        20,
+        sig="(float[2, 8] x) => (float[2, 8] y, float[2, 8] z)",
+        inits=GELU_INITS,
+    )
+    onnx.save(src, str(tmp_path / "m.onnx"))
+    rule = (
+        "      rules:\n        - name: bad-swish\n"
+        "          pattern: 'swish (float[N] x) => (float[N] y) { s = Sigmoid(x)  y = Mul(x, s) }'\n"
+        "          replacement: 'swish (float[N] x) => (float[N] y) { y = HardSwish(x) }'\n"
+    )
+    step_verify = "    verify: {rtol: 1, atol: 1}\n" if how == "step" else ""
+    recipe_verify = "verify: {rtol: 1, atol: 1, seed: 3}\n" if how == "recipe" else ""
+    (tmp_path / "r.yaml").write_text(
+        f"version: 1\nmodel: m.onnx\noutput: o.onnx\n{recipe_verify}passes:\n  - rewrite:\n{rule}{step_verify}"
+    )
+    flags = ["--rtol", "1", "--atol", "1"] if how == "command line" else []
+    assert main(["apply", str(tmp_path / "r.yaml"), "-q", "--report", str(tmp_path / "r.json"), *flags]) == 0
+    assert "HardSwish" in _ops(onnx.load(str(tmp_path / "o.onnx")))
+    notes = yaml.safe_load((tmp_path / "r.json").read_text())["steps"][0]["notes"]
+    assert any(n.strip().startswith("applied bad-swish") for n in notes), notes
+    assert not any(n.strip().startswith("undone") for n in notes), notes
+    # and without the loosened tolerance the match is undone, as before
+    (tmp_path / "strict.yaml").write_text(f"version: 1\nmodel: m.onnx\noutput: s.onnx\npasses:\n  - rewrite:\n{rule}")
+    assert main(["apply", str(tmp_path / "strict.yaml"), "-q"]) == 0
+    assert "HardSwish" not in _ops(onnx.load(str(tmp_path / "s.onnx")))
