@@ -37,7 +37,7 @@ class StripDoc(Pass):
     def run(self, model: ModelIR) -> PassResult:
         if not model.built:
             return self._run_proto(model)
-        before = model.to_proto().SerializeToString()
+        changed = _has_docs(model, self.params.metadata)  # (no export to compare: a big graph's costs seconds)
         shell = model.shell
         shell.ClearField("doc_string")
         for func in shell.functions:
@@ -58,7 +58,6 @@ class StripDoc(Pass):
         model.source_docs = False
         if self.params.metadata:
             model.source_metadata = False
-        changed = model.to_proto().SerializeToString() != before
         return PassResult(
             changed,
             notes=["doc strings removed" + (" and metadata_props" if self.params.metadata else "")] if changed else [],
@@ -93,3 +92,35 @@ def _strip(msg: Any, metadata: bool, props: bool = True) -> bool:
         del msg.metadata_props[:]
         had = True
     return had
+
+
+def _has_docs(model: ModelIR, metadata: bool) -> bool:
+    """Whether the built model carries anything the pass removes: doc strings of the model, its
+    functions and their nodes, its graphs and nodes, and the source's value docs (and, with
+    ``metadata``, metadata_props) that the export would restore for tensors still present."""
+    shell = model.shell
+    if shell.doc_string or any(f.doc_string or any(n.doc_string for n in f.node) for f in shell.functions):
+        return True
+    if metadata and any(len(getattr(n, "metadata_props", [])) for f in shell.functions for n in f.node):
+        return True
+    if any(g.doc_string for g in iter_graphs(model.graph)):
+        return True
+    for _node, meta in model.node_meta.values():
+        if meta[0] or (metadata and meta[1]):
+            return True
+    source = model.source.proto.graph if model.source is not None else None
+    if source is None:
+        return False
+    if model.source_docs and source.doc_string:
+        return True
+    if metadata and model.source_metadata and len(getattr(source, "metadata_props", [])):
+        return True
+    present = set(model.graph.tensors())
+    for vi in [*source.input, *source.output, *source.value_info]:
+        if vi.name not in present:
+            continue
+        if model.source_docs and vi.doc_string:
+            return True
+        if metadata and model.source_metadata and len(getattr(vi, "metadata_props", [])):
+            return True
+    return False

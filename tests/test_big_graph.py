@@ -94,6 +94,27 @@ def test_a_pass_that_needs_the_graph_imports_it_once(monkeypatch: pytest.MonkeyP
     assert calls == [1] and [o.name for o in res.model.proto.graph.output] == ["output"]
 
 
+def test_with_verification_off_the_graph_is_exported_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Imported once, exported once per recipe (the save's), however many passes edit it."""
+    counts = {"import": 0, "export": 0}
+    real_import, real_export = gs.import_onnx, gs.export_onnx
+
+    def importing(*args: Any, **kwargs: Any) -> Any:
+        counts["import"] += 1
+        return real_import(*args, **kwargs)
+
+    def exporting(*args: Any, **kwargs: Any) -> Any:
+        counts["export"] += 1
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(gs, "import_onnx", importing)
+    monkeypatch.setattr(gs, "export_onnx", exporting)
+    steps = [*STEPS[:2], ("dedupe-initializers", {}), ("cleanup", {}), ("strip-doc", {})]
+    res = Pipeline([get_pass(n)(p) for n, p in steps], verify={"mode": "off"}).apply(_if_model(), tmp_path / "o.onnx")
+    assert counts == {"import": 1, "export": 1}, counts
+    assert (tmp_path / "o.onnx").exists() and [o.name for o in res.model.proto.graph.output] == ["output"]
+
+
 @pytest.mark.slow
 def test_bench_graph_and_bench_large_proofs_run_end_to_end(tmp_path: Any) -> None:
     """Both issue-21 benchmarks at a tiny size (no timing assertions)."""

@@ -62,3 +62,32 @@ def test_bad_params():
         StripDoc(docs=False)
     with pytest.raises(ValidationError):
         StripDoc(metadata="sometimes")
+
+
+@pytest.mark.parametrize("metadata", [False, True])
+def test_on_a_built_graph_modified_says_whether_anything_was_removed(metadata: bool) -> None:
+    """After a pass that builds the graph (dedupe-initializers), strip-doc tells what it removed
+    without exporting the graph to compare (two exports of a big graph cost seconds): a model with
+    doc strings is modified and comes out without them; run again, it is left unchanged."""
+    from surgeon.passes.dedupe_initializers import DedupeInitializers
+
+    def run(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
+        steps = [DedupeInitializers(), StripDoc(metadata=metadata)]
+        return Pipeline(steps, verify={"dims": {"batch": 2}}).run(model)
+
+    first = run(_model())
+    assert first.steps[1].modified and first.ok
+    out = first.model.proto
+    assert not out.doc_string and not out.graph.doc_string and not out.graph.input[0].doc_string
+    assert not any(n.doc_string for n in out.graph.node)
+    assert any(len(n.metadata_props) for n in out.graph.node) != metadata
+    again = run(out)
+    assert not again.steps[1].modified, again.steps[1].notes
+    bare = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", 1, ["batch", 4])],
+        [helper.make_tensor_value_info("y", 1, ["batch", 4])],
+    )
+    plain = helper.make_model(bare, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    assert not run(plain).steps[1].modified
