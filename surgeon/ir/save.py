@@ -93,18 +93,26 @@ def save(
     check_location(out, policy, model, protect, previous)
     for folder in {out.parent, (out.parent / (policy.location or out.name)).parent}:
         remove_stale_temps(folder)
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
     external = policy.external == "always" or (
         policy.external == "auto"
-        and (model.uses_external_data or model.source_external or _weights_bytes(proto) > SAFE_INLINE_LIMIT)
+        and (
+            model.uses_external_data
+            or model.source_external
+            # (the serialized size bounds the weights of a model without external data: no walk below it)
+            or (model.proto.ByteSize() > SAFE_INLINE_LIMIT and _weights_bytes(model.proto) > SAFE_INLINE_LIMIT)
+        )
     )
+    if external or model.uses_external_data:  # the save edits its copy (data moved out, or read in)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+    else:  # written as it is: no copy of a big graph
+        proto = model.proto
     pending: list[tuple[Path, Path]] = []
     with ExitStack() as stack:
         if external:
             pending += _write_external(proto, model, out, policy, changed or set(), stack)
         else:
-            for t in iter_model_tensors(proto):
+            for t in iter_model_tensors(proto) if model.uses_external_data else ():
                 if is_external(t):
                     assert model.base_dir is not None
                     t.CopyFrom(inline_copy(t, model.base_dir))
@@ -123,7 +131,8 @@ def save(
                 tmp_path.unlink(missing_ok=True)
             raise
     _commit(pending)
-    _remove_unreferenced(previous - proto_files(proto, out.parent) - keep, out)
+    if previous:  # data files the previous output used and this one does not
+        _remove_unreferenced(previous - proto_files(proto, out.parent) - keep, out)
     return [final for _, final in pending]
 
 
