@@ -93,16 +93,15 @@ def save(
     check_location(out, policy, model, protect, previous)
     for folder in {out.parent, (out.parent / (policy.location or out.name)).parent}:
         remove_stale_temps(folder)
+    # one read-only walk: a Model made by hand may hold external tensors its data_files do not list
+    has_external = model.uses_external_data or any(is_external(t) for t in iter_model_tensors(model.proto))
+    big = (has_external or model.proto.ByteSize() > SAFE_INLINE_LIMIT) and (
+        _weights_bytes(model.proto) > SAFE_INLINE_LIMIT
+    )  # (without external tensors the serialized size bounds the weights: no second walk below it)
     external = policy.external == "always" or (
-        policy.external == "auto"
-        and (
-            model.uses_external_data
-            or model.source_external
-            # (the serialized size bounds the weights of a model without external data: no walk below it)
-            or (model.proto.ByteSize() > SAFE_INLINE_LIMIT and _weights_bytes(model.proto) > SAFE_INLINE_LIMIT)
-        )
+        policy.external == "auto" and (model.uses_external_data or model.source_external or big)
     )
-    if external or model.uses_external_data:  # the save edits its copy (data moved out, or read in)
+    if external or has_external:  # the save edits its copy (data moved out, or read in)
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
     else:  # written as it is: no copy of a big graph
@@ -112,7 +111,7 @@ def save(
         if external:
             pending += _write_external(proto, model, out, policy, changed or set(), stack)
         else:
-            for t in iter_model_tensors(proto) if model.uses_external_data else ():
+            for t in iter_model_tensors(proto) if has_external else ():
                 if is_external(t):
                     assert model.base_dir is not None
                     t.CopyFrom(inline_copy(t, model.base_dir))
