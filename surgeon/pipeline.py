@@ -21,13 +21,13 @@ from surgeon.ir.targets import Target, check_location, guard_writes, model_data_
 from surgeon.pass_api import Pass, PassResult
 from surgeon.results import PipelineResult, StepReport, count_ops, model_identity
 from surgeon.verify.config import StepVerify, VerifyConfig
+from surgeon.verify.contract import IOContract
 from surgeon.verify.proof import Proof, Prover
-from surgeon.verify.session import VerificationSession
+from surgeon.verify.session import VerificationSession, step_tolerance
 
 if TYPE_CHECKING:
     from surgeon.ir.model import Model
     from surgeon.verify.compare import StepCheck
-    from surgeon.verify.contract import IOContract
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Pipeline:
             # proofs, when the first step a proof does not cover needs it)
             first_run = None if proofs is not None and proofs.defer else session.start
             try:
-                result = _with_verification(step, self.verify, self.tolerance_override)(
+                result = _with_verification(step, ir, self.verify, self.tolerance_override)(
                     ir, step.message, before_edit=first_run
                 )
             except ModelError:
@@ -367,25 +367,18 @@ def _structure(before: Sketch, graph: Any, modified: bool) -> tuple[Sketch, dict
     return after, {"ops_before": before.ops(), "ops_after": after.ops(), **data}
 
 
-def _with_verification(step: Step, cfg: VerifyConfig, override: Mapping[str, float]) -> Pass:
-    """The step's pass, or a copy whose :attr:`~surgeon.pass_api.Pass.verification_params` the
-    user left unset carry the step's verification settings the user did set: the tolerance (the
-    command line's, else the step's ``verify:``, else the recipe's) and the recipe's ``seed`` and
-    ``dims`` (by symbol), so the pass's own check runs on the feed and at the tolerance of the step's."""
+def _with_verification(step: Step, ir: ModelIR, cfg: VerifyConfig, override: Mapping[str, float]) -> Pass:
+    """The step's pass, or a copy whose :attr:`~surgeon.pass_api.Pass.verification_params` carry
+    the step's verification settings the user set: the step's tolerance (:func:`step_tolerance`,
+    where the user set one: the command line's, the step's ``verify:``, the recipe's) and, where
+    the params leave them unset, the recipe's ``seed`` and ``dims`` (by symbol), so the pass's own
+    check runs on the feed and at the tolerance of the step's."""
     names = type(step.pass_).verification_params
     if not names:
         return step.pass_
     given = step.pass_.params.model_fields_set
-    update: dict[str, Any] = {}
-    for key in ("rtol", "atol"):
-        if key in override:  # the command line wins, as for the step's own check
-            update[key] = override[key]
-        elif key in given:
-            continue
-        elif step.verify is not None and getattr(step.verify, key) is not None:
-            update[key] = getattr(step.verify, key)
-        elif key in cfg.model_fields_set:
-            update[key] = getattr(cfg, key)
+    tol, _ = step_tolerance(IOContract(), step.pass_.default_tolerance(ir), step.verify, cfg, override)
+    update: dict[str, Any] = {"rtol": tol.rtol, "atol": tol.atol} if tol.explicit else {}
     if "seed" not in given and "seed" in cfg.model_fields_set:
         update["seed"] = cfg.seed
     symbols = {k: v for k, v in cfg.dims.items() if ":" not in k}  # input:axis names the source's inputs

@@ -239,13 +239,12 @@ def run_model(
     """Run ``model`` once per feed in one session; outputs by name. ``name`` (``the model after
     passes[2] (to-fp16)``) starts the message of a failed run: "<name> fails: ..."."""
     prefix = f"{name} fails: " if name else ""
+    bf16 = [o.name for o in model.proto.graph.output if o.type.tensor_type.elem_type == BFLOAT16]
+    if bf16:  # onnxruntime's Python API has no numpy type for them: read through a float32 Cast
+        return _run_bfloat16_outputs(runtime, model, feeds, name, bf16)
     with on_disk(model) as (path, folder, data):
         sess = runtime.session(path, folder, data)
         names = [o.name for o in sess.get_outputs()]
-        bf16 = [o.name for o in sess.get_outputs() if o.type == "tensor(bfloat16)"]
-        if bf16:  # onnxruntime's Python API has no numpy type for them: read through a float32 Cast
-            del sess
-            return _run_bfloat16_outputs(runtime, model, feeds, name, bf16)
         wanted = {i.name for i in sess.get_inputs()}
         quiet = quiet_ort().RunOptions()
         quiet.log_severity_level = 4  # a failed kernel is an exception, not a red log line
@@ -262,7 +261,7 @@ def run_model(
                 raise VerificationError(f"{prefix}onnxruntime failed to run the model: {_first_line(exc)}") from None
             results.append(dict(zip(names, outs)))
         del sess
-    if _weight_bytes(model) >= RELEASE_AT:
+    if _model_bytes(model) >= RELEASE_AT:
         _release_freed_memory()
     return results
 
@@ -273,7 +272,7 @@ after each run. Below it the full garbage collection costs more than it frees: 7
 process that has imported torch, most of a small model's budgeted to-fp16 search."""
 
 
-def _weight_bytes(model: Model) -> int:
+def _model_bytes(model: Model) -> int:
     """The model's size on disk or in memory, external data included (no file is read)."""
     total = 0
     if model.base_dir is not None:
@@ -287,6 +286,8 @@ def _weight_bytes(model: Model) -> int:
 
 
 BF16_SUFFIX = "__surgeon_bf16_as_f32"
+BFLOAT16 = 16
+"""``onnx.TensorProto.BFLOAT16``."""
 
 
 def _run_bfloat16_outputs(
