@@ -359,3 +359,76 @@ def test_fix_dims_binds_the_symbol_outputs_declare() -> None:
         ir.graph.outputs[0].shape = [3, 4]
 
     assert not _run_buggy("fix-dims", {"dims": {"N": 2}}, wrong, proto).proved
+
+
+# --- the fast proof: graphs compared node for node, names found in the serialized bytes ----------
+
+
+def _fan_model(weight: bytes = b"") -> onnx.ModelProto:
+    """x -> Relu -> a, x -> Neg -> b, Add(a, b) + w -> y; ``w``'s bytes may be chosen (a weight
+    that holds a name's bytes by chance)."""
+    raw = (weight + bytes(16))[:16]
+    w = onnx.TensorProto(name="w", data_type=FLOAT, dims=[4], raw_data=raw)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["a"], name="relu"),
+            helper.make_node("Neg", ["x"], ["b"], name="neg", doc_string="negates"),
+            helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+            helper.make_node("Add", ["s", "w"], ["y"], name="bias"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, [4])],
+        [helper.make_tensor_value_info("y", FLOAT, [4])],
+        [w],
+    )
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _lazy_step(proto: onnx.ModelProto, pass_name: str, params: dict[str, Any], damage: Any = None) -> Any:
+    """The real pass on the protobuf (no graph built), then ``damage(graph_proto)``; the proof."""
+    source = load(proto)
+    ir = ModelIR.from_model(source, lazy=True)
+    result: PassResult = get_pass(pass_name)(params)(ir)
+    assert not ir.built
+    if damage is not None:
+        damage(ir.proto_graph)
+    return Prover().prove(source, ir.to_model(), result.contract)
+
+
+def test_a_protobuf_rename_and_strip_doc_are_proved_node_for_node() -> None:
+    proof = _lazy_step(_fan_model(), "rename-io", {"inputs": {"x": "input"}, "outputs": {"y": "output"}})
+    assert proof.proved and "equal in order" in proof.reason
+    proof = _lazy_step(_fan_model(), "strip-doc", {})
+    assert proof.proved, proof.reason
+
+
+def test_a_rename_that_misses_a_consumer_is_not_proved() -> None:
+    def miss(g: onnx.GraphProto) -> None:  # the Neg still reads the old name
+        g.node[1].input[0] = "x"
+
+    proof = _lazy_step(_fan_model(), "rename-io", {"inputs": {"x": "input"}}, miss)
+    assert not proof.proved and "'x'" in proof.reason
+
+
+def test_a_rename_onto_a_name_the_graph_has_is_not_proved() -> None:
+    """The pass says y became s, which the graph already computes: two values of one name."""
+    source = load(_fan_model())
+    after = load(_fan_model())
+    after.proto.graph.node[3].output[0] = "s"
+    after.proto.graph.output[0].name = "s"
+    proof = Prover().prove(source, after, IOContract(renamed_outputs={"y": "s"}))
+    assert not proof.proved and "defined twice" in proof.reason
+
+
+def test_weights_that_hold_a_names_bytes_neither_hide_nor_fake_a_proof() -> None:
+    """A weight whose bytes are what protobuf writes for a node input named 'x' (0x0a 0x01 'x') and
+    an output named 'x' (0x12 0x01 'x'): the rename is still proved, and a consumer the rename
+    missed is still caught."""
+    weight = b"\x0a\x01x\x12\x01x\x42\x01x"
+    proof = _lazy_step(_fan_model(weight), "rename-io", {"inputs": {"x": "input"}})
+    assert proof.proved and "equal in order" in proof.reason
+
+    def miss(g: onnx.GraphProto) -> None:
+        g.node[0].input[0] = "x"
+
+    assert not _lazy_step(_fan_model(weight), "rename-io", {"inputs": {"x": "input"}}, miss).proved
