@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from surgeon.errors import PassPreconditionError
-from surgeon.ir.walk import all_tensor_names, iter_proto_graphs
+from surgeon.ir.walk import all_tensor_names, iter_proto_graphs, may_mention
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import names, require_names
 from surgeon.verify.contract import IOContract
@@ -77,7 +77,8 @@ class RenameIO(Pass[Renames]):
                 ins[name] = outs[name] = ins.get(name) or outs[name]
         ins = {k: v for k, v in ins.items() if k != v}
         outs = {k: v for k, v in outs.items() if k != v}
-        self._check_clashes(existing, {**ins, **outs})
+        plan = {**ins, **outs}
+        self._check_clashes(existing.among(set(plan.values())) if isinstance(existing, _Names) else existing, plan)
         return ins, outs
 
     def _check_clashes(self, existing: set[str], plan: dict[str, str]) -> None:
@@ -117,7 +118,7 @@ class RenameIO(Pass[Renames]):
         return PassResult(bool(originals), contract, notes)
 
 
-def _io_names(model: ModelIR) -> tuple[list[str], list[str], set[str]]:
+def _io_names(model: ModelIR) -> tuple[list[str], list[str], set[str] | _Names]:
     """Inputs a caller feeds, outputs, and every tensor name (subgraphs included), from the graph,
     or from the protobuf while no graph is built."""
     if model.built:
@@ -126,15 +127,30 @@ def _io_names(model: ModelIR) -> tuple[list[str], list[str], set[str]]:
     pg = model.proto_graph
     assert pg is not None
     inits = {t.name for t in pg.initializer}
-    every: set[str] = set()
-    for sub in iter_proto_graphs(pg):
-        every.update(vi.name for vi in [*sub.input, *sub.output, *sub.value_info])
-        every.update(t.name for t in sub.initializer)
-        for n in sub.node:
-            every.update(n.input)
-            every.update(n.output)
-    every.discard("")
-    return [vi.name for vi in pg.input if vi.name not in inits], [vi.name for vi in pg.output], every
+    return [vi.name for vi in pg.input if vi.name not in inits], [vi.name for vi in pg.output], _Names(pg, inits)
+
+
+class _Names:
+    """The tensor names of a protobuf graph (subgraphs included), asked about a few names at a time
+    without collecting every name of a big graph: a name the serialized graph never holds is no
+    tensor's (:func:`~surgeon.ir.walk.may_mention`); only when one may is the graph walked."""
+
+    def __init__(self, graph: onnx.GraphProto, weights: set[str]) -> None:
+        self.graph, self.weights = graph, weights
+
+    def among(self, names: set[str]) -> set[str]:
+        """Those of ``names`` that are tensor names of the graph."""
+        found = (names & self.weights) | may_mention(self.graph, names - self.weights)
+        if found <= self.weights:
+            return found
+        every: set[str] = set()
+        for sub in iter_proto_graphs(self.graph):
+            every.update(vi.name for vi in [*sub.input, *sub.output, *sub.value_info])
+            every.update(t.name for t in sub.initializer)
+            for n in sub.node:
+                every.update(n.input)
+                every.update(n.output)
+        return names & every
 
 
 def rename_in_proto(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:

@@ -105,7 +105,8 @@ class Simplify(Pass):
                 )
 
     def run(self, model: ModelIR) -> PassResult:
-        from surgeon.ir.external import is_external, iter_model_tensors
+        from surgeon.ir.external import is_external
+        from surgeon.ir.walk import iter_model_tensors
 
         proto = model.to_proto()
         io_before = io_types(model.graph)

@@ -21,12 +21,12 @@ from surgeon.ir.external import (
     check_external_data,
     copy_range,
     external_ref,
-    iter_model_tensors,
     safe_data_path,
     set_external_ref,
     tensor_values,
 )
 from surgeon.ir.model import load
+from surgeon.ir.walk import iter_model_tensors
 from surgeon.passes.rename_io import RenameIO
 from tests.models_external import external_chain, load_full, snapshot, weights
 
@@ -334,3 +334,60 @@ def test_reference_runs_once_per_pipeline(tmp_path: Path, monkeypatch: pytest.Mo
     res = Pipeline(steps, verify=VERIFY).run(path)
     assert res.ok and all(s.check is not None for s in res.steps)
     assert runs == ["source", "candidate", "candidate", "candidate"]
+
+
+def test_external_tensors_finds_what_the_full_walk_finds() -> None:
+    """The tight walk loads and saves use (``external_tensors``) finds every external tensor the
+    general one does: initializers, sparse values, Constant attributes, If branches, functions."""
+    from onnx import TensorProto, helper
+
+    from surgeon.ir.external import is_external
+    from surgeon.ir.walk import external_tensors
+
+    def ext(name: str) -> onnx.TensorProto:
+        t = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[1])
+        set_external_ref(t, ExternalRef("w.bin", 0, 4))
+        return t
+
+    def inline(name: str) -> onnx.TensorProto:
+        return onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[1], raw_data=bytes(4))
+
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=ext("in_branch"))],
+        "b",
+        [],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])],
+        [ext("branch_init"), inline("branch_inline")],
+    )
+    sparse = onnx.SparseTensorProto(
+        values=ext("sparse_values"),
+        indices=onnx.TensorProto(name="i", data_type=TensorProto.INT64, dims=[1], int64_data=[0]),
+        dims=[2],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["k"], value=ext("const")),
+            helper.make_node("Constant", [], ["k2"], value=inline("const_inline")),
+            helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch),
+        ],
+        "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [ext("init"), inline("init_inline")],
+        sparse_initializer=[sparse],
+    )
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    fn = helper.make_function(
+        "local",
+        "f",
+        [],
+        ["o"],
+        [helper.make_node("Constant", [], ["o"], value=ext("in_fn"))],
+        [helper.make_opsetid("", 17)],
+    )
+    model.functions.append(fn)
+    want = [t.name for t in iter_model_tensors(model) if is_external(t)]
+    assert sorted(want) == sorted(
+        ["init", "sparse_values", "const", "in_branch", "branch_init", "in_branch", "branch_init", "in_fn"]
+    )
+    assert [t.name for t in external_tensors(model)] == want

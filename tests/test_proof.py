@@ -432,3 +432,15 @@ def test_weights_that_hold_a_names_bytes_neither_hide_nor_fake_a_proof() -> None
         g.node[0].input[0] = "x"
 
     assert not _lazy_step(_fan_model(weight), "rename-io", {"inputs": {"x": "input"}}, miss).proved
+
+
+def test_a_rename_onto_a_weights_name_is_not_proved() -> None:
+    """x renamed to w, the name of a weight: the input and the weight become one name (an input
+    with a default), not the same computation, though every node reads the names it did."""
+    source = load(_fan_model())
+    after = load(_fan_model())
+    g = after.proto.graph
+    g.input[0].name = "w"
+    g.node[0].input[0] = g.node[1].input[0] = "w"
+    proof = Prover().prove(source, after, IOContract(renamed_inputs={"x": "w"}))
+    assert not proof.proved

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from surgeon.errors import ModelError, short_error
-from surgeon.ir.walk import iter_model_tensors
+from surgeon.ir.walk import external_tensors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,9 +104,7 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_nam
     """Validate every external reference (inside the folder, file present, range within the
     file) without reading a byte of it. Returns the data files used, relative to ``base_dir``."""
     files: dict[str, int] = {}
-    for tensor in iter_model_tensors(model):
-        if not is_external(tensor):
-            continue
+    for tensor in external_tensors(model):
         what = f"{model_name}: tensor '{tensor.name}'"
         if base_dir is None:
             raise ModelError(f"{what} stores its data externally, but the model was not loaded from a file")

@@ -17,7 +17,6 @@ from surgeon.ir.external import (
     external_ref,
     inline_copy,
     is_external,
-    iter_model_tensors,
     safe_data_path,
     set_external_ref,
 )
@@ -32,6 +31,7 @@ from surgeon.ir.targets import (
     proto_files,
     referenced_files,
 )
+from surgeon.ir.walk import external_tensors, iter_model_tensors
 
 if TYPE_CHECKING:
     import onnx
@@ -94,7 +94,7 @@ def save(
     for folder in {out.parent, (out.parent / (policy.location or out.name)).parent}:
         remove_stale_temps(folder)
     # one read-only walk: a Model made by hand may hold external tensors its data_files do not list
-    has_external = model.uses_external_data or any(is_external(t) for t in iter_model_tensors(model.proto))
+    has_external = model.uses_external_data or bool(external_tensors(model.proto))
     big = (has_external or model.proto.ByteSize() > SAFE_INLINE_LIMIT) and (
         _weights_bytes(model.proto) > SAFE_INLINE_LIMIT
     )  # (without external tensors the serialized size bounds the weights: no second walk below it)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from surgeon.ir.external import external_ref, is_external, iter_model_tensors
-from surgeon.ir.walk import producers
+from surgeon.ir.external import external_ref, is_external
+from surgeon.ir.walk import iter_model_tensors, producers
 
 if TYPE_CHECKING:
     import onnx

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgeon.errors import ModelError, UsageError
-from surgeon.ir.external import external_ref, is_external, iter_model_tensors, safe_data_path
+from surgeon.ir.external import external_ref, safe_data_path
 from surgeon.ir.files import check_target, fresh_name
-from surgeon.ir.walk import unused_name
+from surgeon.ir.walk import external_tensors, unused_name
 
 if TYPE_CHECKING:
     import onnx
@@ -94,12 +94,11 @@ def referenced_files(model_file: Path) -> set[Path]:
 
 def proto_files(proto: onnx.ModelProto, folder: Path) -> set[Path]:
     files = set()
-    for t in iter_model_tensors(proto):
-        if is_external(t):
-            try:
-                files.add(safe_data_path(folder, external_ref(t).location, str(folder)))
-            except ModelError:
-                continue
+    for t in external_tensors(proto):
+        try:
+            files.add(safe_data_path(folder, external_ref(t).location, str(folder)))
+        except ModelError:
+            continue
     return files
 
 

@@ -152,6 +152,11 @@ class StepCheck:
         return all(o.ok for o in self.outputs)
 
     @property
+    def proved(self) -> bool:
+        """Whether this is a structural proof that holds (no run: :mod:`surgeon.verify.proof`)."""
+        return bool(self.outputs) and all(o.verdict == Verdict.PROVED for o in self.outputs)
+
+    @property
     def max_abs(self) -> float:
         return max((o.max_abs for o in self.outputs), default=0.0)
 

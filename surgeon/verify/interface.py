@@ -30,8 +30,12 @@ class Port:
 def ports(proto: onnx.ModelProto, kind: str) -> list[Port]:
     """The graph's inputs (those a caller feeds) or outputs, in order."""
     g = proto.graph
-    inits = {t.name for t in g.initializer}
-    items = [vi for vi in g.input if vi.name not in inits] if kind == "input" else list(g.output)
+    if kind == "input":
+        names = {vi.name for vi in g.input}
+        inits = {t.name for t in g.initializer if t.name in names}
+        items = [vi for vi in g.input if vi.name not in inits]
+    else:
+        items = list(g.output)
     out = []
     for vi in items:
         tt = vi.type.tensor_type

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import ChainMap
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,6 +151,47 @@ class Prover:
         return Proof(True, f"same computation: {dst.n_nodes} node(s), {len(dst.outputs)} output(s) equal")
 
 
+def compose(contracts: Sequence[IOContract]) -> IOContract | None:
+    """One contract for steps applied in turn (renames followed, outputs removed and added), or None
+    when one declares something a proof cannot take (:func:`unprovable_contract`), removes an input
+    or changes axes or types (the proof of the whole then falls to the checker or a run)."""
+    from surgeon.verify.contract import IOContract
+
+    inputs: dict[str, str] = {}  # name now -> name in the source
+    outputs: dict[str, str] = {}
+    removed: set[str] = set()
+    added: set[str] = set()
+    dims: set[str] = set()
+    reordered = False
+    for c in contracts:
+        if unprovable_contract(c) or c.removed_inputs or c.changed_axes or c.changed_types:
+            return None
+        for old, new in c.renamed_inputs.items():
+            inputs[new] = inputs.pop(old, old)
+        for name in c.removed_outputs:
+            if name in added:
+                added.discard(name)
+            else:
+                removed.add(outputs.pop(name, name))
+        for old, new in c.renamed_outputs.items():
+            if old in added:
+                added.discard(old)
+                added.add(new)
+            else:
+                outputs[new] = outputs.pop(old, old)
+        added |= c.added_outputs
+        dims = {(c.renamed_inputs.get(n) or c.renamed_outputs.get(n) or n) for n in dims} | c.changed_dims
+        reordered = reordered or c.reordered
+    return IOContract(
+        renamed_inputs={src: now for now, src in inputs.items() if src != now},
+        renamed_outputs={src: now for now, src in outputs.items() if src != now},
+        removed_outputs=removed,
+        added_outputs=added,
+        changed_dims=dims,
+        reordered=reordered,
+    )
+
+
 def _trivial(contract: IOContract) -> bool:
     """No rename, removal or addition: the interface is the same."""
     return not (
@@ -191,9 +232,13 @@ def _aligned(a: onnx.GraphProto, b: onnx.GraphProto, contract: IOContract) -> st
         return None
     if list(a.sparse_initializer) != list(b.sparse_initializer):
         return None
-    clean = not contract.added_outputs and not _mentions(a, [_field(_OP_TYPE, op) for op in (*RANDOM_OPS, "Dropout")])
-    clean = clean and not _mentions(a, [_field(tag, n) for n in rename.values() for tag in _NAME_TAGS])
-    clean = clean and not _mentions(b, [_field(tag, n) for n in rename for tag in _NAME_TAGS])
+    from surgeon.ir.walk import may_mention, ops_mentioned
+
+    weights = {t.name for t in a.initializer} | {t.values.name for t in a.sparse_initializer}
+    if not weights.isdisjoint(rename.values()):
+        return None  # a new name a weight has: the numbering says why
+    clean = not contract.added_outputs and not ops_mentioned(a, {*RANDOM_OPS, "Dropout"})
+    clean = clean and not may_mention(a, rename.values()) and not may_mention(b, rename)
     if clean:
         pairs = [(x, y) for x, y in zip(a.node, b.node) if x != y]
         defined = None
@@ -272,39 +317,6 @@ def _aligned_interface(
         if v.type.WhichOneof("value") and not any(_implied(v.type, o, bound) for o in decls.get(v.name, [])):
             return None
     return f"same computation: {len(b.node)} node(s) equal in order, {len(got)} output(s)"
-
-
-def _mentions(g: onnx.GraphProto, patterns: list[bytes]) -> bool:
-    """Whether some pattern occurs in ``g`` serialized outside the bytes of its initializers (a
-    weight's bytes may hold any three bytes by chance; a node's fields are never inside them)."""
-    data = g.SerializeToString()
-    hits = {p: data.count(p) for p in patterns if p in data}
-    if not hits:
-        return False
-    inside = dict.fromkeys(hits, 0)
-    for t in g.initializer:
-        blob = t.SerializeToString()
-        for p in hits:
-            inside[p] += blob.count(p)
-    return inside != hits
-
-
-_NAME_TAGS = (0x0A, 0x12, 0x42)
-"""Tags (field number and wire type, one byte) of the string fields that hold a value's name: a
-node's input (1) and output (2), a ValueInfoProto's name (1), a TensorProto's name (8)."""
-_OP_TYPE = 0x22
-"""The tag of NodeProto.op_type (field 4)."""
-
-
-def _field(tag: int, text: str) -> bytes:
-    """``text`` as protobuf writes it in a string field: the tag, the length, the bytes."""
-    data = text.encode()
-    n, head = len(data), bytearray([tag])
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        head.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(head) + data
 
 
 def _domain(d: str) -> str:

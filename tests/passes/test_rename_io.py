@@ -120,3 +120,30 @@ def test_torch_exports_both_exporters(tmp_path) -> None:
         assert res.ok and res.steps[0].check is not None
         assert [i.name for i in res.model.proto.graph.input] == ["features"]
         assert [o.name for o in res.model.proto.graph.output] == ["scores"]
+
+
+def test_clashes_are_found_on_the_protobuf_without_building_the_graph() -> None:
+    """On a lazily loaded model the clash check reads the serialized graph: a weight's name, an
+    intermediate's, a name inside an If branch all clash; a name whose bytes only a weight's data
+    holds by chance does not."""
+    branch = "then_out = Neg (a)"
+    model = parser.parse_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] x, bool c) => (float[2] y) <float[2] w = {{1.0, 2.0}}> {{
+            a = Add (x, w)
+            y = If (c) <then_branch = t () => (float[2] then_out) {{ {branch} }},
+                        else_branch = e () => (float[2] a2) {{ a2 = Relu (a) }}>
+        }}"""
+    )
+    # w's data: protobuf's bytes for a node input named "q" (0x0a 0x01 'q'), twice over
+    model.graph.initializer[0].ClearField("float_data")
+    model.graph.initializer[0].raw_data = b"\x0a\x01q\x00\x0a\x01q\x00"
+    for new in ("w", "a", "then_out"):
+        ir = ModelIR.from_model(load(model), lazy=True)
+        with pytest.raises(PassPreconditionError, match=f"a tensor named '{new}' already exists"):
+            RenameIO(inputs={"x": new}).requires(ir)
+        assert not ir.built
+    ir = ModelIR.from_model(load(model), lazy=True)
+    res = RenameIO(inputs={"x": "q"})(ir)
+    assert res.modified and not ir.built
+    assert [i.name for i in ir.proto_graph.input] == ["q", "c"]
