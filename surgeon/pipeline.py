@@ -29,7 +29,7 @@ from surgeon.pass_api import Pass, PassResult
 from surgeon.results import PipelineResult, StepReport, count_ops, model_identity
 from surgeon.verify.config import StepVerify, VerifyConfig
 from surgeon.verify.contract import IOContract
-from surgeon.verify.proof import Proof, Prover, compose
+from surgeon.verify.proof import Proof, Prover, compose, graph_digest, trivial, unprovable_contract
 from surgeon.verify.session import VerificationSession, step_tolerance
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class Pipeline:
                 on_step(report)
         if proofs is not None and proofs.defer and session.unverified and not proofs.only:
             session.start()
-        final, check = session.finish(ir.to_model)
+        final, check = session.finish(lambda: ir.to_model(final=True))
         res = PipelineResult(
             final, reports, changed_tensors=_changed_tensors(ir), ops_before=count_ops(source.proto.graph)
         )
@@ -270,6 +270,13 @@ class Proofs:
 
     def __init__(self, source: Model, only: bool) -> None:
         self.last = source
+        """The last model a step was checked on by a run (or the source): what proofs start from."""
+        self.since: list[IOContract] = []
+        """The contracts of the steps proved since :attr:`last` (a lazy model's steps are proved
+        from it through their contracts composed: no copy of the graph is made per step)."""
+        self.digest: bytes | None = None
+        """The digest of the graph the last live proof read (a step that left it so is proved by
+        its model fields alone)."""
         self.only = only
         """``mode: proof``: a step that cannot be proved fails; nothing runs."""
         self.defer = only or source.path is not None
@@ -285,11 +292,30 @@ class Proofs:
             return None
         return cls(source, only=False)
 
-    def prove(self, after: Model, contract: IOContract) -> Proof:
-        """The step from the last model to ``after`` (which becomes the last)."""
-        proof = self.prover.prove(self.last, after, contract)
-        self.last = after
+    def prove(self, after: Model, contract: IOContract, live: bool = False) -> Proof:
+        """The step to ``after`` with ``contract``. ``after`` a copy: proved from the last model
+        (and it becomes the last). ``live`` (the working model itself, read before its next edit):
+        proved from the last model through the contracts of the steps since, composed; a step
+        that left the graph as the last live proof read it is proved by its model fields."""
+        if live and trivial(contract) and self.digest is not None and graph_digest(after.proto.graph) == self.digest:
+            proof = self.prover.model_fields(self.last, after)
+        else:
+            composed = compose([*self.since, contract]) if self.since else contract
+            if composed is None:
+                why = unprovable_contract(contract) or "its contract and the steps' before it do not compose"
+                return Proof(False, why)
+            proof = self.prover.prove(self.last, after, composed)
+            if proof.proved and live:
+                self.digest = graph_digest(after.proto.graph)
+        if not live:
+            self.rebase(after)
+        elif proof.proved:
+            self.since.append(contract)
         return proof
+
+    def rebase(self, model: Model) -> None:
+        """``model`` (a copy: the model after a step checked by a run) is where the next proofs start."""
+        self.last, self.since, self.digest = model, [], None
 
 
 def check_step(
@@ -305,11 +331,16 @@ def check_step(
     skip = step.verify is not None and step.verify.skip
     candidate: Callable[[], Model] = ir.to_model
     if proofs is not None and result.modified and (proofs.only or not skip):
-        after = ir.to_model()
-        proof = proofs.prove(after, result.contract)
-        if proof.proved or proofs.only:
-            check = proof.check() if proof.proved else proof.refusal()
-            return session.after_proof(result.contract, after, check, **kw)
+        live = ir.live_model()  # a lazy model's own message: no copy of the graph per proved step
+        after = live or ir.to_model()
+        proof = proofs.prove(after, result.contract, live=live is not None)
+        if proof.proved:
+            return session.after_proof(result.contract, after, proof.check(), live=live is not None, **kw)
+        if live is not None:
+            after = ir.to_model()
+            proofs.rebase(after)
+        if proofs.only:
+            return session.after_proof(result.contract, after, proof.refusal(), **kw)
         candidate = lambda: after  # noqa: E731 - exported once, for the proof and the run
     if proofs is not None and proofs.defer and not proofs.only and result.modified and not skip:
         if session.config.mode == "each":

@@ -155,3 +155,70 @@ def test_remove_outputs_prunes_on_the_protobuf(no_import: None) -> None:
     g = res.model.proto.graph
     assert [o.name for o in g.output] == ["y"] and [n.op_type for n in g.node] == ["Relu"] and not g.initializer
     assert res.steps[0].notes[-1] == "pruned 2 node(s) and 1 initializer(s) no output needs"
+
+
+def test_proved_steps_on_the_protobuf_copy_no_graph(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Each step of an interface recipe is proved on the working model itself (from the source,
+    through the steps' contracts composed): no copy of the graph per step, and the saved model is
+    the working one handed over (one copy in all: the working copy of the source)."""
+    from surgeon.ir.adapter import ModelIR
+
+    copies: list[bool] = []
+    real = ModelIR.to_proto
+
+    def counted(self: ModelIR, final: bool = False) -> onnx.ModelProto:
+        copies.append(final)
+        return real(self, final)
+
+    monkeypatch.setattr(ModelIR, "to_proto", counted)
+    src = tmp_path / "m.onnx"
+    onnx.save(_if_model(), str(src))
+    steps = [*STEPS, ("cleanup", {})]
+    result = Pipeline([get_pass(n)(p) for n, p in steps], verify={"device": "cpu"}).apply(src, tmp_path / "o.onnx")
+    assert result.ok
+    verdicts = [s.verdict for s in result.steps if s.modified]
+    assert len(verdicts) >= 3 and set(verdicts) == {"proved (structural)"}
+    assert False not in copies  # no snapshot: at most the final hand-over of the working message
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    assert [i.name for i in out.graph.input] == ["input", "c"] and out.producer_name == "me"
+    assert "dead" not in [n.name for n in out.graph.node]
+
+
+def test_a_planted_bug_after_proved_steps_is_caught_on_the_working_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """After two steps proved on the working model, a strip-doc that also swaps the If's branches
+    is not proved (the proof from the source, through the composed contracts, sees it): it is
+    run, fails, and nothing is written; the failure is localized from a model that passed, not
+    from the working model the bad step edited."""
+    import surgeon.passes.strip_doc as strip_doc
+
+    real = strip_doc.StripDoc._run_proto
+
+    def damaged(self: Any, model: Any) -> Any:
+        res = real(self, model)
+        node = next(n for n in model.proto_graph.node if n.op_type == "If")
+        a, b = node.attribute
+        ga, gb = onnx.GraphProto(), onnx.GraphProto()
+        ga.CopyFrom(a.g)
+        gb.CopyFrom(b.g)
+        a.g.CopyFrom(gb)
+        b.g.CopyFrom(ga)
+        return res
+
+    monkeypatch.setattr(strip_doc.StripDoc, "_run_proto", damaged)
+    src = tmp_path / "m.onnx"
+    model = _if_model()
+    model.graph.node[0].doc_string = "a doc string strip-doc removes"
+    onnx.save(model, str(src))
+    pipeline = Pipeline([get_pass(n)(p) for n, p in STEPS], verify={"device": "cpu", "mode": "proof"})
+    result = pipeline.run(str(src))
+    verdicts = [s.verdict for s in result.steps]
+    assert verdicts[:2] == ["proved (structural)"] * 2 and verdicts[2] == "FAIL"
+    pipeline = Pipeline([get_pass(n)(p) for n, p in STEPS], verify={"device": "cpu", "dims": {}})
+    with pytest.raises(Exception, match="verification failed"):
+        pipeline.apply(src, tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+    result = pipeline.run(str(src))
+    bad = result.steps[2]
+    assert bad.verdict == "FAIL" and bad.check is not None and bad.check.divergence is not None

@@ -391,3 +391,31 @@ def test_external_tensors_finds_what_the_full_walk_finds() -> None:
         ["init", "sparse_values", "const", "in_branch", "branch_init", "in_branch", "branch_init", "in_fn"]
     )
     assert [t.name for t in external_tensors(model)] == want
+
+
+def test_a_file_without_external_data_is_ruled_out_from_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """referenced_files (what an existing output refers to, asked before every save) does not parse
+    a model whose bytes hold no external data entry; one that does is parsed and its files found,
+    also when the entry's key straddles two read chunks."""
+    import surgeon.ir.targets as targets
+
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], []), ir_version=10), str(plain))
+    parsed: list[str] = []
+    real = onnx.load
+
+    def spy(path: str, *a: object, **k: object) -> onnx.ModelProto:
+        parsed.append(path)
+        return real(path, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnx, "load", spy)
+    assert targets.referenced_files(plain) == set() and parsed == []
+    path, _ = external_chain(tmp_path, layers=2, dim=4)
+    data = path.read_bytes()
+    at = data.index(b"\x0a\x08location")
+    for chunk in (1 << 20, at + 3, 7):
+        assert targets._may_refer(path, chunk)
+    monkeypatch.undo()
+    assert targets.referenced_files(path) == {(tmp_path / f).resolve() for f in load(path).data_files}

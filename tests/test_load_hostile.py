@@ -484,3 +484,61 @@ def test_every_pass_accepts_hostile_dims(
     )
     assert code in (EXIT_OK, 2, 3), err
     assert len(err) <= 1 and not any("internal error" in line or "Traceback" in line for line in err), err
+
+
+@pytest.fixture
+def proof_checks_every_graph(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The checker-by-proof for graphs of any size (it is for graphs over 20,000 nodes); the list
+    records every call of the full checker."""
+    calls: list[str] = []
+    real = onnx.checker.check_model
+
+    def spy(model: object, *args: object, **kwargs: object) -> None:
+        calls.append(str(model))
+        real(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    import surgeon.pipeline
+
+    monkeypatch.setattr(surgeon.pipeline, "PROOF_CHECK_NODES", 0)
+    monkeypatch.setattr(onnx.checker, "check_model", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["each", "off"])
+def test_a_proved_big_graph_is_checked_by_its_proof_and_its_interface(
+    tmp_path: Path, proof_checks_every_graph: list[str], mode: str
+) -> None:
+    """Every step proved (``each``), or the whole run proved through the steps' contracts
+    composed (``off``): the full checker does not run; the proof and the interface stand for it.
+    A step that drops the output's shape (proved: a declaration that says less) is still caught
+    by the interface check and nothing is written."""
+    from surgeon.passes.set_metadata import SetMetadata
+
+    path = _save(_relu(), tmp_path / "m.onnx")
+    steps = [
+        RenameIO(inputs={"x": "inp"}, outputs={"y": "a"}),
+        SetMetadata(producer_name="p"),
+        RenameIO(outputs={"a": "b"}),
+    ]
+    result = Pipeline(steps, verify={"device": "cpu", "mode": mode}).apply(path, tmp_path / "out.onnx")
+    assert result.checker.startswith("passed (the graph's nodes by structural proof")
+    assert proof_checks_every_graph == []
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    onnx.checker.check_model(out, full_check=True)
+    assert [o.name for o in out.graph.output] == ["b"]
+    with pytest.raises(VerificationError, match=r"Field 'shape' of 'type' is required.*drop-output-shape"):
+        Pipeline([*steps, _DropOutputShape()], verify={"device": "cpu", "mode": mode}).apply(path, tmp_path / "o2.onnx")
+    assert not (tmp_path / "o2.onnx").exists()
+
+
+def test_an_unproved_big_graph_gets_the_full_checker(tmp_path: Path, proof_checks_every_graph: list[str]) -> None:
+    """A step that rewrites a constant is not proved: the full checker runs on the saved model."""
+    from surgeon.passes.promote_initializer import PromoteInitializer
+
+    model = _relu()
+    model.graph.node[0].op_type = "Add"
+    model.graph.node[0].input.append("k")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((2, 3), np.float32), "k"))
+    path = _save(model, tmp_path / "m.onnx")
+    result = Pipeline([PromoteInitializer(names=["k"])], verify={"mode": "off"}).apply(path, tmp_path / "out.onnx")
+    assert result.checker == "passed" and proof_checks_every_graph

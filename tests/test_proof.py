@@ -444,3 +444,20 @@ def test_a_rename_onto_a_weights_name_is_not_proved() -> None:
     g.node[0].input[0] = g.node[1].input[0] = "w"
     proof = Prover().prove(source, after, IOContract(renamed_inputs={"x": "w"}))
     assert not proof.proved
+
+
+def test_contracts_compose_renames_removals_and_additions() -> None:
+    from surgeon.verify.proof import compose
+
+    c = compose(
+        [
+            IOContract(renamed_inputs={"x": "a"}, renamed_outputs={"y": "p"}),
+            IOContract(renamed_inputs={"a": "b"}, added_outputs={"h"}),
+            IOContract(renamed_outputs={"h": "hidden", "p": "q"}, removed_outputs={"z"}),
+            IOContract(removed_inputs={"b"}, removed_outputs={"hidden"}, added_outputs={"z"}),
+        ]
+    )
+    assert c is not None
+    assert c.renamed_inputs == {} and c.removed_inputs == {"x"}
+    assert c.renamed_outputs == {"y": "q"} and c.removed_outputs == {"z"} and c.added_outputs == {"z"}
+    assert compose([IOContract(renamed_inputs={"x": "a"}), IOContract(changed_types={"a"})]) is None

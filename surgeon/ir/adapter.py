@@ -86,6 +86,9 @@ class ModelIR:
         self.source = source
         self.proto_graph = proto_graph
         """The graph as a protobuf while no onnx-graphsurgeon graph is built (None once it is)."""
+        self._holder: onnx.ModelProto | None = None
+        """The model message ``proto_graph`` lives in (a lazy model's working copy), handed over
+        whole by ``to_model(final=True)``: the graph is not copied again for the save."""
         self.source_docs = True
         """Carry the source graph's doc string and its inputs'/outputs' doc strings (strip-doc clears it)."""
         self.source_metadata = True
@@ -111,7 +114,7 @@ class ModelIR:
     @graph.setter
     def graph(self, value: gs.Graph) -> None:
         self._graph = value
-        self.proto_graph = None
+        self.proto_graph = self._holder = None
 
     def node_count(self) -> int:
         """Nodes of the main graph, from the protobuf while no graph is built."""
@@ -125,7 +128,7 @@ class ModelIR:
         proto = onnx.ModelProto()
         proto.CopyFrom(self.shell)
         proto.graph.CopyFrom(self.proto_graph)
-        self.proto_graph = None
+        self.proto_graph = self._holder = None
         files = self.source.data_files if self.source is not None else []
         built = ModelIR.from_model(Model(proto, base_dir=self.base_dir, data_files=files))
         for f in ("node_meta", "default_inputs", "input_order", "orphans", "exotic_types", "exotic_tensors"):
@@ -139,11 +142,12 @@ class ModelIR:
         import onnx
 
         if lazy:
-            shell = onnx.ModelProto()
-            shell.CopyFrom(_without_graph(model.proto))
-            graph = onnx.GraphProto()
-            graph.CopyFrom(model.proto.graph)
-            return cls(None, shell, model.base_dir, model, proto_graph=graph)
+            shell = _without_graph(model.proto)
+            holder = onnx.ModelProto()
+            holder.graph.CopyFrom(model.proto.graph)
+            ir = cls(None, shell, model.base_dir, model, proto_graph=holder.graph)
+            ir._holder = holder
+            return ir
         import onnx_graphsurgeon as gs
 
         quiet_graphsurgeon()
@@ -189,11 +193,17 @@ class ModelIR:
             return tensor_values(lazy.tensor, self.base_dir)
         return tensor.values
 
-    def to_proto(self) -> onnx.ModelProto:
+    def to_proto(self, final: bool = False) -> onnx.ModelProto:
+        """The model as it is now, a message of its own. ``final``: the last call (nothing edits this
+        model after it): a lazy model that was never built hands over its working message, the
+        graph not copied (a 100 000-node graph is tens of MB)."""
         import onnx
         import onnx_graphsurgeon as gs
 
         if self._graph is None and self.proto_graph is not None:  # lazy, never built: the protobuf
+            if final and self._holder is not None:
+                out, self._holder = self._synced(), None
+                return out
             out = onnx.ModelProto()
             out.CopyFrom(self.shell)
             out.graph.CopyFrom(self.proto_graph)
@@ -305,8 +315,29 @@ class ModelIR:
         del self.shell.opset_import[:]
         self.shell.opset_import.extend(proto.opset_import)
 
-    def to_model(self) -> Model:
-        proto = self.to_proto()
+    def _synced(self) -> onnx.ModelProto:
+        """The working message of a lazy model, its model fields made the shell's (the graph kept)."""
+        out = self._holder
+        assert out is not None
+        for f in out.DESCRIPTOR.fields:
+            if f.name != "graph":
+                out.ClearField(f.name)
+        out.MergeFrom(self.shell)  # the shell has no graph: the working one stays
+        return out
+
+    def live_model(self) -> Model | None:
+        """The model as it is now, *not* a copy: its message is the one passes edit, to be read
+        before the next edit and never kept past it (a structural proof reads it; the graph is not
+        copied). None when there is no such message (the graph was built): :meth:`to_model`."""
+        if self._graph is not None or self._holder is None:
+            return None
+        return self._model(self._synced())
+
+    def to_model(self, final: bool = False) -> Model:
+        """The model as it is now (``final``: see :meth:`to_proto`)."""
+        return self._model(self.to_proto(final))
+
+    def _model(self, proto: onnx.ModelProto) -> Model:
         src = self.source
         return Model(
             proto,

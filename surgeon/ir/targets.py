@@ -85,11 +85,34 @@ def referenced_files(model_file: Path) -> set[Path]:
 
     if not model_file.is_file() or model_file.stat().st_size >= 2**31:
         return set()
+    if not _may_refer(model_file):
+        return set()
     try:
         proto = onnx.load(str(model_file), load_external_data=False)
     except Exception:  # not a model (or not one onnx can read): it refers to nothing
         return set()
     return proto_files(proto, model_file.parent)
+
+
+_LOCATION_KEY = b"\x0a\x08location"
+"""How protobuf writes the key ``location`` of an external data entry (field 1, 8 bytes)."""
+
+
+def _may_refer(model_file: Path, chunk: int = 1 << 20) -> bool:
+    """Whether the file may hold an external data reference: its bytes hold the entry key
+    ``location`` somewhere. Read in chunks (never the whole file at once), and nothing parsed: a
+    model file without external data (most, and every big graph with tiny weights) is ruled out
+    without building its protobuf."""
+    tail = b""
+    try:
+        with open(model_file, "rb") as f:
+            while block := f.read(chunk):
+                if _LOCATION_KEY in tail + block[: len(_LOCATION_KEY)] or _LOCATION_KEY in block:
+                    return True
+                tail = block[-len(_LOCATION_KEY) + 1 :]
+    except OSError:
+        return True  # let the load say what it can
+    return False
 
 
 def proto_files(proto: onnx.ModelProto, folder: Path) -> set[Path]:

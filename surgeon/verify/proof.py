@@ -138,6 +138,15 @@ class Prover:
         except NotProved as exc:
             return Proof(False, str(exc))
 
+    def model_fields(self, before: Model, after: Model) -> Proof:
+        """A step whose graph is the one last proved (the caller knows it unchanged): proved when the
+        model fields a proof compares (ir_version, opsets, functions, training info) are equal."""
+        try:
+            _model_level(before.proto, after.proto)
+        except NotProved as exc:
+            return Proof(False, str(exc))
+        return Proof(True, "the graph is unchanged (only model fields differ)")
+
     def _numbered(self, before: Model, after: Model, contract: IOContract, by_location: bool) -> Proof:
         table: dict[Any, int] = {}
         last, keys = self._last
@@ -152,20 +161,23 @@ class Prover:
 
 
 def compose(contracts: Sequence[IOContract]) -> IOContract | None:
-    """One contract for steps applied in turn (renames followed, outputs removed and added), or None
-    when one declares something a proof cannot take (:func:`unprovable_contract`), removes an input
+    """One contract for steps applied in turn (renames followed, inputs and outputs removed, outputs
+    added), or None when one declares something a proof cannot take (:func:`unprovable_contract`)
     or changes axes or types (the proof of the whole then falls to the checker or a run)."""
     from surgeon.verify.contract import IOContract
 
     inputs: dict[str, str] = {}  # name now -> name in the source
     outputs: dict[str, str] = {}
     removed: set[str] = set()
+    dropped: set[str] = set()  # inputs removed
     added: set[str] = set()
     dims: set[str] = set()
     reordered = False
     for c in contracts:
-        if unprovable_contract(c) or c.removed_inputs or c.changed_axes or c.changed_types:
+        if unprovable_contract(c) or c.changed_axes or c.changed_types:
             return None
+        for name in c.removed_inputs:
+            dropped.add(inputs.pop(name, name))
         for old, new in c.renamed_inputs.items():
             inputs[new] = inputs.pop(old, old)
         for name in c.removed_outputs:
@@ -185,11 +197,22 @@ def compose(contracts: Sequence[IOContract]) -> IOContract | None:
     return IOContract(
         renamed_inputs={src: now for now, src in inputs.items() if src != now},
         renamed_outputs={src: now for now, src in outputs.items() if src != now},
+        removed_inputs=dropped,
         removed_outputs=removed,
         added_outputs=added,
         changed_dims=dims,
         reordered=reordered,
     )
+
+
+def graph_digest(graph: onnx.GraphProto) -> bytes:
+    """A digest of the graph, field for field: equal digests, the same graph."""
+    return hashlib.sha256(graph.SerializeToString(deterministic=True)).digest()
+
+
+def trivial(contract: IOContract) -> bool:
+    """A contract that changes nothing of the interface and declares nothing only a run checks."""
+    return _trivial(contract) and unprovable_contract(contract) is None and not contract.changed_dims
 
 
 def _trivial(contract: IOContract) -> bool:

@@ -187,13 +187,16 @@ class VerificationSession:
         who: str,
         default: Tolerance | None = None,
         verify: StepVerify | None = None,
+        live: bool = False,
     ) -> StepCheck:
         """A step that modified the model and whose check is its structural proof (``check``: proved,
         or refused under ``mode: proof``), not a run. The contract is recorded like any step's; a
-        proof covers this step only, so a modification no check has covered yet stays uncovered."""
+        proof covers this step only, so a modification no check has covered yet stays uncovered.
+        ``live``: ``model`` is the working model itself, which later steps edit: it is the result
+        while no step edits it, never the good model a failure is localized from."""
         step = self._record(contract, who, default, verify)
         self.last_modified = who
-        if check.ok:
+        if check.ok and not live:
             self.good = (model, step + 1)
         self.checked = model
         return check
