@@ -339,12 +339,16 @@ class ModelIR:
 
     def _model(self, proto: onnx.ModelProto) -> Model:
         src = self.source
+        external = bool(src and (src.uses_external_data or src.source_external))
+        # a protobuf edited by the passes that work on it (never built) holds the external
+        # references its source held, and no others: none to look for when the source had none
+        unbuilt = self._graph is None and src is not None and not external
         return Model(
             proto,
             path=None,
             base_dir=self.base_dir,
-            data_files=check_external_data(proto, self.base_dir, src.name if src else "<model>"),
-            source_external=bool(src and (src.uses_external_data or src.source_external)),
+            data_files=[] if unbuilt else check_external_data(proto, self.base_dir, src.name if src else "<model>"),
+            source_external=external,
         )
 
 
