@@ -180,16 +180,36 @@ def within(refs: list[list[np.ndarray]], gots: list[list[np.ndarray]]) -> bool:
     )
 
 
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of the main graph, by onnx shape inference."""
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    types |= {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
+    return types
+
+
 def half_fraction(model: onnx.ModelProto) -> float:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
-    types |= {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.output}
-    compute = [n for n in inferred.graph.node if n.op_type not in MOVEMENT and types.get(n.output[0]) in (1, 10)]
+    types = elem_types(model)
+    compute = [n for n in model.graph.node if n.op_type not in MOVEMENT and types.get(n.output[0]) in (1, 10)]
     return sum(types.get(n.output[0]) == 10 for n in compute) / max(1, len(compute))
 
 
 def casts(model: onnx.ModelProto, source: onnx.ModelProto) -> int:
+    """Cast nodes in the result less those in the source (a tool that drops the source's no-op
+    Casts gets them off its count)."""
     return sum(n.op_type == "Cast" for n in model.graph.node) - sum(n.op_type == "Cast" for n in source.graph.node)
+
+
+def precision_casts(model: onnx.ModelProto) -> int:
+    """Casts between float32 and a half type (float16, bfloat16): the ones a conversion inserts."""
+    floats, types = {1, 10, 16}, elem_types(model)
+    return sum(
+        n.op_type == "Cast"
+        and types.get(n.input[0]) in floats
+        and (to := next(a.i for a in n.attribute if a.name == "to")) in floats
+        and to != types.get(n.input[0])
+        for n in model.graph.node
+    )
 
 
 Conversion = tuple[onnx.ModelProto, int, float]  # model, onnxruntime runs, seconds of the conversion
@@ -325,7 +345,7 @@ def main() -> int:
     args = ap.parse_args()
     RTOL, ATOL, MODELOPT_PYTHON = args.rtol, args.atol, args.modelopt_python
     print(f"budget rtol {RTOL:g}, atol {ATOL:g}; {SAMPLES} calibration samples, {HELD_OUT} held out (CPU)")
-    print("| model             | tool                  | met  | half  | casts |    wall   | runs |")
+    print("| model             | tool                  | met  | half  | casts | f32↔f16 |    wall   | runs |")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -351,6 +371,7 @@ def main() -> int:
                         "met": within(refs, run(out, held)),
                         "half": round(half_fraction(out), 3),
                         "casts": casts(out, source),
+                        "precision_casts": precision_casts(out) - precision_casts(source),
                         "runs": runs,
                     }
                 rows.append(row)
@@ -365,7 +386,8 @@ def _line(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{head} {r['error']}"
     met = "yes" if r["met"] else "NO"
-    return f"{head} {met:>4} | {r['half']:>5.0%} | {r['casts']:>5} | {r['seconds']:>7.2f} s | {r['runs']:>4} |"
+    cells = f"{met:>4} | {r['half']:>5.0%} | {r['casts']:>5} | {r['precision_casts']:>7} | {r['seconds']:>7.2f} s"
+    return f"{head} {cells} | {r['runs']:>4} |"
 
 
 if __name__ == "__main__":
