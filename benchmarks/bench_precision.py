@@ -217,7 +217,8 @@ Conversion = tuple[onnx.ModelProto, int, float]  # model, onnxruntime runs, seco
 
 def save_samples(samples: list[dict[str, np.ndarray]], npz: Path) -> Path:
     """The samples as one ``.npz``: each input stacked along a new leading axis (one entry per sample)."""
-    np.savez(npz, **{k: np.stack([f[k] for f in samples]) for k in samples[0]})
+    stacked: dict[str, Any] = {k: np.stack([f[k] for f in samples]) for k in samples[0]}
+    np.savez(npz, **stacked)
     return npz
 
 
