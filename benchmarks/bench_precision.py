@@ -7,6 +7,12 @@ tools saw), the fraction of compute nodes in float16, the Cast nodes added, wall
 onnxruntime runs. Run from the repository root: ``python benchmarks/bench_precision.py``
 (``--json out.json`` writes the rows). Needs ``pip install -e ".[bench]"`` for the peers; a peer
 that does not import is shown as "not installed".
+
+ModelOpt's ``nvidia-modelopt[onnx]`` replaces onnxruntime-gpu with its own pin, so it lives in a
+virtualenv of its own: ``--modelopt-python PATH`` (or ``SURGEON_BENCH_MODELOPT_PYTHON``) names that
+interpreter, which runs this script as a child (``--autocast-child``) on the same model file and
+calibration samples; the child times the conversion call, counts the onnxruntime runs, and writes
+the converted model for this process to judge like the others.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import contextlib
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -171,31 +180,62 @@ def within(refs: list[list[np.ndarray]], gots: list[list[np.ndarray]]) -> bool:
     )
 
 
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of the main graph, by onnx shape inference."""
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    types |= {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
+    return types
+
+
 def half_fraction(model: onnx.ModelProto) -> float:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
-    types |= {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.output}
-    compute = [n for n in inferred.graph.node if n.op_type not in MOVEMENT and types.get(n.output[0]) in (1, 10)]
+    types = elem_types(model)
+    compute = [n for n in model.graph.node if n.op_type not in MOVEMENT and types.get(n.output[0]) in (1, 10)]
     return sum(types.get(n.output[0]) == 10 for n in compute) / max(1, len(compute))
 
 
 def casts(model: onnx.ModelProto, source: onnx.ModelProto) -> int:
+    """Cast nodes in the result less those in the source (a tool that drops the source's no-op
+    Casts gets them off its count)."""
     return sum(n.op_type == "Cast" for n in model.graph.node) - sum(n.op_type == "Cast" for n in source.graph.node)
 
 
-def surgeon_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> tuple[onnx.ModelProto, int]:
+def precision_casts(model: onnx.ModelProto) -> int:
+    """Casts between float32 and a half type (float16, bfloat16): the ones a conversion inserts."""
+    floats, types = {1, 10, 16}, elem_types(model)
+    return sum(
+        n.op_type == "Cast"
+        and types.get(n.input[0]) in floats
+        and (to := next(a.i for a in n.attribute if a.name == "to")) in floats
+        and to != types.get(n.input[0])
+        for n in model.graph.node
+    )
+
+
+Conversion = tuple[onnx.ModelProto, int, float]  # model, onnxruntime runs, seconds of the conversion
+
+
+def save_samples(samples: list[dict[str, np.ndarray]], npz: Path) -> Path:
+    """The samples as one ``.npz``: each input stacked along a new leading axis (one entry per sample)."""
+    stacked: dict[str, Any] = {k: np.stack([f[k] for f in samples]) for k in samples[0]}
+    np.savez(npz, **stacked)
+    return npz
+
+
+def surgeon_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> Conversion:
     from surgeon.ir.adapter import ModelIR
     from surgeon.ir.model import load
     from surgeon.passes.to_fp16 import ToFP16
 
-    npz = work / "calib.npz"
-    np.savez(npz, **{k: np.stack([f[k] for f in calib]) for k in calib[0]})
+    npz = save_samples(calib, work / "calib.npz")
+    t0 = time.perf_counter()
     ir = ModelIR.from_model(load(src))
     result = ToFP16(budget={"rtol": RTOL, "atol": ATOL}, calibration=str(npz))(ir)
-    return ir.to_proto(), int(result.details["onnxruntime_runs"])
+    out = ir.to_proto()
+    return out, int(result.details["onnxruntime_runs"]), time.perf_counter() - t0
 
 
-def occ_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> tuple[onnx.ModelProto, int]:
+def occ_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> Conversion:
     from onnxconverter_common import auto_mixed_precision
 
     calls = [0]
@@ -205,23 +245,83 @@ def occ_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> tuple
         return all(np.allclose(g, r, rtol=RTOL, atol=ATOL) for r, g in zip(ref, got))
 
     feed = calib[0]
+    t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = auto_mixed_precision.auto_convert_mixed_precision(onnx.load(src), feed, validate, keep_io_types=True)
-    return out, calls[0] + 1  # one reference run, one run per attempt it validated
+    # one reference run, one run per attempt it validated
+    return out, calls[0] + 1, time.perf_counter() - t0
 
 
-def autocast_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> tuple[onnx.ModelProto, int]:
+MODELOPT_PYTHON: str | None = None  # --modelopt-python / SURGEON_BENCH_MODELOPT_PYTHON
+
+
+def autocast_convert(src: Path, npz: Path, out: Path) -> dict[str, Any]:
+    """ModelOpt AutoCast at its default thresholds (``data_max`` 512, ``init_max`` the float16 maximum),
+    float16 with float32 I/O, calibrated on the samples in ``npz`` (one entry per sample, as
+    :func:`save_samples` writes it). Writes the converted model to ``out``; returns the seconds of the
+    conversion call and the onnxruntime runs it made (every ``InferenceSession.run`` during the call)."""
+    import onnxruntime as ort
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    npz = work / "autocast.npz"
-    np.savez(npz, **{k: np.stack([f[k] for f in calib]) for k in calib[0]})
-    with contextlib.redirect_stdout(io.StringIO()):
-        out = convert_to_mixed_precision(onnx_path=str(src), low_precision_type="fp16", keep_io_types=True)
-    return out, 1  # one reference run (its data_max/init_max thresholds)
+    # AutoCast's multi-batch calibration form: a folder of .npz files, one batch each
+    batches = out.parent / f"{out.stem}-calibration"
+    batches.mkdir()
+    with np.load(npz) as data:
+        for i in range(len(data[data.files[0]])):
+            np.savez(batches / f"{i:04d}.npz", **{k: data[k][i] for k in data.files})
+    runs = [0]
+    original = ort.InferenceSession.run
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        runs[0] += 1
+        return original(self, *args, **kwargs)
+
+    ort.InferenceSession.run = counted  # type: ignore[method-assign]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            t0 = time.perf_counter()
+            model = convert_to_mixed_precision(
+                onnx_path=str(src), low_precision_type="fp16", keep_io_types=True, calibration_data=str(batches)
+            )
+            seconds = time.perf_counter() - t0
+    finally:
+        ort.InferenceSession.run = original  # type: ignore[method-assign]
+    onnx.save(model, out)
+    return {"seconds": seconds, "runs": runs[0]}
 
 
-TOOLS: dict[str, Callable[[Path, list[dict[str, np.ndarray]], Path], tuple[onnx.ModelProto, int]]] = {
+def autocast_child(argv: list[str]) -> int:
+    """``--autocast-child SRC NPZ OUT RESULT``, run by the ModelOpt interpreter: RESULT (JSON) gets the
+    seconds and runs, or ``{"missing": module}`` when modelopt does not import there."""
+    src, npz, out, result = map(Path, argv)
+    try:
+        info = autocast_convert(src, npz, out)
+    except ImportError as exc:
+        info = {"missing": exc.name or str(exc)}
+    result.write_text(json.dumps(info))
+    return 0
+
+
+def autocast_tool(src: Path, calib: list[dict[str, np.ndarray]], work: Path) -> Conversion:
+    npz = save_samples(calib, work / "autocast.npz")
+    out = work / f"{src.stem}-autocast.onnx"
+    if MODELOPT_PYTHON is None:
+        info = autocast_convert(src, npz, out)
+    else:
+        result = work / f"{src.stem}-autocast.json"
+        cmd = [MODELOPT_PYTHON, str(Path(__file__).resolve()), "--autocast-child", str(src), str(npz), str(out)]
+        proc = subprocess.run([*cmd, str(result)], capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0 or not result.exists():
+            lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+            raise RuntimeError(f"{MODELOPT_PYTHON} exited {proc.returncode}: {lines[-1]}")
+        info = json.loads(result.read_text())
+        if "missing" in info:
+            raise ImportError(f"{info['missing']} does not import in {MODELOPT_PYTHON}", name=info["missing"])
+    return onnx.load(out), info["runs"], info["seconds"]
+
+
+TOOLS: dict[str, Callable[[Path, list[dict[str, np.ndarray]], Path], Conversion]] = {
     "surgeon": surgeon_tool,
     "onnxconverter-common": occ_tool,
     "ModelOpt AutoCast": autocast_tool,
@@ -229,19 +329,30 @@ TOOLS: dict[str, Callable[[Path, list[dict[str, np.ndarray]], Path], tuple[onnx.
 
 
 def main() -> int:
-    global RTOL, ATOL
+    global RTOL, ATOL, MODELOPT_PYTHON
+    built = models()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--rtol", type=float, default=RTOL)
     ap.add_argument("--atol", type=float, default=ATOL)
+    ap.add_argument("--model", action="append", choices=list(built), help="only this model (repeatable)")
+    ap.add_argument(
+        "--modelopt-python",
+        default=os.environ.get("SURGEON_BENCH_MODELOPT_PYTHON") or None,
+        metavar="PATH",
+        help="interpreter of a virtualenv with nvidia-modelopt[onnx] that runs AutoCast "
+        "(default: $SURGEON_BENCH_MODELOPT_PYTHON, else AutoCast is imported in this process)",
+    )
     args = ap.parse_args()
-    RTOL, ATOL = args.rtol, args.atol
+    RTOL, ATOL, MODELOPT_PYTHON = args.rtol, args.atol, args.modelopt_python
     print(f"budget rtol {RTOL:g}, atol {ATOL:g}; {SAMPLES} calibration samples, {HELD_OUT} held out (CPU)")
-    print("| model             | tool                  | met  | half  | casts |    wall   | runs |")
+    print("| model             | tool                  | met  | half  | casts | f32↔f16 |    wall   | runs |")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, (module, shapes) in models().items():
+        for name, (module, shapes) in built.items():
+            if args.model and name not in args.model:
+                continue
             src_path = work / f"{name.split()[0]}.onnx"
             export(module, shapes, src_path)
             source = onnx.load(src_path)
@@ -249,19 +360,19 @@ def main() -> int:
             refs = run(source, held)
             for tool, fn in TOOLS.items():
                 row: dict[str, Any] = {"model": name, "tool": tool}
-                t0 = time.perf_counter()
                 try:
-                    out, runs = fn(src_path, calib, work)
+                    out, runs, seconds = fn(src_path, calib, work)
                 except ImportError as exc:
                     row["error"] = f"not installed ({exc.name})"
                 except Exception as exc:  # a peer failing is a result too
                     row["error"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
                 else:
                     row |= {
-                        "seconds": round(time.perf_counter() - t0, 2),
+                        "seconds": round(seconds, 2),
                         "met": within(refs, run(out, held)),
                         "half": round(half_fraction(out), 3),
                         "casts": casts(out, source),
+                        "precision_casts": precision_casts(out) - precision_casts(source),
                         "runs": runs,
                     }
                 rows.append(row)
@@ -276,8 +387,11 @@ def _line(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{head} {r['error']}"
     met = "yes" if r["met"] else "NO"
-    return f"{head} {met:>4} | {r['half']:>5.0%} | {r['casts']:>5} | {r['seconds']:>7.2f} s | {r['runs']:>4} |"
+    cells = f"{met:>4} | {r['half']:>5.0%} | {r['casts']:>5} | {r['precision_casts']:>7} | {r['seconds']:>7.2f} s"
+    return f"{head} {cells} | {r['runs']:>4} |"
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--autocast-child"]:
+        raise SystemExit(autocast_child(sys.argv[2:]))
     raise SystemExit(main())

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -84,3 +91,110 @@ def test_bench_html_runs_end_to_end(tmp_path: Path) -> None:
         "30 nodes + error plot of 30 tensors",
     ]
     assert all(r["ok"] and r["bytes"] > 1000 for r in result["rows"])
+
+
+# bench_precision runs ModelOpt AutoCast through another interpreter (its onnxruntime pin clashes
+# with the project's). A stand-in "modelopt" package plays the part: it runs onnxruntime once per
+# calibration batch it is given, converts every float32 initializer and tensor to float16 between
+# Casts at the I/O, and logs the arguments it got.
+FAKE_AUTOCAST = """
+import json, os
+from pathlib import Path
+import numpy as np, onnx, onnxruntime as ort
+from onnx import helper, numpy_helper
+
+def convert_to_mixed_precision(onnx_path, **kwargs):
+    if os.environ.get("FAKE_AUTOCAST_FAIL"):
+        raise ValueError(os.environ["FAKE_AUTOCAST_FAIL"])
+    batches = sorted(Path(kwargs["calibration_data"]).glob("*.npz"))
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    for b in batches:
+        with np.load(b) as feed:
+            sess.run(None, dict(feed))
+    log = {"kwargs": {k: v for k, v in kwargs.items() if k != "calibration_data"}, "batches": len(batches)}
+    Path(os.environ["FAKE_AUTOCAST_LOG"]).write_text(json.dumps(log))
+    model = onnx.load(onnx_path)
+    g = model.graph
+    for t in g.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    io = {v.name for v in [*g.input, *g.output]}
+    for n in g.node:
+        for seq in (n.input, n.output):
+            for i, name in enumerate(seq):
+                if name in io:
+                    seq[i] = name + "_h"
+    to_half = [helper.make_node("Cast", [v.name], [v.name + "_h"], to=10) for v in g.input]
+    to_float = [helper.make_node("Cast", [v.name + "_h"], [v.name], to=1) for v in g.output]
+    nodes = [*to_half, *g.node, *to_float]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    return model
+"""
+
+
+def _fake_modelopt(root: Path) -> Path:
+    pkg = root / "modelopt" / "onnx" / "autocast"
+    pkg.mkdir(parents=True)
+    (root / "modelopt" / "__init__.py").write_text("")
+    (root / "modelopt" / "onnx" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text(FAKE_AUTOCAST)
+    return root
+
+
+def test_bench_precision_judges_autocast_run_by_another_interpreter(tmp_path: Path) -> None:
+    log, out = tmp_path / "autocast.json", tmp_path / "rows.json"
+    env = os.environ | {"PYTHONPATH": str(_fake_modelopt(tmp_path / "fake")), "FAKE_AUTOCAST_LOG": str(log)}
+    env.pop("SURGEON_BENCH_MODELOPT_PYTHON", None)
+    cmd = [sys.executable, str(BENCH / "bench_precision.py"), "--model", "super-resolution"]
+    cmd += ["--modelopt-python", sys.executable, "--json", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = {r["tool"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"surgeon", "onnxconverter-common", "ModelOpt AutoCast"}
+    assert all(r["model"] == "super-resolution" for r in rows.values())
+    autocast = rows["ModelOpt AutoCast"]
+    # AutoCast at its default thresholds: only the precision, the I/O types and the calibration set
+    called = json.loads(log.read_text())
+    assert called == {"kwargs": {"low_precision_type": "fp16", "keep_io_types": True}, "batches": 6}
+    # judged here like the others: every compute node float16, one Cast in and one out, and the
+    # runs counted in the child (one per calibration batch)
+    assert autocast["met"] is True and autocast["half"] == 1.0
+    assert autocast["casts"] == 2 and autocast["precision_casts"] == 2
+    assert autocast["runs"] == 6 and autocast["seconds"] >= 0
+    assert "| super-resolution  | ModelOpt AutoCast     |  yes |  100% |" in res.stdout
+
+
+def _bench_precision() -> object:
+    spec = importlib.util.spec_from_file_location("bench_precision", BENCH / "bench_precision.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", ["missing", "failing"])
+def test_bench_precision_autocast_child_that_cannot_convert(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)]), src)
+    if case == "failing":
+        monkeypatch.setenv("PYTHONPATH", str(_fake_modelopt(tmp_path / "fake")))
+        monkeypatch.setenv("FAKE_AUTOCAST_FAIL", "no float16 kernel for Relu")
+    else:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+    bench = _bench_precision()
+    monkeypatch.setattr(bench, "MODELOPT_PYTHON", sys.executable)
+    calib = [{"x": np.ones((1, 4), np.float32)}]
+    if case == "missing":  # shown as "not installed (modelopt)"
+        with pytest.raises(ImportError) as info:
+            bench.autocast_tool(src, calib, tmp_path)  # type: ignore[attr-defined]
+        assert info.value.name == "modelopt"
+    else:  # shown as "failed: ..." with the child's last line
+        with pytest.raises(RuntimeError, match="exited 1: ValueError: no float16 kernel for Relu"):
+            bench.autocast_tool(src, calib, tmp_path)  # type: ignore[attr-defined]
