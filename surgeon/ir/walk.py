@@ -46,6 +46,14 @@ _OP_TYPE = 0x22
 """The tag of NodeProto.op_type (field 4)."""
 
 
+def mentioned(graph: onnx.GraphProto, names: Iterable[str], ops: Iterable[str]) -> tuple[set[str], set[str]]:
+    """:func:`may_mention` and :func:`ops_mentioned` in one reading of the graph's bytes."""
+    patterns: dict[Any, list[bytes]] = {("name", n): [_string_field(tag, n) for tag in _NAME_TAGS] for n in names}
+    patterns.update({("op", op): [_string_field(_OP_TYPE, op)] for op in ops})
+    found = _mentioned(graph, patterns)
+    return {n for kind, n in found if kind == "name"}, {op for kind, op in found if kind == "op"}
+
+
 def may_mention(graph: onnx.GraphProto, names: Iterable[str]) -> set[str]:
     """Those of ``names`` that may name a node's input or output or a declared value anywhere in
     ``graph`` (subgraphs included), found in its serialized bytes: a name not returned is named by
@@ -60,7 +68,7 @@ def ops_mentioned(graph: onnx.GraphProto, ops: Iterable[str]) -> set[str]:
     return _mentioned(graph, {op: [_string_field(_OP_TYPE, op)] for op in ops})
 
 
-def _mentioned(graph: onnx.GraphProto, patterns: dict[str, list[bytes]]) -> set[str]:
+def _mentioned(graph: onnx.GraphProto, patterns: dict[Any, list[bytes]]) -> set[Any]:
     if not patterns:
         return set()
     data = graph.SerializeToString()

@@ -255,13 +255,13 @@ def _aligned(a: onnx.GraphProto, b: onnx.GraphProto, contract: IOContract) -> st
         return None
     if list(a.sparse_initializer) != list(b.sparse_initializer):
         return None
-    from surgeon.ir.walk import may_mention, ops_mentioned
+    from surgeon.ir.walk import may_mention, mentioned
 
     weights = {t.name for t in a.initializer} | {t.values.name for t in a.sparse_initializer}
     if not weights.isdisjoint(rename.values()):
         return None  # a new name a weight has: the numbering says why
-    clean = not contract.added_outputs and not ops_mentioned(a, {*RANDOM_OPS, "Dropout"})
-    clean = clean and not may_mention(a, rename.values()) and not may_mention(b, rename)
+    clean = not contract.added_outputs and not any(mentioned(a, rename.values(), {*RANDOM_OPS, "Dropout"}))
+    clean = clean and not may_mention(b, rename)
     if clean:
         pairs = [(x, y) for x, y in zip(a.node, b.node) if x != y]
         defined = None
