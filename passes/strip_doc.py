@@ -87,7 +87,8 @@ def _strip(msg: Any, metadata: bool, props: bool = True) -> bool:
     """Clear ``msg``'s doc string (and, with ``metadata`` and ``props``, its metadata_props); whether
     anything was there."""
     had = bool(msg.doc_string)
-    msg.ClearField("doc_string")
+    if had:
+        msg.ClearField("doc_string")
     if metadata and props and len(getattr(msg, "metadata_props", ())):
         del msg.metadata_props[:]
         had = True
