@@ -376,6 +376,9 @@ class Search:
         self.graph = Graph.of(source)
         self.out = Outcome()
         self.stats: dict[str, Stat] = {}
+        """Per tensor of the float32 model: its range on the calibration samples, and its shape."""
+        self.named = False
+        """Candidates name their nodes by index from the first one the runtime refused on."""
 
     # runs
     def _run(self, model: Model, feeds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -396,10 +399,13 @@ class Search:
                 gap = KERNEL_GAPS.get(_gap_key(self.runtime.used, half, n))
                 if gap is not None and i not in kept:
                     kept[i] = gap
-            model = self.convert(kept, True)
+            model = self.convert(kept, self.named)
             try:
                 return model, self._run(model, cast_feeds(model, feeds))
             except (SessionLoadError, VerificationError) as exc:
+                if not self.named:  # again with every node named by its index, so the error names one
+                    self.named = True
+                    continue
                 text = getattr(exc, "reason", None) or str(exc)
                 m = _FAILED_NODE.search(text)
                 idx = _named_index(m.group(1)) if m else None
@@ -412,17 +418,27 @@ class Search:
                 kept[idx] = why
                 self.log(f"kernel: {self.graph.label(idx)} stays float32 ({why})")
 
-    def reference_stats(self, feeds: Sequence[Mapping[str, Any]]) -> None:
+    def reference_stats(self, feeds: Sequence[Mapping[str, Any]], measured: int) -> list[dict[str, Any]]:
+        """One pass of the float32 model over ``feeds``: the range of every tensor on the first
+        ``measured`` of them (the calibration samples; the held-out ones judge the result, nothing
+        else), and the graph outputs on all of them. Every tensor is exposed at once where the
+        localizer's byte budget allows (one session), else a batch at a time."""
         import numpy as np
 
         from surgeon.verify.localize import paired_tensors
+        from surgeon.verify.runtime import run_model
 
-        n = 0
+        outputs = set(self.graph.outputs)
+        refs: list[dict[str, Any]] = [{} for _ in feeds]
+        sessions = self.runtime.sessions
         inputs = [(name, None, [f[name] for f in feeds], None) for name in (feeds[0] if feeds else {})]
-        tensors = paired_tensors(self.runtime, self.source, feeds, batch=64)
+        # no cap on the count: the byte budget alone bounds a batch
+        tensors = paired_tensors(self.runtime, self.source, feeds, batch=len(self.graph.producer) + 1)
         for name, node, values, _ in itertools.chain(inputs, tensors):  # graph inputs too: FLOPs read their shapes
-            n += node is not None
-            arrays = [np.asarray(v) for v in values if isinstance(v, np.ndarray)]
+            if name in outputs:
+                for ref, v in zip(refs, values):
+                    ref[name] = v
+            arrays = [np.asarray(v) for v in values[:measured] if isinstance(v, np.ndarray)]
             if not arrays or arrays[0].dtype.kind != "f":
                 if arrays:
                     self.stats[name] = Stat(0.0, False, tuple(arrays[0].shape), False)
@@ -436,7 +452,11 @@ class Search:
             amax = float(np.abs(finite).max()) if finite.size else 0.0
             integral = bool(finite.size > 1 and np.all(finite == np.round(finite)))  # a table, not one number
             self.stats.setdefault(t, Stat(amax, integral, tuple(v.shape)))
-        self.out.runs += len(feeds) * max(1, math.ceil(n / 64))
+        self.out.runs += len(feeds) * (self.runtime.sessions - sessions)  # one run per feed and batch
+        if any(set(r) != outputs for r in refs):  # an output no node produces (an input, a weight)
+            refs = run_model(self.runtime, self.source, feeds)
+            self.out.runs += len(feeds)
+        return refs
 
     def contributions(
         self, model: Model, kept: Mapping[int, str], feeds: Sequence[Mapping[str, Any]]
@@ -506,18 +526,16 @@ class Search:
                     changed = True
 
     def run(self, fixed: Mapping[int, str]) -> Outcome:
-        from surgeon.verify.runtime import SessionLoadError, run_model
+        from surgeon.verify.runtime import SessionLoadError
 
         calib, held, note = calibration_feeds(self.source, self.p.calibration)
         self.out.calibration = note
-        try:  # one session for both parts
-            both = run_model(self.runtime, self.source, [*calib, *held])
+        try:  # the reference outputs and the value ranges from one pass (one session where it fits)
+            both = self.reference_stats([*calib, *held], len(calib))
             refs, held_refs = both[: len(calib)], both[len(calib) :]
         except SessionLoadError as exc:
             raise VerificationError(f"the model before to-fp16 fails in onnxruntime: {exc.reason}") from None
-        self.out.runs += len(calib) + len(held)
         self.out.provider = self.runtime.used
-        self.reference_stats(calib)  # the held-out samples judge the result, nothing else
         kept = static_hazards(self.graph, self.p.dtype, fixed)
         for i, why in data_hazards(self.graph, self.stats, self.p.dtype).items():
             kept.setdefault(i, why)
