@@ -158,13 +158,15 @@ class ToFP16(Pass):
         if done is not None and done.split(" ")[0] == self.params.dtype:
             return PassResult(False, IOContract(), [f"already converted by to-fp16 ({MARK}: {done}): nothing to do"])
         source = model.to_model()
-        done_by: dict[str, Any] = {}  # the last conversion: its kept set, its model and converter
+        # the last conversion: its kept set, its model and converter. The first converts ``model``
+        # itself (often the result: no import), later ones a fresh import of ``source``
+        done_by: dict[str, Any] = {}
+        # every candidate is the same graph before conversion: inferred once, from the protobuf
+        types = tensor_types(_IR.from_model(source, lazy=True))
 
         def convert(kept: Mapping[int, str], name_nodes: bool) -> Model:
-            ir = _IR.from_model(Model(source.proto, base_dir=source.base_dir))
-            if "types" not in done_by:  # every candidate is the same graph before conversion: infer once
-                done_by["types"] = tensor_types(ir)
-            _prepare(ir, done_by["types"])
+            ir = _IR.from_model(Model(source.proto, base_dir=source.base_dir)) if done_by else model
+            _prepare(ir, types)
             conv = _Converter(ir, self.params, set(kept), name_nodes)
             conv.run()
             done_by.update(kept=None if name_nodes else frozenset(kept), ir=ir, conv=conv)
@@ -181,7 +183,12 @@ class ToFP16(Pass):
         }
         details: dict[str, Any] = {"dtype": self.params.dtype}
         if self.params.budget is not None:
-            outcome = search.run(fixed)
+            try:
+                outcome = search.run(fixed)
+            except SurgeonError:
+                if done_by:  # the model as it came: a failed pass leaves it unedited
+                    model.replace_graph(source.proto)
+                raise
             kept = outcome.kept
         else:  # no budget: everything converts but what the runtime cannot run (asked on one feed)
             outcome = search.out
@@ -196,9 +203,10 @@ class ToFP16(Pass):
             outcome.provider = runtime.used
         if done_by.get("kept") == frozenset(kept):  # the model last run is the result: no second conversion
             conv = done_by["conv"]
-            model.adopt(done_by["ir"])
+            if done_by["ir"] is not model:
+                model.adopt(done_by["ir"])
         else:
-            if len(model.graph.nodes) != len(graph.nodes):  # pragma: no cover - export keeps node order
+            if done_by or len(model.graph.nodes) != len(graph.nodes):  # converted as a candidate: afresh
                 model.replace_graph(source.proto)
             _prepare(model)
             conv = _Converter(model, self.params, set(kept), False)
