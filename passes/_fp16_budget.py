@@ -434,7 +434,7 @@ class Search:
         inputs = [(name, None, [f[name] for f in feeds], None) for name in (feeds[0] if feeds else {})]
         # no cap on the count: the byte budget alone bounds a batch
         tensors = paired_tensors(self.runtime, self.source, feeds, batch=len(self.graph.producer) + 1)
-        for name, node, values, _ in itertools.chain(inputs, tensors):  # graph inputs too: FLOPs read their shapes
+        for name, _node, values, _ in itertools.chain(inputs, tensors):  # graph inputs too: FLOPs read their shapes
             if name in outputs:
                 for ref, v in zip(refs, values):
                     ref[name] = v
