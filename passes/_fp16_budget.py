@@ -26,6 +26,7 @@ from surgeon.errors import UsageError, VerificationError
 from surgeon.verify.compare import Tolerance, compare
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
     from surgeon.ir.model import Model
@@ -443,10 +444,7 @@ class Search:
                 if arrays:
                     self.stats[name] = Stat(0.0, False, tuple(arrays[0].shape), False)
                 continue
-            finite = [a[np.isfinite(a)] for a in arrays]
-            amax = max((float(np.abs(f).max()) for f in finite if f.size), default=0.0)
-            integral = all(bool(np.all(f == np.round(f))) for f in finite) and any(f.size for f in finite)
-            self.stats[name] = Stat(amax, integral, tuple(arrays[0].shape))
+            self.stats[name] = Stat(*_value_range(arrays), tuple(arrays[0].shape))
         for t, v in self.graph.consts.items():
             finite = v[np.isfinite(v)]
             amax = float(np.abs(finite).max()) if finite.size else 0.0
@@ -590,6 +588,30 @@ class Search:
             f"float32 (last: {self.out.rounds[-1] if self.out.rounds else 'none'}); "
             "raise max_rounds or loosen the budget"
         )
+
+
+def _value_range(arrays: Sequence[np.ndarray]) -> tuple[float, bool]:
+    """(largest finite magnitude, whether every finite value is an integer (and there is one)) over
+    ``arrays``, non-finite values left out. Without NaN or infinity, no filtered copies are made,
+    and a first value that is not an integer settles the second answer."""
+    import numpy as np
+
+    amax, integral, seen = 0.0, True, False
+    for a in arrays:
+        if not a.size:
+            continue
+        top = float(np.abs(a).max())
+        if not math.isfinite(top):  # NaN or infinity in it: measure the finite values only
+            a = a[np.isfinite(a)]
+            if not a.size:
+                continue
+            top = float(np.abs(a).max())
+        seen = True
+        amax = max(amax, top)
+        if integral:
+            first = float(a.flat[0])
+            integral = first == round(first) and bool(np.all(a == np.round(a)))
+    return amax, integral and seen
 
 
 def _gap_key(provider: str, half: str, node: onnx.NodeProto) -> tuple[str, str, tuple[Any, ...]]:
