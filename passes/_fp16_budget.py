@@ -45,6 +45,14 @@ REDUCTIONS = {"ReduceSum": 1, "ReduceMean": 1, "ReduceL1": 1, "ReduceSumSquare":
 """Reductions whose running sum can overflow, with the power their terms are raised to."""
 INT_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13}
 _FAILED_NODE = re.compile(r"(?:node with name '|node\. Name:')([^']*)'")
+EXPOSED = 256
+"""Tensors of the float32 model exposed per run at most in the scan (the localizer's byte budget
+bounds each run too): a small model's every tensor in one session. Attribution exposes the
+candidate's in the localizer's batches: on CPU, exposing a half tensor rounds what onnxruntime
+would otherwise keep in float32 between the Casts it inserts, so more at once measures a model
+further from the one that runs."""
+KEEP_BYTES = 256 << 20
+"""The float32 model's tensors on the calibration samples are kept for attribution up to this size."""
 KERNEL_GAPS: dict[tuple[str, str, tuple[Any, ...]], str] = {}
 """(provider, half type, op, attributes) -> the runtime's words, for signatures that failed once."""
 
@@ -379,6 +387,9 @@ class Search:
         self.stats: dict[str, Stat] = {}
         """Per tensor of the float32 model: its range on the calibration samples, and its shape."""
         self.named = False
+        self.values: dict[str, list[Any]] | None = {}
+        """Every tensor of the float32 model on the calibration samples, from the scan, while they
+        fit in :data:`KEEP_BYTES` (attribution then runs only the candidate); else None."""
         """Candidates name their nodes by index from the first one the runtime refused on."""
 
     # runs
@@ -433,12 +444,17 @@ class Search:
         refs: list[dict[str, Any]] = [{} for _ in feeds]
         sessions = self.runtime.sessions
         inputs = [(name, None, [f[name] for f in feeds], None) for name in (feeds[0] if feeds else {})]
-        # no cap on the count: the byte budget alone bounds a batch
-        tensors = paired_tensors(self.runtime, self.source, feeds, batch=len(self.graph.producer) + 1)
-        for name, _node, values, _ in itertools.chain(inputs, tensors):  # graph inputs too: FLOPs read their shapes
+        tensors = paired_tensors(self.runtime, self.source, feeds, batch=EXPOSED)
+        held = 0
+        for name, node, values, _ in itertools.chain(inputs, tensors):  # graph inputs too: FLOPs read their shapes
             if name in outputs:
                 for ref, v in zip(refs, values):
                     ref[name] = v
+            if node is not None and self.values is not None:  # kept for attribution, up to a bound
+                self.values[name] = values[:measured]
+                held += sum(int(getattr(v, "nbytes", 0)) for v in values[:measured])
+                if held > KEEP_BYTES:
+                    self.values = None
             arrays = [np.asarray(v) for v in values[:measured] if isinstance(v, np.ndarray)]
             if not arrays or arrays[0].dtype.kind != "f":
                 if arrays:
@@ -463,18 +479,24 @@ class Search:
         the tensor's spread) exceeds the largest of its inputs'."""
         import numpy as np
 
-        from surgeon.verify.localize import BATCH, paired_tensors
+        from surgeon.verify.localize import paired_tensors
 
         err: dict[str, float] = {}
-        count = 0
         # tensors numpy cannot hold (bfloat16) are seen through the float32 Cast the converter put after them
         unseen = {vi.name for vi in model.proto.graph.value_info if vi.type.tensor_type.elem_type == 16}
         seen_as = {f"{t}_fp32": t for t in unseen}
+        sessions = self.runtime.sessions
         pairs = paired_tensors(
-            self.runtime, self.source, feeds, model, cast_feeds(model, feeds), same_as=seen_as, skip=unseen
+            self.runtime,
+            self.source,
+            feeds,
+            model,
+            cast_feeds(model, feeds),
+            same_as=seen_as,
+            skip=unseen,
+            measured=self.values,
         )
         for name, _node, ref, got in pairs:
-            count += 1
             worst = 0.0
             for a, b in zip(ref, got):
                 if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or a.dtype.kind != "f":
@@ -491,7 +513,7 @@ class Search:
                     worst = max(worst, float(np.abs(want - b64[fin]).max()) / scale)
             else:
                 err[name] = worst
-        self.out.runs += 2 * len(feeds) * max(1, math.ceil(count / BATCH))
+        self.out.runs += len(feeds) * (self.runtime.sessions - sessions)  # one run per feed and session
         out: dict[int, float] = {}
         for i, n in enumerate(self.graph.nodes):
             if i in kept or not n.output or n.output[0] not in err:

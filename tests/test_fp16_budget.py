@@ -461,3 +461,32 @@ def test_a_budget_that_cannot_be_met_leaves_the_model_as_it_came() -> None:
     assert ops(after) == ops(src)
     assert all(t.data_type == F for t in after.graph.initializer)
     assert [vi.type.tensor_type.elem_type for vi in after.graph.input] == [F]
+
+
+def test_attribution_reuses_the_scans_float32_tensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hazard scan measured every tensor of the float32 model on the calibration samples: the
+    attribution rounds compare the candidates against those values, so the float32 model is exposed
+    and run once in the whole search (before, once more per round), and the runs reported are the
+    runs made: 6 samples in the scan's session, 6 per round's candidate, 4 calibration samples per
+    attribution session of the candidate (its localizer batches)."""
+    from surgeon.verify import localize
+    from surgeon.verify.runtime import Runtime
+
+    exposed: list[Any] = []
+    real = localize._exposed
+
+    def spy(model: Any, names: list[str]) -> Any:
+        exposed.append(model)
+        return real(model, names)
+
+    monkeypatch.setattr(localize, "_exposed", spy)
+    sessions = _count_calls(monkeypatch, Runtime, "session")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
+    _, res = _apply(_layernorm(), budget={"rtol": 5e-2, "atol": 5e-2}, calibration=str(tmp_path / "calib.npz"))
+    assert set(_kept(res)) == {"shift", "norm"}
+    rounds = res.details["rounds"]
+    assert rounds >= 2
+    assert sum(m is exposed[0] for m in exposed) == 1  # the float32 source: the scan's one exposure
+    attribution = len(exposed) - 1  # one candidate exposure per attribution batch
+    assert sessions[0] == 1 + rounds + attribution
+    assert res.details["onnxruntime_runs"] == 6 + 6 * rounds + 4 * attribution
