@@ -1,13 +1,17 @@
 """to-fp16 to an accuracy budget: which nodes stay float32 so the converted model keeps its answers.
 
 The search works on copies of the model as the pass received it (nodes are named by their index
-in its top graph): hazards found before any conversion (constants and calibration values outside
-the half type's range, integer-valued float arithmetic, reductions whose sum overflows, shape
-arithmetic, control flow) stay float32 first; then each round converts the rest, runs the
-converted model against the float32 one on the calibration feed (every tensor of both, a batch at
-a time: :func:`surgeon.verify.localize.paired_tensors`), keeps the nodes whose output adds the
-most error to what their inputs already carried, and checks the budget again, until it holds on
-the calibration samples and on the held-out ones. Kernels the runtime lacks for the half type are
+in its top graph when the runtime refuses one). One pass of the float32 model over the calibration
+and held-out samples gives the reference outputs and, on the calibration samples only, every
+tensor's range (all tensors exposed in one session where the localizer's byte budget allows).
+Hazards found before any conversion (constants and calibration values outside the half type's
+range, integer-valued float arithmetic, reductions whose sum overflows, shape arithmetic, control
+flow) stay float32 first; then each round converts the rest and runs it on the calibration and
+held-out samples in one session. Where the budget misses, the converted model's tensors are
+compared with the float32 ones the scan measured (:func:`surgeon.verify.localize.paired_tensors`;
+the float32 model does not run again), the nodes whose output adds the most error to what their
+inputs already carried stay float32, and the budget is checked again, until it holds on the
+calibration samples and on the held-out ones. Kernels the runtime lacks for the half type are
 found by asking it: a candidate that fails to load or run names the node, which stays float32
 (and every node of the same op and attributes, remembered per provider).
 """
