@@ -1,13 +1,17 @@
 """to-fp16 to an accuracy budget: which nodes stay float32 so the converted model keeps its answers.
 
 The search works on copies of the model as the pass received it (nodes are named by their index
-in its top graph): hazards found before any conversion (constants and calibration values outside
-the half type's range, integer-valued float arithmetic, reductions whose sum overflows, shape
-arithmetic, control flow) stay float32 first; then each round converts the rest, runs the
-converted model against the float32 one on the calibration feed (every tensor of both, a batch at
-a time: :func:`surgeon.verify.localize.paired_tensors`), keeps the nodes whose output adds the
-most error to what their inputs already carried, and checks the budget again, until it holds on
-the calibration samples and on the held-out ones. Kernels the runtime lacks for the half type are
+in its top graph when the runtime refuses one). One pass of the float32 model over the calibration
+and held-out samples gives the reference outputs and, on the calibration samples only, every
+tensor's range (all tensors exposed in one session where the localizer's byte budget allows).
+Hazards found before any conversion (constants and calibration values outside the half type's
+range, integer-valued float arithmetic, reductions whose sum overflows, shape arithmetic, control
+flow) stay float32 first; then each round converts the rest and runs it on the calibration and
+held-out samples in one session. Where the budget misses, the converted model's tensors are
+compared with the float32 ones the scan measured (:func:`surgeon.verify.localize.paired_tensors`;
+the float32 model does not run again), the nodes whose output adds the most error to what their
+inputs already carried stay float32, and the budget is checked again, until it holds on the
+calibration samples and on the held-out ones. Kernels the runtime lacks for the half type are
 found by asking it: a candidate that fails to load or run names the node, which stays float32
 (and every node of the same op and attributes, remembered per provider).
 """
@@ -26,6 +30,7 @@ from surgeon.errors import UsageError, VerificationError
 from surgeon.verify.compare import Tolerance, compare
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
     from surgeon.ir.model import Model
@@ -44,6 +49,14 @@ REDUCTIONS = {"ReduceSum": 1, "ReduceMean": 1, "ReduceL1": 1, "ReduceSumSquare":
 """Reductions whose running sum can overflow, with the power their terms are raised to."""
 INT_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13}
 _FAILED_NODE = re.compile(r"(?:node with name '|node\. Name:')([^']*)'")
+EXPOSED = 256
+"""Tensors of the float32 model exposed per run at most in the scan (the localizer's byte budget
+bounds each run too): a small model's every tensor in one session. Attribution exposes the
+candidate's in the localizer's batches: on CPU, exposing a half tensor rounds what onnxruntime
+would otherwise keep in float32 between the Casts it inserts, so more at once measures a model
+further from the one that runs."""
+KEEP_BYTES = 256 << 20
+"""The float32 model's tensors on the calibration samples are kept for attribution up to this size."""
 KERNEL_GAPS: dict[tuple[str, str, tuple[Any, ...]], str] = {}
 """(provider, half type, op, attributes) -> the runtime's words, for signatures that failed once."""
 
@@ -376,6 +389,12 @@ class Search:
         self.graph = Graph.of(source)
         self.out = Outcome()
         self.stats: dict[str, Stat] = {}
+        """Per tensor of the float32 model: its range on the calibration samples, and its shape."""
+        self.named = False
+        self.values: dict[str, list[Any]] | None = {}
+        """Every tensor of the float32 model on the calibration samples, from the scan, while they
+        fit in :data:`KEEP_BYTES` (attribution then runs only the candidate); else None."""
+        """Candidates name their nodes by index from the first one the runtime refused on."""
 
     # runs
     def _run(self, model: Model, feeds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -396,10 +415,13 @@ class Search:
                 gap = KERNEL_GAPS.get(_gap_key(self.runtime.used, half, n))
                 if gap is not None and i not in kept:
                     kept[i] = gap
-            model = self.convert(kept, True)
+            model = self.convert(kept, self.named)
             try:
                 return model, self._run(model, cast_feeds(model, feeds))
             except (SessionLoadError, VerificationError) as exc:
+                if not self.named:  # again with every node named by its index, so the error names one
+                    self.named = True
+                    continue
                 text = getattr(exc, "reason", None) or str(exc)
                 m = _FAILED_NODE.search(text)
                 idx = _named_index(m.group(1)) if m else None
@@ -412,31 +434,47 @@ class Search:
                 kept[idx] = why
                 self.log(f"kernel: {self.graph.label(idx)} stays float32 ({why})")
 
-    def reference_stats(self, feeds: Sequence[Mapping[str, Any]]) -> None:
+    def reference_stats(self, feeds: Sequence[Mapping[str, Any]], measured: int) -> list[dict[str, Any]]:
+        """One pass of the float32 model over ``feeds``: the range of every tensor on the first
+        ``measured`` of them (the calibration samples; the held-out ones judge the result, nothing
+        else), and the graph outputs on all of them. Every tensor is exposed at once where the
+        localizer's byte budget allows (one session), else a batch at a time."""
         import numpy as np
 
         from surgeon.verify.localize import paired_tensors
+        from surgeon.verify.runtime import run_model
 
-        n = 0
+        outputs = set(self.graph.outputs)
+        refs: list[dict[str, Any]] = [{} for _ in feeds]
+        sessions = self.runtime.sessions
         inputs = [(name, None, [f[name] for f in feeds], None) for name in (feeds[0] if feeds else {})]
-        tensors = paired_tensors(self.runtime, self.source, feeds, batch=64)
+        tensors = paired_tensors(self.runtime, self.source, feeds, batch=EXPOSED)
+        held = 0
         for name, node, values, _ in itertools.chain(inputs, tensors):  # graph inputs too: FLOPs read their shapes
-            n += node is not None
-            arrays = [np.asarray(v) for v in values if isinstance(v, np.ndarray)]
+            if name in outputs:
+                for ref, v in zip(refs, values):
+                    ref[name] = v
+            if node is not None and self.values is not None:  # kept for attribution, up to a bound
+                self.values[name] = values[:measured]
+                held += sum(int(getattr(v, "nbytes", 0)) for v in values[:measured])
+                if held > KEEP_BYTES:
+                    self.values = None
+            arrays = [np.asarray(v) for v in values[:measured] if isinstance(v, np.ndarray)]
             if not arrays or arrays[0].dtype.kind != "f":
                 if arrays:
                     self.stats[name] = Stat(0.0, False, tuple(arrays[0].shape), False)
                 continue
-            finite = [a[np.isfinite(a)] for a in arrays]
-            amax = max((float(np.abs(f).max()) for f in finite if f.size), default=0.0)
-            integral = all(bool(np.all(f == np.round(f))) for f in finite) and any(f.size for f in finite)
-            self.stats[name] = Stat(amax, integral, tuple(arrays[0].shape))
+            self.stats[name] = Stat(*_value_range(arrays), tuple(arrays[0].shape))
         for t, v in self.graph.consts.items():
             finite = v[np.isfinite(v)]
             amax = float(np.abs(finite).max()) if finite.size else 0.0
             integral = bool(finite.size > 1 and np.all(finite == np.round(finite)))  # a table, not one number
             self.stats.setdefault(t, Stat(amax, integral, tuple(v.shape)))
-        self.out.runs += len(feeds) * max(1, math.ceil(n / 64))
+        self.out.runs += len(feeds) * (self.runtime.sessions - sessions)  # one run per feed and batch
+        if any(set(r) != outputs for r in refs):  # an output no node produces (an input, a weight)
+            refs = run_model(self.runtime, self.source, feeds)
+            self.out.runs += len(feeds)
+        return refs
 
     def contributions(
         self, model: Model, kept: Mapping[int, str], feeds: Sequence[Mapping[str, Any]]
@@ -445,18 +483,24 @@ class Search:
         the tensor's spread) exceeds the largest of its inputs'."""
         import numpy as np
 
-        from surgeon.verify.localize import BATCH, paired_tensors
+        from surgeon.verify.localize import paired_tensors
 
         err: dict[str, float] = {}
-        count = 0
         # tensors numpy cannot hold (bfloat16) are seen through the float32 Cast the converter put after them
         unseen = {vi.name for vi in model.proto.graph.value_info if vi.type.tensor_type.elem_type == 16}
         seen_as = {f"{t}_fp32": t for t in unseen}
+        sessions = self.runtime.sessions
         pairs = paired_tensors(
-            self.runtime, self.source, feeds, model, cast_feeds(model, feeds), same_as=seen_as, skip=unseen
+            self.runtime,
+            self.source,
+            feeds,
+            model,
+            cast_feeds(model, feeds),
+            same_as=seen_as,
+            skip=unseen,
+            measured=self.values,
         )
         for name, _node, ref, got in pairs:
-            count += 1
             worst = 0.0
             for a, b in zip(ref, got):
                 if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or a.dtype.kind != "f":
@@ -473,7 +517,7 @@ class Search:
                     worst = max(worst, float(np.abs(want - b64[fin]).max()) / scale)
             else:
                 err[name] = worst
-        self.out.runs += 2 * len(feeds) * max(1, math.ceil(count / BATCH))
+        self.out.runs += len(feeds) * (self.runtime.sessions - sessions)  # one run per feed and session
         out: dict[int, float] = {}
         for i, n in enumerate(self.graph.nodes):
             if i in kept or not n.output or n.output[0] not in err:
@@ -506,18 +550,16 @@ class Search:
                     changed = True
 
     def run(self, fixed: Mapping[int, str]) -> Outcome:
-        from surgeon.verify.runtime import SessionLoadError, run_model
+        from surgeon.verify.runtime import SessionLoadError
 
         calib, held, note = calibration_feeds(self.source, self.p.calibration)
         self.out.calibration = note
-        try:  # one session for both parts
-            both = run_model(self.runtime, self.source, [*calib, *held])
+        try:  # the reference outputs and the value ranges from one pass (one session where it fits)
+            both = self.reference_stats([*calib, *held], len(calib))
             refs, held_refs = both[: len(calib)], both[len(calib) :]
         except SessionLoadError as exc:
             raise VerificationError(f"the model before to-fp16 fails in onnxruntime: {exc.reason}") from None
-        self.out.runs += len(calib) + len(held)
         self.out.provider = self.runtime.used
-        self.reference_stats(calib)  # the held-out samples judge the result, nothing else
         kept = static_hazards(self.graph, self.p.dtype, fixed)
         for i, why in data_hazards(self.graph, self.stats, self.p.dtype).items():
             kept.setdefault(i, why)
@@ -572,6 +614,30 @@ class Search:
             f"float32 (last: {self.out.rounds[-1] if self.out.rounds else 'none'}); "
             "raise max_rounds or loosen the budget"
         )
+
+
+def _value_range(arrays: Sequence[np.ndarray]) -> tuple[float, bool]:
+    """(largest finite magnitude, whether every finite value is an integer (and there is one)) over
+    ``arrays``, non-finite values left out. Without NaN or infinity, no filtered copies are made,
+    and a first value that is not an integer settles the second answer."""
+    import numpy as np
+
+    amax, integral, seen = 0.0, True, False
+    for a in arrays:
+        if not a.size:
+            continue
+        top = float(np.abs(a).max())
+        if not math.isfinite(top):  # NaN or infinity in it: measure the finite values only
+            a = a[np.isfinite(a)]
+            if not a.size:
+                continue
+            top = float(np.abs(a).max())
+        seen = True
+        amax = max(amax, top)
+        if integral:
+            first = float(a.flat[0])
+            integral = first == round(first) and bool(np.all(a == np.round(a)))
+    return amax, integral and seen
 
 
 def _gap_key(provider: str, half: str, node: onnx.NodeProto) -> tuple[str, str, tuple[Any, ...]]:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
     from surgeon.ir.adapter import ModelIR
+    from surgeon.passkit.infer import TypeMap
 
 FP16_MAX = 65504.0
 FLOAT, FLOAT16, BFLOAT16 = 1, 10, 16
@@ -149,32 +150,45 @@ class ToFP16(Pass):
     def run(self, model: ModelIR) -> PassResult:
         from surgeon.ir.adapter import ModelIR as _IR
         from surgeon.ir.model import Model
-        from surgeon.passes._fp16_budget import Graph, Search, calibration_feeds
+        from surgeon.passes._fp16_budget import Search, calibration_feeds
+        from surgeon.passkit.infer import tensor_types
         from surgeon.verify.runtime import Runtime
 
         done = {p.key: p.value for p in model.shell.metadata_props}.get(MARK)
         if done is not None and done.split(" ")[0] == self.params.dtype:
             return PassResult(False, IOContract(), [f"already converted by to-fp16 ({MARK}: {done}): nothing to do"])
         source = model.to_model()
-        graph = Graph.of(source)
-        fixed = {
-            i: "blocked by the recipe (block_ops/block_nodes)"
-            for i, n in enumerate(graph.nodes)
-            if n.op_type in self.params.block_ops or (n.name and n.name in self.params.block_nodes)
-        }
+        # the last conversion: its kept set, its model and converter. The first converts ``model``
+        # itself (often the result: no import), later ones a fresh import of ``source``
+        done_by: dict[str, Any] = {}
+        # every candidate is the same graph before conversion: inferred once, from the protobuf
+        types = tensor_types(_IR.from_model(source, lazy=True))
 
         def convert(kept: Mapping[int, str], name_nodes: bool) -> Model:
-            ir = _IR.from_model(Model(source.proto, base_dir=source.base_dir))
-            _prepare(ir)
-            _Converter(ir, self.params, set(kept), name_nodes).run()
+            ir = _IR.from_model(Model(source.proto, base_dir=source.base_dir)) if done_by else model
+            _prepare(ir, types)
+            conv = _Converter(ir, self.params, set(kept), name_nodes)
+            conv.run()
+            done_by.update(kept=None if name_nodes else frozenset(kept), ir=ir, conv=conv)
             return ir.to_model()
 
         runtime = Runtime("auto")
         log: list[str] = []
         search = Search(source, convert, self.params, runtime, log.append)
+        graph = search.graph
+        fixed = {
+            i: "blocked by the recipe (block_ops/block_nodes)"
+            for i, n in enumerate(graph.nodes)
+            if n.op_type in self.params.block_ops or (n.name and n.name in self.params.block_nodes)
+        }
         details: dict[str, Any] = {"dtype": self.params.dtype}
         if self.params.budget is not None:
-            outcome = search.run(fixed)
+            try:
+                outcome = search.run(fixed)
+            except SurgeonError:
+                if done_by:  # the model as it came: a failed pass leaves it unedited
+                    model.replace_graph(source.proto)
+                raise
             kept = outcome.kept
         else:  # no budget: everything converts but what the runtime cannot run (asked on one feed)
             outcome = search.out
@@ -187,11 +201,16 @@ class ToFP16(Pass):
             except SurgeonError as exc:  # the step's verification says what fails, at its own sizes
                 log.append(f"kernel check skipped: {exc}")
             outcome.provider = runtime.used
-        if len(model.graph.nodes) != len(graph.nodes):  # pragma: no cover - export keeps node order
-            model.replace_graph(source.proto)
-        _prepare(model)
-        conv = _Converter(model, self.params, set(kept), False)
-        conv.run()
+        if done_by.get("kept") == frozenset(kept):  # the model last run is the result: no second conversion
+            conv = done_by["conv"]
+            if done_by["ir"] is not model:
+                model.adopt(done_by["ir"])
+        else:
+            if done_by or len(model.graph.nodes) != len(graph.nodes):  # converted as a candidate: afresh
+                model.replace_graph(source.proto)
+            _prepare(model)
+            conv = _Converter(model, self.params, set(kept), False)
+            conv.run()
         details |= _summary(graph, search, outcome, kept, conv, self.params)
         if not conv.changed:  # every node stays float32: say why
             return PassResult(False, IOContract(), _summary_lines(details, log), details)
@@ -207,11 +226,12 @@ class ToFP16(Pass):
         return PassResult(True, contract, notes, details)
 
 
-def _prepare(model: ModelIR) -> None:
-    """Types on every tensor shape inference knows (the converter reads dtypes)."""
+def _prepare(model: ModelIR, types: TypeMap | None = None) -> None:
+    """Types on every tensor shape inference knows (the converter reads dtypes): ``types``, when
+    inference already ran on the same graph."""
     from surgeon.passkit.infer import tensor_types
 
-    types = tensor_types(model)
+    types = tensor_types(model) if types is None else types
     for t in model.graph.tensors().values():
         if t.dtype is None and t.name in types:
             t.dtype = types[t.name][0]

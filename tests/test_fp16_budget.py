@@ -402,3 +402,91 @@ def test_if_branches_reading_a_converted_outer_tensor_each_get_their_cast(budget
     for c in (True, False):
         feed = {"x": x, "c": np.array(c)}
         assert _within(_run(src, feed)[0], _run(out, feed)[0], 1e-2, 1e-2)
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    calls = [0]
+    real = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_a_budget_met_at_once_costs_one_reference_pass_one_candidate_and_one_conversion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6 samples (4 calibration, 2 held out), a model whose first candidate meets the budget: the
+    float32 reference outputs and the hazard scan come from one session (every tensor exposed at
+    once: the model is far under the localizer's byte budget), the candidate from a second, 12
+    onnxruntime runs in all, as reported; the candidate that met the budget is the result (the
+    converter runs once), and no model is written to a temporary file for onnxruntime."""
+    from surgeon.ir import save as save_module
+    from surgeon.passes import to_fp16
+    from surgeon.verify.runtime import Runtime
+
+    x = np.random.default_rng(5).uniform(-1, 1, (6, 1, 8, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    sessions = _count_calls(monkeypatch, Runtime, "session")
+    conversions = _count_calls(monkeypatch, to_fp16._Converter, "run")
+
+    def no_file(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an in-memory model went to onnxruntime through a file")
+
+    monkeypatch.setattr(save_module, "save", no_file)
+    src = _attention()
+    out, res = _apply(src, budget={"rtol": 1e-2, "atol": 1e-2}, calibration=str(tmp_path / "calib.npz"))
+    assert res.details["rounds"] == 1 and {"masked", "softmax"} == set(_kept(res))  # the scan still ran
+    assert sessions[0] == 2 and res.details["onnxruntime_runs"] == 12
+    assert conversions[0] == 1
+    assert "12 onnxruntime run(s)" in "\n".join(res.notes)
+    assert _within(_run(src, {"x": x[0]})[0], _run(out, {"x": x[0]})[0], 1e-2, 1e-2)
+
+
+def test_a_budget_that_cannot_be_met_leaves_the_model_as_it_came() -> None:
+    """The first candidate is converted in the pass's own model (it is usually the result): when the
+    search fails, the model is the source again."""
+    src = _attention()
+    ir = ModelIR.from_model(load(src))
+    with pytest.raises(VerificationError, match="cannot be met"):
+        ToFP16(keep_io_types=False, budget={"rtol": 1e-6, "atol": 0.0}, max_rounds=2)(ir)
+    after = ir.to_proto()
+
+    def ops(m: onnx.ModelProto) -> list[tuple[str, list[str]]]:
+        return [(n.op_type, list(n.input)) for n in m.graph.node]
+
+    assert ops(after) == ops(src)
+    assert all(t.data_type == F for t in after.graph.initializer)
+    assert [vi.type.tensor_type.elem_type for vi in after.graph.input] == [F]
+
+
+def test_attribution_reuses_the_scans_float32_tensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hazard scan measured every tensor of the float32 model on the calibration samples: the
+    attribution rounds compare the candidates against those values, so the float32 model is exposed
+    and run once in the whole search (before, once more per round), and the runs reported are the
+    runs made: 6 samples in the scan's session, 6 per round's candidate, 4 calibration samples per
+    attribution session of the candidate (its localizer batches)."""
+    from surgeon.verify import localize
+    from surgeon.verify.runtime import Runtime
+
+    exposed: list[Any] = []
+    real = localize._exposed
+
+    def spy(model: Any, names: list[str]) -> Any:
+        exposed.append(model)
+        return real(model, names)
+
+    monkeypatch.setattr(localize, "_exposed", spy)
+    sessions = _count_calls(monkeypatch, Runtime, "session")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
+    _, res = _apply(_layernorm(), budget={"rtol": 5e-2, "atol": 5e-2}, calibration=str(tmp_path / "calib.npz"))
+    assert set(_kept(res)) == {"shift", "norm"}
+    rounds = res.details["rounds"]
+    assert rounds >= 2
+    assert sum(m is exposed[0] for m in exposed) == 1  # the float32 source: the scan's one exposure
+    attribution = len(exposed) - 1  # one candidate exposure per attribution batch
+    assert sessions[0] == 1 + rounds + attribution
+    assert res.details["onnxruntime_runs"] == 6 + 6 * rounds + 4 * attribution

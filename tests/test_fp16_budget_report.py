@@ -256,3 +256,12 @@ def test_error_concentrated_in_a_softmax_is_found_by_attribution(tmp_path: Path)
     types = _types(out)
     assert types["p"] == F and types["h"] == types["zg"] == F16
     assert _within(ref, _run(out, fresh)[0], 1e-2, 1e-2)
+
+
+def test_value_ranges_leave_non_finite_values_out() -> None:
+    from surgeon.passes._fp16_budget import _value_range
+
+    assert _value_range([np.array([1.0, np.inf, -3.0, np.nan], np.float32)]) == (3.0, True)
+    assert _value_range([np.array([2.0, 4.0], np.float32), np.array([0.5], np.float32)]) == (4.0, False)
+    assert _value_range([np.array([0.5, 2.0], np.float32), np.array([7.0], np.float32)]) == (7.0, False)
+    assert _value_range([np.array([np.inf, np.nan], np.float32), np.zeros(0, np.float32)]) == (0.0, False)

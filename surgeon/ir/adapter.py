@@ -308,12 +308,17 @@ class ModelIR:
         tools (onnxsim, the version converter): everything derived from a graph (node doc strings
         and metadata, inputs with defaults, unused initializers...) is derived again from
         ``proto``; opsets follow it; the shell (producer, metadata) and the source stay."""
-        fresh = ModelIR.from_model(Model(proto, base_dir=self.base_dir))
-        self.graph = fresh.graph
-        for f in ("node_meta", "default_inputs", "input_order", "orphans", "exotic_types", "exotic_tensors"):
-            setattr(self, f, getattr(fresh, f))
+        self.adopt(ModelIR.from_model(Model(proto, base_dir=self.base_dir)))
         del self.shell.opset_import[:]
         self.shell.opset_import.extend(proto.opset_import)
+
+    def adopt(self, other: ModelIR) -> None:
+        """Make ``other``'s graph (an edited import of this model's own export, with the same base
+        folder and opsets) this model's graph, with what was derived from it; the shell and the
+        source stay."""
+        self.graph = other.graph
+        for f in ("node_meta", "default_inputs", "input_order", "orphans", "exotic_types", "exotic_tensors"):
+            setattr(self, f, getattr(other, f))
 
     def _synced(self) -> onnx.ModelProto:
         """The working message of a lazy model, its model fields made the shell's (the graph kept)."""

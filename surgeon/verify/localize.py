@@ -173,13 +173,16 @@ def paired_tensors(
     batch: int = BATCH,
     same_as: Mapping[str, str] | None = None,
     skip: Container[str] = (),
+    measured: Mapping[str, Sequence[Any]] | None = None,
 ) -> Iterator[tuple[str, onnx.NodeProto, list[Any], list[Any]]]:
     """Every tensor of the top graph that both models produce (``after`` None: every tensor of
     ``before``), in topological order, with its values on each feed: ``(name, producing node of
     the second model, values in before, values in after (empty without after))``. Tensors are
     exposed a batch at a time (the byte budget shared by the feeds), as :func:`localize` does.
     ``same_as`` names tensors of ``after`` that hold a tensor of ``before`` under another name
-    (yielded under the latter's); tensors in ``skip`` (of ``after``) are not exposed."""
+    (yielded under the latter's); tensors in ``skip`` (of ``after``) are not exposed. ``measured``
+    holds values of ``before``'s tensors on ``feeds_before`` from an earlier run: those are not run
+    again (a batch they cover runs ``after`` only)."""
     from surgeon.verify.runtime import run_model
 
     second = after if after is not None else before
@@ -190,7 +193,12 @@ def paired_tensors(
     sizes = _sizes(second.proto, (feeds_after or feeds_before)[0]) if feeds_before else {}
     for chunk in _batches(common, sizes, batch, budget):
         names = [t for t, _ in chunk]
-        ref = run_model(runtime, _exposed(before, [alias.get(t, t) for t in names]), feeds_before)
+        had = measured or {}
+        wanted = [alias.get(t, t) for t in names]
+        missing = [t for t in wanted if t not in had]
+        ref = run_model(runtime, _exposed(before, missing), feeds_before) if missing else [{} for _ in feeds_before]
+        for k, r in enumerate(ref):
+            r.update((t, had[t][k]) for t in wanted if t in had)
         got = run_model(runtime, _exposed(after, names), feeds_after) if after is not None else []
         for name, node in chunk:
             mine = alias.get(name, name)

@@ -83,6 +83,8 @@ class Runtime:
         self.device = device
         self.used = ""
         self.reason = ""
+        self.sessions = 0
+        """Sessions built so far (each :func:`run_model` builds one)."""
         self._providers: list[str] | None = None
 
     def _ort(self) -> Any:
@@ -101,6 +103,7 @@ class Runtime:
         if external_folder is not None:
             so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
         src: Any = data if data is not None else str(path)
+        self.sessions += 1
         if self._providers is None:
             self._providers, first = self._choose(ort, so, src)
             if first is not None:  # the probing session already is the one wanted: don't build it twice
@@ -206,7 +209,8 @@ def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
 
     Yields ``(path, external_folder, data)``: a model loaded from a file and unchanged is used
     as it is; one with external data is written next to its weights as a hidden temporary file
-    (or, where that folder is read-only, handed over as bytes with the weights folder set).
+    (or, where that folder is read-only, handed over as bytes with the weights folder set); one
+    held whole in memory is handed over as bytes.
     """
     if model.path is not None:
         yield model.path, None, None
@@ -225,9 +229,16 @@ def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return
+    from surgeon.ir.external import is_external
+    from surgeon.ir.save import SAFE_INLINE_LIMIT, save
+    from surgeon.ir.walk import iter_model_tensors
+
+    if proto.ByteSize() < SAFE_INLINE_LIMIT and not any(is_external(t) for t in iter_model_tensors(proto)):
+        # all of it in memory: onnxruntime reads the bytes (no temporary file, no fsync)
+        yield Path("<in memory>.onnx"), None, proto.SerializeToString()
+        return
     with tempfile.TemporaryDirectory(prefix="surgeon-verify-") as tmpdir:
         path = Path(tmpdir) / "model.onnx"
-        from surgeon.ir.save import save
 
         save(model, path)
         yield path, None, None
