@@ -419,3 +419,32 @@ def test_a_file_without_external_data_is_ruled_out_from_its_bytes(
         assert targets._may_refer(path, chunk)
     monkeypatch.undo()
     assert targets.referenced_files(path) == {(tmp_path / f).resolve() for f in load(path).data_files}
+
+
+def test_a_small_model_in_memory_goes_to_onnxruntime_as_bytes_a_big_one_as_a_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The verifier hands a model held in memory to onnxruntime as bytes (no temporary file, no
+    fsync) while it is small; above ``IN_MEMORY_LIMIT`` it writes a temporary file instead, so the
+    serialized copy does not sit in memory beside onnxruntime's own."""
+    import surgeon.verify.runtime as runtime
+
+    model = load(
+        helper.make_model(
+            helper.make_graph(
+                [helper.make_node("Relu", ["x"], ["y"])],
+                "g",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+            ),
+            ir_version=10,
+            opset_imports=[helper.make_opsetid("", 17)],
+        ).SerializeToString()
+    )
+    with runtime.on_disk(model) as (path, folder, data):
+        assert data is not None and not path.exists() and folder is None
+    monkeypatch.setattr(runtime, "IN_MEMORY_LIMIT", 0)
+    with runtime.on_disk(model) as (path, folder, data):
+        assert data is None and path.is_file()
+        assert onnx.load(str(path)).graph.node[0].op_type == "Relu"
+    assert not path.exists()

@@ -203,6 +203,11 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:400] if lines else type(exc).__name__
 
 
+IN_MEMORY_LIMIT = 64 << 20
+"""A model held in memory up to this many bytes is handed to onnxruntime as bytes; a bigger one is
+written to a temporary file (its serialized copy would sit in memory beside onnxruntime's own)."""
+
+
 @contextlib.contextmanager
 def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
     """The model as a file onnxruntime can open with its external data in place.
@@ -210,7 +215,7 @@ def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
     Yields ``(path, external_folder, data)``: a model loaded from a file and unchanged is used
     as it is; one with external data is written next to its weights as a hidden temporary file
     (or, where that folder is read-only, handed over as bytes with the weights folder set); one
-    held whole in memory is handed over as bytes.
+    held whole in memory, under :data:`IN_MEMORY_LIMIT`, is handed over as bytes.
     """
     if model.path is not None:
         yield model.path, None, None
@@ -229,12 +234,11 @@ def on_disk(model: Model) -> Iterator[tuple[Path, Path | None, bytes | None]]:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return
-    from surgeon.ir.external import is_external
-    from surgeon.ir.save import SAFE_INLINE_LIMIT, save
-    from surgeon.ir.walk import iter_model_tensors
+    from surgeon.ir.save import save
+    from surgeon.ir.walk import external_tensors
 
-    if proto.ByteSize() < SAFE_INLINE_LIMIT and not any(is_external(t) for t in iter_model_tensors(proto)):
-        # all of it in memory: onnxruntime reads the bytes (no temporary file, no fsync)
+    if proto.ByteSize() < IN_MEMORY_LIMIT and not external_tensors(proto):
+        # all of it in memory, and small: onnxruntime reads the bytes (no temporary file, no fsync)
         yield Path("<in memory>.onnx"), None, proto.SerializeToString()
         return
     with tempfile.TemporaryDirectory(prefix="surgeon-verify-") as tmpdir:
