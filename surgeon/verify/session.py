@@ -201,6 +201,12 @@ class VerificationSession:
         self.checked = model
         return check
 
+    def passed(self, model: Model, k: int) -> None:
+        """``model`` (a model no step edits any more) is the model after the first ``k`` steps, and it
+        passed (was proved): a later failure is localized from it."""
+        if k >= self.good[1]:
+            self.good = (model, k)
+
     def _record(self, contract: IOContract, who: str, default: Tolerance | None, verify: StepVerify | None) -> int:
         """A step's contract, name, accepted unproved probes and tolerance, recorded (every step,
         checked, proved or unchanged); returns its index."""
