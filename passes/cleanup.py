@@ -24,6 +24,8 @@ class Cleanup(Pass):
     Contract: same interface (minus unused inputs when ``remove_unused_inputs``), outputs exact.
     """
 
+    edits_protobuf = True
+
     class Params(PassParams):
         remove_unused_inputs: bool = Field(
             False, description="also remove graph inputs that no node reads (changes the interface)"

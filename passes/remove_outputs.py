@@ -23,6 +23,8 @@ class RemoveOutputs(Pass):
     Contract: the outputs that stay are unchanged; the removed ones are no longer compared.
     """
 
+    edits_protobuf = True
+
     class Params(PassParams):
         outputs: list[str] = Field(min_length=1, description="names of the graph outputs to remove")
         missing_ok: bool = Field(

@@ -37,6 +37,8 @@ class RenameIO(Pass[Renames]):
     Contract: interface change. The verifier feeds renamed inputs and compares renamed outputs.
     """
 
+    edits_protobuf = True
+
     class Params(PassParams):
         inputs: dict[str, str] = Field(default_factory=dict, description="old input name -> new name")
         outputs: dict[str, str] = Field(default_factory=dict, description="old output name -> new name")

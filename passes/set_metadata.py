@@ -28,6 +28,8 @@ class SetMetadata(Pass):
     Contract: same interface, outputs exact.
     """
 
+    edits_protobuf = True
+
     class Params(PassParams):
         producer_name: str | None = Field(None, description="producer_name of the model")
         producer_version: str | None = Field(None, description="producer_version of the model")

@@ -27,6 +27,8 @@ class StripDoc(Pass):
     Contract: same interface, outputs exact.
     """
 
+    edits_protobuf = True
+
     class Params(PassParams):
         metadata: bool = Field(
             False, description="also remove metadata_props of nodes, graph inputs/outputs/values and graphs"

@@ -68,6 +68,10 @@ class Pass(Generic[PlanT]):
     """The pass's own numeric contract (None: exact comparison under the pipeline's tolerance),
     read through :meth:`default_tolerance`. It applies only where the user set no tolerance for the step."""
 
+    edits_protobuf: ClassVar[bool] = False
+    """The pass edits a model whose graph was never built on its protobuf (``ModelIR.proto_graph``,
+    ``shell``) and builds no graph: the pipeline keeps no copy of the model for it."""
+
     verification_params: ClassVar[tuple[str, ...]] = ()
     """Params of a pass that checks its own work with onnxruntime (``rtol``, ``atol``, ``seed``,
     ``dims``), which the pipeline fills from the step's verification settings where the user set

@@ -147,9 +147,12 @@ class Pipeline:
             # the reference run comes after the first precondition check, before any edit (with
             # proofs, when the first step a proof does not cover needs it)
             first_run = None if proofs is not None and proofs.defer else session.start
-            # steps proved on the working model left no copy of it: should this pass build the
-            # graph, the model before it is kept (a failure of its run is localized from there)
-            ir.keep_before_build = proofs is not None and bool(proofs.since) and not session.unverified
+            # steps proved on the working model left no copy of it: before a pass that builds the
+            # graph (the import costs far more than the copy), the model as it is now is kept, a
+            # model that passed: a failure of the pass's run is localized from there
+            if proofs is not None and proofs.since and not session.unverified and not ir.built:
+                if not getattr(step.pass_, "edits_protobuf", False):
+                    session.passed(ir.to_model(), i)
             try:
                 result = _with_verification(step, ir, self.verify, self.tolerance_override)(
                     ir, step.message, before_edit=first_run
@@ -170,9 +173,6 @@ class Pipeline:
                 details=dict(result.details),
                 params=_step_params(step),
             )
-            if ir.before_build is not None:
-                session.passed(ir.before_build, i)
-                ir.before_build = None
             if shape is not None:
                 shape, report.structure = _structure(shape, _graph_of(ir), result.modified)
             report.check = check_step(session, proofs, step, result, ir)

@@ -222,3 +222,16 @@ def test_a_planted_bug_after_proved_steps_is_caught_on_the_working_model(
     result = pipeline.run(str(src))
     bad = result.steps[2]
     assert bad.verdict == "FAIL" and bad.check is not None and bad.check.divergence is not None
+
+
+def test_the_passes_that_edit_the_protobuf_say_so_and_build_no_graph(no_import: None) -> None:
+    """``edits_protobuf`` (the pipeline keeps no copy of the model for such a pass) is said by the
+    passes that work on the protobuf, and by no other built-in pass."""
+    from surgeon.pass_api import registry
+
+    declared = {
+        name for name, cls in registry().items() if cls.edits_protobuf and cls.__module__.startswith("surgeon.")
+    }
+    assert declared == {"rename-io", "set-metadata", "strip-doc", "cleanup", "remove-outputs"}
+    # (each runs without an import: test_interface_passes_and_cleanup_never_build_the_graph and
+    # test_remove_outputs_prunes_on_the_protobuf)

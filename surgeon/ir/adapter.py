@@ -89,11 +89,6 @@ class ModelIR:
         self._holder: onnx.ModelProto | None = None
         """The model message ``proto_graph`` lives in (a lazy model's working copy), handed over
         whole by ``to_model(final=True)``: the graph is not copied again for the save."""
-        self.keep_before_build = False
-        """Keep the working message as :attr:`before_build` when the graph is built (the pipeline
-        asks when no copy of the model as it is now exists: its steps were proved on it)."""
-        self.before_build: Model | None = None
-        """The model as it was when a pass first read the graph (kept only when asked)."""
         self.source_docs = True
         """Carry the source graph's doc string and its inputs'/outputs' doc strings (strip-doc clears it)."""
         self.source_metadata = True
@@ -133,8 +128,6 @@ class ModelIR:
         proto = onnx.ModelProto()
         proto.CopyFrom(self.shell)
         proto.graph.CopyFrom(self.proto_graph)
-        if self.keep_before_build and self._holder is not None:
-            self.before_build = self._model(self._synced())
         self.proto_graph = self._holder = None
         files = self.source.data_files if self.source is not None else []
         built = ModelIR.from_model(Model(proto, base_dir=self.base_dir, data_files=files))
