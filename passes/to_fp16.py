@@ -383,6 +383,9 @@ class _Converter:
             if not original.outputs:  # every consumer converted: the half weight keeps the name
                 half.name = original.name
         _drop_cast_pairs(top)
+        results = {id(t) for g in iter_graphs(top) for t in g.outputs}
+        for g in iter_graphs(top):
+            _drop_identity_casts(g, results)
         self.cast_nodes = sum(n.op == "Cast" for g in iter_graphs(top) for n in g.nodes)
 
     def _originals(self) -> list[tuple[gs.Constant, gs.Constant]]:
@@ -546,6 +549,32 @@ def _drop_cast_pairs(g: gs.Graph) -> None:
             first.outputs.clear()
             first.inputs.clear()
             g.nodes.remove(first)
+
+
+def _drop_identity_casts(g: gs.Graph, results: set[int]) -> None:
+    """A Cast to the type its input already has (an exporter's bool -> bool after a Trilu, say)
+    computes nothing: its readers read its input, and it goes (unless its output is an output of
+    some graph: ``results``, by tensor identity)."""
+    import numpy as np
+    from onnx import helper
+
+    for node in list(g.nodes):
+        if node.op != "Cast" or len(node.inputs) != 1 or len(node.outputs) != 1 or id(node.outputs[0]) in results:
+            continue
+        src, out = node.inputs[0], node.outputs[0]
+        try:
+            same = src.dtype is not None and np.dtype(src.dtype) == helper.tensor_dtype_to_np_dtype(node.attrs["to"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not same:
+            continue
+        for consumer in list(out.outputs):
+            for k, t in enumerate(consumer.inputs):
+                if t is out:
+                    consumer.inputs[k] = src
+        node.outputs.clear()
+        node.inputs.clear()
+        g.nodes.remove(node)
 
 
 def _was_converted(t: gs.Tensor) -> bool:

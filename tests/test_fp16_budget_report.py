@@ -265,3 +265,37 @@ def test_value_ranges_leave_non_finite_values_out() -> None:
     assert _value_range([np.array([2.0, 4.0], np.float32), np.array([0.5], np.float32)]) == (4.0, False)
     assert _value_range([np.array([0.5, 2.0], np.float32), np.array([7.0], np.float32)]) == (7.0, False)
     assert _value_range([np.array([np.inf, np.nan], np.float32), np.zeros(0, np.float32)]) == (0.0, False)
+
+
+def test_a_cast_to_the_type_its_input_has_goes() -> None:
+    """An exporter's bool -> bool Cast after a Trilu (the causal mask of a TorchScript decoder)
+    computes nothing: the converted model reads the Trilu's output directly, has no such Cast, and
+    computes what the source did. A Cast the model's output comes from stays."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Trilu", ["ones"], ["tri"], upper=1, name="trilu"),
+        helper.make_node("Cast", ["tri"], ["tri_b"], to=TensorProto.BOOL, name="noop"),
+        helper.make_node("MatMul", ["x", "w"], ["s"], name="mm"),
+        helper.make_node("Where", ["tri_b", "neg", "s"], ["m"], name="where"),
+        helper.make_node("Softmax", ["m"], ["p"], axis=-1, name="softmax"),
+        helper.make_node("Cast", ["p"], ["y"], to=TensorProto.FLOAT, name="out_cast"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        [
+            nh.from_array(np.ones((4, 4), bool), "ones"),
+            nh.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w"),
+            nh.from_array(np.array(-1e4, np.float32), "neg"),
+        ],
+    )
+    src = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    out, res = _apply(src, keep_io_types=True)
+    ops = {n.name: n for n in out.graph.node}
+    assert "noop" not in ops and list(ops["where"].input)[0] == "tri"
+    assert res.details["casts"] == sum(n.op_type == "Cast" for n in out.graph.node)
+    onnx.checker.check_model(out, full_check=True)
+    x = rng.uniform(-1, 1, (4, 4)).astype(np.float32)
+    assert _within(_run(src, {"x": x})[0], _run(out, {"x": x})[0], 1e-2, 1e-2)
