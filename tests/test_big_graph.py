@@ -129,7 +129,8 @@ def test_bench_graph_and_bench_large_proofs_run_end_to_end(tmp_path: Any) -> Non
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     [result] = json.loads(out.read_text())
-    assert [r["name"] for r in result["rows"]][:2] == ["floor", "graphsurgeon"] and len(result["targets"]) == 4
+    assert [r["name"] for r in result["rows"]][:2] == ["floor", "graphsurgeon"] and len(result["targets"]) == 5
+    assert result["rows"][-1]["name"] == "ort default"  # 300 nodes: surgeon runs the default-level session
     out = tmp_path / "l.json"
     cmd = [sys.executable, str(bench / "bench_large.py"), "--proofs", "--size-mb", "2", "--layers", "4"]
     res = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=300)
