@@ -50,7 +50,7 @@ class RenameIO(Pass[Renames]):
 
     def plan(self, model: ModelIR) -> Renames:
         """``(inputs, outputs)``: old name -> new name, for every tensor that changes name."""
-        inputs, outputs, existing = _io_names(model)
+        inputs, outputs = _io_names(model)
         require_names(self.params.inputs, inputs, "input", "inputs")
         require_names(self.params.outputs, outputs, "output", "outputs")
         for i, rule in enumerate(self.params.regex):
@@ -80,7 +80,7 @@ class RenameIO(Pass[Renames]):
         ins = {k: v for k, v in ins.items() if k != v}
         outs = {k: v for k, v in outs.items() if k != v}
         plan = {**ins, **outs}
-        self._check_clashes(existing.among(set(plan.values())) if isinstance(existing, _Names) else existing, plan)
+        self._check_clashes(_taken(model, set(plan.values())), plan)
         return ins, outs
 
     def _check_clashes(self, existing: set[str], plan: dict[str, str]) -> None:
@@ -120,39 +120,37 @@ class RenameIO(Pass[Renames]):
         return PassResult(bool(originals), contract, notes)
 
 
-def _io_names(model: ModelIR) -> tuple[list[str], list[str], set[str] | _Names]:
-    """Inputs a caller feeds, outputs, and every tensor name (subgraphs included), from the graph,
-    or from the protobuf while no graph is built."""
+def _io_names(model: ModelIR) -> tuple[list[str], list[str]]:
+    """Inputs a caller feeds and outputs, from the graph, or from the protobuf while no graph is built."""
     if model.built:
         g = model.graph
-        return names(g.inputs), names(g.outputs), all_tensor_names(g)
+        return names(g.inputs), names(g.outputs)
     pg = model.proto_graph
     assert pg is not None
     inits = {t.name for t in pg.initializer}
-    return [vi.name for vi in pg.input if vi.name not in inits], [vi.name for vi in pg.output], _Names(pg, inits)
+    return [vi.name for vi in pg.input if vi.name not in inits], [vi.name for vi in pg.output]
 
 
-class _Names:
-    """The tensor names of a protobuf graph (subgraphs included), asked about a few names at a time
-    without collecting every name of a big graph: a name the serialized graph never holds is no
-    tensor's (:func:`~surgeon.ir.walk.may_mention`); only when one may is the graph walked."""
-
-    def __init__(self, graph: onnx.GraphProto, weights: set[str]) -> None:
-        self.graph, self.weights = graph, weights
-
-    def among(self, names: set[str]) -> set[str]:
-        """Those of ``names`` that are tensor names of the graph."""
-        found = (names & self.weights) | may_mention(self.graph, names - self.weights)
-        if found <= self.weights:
-            return found
-        every: set[str] = set()
-        for sub in iter_proto_graphs(self.graph):
-            every.update(vi.name for vi in [*sub.input, *sub.output, *sub.value_info])
-            every.update(t.name for t in sub.initializer)
-            for n in sub.node:
-                every.update(n.input)
-                every.update(n.output)
-        return names & every
+def _taken(model: ModelIR, wanted: set[str]) -> set[str]:
+    """Those of ``wanted`` that already name a tensor (subgraphs included). On the protobuf, without
+    collecting every name of a big graph: a name the serialized graph never holds is no tensor's
+    (:func:`~surgeon.ir.walk.may_mention`); only when one may is the graph walked."""
+    if model.built:
+        return wanted & all_tensor_names(model.graph)
+    pg = model.proto_graph
+    assert pg is not None
+    weights = {t.name for t in pg.initializer}
+    found = (wanted & weights) | may_mention(pg, wanted - weights)
+    if found <= weights:
+        return found
+    every: set[str] = set()
+    for sub in iter_proto_graphs(pg):
+        every.update(vi.name for vi in [*sub.input, *sub.output, *sub.value_info])
+        every.update(t.name for t in sub.initializer)
+        for n in sub.node:
+            every.update(n.input)
+            every.update(n.output)
+    return wanted & every
 
 
 def rename_in_proto(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:

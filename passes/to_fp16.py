@@ -536,14 +536,7 @@ def _drop_cast_pairs(g: gs.Graph) -> None:
         origin = first.inputs[0]
         if origin.dtype is None or origin.dtype != node.outputs[0].dtype or node.outputs[0] in g.outputs:
             continue
-        out = node.outputs[0]
-        for consumer in list(out.outputs):
-            for k, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[k] = origin
-        node.outputs.clear()
-        node.inputs.clear()
-        g.nodes.remove(node)
+        _bypass(g, node, origin)
         mid = first.outputs[0]
         if not mid.outputs and mid not in g.outputs:
             first.outputs.clear()
@@ -561,20 +554,25 @@ def _drop_identity_casts(g: gs.Graph, results: set[int]) -> None:
     for node in list(g.nodes):
         if node.op != "Cast" or len(node.inputs) != 1 or len(node.outputs) != 1 or id(node.outputs[0]) in results:
             continue
-        src, out = node.inputs[0], node.outputs[0]
+        src = node.inputs[0]
         try:
             same = src.dtype is not None and np.dtype(src.dtype) == helper.tensor_dtype_to_np_dtype(node.attrs["to"])
         except (KeyError, TypeError, ValueError):
             continue
-        if not same:
-            continue
-        for consumer in list(out.outputs):
-            for k, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[k] = src
-        node.outputs.clear()
-        node.inputs.clear()
-        g.nodes.remove(node)
+        if same:
+            _bypass(g, node, src)
+
+
+def _bypass(g: gs.Graph, node: gs.Node, value: gs.Tensor) -> None:
+    """Remove ``node`` (a Cast of ``g``), its readers reading ``value`` instead."""
+    out = node.outputs[0]
+    for consumer in list(out.outputs):
+        for k, t in enumerate(consumer.inputs):
+            if t is out:
+                consumer.inputs[k] = value
+    node.outputs.clear()
+    node.inputs.clear()
+    g.nodes.remove(node)
 
 
 def _was_converted(t: gs.Tensor) -> bool:

@@ -47,7 +47,8 @@ _OP_TYPE = 0x22
 
 
 def mentioned(graph: onnx.GraphProto, names: Iterable[str], ops: Iterable[str]) -> tuple[set[str], set[str]]:
-    """:func:`may_mention` and :func:`ops_mentioned` in one reading of the graph's bytes."""
+    """:func:`may_mention` of ``names``, and those of ``ops`` that may be some node's op_type, in one
+    reading of the graph's bytes."""
     patterns: dict[Any, list[bytes]] = {("name", n): [_string_field(tag, n) for tag in _NAME_TAGS] for n in names}
     patterns.update({("op", op): [_string_field(_OP_TYPE, op)] for op in ops})
     found = _mentioned(graph, patterns)
@@ -61,11 +62,6 @@ def may_mention(graph: onnx.GraphProto, names: Iterable[str]) -> set[str]:
     exactly); a weight's bytes may hold a name's bytes by chance, so hits inside them are not
     counted. One serialization, no walk of the nodes: milliseconds on a 100 000-node graph."""
     return _mentioned(graph, {n: [_string_field(tag, n) for tag in _NAME_TAGS] for n in names})
-
-
-def ops_mentioned(graph: onnx.GraphProto, ops: Iterable[str]) -> set[str]:
-    """Those of ``ops`` that may be some node's op_type in ``graph`` (as :func:`may_mention`)."""
-    return _mentioned(graph, {op: [_string_field(_OP_TYPE, op)] for op in ops})
 
 
 def _mentioned(graph: onnx.GraphProto, patterns: dict[Any, list[bytes]]) -> set[Any]:
