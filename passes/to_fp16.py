@@ -169,8 +169,9 @@ class ToFP16(Pass):
             _prepare(ir, types)
             conv = _Converter(ir, self.params, set(kept), name_nodes)
             conv.run()
-            done_by.update(kept=None if name_nodes else frozenset(kept), ir=ir, conv=conv)
-            return ir.to_model()
+            made = ir.to_model()
+            done_by.update(kept=None if name_nodes else frozenset(kept), conv=conv, made=made)
+            return made
 
         runtime = Runtime("auto")
         log: list[str] = []
@@ -202,9 +203,8 @@ class ToFP16(Pass):
                 log.append(f"kernel check skipped: {exc}")
             outcome.provider = runtime.used
         if done_by.get("kept") == frozenset(kept):  # the model last run is the result: no second conversion
-            conv = done_by["conv"]
-            if done_by["ir"] is not model:
-                model.adopt(done_by["ir"])
+            conv = done_by["conv"]  # nor a second export: its message becomes the model's
+            model.take(done_by["made"].proto)
         else:
             if done_by or len(model.graph.nodes) != len(graph.nodes):  # converted as a candidate: afresh
                 model.replace_graph(source.proto)
@@ -399,6 +399,9 @@ class _Converter:
                 if t.dtype == self.f32:
                     self._mark(t)
                     self.fp16_inputs.append(t.name)
+        if not _is_sorted(g):  # each node's types are settled from its inputs': producers first
+            g.toposort()
+        before = len(g.nodes)  # the Casts made below are appended after these
         for node in list(g.nodes):
             blocked = self.blocked(node)
             for i, t in enumerate(node.inputs):
@@ -414,7 +417,7 @@ class _Converter:
                 self._outputs(node)
         if top:
             self._graph_outputs(g)
-        g.toposort()
+        _in_order(g, before)
 
     def _wanted(self, node: gs.Node, i: int, blocked: bool, t: gs.Tensor) -> Any:
         if blocked or (node.op, i) in HAZARD_SLOTS or node.op in DTYPE_ATTR_OPS:  # *Like follow their input
@@ -521,6 +524,46 @@ class _Converter:
             g.nodes.append(gs.Node("Cast", name=f"{name}_to_fp32", attrs={"to": FLOAT}, inputs=[t], outputs=[out]))
             g.outputs[i] = out
             self.casts += 1
+
+
+def _is_sorted(g: gs.Graph) -> bool:
+    """Whether every input made by a node of ``g`` is made by a node before its reader."""
+    mine = {id(n) for n in g.nodes}
+    done: set[int] = set()
+    for n in g.nodes:
+        if any(t.inputs and id(t.inputs[0]) in mine and id(t.inputs[0]) not in done for t in n.inputs):
+            return False
+        done.add(id(n))
+    return True
+
+
+def _in_order(g: gs.Graph, before: int) -> None:
+    """Put the Casts appended after the first ``before`` nodes of ``g`` (in order) right after the
+    node that makes their input, or first where that is a graph input, a weight or an outer value:
+    one linear pass (onnx-graphsurgeon's sort costs more than the conversion on a small graph)."""
+    old, new = g.nodes[:before], g.nodes[before:]
+    if not new:
+        return
+    mine = {id(n) for n in old}
+    after: dict[int, list[gs.Node]] = {}
+    first: list[gs.Node] = []
+    made = mine | {id(c) for c in new}
+    for c in new:
+        maker = c.inputs[0].inputs[0] if c.inputs and c.inputs[0].inputs else None
+        if maker is None or id(maker) not in made:
+            first.append(c)
+        else:
+            after.setdefault(id(maker), []).append(c)
+    order: list[gs.Node] = []
+
+    def put(n: gs.Node) -> None:
+        order.append(n)
+        for c in after.get(id(n), ()):
+            put(c)
+
+    for n in [*first, *old]:
+        put(n)
+    g.nodes = order
 
 
 def _drop_cast_pairs(g: gs.Graph) -> None:

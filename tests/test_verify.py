@@ -90,6 +90,59 @@ def test_device_cuda_is_an_error_when_cuda_does_not_load(tmp_path: Path) -> None
         Runtime("cuda").session(path)
 
 
+def test_the_cuda_probe_runs_once_per_process_where_cuda_does_not_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    import surgeon.verify.runtime as runtime
+
+    path = tmp_path / "m.onnx"
+    onnx.save(exported_like_model(), str(path))
+    if Runtime("auto").session(path).get_providers()[0] == "CUDAExecutionProvider":
+        pytest.skip("CUDA loads here: its probe session is the one wanted, covered by tests/test_gpu.py")
+    monkeypatch.setattr(runtime, "_CHOSEN", {})
+    asked: list[list[str]] = []
+    real = ort.InferenceSession
+
+    def recording(src: object, so: object = None, providers: list[str] | None = None) -> object:
+        asked.append(list(providers or []))
+        return real(src, so, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    first, second = Runtime("auto"), Runtime("auto")
+    first.session(path)
+    probes = sum("CUDAExecutionProvider" in p for p in asked)
+    second.session(path)
+    second.session(path)
+    assert sum("CUDAExecutionProvider" in p for p in asked) == probes  # no second probe
+    assert asked[-1] == ["CPUExecutionProvider"]
+    assert (second.used, second.reason) == (first.used, first.reason) and second.reason
+
+
+def test_a_probe_that_failed_on_its_model_is_not_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    import surgeon.verify.runtime as runtime
+
+    path = tmp_path / "m.onnx"
+    onnx.save(exported_like_model(), str(path))
+    monkeypatch.setattr(runtime, "_CHOSEN", {})
+    real = ort.InferenceSession
+
+    def refusing(src: object, so: object = None, providers: list[str] | None = None) -> object:
+        if "CUDAExecutionProvider" in (providers or []):
+            raise RuntimeError("this model's session failed on CUDA")
+        return real(src, so, providers=providers)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", refusing)
+    rt = Runtime("auto")
+    rt.session(path)
+    assert rt.used == "CPU" and "this model's session failed on CUDA" in rt.reason
+    assert runtime._CHOSEN == {}  # the next model is probed again
+
+
 def test_contract_maps_renamed_and_new_inputs() -> None:
     c = IOContract(
         renamed_inputs={"a": "x"}, new_inputs={"k": np.array(3.0)}, removed_outputs={"dead"}, renamed_outputs={"o": "y"}

@@ -312,6 +312,16 @@ class ModelIR:
         del self.shell.opset_import[:]
         self.shell.opset_import.extend(proto.opset_import)
 
+    def take(self, proto: onnx.ModelProto) -> None:
+        """Make ``proto``, an export of this model as it now stands (what :meth:`to_proto` just
+        gave, a pass's last candidate), this model's working message, owned from now on: the built
+        graph goes, so the next export is the message as it is (no second export); a pass that
+        needs the graph imports it again. Opsets follow ``proto``; the shell and the source stay."""
+        self._graph = None
+        self._holder, self.proto_graph = proto, proto.graph
+        del self.shell.opset_import[:]
+        self.shell.opset_import.extend(proto.opset_import)
+
     def adopt(self, other: ModelIR) -> None:
         """Make ``other``'s graph (an edited import of this model's own export, with the same base
         folder and opsets) this model's graph, with what was derived from it; the shell and the

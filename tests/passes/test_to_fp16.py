@@ -293,3 +293,58 @@ def test_generators_stay_float32_with_casts() -> None:
         eye = next(n for n in res.model.proto.graph.node if n.op_type == "EyeLike")
         assert not [a for a in eye.attribute if a.name == "dtype"]
         assert any(n.op_type == "Cast" and n.input[0] == eye.output[0] for n in res.model.proto.graph.node)
+
+
+def _sorted(g: onnx.GraphProto) -> bool:
+    known = {i.name for i in g.input} | {t.name for t in g.initializer}
+    for n in g.node:
+        if any(t and t not in known for t in n.input):
+            return False
+        known.update(n.output)
+    return True
+
+
+BRANCHES = (
+    HEADER + """
+g (float[batch, 4] x) => (float[batch, 3] y, float[batch, 3] z) """
+    """<float[4, 3] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0}>
+{
+  [mm] h = MatMul(x, w)
+  [sm] y = Softmax<axis=-1>(h)
+  [r] r = Relu(h)
+  [z] z = Sigmoid(r)
+}"""
+)
+
+
+def test_casts_sit_right_after_what_they_read() -> None:
+    res = _run(BRANCHES, block_ops=["Softmax"])
+    assert res.ok, res.failures()
+    g = res.model.proto.graph
+    assert _sorted(g)
+    ops = _nodes(res)
+    assert ops[0] == ("Cast", ["x"], ["x_fp16"])  # reads a graph input: first
+    made = {o: k for k, (_, _, outs) in enumerate(ops) for o in outs}
+    for k, (op, ins, _) in enumerate(ops):
+        if op == "Cast" and ins[0] in made:
+            assert made[ins[0]] == k - 1 or ops[k - 1][0] == "Cast" and made[ins[0]] < k, ops
+
+
+def test_a_source_out_of_order_converts_into_order() -> None:
+    m = onnx.parser.parse_model(BRANCHES)
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend([nodes[3], nodes[1], nodes[2], nodes[0]])  # consumers before producers
+    assert not _sorted(m.graph)
+    ir = ModelIR.from_model(load(m))
+    assert ToFP16(block_ops=["Softmax"])(ir).modified
+    out = ir.to_proto()
+    assert _sorted(out.graph)
+    assert sorted(n.op_type for n in out.graph.node) == sorted(
+        ["Cast", "MatMul", "Cast", "Softmax", "Relu", "Sigmoid", "Cast"]
+    )
+    # the blocked Softmax reads float32: its Cast is made though it came before the MatMul
+    maker = {o: n for n in out.graph.node for o in n.output}
+    softmax = next(n for n in out.graph.node if n.op_type == "Softmax")
+    cast = maker[softmax.input[0]]
+    assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT
