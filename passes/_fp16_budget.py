@@ -128,9 +128,10 @@ def judge(budget: Any, refs: Sequence[Mapping[str, Any]], gots: Sequence[Mapping
             a, b = np.asarray(ref[name]), np.asarray(got[name])
             if b.dtype != a.dtype and b.dtype.kind == "f":
                 a = a.astype(b.dtype)
-            check = compare(name, a.astype(np.float64), b.astype(np.float64), Tolerance(rtol, atol))
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            check = compare(name, a64, b64, Tolerance(rtol, atol))
             ok, max_abs, max_rel = ok and check.ok, max(max_abs, check.max_abs), max(max_rel, check.max_rel)
-            fa, fb = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+            fa, fb = a64.ravel(), b64.ravel()
             fin = np.isfinite(fa) & np.isfinite(fb)
             dot += float(fa[fin] @ fb[fin])
             na += float(fa[fin] @ fa[fin])
