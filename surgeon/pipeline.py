@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,14 @@ from surgeon.ir.check import (
 )
 from surgeon.ir.model import load
 from surgeon.ir.save import SavePolicy, save
-from surgeon.ir.targets import Target, check_location, guard_writes, model_data_files, referenced_files
+from surgeon.ir.targets import (
+    Target,
+    check_location,
+    guard_writes,
+    model_data_files,
+    referenced_files,
+    same_file,
+)
 from surgeon.pass_api import Pass, PassResult
 from surgeon.results import PipelineResult, StepReport, count_ops, model_identity
 from surgeon.verify.config import StepVerify, VerifyConfig
@@ -230,7 +236,7 @@ class Pipeline:
             )
         if self.provenance:
             add_provenance(result.model, source, recipe_text or _dump_recipe(self.to_recipe()))
-        writes_source = source.path is not None and out.exists() and os.path.samefile(source.path, out)
+        writes_source = source.path is not None and same_file(source.path, out)
         save(
             result.model,
             out,
@@ -256,7 +262,7 @@ class Pipeline:
         and ``extra`` (``--report``), against what the run reads: ``protect`` (the recipe), and the
         input model and its weights. Returns the files the save must never write or remove."""
         src = source.path if source is not None else None
-        same = src is not None and out is not None and _same_file(src, out)
+        same = src is not None and out is not None and same_file(src, out)
         if same and not in_place:
             raise UsageError(f"{out}: is the input model; refusing to overwrite it without --in-place")
         if out is not None and out.is_dir():
@@ -352,13 +358,6 @@ def check_step(
         if session.config.mode == "each":
             session.start()
     return session.after_step(result.contract, result.modified, candidate, **kw)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _checker(

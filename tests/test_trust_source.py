@@ -374,3 +374,27 @@ def test_in_place_no_verify_while_the_model_is_replaced_never_exits_1(
     err = capsys.readouterr().err
     assert swaps[0] > len(codes) and len(codes) >= 12
     assert codes == [0] * len(codes), err
+
+
+def test_in_place_is_its_own_input_even_when_two_stats_see_two_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The race of the test above, made certain: another writer replaces the file between the two
+    stats ``os.path.samefile`` makes, so they see two files. The input named as the output with
+    --in-place is the same path, and the run writes it (it used to refuse: "a file this run reads")."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(_relu(4).SerializeToString())
+    monkeypatch.setattr(os.path, "samefile", lambda a, b: False)
+    cmd = ["run", "set-metadata", str(model), "-o", str(model), "--in-place", "--no-verify", "-q"]
+    assert main([*cmd, "--set", "producer_name=raced"]) == 0, capsys.readouterr().err
+    assert onnx.load(str(model)).producer_name == "raced"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nverify: {mode: off}\npasses:\n  - set-metadata: {producer_name: many}\n")
+    assert main(["apply", str(recipe), "-i", str(model), "-o", str(model), "--in-place", "-q"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert onnx.load(str(model)).producer_name == "many"
+    (tmp_path / "b.onnx").write_bytes(_relu(4).SerializeToString())  # many models, written in place
+    cmd = ["apply", str(recipe), "-i", str(tmp_path / "*.onnx"), "--out-dir", str(tmp_path), "--in-place", "-q"]
+    assert main([*cmd, "-j", "1"]) == 0, capsys.readouterr().err
+    assert onnx.load(str(tmp_path / "b.onnx")).producer_name == "many"

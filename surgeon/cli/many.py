@@ -48,7 +48,7 @@ def plan_outputs(args: argparse.Namespace, models: list[Path], recipe_path: Path
     every file the run writes — outputs, per-model reports, ``--report`` — checked together
     against each other and against what the run reads (models, their weights, the recipe)
     before any work: exit 2 and nothing written (nor the folder left behind) when one may not be."""
-    from surgeon.ir.targets import Target, guard_writes, referenced_files
+    from surgeon.ir.targets import Target, guard_writes, referenced_files, same_file
 
     out_dir: Path = args.out_dir
     if os.path.lexists(out_dir) and not out_dir.is_dir():
@@ -70,7 +70,7 @@ def plan_outputs(args: argparse.Namespace, models: list[Path], recipe_path: Path
     try:
         targets: list[Target] = []
         for m, o in zip(models, outs):
-            same = o.exists() and os.path.samefile(o, m)
+            same = same_file(o, m)
             if same and not args.in_place:
                 raise UsageError(f"{o}: is the input model; refusing to overwrite it without --in-place")
             if not args.dry_run:

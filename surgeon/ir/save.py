@@ -30,6 +30,7 @@ from surgeon.ir.targets import (
     model_data_files,
     proto_files,
     referenced_files,
+    same_file,
 )
 from surgeon.ir.walk import external_tensors, iter_model_tensors
 
@@ -87,7 +88,7 @@ def save(
     out = Path(output)
     check_target(out, str(out))
     if in_place is None:
-        in_place = model.path is not None and out.exists() and os.path.samefile(model.path, out)
+        in_place = model.path is not None and same_file(model.path, out)
     previous = referenced_files(out)
     keep = {Path(p).resolve() for p in protect} | (set() if in_place else model_data_files(model))
     check_location(out, policy, model, protect, previous)

@@ -29,14 +29,19 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lp
 MAX_NAME = 200
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """One path (its folder resolved), or two paths to one file. The paths are compared first:
+    two stats of one path see two files while another writer replaces it (an --in-place run
+    refused its own input as "a file this run reads")."""
+    if write_location(a) == write_location(b):
+        return True
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
     except OSError:
         return False
 
 
-def _where(path: Path) -> Path:
+def write_location(path: Path) -> Path:
     """Where a write to ``path`` lands: its folder resolved, its own name kept (a symlink there is
     replaced by the write, never followed)."""
     try:
@@ -67,15 +72,15 @@ def guard_writes(targets: Sequence[Target], reads: Sequence[Path | None] = ()) -
     seen: dict[Path, Target] = {}
     for t in targets:
         check_target(t.path, t.label)
-        key = _where(t.path)
-        other = seen.get(key) or next((o for k, o in seen.items() if k.exists() and _same(k, key)), None)
+        key = write_location(t.path)
+        other = seen.get(key) or next((o for k, o in seen.items() if k.exists() and same_file(k, key)), None)
         if other is not None:
             raise UsageError(f"{t.label}: is also {other.label}; two outputs of one run cannot be the same file")
         seen[key] = t
         for src in reads:
-            if src is None or (t.replaces is not None and _same(src, t.replaces)):
+            if src is None or (t.replaces is not None and same_file(src, t.replaces)):
                 continue
-            if key == _where(src) or _same(t.path, src):
+            if key == write_location(src) or same_file(t.path, src):
                 raise UsageError(f"{t.label}: is {src}, a file this run reads; refusing to overwrite it")
 
 
@@ -141,19 +146,19 @@ def check_location(out: Path, policy: SavePolicy, model: Model, protect: Sequenc
         return
     what = f"{out}: save.location '{loc}'"
     check_target(path, what)
-    if _same(path, out):
+    if same_file(path, out):
         raise UsageError(f"{what}: is the output model itself")
     if path in previous:
         return  # the output's own data: the new data goes to a fresh name, the old file goes after
     if path in model_data_files(model):
-        if policy.share_weights and model.base_dir is not None and _same(model.base_dir, out.parent):
+        if policy.share_weights and model.base_dir is not None and same_file(model.base_dir, out.parent):
             raise ModelError(f"{what}: is the shared source weights file")
         raise UsageError(
             f"{what}: is the weights file of the source model; writing it would corrupt the source "
             "(choose another save.location, or write in place with --in-place)"
         )
     for p in protect:
-        if _same(p, path):
+        if same_file(p, path):
             raise UsageError(f"{what}: is {p}, a file this run reads; refusing to overwrite it")
     if os.path.lexists(path):
         raise UsageError(
