@@ -371,7 +371,8 @@ def main() -> int:
         f"them held out by surgeon; onnxconverter-common takes 1), judged on {HELD_OUT} fresh samples (CPU); "
         f"wall: median of {args.repeat} call(s)"
     )
-    print("| model             | tool                  | met  | half  | casts | f32↔f16 |    wall   | runs | wall/occ |")
+    print("| model             | tool                  | met  | half  | casts | f32↔f16 |    wall   | runs ", end="")
+    print("| wall/occ |")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

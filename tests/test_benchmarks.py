@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -148,7 +149,7 @@ def test_bench_precision_judges_autocast_run_by_another_interpreter(tmp_path: Pa
     env = os.environ | {"PYTHONPATH": str(_fake_modelopt(tmp_path / "fake")), "FAKE_AUTOCAST_LOG": str(log)}
     env.pop("SURGEON_BENCH_MODELOPT_PYTHON", None)
     cmd = [sys.executable, str(BENCH / "bench_precision.py"), "--model", "super-resolution"]
-    cmd += ["--modelopt-python", sys.executable, "--json", str(out)]
+    cmd += ["--modelopt-python", sys.executable, "--json", str(out), "--repeat", "2"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     rows = {r["tool"]: r for r in json.loads(out.read_text())}
@@ -163,6 +164,14 @@ def test_bench_precision_judges_autocast_run_by_another_interpreter(tmp_path: Pa
     assert autocast["met"] is True and autocast["half"] == 1.0
     assert autocast["casts"] == 2 and autocast["precision_casts"] == 2
     assert autocast["runs"] == 6 and autocast["seconds"] >= 0
+    # each tool called twice, taking turns; wall is the median of the two
+    for row in rows.values():
+        if "error" not in row:
+            assert len(row["walls"]) == 2 and row["seconds"] == pytest.approx(statistics.median(row["walls"]), abs=1e-4)
+    if "error" not in rows["onnxconverter-common"]:  # installed (pip install -e ".[bench]")
+        assert rows["surgeon"]["vs_occ"] == pytest.approx(
+            rows["surgeon"]["seconds"] / rows["onnxconverter-common"]["seconds"], abs=0.01
+        )
     assert "| super-resolution  | ModelOpt AutoCast     |  yes |  100% |" in res.stdout
 
 
@@ -198,3 +207,22 @@ def test_bench_precision_autocast_child_that_cannot_convert(
     else:  # shown as "failed: ..." with the child's last line
         with pytest.raises(RuntimeError, match="exited 1: ValueError: no float16 kernel for Relu"):
             bench.autocast_tool(src, calib, tmp_path)  # type: ignore[attr-defined]
+
+
+def test_bench_precision_counts_the_runs_a_peer_really_makes(tmp_path: Path) -> None:
+    """A peer's runs are counted as onnxruntime sees them (onnxconverter-common's used to be its
+    validations plus one: its first validation compares the reference with itself, no run)."""
+    import onnxruntime as ort
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    bench = _bench_precision()
+    real = ort.InferenceSession.run
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with bench.counted_runs() as runs:  # type: ignore[attr-defined]
+        for _ in range(3):
+            sess.run(None, {"x": np.ones((1, 4), np.float32)})
+    assert runs == [3]
+    assert ort.InferenceSession.run is real  # put back
