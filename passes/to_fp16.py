@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from surgeon.errors import PassPreconditionError, SurgeonError
-from surgeon.ir.walk import gs_subgraphs, iter_graphs
+from surgeon.ir.walk import gs_subgraphs, iter_graphs, iter_proto_graphs
 from surgeon.pass_api import Pass, PassParams, PassResult, register_pass
 from surgeon.passkit.ops import require_names
 from surgeon.verify.compare import Tolerance
@@ -125,10 +125,17 @@ class ToFP16(Pass):
     tolerance = Tolerance(rtol=1e-2, atol=1e-2)
 
     def requires(self, model: ModelIR) -> None:
-        nodes = sorted({n.name for g in iter_graphs(model.graph) for n in g.nodes if n.name})
+        # read from the protobuf while the graph is not built: run() copies the model as it came
+        # before it imports the graph, and a copy of the protobuf costs no export
+        if model.built:
+            nodes = sorted({n.name for g in iter_graphs(model.graph) for n in g.nodes if n.name})
+            outs = [t.name for t in model.graph.outputs]
+        else:
+            assert model.proto_graph is not None
+            nodes = sorted({n.name for g in iter_proto_graphs(model.proto_graph) for n in g.node if n.name})
+            outs = [o.name for o in model.proto_graph.output]
         require_names(self.params.block_nodes, nodes, "node", "block_nodes")
         if self.params.budget is not None:
-            outs = [t.name for t in model.graph.outputs]
             require_names(list(self.params.budget.outputs), outs, "output", "budget.outputs")
         if self.params.dtype == "bfloat16" and not self.params.keep_io_types:
             raise PassPreconditionError(

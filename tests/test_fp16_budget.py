@@ -446,6 +446,27 @@ def test_a_budget_met_at_once_costs_one_reference_pass_one_candidate_and_one_con
     assert _within(_run(src, {"x": x[0]})[0], _run(out, {"x": x[0]})[0], 1e-2, 1e-2)
 
 
+def test_a_lazy_model_is_imported_once_and_exported_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model as a recipe hands it over (not built): the pass copies it as it came from the
+    protobuf (its preconditions read the protobuf too), imports the graph once to convert it and
+    exports the candidate once; the candidate that met the budget becomes the model's message, so
+    the save (or the next step) exports nothing again."""
+    import onnx_graphsurgeon as gs
+
+    x = np.random.default_rng(5).uniform(-1, 1, (6, 1, 8, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    imports = _count_calls(monkeypatch, gs, "import_onnx")
+    exports = _count_calls(monkeypatch, gs, "export_onnx")
+    ir = ModelIR.from_model(load(_attention()), lazy=True)
+    res = ToFP16(budget={"rtol": 1e-2, "atol": 1e-2}, calibration=str(tmp_path / "calib.npz"), block_nodes=["softmax"])(
+        ir
+    )
+    out = ir.to_proto()
+    assert res.modified and (imports[0], exports[0]) == (1, 1)
+    assert any(n.op_type == "Cast" for n in out.graph.node) and not ir.built
+    assert _within(_run(_attention(), {"x": x[0]})[0], _run(out, {"x": x[0]})[0], 1e-2, 1e-2)
+
+
 def test_a_budget_that_cannot_be_met_leaves_the_model_as_it_came() -> None:
     """The first candidate is converted in the pass's own model (it is usually the result): when the
     search fails, the model is the source again."""
