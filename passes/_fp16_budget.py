@@ -123,12 +123,16 @@ def judge(budget: Any, refs: Sequence[Mapping[str, Any]], gots: Sequence[Mapping
     out = []
     for name in refs[0]:
         rtol, atol, cos_min = output_budget(budget, name)
-        ok, max_abs, max_rel, dot, na, nb = True, 0.0, 0.0, 0.0, 0.0, 0.0
+        pairs = []
         for ref, got in zip(refs, gots):
             a, b = np.asarray(ref[name]), np.asarray(got[name])
             if b.dtype != a.dtype and b.dtype.kind == "f":
                 a = a.astype(b.dtype)
-            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            pairs.append((a.astype(np.float64), b.astype(np.float64)))
+        if len({(a.shape, b.shape) for a, b in pairs}) == 1:  # the samples at once: one comparison
+            pairs = [(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))]
+        ok, max_abs, max_rel, dot, na, nb = True, 0.0, 0.0, 0.0, 0.0, 0.0
+        for a64, b64 in pairs:
             check = compare(name, a64, b64, Tolerance(rtol, atol))
             ok, max_abs, max_rel = ok and check.ok, max(max_abs, check.max_abs), max(max_rel, check.max_rel)
             fa, fb = a64.ravel(), b64.ravel()

@@ -219,7 +219,8 @@ class ToFP16(Pass):
             conv = _Converter(model, self.params, set(kept), False)
             conv.run()
         details |= _summary(graph, search, outcome, kept, conv, self.params)
-        if not conv.changed:  # every node stays float32: say why
+        if not conv.changed:  # every node stays float32: the model as it came (no Cast dropped), and why
+            model.take(source.proto)
             return PassResult(False, IOContract(), _summary_lines(details, log), details)
         model.shell.metadata_props.add(key=MARK, value=f"{self.params.dtype} ({len(kept)} node(s) kept float32)")
         contract = IOContract()

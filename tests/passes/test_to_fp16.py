@@ -348,3 +348,22 @@ def test_a_source_out_of_order_converts_into_order() -> None:
     softmax = next(n for n in out.graph.node if n.op_type == "Softmax")
     cast = maker[softmax.input[0]]
     assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT
+
+
+def test_a_pass_that_converts_nothing_leaves_the_model_as_it_came() -> None:
+    """Every node blocked: nothing converts, and the model is the source, its Cast to the type
+    it already has included (the converter drops those when it converts; here it did not)."""
+    src = onnx.parser.parse_model(
+        HEADER
+        + """
+g (float[2, 4] x, bool[2, 4] k) => (float[2, 4] y, bool[2, 4] z) {
+  z = Cast<to=9>(k)
+  c = Cast<to=1>(x)
+  y = Relu(c)
+}"""
+    )
+    for lazy in (False, True):
+        ir = ModelIR.from_model(load(src), lazy=lazy)
+        res = ToFP16(block_ops=["Relu", "Cast"])(ir)
+        assert not res.modified
+        assert [n.op_type for n in ir.to_proto().graph.node] == ["Cast", "Cast", "Relu"]
