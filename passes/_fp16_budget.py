@@ -383,6 +383,9 @@ def flops(node: onnx.NodeProto, stats: Mapping[str, Stat]) -> float:
 
 # the search -------------------------------------------------------------------------------------
 
+More = Callable[[list[dict[str, Any]]], Sequence[Mapping[str, Any]]]
+"""Given a candidate's outputs on the calibration samples, the further samples to run it on."""
+
 Convert = Callable[[Mapping[int, str], bool], "Model"]
 """Converts a copy of the source with these node indices kept float32 (names given to unnamed
 nodes when the flag is set, so the runtime's errors name them)."""
@@ -402,16 +405,27 @@ class Search:
         """Candidates name their nodes by index from the first one the runtime refused on."""
 
     # runs
-    def _run(self, model: Model, feeds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        from surgeon.verify.runtime import run_model
+    def _run(self, model: Model, feeds: Sequence[Mapping[str, Any]], more: More | None = None) -> list[dict[str, Any]]:
+        """``model``'s outputs on ``feeds``, then on the feeds ``more`` asks for given those (the
+        held-out samples, once the calibration samples meet the budget): one session."""
+        from surgeon.verify.runtime import model_session
 
-        self.out.runs += len(feeds)
-        return run_model(self.runtime, model, feeds)
+        with model_session(self.runtime, model) as run:
+            got = run(feeds)
+            self.out.runs += len(feeds)
+            extra = more(got) if more is not None else ()
+            if extra:
+                got += run(cast_feeds(model, extra))
+                self.out.runs += len(extra)
+        return got
 
-    def candidate(self, kept: dict[int, str], feeds: Sequence[Mapping[str, Any]]) -> tuple[Model, list[dict[str, Any]]]:
-        """The model converted with ``kept`` in float32, and its outputs on ``feeds``. A node the
-        runtime has no half kernel for (it fails to load or run, naming it) joins ``kept``, with every
-        node of its signature, and the candidate is made again."""
+    def candidate(
+        self, kept: dict[int, str], feeds: Sequence[Mapping[str, Any]], more: More | None = None
+    ) -> tuple[Model, list[dict[str, Any]]]:
+        """The model converted with ``kept`` in float32, and its outputs on ``feeds`` (then on those
+        ``more`` asks for, given them). A node the runtime has no half kernel for (it fails to load or
+        run, naming it) joins ``kept``, with every node of its signature, and the candidate is made
+        again."""
         from surgeon.verify.runtime import SessionLoadError
 
         half = self.p.dtype
@@ -422,7 +436,7 @@ class Search:
                     kept[i] = gap
             model = self.convert(kept, self.named)
             try:
-                return model, self._run(model, cast_feeds(model, feeds))
+                return model, self._run(model, cast_feeds(model, feeds), more)
             except (SessionLoadError, VerificationError) as exc:
                 if not self.named:  # again with every node named by its index, so the error names one
                     self.named = True
@@ -571,12 +585,18 @@ class Search:
         self.merge_islands(kept)
         self.log(f"hazards: {len(kept)} node(s) stay float32 before any error is measured")
         feeds, references = list(calib), list(refs)
+        judged: list[list[OutputVerdict]] = []
+
+        def held_if_met(gots: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
+            judged.append(judge(self.p.budget, references, gots))
+            return held if all(v.ok for v in judged[-1]) else ()
+
         for r in range(1, self.p.max_rounds + 1):
             # one conversion and one session for the calibration and the held-out samples (the
-            # held-out outputs are read only when the calibration samples meet the budget)
-            model, both = self.candidate(kept, [*feeds, *held])
+            # held-out ones run only when the calibration samples meet the budget)
+            model, both = self.candidate(kept, feeds, held_if_met)
             gots, held_gots = both[: len(feeds)], both[len(feeds) :]
-            verdicts = judge(self.p.budget, references, gots)
+            verdicts = judged[-1]
             line = f"round {r}: {len(kept)} node(s) float32; on calibration: " + "; ".join(v.line() for v in verdicts)
             if all(v.ok for v in verdicts):
                 held_verdicts = judge(self.p.budget, held_refs, held_gots)

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -270,32 +270,55 @@ def run_model(
 ) -> list[dict[str, np.ndarray]]:
     """Run ``model`` once per feed in one session; outputs by name. ``name`` (``the model after
     passes[2] (to-fp16)``) starts the message of a failed run: "<name> fails: ..."."""
-    prefix = f"{name} fails: " if name else ""
+    with model_session(runtime, model, name) as run:
+        return run(feeds)
+
+
+Runs = Callable[[Sequence[Mapping[str, "np.ndarray"]]], list[dict[str, "np.ndarray"]]]
+"""Runs a model's session once per feed; outputs by name."""
+
+
+@contextlib.contextmanager
+def model_session(runtime: Runtime, model: Model, name: str = "") -> Iterator[Runs]:
+    """One session of ``model``, open while the block runs: yields a function that runs it on
+    feeds (as :func:`run_model`), to be called as often as the caller decides from what it got
+    (more feeds only where the first ones say they are needed: no second session)."""
     bf16 = [o.name for o in model.proto.graph.output if o.type.tensor_type.elem_type == BFLOAT16]
     if bf16:  # onnxruntime's Python API has no numpy type for them: read through a float32 Cast
-        return _run_bfloat16_outputs(runtime, model, feeds, name, bf16)
+        with _bfloat16_outputs_session(runtime, model, name, bf16) as run:
+            yield run
+        return
+    prefix = f"{name} fails: " if name else ""
     with on_disk(model) as (path, folder, data):
-        sess = runtime.session(path, folder, data)
-        names = [o.name for o in sess.get_outputs()]
-        wanted = {i.name for i in sess.get_inputs()}
+        opened = [runtime.session(path, folder, data)]  # emptied when the block ends: the session goes
+        names = [o.name for o in opened[0].get_outputs()]
+        wanted = {i.name for i in opened[0].get_inputs()}
         quiet = quiet_ort().RunOptions()
         quiet.log_severity_level = 4  # a failed kernel is an exception, not a red log line
-        results = []
-        for feed in feeds:
-            missing = wanted - set(feed)
-            if missing:
-                raise VerificationError(
-                    f"{prefix}the model has input(s) the contract does not feed: {', '.join(sorted(missing))}"
-                )
-            try:
-                outs = sess.run(names, {k: v for k, v in feed.items() if k in wanted}, quiet)
-            except Exception as exc:
-                raise VerificationError(f"{prefix}onnxruntime failed to run the model: {_first_line(exc)}") from None
-            results.append(dict(zip(names, outs)))
-        del sess
+
+        def run(feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+            results = []
+            for feed in feeds:
+                missing = wanted - set(feed)
+                if missing:
+                    raise VerificationError(
+                        f"{prefix}the model has input(s) the contract does not feed: {', '.join(sorted(missing))}"
+                    )
+                try:
+                    outs = opened[0].run(names, {k: v for k, v in feed.items() if k in wanted}, quiet)
+                except Exception as exc:
+                    raise VerificationError(
+                        f"{prefix}onnxruntime failed to run the model: {_first_line(exc)}"
+                    ) from None
+                results.append(dict(zip(names, outs)))
+            return results
+
+        try:
+            yield run
+        finally:
+            opened.clear()
     if _model_bytes(model) >= RELEASE_AT:
         _release_freed_memory()
-    return results
 
 
 RELEASE_AT = 64 << 20
@@ -322,12 +345,11 @@ BFLOAT16 = 16
 """``onnx.TensorProto.BFLOAT16``."""
 
 
-def _run_bfloat16_outputs(
-    runtime: Runtime, model: Model, feeds: Sequence[Mapping[str, np.ndarray]], name: str, outputs: Sequence[str]
-) -> list[dict[str, np.ndarray]]:
-    """Run a copy of ``model`` whose bfloat16 graph outputs are read through Casts to float32 (exact:
-    every bfloat16 is a float32) and hand them back as ``ml_dtypes.bfloat16`` arrays, so that they
-    are compared as bfloat16 (and sized for it, :data:`surgeon.verify.compare.PRECISION`)."""
+@contextlib.contextmanager
+def _bfloat16_outputs_session(runtime: Runtime, model: Model, name: str, outputs: Sequence[str]) -> Iterator[Runs]:
+    """A session of a copy of ``model`` whose bfloat16 graph outputs are read through Casts to
+    float32 (exact: every bfloat16 is a float32), handed back as ``ml_dtypes.bfloat16`` arrays, so
+    that they are compared as bfloat16 (and sized for it, :data:`surgeon.verify.compare.PRECISION`)."""
     import ml_dtypes
     import onnx
     from onnx import helper
@@ -343,9 +365,16 @@ def _run_bfloat16_outputs(
             out.name = wide
             out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     wrapper = Model(proto, None, model.base_dir, list(model.data_files), model.source_external)
-    results = run_model(runtime, wrapper, feeds, name)
     back = {o + BF16_SUFFIX: o for o in outputs}
-    return [{back.get(k, k): (v.astype(ml_dtypes.bfloat16) if k in back else v) for k, v in r.items()} for r in results]
+    with model_session(runtime, wrapper, name) as run:
+
+        def narrowed(feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+            return [
+                {back.get(k, k): (v.astype(ml_dtypes.bfloat16) if k in back else v) for k, v in r.items()}
+                for r in run(feeds)
+            ]
+
+        yield narrowed
 
 
 def _release_freed_memory() -> None:
