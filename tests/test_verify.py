@@ -101,7 +101,7 @@ def test_the_cuda_probe_runs_once_per_process_where_cuda_does_not_load(
     onnx.save(exported_like_model(), str(path))
     if Runtime("auto").session(path).get_providers()[0] == "CUDAExecutionProvider":
         pytest.skip("CUDA loads here: its probe session is the one wanted, covered by tests/test_gpu.py")
-    monkeypatch.setattr(runtime, "_CHOSEN", {})
+    monkeypatch.setattr(runtime, "_NO_CUDA", {})
     asked: list[list[str]] = []
     real = ort.InferenceSession
 
@@ -127,7 +127,7 @@ def test_a_probe_that_failed_on_its_model_is_not_remembered(tmp_path: Path, monk
 
     path = tmp_path / "m.onnx"
     onnx.save(exported_like_model(), str(path))
-    monkeypatch.setattr(runtime, "_CHOSEN", {})
+    monkeypatch.setattr(runtime, "_NO_CUDA", {})
     real = ort.InferenceSession
 
     def refusing(src: object, so: object = None, providers: list[str] | None = None) -> object:
@@ -140,7 +140,7 @@ def test_a_probe_that_failed_on_its_model_is_not_remembered(tmp_path: Path, monk
     rt = Runtime("auto")
     rt.session(path)
     assert rt.used == "CPU" and "this model's session failed on CUDA" in rt.reason
-    assert runtime._CHOSEN == {}  # the next model is probed again
+    assert runtime._NO_CUDA == {}  # the next model is probed again
 
 
 def test_contract_maps_renamed_and_new_inputs() -> None:

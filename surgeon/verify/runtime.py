@@ -76,12 +76,12 @@ def load_failure(exc: BaseException) -> str:
     return line[:400]
 
 
-_CHOSEN: dict[str, tuple[tuple[str, ...], str, str]] = {}
-"""Per ``verify.device``: where the first probe in this process found that CUDA does not load,
-and why. That is the machine's and the onnxruntime build's answer, not a model's: later runtimes
-skip the probe (another CUDA attempt costs milliseconds each time, most of a small model's
-session) and build CPU sessions. Where CUDA loads the probe's session is the one wanted, so it
-stays; a probe that failed on its model's session is not remembered."""
+_NO_CUDA: dict[str, str] = {}
+"""Per ``verify.device``: why CUDA does not load, where the first probe in this process found so.
+That is the machine's and the onnxruntime build's answer, not a model's: later runtimes skip the
+probe (another CUDA attempt costs milliseconds each time, most of a small model's session) and
+build CPU sessions. Where CUDA loads the probe's session is the one wanted, so it stays; a probe
+that failed on its model's session is not remembered."""
 
 
 class Runtime:
@@ -113,9 +113,9 @@ class Runtime:
         src: Any = data if data is not None else str(path)
         self.sessions += 1
         if self._providers is None:
-            known = _CHOSEN.get(self.device)
-            if known is not None and known[1] == "CPU":  # probed already in this process: CUDA does not load
-                self._providers, self.used, self.reason = list(known[0]), known[1], known[2]
+            why = _NO_CUDA.get(self.device)
+            if why is not None:  # probed already in this process: CUDA does not load
+                self._providers, self.used, self.reason = ["CPUExecutionProvider"], "CPU", why
             else:  # the probe's session with CUDA is the one wanted: it is not built twice
                 self._providers, first = self._choose(ort, so, src)
                 if first is not None:
@@ -154,7 +154,6 @@ class Runtime:
                     self.used, self.reason = "CUDA", "CUDAExecutionProvider loaded"
                     return ["CUDAExecutionProvider", "CPUExecutionProvider"], sess
                 why = "CUDAExecutionProvider is listed but did not load" + _cuda_error(captured.getvalue())
-                remember = True
             except Exception as exc:  # this model's session failed: says nothing of the next model's
                 why = f"CUDAExecutionProvider failed: {_first_line(exc)}"
                 sess = None
@@ -163,7 +162,7 @@ class Runtime:
             raise UsageError(f"verify.device is cuda but CUDA is unavailable: {why}")
         self.used, self.reason = "CPU", why
         if remember:
-            _CHOSEN[self.device] = (("CPUExecutionProvider",), self.used, self.reason)
+            _NO_CUDA[self.device] = why
         # onnxruntime fell back to the CPU by itself: that session is a CPU session with our options
         return ["CPUExecutionProvider"], sess if sess is not None and sess.get_providers() == [
             "CPUExecutionProvider"
