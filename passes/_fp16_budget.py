@@ -77,6 +77,8 @@ class OutputVerdict:
     max_rel: float
     cosine: float
     budget: str
+    within: bool = True
+    """rtol/atol alone held (a miss on some samples is a miss on all; cosine is not: it is over the samples)."""
 
     def line(self) -> str:
         return (
@@ -131,10 +133,10 @@ def judge(budget: Any, refs: Sequence[Mapping[str, Any]], gots: Sequence[Mapping
             pairs.append((a.astype(np.float64), b.astype(np.float64)))
         if len({(a.shape, b.shape) for a, b in pairs}) == 1:  # the samples at once: one comparison
             pairs = [(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))]
-        ok, max_abs, max_rel, dot, na, nb = True, 0.0, 0.0, 0.0, 0.0, 0.0
+        within, max_abs, max_rel, dot, na, nb = True, 0.0, 0.0, 0.0, 0.0, 0.0
         for a64, b64 in pairs:
             check = compare(name, a64, b64, Tolerance(rtol, atol))
-            ok, max_abs, max_rel = ok and check.ok, max(max_abs, check.max_abs), max(max_rel, check.max_rel)
+            within, max_abs, max_rel = within and check.ok, max(max_abs, check.max_abs), max(max_rel, check.max_rel)
             fa, fb = a64.ravel(), b64.ravel()
             fin = np.isfinite(fa) & np.isfinite(fb)
             dot += float(fa[fin] @ fb[fin])
@@ -142,9 +144,8 @@ def judge(budget: Any, refs: Sequence[Mapping[str, Any]], gots: Sequence[Mapping
             nb += float(fb[fin] @ fb[fin])
         cosine = 1.0 if na == nb == 0 else dot / math.sqrt(na * nb) if na and nb else 0.0
         text = f"rtol {rtol:g}, atol {atol:g}" + (f", cosine >= {cos_min:g}" if cos_min is not None else "")
-        if cos_min is not None and cosine < cos_min:
-            ok = False
-        out.append(OutputVerdict(name, ok, max_abs, max_rel, cosine, text))
+        ok = within and (cos_min is None or cosine >= cos_min)
+        out.append(OutputVerdict(name, ok, max_abs, max_rel, cosine, text, within))
     return out
 
 
@@ -384,11 +385,13 @@ def flops(node: onnx.NodeProto, stats: Mapping[str, Stat]) -> float:
 # the search -------------------------------------------------------------------------------------
 
 More = Callable[[list[dict[str, Any]]], Sequence[Mapping[str, Any]]]
-"""Given a candidate's outputs on the calibration samples, the further samples to run it on."""
+"""Given a candidate's outputs so far (on the samples run so far, in order), the further samples to
+run it on; none: done."""
 
-Convert = Callable[[Mapping[int, str], bool], "Model"]
+Convert = Callable[[Mapping[int, str], bool], "Model | None"]
 """Converts a copy of the source with these node indices kept float32 (names given to unnamed
-nodes when the flag is set, so the runtime's errors name them)."""
+nodes when the flag is set, so the runtime's errors name them); None where nothing would change:
+the candidate is the source itself."""
 
 
 class Search:
@@ -399,6 +402,8 @@ class Search:
         self.stats: dict[str, Stat] = {}
         """Per tensor of the float32 model: its range on the calibration samples, and its shape."""
         self.named = False
+        self.known: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
+        """id(sample) -> (the sample, the float32 model's outputs on it), for the samples the scan ran."""
         self.values: dict[str, list[Any]] | None = {}
         """Every tensor of the float32 model on the calibration samples, from the scan, while they
         fit in :data:`KEEP_BYTES` (attribution then runs only the candidate); else None."""
@@ -414,18 +419,37 @@ class Search:
             got = run(feeds)
             self.out.runs += len(feeds)
             extra = more(got) if more is not None else ()
-            if extra:
+            while extra:
                 got += run(cast_feeds(model, extra))
                 self.out.runs += len(extra)
+                extra = more(got)
+        return got
+
+    def _source_outputs(self, feeds: Sequence[Mapping[str, Any]], more: More | None) -> list[dict[str, Any]]:
+        """The source's outputs on ``feeds`` (then on those ``more`` asks for): the float32 ones the
+        scan computed for those samples, without a run; a sample it did not see runs the source."""
+        from surgeon.verify.runtime import run_model
+
+        got: list[dict[str, Any]] = []
+        pending = list(feeds)
+        while pending:
+            known = [self.known.get(id(f), (None, None)) for f in pending]
+            if all(f is feed for (f, _), feed in zip(known, pending)):
+                got += [dict(ref) for _, ref in known]
+            else:
+                got += run_model(self.runtime, self.source, pending)
+                self.out.runs += len(pending)
+            pending = list(more(got)) if more is not None else []
         return got
 
     def candidate(
         self, kept: dict[int, str], feeds: Sequence[Mapping[str, Any]], more: More | None = None
-    ) -> tuple[Model, list[dict[str, Any]]]:
+    ) -> tuple[Model | None, list[dict[str, Any]]]:
         """The model converted with ``kept`` in float32, and its outputs on ``feeds`` (then on those
         ``more`` asks for, given them). A node the runtime has no half kernel for (it fails to load or
         run, naming it) joins ``kept``, with every node of its signature, and the candidate is made
-        again."""
+        again. Where nothing converts the candidate is the source (None): its outputs are the
+        float32 ones, known from the scan (no session, no run)."""
         from surgeon.verify.runtime import SessionLoadError
 
         half = self.p.dtype
@@ -435,6 +459,8 @@ class Search:
                 if gap is not None and i not in kept:
                     kept[i] = gap
             model = self.convert(kept, self.named)
+            if model is None:
+                return None, self._source_outputs(feeds, more)
             try:
                 return model, self._run(model, cast_feeds(model, feeds), more)
             except (SessionLoadError, VerificationError) as exc:
@@ -576,6 +602,7 @@ class Search:
         try:  # the reference outputs and the value ranges from one pass (one session where it fits)
             both = self.reference_stats([*calib, *held], len(calib))
             refs, held_refs = both[: len(calib)], both[len(calib) :]
+            self.known = {id(f): (f, r) for f, r in zip([*calib, *held], both)}
         except SessionLoadError as exc:
             raise VerificationError(f"the model before to-fp16 fails in onnxruntime: {exc.reason}") from None
         self.out.provider = self.runtime.used
@@ -587,17 +614,29 @@ class Search:
         feeds, references = list(calib), list(refs)
         judged: list[list[OutputVerdict]] = []
 
-        def held_if_met(gots: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
-            judged.append(judge(self.p.budget, references, gots))
-            return held if all(v.ok for v in judged[-1]) else ()
+        def follow(gots: list[dict[str, Any]]) -> Sequence[Mapping[str, Any]]:
+            """After the first calibration sample, the others, unless it misses rtol/atol already
+            (a miss on one sample is a miss: a failing round runs one sample); after them all, the
+            held-out samples where the calibration ones meet the budget."""
+            if len(gots) > len(feeds):
+                return ()
+            verdicts = judge(self.p.budget, references[: len(gots)], gots)
+            if len(gots) < len(feeds) and all(v.within for v in verdicts):
+                return feeds[len(gots) :]
+            judged.append(verdicts)
+            return held if len(gots) == len(feeds) and all(v.ok for v in verdicts) else ()
 
         for r in range(1, self.p.max_rounds + 1):
-            # one conversion and one session for the calibration and the held-out samples (the
-            # held-out ones run only when the calibration samples meet the budget)
-            model, both = self.candidate(kept, feeds, held_if_met)
+            # one conversion and one session for the calibration and the held-out samples
+            model, both = self.candidate(kept, feeds[:1], follow)
             gots, held_gots = both[: len(feeds)], both[len(feeds) :]
             verdicts = judged[-1]
-            line = f"round {r}: {len(kept)} node(s) float32; on calibration: " + "; ".join(v.line() for v in verdicts)
+            where = (
+                "on calibration"
+                if len(gots) == len(feeds)
+                else f"on calibration sample 1 of {len(feeds)} (the others not run: it misses already)"
+            )
+            line = f"round {r}: {len(kept)} node(s) float32; {where}: " + "; ".join(v.line() for v in verdicts)
             if all(v.ok for v in verdicts):
                 held_verdicts = judge(self.p.budget, held_refs, held_gots)
                 if all(v.ok for v in held_verdicts):
@@ -611,6 +650,8 @@ class Search:
                 line += "; held-out misses it: " + "; ".join(v.line() for v in held_verdicts if not v.ok)
             self.log(line)
             self.out.rounds.append(line)
+            if model is None:  # the source itself misses (a cosine of 1 asked for): nothing to attribute
+                break
             scores = self.contributions(model, kept, feeds)
             candidates = sorted(((s, i) for i, s in scores.items()), reverse=True)
             if not candidates:

@@ -171,12 +171,12 @@ class ToFP16(Pass):
         # every candidate is the same graph before conversion: inferred once, from the protobuf
         types = tensor_types(_IR.from_model(source, lazy=True))
 
-        def convert(kept: Mapping[int, str], name_nodes: bool) -> Model:
+        def convert(kept: Mapping[int, str], name_nodes: bool) -> Model | None:
             ir = _IR.from_model(Model(source.proto, base_dir=source.base_dir)) if done_by else model
             _prepare(ir, types)
             conv = _Converter(ir, self.params, set(kept), name_nodes)
             conv.run()
-            made = ir.to_model()
+            made = ir.to_model() if conv.changed else None  # None: the source, nothing to run
             done_by.update(kept=None if name_nodes else frozenset(kept), conv=conv, made=made)
             return made
 
@@ -211,7 +211,8 @@ class ToFP16(Pass):
             outcome.provider = runtime.used
         if done_by.get("kept") == frozenset(kept):  # the model last run is the result: no second conversion
             conv = done_by["conv"]  # nor a second export: its message becomes the model's
-            model.take(done_by["made"].proto)
+            if done_by["made"] is not None:
+                model.take(done_by["made"].proto)
         else:
             if done_by or len(model.graph.nodes) != len(graph.nodes):  # converted as a candidate: afresh
                 model.replace_graph(source.proto)

@@ -488,10 +488,10 @@ def test_attribution_reuses_the_scans_float32_tensors(tmp_path: Path, monkeypatc
     """The hazard scan measured every tensor of the float32 model on the calibration samples: the
     attribution rounds compare the candidates against those values, so the float32 model is exposed
     and run once in the whole search (before, once more per round), and the runs reported are the
-    runs made: 6 samples in the scan's session, 4 calibration samples per round's candidate and the
-    2 held-out ones only in the round whose candidate meets the budget on calibration (same
-    session), 4 calibration samples per attribution session of the candidate (its localizer
-    batches)."""
+    runs made: 6 samples in the scan's session; per round's candidate the first calibration sample,
+    the other 3 only where it is within rtol/atol, and the 2 held-out ones only in the round whose
+    candidate meets the budget on calibration (same session); 4 calibration samples per attribution
+    session of the candidate (its localizer batches)."""
     from surgeon.verify import localize
     from surgeon.verify.runtime import Runtime
 
@@ -512,4 +512,39 @@ def test_attribution_reuses_the_scans_float32_tensors(tmp_path: Path, monkeypatc
     assert sum(m is exposed[0] for m in exposed) == 1  # the float32 source: the scan's one exposure
     attribution = len(exposed) - 1  # one candidate exposure per attribution batch
     assert sessions[0] == 1 + rounds + attribution
-    assert res.details["onnxruntime_runs"] == 6 + 4 * rounds + 2 + 4 * attribution
+    log = res.details["round_log"]
+    assert all("sample 1 of 4 (the others not run" in line for line in log[:-1]), log  # each miss: 1 run
+    assert res.details["onnxruntime_runs"] == 6 + (rounds - 1) + 4 + 2 + 4 * attribution
+
+
+def test_a_candidate_with_nothing_converted_is_the_source_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget only float32 meets (rtol 1e-7 on a LayerNorm model): the rounds keep more and more
+    nodes until every one stays float32. That candidate is the source itself, so its outputs are the
+    float32 ones the scan computed: no conversion is exported, no session is built and no sample
+    runs for it (before, the last round built a session and ran the 6 samples on the unchanged
+    model). The pass then leaves the model as it came."""
+    from surgeon.verify import localize
+    from surgeon.verify.runtime import Runtime
+
+    exposed: list[Any] = []
+    real = localize._exposed
+
+    def spy(model: Any, names: list[str]) -> Any:
+        exposed.append(model)
+        return real(model, names)
+
+    monkeypatch.setattr(localize, "_exposed", spy)
+    sessions = _count_calls(monkeypatch, Runtime, "session")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
+    src = _layernorm()
+    out, res = _apply(src, budget={"rtol": 1e-7, "atol": 0.0}, calibration=str(tmp_path / "calib.npz"))
+    log = res.details["round_log"]
+    assert not res.modified and res.details["half_compute_nodes"] == 0 and res.details["casts"] == 0
+    assert log[-1].endswith("held-out: met") and "max abs 0," in log[-1]
+    rounds, attribution = res.details["rounds"], len(exposed) - 1
+    assert rounds >= 2 and attribution == rounds - 1
+    assert sessions[0] == 1 + (rounds - 1) + attribution  # the scan, the missing candidates, attribution
+    assert res.details["onnxruntime_runs"] == 6 + (rounds - 1) + 4 * attribution
+    assert [(n.op_type, list(n.input)) for n in out.graph.node] == [(n.op_type, list(n.input)) for n in src.graph.node]
