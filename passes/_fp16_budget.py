@@ -418,11 +418,12 @@ class Search:
         with model_session(self.runtime, model) as run:
             got = run(feeds)
             self.out.runs += len(feeds)
-            extra = more(got) if more is not None else ()
-            while extra:
+            while more is not None:
+                extra = more(got)
+                if not extra:
+                    break
                 got += run(cast_feeds(model, extra))
                 self.out.runs += len(extra)
-                extra = more(got)
         return got
 
     def _source_outputs(self, feeds: Sequence[Mapping[str, Any]], more: More | None) -> list[dict[str, Any]]:
@@ -433,9 +434,10 @@ class Search:
         got: list[dict[str, Any]] = []
         pending = list(feeds)
         while pending:
-            known = [self.known.get(id(f), (None, None)) for f in pending]
-            if all(f is feed for (f, _), feed in zip(known, pending)):
-                got += [dict(ref) for _, ref in known]
+            known = [self.known.get(id(f)) for f in pending]
+            refs = [k[1] for k, f in zip(known, pending) if k is not None and k[0] is f]
+            if len(refs) == len(pending):
+                got += [dict(ref) for ref in refs]
             else:
                 got += run_model(self.runtime, self.source, pending)
                 self.out.runs += len(pending)
