@@ -402,6 +402,7 @@ class Search:
         self.stats: dict[str, Stat] = {}
         """Per tensor of the float32 model: its range on the calibration samples, and its shape."""
         self.named = False
+        self._spreads: dict[tuple[str, int], float] = {}
         self.known: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
         """id(sample) -> (the sample, the float32 model's outputs on it), for the samples the scan ran."""
         self.values: dict[str, list[Any]] | None = {}
@@ -549,9 +550,17 @@ class Search:
         )
         for name, _node, ref, got in pairs:
             worst = 0.0
-            for a, b in zip(ref, got):
+            for k, (a, b) in enumerate(zip(ref, got)):
                 if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or a.dtype.kind != "f":
                     break
+                if not a.size:
+                    continue
+                # the common case in two passes: every value finite on both sides (a non-finite
+                # value on either makes the difference's largest magnitude non-finite)
+                diff = float(np.abs(np.subtract(a, b, dtype=np.result_type(a.dtype, np.float32))).max())
+                if math.isfinite(diff):
+                    worst = max(worst, diff / self._spread(name, k, a))
+                    continue
                 a64, b64 = a.astype(np.float64), b.astype(np.float64)
                 bad = np.isfinite(a64) != np.isfinite(b64)
                 if bad.any():
@@ -574,6 +583,19 @@ class Search:
             mine = max(err.get(o, 0.0) for o in n.output if o)
             out[i] = math.inf if mine == math.inf and base != math.inf else mine - base
         return out
+
+    def _spread(self, name: str, k: int, a: np.ndarray) -> float:
+        """The scale a float32 tensor's error is measured against on sample ``k``: its standard
+        deviation, at least a thousandth of its largest magnitude (``a`` is finite). The float32
+        values are the same every round: measured once."""
+        import numpy as np
+
+        key = (name, k)
+        scale = self._spreads.get(key)
+        if scale is None:
+            scale = max(float(a.std(dtype=np.float64)), 1e-3 * float(np.abs(a).max()), 1e-12)
+            self._spreads[key] = scale
+        return scale
 
     def merge_islands(self, kept: dict[int, str]) -> None:
         """Nodes between float32 nodes stay float32 too (no Cast pair around them); data movement
