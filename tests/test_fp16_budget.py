@@ -264,6 +264,10 @@ def test_cosine_is_part_of_the_budget() -> None:
     assert "norm" in _kept(res)  # rtol/atol alone would keep nothing: the cosine asks for more
     loose, res2 = _apply(_layernorm(), budget={"rtol": 10.0, "atol": 10.0})
     assert "norm" not in _kept(res2)
+    # a cosine miss on the first sample is not a miss on them all (it is over the samples): the
+    # round runs every calibration sample before it is judged; only rtol/atol stop it early
+    first = res.details["round_log"][0]
+    assert "misses" in first and "on calibration:" in first and "sample 1 of" not in first, first
 
 
 def test_idempotent_and_the_step_verifies_at_the_budget() -> None:
