@@ -6,8 +6,11 @@ and held-out samples gives the reference outputs and, on the calibration samples
 tensor's range (all tensors exposed in one session where the localizer's byte budget allows).
 Hazards found before any conversion (constants and calibration values outside the half type's
 range, integer-valued float arithmetic, reductions whose sum overflows, shape arithmetic, control
-flow) stay float32 first; then each round converts the rest and runs it on the calibration and
-held-out samples in one session. Where the budget misses, the converted model's tensors are
+flow) stay float32 first; then each round converts the rest and runs it in one session: the first
+calibration sample, the others only if that one is within rtol/atol (a miss on one sample is a
+miss), the held-out ones only if the calibration samples meet the budget. A candidate in which
+nothing converts is the source: its outputs are the scan's, nothing runs. Where the budget
+misses, the converted model's tensors are
 compared with the float32 ones the scan measured (:func:`surgeon.verify.localize.paired_tensors`;
 the float32 model does not run again), the nodes whose output adds the most error to what their
 inputs already carried stay float32, and the budget is checked again, until it holds on the
