@@ -559,8 +559,10 @@ class Search:
                 if not a.size:
                     continue
                 # the common case in two passes: every value finite on both sides (a non-finite
-                # value on either makes the difference's largest magnitude non-finite)
-                diff = float(np.abs(np.subtract(a, b, dtype=np.result_type(a.dtype, np.float32))).max())
+                # value on either makes the difference's largest magnitude non-finite: inf - inf is
+                # NaN, and a difference past float32's range inf, measured below, not warned about)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    diff = float(np.abs(np.subtract(a, b, dtype=np.result_type(a.dtype, np.float32))).max())
                 if math.isfinite(diff):
                     worst = max(worst, diff / self._spread(name, k, a))
                     continue
