@@ -385,8 +385,10 @@ def main() -> int:
             calib, held = draw(shapes, args.samples, 1), draw(shapes, HELD_OUT, 2)
             refs = run(source, held)
             done: dict[str, dict[str, Any]] = {t: {"model": name, "tool": t, "walls": []} for t in TOOLS}
+            tools = list(enumerate(TOOLS.items()))
             for k in range(args.repeat):  # the tools take turns: the machine's slow spells fall on all
-                for t, (tool, fn) in enumerate(TOOLS.items()):
+                # and the order rotates: no tool always follows another (AutoCast's child process)
+                for t, (tool, fn) in tools[k % len(tools) :] + tools[: k % len(tools)]:
                     row = done[tool]
                     if "error" in row:
                         continue
