@@ -420,6 +420,21 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list
     return calls
 
 
+def _exposures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The models the localizer exposes tensors of, in order, while the test runs."""
+    from surgeon.verify import localize
+
+    exposed: list[Any] = []
+    real = localize._exposed
+
+    def spy(model: Any, names: list[str]) -> Any:
+        exposed.append(model)
+        return real(model, names)
+
+    monkeypatch.setattr(localize, "_exposed", spy)
+    return exposed
+
+
 def test_a_budget_met_at_once_costs_one_reference_pass_one_candidate_and_one_conversion(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -496,17 +511,9 @@ def test_attribution_reuses_the_scans_float32_tensors(tmp_path: Path, monkeypatc
     the other 3 only where it is within rtol/atol, and the 2 held-out ones only in the round whose
     candidate meets the budget on calibration (same session); 4 calibration samples per attribution
     session of the candidate (its localizer batches)."""
-    from surgeon.verify import localize
     from surgeon.verify.runtime import Runtime
 
-    exposed: list[Any] = []
-    real = localize._exposed
-
-    def spy(model: Any, names: list[str]) -> Any:
-        exposed.append(model)
-        return real(model, names)
-
-    monkeypatch.setattr(localize, "_exposed", spy)
+    exposed = _exposures(monkeypatch)
     sessions = _count_calls(monkeypatch, Runtime, "session")
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
     _, res = _apply(_layernorm(), budget={"rtol": 5e-2, "atol": 5e-2}, calibration=str(tmp_path / "calib.npz"))
@@ -529,17 +536,9 @@ def test_a_candidate_with_nothing_converted_is_the_source_and_runs_nothing(
     float32 ones the scan computed: no conversion is exported, no session is built and no sample
     runs for it (before, the last round built a session and ran the 6 samples on the unchanged
     model). The pass then leaves the model as it came."""
-    from surgeon.verify import localize
     from surgeon.verify.runtime import Runtime
 
-    exposed: list[Any] = []
-    real = localize._exposed
-
-    def spy(model: Any, names: list[str]) -> Any:
-        exposed.append(model)
-        return real(model, names)
-
-    monkeypatch.setattr(localize, "_exposed", spy)
+    exposed = _exposures(monkeypatch)
     sessions = _count_calls(monkeypatch, Runtime, "session")
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
     src = _layernorm()
