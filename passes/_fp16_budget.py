@@ -387,6 +387,9 @@ def flops(node: onnx.NodeProto, stats: Mapping[str, Stat]) -> float:
 
 # the search -------------------------------------------------------------------------------------
 
+Runs = Callable[[Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
+"""Outputs of one model on each of a batch of samples."""
+
 More = Callable[[list[dict[str, Any]]], Sequence[Mapping[str, Any]]]
 """Given a candidate's outputs so far (on the samples run so far, in order), the further samples to
 run it on; none: done."""
@@ -414,39 +417,44 @@ class Search:
         """Candidates name their nodes by index from the first one the runtime refused on."""
 
     # runs
+    @staticmethod
+    def _follow(run: Runs, feeds: Sequence[Mapping[str, Any]], more: More | None) -> list[dict[str, Any]]:
+        """``run`` on ``feeds``, then on the feeds ``more`` asks for given the outputs so far (the
+        other calibration samples, the held-out ones), until it asks for none."""
+        got = run(feeds)
+        if more is None:
+            return got
+        extra = more(got)
+        while extra:
+            got += run(extra)
+            extra = more(got)
+        return got
+
     def _run(self, model: Model, feeds: Sequence[Mapping[str, Any]], more: More | None = None) -> list[dict[str, Any]]:
-        """``model``'s outputs on ``feeds``, then on the feeds ``more`` asks for given those (the
-        held-out samples, once the calibration samples meet the budget): one session."""
+        """``model``'s outputs on ``feeds``, then on those ``more`` asks for: one session."""
         from surgeon.verify.runtime import model_session
 
-        with model_session(self.runtime, model) as run:
-            got = run(feeds)
-            self.out.runs += len(feeds)
-            while more is not None:
-                extra = more(got)
-                if not extra:
-                    break
-                got += run(cast_feeds(model, extra))
-                self.out.runs += len(extra)
-        return got
+        with model_session(self.runtime, model) as session:
+
+            def run(batch: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+                self.out.runs += len(batch)
+                return session(cast_feeds(model, batch))
+
+            return self._follow(run, feeds, more)
 
     def _source_outputs(self, feeds: Sequence[Mapping[str, Any]], more: More | None) -> list[dict[str, Any]]:
         """The source's outputs on ``feeds`` (then on those ``more`` asks for): the float32 ones the
         scan computed for those samples, without a run; a sample it did not see runs the source."""
         from surgeon.verify.runtime import run_model
 
-        got: list[dict[str, Any]] = []
-        pending = list(feeds)
-        while pending:
-            known = [self.known.get(id(f)) for f in pending]
-            refs = [k[1] for k, f in zip(known, pending) if k is not None and k[0] is f]
-            if len(refs) == len(pending):
-                got += [dict(ref) for ref in refs]
-            else:
-                got += run_model(self.runtime, self.source, pending)
-                self.out.runs += len(pending)
-            pending = list(more(got)) if more is not None else []
-        return got
+        def run(batch: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+            known = [self.known.get(id(f)) for f in batch]
+            if all(k is not None and k[0] is f for k, f in zip(known, batch)):
+                return [dict(k[1]) for k in known if k is not None]
+            self.out.runs += len(batch)
+            return run_model(self.runtime, self.source, batch)
+
+        return self._follow(run, feeds, more)
 
     def candidate(
         self, kept: dict[int, str], feeds: Sequence[Mapping[str, Any]], more: More | None = None
@@ -468,7 +476,7 @@ class Search:
             if model is None:
                 return None, self._source_outputs(feeds, more)
             try:
-                return model, self._run(model, cast_feeds(model, feeds), more)
+                return model, self._run(model, feeds, more)
             except (SessionLoadError, VerificationError) as exc:
                 if not self.named:  # again with every node named by its index, so the error names one
                     self.named = True
