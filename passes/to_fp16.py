@@ -180,7 +180,7 @@ class ToFP16(Pass):
             done_by.update(kept=None if name_nodes else frozenset(kept), conv=conv, made=made)
             return made
 
-        runtime = Runtime("auto")
+        runtime = Runtime("auto", spin=False)  # many short runs, each judged between: no spinning workers
         log: list[str] = []
         search = Search(source, convert, self.params, runtime, log.append)
         graph = search.graph

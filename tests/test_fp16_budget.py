@@ -570,3 +570,34 @@ def test_attribution_over_infinities_warns_nothing(tmp_path: Path) -> None:
         warnings.simplefilter("error", RuntimeWarning)
         _, res = _apply(src, budget={"rtol": 5e-2, "atol": 5e-2}, calibration=str(tmp_path / "calib.npz"))
     assert res.details["rounds"] >= 2 and {"shift", "norm"} <= set(_kept(res))
+
+
+def test_the_searchs_sessions_keep_no_worker_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budgeted search runs many short sessions and judges their outputs in between: its sessions
+    are built with onnxruntime's worker spinning off (spinning workers take the cores the judging
+    needs), every one of them; a plain Runtime keeps onnxruntime's default."""
+    from surgeon.verify.runtime import Runtime
+
+    built: list[Any] = []
+    real = ort.InferenceSession.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        built.append(self.get_session_options())
+
+    monkeypatch.setattr(ort.InferenceSession, "__init__", spy)
+    _, res = _apply(_layernorm(), budget={"rtol": 5e-2, "atol": 5e-2})
+    assert res.details["onnxruntime_runs"] and len(built) >= 2
+    assert all(_spinning(so) == "0" for so in built)
+    built.clear()
+    Runtime("cpu").session(Path("m.onnx"), data=_layernorm().SerializeToString())
+    assert len(built) == 1
+    assert _spinning(built[0]) is None
+
+
+def _spinning(options: Any) -> str | None:
+    """The session's ``session.intra_op.allow_spinning`` entry (None: not set, onnxruntime's default)."""
+    try:
+        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+    except RuntimeError:
+        return None
