@@ -12,7 +12,8 @@ miss), the held-out ones only if the calibration samples meet the budget. A cand
 nothing converts is the source: its outputs are the scan's, nothing runs. Where the budget
 misses, the converted model's tensors are
 compared with the float32 ones the scan measured (:func:`surgeon.verify.localize.paired_tensors`;
-the float32 model does not run again), the nodes whose output adds the most error to what their
+the float32 model does not run again) on the samples the round judged (the first alone where it
+missed already), the nodes whose output adds the most error to what their
 inputs already carried stay float32, and the budget is checked again, until it holds on the
 calibration samples and on the held-out ones. Kernels the runtime lacks for the half type are
 found by asking it: a candidate that fails to load or run names the node, which stays float32
@@ -689,7 +690,9 @@ class Search:
             self.out.rounds.append(line)
             if model is None:  # the source itself misses (a cosine of 1 asked for): nothing to attribute
                 break
-            scores = self.contributions(model, kept, feeds)
+            # on the samples this round judged: the first where it missed already (the others, not
+            # run for the verdict, are not run for the ranking either; a cosine miss ran them all)
+            scores = self.contributions(model, kept, feeds[: len(gots)])
             candidates = sorted(((s, i) for i, s in scores.items()), reverse=True)
             if not candidates:
                 break
