@@ -235,6 +235,9 @@ class Graph:
     consts: dict[str, Any]
     outputs: list[str]
     inputs: list[str]
+    constant: set[int] = field(default_factory=set)
+    """Nodes that compute from constants alone (a Constant, an Identity or Reshape of a weight):
+    their half rounding is a weight's, so like an initializer's it is their consumers' error."""
 
     @classmethod
     def of(cls, model: Model) -> Graph:
@@ -257,11 +260,35 @@ class Graph:
                 for a in n.attribute:
                     if a.name == "value" and a.t.data_type == 1:
                         consts[n.output[0]] = numpy_helper.to_array(a.t)
-        return cls(list(g.node), producer, consumers, consts, [o.name for o in g.output], [i.name for i in g.input])
+        graph_inputs = [i.name for i in g.input]
+        return cls(
+            list(g.node), producer, consumers, consts, [o.name for o in g.output], graph_inputs, constant_nodes(g)
+        )
 
     def label(self, i: int) -> str:
         n = self.nodes[i]
         return f"{n.name or n.output[0]} ({n.op_type})"
+
+
+def constant_nodes(g: onnx.GraphProto) -> set[int]:
+    """Indices of the nodes of ``g`` that compute from constants alone: initializers (not ones a
+    graph input overrides), or the outputs of such nodes (a Constant, an Identity or a Reshape of a
+    weight). A node with a subgraph is never one (its body may read anything)."""
+    from onnx import AttributeProto
+
+    weights = {t.name for t in g.initializer} - {i.name for i in g.input}
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    constant: set[int] = set()
+    changed = True
+    while changed:  # to a fixpoint: a source may list its nodes out of order
+        changed = False
+        for i, n in enumerate(g.node):
+            if i in constant or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in n.attribute):
+                continue
+            if all(not t or t in weights or producer.get(t) in constant for t in n.input):
+                constant.add(i)
+                changed = True
+    return constant
 
 
 def _outer_reads(node: onnx.NodeProto) -> set[str]:
@@ -549,6 +576,8 @@ class Search:
         # tensors numpy cannot hold (bfloat16) are seen through the float32 Cast the converter put after them
         unseen = {vi.name for vi in model.proto.graph.value_info if vi.type.tensor_type.elem_type == 16}
         seen_as = {f"{t}_fp32": t for t in unseen}
+        # what constant nodes make is not measured: their rounding is their consumers' error
+        made_of_constants = {o for i in self.graph.constant for o in self.graph.nodes[i].output}
         sessions = self.runtime.sessions
         pairs = paired_tensors(
             self.runtime,
@@ -557,7 +586,7 @@ class Search:
             model,
             cast_feeds(model, feeds),
             same_as=seen_as,
-            skip=unseen,
+            skip=unseen | made_of_constants,
             measured=self.values,
         )
         for name, _node, ref, got in pairs:

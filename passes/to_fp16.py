@@ -174,7 +174,7 @@ class ToFP16(Pass):
         def convert(kept: Mapping[int, str], name_nodes: bool) -> Model | None:
             ir = _IR.from_model(Model(source.proto, base_dir=source.base_dir)) if done_by else model
             _prepare(ir, types)
-            conv = _Converter(ir, self.params, set(kept), name_nodes)
+            conv = _Converter(ir, self.params, set(kept), name_nodes, graph.constant)
             conv.run()
             made = ir.to_model() if conv.changed else None  # None: the source, nothing to run
             done_by.update(kept=None if name_nodes else frozenset(kept), conv=conv, made=made)
@@ -217,7 +217,7 @@ class ToFP16(Pass):
             if done_by or len(model.graph.nodes) != len(graph.nodes):  # converted as a candidate: afresh
                 model.replace_graph(source.proto)
             _prepare(model)
-            conv = _Converter(model, self.params, set(kept), False)
+            conv = _Converter(model, self.params, set(kept), False, graph.constant)
             conv.run()
         details |= _summary(graph, search, outcome, kept, conv, self.params)
         if not conv.changed:  # every node stays float32: the model as it came (no Cast dropped), and why
@@ -261,7 +261,7 @@ def _summary(
     out: dict[str, Any] = {
         "kept_float32": [
             {"node": graph.nodes[i].name or graph.nodes[i].output[0], "op": graph.nodes[i].op_type, "why": why}
-            for i, why in sorted(kept.items())
+            for i, why in sorted((dict.fromkeys(conv.followers, FOLLOWER) | dict(kept)).items())
             if i < len(graph.nodes)
         ],
         "compute_nodes": len(compute),
@@ -287,6 +287,9 @@ def _summary(
             "float32 here (a CUDA run converts more)"
         )
     return out
+
+
+FOLLOWER = "computes from constants for float32 nodes only: not rounded, no Cast"
 
 
 def _summary_lines(d: Mapping[str, Any], log: list[str]) -> list[str]:
@@ -322,7 +325,12 @@ def _half_output(name: str) -> Callable[[Mapping[str, np.ndarray], Mapping[str, 
 
 class _Converter:
     def __init__(
-        self, model: ModelIR, params: ToFP16.Params, kept: set[int] | None = None, name_nodes: bool = False
+        self,
+        model: ModelIR,
+        params: ToFP16.Params,
+        kept: set[int] | None = None,
+        name_nodes: bool = False,
+        constant: set[int] | None = None,
     ) -> None:
         import numpy as np
         from onnx import helper
@@ -331,6 +339,8 @@ class _Converter:
         self.to_half, self.half_str, self.half_max = HALF[params.dtype]
         self.f32, self.f16 = np.dtype(np.float32), np.dtype(helper.tensor_dtype_to_np_dtype(self.to_half))
         self.kept = kept or set()
+        self.constant = constant or set()
+        """Indices of the top-level nodes that compute from constants alone (:func:`constant_nodes`)."""
         self.name_nodes = name_nodes
         self.converted = 0
         self.clamped = 0
@@ -341,6 +351,9 @@ class _Converter:
         self.fp16_inputs: list[str] = []
         self.fp16_outputs: list[str] = []
         self._blocked: set[int] = set()
+        self.followers: set[int] = set()
+        """Top-level nodes that stay float32 because they compute from constants for float32 nodes
+        only (:meth:`_follow_constants`)."""
         self._cast_cache: dict[tuple[int, int, str], gs.Variable] = {}
         self._fp16_consts: dict[int, gs.Constant] = {}
         self._const_sources: dict[int, gs.Constant] = {}
@@ -379,6 +392,7 @@ class _Converter:
             if id(node) in self._blocked:
                 for sub in gs_subgraphs(node):
                     self._blocked.update(id(n) for g in iter_graphs(sub) for n in g.nodes)
+        self._follow_constants(top)
         index = {id(n): i for i, n in enumerate(top.nodes)}
         if self.name_nodes:
             for i, node in enumerate(top.nodes):
@@ -396,6 +410,28 @@ class _Converter:
         for g in iter_graphs(top):
             _drop_identity_casts(g, results)
         self.cast_nodes = sum(n.op == "Cast" for g in iter_graphs(top) for n in g.nodes)
+
+    def _follow_constants(self, top: gs.Graph) -> None:
+        """A node that computes from constants alone (:attr:`constant`: a Constant, an Identity or
+        a Reshape of a weight; TorchScript shares equal weights through Identity nodes) and whose
+        every consumer stays float32 stays float32 too. Converted, its value would be rounded to the
+        half type and cast back for them: a node kept float32 for its accuracy would read a rounded
+        weight, through a Cast that cancels nothing."""
+        results = {id(t) for t in top.outputs}
+        changed = True
+        while changed:
+            changed = False
+            for i in range(len(top.nodes) - 1, -1, -1):
+                node = top.nodes[i]
+                if i not in self.constant or self.blocked(node):
+                    continue
+                outs = [o for o in node.outputs if o.dtype == self.f32]
+                if not outs or any(id(o) in results or not o.outputs for o in outs):
+                    continue
+                if all(self.blocked(c) for o in outs for c in o.outputs):
+                    self._blocked.add(id(node))
+                    self.followers.add(i)
+                    changed = True
 
     def _originals(self) -> list[tuple[gs.Constant, gs.Constant]]:
         return [(orig, self._fp16_consts[i]) for i, orig in self._const_sources.items()]

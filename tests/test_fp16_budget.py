@@ -610,3 +610,27 @@ def _spinning(options: Any) -> str | None:
         return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
     except RuntimeError:
         return None
+
+
+def test_a_shared_weight_of_a_node_kept_float32_is_not_rounded(tmp_path: Path) -> None:
+    """The LayerNorm model with its scale shared through an Identity (as TorchScript writes equal
+    weights): the search keeps the LayerNormalization float32, and the Identity, which only feeds
+    it, stays float32 with it (listed, and why), so the kept node reads its scale unrounded and no
+    Cast sits between them. The Identity's own rounding is not ranked: like an initializer's it is
+    its consumer's error (before, measured against the scale's tiny spread it ranked first, took
+    round 1's slot and the search kept the projection 'head' too)."""
+    src = _layernorm()
+    scale = (1.0 + np.random.default_rng(3).standard_normal(64) * 1e-3).astype(np.float32)
+    src.graph.initializer.append(nh.from_array(scale, "s"))
+    src.graph.node.insert(0, helper.make_node("Identity", ["s"], ["s2"], name="share"))
+    norm = next(n for n in src.graph.node if n.name == "norm")
+    norm.input[1] = "s2"
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
+    out, res = _apply(src, budget={"rtol": 5e-2, "atol": 5e-2}, calibration=str(tmp_path / "calib.npz"))
+    kept = _kept(res)
+    assert set(kept) == {"shift", "norm", "share"} and "constants for float32 nodes only" in kept["share"]
+    by_out = {o: n for n in out.graph.node for o in n.output}
+    norm = next(n for n in out.graph.node if n.op_type == "LayerNormalization")
+    assert by_out[norm.input[1]].name == "share" and list(by_out[norm.input[1]].input) == ["s"]
+    inits = {t.name: nh.to_array(t) for t in out.graph.initializer}
+    assert inits["s"].dtype == np.float32 and np.array_equal(inits["s"], scale)

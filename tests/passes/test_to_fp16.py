@@ -367,3 +367,43 @@ g (float[2, 4] x, bool[2, 4] k) => (float[2, 4] y, bool[2, 4] z) {
         res = ToFP16(block_ops=["Relu", "Cast"])(ir)
         assert not res.modified
         assert [n.op_type for n in ir.to_proto().graph.node] == ["Cast", "Cast", "Relu"]
+
+
+SHARED_SCALE = (
+    HEADER + """
+g (float[batch, 4] x) => (float[batch, 4] y) """
+    """<float[4] s = {1.0001, 0.9999, 1.0003, 2.0001}, float[4] b = {0.0, 0.0, 0.0, 0.0},"""
+    """ float[4, 4] w = {1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0}>
+{
+  [share] s2 = Identity(s)
+  [three] k = Constant<value = float {3.0001}>()
+  [norm] n = LayerNormalization<axis=-1>(x, s2, b)
+  [scale] m = Mul(n, k)
+  [mm] y = MatMul(m, w)
+}"""
+)
+
+
+def test_constants_for_float32_nodes_only_stay_float32_unrounded() -> None:
+    """TorchScript shares equal weights through Identity nodes (LayerNorm scales): an Identity of a
+    weight, or a Constant, whose consumers all stay float32 stays float32 too. Before, it was
+    converted and cast back, so the blocked LayerNormalization read its scale rounded to float16
+    (1.0001 -> 1.0) through a Cast, and the blocked Mul its factor (3.0001 -> 3.0)."""
+    res = _run(SHARED_SCALE, block_ops=["LayerNormalization", "Mul"])
+    assert res.ok, res.failures()
+    g = res.model.proto.graph
+    by_out = {o: n for n in g.node for o in n.output}
+    norm = next(n for n in g.node if n.op_type == "LayerNormalization")
+    scale = by_out[norm.input[1]]
+    assert scale.op_type == "Identity" and scale.input == ["s"]
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    assert inits["s"].dtype == np.float32
+    assert inits["s"].tolist() == np.float32([1.0001, 0.9999, 1.0003, 2.0001]).tolist()
+    mul = next(n for n in g.node if n.op_type == "Mul")
+    assert by_out[mul.input[1]].op_type == "Constant"
+    assert numpy_helper.to_array(by_out[mul.input[1]].attribute[0].t).dtype == np.float32
+    casts = [n for n in g.node if n.op_type == "Cast"]
+    assert [by_out[c.input[0]].op_type if c.input[0] in by_out else c.input[0] for c in casts] == ["Mul", "MatMul"]
+    kept = {k["node"]: k["why"] for k in res.steps[0].details["kept_float32"]}
+    assert "constants for float32 nodes only" in kept["share"] and "constants" in kept["three"]
+    assert res.steps[0].details["half_compute_nodes"] == 1  # the MatMul
