@@ -634,3 +634,27 @@ def test_a_shared_weight_of_a_node_kept_float32_is_not_rounded(tmp_path: Path) -
     assert by_out[norm.input[1]].name == "share" and list(by_out[norm.input[1]].input) == ["s"]
     inits = {t.name: nh.to_array(t) for t in out.graph.initializer}
     assert inits["s"].dtype == np.float32 and np.array_equal(inits["s"], scale)
+
+
+def test_attribution_exposes_every_tensor_of_a_round_in_one_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LayerNorm model with 40 more tensors after it (more than the localizer's 32 per run):
+    each attribution round exposes the candidate's tensors in one session, so every tensor's error
+    is measured in one model (before, two sessions a round, the second rounded differently)."""
+    from surgeon.verify.runtime import Runtime
+
+    src = _layernorm()
+    src.graph.output[0].name = "t0"
+    src.graph.node[-1].output[0] = "t0"
+    for k in range(40):
+        src.graph.node.append(helper.make_node("Relu", [f"t{k}"], [f"t{k + 1}"], name=f"relu{k}"))
+    src.graph.output[0].name = "t40"
+    exposed = _exposures(monkeypatch)
+    sessions = _count_calls(monkeypatch, Runtime, "session")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
+    _, res = _apply(src, budget={"rtol": 5e-2, "atol": 5e-2}, calibration=str(tmp_path / "calib.npz"))
+    assert {"shift", "norm"} <= set(_kept(res))
+    rounds = res.details["rounds"]
+    assert rounds >= 2 and len(exposed) - 1 == rounds - 1  # the scan's, then one per attribution
+    assert sessions[0] == 1 + rounds + (rounds - 1)
