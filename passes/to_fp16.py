@@ -289,7 +289,7 @@ def _summary(
     return out
 
 
-FOLLOWER = "computes from constants for float32 nodes only: not rounded, no Cast"
+FOLLOWER = "computes from constants read only as float32: not rounded, no Cast"
 
 
 def _summary_lines(d: Mapping[str, Any], log: list[str]) -> list[str]:
@@ -413,10 +413,11 @@ class _Converter:
 
     def _follow_constants(self, top: gs.Graph) -> None:
         """A node that computes from constants alone (:attr:`constant`: a Constant, an Identity or
-        a Reshape of a weight; TorchScript shares equal weights through Identity nodes) and whose
-        every consumer stays float32 stays float32 too. Converted, its value would be rounded to the
-        half type and cast back for them: a node kept float32 for its accuracy would read a rounded
-        weight, through a Cast that cancels nothing."""
+        a Reshape of a weight; TorchScript shares equal weights through Identity nodes) whose every
+        reader takes it as float32 (a node that stays float32, a Resize's scales) stays float32 too.
+        Converted, its value would be rounded to the half type and cast back for them: a node kept
+        float32 for its accuracy would read a rounded weight, a Resize rounded scales (the dynamo
+        exporter writes them as Constant nodes), through a Cast that cancels nothing."""
         results = {id(t) for t in top.outputs}
         changed = True
         while changed:
@@ -428,7 +429,13 @@ class _Converter:
                 outs = [o for o in node.outputs if o.dtype == self.f32]
                 if not outs or any(id(o) in results or not o.outputs for o in outs):
                     continue
-                if all(self.blocked(c) for o in outs for c in o.outputs):
+                if all(
+                    self._wanted(c, k, self.blocked(c), o) == self.f32
+                    for o in outs
+                    for c in o.outputs
+                    for k, t in enumerate(c.inputs)
+                    if t is o
+                ):
                     self._blocked.add(id(node))
                     self.followers.add(i)
                     changed = True

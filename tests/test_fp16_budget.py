@@ -628,7 +628,7 @@ def test_a_shared_weight_of_a_node_kept_float32_is_not_rounded(tmp_path: Path) -
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
     out, res = _apply(src, budget={"rtol": 5e-2, "atol": 5e-2}, calibration=str(tmp_path / "calib.npz"))
     kept = _kept(res)
-    assert set(kept) == {"shift", "norm", "share"} and "constants for float32 nodes only" in kept["share"]
+    assert set(kept) == {"shift", "norm", "share"} and "constants read only as float32" in kept["share"]
     by_out = {o: n for n in out.graph.node for o in n.output}
     norm = next(n for n in out.graph.node if n.op_type == "LayerNormalization")
     assert by_out[norm.input[1]].name == "share" and list(by_out[norm.input[1]].input) == ["s"]

@@ -405,5 +405,33 @@ def test_constants_for_float32_nodes_only_stay_float32_unrounded() -> None:
     casts = [n for n in g.node if n.op_type == "Cast"]
     assert [by_out[c.input[0]].op_type if c.input[0] in by_out else c.input[0] for c in casts] == ["Mul", "MatMul"]
     kept = {k["node"]: k["why"] for k in res.steps[0].details["kept_float32"]}
-    assert "constants for float32 nodes only" in kept["share"] and "constants" in kept["three"]
+    assert "constants read only as float32" in kept["share"] and "constants" in kept["three"]
     assert res.steps[0].details["half_compute_nodes"] == 1  # the MatMul
+
+
+def test_resize_scales_and_roi_from_constant_nodes_stay_float32_unrounded() -> None:
+    """The dynamo exporter writes a Resize's scales as Constant nodes, not initializers. Before,
+    those were converted to float16 and cast back for the Resize (a scale of 2.3 became 2.30078, a
+    roi of 0.1 became 0.099976); they stay float32 now, with no Cast, and the report says why."""
+    text = (
+        HEADER
+        + """
+g (float[1, 1, 10, 10] x) => (float[1, 1, 23, 23] y) <float[1] k = {2.0}>
+{
+  [roi] roi = Constant<value = float[8] {0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9}>()
+  [scales] scales = Constant<value = float[4] {1.0, 1.0, 2.3, 2.3}>()
+  a = Mul(x, k)
+  y = Resize<mode="linear", coordinate_transformation_mode="tf_crop_and_resize">(a, roi, scales)
+}"""
+    )
+    res = _run(text)
+    assert res.ok, res.failures()
+    g = res.model.proto.graph
+    resize = next(n for n in g.node if n.op_type == "Resize")
+    assert list(resize.input[1:]) == ["roi", "scales"]
+    values = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node if n.op_type == "Constant"}
+    assert values["scales"].dtype == np.float32 and values["scales"].tolist() == np.float32([1, 1, 2.3, 2.3]).tolist()
+    assert values["roi"].dtype == np.float32 and values["roi"][0] == np.float32(0.1)
+    assert [n.input[0] for n in g.node if n.op_type == "Cast"] == ["x", resize.output[0]]
+    kept = {k["node"]: k["why"] for k in res.steps[0].details["kept_float32"]}
+    assert "read only as float32" in kept["scales"] and "read only as float32" in kept["roi"]
