@@ -49,6 +49,8 @@ MOVEMENT = {
 }  # fmt: skip
 """Ops that move or select values without arithmetic: not counted as compute nodes."""
 CONTROL_FLOW = {"Loop", "Scan", "If"}
+RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+"""Ops whose output is not a function of their inputs: never computed from constants alone."""
 REDUCTIONS = {"ReduceSum": 1, "ReduceMean": 1, "ReduceL1": 1, "ReduceSumSquare": 2, "ReduceL2": 2}
 """Reductions whose running sum can overflow, with the power their terms are raised to."""
 INT_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13}
@@ -277,7 +279,8 @@ class Graph:
 def constant_nodes(g: onnx.GraphProto) -> set[int]:
     """Indices of the nodes of ``g`` that compute from constants alone: initializers (not ones a
     graph input overrides), or the outputs of such nodes (a Constant, an Identity or a Reshape of a
-    weight). A node with a subgraph is never one (its body may read anything)."""
+    weight). A node with a subgraph is never one (its body may read anything), nor a random
+    generator, nor an op of another domain than ONNX's."""
     from onnx import AttributeProto
 
     weights = {t.name for t in g.initializer} - {i.name for i in g.input}
@@ -287,7 +290,12 @@ def constant_nodes(g: onnx.GraphProto) -> set[int]:
     while changed:  # to a fixpoint: a source may list its nodes out of order
         changed = False
         for i, n in enumerate(g.node):
-            if i in constant or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in n.attribute):
+            if (
+                i in constant
+                or n.domain not in ("", "ai.onnx")
+                or n.op_type in RANDOM
+                or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in n.attribute)
+            ):
                 continue
             if all(not t or t in weights or producer.get(t) in constant for t in n.input):
                 constant.add(i)

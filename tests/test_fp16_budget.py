@@ -658,3 +658,44 @@ def test_attribution_exposes_every_tensor_of_a_round_in_one_session(
     rounds = res.details["rounds"]
     assert rounds >= 2 and len(exposed) - 1 == rounds - 1  # the scan's, then one per attribution
     assert sessions[0] == 1 + rounds + (rounds - 1)
+
+
+def test_only_deterministic_onnx_nodes_count_as_computed_from_constants() -> None:
+    """What the search treats as a weight (not ranked; kept float32 with float32 readers): a
+    Constant, an Identity or Reshape of an initializer, chains of them, listed in any order. A
+    random generator has no inputs but is no constant, an op of another domain may be anything, an
+    initializer a graph input overrides is an input, and a node with a subgraph reads what it likes."""
+    from surgeon.passes._fp16_budget import constant_nodes
+
+    g = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["w2", "shape"], ["w3"], name="late"),  # before its producer
+            helper.make_node("Identity", ["w"], ["w2"], name="share"),
+            helper.make_node("Constant", [], ["c"], value=nh.from_array(np.float32([2.0]))),
+            helper.make_node("RandomNormal", [], ["r"], shape=[2]),
+            helper.make_node("Relu", ["w"], ["z"], domain="com.example"),
+            helper.make_node("Identity", ["o"], ["o2"]),
+            helper.make_node("Add", ["x", "w"], ["y"]),
+            helper.make_node(
+                "If",
+                ["cond"],
+                ["b"],
+                then_branch=helper.make_graph(
+                    [helper.make_node("Identity", ["w"], ["t"])], "t", [], [helper.make_tensor_value_info("t", F, [2])]
+                ),
+                else_branch=helper.make_graph(
+                    [helper.make_node("Identity", ["w"], ["e"])], "e", [], [helper.make_tensor_value_info("e", F, [2])]
+                ),
+            ),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", F, [2]), helper.make_tensor_value_info("o", F, [2])],
+        [helper.make_tensor_value_info("y", F, [2])],
+        [
+            nh.from_array(np.float32([1.0, 2.0]), "w"),
+            nh.from_array(np.int64([2]), "shape"),
+            nh.from_array(np.float32([0.0, 0.0]), "o"),
+            nh.from_array(np.array(True), "cond"),
+        ],
+    )
+    assert constant_nodes(g) == {0, 1, 2}
