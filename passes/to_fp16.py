@@ -352,8 +352,8 @@ class _Converter:
         self.fp16_outputs: list[str] = []
         self._blocked: set[int] = set()
         self.followers: set[int] = set()
-        """Top-level nodes that stay float32 because they compute from constants for float32 nodes
-        only (:meth:`_follow_constants`)."""
+        """Top-level nodes that stay float32 because they compute from constants that every reader
+        takes as float32 (:meth:`_follow_constants`)."""
         self._cast_cache: dict[tuple[int, int, str], gs.Variable] = {}
         self._fp16_consts: dict[int, gs.Constant] = {}
         self._const_sources: dict[int, gs.Constant] = {}
