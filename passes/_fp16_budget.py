@@ -48,6 +48,13 @@ MOVEMENT = {
     "Constant", "ConstantOfShape", "DepthToSpace", "SpaceToDepth", "Pad", "ScatterND", "Dropout",
 }  # fmt: skip
 """Ops that move or select values without arithmetic: not counted as compute nodes."""
+EXACT = MOVEMENT | {
+    "Relu", "Abs", "Neg", "Sign", "Max", "Min", "MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Where",
+    "Floor", "Ceil", "Round",
+}  # fmt: skip
+"""Ops whose output is one of their input values (moved, selected, negated, rounded to an integer):
+they add no error of their own to what their inputs carry, unless one of those is a weight (whose
+rounding is its consumer's)."""
 CONTROL_FLOW = {"Loop", "Scan", "If"}
 RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 """Ops whose output is not a function of their inputs: never computed from constants alone."""
@@ -244,6 +251,12 @@ class Graph:
     constant: set[int] = field(default_factory=set)
     """Nodes that compute from constants alone (a Constant, an Identity or Reshape of a weight):
     their half rounding is a weight's, so like an initializer's it is their consumers' error."""
+    weights: set[str] = field(default_factory=set)
+    """Initializers (but those a graph input overrides)."""
+
+    def is_constant(self, tensor: str) -> bool:
+        """A weight, or what a node computes from constants alone."""
+        return tensor in self.weights or self.producer.get(tensor, -1) in self.constant
 
     @classmethod
     def of(cls, model: Model) -> Graph:
@@ -267,9 +280,9 @@ class Graph:
                     if a.name == "value" and a.t.data_type == 1:
                         consts[n.output[0]] = numpy_helper.to_array(a.t)
         graph_inputs = [i.name for i in g.input]
-        return cls(
-            list(g.node), producer, consumers, consts, [o.name for o in g.output], graph_inputs, constant_nodes(g)
-        )
+        weights = {t.name for t in g.initializer} - set(graph_inputs)
+        outputs = [o.name for o in g.output]
+        return cls(list(g.node), producer, consumers, consts, outputs, graph_inputs, constant_nodes(g), weights)
 
     def label(self, i: int) -> str:
         n = self.nodes[i]
@@ -634,6 +647,8 @@ class Search:
         for i, n in enumerate(self.graph.nodes):
             if i in kept or not n.output or n.output[0] not in err:
                 continue
+            if n.op_type in EXACT and not any(self.graph.is_constant(t) for t in n.input if t):
+                continue  # its error is its inputs' (measured against its own spread it may look larger)
             ins = [err[t] for t in n.input if t in err]
             base = max(ins, default=0.0)
             mine = max(err.get(o, 0.0) for o in n.output if o)
@@ -735,7 +750,9 @@ class Search:
             # on the samples this round judged: the first where it missed already (the others, not
             # run for the verdict, are not run for the ranking either; a cosine miss ran them all)
             scores = self.contributions(model, kept, feeds[: len(gots)])
+            # the nodes that add error; only where none does (the error is the half I/O's, say), any
             candidates = sorted(((s, i) for i, s in scores.items()), reverse=True)
+            candidates = [c for c in candidates if c[0] > 0] or candidates
             if not candidates:
                 break
             # the worst tenth first, a larger share each round: at most a few rounds to all-float32

@@ -699,3 +699,35 @@ def test_only_deterministic_onnx_nodes_count_as_computed_from_constants() -> Non
         ],
     )
     assert constant_nodes(g) == {0, 1, 2}
+
+
+def _relu_mlp() -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    d = 64
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("MatMul", ["r", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("MatMul", ["r2", "w3"], ["y"], name="fc3"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [4, d])],
+        [helper.make_tensor_value_info("y", F, [4, d])],
+        [nh.from_array((rng.standard_normal((d, d)) * 0.2).astype(np.float32), f"w{k}") for k in (1, 2, 3)],
+    )
+
+
+def test_an_op_that_selects_its_inputs_values_is_never_ranked(tmp_path: Path) -> None:
+    """A Relu outputs one of its input's values: it adds no error of its own. Measured against its
+    own output's spread (smaller than its input's) the error it passes on looked larger, so before,
+    attribution ranked Relus among the worst and spent rounds keeping them float32 while the
+    MatMuls that make the error stayed float16. Now only nodes that add error are kept for it; a
+    Relu stays float32 only between float32 nodes."""
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(5).uniform(-1, 1, (6, 4, 64)).astype(np.float32))
+    _, res = _apply(_relu_mlp(), budget={"rtol": 1e-4, "atol": 1e-5}, calibration=str(tmp_path / "calib.npz"))
+    kept = _kept(res)
+    assert res.details["rounds"] >= 2
+    assert not [n for n, why in kept.items() if n.startswith("relu") and "error contribution" in why], kept
+    assert all(why.startswith("between float32 nodes") for n, why in kept.items() if n.startswith("relu")), kept
