@@ -572,6 +572,11 @@ class _Converter:
                 continue
             name = t.name
             t.name = f"{name}_fp16"
+            made = self._cast_cache.get((id(g), id(t), str(self.f32)))
+            if made is not None:  # a float32 reader's Cast makes it already: its output is the graph's
+                made.name = name
+                g.outputs[i] = made
+                continue
             out = gs.Variable(name, dtype=self.f32, shape=t.shape)
             g.nodes.append(gs.Node("Cast", name=f"{name}_to_fp32", attrs={"to": FLOAT}, inputs=[t], outputs=[out]))
             g.outputs[i] = out

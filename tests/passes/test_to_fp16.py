@@ -435,3 +435,29 @@ g (float[1, 1, 10, 10] x) => (float[1, 1, 23, 23] y) <float[1] k = {2.0}>
     assert [n.input[0] for n in g.node if n.op_type == "Cast"] == ["x", resize.output[0]]
     kept = {k["node"]: k["why"] for k in res.steps[0].details["kept_float32"]}
     assert "read only as float32" in kept["scales"] and "read only as float32" in kept["roi"]
+
+
+def test_an_output_that_a_float32_node_also_reads_gets_one_cast() -> None:
+    """A converted tensor that is a graph output and is read by a node that stays float32: before,
+    it got two Casts to float32 named alike ('c_to_fp32': one for the reader, one at the boundary),
+    and onnxruntime refused the model ("two nodes with same node name"). Now the reader's Cast makes
+    the graph output too."""
+    text = (
+        HEADER
+        + """
+g (float[batch, 4] x) => (float[batch, 4] c, float[batch, 4] y) <float[1] k = {2.0}>
+{
+  [scale] c = Mul(x, k)
+  [sm] y = Softmax<axis=-1>(c)
+}"""
+    )
+    res = _run(text, block_ops=["Softmax"])
+    assert res.ok, res.failures()
+    g = res.model.proto.graph
+    assert _nodes(res) == [
+        ("Cast", ["x"], ["x_fp16"]),
+        ("Mul", ["x_fp16", "k"], ["c_fp16"]),
+        ("Cast", ["c_fp16"], ["c"]),
+        ("Softmax", ["c"], ["y"]),
+    ]
+    assert [o.name for o in g.output] == ["c", "y"] and _elem(g.output[0]) == TensorProto.FLOAT
