@@ -48,13 +48,14 @@ MOVEMENT = {
     "Constant", "ConstantOfShape", "DepthToSpace", "SpaceToDepth", "Pad", "ScatterND", "Dropout",
 }  # fmt: skip
 """Ops that move or select values without arithmetic: not counted as compute nodes."""
-EXACT = MOVEMENT | {
+EXACT = (MOVEMENT - {"Cast", "CastLike"}) | {
     "Relu", "Abs", "Neg", "Sign", "Max", "Min", "MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Where",
     "Floor", "Ceil", "Round",
 }  # fmt: skip
 """Ops whose output is one of their input values (moved, selected, negated, rounded to an integer):
 they add no error of their own to what their inputs carry, unless one of those is a weight (whose
-rounding is its consumer's)."""
+rounding is its consumer's). Not a Cast: one to float32 in the source casts to the half type in a
+candidate, and rounds."""
 CONTROL_FLOW = {"Loop", "Scan", "If"}
 RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 """Ops whose output is not a function of their inputs: never computed from constants alone."""

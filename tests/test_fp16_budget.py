@@ -731,3 +731,32 @@ def test_an_op_that_selects_its_inputs_values_is_never_ranked(tmp_path: Path) ->
     assert res.details["rounds"] >= 2
     assert not [n for n, why in kept.items() if n.startswith("relu") and "error contribution" in why], kept
     assert all(why.startswith("between float32 nodes") for n, why in kept.items() if n.startswith("relu")), kept
+
+
+def test_a_cast_to_float32_that_becomes_a_cast_to_half_is_ranked(tmp_path: Path) -> None:
+    """A source Cast from float64 to float32 becomes a Cast to float16 in a candidate and rounds
+    (values near 1000 by up to 0.25; the output 'c' shows it). Before, Cast counted among the ops
+    that only pass their input's values on, so it was never ranked: the search kept the MatMul,
+    then found no more to keep and failed ("the budget is not met") where float32 meets it."""
+    rng = np.random.default_rng(1)
+    d = 64
+    nodes = [
+        helper.make_node("Cast", ["x"], ["c"], to=F, name="cast"),
+        helper.make_node("Add", ["c", "m"], ["s"], name="center"),
+        helper.make_node("MatMul", ["s", "w"], ["y"], name="proj"),
+    ]
+    src = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [4, d])],
+        [helper.make_tensor_value_info("y", F, [4, d]), helper.make_tensor_value_info("c", F, [4, d])],
+        [
+            nh.from_array(np.full(d, -1000.0, np.float32), "m"),
+            nh.from_array((rng.standard_normal((d, d)) * 0.1).astype(np.float32), "w"),
+        ],
+    )
+    np.savez(tmp_path / "calib.npz", x=1000.0 + rng.uniform(-1, 1, (6, 4, d)))
+    budget = {"rtol": 1e-2, "atol": 1e-2, "outputs": {"c": {"rtol": 0.0, "atol": 1e-3}}}
+    _, res = _apply(src, budget=budget, calibration=str(tmp_path / "calib.npz"))
+    kept = _kept(res)
+    assert "error contribution" in kept["cast"], kept
+    assert res.details["round_log"][-1].endswith("held-out: met")
