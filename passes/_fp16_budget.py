@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surgeon.errors import UsageError, VerificationError
-from surgeon.verify.compare import Tolerance, compare
+from surgeon.verify.compare import Tolerance, compare, error_stats
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,30 +137,27 @@ def step_tolerance(budget: Any, outputs: Sequence[str]) -> Tolerance:
 
 def judge(budget: Any, refs: Sequence[Mapping[str, Any]], gots: Sequence[Mapping[str, Any]]) -> list[OutputVerdict]:
     """Each output of ``gots`` against ``refs`` (float32) over every sample: rtol/atol as the
-    verifier applies them (the reference rounded to a half output's type), cosine over the samples."""
+    verifier applies them (the reference rounded to a half output's type), cosine over the samples.
+    The samples are compared a chunk at a time (:func:`~surgeon.verify.compare.error_stats`):
+    memory stays bounded whatever the outputs' size (a language model's logits)."""
     import numpy as np
 
     out = []
     for name in refs[0]:
         rtol, atol, cos_min = output_budget(budget, name)
-        pairs = []
-        for ref, got in zip(refs, gots):
-            a, b = np.asarray(ref[name]), np.asarray(got[name])
-            if b.dtype != a.dtype and b.dtype.kind == "f":
-                a = a.astype(b.dtype)
-            pairs.append((a.astype(np.float64), b.astype(np.float64)))
-        if len({(a.shape, b.shape) for a, b in pairs}) == 1:  # the samples at once: one comparison
-            pairs = [(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))]
-        within, max_abs, max_rel, dot, na, nb = True, 0.0, 0.0, 0.0, 0.0, 0.0
-        for a64, b64 in pairs:
-            check = compare(name, a64, b64, Tolerance(rtol, atol))
-            within, max_abs, max_rel = within and check.ok, max(max_abs, check.max_abs), max(max_rel, check.max_rel)
-            fa, fb = a64.ravel(), b64.ravel()
-            fin = np.isfinite(fa) & np.isfinite(fb)
-            dot += float(fa[fin] @ fb[fin])
-            na += float(fa[fin] @ fa[fin])
-            nb += float(fb[fin] @ fb[fin])
-        cosine = 1.0 if na == nb == 0 else dot / math.sqrt(na * nb) if na and nb else 0.0
+        tol = Tolerance(rtol, atol)
+        shaped = [(ref[name], got[name]) for ref, got in zip(refs, gots)]
+        if not all(isinstance(v, np.ndarray) for pair in shaped for v in pair) or any(
+            a.shape != b.shape for a, b in shaped
+        ):  # a sequence or a map (compared element-wise, no cosine), or a shape that differs
+            checks = [compare(name, a, b, tol) for a, b in shaped]
+            within = all(c.ok for c in checks)
+            max_abs, max_rel = max(c.max_abs for c in checks), max(c.max_rel for c in checks)
+            cosine = 1.0 if within else 0.0
+        else:  # one sample's rounded copy at a time
+            rounded = ((a.astype(b.dtype) if b.dtype != a.dtype and b.dtype.kind == "f" else a, b) for a, b in shaped)
+            stats = error_stats(rounded, tol)
+            within, max_abs, max_rel, cosine = stats.ok, stats.max_abs, stats.max_rel, stats.cosine
         text = f"rtol {rtol:g}, atol {atol:g}" + (f", cosine >= {cos_min:g}" if cos_min is not None else "")
         ok = within and (cos_min is None or cosine >= cos_min)
         out.append(OutputVerdict(name, ok, max_abs, max_rel, cosine, text, within))

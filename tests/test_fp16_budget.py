@@ -760,3 +760,31 @@ def test_a_cast_to_float32_that_becomes_a_cast_to_half_is_ranked(tmp_path: Path)
     kept = _kept(res)
     assert "error contribution" in kept["cast"], kept
     assert res.details["round_log"][-1].endswith("held-out: met")
+
+
+def test_judging_large_outputs_over_many_samples_holds_a_few_mib() -> None:
+    """The budget's judge stacked every sample of an output in float64 and compared the stack
+    whole: on GPT-2-sized logits (4 samples of 1x1024x50257) one verdict held 12.6 GiB more and took
+    38 s. It now compares a chunk at a time, the samples in turn, with the same verdict."""
+    import tracemalloc
+
+    from surgeon.passes._fp16_budget import judge
+
+    rng = np.random.default_rng(0)
+    refs = [{"logits": rng.standard_normal((1, 64, 16384), dtype=np.float32)} for _ in range(4)]  # 4 MiB each
+    gots = [{"logits": r["logits"] + np.float32(2e-3)} for r in refs]
+    budget = type("B", (), {"rtol": 1e-3, "atol": 1e-3, "cosine": 0.999, "outputs": {}})()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        (verdict,) = judge(budget, refs, gots)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert not verdict.within and verdict.max_abs == pytest.approx(2e-3, rel=1e-3) and verdict.cosine > 0.999
+    assert peak < 2 * refs[0]["logits"].nbytes, f"{peak / 2**20:.1f} MiB held to judge 4 samples of 4 MiB"
+    # the half outputs' case: each sample's reference is rounded to float16 in turn
+    halves = [{"logits": r["logits"].astype(np.float16)} for r in refs]
+    (half,) = judge(budget, refs, halves)
+    assert half.within and half.max_abs <= float(np.abs(refs[0]["logits"]).max()) * 2**-11

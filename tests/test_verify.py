@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -335,3 +336,76 @@ def test_a_huge_relative_error_is_inf_without_a_runtime_warning() -> None:
         warnings.simplefilter("error")  # numpy's overflow warning was printed in the middle of a run
         check = compare("y", np.array([1e-310, 1.0]), np.array([1e10, 1.0]), Tolerance(1e-3, 1e-5))
     assert not check.ok and check.max_rel == float("inf") and check.max_abs == 1e10
+
+
+# --- comparing large outputs: bounded memory, the same answers -------------------------------------
+
+
+def _traced_peak(fn: Any) -> tuple[Any, int]:
+    """``fn()``'s result and the most bytes numpy and Python held at once during it, above what
+    was held before (numpy reports its buffers to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_comparing_a_large_output_holds_a_few_mib_not_float64_copies_of_it() -> None:
+    """A language model's logits (1x1024x50257 is 200 MiB in float32): compare made float64 copies
+    of both sides, then masks, differences and relative errors of the whole tensor (more than ten
+    times the output's size at once). It now compares a chunk at a time."""
+    from surgeon.verify.compare import CHUNK
+
+    rng = np.random.default_rng(0)
+    expected = rng.standard_normal(4 * 1024 * 1024, dtype=np.float32)  # 16 MiB
+    actual = expected + np.float32(1e-4)
+    expected[5] = np.inf
+    actual[5] = np.inf
+    check, peak = _traced_peak(lambda: compare("logits", expected, actual, Tolerance(1e-3, 1e-3)))
+    assert check.ok and check.verdict == "ok (non-finite)"
+    assert check.max_abs == pytest.approx(1e-4, rel=1e-2)
+    assert peak < expected.nbytes // 2, f"{peak / 2**20:.1f} MiB held to compare a 16 MiB output"
+    assert peak < 16 * CHUNK * 8
+
+
+def test_chunked_comparison_matches_the_whole_arrays_at_every_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors, non-finite positions and the cosine sums come out the same however the values fall
+    into chunks (several pairs, of several sizes, pieced together and split)."""
+    import surgeon.verify.compare as cmp
+
+    rng = np.random.default_rng(1)
+    pairs = []
+    for size in (1, 5, 13, 40):
+        e = rng.standard_normal(size)
+        a = e + rng.standard_normal(size) * 1e-3
+        pairs.append((e.astype(np.float32), a.astype(np.float32)))
+    pairs[2][0][[0, 7]] = [np.nan, -np.inf]
+    pairs[2][1][[0, 7]] = [np.nan, -np.inf]
+    pairs[3][0][39] = 1e-30  # a relative error of about 1e26 against a value near zero
+    e_all = np.concatenate([p[0] for p in pairs]).astype(np.float64)
+    a_all = np.concatenate([p[1] for p in pairs]).astype(np.float64)
+    fin = np.isfinite(e_all) & np.isfinite(a_all)
+    diff = np.abs(e_all[fin] - a_all[fin])
+    tol = cmp.Tolerance(1e-3, 1e-3)
+    for chunk in (1, 3, 7, 64, 1 << 16):
+        monkeypatch.setattr(cmp, "CHUNK", chunk)
+        s = cmp.error_stats(iter(pairs), tol)
+        assert s.finite_pairs == int(fin.sum()) and s.nonfinite_expected == s.nonfinite_actual == 2
+        assert s.nonfinite_ok and s.max_abs == float(diff.max())
+        assert s.max_rel == float((diff / np.abs(e_all[fin])).max())
+        assert s.within == bool(np.all(diff <= 1e-3 + 1e-3 * np.abs(e_all[fin])))
+        assert s.dot == pytest.approx(float(e_all[fin] @ a_all[fin]), rel=1e-12)
+        assert s.cosine == pytest.approx(
+            float(e_all[fin] @ a_all[fin]) / float(np.linalg.norm(e_all[fin]) * np.linalg.norm(a_all[fin])), rel=1e-12
+        )
+        moved = [(e.copy(), a.copy()) for e, a in pairs]
+        moved[2][1][[0, 7]] = [np.nan, np.inf]  # -inf became +inf: same position, other value
+        assert not cmp.error_stats(moved, tol).nonfinite_ok
+        moved[2][1][[0, 7]] = [1.0, -np.inf]  # NaN became a number: another position
+        assert not cmp.error_stats(moved, tol).nonfinite_ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -179,8 +180,7 @@ def compare(
         return compare_values(name, expected, actual, tol, kind)
     expected, actual = np.asarray(expected), np.asarray(actual)
     if actual.dtype.name in PRECISION and expected.dtype == actual.dtype and expected.size:
-        finite = np.abs(expected.astype(np.float64))
-        tol, why = tol.for_dtype(actual.dtype, float(finite[np.isfinite(finite)].max(initial=0.0)))
+        tol, why = tol.for_dtype(actual.dtype, max_finite_abs(expected))
     else:
         why = ""
     base: dict[str, Any] = {
@@ -206,31 +206,139 @@ def compare(
         return OutputCheck(
             **base, ok=ok, verdict=Verdict.OK if ok else Verdict.FAIL, note="" if ok else "strings differ"
         )
-    e = expected.astype(np.float64)
-    a = actual.astype(np.float64)
-    e_fin, a_fin = np.isfinite(e), np.isfinite(a)
+    stats = error_stats([(expected, actual)], tol)
     note = ""
-    nonfinite_ok = np.array_equal(e_fin, a_fin) and np.array_equal(e[~e_fin], a[~a_fin], equal_nan=True)
-    n_nonfinite = int((~e_fin).sum())
-    both = e_fin & a_fin
-    diff = np.abs(e[both] - a[both]) if both.any() else np.zeros(1)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    with np.errstate(over="ignore"):  # a difference against an expected ~0: the relative error is inf
-        rel = diff / np.maximum(np.abs(e[both]), np.finfo(np.float64).tiny) if both.any() else np.zeros(1)
-    max_rel = float(rel.max()) if rel.size else 0.0
-    within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(e[both]))) if both.any() else True
-    ok = within and nonfinite_ok
-    if n_nonfinite or not a_fin.all():
-        if nonfinite_ok:
-            note = f"{n_nonfinite} non-finite values, same positions and values in both"
+    if stats.nonfinite_expected or stats.nonfinite_actual:
+        if stats.nonfinite_ok:
+            note = f"{stats.nonfinite_expected} non-finite values, same positions and values in both"
         else:
-            note = f"non-finite values differ: expected {n_nonfinite}, got {int((~a_fin).sum())}"
-    if not both.any():
+            note = f"non-finite values differ: expected {stats.nonfinite_expected}, got {stats.nonfinite_actual}"
+    if not stats.finite_pairs:
         note = note or "no finite values"
+    ok = stats.ok
     verdict = Verdict.OK if ok else Verdict.FAIL
-    if ok and n_nonfinite:
+    if ok and stats.nonfinite_expected:
         verdict = Verdict.OK_NONFINITE
+    max_abs, max_rel = stats.max_abs, stats.max_rel
     return OutputCheck(**base, ok=ok, verdict=verdict, max_abs=max_abs, max_rel=max_rel, note=note)
+
+
+CHUNK = 1 << 16
+"""Elements compared at a time: a comparison's float64 copies and masks stay a few MiB whatever the
+output's size (GPT-2's logits over 1024 tokens are 200 MiB in float32; compared whole, in float64,
+with their masks, several samples of them took gigabytes). Small outputs of several samples are
+compared together, in one chunk."""
+
+
+@dataclass
+class ErrorStats:
+    """The elementwise error of actual values against expected ones, gathered a chunk at a time:
+    ``|a - e| <= atol + rtol * |e|`` over the pairs finite on both sides, non-finite values matched
+    by position and value, and the sums a cosine similarity needs (over the finite pairs)."""
+
+    within: bool = True
+    nonfinite_ok: bool = True
+    """Non-finite values at the same positions in both, with the same values (NaN matches NaN)."""
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    nonfinite_expected: int = 0
+    nonfinite_actual: int = 0
+    finite_pairs: int = 0
+    dot: float = 0.0
+    norm_expected: float = 0.0
+    """Sum of squares of the expected finite pairs' values (``norm_actual`` the actual ones')."""
+    norm_actual: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.within and self.nonfinite_ok
+
+    @property
+    def cosine(self) -> float:
+        """Cosine similarity of the finite pairs: 1 where both sides are all zero, 0 where one is."""
+        import math
+
+        if self.norm_expected == self.norm_actual == 0:
+            return 1.0
+        if not (self.norm_expected and self.norm_actual):
+            return 0.0
+        return self.dot / math.sqrt(self.norm_expected * self.norm_actual)
+
+    def _add(self, expected: np.ndarray, actual: np.ndarray, tol: Tolerance) -> None:
+        """One chunk: flat float64 arrays of the same size, this call's own (overwritten)."""
+        import numpy as np
+
+        e_fin, a_fin = np.isfinite(expected), np.isfinite(actual)
+        if not (e_fin.all() and a_fin.all()):
+            self.nonfinite_expected += int(expected.size - np.count_nonzero(e_fin))
+            self.nonfinite_actual += int(actual.size - np.count_nonzero(a_fin))
+            self.nonfinite_ok = (
+                self.nonfinite_ok
+                and np.array_equal(e_fin, a_fin)
+                and np.array_equal(expected[~e_fin], actual[~a_fin], equal_nan=True)
+            )
+            both = e_fin & a_fin
+            expected, actual = expected[both], actual[both]
+        if not expected.size:
+            return
+        self.finite_pairs += int(expected.size)
+        self.dot += float(expected @ actual)
+        self.norm_expected += float(expected @ expected)
+        self.norm_actual += float(actual @ actual)
+        diff = np.subtract(expected, actual, out=actual)
+        np.abs(diff, out=diff)
+        magnitude = np.abs(expected, out=expected)
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        bound = magnitude * tol.rtol
+        bound += tol.atol
+        self.within = self.within and bool(np.all(diff <= bound))
+        # a difference against an expected ~0: the relative error is inf
+        rel = np.maximum(magnitude, np.finfo(np.float64).tiny, out=bound)
+        with np.errstate(over="ignore"):
+            np.divide(diff, rel, out=rel)
+        self.max_rel = max(self.max_rel, float(rel.max()))
+
+
+def error_stats(pairs: Iterable[tuple[np.ndarray, np.ndarray]], tol: Tolerance) -> ErrorStats:
+    """:class:`ErrorStats` of ``(expected, actual)`` pairs of arrays (each pair the same size;
+    compared as float64, :data:`CHUNK` elements at a time, so memory stays bounded whatever their
+    size; ``pairs`` may be a generator, each pair taken when its turn comes)."""
+    import numpy as np
+
+    stats = ErrorStats()
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if pending:
+            e = np.concatenate([p[0] for p in pending], dtype=np.float64, casting="unsafe")
+            a = np.concatenate([p[1] for p in pending], dtype=np.float64, casting="unsafe")
+            stats._add(e, a, tol)
+            pending.clear()
+            size = 0
+
+    for expected, actual in pairs:
+        fe, fa = np.asarray(expected).reshape(-1), np.asarray(actual).reshape(-1)
+        for start in range(0, fe.size, CHUNK):
+            piece = (fe[start : start + CHUNK], fa[start : start + CHUNK])
+            pending.append(piece)
+            size += piece[0].size
+            if size >= CHUNK:
+                flush()
+    flush()
+    return stats
+
+
+def max_finite_abs(values: np.ndarray) -> float:
+    """The largest finite magnitude in ``values`` (0 where none), a chunk at a time."""
+    import numpy as np
+
+    flat, top = np.asarray(values).reshape(-1), 0.0
+    for start in range(0, flat.size, CHUNK):
+        chunk = np.abs(flat[start : start + CHUNK].astype(np.float64))
+        top = max(top, float(chunk[np.isfinite(chunk)].max(initial=0.0)))
+    return top
 
 
 # --- non-tensor values (sequences, maps, optionals) ------------------------------------------------
