@@ -334,6 +334,45 @@ TOOLS: dict[str, Callable[[Path, list[dict[str, np.ndarray]], Path], Conversion]
 }
 
 
+def floor_of_runs(src: Path, calib: list[dict[str, np.ndarray]], work: Path, repeat: int) -> dict[str, Any]:
+    """What surgeon's evidence costs before any of its own work, against onnxconverter-common's
+    whole call, in turns: the two sessions a search whose first candidate meets the budget builds,
+    as it builds them (the float32 model with every tensor exposed, then surgeon's converted
+    model, made beforehand, untimed), and one run of each per sample. No loading, converting or
+    judging. Returns the medians in seconds (``occ`` None where it is not installed), and the
+    sessions and runs one floor makes."""
+    from surgeon.verify.runtime import Runtime
+
+    converted, _, _ = surgeon_tool(src, calib, work)
+    exposed = onnx.load(src)
+    have = {o.name for o in exposed.graph.output}
+    for node in exposed.graph.node:
+        exposed.graph.output.extend(onnx.ValueInfoProto(name=o) for o in node.output if o and o not in have)
+    blobs = [exposed.SerializeToString(), converted.SerializeToString()]
+    floors, peers = [], []
+    for k in range(repeat):
+        runtime = Runtime("cpu", spin=False)
+        with counted_runs() as runs:
+            t0 = time.perf_counter()
+            for blob in blobs:
+                session = runtime.session(Path("<in memory>.onnx"), data=blob)
+                for feed in calib:
+                    session.run(None, feed)
+            floors.append(time.perf_counter() - t0)
+        call = work / f"floor-{k}"
+        call.mkdir()
+        try:
+            peers.append(occ_tool(src, calib, call)[2])
+        except ImportError:
+            pass
+    return {
+        "floor": statistics.median(floors),
+        "occ": statistics.median(peers) if peers else None,
+        "sessions": runtime.sessions,
+        "runs": runs[0],
+    }
+
+
 def main() -> int:
     global RTOL, ATOL, MODELOPT_PYTHON
     built = models()
@@ -362,10 +401,19 @@ def main() -> int:
         help="interpreter of a virtualenv with nvidia-modelopt[onnx] that runs AutoCast "
         "(default: $SURGEON_BENCH_MODELOPT_PYTHON, else AutoCast is imported in this process)",
     )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="instead of the table: per model, the sessions and runs surgeon's evidence needs (2 "
+        "sessions, a run per sample each; no conversion, no judging) against onnxconverter-common's "
+        "whole call, in turns",
+    )
     args = ap.parse_args()
     if args.samples < 2 or args.repeat < 1:
         ap.error("--samples needs at least 2 (one to calibrate, one held out) and --repeat at least 1")
     RTOL, ATOL, MODELOPT_PYTHON = args.rtol, args.atol, args.modelopt_python
+    if args.floor:
+        return print_floors(built, args.model, args.samples, args.repeat)
     print(
         f"budget rtol {RTOL:g}, atol {ATOL:g}; {args.samples} calibration samples ({args.samples // 3 or 1} of "
         f"them held out by surgeon; onnxconverter-common takes 1), judged on {HELD_OUT} fresh samples (CPU); "
@@ -423,6 +471,24 @@ def main() -> int:
                 print(_line(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def print_floors(built: dict[str, Any], only: list[str] | None, samples: int, repeat: int) -> int:
+    print(f"{samples} samples; the floor: 2 sessions and {2 * samples} runs; medians of {repeat} call(s)")
+    print("| model             | floor    | onnxconverter-common | floor/occ |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (module, shapes) in built.items():
+            if only and name not in only:
+                continue
+            work = Path(tmp) / name.split()[0]
+            work.mkdir()
+            src = work / "model.onnx"
+            export(module, shapes, src)
+            m = floor_of_runs(src, draw(shapes, samples, 1), work, repeat)
+            occ = f"{m['occ'] * 1e3:17.1f} ms" if m["occ"] else f"{'not installed':>20}"
+            ratio = f"{m['floor'] / m['occ']:8.2f}x" if m["occ"] else " " * 9
+            print(f"| {name:<17} | {m['floor'] * 1e3:5.1f} ms | {occ} | {ratio} |", flush=True)
     return 0
 
 

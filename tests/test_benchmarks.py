@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -226,3 +227,24 @@ def test_bench_precision_counts_the_runs_a_peer_really_makes(tmp_path: Path) -> 
             sess.run(None, {"x": np.ones((1, 4), np.float32)})
     assert runs == [3]
     assert ort.InferenceSession.run is real  # put back
+
+
+def test_bench_precision_floor_builds_two_sessions_and_runs_each_sample_twice(tmp_path: Path) -> None:
+    """``--floor`` times the sessions and runs surgeon's evidence needs and nothing else: the float32
+    model with every tensor exposed and the converted one, one run per sample each."""
+    bench: Any = _bench_precision()
+    module, shapes = bench.models()["super-resolution"]
+    src = tmp_path / "sr.onnx"
+    bench.export(module, shapes, src)
+    m = bench.floor_of_runs(src, bench.draw(shapes, 3, 1), tmp_path, 2)
+    assert m["sessions"] == 2 and m["runs"] == 6 and m["floor"] > 0
+    assert m["occ"] is None or m["occ"] > 0
+    res = subprocess.run(
+        [sys.executable, str(BENCH / "bench_precision.py"), "--floor", "--model", "super-resolution", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "6 samples; the floor: 2 sessions and 12 runs" in res.stdout
+    assert res.stdout.count("| super-resolution  |") == 1
