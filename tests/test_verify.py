@@ -395,7 +395,8 @@ def test_chunked_comparison_matches_the_whole_arrays_at_every_boundary(monkeypat
     tol = cmp.Tolerance(1e-3, 1e-3)
     for chunk in (1, 3, 7, 64, 1 << 16):
         monkeypatch.setattr(cmp, "CHUNK", chunk)
-        s = cmp.error_stats(iter(pairs), tol)
+        s = cmp.error_stats(iter(pairs), tol)  # a generator: buffers of CHUNK values
+        assert s == cmp.error_stats(pairs, tol)  # a list: buffers of its size, if smaller
         assert s.finite_pairs == int(fin.sum()) and s.nonfinite_expected == s.nonfinite_actual == 2
         assert s.nonfinite_ok and s.max_abs == float(diff.max())
         assert s.max_rel == float((diff / np.abs(e_all[fin])).max())
