@@ -156,7 +156,7 @@ def judge(budget: Any, refs: Sequence[Mapping[str, Any]], gots: Sequence[Mapping
             cosine = 1.0 if within else 0.0
         else:  # one sample's rounded copy at a time
             rounded = ((a.astype(b.dtype) if b.dtype != a.dtype and b.dtype.kind == "f" else a, b) for a, b in shaped)
-            stats = error_stats(rounded, tol)
+            stats = error_stats(rounded, tol, total=sum(int(a.size) for a, _ in shaped))
             within, max_abs, max_rel, cosine = stats.ok, stats.max_abs, stats.max_rel, stats.cosine
         text = f"rtol {rtol:g}, atol {atol:g}" + (f", cosine >= {cos_min:g}" if cos_min is not None else "")
         ok = within and (cos_min is None or cosine >= cos_min)

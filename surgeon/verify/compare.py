@@ -314,17 +314,20 @@ class _Scratch:
         self.flags, self.more = np.empty(size, dtype=bool), np.empty(size, dtype=bool)
 
 
-def error_stats(pairs: Iterable[tuple[np.ndarray, np.ndarray]], tol: Tolerance) -> ErrorStats:
+def error_stats(pairs: Iterable[tuple[np.ndarray, np.ndarray]], tol: Tolerance, total: int | None = None) -> ErrorStats:
     """:class:`ErrorStats` of ``(expected, actual)`` pairs of arrays (each pair the same size;
     compared as float64, :data:`CHUNK` elements at a time, so memory stays bounded whatever their
-    size; ``pairs`` may be a generator, each pair taken when its turn comes)."""
+    size; ``pairs`` may be a generator, each pair taken when its turn comes). ``total``: the
+    values of all pairs, where a generator's caller knows it (a list's is counted): a small
+    comparison gets buffers its size, not a chunk's."""
     import numpy as np
 
     stats = ErrorStats()
     scratch: _Scratch | None = None
     size = 0
-    # a list's total size is known: a small comparison gets buffers its size
-    room = min(CHUNK, sum(int(np.size(e)) for e, _ in pairs)) if isinstance(pairs, Sequence) else CHUNK
+    if total is None and isinstance(pairs, Sequence):
+        total = sum(int(np.size(e)) for e, _ in pairs)
+    room = max(1, min(CHUNK, total)) if total is not None else CHUNK
 
     def take(expected: np.ndarray, actual: np.ndarray) -> None:
         """Copies a piece into the chunk being filled (as float64); compares a full chunk."""
