@@ -248,3 +248,16 @@ def test_bench_precision_floor_builds_two_sessions_and_runs_each_sample_twice(tm
     assert res.returncode == 0, res.stdout + res.stderr
     assert "6 samples; the floor: 2 sessions and 12 runs" in res.stdout
     assert res.stdout.count("| super-resolution  |") == 1
+
+
+def test_bench_compare_runs_end_to_end() -> None:
+    res = subprocess.run(
+        [sys.executable, str(BENCH / "bench_compare.py"), "--tokens", "2", "--samples", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "logits (1, 2, 50257) float32" in res.stdout
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| compare") or line.startswith("| judge")]
+    assert len(rows) == 2 and all(row.count("MiB") == 2 and row.endswith("x |") for row in rows)
