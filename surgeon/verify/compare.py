@@ -305,7 +305,7 @@ class ErrorStats:
 
 
 class _Scratch:
-    """The buffers one comparison works in, :data:`CHUNK` values each."""
+    """The buffers one comparison works in, ``size`` values each (at most :data:`CHUNK`)."""
 
     def __init__(self, size: int) -> None:
         import numpy as np
