@@ -171,10 +171,9 @@ def calibration_feeds(source: Model, path: str | None) -> tuple[list[dict[str, A
     """(calibration samples, held-out samples, where they came from). An ``.npz`` holds, per input,
     its samples stacked on a new first axis; its last third (at least one) is held out. Without
     one, two seeded draws of the verifier's feed calibrate and a third is held out."""
-    import numpy as np
 
     from surgeon.verify.config import VerifyConfig
-    from surgeon.verify.feeds import make_feed
+    from surgeon.verify.feeds import conform, make_feed, read_npz
     from surgeon.verify.specs import graph_inputs
 
     specs = graph_inputs(source.proto)
@@ -184,19 +183,7 @@ def calibration_feeds(source: Model, path: str | None) -> tuple[list[dict[str, A
         draws = [make_feed(specs, cfg, dims, seed_offset=k) for k in range(3)]
         note = "the verifier's random feed (2 samples, 1 held out): give calibration: data.npz of real inputs"
         return draws[:2], draws[2:], note
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"{path}: calibration file does not exist")
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not a readable .npz file ({exc})") from None
-    missing = [s.name for s in specs if s.name not in arrays]
-    if missing:
-        raise UsageError(
-            f"{path}: no samples for input(s) {', '.join(missing)}; it has: {', '.join(arrays) or 'nothing'}"
-        )
+    arrays = read_npz(Path(path), specs, "calibration")
     counts = set()
     for s in specs:
         a = arrays[s.name]
@@ -205,12 +192,13 @@ def calibration_feeds(source: Model, path: str | None) -> tuple[list[dict[str, A
                 f"{path}: '{s.name}' has shape {list(a.shape)}; calibration holds samples stacked on a first "
                 f"axis ({len(s.dims) + 1} dims for this input of rank {len(s.dims)})"
             )
+        arrays[s.name] = conform(path, s, a, stacked=True)
         counts.add(a.shape[0])
     if len(counts) != 1 or min(counts) < 2:
         raise UsageError(f"{path}: every input needs the same number of samples, at least 2 (found {sorted(counts)})")
     n = counts.pop()
     held = max(1, n // 3)
-    samples = [{s.name: arrays[s.name][k].astype(s.dtype, copy=False) for s in specs} for k in range(n)]
+    samples = [{s.name: arrays[s.name][k] for s in specs} for k in range(n)]
     return samples[: n - held], samples[n - held :], f"{path}: {n - held} samples, {held} held out"
 
 

@@ -788,3 +788,30 @@ def test_judging_large_outputs_over_many_samples_holds_a_few_mib() -> None:
     halves = [{"logits": r["logits"].astype(np.float16)} for r in refs]
     (half,) = judge(budget, refs, halves)
     assert half.within and half.max_abs <= float(np.abs(refs[0]["logits"]).max()) * 2**-11
+
+
+def test_calibration_values_the_inputs_type_cannot_hold_are_refused(tmp_path: Path) -> None:
+    """Calibration samples were cast to the input's type whatever they held (3.7 calibrated as 3,
+    an index past int32 wrapped), and samples of another static shape failed in onnxruntime with
+    its message cut short ("Got invalid dimensions for input: x for the following indices")."""
+    from surgeon.errors import UsageError
+
+    np.savez(tmp_path / "frac.npz", x=np.full((3, 1, 8, 16), 0.5), ids=np.full((3, 2), 1.5))
+    src = _model(
+        [helper.make_node("Gather", ["x", "ids"], ["g"], axis=2), helper.make_node("Relu", ["g"], ["y"])],
+        [
+            helper.make_tensor_value_info("x", F, [1, 8, 16]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", F, [1, 8, 2])],
+    )
+    with pytest.raises(UsageError, match=r"frac.npz: 'ids' holds 1.5 at \[0, 0\], which the input's type int64"):
+        _apply(src, budget={}, calibration=str(tmp_path / "frac.npz"))
+    np.savez(tmp_path / "small.npz", x=np.zeros((3, 1, 8, 8), np.float32))
+    with pytest.raises(
+        UsageError, match=r"small.npz: 'x' samples have shape \[1, 8, 8\]; the model's input is \[1, 8, 16\]"
+    ):
+        _apply(_attention(), budget={}, calibration=str(tmp_path / "small.npz"))
+    np.savez(tmp_path / "whole.npz", x=np.full((3, 1, 8, 16), 0.5), ids=np.full((3, 2), 1.0))  # float64, exact
+    out, res = _apply(src, budget={}, calibration=str(tmp_path / "whole.npz"))
+    assert res.details["calibration"].endswith("2 samples, 1 held out")

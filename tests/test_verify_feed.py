@@ -83,3 +83,118 @@ def test_apply_verifies_on_the_inputs_given(tmp_path: Path, capsys: pytest.Captu
     capsys.readouterr()
     assert main([*strict, "--inputs", str(tmp_path / "wrong.npz")]) == 2
     assert "wrong.npz" in capsys.readouterr().err and not (tmp_path / "o.onnx").exists()
+
+
+# --- input data is fed as given: a value its input's type cannot hold is one line, not a guess -----
+
+
+def _gather_model(index_type: int = onnx.TensorProto.INT64) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    table = nh.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("ids", index_type, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])],
+        [table],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_inputs_whose_values_the_inputs_type_cannot_hold_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify.inputs used to be cast to the input's type whatever it held: token ids 3.7 were fed
+    as 3 and the verdict was "ok" on other data than the user's."""
+    src = tmp_path / "g.onnx"
+    onnx.save(_gather_model(), str(src))
+    np.savez(tmp_path / "frac.npz", ids=np.array([[1, 2, 3.7], [4, 5, 6]]))
+    assert main(["verify", str(src), str(src), "--inputs", str(tmp_path / "frac.npz"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "frac.npz" in err and "'ids' holds 3.7 at [0, 2]" in err and "int64" in err
+    np.savez(tmp_path / "whole.npz", ids=np.array([[1.0, 2, 3], [4, 5, 6]]))  # integers as floats: exact
+    assert main(["verify", str(src), str(src), "--inputs", str(tmp_path / "whole.npz"), "-q"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "fed"),
+    [
+        (np.array([1.0, 2.5]), np.float32, [1.0, 2.5]),  # float to float rounds, as a feed does
+        (np.array([1, 2], np.int32), np.int64, [1, 2]),
+        (np.array([0, 255], np.uint8), np.float32, [0.0, 255.0]),
+        (np.array([3.0, -1.0]), np.int64, [3, -1]),
+        (np.array([0, 1]), np.bool_, [False, True]),
+    ],
+)
+def test_conform_converts_when_no_value_changes(values: np.ndarray, dtype: type, fed: list[object]) -> None:
+    from surgeon.verify.feeds import conform
+    from surgeon.verify.specs import InputSpec
+
+    out = conform("data.npz", InputSpec("x", np.dtype(dtype), ("n",)), values)
+    assert out.dtype == np.dtype(dtype) and out.tolist() == fed
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "message"),
+    [
+        (
+            np.array([1.0, 3.7]),
+            np.int64,
+            "holds 3.7 at [1], which the input's type int64 cannot hold (it would be fed as 3)",
+        ),
+        (np.array([1.0, np.nan]), np.int64, "holds nan at [1]"),
+        (np.array([2**40, 1], np.int64), np.int32, f"holds {2**40} at [0]"),
+        (np.array([2**25 + 1, 1], np.int64), np.float32, f"holds {2**25 + 1} at [0]"),
+        (np.array([1e300, 1.0]), np.float32, "holds 1e+300 at [0]"),
+        (np.array([2, 1]), np.bool_, "holds 2 at [0]"),
+        (np.array(["a", "b"]), np.float32, "holds <U1 values; the input is float32"),
+    ],
+)
+def test_conform_refuses_a_value_that_would_change(values: np.ndarray, dtype: type, message: str) -> None:
+    from surgeon.errors import UsageError
+    from surgeon.verify.feeds import conform
+    from surgeon.verify.specs import InputSpec
+
+    with pytest.raises(UsageError) as info:
+        conform("data.npz", InputSpec("x", np.dtype(dtype), ("n",)), values)
+    assert str(info.value).startswith("data.npz: 'x' ") and message in str(info.value)
+
+
+def test_static_dims_of_input_data_are_checked_first() -> None:
+    from surgeon.errors import UsageError
+    from surgeon.verify.feeds import conform
+    from surgeon.verify.specs import InputSpec
+
+    spec = InputSpec("image", np.dtype(np.float32), (1, 3, "h", 32))
+    assert conform("d.npz", spec, np.zeros((1, 3, 7, 32), np.float32)).shape == (1, 3, 7, 32)
+    assert conform("d.npz", spec, np.zeros((5, 1, 3, 9, 32), np.float32), stacked=True).shape[0] == 5
+    with pytest.raises(
+        UsageError, match=r"'image' samples have shape \[1, 3, 9, 16\]; the model's input is \[1, 3, \?, 32\]"
+    ):
+        conform("d.npz", spec, np.zeros((5, 1, 3, 9, 16), np.float32), stacked=True)
+
+
+def test_a_feed_value_its_inputs_type_cannot_hold_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--feed k=2.5`` for an int64 input was fed as 2: a candidate adding ``k`` for the constant 2
+    verified "ok" on a value the user did not give."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, [3])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [3])
+    two = nh.from_array(np.array(2, np.int64), "two")
+    ref = helper.make_graph([helper.make_node("Add", ["x", "two"], ["y"])], "r", [x], [y], [two])
+    k = helper.make_tensor_value_info("k", TensorProto.INT64, [])
+    cand = helper.make_graph([helper.make_node("Add", ["x", "k"], ["y"])], "c", [x, k], [y])
+    a, b = tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    for graph, path in ((ref, a), (cand, b)):
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    assert main(["verify", str(a), str(b), "--feed", "k=2", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(a), str(b), "--feed", "k=2.5", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--feed k=2.5: 'k' holds 2.5, which the input's type int64" in err

@@ -148,6 +148,9 @@ def _added_inputs(ref: Any, cand: Any, contract: Any, feed: dict[str, str]) -> d
     import numpy as np
     from onnx import helper
 
+    from surgeon.verify.feeds import conform
+    from surgeon.verify.specs import InputSpec
+
     renamed = contract.renamed_inputs
     had = {renamed.get(vi.name, vi.name) for vi in ref.proto.graph.input}
     defaults = {t.name for t in cand.proto.graph.initializer}
@@ -171,7 +174,7 @@ def _added_inputs(ref: Any, cand: Any, contract: Any, feed: dict[str, str]) -> d
             raise UsageError(f"--feed {name}={feed[name]}: not a number or a JSON list") from None
         dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         try:
-            value = np.asarray(raw, dtype=dtype)
+            value = conform(f"--feed {name}={feed[name]}", InputSpec(name, np.dtype(dtype), ()), np.asarray(raw))
         except (TypeError, ValueError):
             raise UsageError(f"--feed {name}={feed[name]}: not a {dtype} value") from None
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]

@@ -87,17 +87,68 @@ def make_feed(
     return {s.name: np.asarray(random_array(s, shapes[s.name], rng, ranges.get(s.name))) for s in specs}
 
 
-def load_npz(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+def read_npz(path: Path, specs: Sequence[InputSpec], what: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` of input data (``what`` it is: "verify.inputs", "calibration"), one
+    for every input of ``specs``; one line naming the file otherwise."""
     import numpy as np
 
     if not path.is_file():
-        raise UsageError(f"{path}: verify.inputs file does not exist")
+        raise UsageError(f"{path}: {what} file does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
-            feed = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
         raise UsageError(f"{path}: not a readable .npz file ({exc})") from None
-    missing = [s.name for s in specs if s.name not in feed]
+    missing = [s.name for s in specs if s.name not in arrays]
     if missing:
-        raise UsageError(f"{path}: no array for input(s) {', '.join(missing)}; it has: {', '.join(feed) or 'nothing'}")
-    return {s.name: feed[s.name].astype(s.dtype, copy=False) for s in specs}
+        have = ", ".join(arrays) or "nothing"
+        raise UsageError(f"{path}: no array for input(s) {', '.join(missing)}; it has: {have}")
+    return arrays
+
+
+def conform(where: Path | str, spec: InputSpec, array: np.ndarray, stacked: bool = False) -> np.ndarray:
+    """``array`` as input ``spec`` takes it: its static dims (``stacked``: samples on a first axis,
+    each of the input's shape) and its dtype, converted only where no value changes on the way. A
+    float array for an integer input must hold integers that fit (3.7 as a token id was fed as 3),
+    a wider integer's values must fit the narrower type, an integer must be exact in a float type; a
+    float into a narrower float rounds, as a feed does, but must not overflow. One line naming
+    ``where``, the input and the first value that would change otherwise."""
+    import warnings
+
+    import numpy as np
+
+    shape = array.shape[1:] if stacked else array.shape
+    static = [d if isinstance(d, int) else "?" for d in spec.dims]
+    if len(shape) == len(spec.dims) and any(d != "?" and d != n for d, n in zip(static, shape)):
+        held = "samples have" if stacked else "has"
+        raise UsageError(
+            f"{where}: '{spec.name}' {held} shape {list(shape)}; the model's input is "
+            f"[{', '.join(map(str, static))}]" + (" ('?': any size)" if "?" in static else "")
+        )
+    want = spec.dtype
+    if array.dtype == want:
+        return array
+    if (array.dtype.kind in "OSUV") != (want.kind in "OSUV"):
+        raise UsageError(f"{where}: '{spec.name}' holds {array.dtype} values; the input is {want}")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # complex to real, NaN to an integer: found below
+        out = array.astype(want)
+        if array.dtype.kind == "f" and want.kind == "f":  # rounding is the feed's; overflow is not
+            changed = np.isfinite(array) & ~np.isfinite(out)
+        else:
+            changed = out != array
+            if array.dtype.kind in "fc":
+                changed |= ~np.isfinite(array)
+    if changed.any():
+        at = [int(i) for i in np.unravel_index(int(np.flatnonzero(changed)[0]), array.shape)]
+        place = f" at {at}" if at else ""  # a scalar has no position
+        raise UsageError(
+            f"{where}: '{spec.name}' holds {array[tuple(at)].item()!r}{place}, which the input's type {want} "
+            f"cannot hold (it would be fed as {out[tuple(at)].item()!r}); give {want} values"
+        )
+    return out
+
+
+def load_npz(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    arrays = read_npz(path, specs, "verify.inputs")
+    return {s.name: conform(path, s, arrays[s.name]) for s in specs}
