@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +63,8 @@ REDUCTIONS = {"ReduceSum": 1, "ReduceMean": 1, "ReduceL1": 1, "ReduceSumSquare":
 """Reductions whose running sum can overflow, with the power their terms are raised to."""
 INT_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13}
 _FAILED_NODE = re.compile(r"(?:node with name '|node\. Name:')([^']*)'")
+_UNNAMED_KERNEL = re.compile(r"implementation for (\w+)\(\d+\) node with name ''")
+"""A kernel missing for a node of a function body onnxruntime expanded (its nodes have no names)."""
 EXPOSED = 256
 """Tensors exposed per run at most, in the scan (the float32 model) and in attribution (the
 candidate); the localizer's byte budget bounds each run too: a small model's every tensor in one
@@ -392,6 +394,37 @@ def _attr(node: onnx.NodeProto, name: str) -> Any:
     return None
 
 
+def function_ops(node: onnx.NodeProto, opset: int, half: str, stats: Mapping[str, Stat]) -> set[str]:
+    """The ops of the ONNX function an ONNX-domain node expands into (its schema's function, or the
+    one built for its attributes and input types: float inputs in ``half``, others int64); empty
+    where it has none, or where that function cannot be built."""
+    import onnx
+    from onnx import helper
+
+    if node.domain not in ("", "ai.onnx") or not opset:
+        return set()
+    try:
+        schema: Any = onnx.defs.get_schema(node.op_type, opset, "")
+        if schema.has_function:
+            body = schema.get_function_with_opset_version(opset) or schema.function_body
+        elif schema.has_context_dependent_function:
+            elem = onnx.TensorProto.BFLOAT16 if half == "bfloat16" else onnx.TensorProto.FLOAT16
+            types = [
+                helper.make_tensor_type_proto(
+                    elem if t not in stats or stats[t].is_float else onnx.TensorProto.INT64, None
+                ).SerializeToString()
+                for t in node.input
+            ]
+            body = schema.get_context_dependent_function(node.SerializeToString(), types)
+        else:
+            return set()
+        if isinstance(body, bytes):  # the schema API hands functions over serialized
+            body = onnx.FunctionProto.FromString(body)
+        return {n.op_type for n in body.node}
+    except Exception:  # no schema at this opset, a function its builder refuses: nothing known
+        return set()
+
+
 def signature(node: onnx.NodeProto) -> tuple[Any, ...]:
     """An op and its scalar attributes: nodes a missing kernel applies to alike."""
     from onnx import helper
@@ -440,8 +473,19 @@ the candidate is the source itself."""
 
 
 class Search:
-    def __init__(self, source: Model, convert: Convert, params: Any, runtime: Runtime, log: Callable[[str], None]):
+    def __init__(
+        self,
+        source: Model,
+        convert: Convert,
+        params: Any,
+        runtime: Runtime,
+        log: Callable[[str], None],
+        floats: Set[str] = frozenset(),
+    ):
         self.source, self.convert, self.p, self.runtime, self.log = source, convert, params, runtime, log
+        self.floats = floats
+        """Float tensors of the source as inference types them: what :meth:`merge_islands` reads
+        where the scan has not run (no budget)."""
         self.graph = Graph.of(source)
         self.out = Outcome()
         self.stats: dict[str, Stat] = {}
@@ -523,14 +567,36 @@ class Search:
                 text = getattr(exc, "reason", None) or str(exc)
                 m = _FAILED_NODE.search(text)
                 idx = _named_index(m.group(1)) if m else None
-                if idx is None or idx in kept or idx >= len(self.graph.nodes):
-                    raise VerificationError(f"the model after to-fp16 fails in onnxruntime: {_short(text)}") from None
-                node = self.graph.nodes[idx]
                 where = f"{self.runtime.used}ExecutionProvider" if self.runtime.used else "the runtime"
-                why = f"no {half} kernel on {where}: {_short(text)}"
-                KERNEL_GAPS[_gap_key(self.runtime.used, half, node)] = why
-                kept[idx] = why
-                self.log(f"kernel: {self.graph.label(idx)} stays float32 ({why})")
+                if idx is not None and idx not in kept and idx < len(self.graph.nodes):
+                    failed = {idx: f"no {half} kernel on {where}: {_short(text)}"}
+                else:  # a node of a function body onnxruntime expanded a node into: those nodes
+                    failed = self._expanded_into(text, kept, where)
+                if not failed:
+                    raise VerificationError(f"the model after to-fp16 fails in onnxruntime: {_short(text)}") from None
+                for i, why in failed.items():
+                    KERNEL_GAPS[_gap_key(self.runtime.used, half, self.graph.nodes[i])] = why
+                    kept[i] = why
+                    self.log(f"kernel: {self.graph.label(i)} stays float32 ({why})")
+                self.merge_islands(kept)  # no Cast pair around the data movement between them
+
+    def _expanded_into(self, text: str, kept: Mapping[int, str], where: str) -> dict[int, str]:
+        """The nodes a load failure on an unnamed node comes from: onnxruntime expands a node it
+        has no kernel for in the half type into its ONNX function (Softmax, LayerNormalization,
+        Gelu...), whose nodes have no names, and fails on one of them (bfloat16 on CPU: Softmax
+        into a ReduceMax that has no kernel either). Every node not yet kept whose function holds
+        the op the runtime named, with why; none where the error names no op."""
+        m = _UNNAMED_KERNEL.search(text)
+        if m is None:
+            return {}
+        op, half = m.group(1), self.p.dtype
+        opset = next((o.version for o in self.source.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        why = f"no {half} kernel on {where}: onnxruntime expands it into its ONNX function, whose {op} has none"
+        return {
+            i: why
+            for i, n in enumerate(self.graph.nodes)
+            if i not in kept and op in function_ops(n, opset, half, self.stats)
+        }
 
     def reference_stats(self, feeds: Sequence[Mapping[str, Any]], measured: int) -> list[dict[str, Any]]:
         """One pass of the float32 model over ``feeds``: the range of every tensor on the first
@@ -664,16 +730,24 @@ class Search:
             for i, n in enumerate(g.nodes):
                 if i in kept or n.op_type in ("Shape", "Size"):
                     continue
-                srcs = [
-                    g.producer[t] for t in n.input if t in g.producer and t in self.stats and self.stats[t].is_float
-                ]
-                if not srcs or not all(s in kept for s in srcs):
+                floats = [t for t in n.input if t and self._is_float(t)]
+                srcs = [g.producer[t] for t in floats if t in g.producer]
+                if not floats or not all(s in kept for s in srcs):
                     continue
+                if not srcs and (n.op_type not in MOVEMENT or i in g.constant):
+                    continue  # a compute node on weights and inputs is the search's; a constant, the converter's
                 uses = [c for o in n.output for c in g.consumers.get(o, [])]
                 to_out = any(o in g.outputs for o in n.output)
-                if n.op_type in MOVEMENT or (uses and all(c in kept for c in uses) and not to_out):
+                # data movement fed by float32 nodes; any node whose every reader is float32 and whose
+                # float inputs come from float32 nodes or are weights and graph inputs (a Gather of
+                # an embedding table read only by float32 nodes: converted, a rounding for nothing)
+                if (srcs and n.op_type in MOVEMENT) or (uses and all(c in kept for c in uses) and not to_out):
                     kept[i] = "between float32 nodes: kept with them (fewer Casts)"
                     changed = True
+
+    def _is_float(self, tensor: str) -> bool:
+        stat = self.stats.get(tensor)
+        return stat.is_float if stat is not None else tensor in self.floats
 
     def run(self, fixed: Mapping[int, str]) -> Outcome:
         from surgeon.verify.runtime import SessionLoadError

@@ -155,6 +155,8 @@ class ToFP16(Pass):
         return self.tolerance if self.params.dtype == "float16" else Tolerance(rtol=5e-2, atol=5e-2)
 
     def run(self, model: ModelIR) -> PassResult:
+        import numpy as np
+
         from surgeon.ir.adapter import ModelIR as _IR
         from surgeon.ir.model import Model
         from surgeon.passes._fp16_budget import Search, calibration_feeds
@@ -182,7 +184,8 @@ class ToFP16(Pass):
 
         runtime = Runtime("auto", spin=False)  # many short runs, each judged between: no spinning workers
         log: list[str] = []
-        search = Search(source, convert, self.params, runtime, log.append)
+        floats = {t for t, (dtype, _) in types.items() if dtype is not None and np.dtype(dtype).kind == "f"}
+        search = Search(source, convert, self.params, runtime, log.append, floats)
         graph = search.graph
         fixed = {
             i: "blocked by the recipe (block_ops/block_nodes)"
@@ -220,7 +223,13 @@ class ToFP16(Pass):
             conv = _Converter(model, self.params, set(kept), False, graph.constant)
             conv.run()
         details |= _summary(graph, search, outcome, kept, conv, self.params)
-        if not conv.changed:  # every node stays float32: the model as it came (no Cast dropped), and why
+        idle = details["compute_nodes"] and not details["half_compute_nodes"]
+        if not conv.changed or idle:  # every compute node stays float32: the model as it came, and why
+            if idle and conv.changed:  # what did convert is data movement and weights between Casts
+                log.append(
+                    f"no compute node runs in {self.params.dtype} on {details['provider']}: the model is left as "
+                    f"it came (converting only data movement between float32 nodes adds {conv.cast_nodes} Cast(s))"
+                )
             model.take(source.proto)
             return PassResult(False, IOContract(), _summary_lines(details, log), details)
         model.shell.metadata_props.add(key=MARK, value=f"{self.params.dtype} ({len(kept)} node(s) kept float32)")

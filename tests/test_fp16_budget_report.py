@@ -249,7 +249,9 @@ def test_error_concentrated_in_a_softmax_is_found_by_attribution(tmp_path: Path)
     out, res = _apply(src, budget=BUDGET, calibration=str(tmp_path / "calib.npz"))
     kept = _kept(res)
     assert kept.get("softmax", "").startswith("error contribution") and kept["softmax"].endswith("(round 1)"), kept
-    assert res.details["round_log"][1].startswith("round 2: 1 node(s) float32"), res.details["round_log"]
+    # the Reshape before it, read by it alone, stays float32 with it: no Cast pair around it
+    assert res.details["round_log"][1].startswith("round 2: 2 node(s) float32"), res.details["round_log"]
+    assert kept.pop("rows") == "between float32 nodes: kept with them (fewer Casts)", kept
     assert all(why.startswith("error contribution") for why in kept.values()), kept  # no hazard
     assert not {"mix", "gate", "sum"} & set(kept), kept
     assert res.details["round_log"][-1].endswith("held-out: met")
