@@ -207,6 +207,7 @@ class ToFP16(Pass):
             for i, n in enumerate(graph.nodes):
                 if n.op_type in _CONTROL_FLOW:
                     kept[i] = "control flow: its subgraphs stay float32, Casts at the boundary"
+            search.merge_islands(kept)
             try:
                 search.candidate(kept, calibration_feeds(source, None)[0][:1])
             except SurgeonError as exc:  # the step's verification says what fails, at its own sizes

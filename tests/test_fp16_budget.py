@@ -881,3 +881,26 @@ def test_a_conversion_that_leaves_no_compute_node_in_half_leaves_the_model_as_it
     assert any(n.startswith("no compute node runs in bfloat16 on CPUExecutionProvider: the model is left as it came")
                for n in res.notes), res.notes  # fmt: skip
     _fp16_budget.KERNEL_GAPS.clear()
+
+
+def test_data_movement_after_a_blocked_node_stays_float32_with_it_without_a_budget() -> None:
+    """The budget search merged float32 islands; a conversion without a budget did not: the
+    Reshape after a Softmax the recipe blocks was converted, so the Softmax's output was rounded to
+    float16 on its way to the MatMul after it, a Cast earlier than needed."""
+    w = np.random.default_rng(5).standard_normal((16, 8)).astype(np.float32)
+    src = _model(
+        [
+            helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="softmax"),
+            helper.make_node("Reshape", ["p", "shape"], ["r"], name="rows"),
+            helper.make_node("MatMul", ["r", "w"], ["y"], name="proj"),
+        ],
+        [helper.make_tensor_value_info("x", F, [2, 32])],
+        [helper.make_tensor_value_info("y", F, [4, 8])],
+        [nh.from_array(np.array([4, 16], np.int64), "shape"), nh.from_array(w, "w")],
+    )
+    out, res = _apply(src, block_ops=["Softmax"])
+    kept = _kept(res)
+    assert kept["softmax"].startswith("blocked by the recipe") and kept["rows"].startswith("between float32 nodes")
+    assert "proj" not in kept and res.details["half_compute_nodes"] == 1
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(out).graph.value_info}
+    assert types["r"] == F  # the Softmax's probabilities reach the Cast before the MatMul unrounded
