@@ -394,7 +394,7 @@ def _attr(node: onnx.NodeProto, name: str) -> Any:
     return None
 
 
-def function_ops(node: onnx.NodeProto, opset: int, half: str, stats: Mapping[str, Stat]) -> set[str]:
+def function_ops(node: onnx.NodeProto, opset: int, half: str, is_float: Callable[[str], bool]) -> set[str]:
     """The ops of the ONNX function an ONNX-domain node expands into (its schema's function, or the
     one built for its attributes and input types: float inputs in ``half``, others int64); empty
     where it has none, or where that function cannot be built."""
@@ -410,9 +410,7 @@ def function_ops(node: onnx.NodeProto, opset: int, half: str, stats: Mapping[str
         elif schema.has_context_dependent_function:
             elem = onnx.TensorProto.BFLOAT16 if half == "bfloat16" else onnx.TensorProto.FLOAT16
             types = [
-                helper.make_tensor_type_proto(
-                    elem if t not in stats or stats[t].is_float else onnx.TensorProto.INT64, None
-                ).SerializeToString()
+                helper.make_tensor_type_proto(elem if is_float(t) else onnx.TensorProto.INT64, None).SerializeToString()
                 for t in node.input
             ]
             body = schema.get_context_dependent_function(node.SerializeToString(), types)
@@ -595,7 +593,7 @@ class Search:
         return {
             i: why
             for i, n in enumerate(self.graph.nodes)
-            if i not in kept and op in function_ops(n, opset, half, self.stats)
+            if i not in kept and op in function_ops(n, opset, half, self._is_float)
         }
 
     def reference_stats(self, feeds: Sequence[Mapping[str, Any]], measured: int) -> list[dict[str, Any]]:
